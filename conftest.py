@@ -1,0 +1,1 @@
+pytest_plugins = ["qmp_core.testing"]

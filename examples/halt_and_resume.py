@@ -1,0 +1,39 @@
+"""Halt and resume a strategy with nothing but nats-py and the README's contract.
+
+Usage: python examples/halt_and_resume.py STRATEGY [CONNECTION_FILE]
+The connection file is written by `qmp up` (default .qmp/connection.json).
+"""
+
+import asyncio
+import json
+import sys
+
+import nats
+
+
+async def main(strategy: str, connection: dict) -> None:
+    auth = {}
+    if connection["operator_user"]:
+        auth = {"user": connection["operator_user"], "password": connection["operator_password"]}
+    nc = await nats.connect(connection["nats_url"], **auth)
+    decisions = await nc.subscribe(f"qmp.exec.{strategy}.orders")
+
+    halt = {"command": "halt", "reason": "test", "command_id": "example-halt-1"}
+    reply = await nc.request(f"qmp.control.{strategy}", json.dumps(halt).encode(), timeout=5)
+    print("halt ->", reply.data.decode())
+
+    # Every later order decision is a denial with its reason, until the resume.
+    decision = json.loads((await decisions.next_msg(timeout=60)).data)
+    while decision["event"] != "OrderDenied":
+        decision = json.loads((await decisions.next_msg(timeout=60)).data)
+    print("decision ->", decision["event"], decision["reason"])
+
+    resume = {"command": "resume", "mode": "normal", "command_id": "example-resume-1"}
+    reply = await nc.request(f"qmp.control.{strategy}", json.dumps(resume).encode(), timeout=5)
+    print("resume ->", reply.data.decode())
+    await nc.close()
+
+
+if __name__ == "__main__":
+    with open(sys.argv[2] if len(sys.argv) > 2 else ".qmp/connection.json") as handle:
+        asyncio.run(main(sys.argv[1], json.load(handle)))

@@ -1,0 +1,603 @@
+"""Every message on the bus: frozen msgspec Structs, JSON on the wire.
+
+Commands are imperative (`Halt`), events past tense (`OrderDenied`, `BreakerTripped`). Every message has
+`ts_event` (int ns, event time) and `schema`. Fields are only ever added, at the end, with defaults.
+One Encoder and one Decoder per type, reused: see `codec()`.
+"""
+
+from functools import cache
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
+
+SCHEMA_VERSION = 1
+
+Status = Literal["ACTIVE", "REDUCING", "HALTED"]
+Source = Literal["operator", "risk", "deployer"]
+Side = Literal["BUY", "SELL"]
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+PositiveFraction = Annotated[float, Meta(gt=0.0, le=1.0)]
+Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+# ---------------------------------------------------------------- market data
+class BarBatch(Struct, frozen=True, kw_only=True):
+    """One timestamp's bars for a universe (or a chunk of it), as columns."""
+
+    venue: Token
+    ts_event: int
+    symbols: list[str]
+    open: list[float]
+    high: list[float]
+    low: list[float]
+    close: list[float]
+    volume: list[float]
+    seq: int = 0
+    chunk: int = 0
+    chunks: int = 1
+    ts_init: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+# ---------------------------------------------------------------- control
+class ControlCommandBase(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="command"):
+    issued_by: Source = "operator"
+    command_id: str = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class Halt(ControlCommandBase, tag="halt"):
+    """Stop new orders; latched until an explicit resume."""
+
+    reason: Annotated[str, Meta(min_length=1)] = "unspecified"
+
+
+class Resume(ControlCommandBase, tag="resume"):
+    """Lift a halt: `safe` at half size until the next clean evaluation, `normal` fully."""
+
+    mode: Literal["safe", "normal"] = "normal"
+
+
+class SetAllocation(ControlCommandBase, tag="set_allocation"):
+    allocation: Fraction
+
+
+class ReduceOrderSize(ControlCommandBase, tag="reduce_order_size"):
+    factor: PositiveFraction
+
+
+class Defensive(ControlCommandBase, tag="defensive"):
+    on: bool
+    max_order_fraction: Fraction = 1.0  # order-size cap while on (risk's news breaker tightens it)
+
+
+class ReleaseSafeMode(ControlCommandBase, tag="release_safe_mode"):
+    """Sent after a clean evaluation: a `resume --safe` returns to full size."""
+
+
+ControlCommand = Halt | Resume | SetAllocation | ReduceOrderSize | Defensive | ReleaseSafeMode
+
+
+class TradingState(Struct, frozen=True, kw_only=True):
+    """One source's entry in the control bucket, or the effective combination of all of them."""
+
+    strategy: str
+    status: Status = "ACTIVE"
+    allocation: Fraction = 1.0
+    size_multiplier: Fraction = 1.0
+    max_order_fraction: Fraction = 1.0
+    defensive: bool = False
+    reason: str = ""
+    safe_mode: bool = False
+    updated_by: str = ""
+    command_id: str = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class ControlReply(Struct, frozen=True, kw_only=True):
+    accepted: bool
+    reason: str = ""
+    command_id: str = ""
+    duplicate: bool = False
+    state: TradingState | None = None
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class ControlApplied(Struct, frozen=True, kw_only=True):
+    """Audit record of an accepted control command."""
+
+    strategy: str
+    command: ControlCommand
+    state: TradingState
+    ts_event: int
+    schema: int = SCHEMA_VERSION
+
+
+# ---------------------------------------------------------------- execution
+class OrderDecisionBase(Struct, frozen=True, kw_only=True, tag_field="event"):
+    strategy: str
+    order_id: str
+    symbol: str
+    side: Side
+    quantity: float
+    price: float
+    ts_event: int
+    schema: int = SCHEMA_VERSION
+
+
+class OrderAccepted(OrderDecisionBase, tag="OrderAccepted"):
+    reason: str = ""  # how it was sized and what capped it
+    reason_code: str = ""  # why it was sent when not for the strategy's target (STOP_LOSS); empty otherwise
+
+
+class OrderDenied(OrderDecisionBase, tag="OrderDenied"):
+    reason: str = ""
+    reason_code: str = ""
+
+
+OrderDecision = OrderAccepted | OrderDenied
+
+
+class Fill(Struct, frozen=True, kw_only=True):
+    strategy: str
+    order_id: str
+    fill_id: str
+    symbol: str
+    side: Side
+    quantity: float
+    price: float
+    arrival_price: float
+    slippage_bps: float
+    fee: float
+    ts_event: int
+    schema: int = SCHEMA_VERSION
+    participation: float = 0.0  # this fill's size / (average daily volume × execution time)
+    daily_vol: float = 0.0  # the symbol's daily volatility the slippage model used
+    adv: float = 0.0  # average daily volume in shares (0: unknown)
+    remaining: float = 0.0  # the order's quantity still working after this fill
+
+
+class PortfolioSnapshot(Struct, frozen=True, kw_only=True):
+    """A strategy's book after a batch: what risk revalues and what execution recovers from."""
+
+    strategy: str
+    ts_event: int
+    cash: float
+    equity: float
+    symbols: list[str]
+    quantities: list[float]
+    prices: list[float]
+    last_seq: int = 0
+    orders_total: int = 0
+    denied_total: int = 0
+    fills_total: int = 0
+    schema: int = SCHEMA_VERSION
+    realized_pnl: float = 0.0  # since inception, before fees
+    unrealized_pnl: float = 0.0
+    fees: float = 0.0  # since inception
+    avg_prices: list[float] = []  # average entry price per symbol, aligned with `symbols`
+    working: list["WorkingOrder"] = []  # accepted orders not yet completely filled
+
+
+# ---------------------------------------------------------------- risk
+class PositionRisk(Struct, frozen=True, kw_only=True):
+    """One position in a RiskSnapshot: its drawdowns from entry and from its best price, and its own VaR / ES."""
+
+    symbol: str
+    quantity: float
+    price: float
+    weight: float  # quantity * price / equity, signed
+    entry_price: float  # average entry price of the current position
+    peak_price: float  # best price since entry in the position's favour (highest long, lowest short)
+    pnl_from_entry: float  # fraction of the entry value; a loss is negative
+    drawdown_from_peak: float  # adverse move from peak_price, a positive fraction
+    var: dict[str, float] = {}  # this position alone, full revaluation, fraction of equity
+    es: dict[str, float] = {}
+    stop_loss: bool = False  # its stop-loss has fired (ClosePosition sent)
+
+
+class VarBacktest(Struct, frozen=True, kw_only=True):
+    """Backtest of one VaR / ES forecast (method and level) over the last `observations` days."""
+
+    observations: int
+    exceptions: int
+    expected: float  # observations * (1 - level)
+    kupiec_p: float  # proportion of failures
+    christoffersen_p: float  # independence of exceptions
+    conditional_coverage_p: float
+    zone: str  # Basel traffic light: green, yellow, red
+    es_z2: float | None = None  # Acerbi-Szekely Z2: 0 when ES is right, negative when it understates
+    es_zone: str = ""
+
+
+class RiskSnapshot(Struct, frozen=True, kw_only=True):
+    """VaR and ES are positive loss fractions of equity, keyed `<method>_<level>` (e.g. historical_99)."""
+
+    strategy: str
+    ts_event: int
+    equity: float
+    var: dict[str, float]
+    es: dict[str, float]
+    drawdown_24h: float
+    drawdown_max: float
+    volatility_ratio: float
+    breakers: list[str]
+    observations: int = 0
+    status: str = "ok"
+    schema: int = SCHEMA_VERSION
+    drawdown: float = 0.0  # current, from the peak since inception
+    volatility: float | None = None  # realized vol of the strategy's returns, per snapshot period
+    positions: list[PositionRisk] = []
+    symbol_risk: dict[str, dict[str, float]] = {}  # per held symbol: its own return VaR keys, vol, vol_ratio
+    backtests: dict[str, VarBacktest] = {}  # keyed like var
+    errors: dict[str, str] = {}  # measure -> why it is missing
+
+
+class BreakerEventBase(Struct, frozen=True, kw_only=True, tag_field="event"):
+    strategy: str
+    breaker: str
+    value: float
+    threshold: float
+    action: str
+    ts_event: int
+    schema: int = SCHEMA_VERSION
+    detail: str = ""  # what caused it, in words (symbol, event, timestamps)
+
+
+class BreakerTripped(BreakerEventBase, tag="BreakerTripped"):
+    pass
+
+
+class BreakerReleased(BreakerEventBase, tag="BreakerReleased"):
+    pass
+
+
+BreakerEvent = BreakerTripped | BreakerReleased
+
+
+class ClosePosition(Struct, frozen=True, kw_only=True):
+    """Close one position now (a risk stop-loss), on `qmp.risk.<strategy>.stoploss`.
+
+    Execution closes the position on the strategy's next batch (an order with reason code STOP_LOSS).
+    """
+
+    strategy: str
+    symbol: str
+    quantity: float  # the order that flattens the position: minus the position
+    reason: str
+    command_id: str
+    price: float
+    entry_price: float
+    loss: float  # fraction lost from the entry price, positive
+    issued_by: Source = "risk"
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class NewsEvent(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A calendar entry: a high-impact event puts strategies in defensive mode from `start` to `end` (int ns)."""
+
+    event_id: Token
+    name: str
+    start: int
+    end: int
+    impact: Literal["low", "medium", "high"] = "high"
+    strategies: list[str] = []  # empty: every strategy
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+# ---------------------------------------------------------------- operations
+class DeadLetter(Struct, frozen=True, kw_only=True):
+    service: str
+    subject: str
+    reason: str
+    payload: str
+    ts_event: int
+    schema: int = SCHEMA_VERSION
+
+
+class HealthReply(Struct, frozen=True, kw_only=True):
+    service: str
+    status: str
+    pid: int
+    ts_event: int
+    detail: dict[str, Any] = {}
+    schema: int = SCHEMA_VERSION
+
+
+T = TypeVar("T")
+
+
+class Codec(Generic[T]):
+    """A reused JSON encoder/decoder pair for one message type (or tagged union)."""
+
+    def __init__(self, type_: Any) -> None:
+        self.type = type_
+        self.decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(type_)
+        self.encoder = msgspec.json.Encoder()
+
+    def decode(self, data: bytes | str) -> T:
+        return self.decoder.decode(data)
+
+    def encode(self, message: Any) -> bytes:
+        return self.encoder.encode(message)
+
+
+@cache
+def codec(type_: Any) -> Codec[Any]:
+    """Return the shared codec of a message type."""
+    return Codec(type_)
+
+
+def encode(message: Any) -> bytes:
+    return _ENCODER.encode(message)
+
+
+_ENCODER = msgspec.json.Encoder()
+
+PUBLIC_MESSAGES: dict[str, Any] = {
+    "BarBatch": BarBatch,
+    "ControlCommand": ControlCommand,
+    "ControlReply": ControlReply,
+    "TradingState": TradingState,
+    "OrderDecision": OrderDecision,
+    "Fill": Fill,
+    "PortfolioSnapshot": PortfolioSnapshot,
+    "RiskSnapshot": RiskSnapshot,
+    "BreakerEvent": BreakerEvent,
+    "ClosePosition": ClosePosition,
+    "NewsEvent": NewsEvent,
+    "DeadLetter": DeadLetter,
+}
+
+
+def json_schemas() -> dict[str, Any]:
+    """Return the JSON Schema of every public message, generated from the Structs."""
+    return {name: msgspec.json.schema(type_) for name, type_ in PUBLIC_MESSAGES.items()}
+
+
+# ---------------------------------------------------------------- deployment (phased capital rollout)
+Env = Literal["paper", "live"]
+RolloutStatus = Literal[
+    "SOAKING",  # in a phase, soak clock running
+    "HOLDING",  # a gate is warning or inconclusive: soak clock stopped until a clean evaluation
+    "PAUSED",  # operator pause: soak clock stopped, gates still watched (a critical breach still rolls back)
+    "READY",  # soak done, gates clean; waits for an operator promote (manual rollouts)
+    "AWAITING_APPROVAL",  # soak done; the next phase needs an explicit approval (`promote --full`)
+    "COMPLETE",  # the last phase is soaked; gates still watched
+    "ROLLED_BACK",  # halted, allocation at the last good phase (or 0); waits for a resume
+    "HALTED",  # operator halt; latched until an explicit resume
+    "ABORTED",  # terminal: halted, allocation 0
+]
+GateLevel = Literal["ok", "warning", "critical", "inconclusive"]
+ReadingStatus = Literal["ok", "no_data", "stale", "source_failed"]
+NO_PHASE = "none"
+
+
+class DeployCommandBase(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="verb"):
+    """A request on `qmp.deploy.<strategy>.cmd`. `expected_phase` is the phase the sender believes is current."""
+
+    command_id: str = ""
+    expected_phase: str = ""
+    issued_by: str = "operator"
+    reason: str = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class Deploy(DeployCommandBase, tag="deploy"):
+    """Start a rollout (first phase), or move to the phase matching env/allocation (the next one only)."""
+
+    plan: str = "default"
+    env: Literal["paper", "live", ""] = ""
+    allocation: Fraction | None = None
+    auto: bool = True
+
+
+class Promote(DeployCommandBase, tag="promote"):
+    """Move one phase on; `full` is the explicit approval the last promotion (to 100%) waits for."""
+
+    full: bool = False
+
+
+class Pause(DeployCommandBase, tag="pause"):
+    """Stop the soak clock and promotions; gates keep running."""
+
+
+class ResumeRollout(DeployCommandBase, tag="resume"):
+    """Lift a pause, a halt or a rollback."""
+
+    mode: Literal["safe", "normal"] = "normal"
+
+
+class Abort(DeployCommandBase, tag="abort"):
+    """End the rollout: halt, allocation 0. Takes priority over everything; never clears itself."""
+
+
+class Rollback(DeployCommandBase, tag="rollback"):
+    """Halt and go back to the last good phase (or allocation 0)."""
+
+
+class HaltRollout(DeployCommandBase, tag="halt"):
+    """Halt the strategy and freeze the rollout. Takes priority over everything; never clears itself."""
+
+
+class GetRolloutStatus(DeployCommandBase, tag="status"):
+    """Read-only: reply with the rollout state."""
+
+
+DeployCommand = Deploy | Promote | Pause | ResumeRollout | Abort | Rollback | HaltRollout | GetRolloutStatus
+
+
+class RolloutPhase(Struct, frozen=True, kw_only=True):
+    """One phase of a rollout, copied from the plan when the rollout starts (a plan edit never moves it)."""
+
+    name: str
+    env: Env
+    allocation: Fraction
+    min_soak_s: float
+    min_fills: int = 0
+    min_notional_hours: float = 0.0
+    approval: bool = False
+
+
+class GateResult(Struct, frozen=True, kw_only=True):
+    """The last evaluation of one monitored metric."""
+
+    metric: str
+    level: GateLevel
+    value: float | None = None
+    warning: float = 0.0
+    critical: float = 0.0
+    action: str = ""
+    reading: ReadingStatus = "ok"
+    consecutive_critical: int = 0
+    ts_event: int = 0  # of the reading
+    detail: str = ""
+
+
+class DeploymentEvent(Struct, frozen=True, kw_only=True):
+    """One entry of the audit trail on `qmp.deploy.<strategy>.events` and in `deployment_events`."""
+
+    strategy: str
+    rollout_id: str
+    seq: int
+    kind: str  # deployed, promoted, held, soak_resumed, rolled_back, halted, aborted, action, alert, ...
+    phase_from: str = NO_PHASE
+    phase_to: str = NO_PHASE
+    status: str = ""
+    trigger: str = ""
+    actor: str = "deployer"
+    command_id: str = ""
+    allocation_before: float = 0.0
+    allocation_after: float = 0.0
+    metrics: dict[str, float | None] = {}
+    thresholds: dict[str, list[float]] = {}  # metric -> [warning, critical]
+    reason: str = ""
+    epoch: int = 0
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class RolloutState(Struct, frozen=True, kw_only=True):
+    """A strategy's rollout, the value of its key in the `qmp_rollouts` KV bucket (written with CAS).
+
+    `outbox_controls` / `outbox_events` are the effects decided with this state and not yet confirmed
+    carried out; they are written in the same compare-and-set as the state, so a crash between deciding
+    and doing is finished after restart, with the same command ids (applied once).
+    """
+
+    strategy: str
+    rollout_id: str
+    plan: str
+    phases: list[RolloutPhase]
+    phase_index: int = 0  # -1: below the first phase (rolled back to allocation 0)
+    status: RolloutStatus = "SOAKING"
+    allocation: float = 0.0  # what the deployer's control entry says now
+    defensive: bool = False  # "halt new positions" in force (the deployer's entry)
+    size_factor: float = 1.0  # "reduce order size" in force (the deployer's entry)
+    auto: bool = True
+    approved_full: bool = False
+    soak_elapsed_ns: int = 0
+    soak_anchor_ns: int = 0  # time of the last soak accrual; 0 = anchor at the next evaluation
+    fills: int = 0
+    notional_hours: float = 0.0
+    phase_started_ns: int = 0
+    halted_from: str = ""
+    hold_reason: str = ""
+    sticky_actions: list[str] = []  # "metric:action" applied in this phase, never re-run in it
+    gates: list[GateResult] = []
+    last_eval_ns: int = 0
+    event_seq: int = 0
+    recent_events: list[DeploymentEvent] = []
+    recent_commands: list[str] = []
+    outbox_controls: list[ControlCommand] = []
+    outbox_events: list[DeploymentEvent] = []
+    epoch: int = 0
+    plan_digest: str = ""
+    started_ns: int = 0
+    updated_ns: int = 0
+    schema: int = SCHEMA_VERSION
+    endpoint_backup: bool = False  # the deployer pinned the broker to its backup endpoint (latency breach)
+    outbox_endpoint: str = ""  # a broker endpoint choice ("backup" | "auto") decided and not yet sent
+
+
+class DeployReply(Struct, frozen=True, kw_only=True):
+    accepted: bool
+    reason: str = ""
+    command_id: str = ""
+    duplicate: bool = False
+    rollout: RolloutState | None = None
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class DeployerLease(Struct, frozen=True, kw_only=True):
+    """Who may act: the holder of the highest epoch whose lease has not expired (wall time)."""
+
+    holder: str
+    epoch: int
+    expires_ns: int
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+PUBLIC_MESSAGES.update(DeployCommand=DeployCommand, DeployReply=DeployReply, DeploymentEvent=DeploymentEvent,
+                       RolloutState=RolloutState)
+
+
+# ---------------------------------------------------------------- execution: working orders, cancels, broker
+class OrderCanceled(OrderDecisionBase, tag="OrderCanceled"):
+    """The unfilled rest of a working order withdrawn (halt, reduce-only, a new target, a stopped strategy)."""
+
+    reason: str = ""
+    reason_code: str = ""
+    filled_quantity: float = 0.0
+
+
+# Everything execution publishes on `qmp.exec.<strategy>.orders`.
+OrderEvent = OrderAccepted | OrderDenied | OrderCanceled
+
+
+class WorkingOrder(Struct, frozen=True, kw_only=True):
+    """An accepted order not yet completely filled; kept in the PortfolioSnapshot so a restart resumes it."""
+
+    order_id: str
+    symbol: str
+    side: Side
+    quantity: float
+    price: float  # arrival price (the close at decision time)
+    ts_event: int  # decision time
+    filled: float = 0.0
+    fills: int = 0
+    bars_waited: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class BrokerCommand(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A request on `qmp.broker.<instance>`: pin the broker to an endpoint (or `auto`), or ask its status."""
+
+    command: Literal["use_endpoint", "status"] = "status"
+    endpoint: Literal["primary", "backup", "auto"] = "auto"
+    issued_by: str = "operator"
+    command_id: str = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class BrokerReply(Struct, frozen=True, kw_only=True):
+    accepted: bool
+    reason: str = ""
+    active: str = ""  # the endpoint requests go to now
+    forced: str = ""  # the endpoint pinned by a command; empty while latency decides
+    endpoints: dict[str, dict[str, float]] = {}  # name -> latency_p99_ms, errors, requests, healthy
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+PUBLIC_MESSAGES.update(OrderEvent=OrderEvent, BrokerCommand=BrokerCommand, BrokerReply=BrokerReply)

@@ -1,0 +1,163 @@
+"""Every subject, stream, consumer and KV bucket name on the bus. Nowhere else.
+
+Strategy and venue ids are NATS tokens: letters, digits, `_` and `-` (no dots or wildcards), so that
+they can stand in a subject and in a KV key.
+"""
+
+import re
+
+ALL_STRATEGIES = "ALL"
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# Market data
+MARKET_DATA_ALL = "qmp.md.>"
+MARKET_DATA_BARS_ALL = "qmp.md.*.bars"
+
+# Execution
+EXEC_ALL = "qmp.exec.>"
+ORDERS_ALL = "qmp.exec.*.orders"
+FILLS_ALL = "qmp.exec.*.fills"
+PORTFOLIO_ALL = "qmp.exec.*.portfolio"
+
+# Risk
+RISK_ALL = "qmp.risk.>"
+SNAPSHOT_ALL = "qmp.risk.*.snapshot"
+BREAKER_EVENTS_ALL = "qmp.risk.*.breaker"
+STOP_LOSS_ALL = "qmp.risk.*.stoploss"
+
+# News calendar entries (NewsEvent): market data, so they live in the market-data stream
+NEWS_EVENTS = "qmp.md.news.events"
+
+# Control: requests answered by the owner of control state; accepted ones are journaled in the audit stream
+CONTROL_ALL = "qmp.control.>"
+CONTROL_ANY = "qmp.control.*"
+STATE_ALL = "qmp.state.>"
+AUDIT_ALL = "qmp.audit.>"
+
+# Deployment
+DEPLOY_COMMANDS_ALL = "qmp.deploy.*.cmd"
+DEPLOY_EVENTS_ALL = "qmp.deploy.*.events"
+
+# Dead letters and health
+DLQ_ALL = "qmp.dlq.>"
+HEALTH_ALL = "qmp.health.>"
+INGEST_ALL = "qmp.ingest.>"
+
+# Streams (JetStream, file storage)
+STREAM_MARKET_DATA = "QMP_MARKET_DATA"
+STREAM_EXEC = "QMP_EXEC"
+STREAM_RISK = "QMP_RISK"
+STREAM_AUDIT = "QMP_AUDIT"
+STREAM_DEPLOY = "QMP_DEPLOY"
+STREAM_DLQ = "QMP_DLQ"
+STREAM_INGEST = "QMP_INGEST"
+
+# KV buckets
+KV_CONTROL = "qmp_control"
+
+# Durable consumers
+CONSUMER_RISK_BARS = "risk-bars"
+CONSUMER_RISK_PORTFOLIO = "risk-portfolio"
+CONSUMER_RISK_NEWS = "risk-news"
+CONSUMER_EXECUTION_BARS = "execution-bars"
+CONSUMER_EXECUTION_STOP_LOSS = "execution-stoploss"
+CONSUMER_COLLECTOR_INGEST = "collector-ingest"
+
+
+def check_token(value: str, what: str = "id") -> str:
+    """Return value if it is a valid subject token, else raise ValueError saying what was expected."""
+    if not TOKEN_PATTERN.match(value):
+        raise ValueError(f"{what} must match {TOKEN_PATTERN.pattern}, got {value!r}")
+    return value
+
+
+def bars(venue: str) -> str:
+    return f"qmp.md.{venue}.bars"
+
+
+def ingest(venue: str) -> str:
+    return f"qmp.ingest.{venue}"
+
+
+def orders(strategy: str) -> str:
+    return f"qmp.exec.{strategy}.orders"
+
+
+def fills(strategy: str) -> str:
+    return f"qmp.exec.{strategy}.fills"
+
+
+def portfolio(strategy: str) -> str:
+    return f"qmp.exec.{strategy}.portfolio"
+
+
+def snapshot(strategy: str) -> str:
+    return f"qmp.risk.{strategy}.snapshot"
+
+
+def breaker_events(strategy: str) -> str:
+    return f"qmp.risk.{strategy}.breaker"
+
+
+def stop_loss(strategy: str) -> str:
+    return f"qmp.risk.{strategy}.stoploss"
+
+
+def control(strategy: str) -> str:
+    return f"qmp.control.{strategy}"
+
+
+def state(strategy: str) -> str:
+    return f"qmp.state.{strategy}"
+
+
+def audit_control(strategy: str) -> str:
+    return f"qmp.audit.control.{strategy}"
+
+
+def deploy_commands(strategy: str) -> str:
+    return f"qmp.deploy.{strategy}.cmd"
+
+
+def deploy_events(strategy: str) -> str:
+    return f"qmp.deploy.{strategy}.events"
+
+
+def dlq(service: str) -> str:
+    return f"qmp.dlq.{service}"
+
+
+def health(service: str) -> str:
+    return f"qmp.health.{service}"
+
+
+def control_key(strategy: str, source: str) -> str:
+    """KV key of one source's entry (operator, risk, deployer) in the control bucket."""
+    return f"{strategy}.{source}"
+
+
+def strategy_of(subject: str, position: int = 2) -> str:
+    """Return the strategy token of a subject such as qmp.control.<strategy>."""
+    return subject.split(".")[position]
+
+
+# Deployment: rollout state per strategy and the deployers' lease in one KV bucket. Rollout keys carry a
+# dot, strategy tokens never do, so no strategy id can collide with the lease key.
+KV_ROLLOUTS = "qmp_rollouts"
+ROLLOUT_LEASE_KEY = "lease.deployer"
+DEPLOY_QUEUE = "qmp-deployer"  # queue group: one deployer instance answers each request
+
+
+def rollout_key(strategy: str) -> str:
+    """KV key of a strategy's rollout state in the rollouts bucket."""
+    return f"rollout.{strategy}"
+
+
+# Broker adapter control (core request/reply, no stream): `qmp.broker.<execution instance>`.
+BROKER_ALL = "qmp.broker.>"
+DEFAULT_EXECUTION_INSTANCE = "execution"
+
+
+def broker(instance: str = DEFAULT_EXECUTION_INSTANCE) -> str:
+    """Subject of an execution instance's broker commands (pin an endpoint, status)."""
+    return f"qmp.broker.{instance}"

@@ -1,0 +1,103 @@
+"""OpenTelemetry setup, trace context over NATS headers, and structured JSON logs with trace ids.
+
+With no collector configured, finished spans go as JSON lines to `<run_dir>/traces/<service>.jsonl`, which
+`qmp incident` can read back; spans are linked across services through the W3C `traceparent` header.
+"""
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Append each finished span as one JSON line to a file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            for span in spans:
+                self._file.write(span.to_json(indent=None) + "\n")
+            self._file.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def setup_tracing(service: str, run_dir: Path | None, otlp_endpoint: str = "") -> TracerProvider:
+    """Install a tracer provider: OTLP/HTTP when an endpoint is configured, else a file under run_dir."""
+    provider = TracerProvider(resource=Resource.create({"service.name": f"qmp-{service}"}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(f"{otlp_endpoint}/v1/traces")))
+    elif run_dir is not None:
+        provider.add_span_processor(
+            BatchSpanProcessor(JsonLinesSpanExporter(run_dir / "traces" / f"{service}.jsonl"),
+                               schedule_delay_millis=1000)
+        )
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def inject_context(headers: dict[str, str]) -> None:
+    """Put the current trace context into NATS headers."""
+    propagate.inject(headers)
+
+
+def extract_context(headers: Mapping[str, str] | None) -> context.Context:
+    """Return the trace context carried by NATS headers (empty when there is none)."""
+    return propagate.extract(dict(headers or {}))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line with the service, the trace id of the current span and any extras."""
+
+    RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        span_context = trace.get_current_span().get_span_context()
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if span_context.is_valid:
+            entry["trace_id"] = format(span_context.trace_id, "032x")
+            entry["span_id"] = format(span_context.span_id, "016x")
+        entry.update({k: v for k, v in vars(record).items() if k not in self.RESERVED})
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,67 @@
+"""Bar validation shared by every service that takes market data in.
+
+A row is rejected, with its reason, for a non-finite or non-positive price, high below low, a close
+outside [low, high], a negative or non-finite volume, a duplicate symbol within the batch. A batch is
+rejected whole when its columns disagree in length or its timestamp is not after the last one accepted.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qmp_core.messages import BarBatch
+
+
+class BatchRejected(ValueError):
+    """The whole batch is unusable; the message says why."""
+
+
+@dataclass(frozen=True)
+class ValidatedBatch:
+    ts_event: int
+    symbols: list[str]
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+def validate_batch(batch: BarBatch, last_ts_event: int | None = None) -> ValidatedBatch:
+    """Return the batch's valid rows as arrays and the rejected rows with reasons; raise BatchRejected."""
+    n = len(batch.symbols)
+    lengths = {len(batch.open), len(batch.high), len(batch.low), len(batch.close), len(batch.volume)}
+    if lengths != {n}:
+        raise BatchRejected(f"column lengths differ: symbols={n}, columns={sorted(lengths)}")
+    if batch.ts_event <= 0:
+        raise BatchRejected(f"ts_event must be a positive int ns, got {batch.ts_event}")
+    if last_ts_event is not None and batch.ts_event <= last_ts_event:
+        kind = "duplicate" if batch.ts_event == last_ts_event else "out-of-order"
+        raise BatchRejected(f"{kind} timestamp: ts_event={batch.ts_event} is not after {last_ts_event}")
+    o = np.asarray(batch.open, dtype=np.float64)
+    h = np.asarray(batch.high, dtype=np.float64)
+    lo = np.asarray(batch.low, dtype=np.float64)
+    c = np.asarray(batch.close, dtype=np.float64)
+    v = np.asarray(batch.volume, dtype=np.float64)
+    reasons: list[str | None] = [None] * n
+    checks = (
+        (~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)), "non-finite price"),
+        ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0), "non-positive price"),
+        (h < lo, "high below low"),
+        ((c < lo) | (c > h) | (o < lo) | (o > h), "open or close outside [low, high]"),
+        (~np.isfinite(v) | (v < 0), "negative or non-finite volume"),
+    )
+    for mask, reason in checks:
+        for i in np.flatnonzero(mask):
+            if reasons[i] is None:
+                reasons[i] = f"{reason}: o={o[i]} h={h[i]} l={lo[i]} c={c[i]} v={v[i]}"
+    seen: set[str] = set()
+    for i, symbol in enumerate(batch.symbols):
+        if symbol in seen and reasons[i] is None:
+            reasons[i] = "duplicate symbol in batch"
+        seen.add(symbol)
+    keep = np.array([r is None for r in reasons], dtype=bool)
+    rejected = [(batch.symbols[i], r) for i, r in enumerate(reasons) if r is not None]
+    symbols = [s for s, k in zip(batch.symbols, keep, strict=True) if k]
+    return ValidatedBatch(batch.ts_event, symbols, o[keep], h[keep], lo[keep], c[keep], v[keep], rejected)

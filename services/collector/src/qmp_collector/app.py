@@ -1,0 +1,243 @@
+"""Collector composition root: settings, broker, clock, engine, source; the FastStream app.
+
+Start-up: connect and declare the streams (the durable ingest consumer needs its stream), open the
+database pool, build the handlers, start the broker (ingest subscriber, health), then run the source's
+publish loop as a background task that resumes after what the stream already holds.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import pandas as pd
+from faststream import FastStream
+from faststream.nats import NatsBroker, NatsMessage
+from msgspec import Meta
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from opentelemetry import context
+
+from qmp_collector.engine import (
+    CollectorEngine,
+    FileSource,
+    HistorySource,
+    SyntheticLiveAdapter,
+    SyntheticSource,
+)
+from qmp_collector.handlers import SERVICE, Collector, LockstepGate
+from qmp_collector.store import BarStore
+from qmp_core import bus, subjects
+from qmp_core.clock import LiveClock, ReplayClock, make_clock
+from qmp_core.config import ServiceSettings, load_settings
+from qmp_core.db import connect_pool
+from qmp_core.messages import BarBatch
+from qmp_core.service import durable_subscriber, make_broker, register_health
+from qmp_core.telemetry import extract_context, setup_logging, setup_tracing
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VENUES = {"synthetic": "synth", "history": "sp500", "file": "file"}
+
+
+class CollectorSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Collector settings; each field `x` is read from `QMP_X`."""
+
+    source: Literal["synthetic", "history", "file"] = "synthetic"
+    venue: str = ""  # empty: synth, sp500 or file after the source
+    symbols: Annotated[int, Meta(ge=1)] = 50  # synthetic universe size
+    seed: int = 7
+    start: str = "2007-01-01"  # history range; also the synthetic market's first bar (00:00 UTC)
+    end: str = "2009-12-31"
+    file: str = ""
+    replay_rate: Annotated[float, Meta(ge=0)] = 0.0  # batches per second; 0 = as fast as possible
+    bar_seconds: Annotated[float, Meta(gt=0)] = 60.0  # synthetic event-time step
+    max_batches: Annotated[int, Meta(ge=0)] = 0  # 0 = until the source ends
+    chunk_size: Annotated[int, Meta(ge=1)] = 1000
+    lockstep_strategy: str = ""
+    lockstep_timeout: Annotated[float, Meta(gt=0)] = 10.0  # seconds
+    flush_rows: Annotated[int, Meta(ge=1)] = 50_000  # bars per COPY
+    ingest_durable: str = subjects.CONSUMER_COLLECTOR_INGEST
+
+    @property
+    def venue_id(self) -> str:
+        return self.venue or DEFAULT_VENUES[self.source]
+
+
+def check_settings(settings: CollectorSettings) -> None:
+    """Fail fast at start on settings that cannot work together."""
+    subjects.check_token(settings.venue_id, "QMP_VENUE")
+    if settings.lockstep_strategy:
+        subjects.check_token(settings.lockstep_strategy, "QMP_LOCKSTEP_STRATEGY")
+    if settings.source == "file" and not settings.file:
+        raise ValueError("QMP_SOURCE=file needs QMP_FILE, the path of a CSV or Parquet file")
+    for name in ("start", "end"):
+        try:
+            pd.Timestamp(getattr(settings, name))
+        except ValueError as error:
+            raise ValueError(f"QMP_{name.upper()} must be a date such as 2008-01-31, "
+                             f"got {getattr(settings, name)!r}") from error
+
+
+def build_source(
+    settings: CollectorSettings, clock: LiveClock | ReplayClock, sleep: Callable[[float], Awaitable[None]],
+) -> Iterable[BarBatch] | AsyncIterable[BarBatch]:
+    """Return the configured source; synthetic on a live clock runs as a live feed on wall time."""
+    venue = settings.venue_id
+    if settings.source == "history":
+        return HistorySource(settings.start, settings.end, venue=venue)
+    if settings.source == "file":
+        return FileSource(settings.file, venue)
+    start = pd.Timestamp(settings.start)
+    start_ns = int((start.tz_localize("UTC") if start.tz is None else start.tz_convert("UTC")).value)
+    synthetic = SyntheticSource(settings.symbols, settings.seed, start_ns, settings.bar_seconds, venue)
+    if isinstance(clock, LiveClock):
+        return SyntheticLiveAdapter(synthetic, clock, sleep)
+    return synthetic
+
+
+class CollectorService:
+    """The running collector: what the FastStream hooks call, and what tests drive in-process."""
+
+    def __init__(
+        self, settings: CollectorSettings, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        check_settings(settings)
+        self.settings = settings
+        self.sleep = sleep
+        self.monotonic = monotonic
+        self.clock = make_clock(settings.clock)
+        self.engine = CollectorEngine(self.clock)
+        self.broker: NatsBroker = make_broker(settings, SERVICE)
+        self.collector: Collector | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._lockstep_sub: Subscription | None = None
+        self._register()
+
+    def _register(self) -> None:
+        options = durable_subscriber(subjects.STREAM_INGEST, self.settings.ingest_durable)
+
+        @self.broker.subscriber(subjects.ingest("*"), **options)
+        async def on_ingest(msg: NatsMessage) -> None:
+            if self.collector is None:
+                raise RuntimeError("collector is starting; the message will be redelivered")
+            raw = msg.raw_message
+            seq = raw.metadata.sequence.stream if raw.reply else None
+            token = context.attach(extract_context(msg.headers))
+            try:
+                await self.collector.on_ingest(raw.subject, msg.body, seq)
+            finally:
+                context.detach(token)
+
+        register_health(self.broker, SERVICE, self.detail)
+
+    def detail(self) -> dict[str, Any]:
+        base: dict[str, Any] = {"source": self.settings.source, "venue": self.settings.venue_id}
+        if self.collector is None:
+            return {**base, "published": 0, "rejected": 0, "last_ts": None, "done": False}
+        return {**base, **self.collector.detail()}
+
+    async def prepare(self) -> None:
+        """Connect, declare the streams and open the database before the broker's subscribers start."""
+        await self.broker.connect()
+        js = self.broker.connection.jetstream()
+        await bus.declare(js)
+        self.pool = await connect_pool(self.settings.database_url) if self.settings.database_url else None
+        store = BarStore(self.pool, self.settings.flush_rows) if self.pool is not None else None
+        lockstep = LockstepGate(self.settings.lockstep_strategy) if self.settings.lockstep_strategy else None
+        self.collector = Collector(js, self.engine, self.clock, store, self.settings.chunk_size, lockstep,
+                                   self.settings.lockstep_timeout)
+
+    async def begin(self) -> None:
+        """Subscribe to risk snapshots (lockstep), find where to resume, start the publish loop."""
+        collector = self._ready()
+        if collector.lockstep is not None:
+            gate = collector.lockstep
+
+            async def on_snapshot(msg: Msg) -> None:
+                gate.on_snapshot(msg.data)
+
+            self._lockstep_sub = await self.broker.connection.subscribe(
+                subjects.snapshot(gate.strategy), cb=on_snapshot)
+        venue = self.settings.venue_id
+        resume = await collector.seed(venue)
+        store_from = await collector.store.last_ts(venue) if collector.store is not None else None
+        source = build_source(self.settings, self.clock, self.sleep)
+        log.info("collector started", extra={"source": self.settings.source, "venue": venue,
+                                             "resume_ts": resume.ts_event if resume else None})
+        self.task = asyncio.create_task(collector.run_source(
+            source, max_batches=self.settings.max_batches, replay_rate=self.settings.replay_rate,
+            sleep=self.sleep, monotonic=self.monotonic, resume=resume, store_from_ns=store_from,
+        ), name="collector-publish")
+        self.task.add_done_callback(_log_failure)
+
+    async def start(self) -> None:
+        """Start everything (what `FastStream.run` does through the hooks); for in-process use."""
+        await self.prepare()
+        await self.broker.start()
+        await self.begin()
+
+    async def wait_done(self, timeout_s: float) -> None:
+        """Wait until the source is exhausted (or raise TimeoutError / the loop's error)."""
+        if self.task is None:
+            raise RuntimeError("collector not started")
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(self.task)
+
+    async def close(self) -> None:
+        """Stop the publish loop, write pending bars, close the pool (the broker is stopped after)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        if self._lockstep_sub is not None:
+            await self._lockstep_sub.unsubscribe()
+        if self.collector is not None and self.collector.store is not None:
+            await self.collector.store.flush()
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    async def stop(self) -> None:
+        await self.close()
+        await self.broker.stop()
+
+    def _ready(self) -> Collector:
+        if self.collector is None:
+            raise RuntimeError("collector not prepared: call prepare() first")
+        return self.collector
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("publish loop failed", exc_info=task.exception())
+
+
+def create_app(settings: CollectorSettings | None = None) -> FastStream:
+    """Build the collector app: publish loop, ingest on `qmp.ingest.*`, health on `qmp.health.collector`."""
+    settings = settings or load_settings(CollectorSettings)
+    service = CollectorService(settings)
+    app = FastStream(service.broker)
+
+    @app.on_startup
+    async def prepare() -> None:
+        setup_logging(SERVICE, settings.log_level)
+        setup_tracing(SERVICE, Path(settings.run_dir))
+        await service.prepare()
+
+    @app.after_startup
+    async def begin() -> None:
+        await service.begin()
+
+    @app.on_shutdown
+    async def close() -> None:
+        await service.close()
+
+    return app

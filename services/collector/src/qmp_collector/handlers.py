@@ -1,0 +1,258 @@
+"""Collector handlers: decode → engine → publish, dead-letter, store. No decisions are made here.
+
+Every batch, from a source or from `qmp.ingest.<venue>`, takes one path: split into chunks of at most
+`chunk_size` symbols, validated by the engine, published to `qmp.md.<venue>.bars` with Nats-Msg-Id
+`<venue>:<ts_event>:<chunk>` (so a retry or a replay never doubles it), written to the `bars` table;
+rejected rows and batches go to `qmp.dlq.collector` with the reason.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from typing import Any
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from qmp_collector.engine import CollectorEngine, Outcome, ResumePoint, chunk
+from qmp_collector.store import BarStore
+from qmp_core import bus, subjects
+from qmp_core.clock import Clock, ReplayClock
+from qmp_core.messages import BarBatch, RiskSnapshot, codec
+from qmp_core.telemetry import tracer
+
+SERVICE = "collector"
+REASON_EXCERPT = 1_000
+YIELD_EVERY = 256  # skipped batches between yields to the event loop during a resume
+
+log = logging.getLogger(__name__)
+_tracer = tracer("qmp_collector")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def message_id(batch: BarBatch) -> str:
+    return f"{batch.venue}:{batch.ts_event}:{batch.chunk}"
+
+
+class LockstepGate:
+    """Hold the publish loop until risk has seen a batch: a RiskSnapshot with ts_event >= the batch's.
+
+    Replays are then deterministic: risk (and the breakers it trips) acts on batch t before batch t+1 exists.
+    """
+
+    def __init__(self, strategy: str) -> None:
+        self.strategy = strategy
+        self.latest = -1
+        self._changed = asyncio.Event()
+        self.timeouts = 0
+
+    def observe(self, ts_event: int) -> None:
+        if ts_event > self.latest:
+            self.latest = ts_event
+            self._changed.set()
+
+    def on_snapshot(self, data: bytes) -> None:
+        """Take a RiskSnapshot payload; ignore other strategies and payloads that do not decode."""
+        try:
+            snapshot: RiskSnapshot = codec(RiskSnapshot).decode(data)
+        except msgspec.MsgspecError as error:
+            log.warning("lockstep: undecodable risk snapshot", extra={"error": str(error)})
+            return
+        if snapshot.strategy == self.strategy:
+            self.observe(snapshot.ts_event)
+
+    async def wait(self, ts_event: int, timeout_s: float) -> bool:
+        """Return True once a snapshot at or after ts_event has arrived, False after timeout_s."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.latest < ts_event:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            self.timeouts += 1
+            log.warning("lockstep: no risk snapshot in time",
+                        extra={"strategy": self.strategy, "ts_event": ts_event, "timeout_s": timeout_s})
+            return False
+        return True
+
+
+class Collector:
+    """Run batches through chunking, the engine, JetStream, the DLQ and the bar store."""
+
+    def __init__(
+        self, js: JetStreamContext, engine: CollectorEngine, clock: Clock, store: BarStore | None,
+        chunk_size: int = 1000, lockstep: LockstepGate | None = None, lockstep_timeout_s: float = 10.0,
+    ) -> None:
+        self.js = js
+        self.engine = engine
+        self.clock = clock
+        self.store = store
+        self.chunk_size = chunk_size
+        self.lockstep = lockstep
+        self.lockstep_timeout_s = lockstep_timeout_s
+        self.published = 0
+        self.skipped = 0
+        self.dead_letters = 0
+        self.done = False
+        self._seeded: set[str] = set()
+        self._last_ts: int | None = None
+
+    def detail(self) -> dict[str, Any]:
+        """Health details: messages published, rows rejected, latest ts published, source exhausted."""
+        return {
+            "published": self.published,
+            "rejected": self.engine.rejected_rows,
+            "rejected_batches": self.engine.rejected_batches,
+            "skipped": self.skipped,
+            "dead_letters": self.dead_letters,
+            "last_ts": self._last_ts,
+            "pending_rows": self.store.pending_rows if self.store else 0,
+            "lockstep_timeouts": self.lockstep.timeouts if self.lockstep else 0,
+            "done": self.done,
+        }
+
+    # ------------------------------------------------------------ resume
+    async def resume_point(self, venue: str) -> ResumePoint | None:
+        """Return the last batch on `qmp.md.<venue>.bars`, or None when the stream has none."""
+        try:
+            raw = await self.js.get_last_msg(subjects.STREAM_MARKET_DATA, subjects.bars(venue))
+        except NotFoundError:
+            return None
+        if raw.data is None:
+            return None
+        last: BarBatch = codec(BarBatch).decode(raw.data)
+        return ResumePoint(last.ts_event, last.chunk, last.chunks)
+
+    async def seed(self, venue: str) -> ResumePoint | None:
+        """Make the engine continue after what is already on the stream for a venue (once per venue)."""
+        if venue in self._seeded:
+            return None
+        self._seeded.add(venue)
+        point = await self.resume_point(venue)
+        if point is not None:
+            self.engine.seed(venue, point)
+            log.info("resuming after the stream's last batch",
+                     extra={"venue": venue, "ts_event": point.ts_event, "chunk": point.chunk})
+        return point
+
+    # ------------------------------------------------------------ one batch
+    async def accept(self, batch: BarBatch, origin: str, dlq_id: str | None = None, flush: bool = False) -> int:
+        """Chunk, validate, publish, dead-letter and store one batch; return the messages published."""
+        if isinstance(self.clock, ReplayClock):
+            self.clock.observe(batch.ts_event)
+        parts = chunk(batch, self.chunk_size) if batch.chunks == 1 else [batch]
+        published = 0
+        for part in parts:
+            outcome = self.engine.process(part)
+            if outcome.rejected:
+                await self._dead_letter_rows(part, outcome, origin, dlq_id)
+            if outcome.batch is None:
+                continue
+            await self._publish(outcome.batch)
+            published += 1
+            if self.store is not None:
+                await self.store.add(outcome.batch)
+        if flush and self.store is not None:
+            await self.store.flush()
+        return published
+
+    async def _publish(self, batch: BarBatch) -> None:
+        subject = subjects.bars(batch.venue)
+        attributes = {"venue": batch.venue, "ts_event": batch.ts_event, "chunk": batch.chunk,
+                      "symbols": len(batch.symbols), "seq": batch.seq}
+        with _tracer.start_as_current_span("collector.publish_batch", attributes=attributes):
+            await bus.publish(self.js, subject, batch, msg_id=message_id(batch))
+        self.published += 1
+        self._last_ts = batch.ts_event if self._last_ts is None else max(self._last_ts, batch.ts_event)
+
+    async def _dead_letter_rows(self, batch: BarBatch, outcome: Outcome, origin: str, dlq_id: str | None) -> None:
+        if outcome.whole_batch_rejected:
+            reason = f"batch rejected: {outcome.batch_reason}"
+            payload = codec(BarBatch).encode(batch)
+        else:
+            listed = "; ".join(f"{symbol}: {why}" for symbol, why in outcome.rejected)
+            reason = f"{len(outcome.rejected)} of {len(batch.symbols)} rows rejected: {listed}"[:REASON_EXCERPT]
+            payload = msgspec.json.encode({"venue": batch.venue, "ts_event": batch.ts_event,
+                                           "chunk": batch.chunk, "rejected": outcome.rejected})
+        # Distinct per source batch (seq) and per ingest message (stream sequence), stable across retries.
+        msg_id = f"dlq:{dlq_id}:{batch.chunk}" if dlq_id else f"dlq:{message_id(batch)}:{batch.seq}"
+        await bus.dead_letter(self.js, SERVICE, origin, reason, payload, self.clock, msg_id=msg_id)
+        self.dead_letters += 1
+
+    # ------------------------------------------------------------ sources
+    async def run_source(
+        self, batches: Iterable[BarBatch] | AsyncIterable[BarBatch], *, max_batches: int = 0,
+        replay_rate: float = 0.0, sleep: Sleep = asyncio.sleep, monotonic: Callable[[], float] = time.monotonic,
+        resume: ResumePoint | None = None, store_from_ns: int | None = None,
+    ) -> None:
+        """Publish a source's batches; paced at replay_rate batches/s (0: as fast as possible).
+
+        Batches covered by `resume` were published before a restart: they are not published again, but
+        those at or after `store_from_ns` (the latest bar already in the table) are stored again, so bars
+        buffered but not written when the previous run died are not lost.
+        """
+        interval = 1.0 / replay_rate if replay_rate > 0 else 0.0
+        next_at = monotonic()
+        handled = 0
+        async for batch in _aiter(batches):
+            if max_batches and handled >= max_batches:
+                break
+            if resume is not None and resume.covers(batch):
+                await self._restore(batch, store_from_ns)
+                continue
+            handled += 1
+            published = await self.accept(batch, subjects.bars(batch.venue))
+            if published and self.lockstep is not None:
+                await self.lockstep.wait(batch.ts_event, self.lockstep_timeout_s)
+            if interval:
+                next_at += interval
+                await sleep(max(0.0, next_at - monotonic()))
+        if self.store is not None:
+            await self.store.flush()
+        self.done = True
+        log.info("source done", extra=self.detail())
+
+    async def _restore(self, batch: BarBatch, store_from_ns: int | None) -> None:
+        self.skipped += 1
+        if self.store is not None and (store_from_ns is None or batch.ts_event >= store_from_ns):
+            parts = chunk(batch, self.chunk_size) if batch.chunks == 1 else [batch]
+            for part in parts:
+                cleaned = self.engine.clean(part)
+                if cleaned is not None:
+                    await self.store.add(cleaned)
+        if self.skipped % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+    # ------------------------------------------------------------ ingest
+    async def on_ingest(self, subject: str, body: bytes, stream_seq: int | None = None) -> None:
+        """Take an external feed's BarBatch JSON; dead-letter what cannot be used, raise only if transient."""
+        dlq_id = f"ingest:{stream_seq}" if stream_seq is not None else None
+        try:
+            batch: BarBatch = codec(BarBatch).decode(body)
+        except msgspec.MsgspecError as error:
+            await self._dead_letter_input(subject, f"malformed BarBatch: {error}", body, dlq_id)
+            return
+        venue = subject.rsplit(".", 1)[-1]
+        if batch.venue != venue:
+            await self._dead_letter_input(
+                subject, f"batch venue {batch.venue!r} does not match subject venue {venue!r}", body, dlq_id)
+            return
+        await self.seed(venue)
+        await self.accept(batch, subject, dlq_id=dlq_id, flush=True)
+
+    async def _dead_letter_input(self, subject: str, reason: str, body: bytes, dlq_id: str | None) -> None:
+        msg_id = f"dlq:{dlq_id}" if dlq_id else None
+        await bus.dead_letter(self.js, SERVICE, subject, reason, body, self.clock, msg_id=msg_id)
+        self.dead_letters += 1
+
+
+async def _aiter(batches: Iterable[BarBatch] | AsyncIterable[BarBatch]) -> AsyncIterable[BarBatch]:
+    if isinstance(batches, AsyncIterable):
+        async for batch in batches:
+            yield batch
+    else:
+        for batch in batches:
+            yield batch

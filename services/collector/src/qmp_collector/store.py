@@ -1,0 +1,126 @@
+"""Bars into PostgreSQL: COPY into a temporary table, then INSERT ... ON CONFLICT DO NOTHING.
+
+COPY is the fast path (FIELD_NOTES: ~5x executemany) but cannot skip rows that exist already; staging
+through a temporary table keeps the write idempotent, so a replay or a redelivered batch never doubles a
+bar. Several batches go into one COPY.
+"""
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from qmp_core.messages import BarBatch
+
+log = logging.getLogger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+COLUMNS = ("ts", "venue", "symbol", "open", "high", "low", "close", "volume")
+Record = tuple[datetime, str, str, float, float, float, float, float]
+
+
+def ns_to_datetime(ts_ns: int) -> datetime:
+    """Return an aware UTC datetime (PostgreSQL keeps microseconds)."""
+    return EPOCH + timedelta(microseconds=ts_ns // 1_000)
+
+
+def datetime_to_ns(value: datetime) -> int:
+    return (value - EPOCH) // timedelta(microseconds=1) * 1_000
+
+
+def records(batch: BarBatch) -> list[Record]:
+    ts = ns_to_datetime(batch.ts_event)
+    return [
+        (ts, batch.venue, s, o, h, lo, c, v)
+        for s, o, h, lo, c, v in zip(batch.symbols, batch.open, batch.high, batch.low, batch.close,
+                                     batch.volume, strict=True)
+    ]
+
+
+class BarStore:
+    """Buffer bars; write them in one COPY in the background once `flush_rows` are pending, or on `flush()`.
+
+    The background write lets publishing go on while PostgreSQL works (the table's primary key makes
+    the write several times slower than the publish). When more than `max_pending_rows` wait, `add`
+    waits for the write in progress: memory stays bounded and a slow database slows the collector down.
+    A failed background write keeps its rows pending and raises from the next `add`; `flush` retries it.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, flush_rows: int = 50_000, max_pending_rows: int | None = None) -> None:
+        self._pool = pool
+        self.flush_rows = flush_rows
+        self.max_pending_rows = max_pending_rows or 4 * flush_rows
+        self._pending: list[Record] = []
+        self._lock = asyncio.Lock()
+        self._writer: asyncio.Task[int] | None = None
+        self.rows_written = 0
+
+    @property
+    def pending_rows(self) -> int:
+        return len(self._pending)
+
+    async def add(self, batch: BarBatch) -> None:
+        """Buffer a batch's bars; start a background write when the buffer is full."""
+        self._raise_failed_write()
+        self._pending.extend(records(batch))
+        if len(self._pending) < self.flush_rows:
+            return
+        if self._writer is not None and not self._writer.done():
+            if len(self._pending) < self.max_pending_rows:
+                return
+            await asyncio.wait([self._writer])
+            self._raise_failed_write()
+        self._writer = asyncio.create_task(self._write_pending(), name="bar-store-write")
+
+    def _raise_failed_write(self) -> None:
+        if self._writer is not None and self._writer.done():
+            writer, self._writer = self._writer, None
+            if not writer.cancelled() and writer.exception() is not None:
+                raise RuntimeError("writing bars to the database failed") from writer.exception()
+
+    async def flush(self) -> int:
+        """Write every pending bar, retrying a failed background write; return how many rows were new."""
+        written = 0
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await asyncio.wait([writer])
+            if writer.cancelled() or writer.exception() is not None:
+                # Its rows are pending again: the write below retries them.
+                log.warning("background bar write failed; retrying", extra={"error": repr(writer)})
+            else:
+                written = writer.result()
+        return written + await self._write_pending()
+
+    async def _write_pending(self) -> int:
+        async with self._lock:
+            if not self._pending:
+                return 0
+            rows = self._pending
+            self._pending = []
+            try:
+                inserted = await self._write(rows)
+            except BaseException:
+                self._pending = rows + self._pending
+                raise
+            self.rows_written += inserted
+            return inserted
+
+    async def _write(self, rows: list[Record]) -> int:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "CREATE TEMP TABLE bars_stage (LIKE bars INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
+            await connection.copy_records_to_table("bars_stage", records=rows, columns=COLUMNS)
+            status = await connection.execute(
+                "INSERT INTO bars (ts, venue, symbol, open, high, low, close, volume) "
+                "SELECT ts, venue, symbol, open, high, low, close, volume FROM bars_stage "
+                "ON CONFLICT (venue, symbol, ts) DO NOTHING"
+            )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def last_ts(self, venue: str) -> int | None:
+        """Return the latest stored bar time of a venue in int ns, or None when it has none."""
+        async with self._pool.acquire() as connection:
+            value = await connection.fetchval("SELECT max(ts) FROM bars WHERE venue = $1", venue)
+        return None if value is None else datetime_to_ns(value)

@@ -1,0 +1,187 @@
+"""Engine: validation in arrival order per (venue, chunk), rejections with reasons, chunking."""
+
+import math
+
+import msgspec
+import pytest
+
+from qmp_collector.engine import CollectorEngine, ResumePoint, SyntheticSource, chunk, merge_chunks
+from qmp_core.clock import TestClock
+from qmp_core.messages import BarBatch
+
+T0 = 1_700_000_000_000_000_000
+STEP = 60_000_000_000
+
+
+def bar_batch(ts: int = T0, venue: str = "v", n: int = 4, **columns: list[float]) -> BarBatch:
+    """A valid batch of n symbols; `columns` overrides whole columns."""
+    values: dict[str, list[float]] = {
+        "open": [10.0 + i for i in range(n)], "high": [11.0 + i for i in range(n)],
+        "low": [9.0 + i for i in range(n)], "close": [10.5 + i for i in range(n)],
+        "volume": [100.0] * n,
+    }
+    values.update(columns)
+    return BarBatch(venue=venue, ts_event=ts, symbols=[f"S{i}" for i in range(n)], **values)
+
+
+def engine(now: int = 123) -> CollectorEngine:
+    return CollectorEngine(TestClock(now))
+
+
+# ---------------------------------------------------------------- rows
+def test_process_when_all_rows_valid_then_batch_passes_whole_with_ts_init() -> None:
+    batch = bar_batch()
+    outcome = engine(now=555).process(batch)
+    assert outcome.rejected == []
+    assert outcome.batch == msgspec.structs.replace(batch, ts_init=555)
+
+
+@pytest.mark.parametrize(("column", "bad", "reason"), [
+    ("close", math.nan, "non-finite"),
+    ("open", math.inf, "non-finite"),
+    ("low", 0.0, "non-positive"),
+    ("close", -1.0, "non-positive"),
+    ("volume", -5.0, "negative"),
+    ("volume", math.nan, "non-finite volume"),
+])
+def test_process_when_one_row_bad_then_only_that_row_rejected_with_reason(
+    column: str, bad: float, reason: str
+) -> None:
+    batch = bar_batch()
+    values = list(getattr(batch, column))
+    values[2] = bad
+    outcome = engine().process(msgspec.structs.replace(batch, **{column: values}))
+    assert [symbol for symbol, _ in outcome.rejected] == ["S2"]
+    assert reason in outcome.rejected[0][1]
+    assert outcome.batch is not None
+    assert outcome.batch.symbols == ["S0", "S1", "S3"]
+    assert outcome.batch.close == [batch.close[i] for i in (0, 1, 3)]
+    assert outcome.batch.volume == [batch.volume[i] for i in (0, 1, 3)]
+
+
+def test_process_when_high_below_low_then_row_rejected_as_high_below_low() -> None:
+    batch = bar_batch(n=2, open=[5.0, 5.0], high=[4.0, 6.0], low=[6.0, 4.0], close=[5.0, 5.0])
+    outcome = engine().process(batch)
+    assert outcome.rejected[0][0] == "S0"
+    assert "high below low" in outcome.rejected[0][1]
+    assert outcome.batch is not None and outcome.batch.symbols == ["S1"]
+
+
+def test_process_when_every_row_bad_then_no_batch_but_timestamp_consumed() -> None:
+    eng = engine()
+    outcome = eng.process(bar_batch(n=2, close=[math.nan, -1.0]))
+    assert outcome.batch is None
+    assert len(outcome.rejected) == 2 and not outcome.whole_batch_rejected
+    assert eng.last_ts("v") == T0
+    assert eng.process(bar_batch(ts=T0)).whole_batch_rejected
+
+
+def test_process_when_rows_rejected_then_counters_add_up() -> None:
+    eng = engine()
+    eng.process(bar_batch(ts=T0, n=3, close=[math.nan, 10.5, 11.5]))
+    eng.process(bar_batch(ts=T0))
+    assert (eng.accepted_batches, eng.rejected_batches, eng.rejected_rows) == (1, 1, 1 + 4)
+
+
+# ---------------------------------------------------------------- order
+def test_process_when_timestamp_goes_back_then_whole_batch_rejected_out_of_order() -> None:
+    eng = engine()
+    assert eng.process(bar_batch(ts=T0 + STEP)).batch is not None
+    outcome = eng.process(bar_batch(ts=T0))
+    assert outcome.batch is None
+    assert outcome.whole_batch_rejected and "out-of-order" in outcome.batch_reason
+    assert [s for s, _ in outcome.rejected] == ["S0", "S1", "S2", "S3"]
+    assert eng.last_ts("v") == T0 + STEP
+
+
+def test_process_when_timestamp_repeats_then_whole_batch_rejected_duplicate() -> None:
+    eng = engine()
+    eng.process(bar_batch(ts=T0))
+    outcome = eng.process(bar_batch(ts=T0))
+    assert outcome.batch is None and "duplicate" in outcome.batch_reason
+
+
+def test_process_when_venues_differ_then_timestamps_tracked_separately() -> None:
+    eng = engine()
+    assert eng.process(bar_batch(ts=T0 + STEP, venue="a")).batch is not None
+    assert eng.process(bar_batch(ts=T0, venue="b")).batch is not None
+
+
+def test_process_when_chunks_share_timestamp_then_each_chunk_accepted_once() -> None:
+    eng = engine()
+    parts = chunk(bar_batch(n=10), 4)
+    assert all(eng.process(part).batch is not None for part in parts)
+    assert all(eng.process(part).whole_batch_rejected for part in parts)
+    later = chunk(bar_batch(ts=T0 + STEP, n=10), 4)
+    assert all(eng.process(part).batch is not None for part in later)
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"venue": "bad.venue"}, "venue"),
+    ({"chunk": 2, "chunks": 2}, "chunk"),
+    ({"ts_event": 0}, "positive"),
+    ({"close": [1.0]}, "column lengths"),
+])
+def test_process_when_envelope_invalid_then_whole_batch_rejected_with_reason(
+    changes: dict[str, object], reason: str
+) -> None:
+    outcome = engine().process(msgspec.structs.replace(bar_batch(), **changes))
+    assert outcome.batch is None
+    assert reason in outcome.batch_reason
+
+
+def test_seed_when_resuming_mid_timestamp_then_older_rejected_and_later_chunks_accepted() -> None:
+    eng = engine()
+    eng.seed("v", ResumePoint(T0, chunk=0, chunks=3))
+    parts = chunk(bar_batch(ts=T0, n=9), 3)
+    assert eng.process(parts[0]).whole_batch_rejected
+    assert eng.process(parts[1]).batch is not None
+    assert eng.process(parts[2]).batch is not None
+    assert eng.process(bar_batch(ts=T0 - STEP)).whole_batch_rejected
+
+
+def test_covers_when_compared_with_resume_point_then_earlier_and_same_chunks_covered() -> None:
+    point = ResumePoint(T0, chunk=1, chunks=3)
+    parts = chunk(bar_batch(ts=T0, n=9), 3)
+    assert [point.covers(p) for p in parts] == [True, True, False]
+    assert point.covers(bar_batch(ts=T0 - 1))
+    assert not point.covers(bar_batch(ts=T0 + 1))
+
+
+def test_clean_when_rows_bad_then_valid_rows_returned_and_state_untouched() -> None:
+    eng = engine()
+    cleaned = eng.clean(bar_batch(n=3, close=[10.5, math.nan, 12.5]))
+    assert cleaned is not None and cleaned.symbols == ["S0", "S2"]
+    assert eng.last_ts("v") is None and eng.rejected_rows == 0
+
+
+# ---------------------------------------------------------------- chunking
+def test_chunk_when_merged_back_then_original_batch() -> None:
+    batch = next(SyntheticSource(1_003, seed=2, start_ns=T0))
+    parts = chunk(batch, 250)
+    assert [len(p.symbols) for p in parts] == [250, 250, 250, 250, 3]
+    assert [(p.chunk, p.chunks) for p in parts] == [(i, 5) for i in range(5)]
+    assert {p.ts_event for p in parts} == {batch.ts_event}
+    assert merge_chunks(list(reversed(parts))) == batch
+
+
+def test_chunk_when_batch_small_enough_then_returned_unchanged() -> None:
+    batch = bar_batch(n=5)
+    assert chunk(batch, 5) == [batch]
+
+
+def test_chunk_when_max_symbols_not_positive_then_value_error() -> None:
+    with pytest.raises(ValueError, match="max_symbols"):
+        chunk(bar_batch(), 0)
+
+
+def test_chunk_when_batch_already_a_chunk_then_value_error() -> None:
+    part = chunk(bar_batch(n=6), 3)[0]
+    with pytest.raises(ValueError, match="already"):
+        chunk(part, 2)
+
+
+def test_merge_chunks_when_one_missing_then_value_error() -> None:
+    parts = chunk(bar_batch(n=9), 3)
+    with pytest.raises(ValueError, match="expected chunks"):
+        merge_chunks([parts[0], parts[2]])

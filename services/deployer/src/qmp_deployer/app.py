@@ -1,0 +1,177 @@
+"""Deployer composition root: owns the control state, answers control requests, runs phased rollouts.
+
+Control requests on `qmp.control.*` (queue group: one instance answers each); deploy commands on
+`qmp.deploy.*.cmd` (only the lease holder subscribes); risk snapshots, fills and portfolio snapshots feed
+the gates; a timer evaluates them (wall time live; in replay they are evaluated as event time advances)
+and renews the lease. Health on `qmp.health.deployer`.
+"""
+
+import asyncio
+import contextlib
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from faststream import FastStream
+from faststream.nats import NatsMessage
+from opentelemetry import context
+
+from qmp_core import bus, subjects
+from qmp_core.clock import LiveClock, make_clock
+from qmp_core.config import ServiceSettings, load_settings
+from qmp_core.db import connect_pool
+from qmp_core.messages import ControlReply, encode
+from qmp_core.service import make_broker, register_health
+from qmp_core.telemetry import extract_context, setup_logging, setup_tracing
+from qmp_deployer.config import DeployerSettings
+from qmp_deployer.engine.plan import Plan, parse_plan, plan_digest
+from qmp_deployer.handlers import SERVICE, ControlHandler, ControlStore
+from qmp_deployer.handlers.probes import Probes
+from qmp_deployer.handlers.rollout import RolloutOptions, RolloutService, default_instance_id
+
+log = logging.getLogger(__name__)
+DEFAULT_PLAN = "default_plan.toml"
+
+
+def load_plans(settings: DeployerSettings) -> tuple[dict[str, Plan], dict[str, str]]:
+    """Return the plans by name (the bundled default, the plan file, the plan folder) and their digests."""
+    sources: list[tuple[str, bytes]] = [
+        (DEFAULT_PLAN, resources.files("qmp_deployer").joinpath(DEFAULT_PLAN).read_bytes())
+    ]
+    paths: list[Path] = []
+    if settings.plan_dir:
+        folder = Path(settings.plan_dir)
+        paths += sorted(p for p in folder.iterdir() if p.suffix in (".toml", ".json"))
+    if settings.plan_file:
+        paths.append(Path(settings.plan_file))
+    sources += [(str(path), path.read_bytes()) for path in paths]
+    plans: dict[str, Plan] = {}
+    digests: dict[str, str] = {}
+    for origin, data in sources:
+        try:
+            plan = parse_plan(data, "json" if origin.endswith(".json") else "toml")
+        except ValueError as error:
+            raise ValueError(f"{origin}: {error}") from error
+        if settings.gate_interval_s > 0:
+            plan = msgspec.structs.replace(plan, gate_interval_s=settings.gate_interval_s)
+        plans[plan.name] = plan
+        digests[plan.name] = plan_digest(data)
+    return plans, digests
+
+
+def deployer_settings(settings: ServiceSettings | None, **overrides: Any) -> DeployerSettings:
+    if settings is None:
+        return load_settings(DeployerSettings, **overrides)
+    if isinstance(settings, DeployerSettings) and not overrides:
+        return settings
+    return msgspec.convert({**msgspec.structs.asdict(settings), **overrides}, DeployerSettings)
+
+
+def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> FastStream:
+    """Build the deployer app; `overrides` set DeployerSettings fields (tests, embedding)."""
+    settings = deployer_settings(settings, **overrides)
+    plans, digests = load_plans(settings)  # a bad plan fails fast, before connecting
+    broker = make_broker(settings, SERVICE)
+    app = FastStream(broker)
+    holder: dict[str, Any] = {}
+
+    @broker.subscriber(subjects.CONTROL_ANY, queue=subjects.DEPLOY_QUEUE)
+    async def on_control(msg: NatsMessage) -> bytes:
+        if "handler" not in holder:
+            return encode(ControlReply(accepted=False, reason="deployer is starting; retry"))
+        token = context.attach(extract_context(msg.headers))
+        try:
+            return await holder["handler"].handle(msg.raw_message.subject, msg.body)
+        finally:
+            context.detach(token)
+
+    @broker.subscriber(subjects.SNAPSHOT_ALL, no_reply=True)  # a stream's publish ack, not ours to answer
+    async def on_snapshot(msg: NatsMessage) -> None:
+        if "rollouts" in holder:
+            await holder["rollouts"].on_snapshot(msg.body)
+
+    @broker.subscriber(subjects.FILLS_ALL, no_reply=True)  # a stream's publish ack, not ours to answer
+    async def on_fill(msg: NatsMessage) -> None:
+        if "rollouts" in holder:
+            await holder["rollouts"].on_fill(msg.body)
+
+    @broker.subscriber(subjects.PORTFOLIO_ALL, no_reply=True)  # a stream's publish ack, not ours to answer
+    async def on_portfolio(msg: NatsMessage) -> None:
+        if "rollouts" in holder:
+            await holder["rollouts"].on_portfolio(msg.body)
+
+    def detail() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "store" in holder:
+            out["strategies"] = sorted(holder["store"].strategies())
+        if "rollouts" in holder:
+            out["rollouts"] = holder["rollouts"].detail()
+        return out
+
+    register_health(broker, SERVICE, detail)
+
+    @app.on_startup
+    async def connect_database() -> None:
+        setup_logging(SERVICE, settings.log_level)
+        setup_tracing(SERVICE, Path(settings.run_dir), settings.otlp_endpoint)
+        holder["pool"] = await connect_pool(settings.database_url) if settings.database_url else None
+
+    @app.after_startup
+    async def load_state() -> None:
+        js = broker.connection.jetstream()
+        await bus.declare(js)
+        store = ControlStore(await bus.control_bucket(js))
+        await store.load()
+        wall = LiveClock()
+        handler = ControlHandler(js, store, wall, holder["pool"])
+        await handler.load_recent()
+        probes = Probes(broker.connection, wall, settings.latency_service, settings.memory_services,
+                        settings.memory_probe, settings.probe_timeout_s, settings.broker_instance)
+        options = RolloutOptions(instance_id=settings.instance_id or default_instance_id(),
+                                 lease_ttl_s=settings.lease_ttl_s, probe_interval_s=settings.probe_interval_s,
+                                 replay_grace_s=settings.replay_grace_s, broker_instance=settings.broker_instance,
+                                 known_strategies=frozenset(settings.deploy_strategies))
+        rollouts = RolloutService(js, await js.key_value(subjects.KV_ROLLOUTS), handler,
+                                  make_clock(settings.clock), wall, plans, digests, holder["pool"], options, probes)
+        await rollouts.start()
+        holder.update(store=store, handler=handler, rollouts=rollouts)
+        holder["timer"] = asyncio.create_task(_run_timer(rollouts, settings))
+        log.info("deployer ready", extra={"entries": len(store.entries), "plans": sorted(plans),
+                                          "leader": rollouts.lease.held(), "epoch": rollouts.lease.epoch})
+
+    @app.on_shutdown
+    async def stop_rollouts() -> None:
+        timer = holder.pop("timer", None)
+        if timer is not None:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+        if "rollouts" in holder:
+            await holder["rollouts"].stop()
+        if "handler" in holder:
+            await holder["handler"].close()
+
+    @app.after_shutdown
+    async def close_database() -> None:
+        if holder.get("pool") is not None:
+            await holder["pool"].close()
+
+    return app
+
+
+async def _run_timer(rollouts: RolloutService, settings: DeployerSettings) -> None:
+    """Renew the lease every third of its TTL and check the gates every tick; a failure is logged, not fatal."""
+    loop = asyncio.get_running_loop()
+    renew_every = settings.lease_ttl_s / 3
+    next_renewal = loop.time() + renew_every
+    while True:
+        await asyncio.sleep(min(settings.tick_s, renew_every))
+        try:
+            if loop.time() >= next_renewal:
+                next_renewal = loop.time() + renew_every
+                await rollouts.refresh_lease()
+            await rollouts.tick()
+        except Exception:
+            log.exception("deployer timer step failed; retrying at the next tick")

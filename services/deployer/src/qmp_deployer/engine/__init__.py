@@ -1,0 +1,7 @@
+"""The deployer's logic, synchronous and without I/O: control state (`control`), rollout plans (`plan`),
+gate readings and evaluations (`gates`) and the phase machine (`rollout`). Clock and config are injected.
+"""
+
+from qmp_deployer.engine.control import ControlDecision, decide, effective_state, entry_keys
+
+__all__ = ["ControlDecision", "decide", "effective_state", "entry_keys"]

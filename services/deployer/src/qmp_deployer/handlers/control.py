@@ -1,0 +1,231 @@
+"""Control requests: decode → engine → KV (compare-and-set) → state, audit, reply. No decisions here."""
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import OrderedDict
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from qmp_core import bus, subjects
+from qmp_core.clock import Clock
+from qmp_core.messages import ControlApplied, ControlCommand, ControlReply, TradingState, codec, encode
+from qmp_core.telemetry import tracer
+from qmp_deployer.engine import decide, effective_state
+
+log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
+SERVICE = "deployer"
+SEEN_LIMIT = 100_000
+RECENT_AUDIT = 10_000  # command ids reloaded from the audit stream at start, for idempotency across restarts
+CAS_ATTEMPTS = 5
+
+
+class ControlStore:
+    """The control bucket's entries mirrored in memory; written only with compare-and-set."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.entries: dict[str, TradingState] = {}
+        self.revisions: dict[str, int] = {}
+        self._decoder = codec(TradingState)
+
+    async def load(self) -> None:
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            keys = []
+        for key in keys:
+            await self.refresh(key)
+
+    async def refresh(self, key: str) -> None:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            self.entries.pop(key, None)
+            self.revisions.pop(key, None)
+            return
+        if entry.value:
+            self.entries[key] = self._decoder.decode(entry.value)
+            self.revisions[key] = entry.revision or 0
+
+    async def write(self, changed: dict[str, TradingState]) -> bool:
+        """Write changed entries with CAS; return False on a conflict (the caller re-decides)."""
+        for key, state in changed.items():
+            value = encode(state)
+            try:
+                if key in self.revisions:
+                    revision = await self.kv.update(key, value, last=self.revisions[key])
+                else:
+                    revision = await self.kv.create(key, value)
+            except KeyWrongLastSequenceError:
+                await self.refresh(key)
+                return False
+            self.entries[key] = state
+            self.revisions[key] = revision
+        return True
+
+    def strategies(self) -> set[str]:
+        return {key.split(".", 1)[0] for key in self.entries}
+
+
+class ControlHandler:
+    """Answer `qmp.control.<strategy>` requests."""
+
+    def __init__(self, js: JetStreamContext, store: ControlStore, clock: Clock, pool: object | None) -> None:
+        self.js = js
+        self.store = store
+        self.clock = clock
+        self.pool = pool
+        self.nc = js._nc
+        self._decoder = codec(ControlCommand)
+        self._seen: OrderedDict[tuple[str, str], ControlReply] = OrderedDict()
+        self._audit_queue: asyncio.Queue[ControlApplied] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        # Bus requests and the rollout service apply commands concurrently: deciding on the mirror and
+        # writing it must be one step, or a write decided on stale entries could pass the revision check.
+        self._apply_lock = asyncio.Lock()
+
+    async def handle(self, subject: str, data: bytes) -> bytes:
+        with _tracer.start_as_current_span("deployer.control") as span:
+            reply = await self._handle(subject, data)
+            span.set_attribute("qmp.accepted", reply.accepted)
+            span.set_attribute("qmp.command_id", reply.command_id)
+            return encode(reply)
+
+    async def _handle(self, subject: str, data: bytes) -> ControlReply:
+        now = self.clock.now_ns()
+        strategy = subjects.strategy_of(subject)
+        try:
+            subjects.check_token(strategy, "strategy")
+            command = self._decoder.decode(data)
+        except (ValueError, msgspec.DecodeError) as error:
+            reason = f"invalid control command: {error}"
+            await bus.dead_letter(self.js, SERVICE, subject, reason, data, self.clock)
+            return ControlReply(accepted=False, reason=reason, ts_event=now)
+        return await self.apply(strategy, command)
+
+    async def apply(self, strategy: str, command: ControlCommand) -> ControlReply:
+        """Apply a decoded command: the path of bus requests and of the deployer's own in-process writes.
+
+        The reply waits for what makes the command durable and visible (the KV write, the audit stream and
+        the state publish); the database copy of the audit is written after it, in order, by a worker.
+        """
+        now = self.clock.now_ns()
+        if not command.command_id:
+            command = msgspec.structs.replace(command, command_id=uuid.uuid4().hex)
+        seen_key = (strategy, command.command_id)
+        previous = self._seen.get(seen_key)
+        if previous is not None:
+            return msgspec.structs.replace(previous, duplicate=True)
+        async with self._apply_lock:
+            for _ in range(CAS_ATTEMPTS):
+                decision = decide(strategy, command, self.store.entries, now)
+                if not decision.accepted:
+                    return ControlReply(accepted=False, reason=decision.reason, command_id=command.command_id,
+                                        state=effective_state(strategy, self.store.entries), ts_event=now)
+                if await self.store.write(decision.changed):
+                    break
+            else:
+                return ControlReply(accepted=False, reason="control state kept changing; try again",
+                                    command_id=command.command_id, ts_event=now)
+        assert decision.effective is not None
+        reply = ControlReply(accepted=True, command_id=command.command_id, state=decision.effective, ts_event=now)
+        self._remember(seen_key, reply)
+        log.info("control applied", extra={"strategy": strategy, "command": type(command).__name__,
+                                           "command_id": command.command_id, "status": decision.effective.status})
+        applied = ControlApplied(strategy=strategy, command=command, state=decision.effective, ts_event=now)
+        await bus.publish(self.js, subjects.audit_control(strategy), applied, msg_id=command.command_id)
+        await self._publish_states(strategy)
+        self._queue_audit(applied)
+        return reply
+
+    async def load_recent(self, limit: int = RECENT_AUDIT) -> int:
+        """Remember the last `limit` accepted commands from the audit stream and copy them to the database.
+
+        The stream is written before every reply, so this closes the gap a crash leaves between a reply and
+        its database row; the insert is idempotent.
+        """
+        info = await self.js.stream_info(subjects.STREAM_AUDIT)
+        if info.state.messages == 0:
+            return 0
+        first = max(info.state.first_seq, info.state.last_seq - limit + 1)
+        subscription = await self.js.subscribe(
+            subjects.AUDIT_ALL, ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first),
+        )
+        decoder = codec(ControlApplied)
+        applied: list[ControlApplied] = []
+        try:
+            while True:
+                message = await subscription.next_msg(timeout=2.0)
+                with contextlib.suppress(msgspec.DecodeError):
+                    applied.append(decoder.decode(message.data))
+                if message.metadata.sequence.stream >= info.state.last_seq:
+                    break
+        finally:
+            await subscription.unsubscribe()
+        for record in applied:
+            self._remember((record.strategy, record.command.command_id),
+                           ControlReply(accepted=True, command_id=record.command.command_id, state=record.state,
+                                        ts_event=record.ts_event))
+        await self._audit_to_db(applied)
+        return len(applied)
+
+    def _queue_audit(self, applied: ControlApplied) -> None:
+        if self.pool is None:
+            return
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._write_audits())
+        self._audit_queue.put_nowait(applied)
+
+    async def _write_audits(self) -> None:
+        while True:
+            first = await self._audit_queue.get()
+            batch = [first]
+            while not self._audit_queue.empty():
+                batch.append(self._audit_queue.get_nowait())
+            try:
+                await self._audit_to_db(batch)
+            except Exception:  # the rows come back from the audit stream at the next start
+                log.exception("control audit not written to the database", extra={"rows": len(batch)})
+            finally:
+                for _ in batch:
+                    self._audit_queue.task_done()
+
+    async def close(self) -> None:
+        """Write the queued audit rows, then stop the worker."""
+        if self._worker is not None:
+            await self._audit_queue.join()
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def _publish_states(self, strategy: str) -> None:
+        targets = {strategy}
+        if strategy == subjects.ALL_STRATEGIES:
+            targets |= self.store.strategies()
+        for target in sorted(targets):
+            state = effective_state(target, self.store.entries)
+            await self.nc.publish(subjects.state(target), encode(state), headers=bus.headers_for(None))
+
+    def _remember(self, key: tuple[str, str], reply: ControlReply) -> None:
+        self._seen[key] = reply
+        if len(self._seen) > SEEN_LIMIT:
+            self._seen.popitem(last=False)
+
+    async def _audit_to_db(self, records: list[ControlApplied]) -> None:
+        if self.pool is None or not records:
+            return
+        await self.pool.executemany(  # type: ignore[attr-defined]
+            "INSERT INTO control_audit (strategy, command_id, command, state) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT DO NOTHING",
+            [(r.strategy, r.command.command_id, encode(r.command).decode(), encode(r.state).decode())
+             for r in records],
+        )

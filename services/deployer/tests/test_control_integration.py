@@ -1,0 +1,118 @@
+"""The control contract over a real nats-server, as a plain nats-py client that knows only the README."""
+
+import asyncio
+import json
+
+import asyncpg
+import nats
+import pytest
+from nats.js.errors import KeyNotFoundError
+
+from qmp_core import bus
+from qmp_core.testing import settings_for
+from qmp_deployer.app import create_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def deployer(nats_credentials, database_url, operator_nc):
+    app = create_app(settings_for(nats_credentials, "deployer", database_url, run_dir="/tmp/qmp-test-run"))
+    async with app:
+        yield app
+
+
+async def request(nc, strategy: str, body: dict) -> dict:
+    reply = await nc.request(f"qmp.control.{strategy}", json.dumps(body).encode(), timeout=5)
+    return json.loads(reply.data)
+
+
+async def test_halt_when_requested_then_reply_accepted_and_state_in_kv(deployer, operator_nc, unique_id):
+    reply = await request(operator_nc, unique_id, {"command": "halt", "reason": "test", "command_id": "c1"})
+    assert reply["accepted"] is True
+    assert reply["state"]["status"] == "HALTED"
+    assert reply["state"]["reason"] == "test"
+    kv = await bus.control_bucket(operator_nc.jetstream())
+    entry = await kv.get(f"{unique_id}.operator")
+    assert json.loads(entry.value)["status"] == "HALTED"
+
+
+async def test_halt_when_command_id_repeated_then_applied_once(deployer, operator_nc, unique_id):
+    body = {"command": "halt", "reason": "once", "command_id": "same"}
+    first = await request(operator_nc, unique_id, body)
+    kv = await bus.control_bucket(operator_nc.jetstream())
+    revision = (await kv.get(f"{unique_id}.operator")).revision
+    second = await request(operator_nc, unique_id, body)
+    assert first["duplicate"] is False
+    assert second["duplicate"] is True
+    assert (await kv.get(f"{unique_id}.operator")).revision == revision
+
+
+async def test_control_when_invalid_then_rejected_with_reason_and_dead_lettered(deployer, operator_nc, unique_id):
+    js = operator_nc.jetstream()
+    dlq = await js.subscribe("qmp.dlq.deployer", ordered_consumer=True,
+                             deliver_policy=nats.js.api.DeliverPolicy.NEW)
+    reply = await request(operator_nc, unique_id, {"command": "set_allocation", "allocation": 1.5})
+    assert reply["accepted"] is False
+    assert "allocation" in reply["reason"]
+    garbage = await operator_nc.request(f"qmp.control.{unique_id}", b"{not json", timeout=5)
+    assert json.loads(garbage.data)["accepted"] is False
+    letters = [json.loads((await dlq.next_msg(timeout=5)).data) for _ in range(2)]
+    assert all(letter["reason"].startswith("invalid control command") for letter in letters)
+    kv = await bus.control_bucket(js)
+    with pytest.raises(KeyNotFoundError):
+        await kv.get(f"{unique_id}.operator")
+
+
+async def test_state_when_halted_then_published_on_state_subject(deployer, operator_nc, unique_id):
+    sub = await operator_nc.subscribe(f"qmp.state.{unique_id}")
+    await request(operator_nc, unique_id, {"command": "halt", "reason": "watch"})
+    state = json.loads((await sub.next_msg(timeout=5)).data)
+    assert state["status"] == "HALTED"
+    await request(operator_nc, unique_id, {"command": "resume", "mode": "normal"})
+    state = json.loads((await sub.next_msg(timeout=5)).data)
+    assert state["status"] == "ACTIVE"
+
+
+async def test_control_when_published_by_execution_then_never_arrives(deployer, nats_credentials, operator_nc,
+                                                                     unique_id):
+    user, password = nats_credentials.for_user("execution")
+    if not user:
+        pytest.skip("the running NATS server has no per-service users")
+    errors: list[Exception] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(error)
+
+    execution = await nats.connect(nats_credentials.url, user=user, password=password, error_cb=on_error)
+    await execution.publish(f"qmp.control.{unique_id}", b'{"command":"resume"}')
+    await execution.flush()
+    await asyncio.sleep(0.2)
+    await execution.close()
+    assert any("permissions violation" in str(error) for error in errors)
+    kv = await bus.control_bucket(operator_nc.jetstream())
+    with pytest.raises(KeyNotFoundError):
+        await kv.get(f"{unique_id}.operator")
+
+
+async def test_halt_when_command_id_repeated_after_restart_then_applied_once_and_audited_once(
+        nats_credentials, database_url, operator_nc, unique_id):
+    settings = settings_for(nats_credentials, "deployer", database_url, run_dir="/tmp/qmp-test-run")
+    body = {"command": "halt", "reason": "before restart", "command_id": "restart-1"}
+    async with create_app(settings):
+        first = await request(operator_nc, unique_id, body)
+    kv = await bus.control_bucket(operator_nc.jetstream())
+    revision = (await kv.get(f"{unique_id}.operator")).revision
+    async with create_app(settings):
+        again = await request(operator_nc, unique_id, body)
+    assert first["accepted"] is True and first["duplicate"] is False
+    assert again["duplicate"] is True
+    assert again["state"]["reason"] == "before restart"
+    assert (await kv.get(f"{unique_id}.operator")).revision == revision
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetchval(
+            "SELECT count(*) FROM control_audit WHERE strategy = $1 AND command_id = 'restart-1'", unique_id)
+    finally:
+        await connection.close()
+    assert rows == 1

@@ -1,0 +1,24 @@
+"""`python -m qmp_execution`: run the execution service until SIGINT/SIGTERM."""
+
+import asyncio
+
+from qmp_core.config import load_settings, run_dir
+from qmp_core.telemetry import setup_logging, setup_tracing
+from qmp_execution.app import ExecutionService, ExecutionSettings
+from qmp_execution.handlers import SERVICE
+
+
+def main() -> None:
+    """Read settings from the environment, then run the service; bad settings fail before connecting."""
+    settings = load_settings(ExecutionSettings)
+    setup_logging(SERVICE, settings.log_level)
+    provider = setup_tracing(SERVICE, run_dir(settings))
+    service = ExecutionService(settings)
+    try:
+        asyncio.run(service.app.run())
+    finally:
+        provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Composition root of the execution service: settings, strategies, engine, broker, handlers.
+
+Start-up order matters: connect → declare streams and KV → load the control bucket's current values →
+restore each strategy's book from its last snapshot and rebuild the price windows → read the latest risk
+snapshots → only then start the market-data subscriber. So a halt written before execution started is
+enforced from the first batch. Risk's stop-loss commands come through their own durable consumer.
+"""
+
+import logging
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import msgspec
+from faststream import FastStream
+from faststream.nats import NatsBroker, NatsMessage
+from msgspec import Meta
+from nats.js.api import DeliverPolicy
+
+from qmp_core import bus, subjects
+from qmp_core.clock import Clock, make_clock
+from qmp_core.config import ServiceSettings, load_settings
+from qmp_core.db import connect_pool
+from qmp_core.messages import encode
+from qmp_core.service import durable_subscriber, make_broker, register_health
+from qmp_core.strategy import Strategy, load_strategy
+from qmp_execution.engine import DEFAULT_ES_KEYS, EngineConfig, ExecutionEngine
+from qmp_execution.handlers import (
+    SERVICE,
+    BarHandler,
+    BrokerCommands,
+    ControlWatch,
+    RiskWatch,
+    StopLossHandler,
+    recover,
+)
+from qmp_execution.paper import PaperConfig
+from qmp_execution.publisher import AckedPublisher
+from qmp_execution.rest import RestBrokerAdapter, RestBrokerClient, RestBrokerConfig
+from qmp_execution.slippage import SlippageConfig
+from qmp_execution.store import ExecutionStore
+
+LATEST_CALIBRATION = (
+    "SELECT half_spread_bps, eta, beta FROM slippage_calibrations WHERE strategy IN ('', $1) "
+    "ORDER BY ts DESC, id DESC LIMIT 1"
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STRATEGIES = "vol_target=qmp_core.strategies.vol_target:VolatilityTarget"
+
+
+class ExecutionSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Execution settings; env `QMP_<FIELD>` (e.g. QMP_STRATEGIES, QMP_INITIAL_CAPITAL, QMP_VENUES)."""
+
+    # Comma-separated `id=package.module:Class`; ids are subject tokens.
+    strategies: str = DEFAULT_STRATEGIES
+    # JSON object: strategy id → config dict given to the strategy's constructor.
+    strategy_config: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    initial_capital: Annotated[float, Meta(gt=0.0)] = 1_000_000.0
+    # Venues whose `qmp.md.<venue>.bars` to trade on; empty follows every venue.
+    venues: list[str] = msgspec.field(default_factory=list)
+    # Instances that host different strategies each need every bar: each gets its own durable consumer.
+    execution_instance: str = ""
+    # JSON object: strategy id → its own starting capital (others get initial_capital).
+    strategy_capital: dict[str, Annotated[float, Meta(gt=0.0)]] = msgspec.field(default_factory=dict)
+    min_order_notional: Annotated[float, Meta(ge=0.0)] = 100.0
+    participation_limit: Annotated[float, Meta(ge=0.0)] = 0.1
+    # Risk budget: largest 99% ES (fraction of equity), default and per strategy (JSON object); 0 = none.
+    es_budget: Annotated[float, Meta(ge=0.0)] = 0.05
+    es_budgets: dict[str, Annotated[float, Meta(ge=0.0)]] = msgspec.field(default_factory=dict)
+    es_keys: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ES_KEYS))
+    # Pre-trade checks (0 turns one off).
+    max_order_notional: Annotated[float, Meta(ge=0.0)] = 0.0
+    max_order_rate: Annotated[int, Meta(ge=0)] = 10_000
+    price_band: Annotated[float, Meta(ge=0.0)] = 0.5
+    cash_borrow_limit: Annotated[float, Meta(ge=0.0)] = 0.0
+    # Paper broker.
+    half_spread_bps: Annotated[float, Meta(ge=0.0)] = 2.0
+    fee_bps: Annotated[float, Meta(ge=0.0)] = 0.5
+    slippage_model: Literal["almgren", "sqrt", "fixed"] = "almgren"
+    # JSON object of SlippageConfig fields (eta, beta, gamma, fixed_bps, noise_scale, seed, ...).
+    slippage: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Take half-spread, eta and beta from the latest `qmp slippage calibrate --apply` at start.
+    slippage_calibrated: bool = False
+    max_bar_participation: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.1
+    latency_bars: Annotated[int, Meta(ge=0)] = 0
+    # Broker: the paper broker, or a REST broker (primary and optional backup endpoint).
+    broker: Literal["paper", "rest"] = "paper"
+    broker_primary_url: str = ""
+    broker_backup_url: str = ""
+    broker_api_key: str = ""
+    broker_timeout_s: Annotated[float, Meta(gt=0.0)] = 2.0
+    broker_latency_threshold_ms: Annotated[float, Meta(gt=0.0)] = 250.0
+
+
+def parse_strategies(spec: str) -> dict[str, str]:
+    """Return strategy id → import path from `id=package.module:Class,...`; raise ValueError on bad input."""
+    result: dict[str, str] = {}
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        sid, sep, path = (text.strip() for text in item.partition("="))
+        if not sep or not path:
+            raise ValueError(f"QMP_STRATEGIES entries must look like 'id=package.module:Class', got {item!r}")
+        subjects.check_token(sid, "strategy id")
+        if sid == subjects.ALL_STRATEGIES:
+            raise ValueError(f"strategy id {sid!r} is reserved for commands that apply to every strategy")
+        if sid in result:
+            raise ValueError(f"strategy id {sid!r} appears twice in QMP_STRATEGIES")
+        result[sid] = path
+    if not result:
+        raise ValueError("QMP_STRATEGIES names no strategy")
+    return result
+
+
+def consumer_name(settings: ExecutionSettings, durable: str = subjects.CONSUMER_EXECUTION_BARS) -> str:
+    """Return a durable consumer's name for this execution instance (each instance reads every message)."""
+    if settings.execution_instance:
+        durable = f"{durable}-{subjects.check_token(settings.execution_instance, 'execution instance')}"
+    return durable
+
+
+def stop_loss_consumer_name(settings: ExecutionSettings) -> str:
+    return consumer_name(settings, subjects.CONSUMER_EXECUTION_STOP_LOSS)
+
+
+def bars_subject(settings: ExecutionSettings) -> str:
+    """Return the subject to consume: one venue's bars when exactly one is followed, else every venue's."""
+    for venue in settings.venues:
+        subjects.check_token(venue, "venue")
+    return subjects.bars(settings.venues[0]) if len(settings.venues) == 1 else subjects.MARKET_DATA_BARS_ALL
+
+
+def load_strategies(settings: ExecutionSettings) -> dict[str, Strategy]:
+    """Load every configured strategy; fail fast (StrategyLoadError) on a bad path or config."""
+    paths = parse_strategies(settings.strategies)
+    unknown = sorted(set(settings.strategy_config) - set(paths))
+    if unknown:
+        raise ValueError(f"QMP_STRATEGY_CONFIG names strategies that are not hosted: {unknown}")
+    return {sid: load_strategy(path, settings.strategy_config.get(sid)) for sid, path in paths.items()}
+
+
+def slippage_config(settings: ExecutionSettings) -> SlippageConfig:
+    values = {"model": settings.slippage_model, "half_spread_bps": settings.half_spread_bps} | settings.slippage
+    try:
+        return msgspec.convert(values, SlippageConfig)
+    except msgspec.ValidationError as error:
+        raise ValueError(f"invalid QMP_SLIPPAGE / QMP_SLIPPAGE_MODEL: {error} (got {values!r})") from error
+
+
+def engine_config(settings: ExecutionSettings) -> EngineConfig:
+    return EngineConfig(
+        initial_capital=settings.initial_capital, capital=settings.strategy_capital,
+        min_order_notional=settings.min_order_notional, participation_limit=settings.participation_limit,
+        es_budget=settings.es_budget, es_budgets=settings.es_budgets, es_keys=settings.es_keys,
+        max_order_notional=settings.max_order_notional, max_order_rate=settings.max_order_rate,
+        price_band=settings.price_band, cash_borrow_limit=settings.cash_borrow_limit,
+        paper=PaperConfig(fee_bps=settings.fee_bps, max_bar_participation=settings.max_bar_participation,
+                          latency_bars=settings.latency_bars, slippage=slippage_config(settings)),
+        broker="external" if settings.broker == "rest" else "paper",
+    )
+
+
+def rest_config(settings: ExecutionSettings) -> RestBrokerConfig:
+    if not settings.broker_primary_url:
+        raise ValueError("QMP_BROKER=rest needs QMP_BROKER_PRIMARY_URL")
+    return RestBrokerConfig(primary_url=settings.broker_primary_url, backup_url=settings.broker_backup_url,
+                            api_key=settings.broker_api_key, timeout_s=settings.broker_timeout_s,
+                            latency_threshold_ms=settings.broker_latency_threshold_ms)
+
+
+async def load_calibration(pool: asyncpg.Pool, engine: ExecutionEngine) -> dict[str, Any]:
+    """Apply the latest slippage calibration to every strategy's paper broker; return what was applied."""
+    applied: dict[str, Any] = {}
+    for sid, host in engine.hosts.items():
+        row = await pool.fetchrow(LATEST_CALIBRATION, sid)
+        if row is None:
+            continue
+        config = msgspec.structs.replace(host.broker.model.config, half_spread_bps=row["half_spread_bps"],
+                                         eta=row["eta"], beta=row["beta"])
+        host.use_slippage(config)
+        applied[sid] = {"half_spread_bps": row["half_spread_bps"], "eta": row["eta"], "beta": row["beta"]}
+    return applied
+
+
+class ExecutionService:
+    """The execution service: a FastStream app (`.app`) around one engine."""
+
+    def __init__(self, settings: ExecutionSettings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or make_clock(settings.clock)
+        self.engine = ExecutionEngine(load_strategies(settings), engine_config(settings), self.clock)
+        self.consumer = consumer_name(settings)
+        self.stop_loss_consumer = stop_loss_consumer_name(settings)
+        self.broker: NatsBroker = make_broker(settings, SERVICE)
+        self.handler: BarHandler | None = None
+        self.stop_loss: StopLossHandler | None = None
+        self.watch: ControlWatch | None = None
+        self.risk_watch: RiskWatch | None = None
+        self.rest: RestBrokerClient | None = None
+        self.broker_commands: BrokerCommands | None = None
+        self.publisher: AckedPublisher | None = None
+        if settings.broker == "rest":
+            self.rest = RestBrokerClient(rest_config(settings))
+            self.broker_commands = BrokerCommands(self.rest, self.clock)
+        self._pool: Any = None
+        self._register()
+        self.app = FastStream(self.broker, logger=log, on_startup=[self._start],
+                              on_shutdown=[self._stop_watch], after_shutdown=[self._close_pool])
+
+    def _register(self) -> None:
+        options = durable_subscriber(subjects.STREAM_MARKET_DATA, self.consumer, batch_size=1)
+
+        # batch_size=1: FastStream handles the messages of one fetch concurrently, and bars must be
+        # traded in stream order.
+        @self.broker.subscriber(bars_subject(self.settings), **options)
+        async def on_bars(msg: NatsMessage) -> None:
+            if self.handler is None:
+                raise RuntimeError("execution received market data before it finished starting")
+            raw = msg.raw_message
+            delivery = ""
+            with_metadata = getattr(raw, "metadata", None)
+            if with_metadata is not None:
+                delivery = f"{raw.subject}:{with_metadata.sequence.stream}"
+            try:
+                await self.handler.handle(raw.data, raw.subject, msg.headers, delivery)
+            except Exception:
+                # FastStream's own logging is off: say why the message will be redelivered.
+                log.exception("market data not handled; it will be redelivered", extra={"subject": raw.subject})
+                raise
+
+        stop_options = durable_subscriber(subjects.STREAM_RISK, self.stop_loss_consumer)
+        # From the consumer's creation on: a new instance must not replay old stop-losses on its positions.
+        stop_options["config"].deliver_policy = DeliverPolicy.NEW
+
+        @self.broker.subscriber(subjects.STOP_LOSS_ALL, **stop_options)
+        async def on_stop_loss(msg: NatsMessage) -> None:
+            if self.stop_loss is None:
+                raise RuntimeError("execution received a stop-loss before it finished starting")
+            raw = msg.raw_message
+            metadata = getattr(raw, "metadata", None)
+            delivery = f"{raw.subject}:{metadata.sequence.stream}" if metadata is not None else ""
+            try:
+                await self.stop_loss.handle(raw.data, raw.subject, msg.headers, delivery)
+            except Exception:
+                log.exception("stop-loss not handled; it will be redelivered", extra={"subject": raw.subject})
+                raise
+
+        if self.broker_commands is not None:
+            commands = self.broker_commands
+            instance = self.settings.execution_instance or subjects.DEFAULT_EXECUTION_INSTANCE
+
+            @self.broker.subscriber(subjects.broker(instance))
+            async def on_broker_command(msg: NatsMessage) -> bytes:
+                return encode(commands.handle(msg.raw_message.data))
+
+        register_health(self.broker, SERVICE, self.health)
+
+    async def _start(self) -> None:
+        await self.broker.connect()
+        js = self.broker.connection.jetstream()
+        await bus.declare(js)
+        self.watch = ControlWatch(await bus.control_bucket(js), self.engine)
+        await self.watch.start()
+        try:
+            restored = await recover(self.engine, js, self.consumer, self.settings.venues)
+            self.risk_watch = RiskWatch(js, self.engine)
+            await self.risk_watch.start()
+            self._pool = await connect_pool(self.settings.database_url)
+            calibration = await load_calibration(self._pool, self.engine) if self.settings.slippage_calibrated else {}
+            adapter = None
+            if self.rest is not None:
+                await self.rest.start()
+                adapter = RestBrokerAdapter(self.rest)
+        except BaseException:
+            await self._stop_watch()
+            raise
+        self.publisher = AckedPublisher(self.broker.connection)
+        await self.publisher.start()
+        self.stop_loss = StopLossHandler(self.engine, js, self.clock)
+        self.handler = BarHandler(self.engine, js, self.publisher, ExecutionStore(self._pool), self.clock,
+                                  self.settings.venues, adapter)
+        log.info("execution ready", extra={"strategies": sorted(self.engine.hosts), "restored": restored,
+                                           "consumer": self.consumer, "subject": bars_subject(self.settings),
+                                           "broker": self.settings.broker, "calibration": calibration})
+
+    async def _stop_watch(self) -> None:
+        if self.watch is not None:
+            await self.watch.stop()
+        if self.risk_watch is not None:
+            await self.risk_watch.stop()
+        if self.rest is not None:
+            await self.rest.close()
+
+    async def _close_pool(self) -> None:
+        """Close the database pool once the broker has stopped, so no handler still holds it."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def health(self) -> dict[str, Any]:
+        handler = self.handler
+        return {
+            "ready": handler is not None,
+            "strategies": self.engine.status(),
+            "batches": handler.batches if handler else 0,
+            "dead_letters": handler.dead_letters if handler else 0,
+            "control_updates": self.watch.updates if self.watch else 0,
+            "risk_snapshots": self.risk_watch.received if self.risk_watch else 0,
+            "stop_losses": {"received": self.stop_loss.received, "applied": self.stop_loss.applied,
+                            "dead_letters": self.stop_loss.dead_letters} if self.stop_loss else {},
+            "broker": self.rest.status() if self.rest else "paper",
+        }
+
+
+def create_service(environ: dict[str, str] | None = None, **overrides: Any) -> ExecutionService:
+    """Build the service from `QMP_*` settings (plus overrides); fail fast on bad settings or strategies."""
+    return ExecutionService(load_settings(ExecutionSettings, environ, **overrides))
+
+
+def settings_from(base: ServiceSettings, **overrides: Any) -> ExecutionSettings:
+    """Return execution settings that keep `base`'s connection fields (used by tests and the CLI)."""
+    return msgspec.convert(msgspec.structs.asdict(base) | overrides, ExecutionSettings)

@@ -1,0 +1,440 @@
+"""Execution I/O: decode bars → engine → publish decisions, fills, snapshots; control watch; recovery.
+
+No decisions are taken here. What every handler guarantees:
+- input that cannot be used (undecodable, invalid batch, invalid rows) goes to `qmp.dlq.execution` with its
+  reason and is acknowledged; only transient failures (bus, database) raise, so the message is redelivered;
+- order events are published before fills (without waiting per message; all acks confirmed together,
+  `publisher.py`), then fills, equity curve and positions are written to the database (COPY), and the
+  PortfolioSnapshot goes last, acknowledged: a snapshot on the bus means everything before it is on the
+  bus too, which is what recovery after a restart relies on;
+- every publish carries a deterministic Nats-Msg-Id, so a redelivered batch (for which the engine returns
+  its cached result) publishes nothing new.
+
+Risk's stop-loss commands (`ClosePosition` on `qmp.risk.<strategy>.stoploss`) come through a durable pull
+consumer on the risk stream (JetStream API and inbox only: no subscription right on `qmp.risk.>`); the
+engine marks the position to close on the next batch, and applies a command id once.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+
+from qmp_core import bus, subjects
+from qmp_core.clock import Clock, ReplayClock
+from qmp_core.messages import (
+    BarBatch,
+    BrokerCommand,
+    BrokerReply,
+    ClosePosition,
+    PortfolioSnapshot,
+    RiskSnapshot,
+    codec,
+    encode,
+)
+from qmp_core.telemetry import extract_context, tracer
+from qmp_core.validation import BatchRejected
+from qmp_execution.adapters import BrokerAdapter, BrokerOrder, OrderAck, submit_all
+from qmp_execution.engine import BatchResult, ExecutionEngine, StrategyResult
+from qmp_execution.publisher import AckedPublisher
+from qmp_execution.rest import BrokerRejected, BrokerUnavailable, RestBrokerClient
+from qmp_execution.store import ExecutionStore, timestamp
+
+log = logging.getLogger(__name__)
+
+SERVICE = "execution"
+KV_DELETES = ("DEL", "PURGE")
+INITIAL_STATE_TIMEOUT_S = 10.0
+# Recovery scans the market-data stream backwards; this bounds the scan per window row needed.
+SCAN_PER_ROW = 64
+
+PUBLISH_TIMEOUT_S = 30.0
+RISK_FETCH = 256
+__all__ = ["BarHandler", "BrokerCommands", "ControlWatch", "RiskWatch", "StopLossHandler", "recover", "timestamp"]
+
+
+def venue_of(subject: str) -> str:
+    """Return the venue token of `qmp.md.<venue>.bars`."""
+    return subjects.strategy_of(subject, 2)
+
+
+class BarHandler:
+    """Handle one market-data message end to end; one at a time, in stream order."""
+
+    def __init__(self, engine: ExecutionEngine, js: JetStreamContext, publisher: AckedPublisher,
+                 store: ExecutionStore | None, clock: Clock, venues: Collection[str] = (),
+                 adapter: BrokerAdapter | None = None) -> None:
+        self.engine = engine
+        self.js = js
+        self.publisher = publisher
+        self.store = store
+        self.adapter = adapter
+        self.clock = clock
+        self.venues = frozenset(venues)
+        self.batches = 0
+        self.dead_letters = 0
+        self._lock = asyncio.Lock()
+        self._decoder = codec(BarBatch)
+        self._tracer = tracer("qmp.execution")
+
+    async def handle(self, data: bytes, subject: str, headers: Mapping[str, str] | None,
+                     delivery_id: str = "") -> None:
+        """Decode, trade and publish one message; raise only for a transient failure."""
+        venue = venue_of(subject)
+        if self.venues and venue not in self.venues:
+            return
+        with self._tracer.start_as_current_span("execution.bars", context=extract_context(headers)) as span:
+            span.set_attribute("messaging.destination", subject)
+            try:
+                batch = self._decoder.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                await self._reject(subject, f"undecodable BarBatch: {error}", data, delivery_id)
+                return
+            if batch.venue != venue:
+                await self._reject(subject, f"venue {batch.venue!r} does not match the subject", data,
+                                   delivery_id)
+                return
+            span.set_attribute("qmp.ts_event", batch.ts_event)
+            async with self._lock:  # the engine's timeline is one: keep batches in arrival order
+                if isinstance(self.clock, ReplayClock):
+                    self.clock.observe(batch.ts_event)
+                try:
+                    result = self.engine.process(batch)
+                except BatchRejected as error:
+                    await self._reject(subject, f"invalid batch: {error}", data, delivery_id)
+                    return
+                if result.rejected:
+                    rows = "; ".join(f"{s}: {r}" for s, r in result.rejected[:20])
+                    await self._reject(subject, f"{len(result.rejected)} invalid rows dropped: {rows}", data,
+                                       f"{delivery_id}:rows" if delivery_id else "")
+                if self.adapter is not None:
+                    result = await self.route(result)
+                await self.publish(result)
+                self.batches += 1
+            span.set_attribute("qmp.decisions", sum(len(r.decisions) for r in result.results.values()))
+
+    async def route(self, result: BatchResult) -> BatchResult:
+        """Send new orders and cancels to the external broker (concurrently) and book its answers."""
+        assert self.adapter is not None
+        routed: dict[str, StrategyResult] = {}
+        for sid, strategy_result in result.results.items():
+            if strategy_result.replayed:  # sent before: the broker has it under the same idempotency keys
+                routed[sid] = strategy_result
+                continue
+            orders = [BrokerOrder(order_id=e.order_id, strategy=sid, symbol=e.symbol, side=e.side, quantity=e.quantity,
+                                  price=e.price, ts_event=e.ts_event)
+                      for e in strategy_result.decisions if e.__struct_config__.tag == "OrderAccepted"]
+            for event in strategy_result.decisions:
+                if event.__struct_config__.tag == "OrderCanceled":
+                    with contextlib.suppress(BrokerRejected, BrokerUnavailable):
+                        await self.adapter.cancel(event.order_id)
+            try:
+                acks = await submit_all(self.adapter, orders)
+            except (BrokerRejected, BrokerUnavailable) as error:
+                log.error("broker unavailable", extra={"strategy": sid, "orders": len(orders), "error": str(error)})
+                acks = [OrderAck(order_id=o.order_id, status="rejected", reason=str(error)) for o in orders]
+            routed[sid] = self.engine.apply_acks(sid, acks)
+        return BatchResult(result.ts_event, routed, result.rejected, result.complete)
+
+    async def publish(self, result: BatchResult) -> None:
+        """Publish every strategy's order events and fills, write the rows, then publish the snapshots."""
+        results = list(result.results.values())
+        send = self.publisher.send
+        trace = bus.headers_for(None)  # one span per batch: inject its context once, not per message
+        for strategy_result in results:
+            strategy = strategy_result.strategy
+            orders, fills = subjects.orders(strategy), subjects.fills(strategy)
+            for event in strategy_result.decisions:
+                kind = "canceled" if event.__struct_config__.tag == "OrderCanceled" else "decision"
+                await send(orders, encode(event), {**trace, "Nats-Msg-Id": f"{event.order_id}:{kind}"})
+            for fill in strategy_result.fills:
+                await send(fills, encode(fill), {**trace, "Nats-Msg-Id": fill.fill_id})
+        await self.publisher.confirm(PUBLISH_TIMEOUT_S)
+        if self.store is not None and results:
+            await self.store.write(results)
+        for strategy_result in results:
+            sid = strategy_result.strategy
+            await send(subjects.portfolio(sid), encode(strategy_result.snapshot),
+                       {**trace, "Nats-Msg-Id": f"{sid}:{strategy_result.ts_event}"})
+            await self.publisher.confirm(PUBLISH_TIMEOUT_S)
+            self._log(strategy_result)
+
+    @staticmethod
+    def _log(result: StrategyResult) -> None:
+        if result.decisions and not result.replayed:
+            counts: dict[str, int] = {}
+            for event in result.decisions:
+                tag = str(event.__struct_config__.tag)
+                counts[tag] = counts.get(tag, 0) + 1
+            log.info("orders", extra={"strategy": result.strategy, "ts_event": result.ts_event, "events": counts,
+                                      "fills": len(result.fills), "equity": result.snapshot.equity,
+                                      "es_scale": result.es_scale})
+
+    async def _reject(self, subject: str, reason: str, data: bytes, delivery_id: str) -> None:
+        self.dead_letters += 1
+        msg_id = f"{SERVICE}:{delivery_id}" if delivery_id else None
+        await bus.dead_letter(self.js, SERVICE, subject, reason, data, self.clock, msg_id=msg_id)
+
+
+class StopLossHandler:
+    """Hand risk's ClosePosition commands to the engine; what cannot be used goes to the DLQ with its reason."""
+
+    def __init__(self, engine: ExecutionEngine, js: JetStreamContext, clock: Clock) -> None:
+        self.engine = engine
+        self.js = js
+        self.clock = clock
+        self.received = 0
+        self.applied = 0
+        self.dead_letters = 0
+        self._decoder = codec(ClosePosition)
+        self._tracer = tracer("qmp.execution")
+
+    async def handle(self, data: bytes, subject: str, headers: Mapping[str, str] | None,
+                     delivery_id: str = "") -> bool:
+        """Decode and apply one command; return whether it put a stop-loss on; raise only when transient."""
+        with self._tracer.start_as_current_span("execution.stop_loss", context=extract_context(headers)) as span:
+            span.set_attribute("messaging.destination", subject)
+            self.received += 1
+            try:
+                command = self._decoder.decode(data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as error:
+                await self._reject(subject, f"undecodable ClosePosition: {error}", data, delivery_id)
+                return False
+            strategy = subjects.strategy_of(subject, 2)
+            if command.strategy != strategy:
+                await self._reject(subject, f"ClosePosition for strategy {command.strategy!r} on the subject of "
+                                            f"{strategy!r}", data, delivery_id)
+                return False
+            span.set_attribute("qmp.strategy", command.strategy)
+            span.set_attribute("qmp.symbol", command.symbol)
+            span.set_attribute("qmp.command_id", command.command_id)
+            applied = self.engine.on_close_position(command)
+            span.set_attribute("qmp.applied", applied)
+            self.applied += applied
+            return applied
+
+    async def _reject(self, subject: str, reason: str, data: bytes, delivery_id: str) -> None:
+        self.dead_letters += 1
+        msg_id = f"{SERVICE}:{delivery_id}" if delivery_id else None
+        await bus.dead_letter(self.js, SERVICE, subject, reason, data, self.clock, msg_id=msg_id)
+
+
+class ControlWatch:
+    """Keep the engine's control entries equal to the KV bucket, from its current values on.
+
+    `start` returns once the current values are loaded, so no batch is traded under a stale state.
+    """
+
+    def __init__(self, kv: KeyValue, engine: ExecutionEngine) -> None:
+        self.kv = kv
+        self.engine = engine
+        self.loaded = asyncio.Event()
+        self.updates = 0
+        self._watcher: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout_s: float = INITIAL_STATE_TIMEOUT_S) -> None:
+        self._watcher = await self.kv.watchall()
+        self._task = asyncio.create_task(self._run(), name="execution-control-watch")
+        try:
+            await asyncio.wait_for(self.loaded.wait(), timeout_s)
+        except TimeoutError:
+            await self.stop()
+            raise RuntimeError(f"control bucket {subjects.KV_CONTROL}: initial values not loaded in "
+                               f"{timeout_s}s") from None
+        log.info("control state loaded", extra={"keys": self.engine.controls.keys(), "states": {
+            sid: self.engine.state(sid).status for sid in self.engine.hosts}})
+
+    async def _run(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:  # the watcher's marker: every current value has been delivered
+                self.loaded.set()
+                continue
+            self.apply(entry.key, entry.value or b"", entry.operation)
+
+    def apply(self, key: str, value: bytes, operation: str | None) -> None:
+        """Apply one KV change to the engine's entries and log the resulting effective state."""
+        controls = self.engine.controls
+        strategy = controls.delete(key) if operation in KV_DELETES else controls.put(key, value)
+        self.updates += 1
+        affected = self.engine.hosts if strategy == subjects.ALL_STRATEGIES else (
+            [strategy] if strategy in self.engine.hosts else [])
+        for sid in affected:
+            state = self.engine.state(sid)
+            log.info("trading state", extra={"strategy": sid, "key": key, "operation": operation or "PUT",
+                                             "status": state.status, "reason": state.reason,
+                                             "allocation": state.allocation,
+                                             "size_multiplier": state.size_multiplier})
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):  # the connection may already be closed at shutdown
+                await self._watcher.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def recover(engine: ExecutionEngine, js: JetStreamContext, consumer: str,
+                  venues: Collection[str] = ()) -> dict[str, int]:
+    """Restore every strategy's book from its last PortfolioSnapshot and rebuild the price windows.
+
+    Windows come from the market-data stream (the data this service traded on, validated the same way),
+    read backwards from the last batch delivered to our durable consumer. Returns strategy → restored ts.
+    """
+    decoder = codec(PortfolioSnapshot)
+    restored: dict[str, int] = {}
+    for strategy in engine.hosts:
+        try:
+            raw = await js.get_last_msg(subjects.STREAM_EXEC, subjects.portfolio(strategy))
+        except NotFoundError:
+            continue
+        snapshot = decoder.decode(raw.data or b"")
+        engine.restore(snapshot)
+        restored[strategy] = snapshot.ts_event
+    if restored:
+        batches = await recent_bars(js, consumer, max(restored.values()), engine.window_rows(), venues)
+        used = engine.warm(batches)
+        log.info("recovered", extra={"restored": restored, "window_batches": used})
+    return restored
+
+
+async def recent_bars(js: JetStreamContext, consumer: str, upto_ts: int, rows: int,
+                      venues: Collection[str] = ()) -> list[BarBatch]:
+    """Return the batches of the last `rows` timestamps up to `upto_ts`, newest first."""
+    try:
+        stream = await js.stream_info(subjects.STREAM_MARKET_DATA)
+    except NotFoundError:
+        return []
+    first, seq = stream.state.first_seq, stream.state.last_seq
+    with contextlib.suppress(NotFoundError):
+        delivered = (await js.consumer_info(subjects.STREAM_MARKET_DATA, consumer)).delivered
+        if delivered is not None and delivered.stream_seq:
+            seq = min(seq, delivered.stream_seq)
+    decoder = codec(BarBatch)
+    wanted = frozenset(venues)
+    seen: set[int] = set()
+    found: list[BarBatch] = []
+    budget = rows * SCAN_PER_ROW
+    while seq >= first and budget > 0:
+        budget -= 1
+        try:
+            raw = await js.get_msg(subjects.STREAM_MARKET_DATA, seq)
+        except NotFoundError:
+            seq -= 1
+            continue
+        seq -= 1
+        subject = raw.subject or ""
+        if not subject.endswith(".bars") or (wanted and venue_of(subject) not in wanted):
+            continue
+        try:
+            batch = decoder.decode(raw.data or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if batch.ts_event > upto_ts:
+            continue
+        if batch.ts_event not in seen and len(seen) >= rows:
+            break
+        seen.add(batch.ts_event)
+        found.append(batch)
+    return found
+
+
+class RiskWatch:
+    """Keep each hosted strategy's latest RiskSnapshot in the engine: its ES sizes the next orders.
+
+    Reads through the JetStream API only (a direct get of the last snapshot, then an ephemeral pull
+    consumer whose messages come to an inbox), so execution needs no subscription right on `qmp.risk.>`.
+    """
+
+    def __init__(self, js: JetStreamContext, engine: ExecutionEngine) -> None:
+        self.js = js
+        self.engine = engine
+        self.received = 0
+        self._decoder = codec(RiskSnapshot)
+        self._subscription: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        hosts = sorted(self.engine.hosts)
+        subject = subjects.snapshot(hosts[0]) if len(hosts) == 1 else subjects.SNAPSHOT_ALL
+        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW, ack_policy=api.AckPolicy.NONE,
+                                    inactive_threshold=60.0, max_waiting=4)
+        # Subscribe before reading the last values, so nothing published in between is missed.
+        self._subscription = await self.js.pull_subscribe(subject, stream=subjects.STREAM_RISK, config=config)
+        for sid in hosts:
+            with contextlib.suppress(NotFoundError):
+                raw = await self.js.get_last_msg(subjects.STREAM_RISK, subjects.snapshot(sid))
+                self._apply(raw.data or b"")
+        self._task = asyncio.create_task(self._run(), name="execution-risk-watch")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                messages: list[Msg] = await self._subscription.fetch(RISK_FETCH, timeout=1.0)
+            except TimeoutError:  # nats' own and asyncio's: fetch raises either when nothing came
+                continue
+            except nats.errors.ConnectionClosedError:
+                return
+            except nats.errors.Error as error:  # e.g. during a reconnect: keep watching
+                log.warning("risk snapshot fetch failed; retrying", extra={"error": str(error)})
+                await asyncio.sleep(1.0)
+                continue
+            for message in messages:
+                self._apply(message.data)
+
+    def _apply(self, data: bytes) -> None:
+        try:
+            snapshot = self._decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            log.warning("undecodable risk snapshot ignored", extra={"error": str(error)})
+            return
+        if self.engine.on_risk(snapshot):
+            self.received += 1
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            # A fetch cancelled mid-wait may surface as a timeout rather than a cancellation.
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await self._task
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):  # the connection may already be closed at shutdown
+                await self._subscription.unsubscribe()
+
+
+class BrokerCommands:
+    """Answer `qmp.broker.<instance>` requests: pin the REST broker to an endpoint, or report its status."""
+
+    def __init__(self, client: RestBrokerClient, clock: Clock) -> None:
+        self.client = client
+        self.clock = clock
+        self._decoder = codec(BrokerCommand)
+
+    def handle(self, data: bytes) -> BrokerReply:
+        try:
+            command = self._decoder.decode(data or b"{}")
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            return self._reply(False, f"invalid BrokerCommand: {error}")
+        if command.command == "use_endpoint":
+            try:
+                self.client.force(command.endpoint)
+            except ValueError as error:
+                return self._reply(False, str(error))
+            log.warning("broker endpoint command", extra={"endpoint": command.endpoint, "by": command.issued_by,
+                                                          "command_id": command.command_id})
+        return self._reply(True, "")
+
+    def _reply(self, accepted: bool, reason: str) -> BrokerReply:
+        status = self.client.status()
+        return BrokerReply(accepted=accepted, reason=reason, active=status["active"], forced=status["forced"],
+                           endpoints=status["endpoints"], ts_event=self.clock.now_ns())

@@ -1,0 +1,102 @@
+"""A risk stop-loss end to end on real NATS and PostgreSQL: risk publishes ClosePosition, collector the next
+batch, and execution (the "execution" NATS user, with no subscription right on `qmp.risk.>`) sells the whole
+position with reason code STOP_LOSS."""
+
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.api import DeliverPolicy
+from test_execution_integration import (
+    PRICES,
+    WAIT_S,
+    bars,
+    connect_as,
+    drain,
+    eventually,
+    publish_bars,
+    receive,
+    service_for,
+)
+
+from qmp_core import bus, subjects
+from qmp_core.clock import NS_PER_DAY
+from qmp_core.messages import ClosePosition, DeadLetter, OrderAccepted, OrderDecision, PortfolioSnapshot, codec
+from qmp_core.runtime.nats_server import NatsCredentials
+
+pytestmark = pytest.mark.integration
+
+
+async def execution_may_subscribe(credentials: NatsCredentials, subject: str) -> bool:
+    """Return whether the execution user may subscribe to `subject` (core NATS), by asking the server."""
+    refused: list[Exception] = []
+
+    async def on_error(error: Exception) -> None:
+        refused.append(error)
+
+    user, password = credentials.for_user("execution")
+    nc = await nats.connect(credentials.url, user=user, password=password, error_cb=on_error)
+    try:
+        await nc.subscribe(subject)
+        await nc.flush()  # the server answers a refused SUB before the PONG
+        await nc.flush()
+    finally:
+        await nc.close()
+    return not any("permissions violation" in str(e).lower() for e in refused)
+
+
+async def test_execution_when_risk_publishes_close_position_then_next_batch_sells_whole_position(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, unique_id: str,
+) -> None:
+    sid = venue = unique_id
+    collector_nc = await connect_as(nats_credentials, "collector")
+    risk_nc = await connect_as(nats_credentials, "risk")
+    orders = await operator_nc.subscribe(subjects.orders(sid))
+    snapshots = await operator_nc.subscribe(subjects.portfolio(sid))
+    dead = await operator_nc.subscribe(subjects.dlq("execution"))
+    decode_snapshot = codec(PortfolioSnapshot).decode
+    service = service_for(nats_credentials, database_url, sid)
+    await service.app.start()
+    try:
+        for day in (0, 1):
+            await publish_bars(collector_nc, bars(venue, day))
+        held = (await receive(snapshots, decode_snapshot, 2))[-1]
+        position = dict(zip(held.symbols, held.quantities, strict=True))
+        assert set(position) == set(PRICES)
+
+        command = ClosePosition(strategy=sid, symbol="AAA", quantity=-position["AAA"], command_id=f"{sid}:sl:AAA",
+                                reason="stop-loss: AAA long down 16.00% <= -15.00%", price=42.0, entry_price=50.0,
+                                loss=0.16, ts_event=held.ts_event)
+        await bus.publish(risk_nc.jetstream(), subjects.stop_loss(sid), command, msg_id=command.command_id)
+        await eventually(lambda: "AAA" in service.engine.hosts[sid].stop_losses, "the stop-loss to reach execution")
+        await publish_bars(collector_nc, bars(venue, 2, {"AAA": 42.0, "BBB": 200.0}))
+        after = (await receive(snapshots, decode_snapshot, 1))[0]
+        decisions = [codec(OrderDecision).decode(m.data) for m in await drain(orders)]
+
+        await risk_nc.jetstream().publish(subjects.stop_loss(sid), b'{"strategy": "not a ClosePosition"')
+        letter = DeadLetter(service="", subject="", reason="", payload="", ts_event=0)
+        while letter.subject != subjects.stop_loss(sid):
+            letter = msgspec.json.decode((await dead.next_msg(timeout=WAIT_S)).data, type=DeadLetter)
+        consumer = await operator_nc.jetstream().consumer_info(subjects.STREAM_RISK, service.stop_loss_consumer)
+    finally:
+        await service.app.stop()
+        await collector_nc.drain()
+        await risk_nc.drain()
+
+    closes = [d for d in decisions if d.ts_event == 3 * NS_PER_DAY and d.symbol == "AAA"]
+    assert len(closes) == 1
+    close = closes[0]
+    assert isinstance(close, OrderAccepted)
+    assert (close.side, close.reason_code) == ("SELL", "STOP_LOSS")
+    assert close.quantity == pytest.approx(position["AAA"], rel=1e-12)
+    assert close.reason.startswith("stop-loss: AAA long")
+    assert after.ts_event == 3 * NS_PER_DAY
+    assert "AAA" not in after.symbols and "BBB" in after.symbols
+    assert letter.service == "execution" and "undecodable ClosePosition" in letter.reason
+    assert consumer.config.filter_subject == subjects.STOP_LOSS_ALL
+    assert consumer.config.deliver_policy == DeliverPolicy.NEW
+    assert service.stop_loss is not None and service.stop_loss.applied == 1
+    if nats_credentials.users:  # the embedded server: the permissions are in force
+        assert service.settings.nats_user == "execution"
+        assert await execution_may_subscribe(nats_credentials, subjects.health("execution"))
+        assert not await execution_may_subscribe(nats_credentials, subjects.stop_loss(sid))

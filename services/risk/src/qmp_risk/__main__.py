@@ -1,0 +1,23 @@
+"""`python -m qmp_risk`: run the risk service with settings from `QMP_*` environment variables."""
+
+import asyncio
+
+from qmp_core.config import load_settings, run_dir
+from qmp_core.telemetry import setup_logging, setup_tracing
+from qmp_risk.app import create_app
+from qmp_risk.config import RiskSettings
+from qmp_risk.handlers import SERVICE
+
+
+def main() -> None:
+    settings = load_settings(RiskSettings)
+    setup_logging(SERVICE, settings.log_level)
+    provider = setup_tracing(SERVICE, run_dir(settings))
+    try:
+        asyncio.run(create_app(settings).run())
+    finally:
+        provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()

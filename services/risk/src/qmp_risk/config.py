@@ -1,0 +1,65 @@
+"""Risk service settings, read once at start from `QMP_*` environment variables (see `load_settings`)."""
+
+from typing import Annotated
+
+from msgspec import Meta, field
+
+from qmp_core.config import ServiceSettings
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+Probability = Annotated[float, Meta(gt=0.0, le=1.0)]
+Level = Annotated[float, Meta(gt=0.5, lt=1.0)]
+Positive = Annotated[float, Meta(gt=0.0)]
+
+DAY_S = 86_400.0
+
+
+class RiskSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Windows, methods, breaker thresholds and bus timings of the risk service."""
+
+    var_window: Annotated[int, Meta(ge=2)] = 250  # returns per historical-simulation scenario set
+    min_observations: Annotated[int, Meta(ge=2)] = 20  # below this a snapshot is `insufficient_data`
+    var_levels: list[Level] = field(default_factory=lambda: [0.95, 0.975, 0.99])  # keys <method>_95, _975, _99
+    var_horizons: list[PositiveInt] = field(default_factory=lambda: [1, 10])  # h > 1 adds <key>_<h>d (sqrt-time)
+    ewma_lambda: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.94  # FHS-EWMA decay (RiskMetrics)
+    evt_threshold: Annotated[float, Meta(gt=0.5, lt=1.0)] = 0.90  # loss quantile above which EVT fits a GPD
+    backtest_window: Annotated[int, Meta(ge=10)] = 250  # days of forecasts each backtest looks at
+    symbol_risk: bool = True  # per-symbol measures for the whole universe on every batch
+    symbol_risk_positions: Annotated[int, Meta(ge=0)] = 50  # largest positions whose symbol risk a snapshot carries
+    garch_refit_every: PositiveInt = 20  # batches between two GARCH fits of a symbol
+    garch_max_refits_per_batch: Annotated[int, Meta(ge=0)] = 1  # cap per batch; a big universe refits less often
+    drawdown_halt: Probability = 0.15  # drawdown over the trailing window that halts the strategy
+    drawdown_window_hours: Positive = 24.0  # event time
+    vol_ratio_limit: Positive = 2.0  # realized vol / its average above this reduces order size
+    vol_ratio_release: Positive = 1.5  # ... and below this restores it (hysteresis)
+    vol_window: Annotated[int, Meta(ge=2)] = 10  # returns in one realized-vol estimate
+    vol_average_window: PositiveInt = 20  # realized-vol estimates averaged ("its 20-day average")
+    vol_size_multiplier: Probability = 0.5  # order-size factor while the volatility breaker is tripped
+    stop_loss: Probability = 0.15  # a position down this much from its entry is closed, once
+    stale_data_s: Positive = 4.5 * DAY_S  # a held symbol without a bar this long halts (event time)
+    news_calendar: str = ""  # JSON list of NewsEvent (start/end as int ns or ISO-8601) read at start
+    news_impacts: list[str] = field(default_factory=lambda: ["high"])  # impacts that make a strategy defensive
+    news_max_order_fraction: Probability = 0.05  # order-size cap (fraction of equity) in defensive mode
+    check_interval_s: Positive = 1.0  # how often stale data and news windows are checked without input
+    history_margin: Annotated[int, Meta(ge=0)] = 16  # extra bar rows kept beyond the VaR window
+    bar_wait_s: Annotated[float, Meta(ge=0.0)] = 1.0  # wait for the bars of a portfolio's timestamp
+    control_timeout_s: Positive = 2.0  # per control request attempt
+    control_attempts: PositiveInt = 3  # attempts before a breaker command counts as undelivered
+
+    def __post_init__(self) -> None:
+        if self.vol_ratio_release >= self.vol_ratio_limit:
+            raise ValueError(
+                f"vol_ratio_release must be below vol_ratio_limit for hysteresis, got "
+                f"{self.vol_ratio_release} >= {self.vol_ratio_limit}"
+            )
+        if self.min_observations > self.var_window:
+            raise ValueError(
+                f"min_observations must not exceed var_window, got {self.min_observations} > {self.var_window}"
+            )
+        if not self.var_levels or len(set(self.var_levels)) != len(self.var_levels):
+            raise ValueError(f"var_levels must be distinct levels, got {self.var_levels}")
+        if min(self.var_levels) <= self.evt_threshold:
+            raise ValueError(f"every VaR level must lie beyond evt_threshold={self.evt_threshold}, got "
+                             f"{self.var_levels}")
+        if self.vol_window > self.var_window:
+            raise ValueError(f"vol_window must not exceed var_window, got {self.vol_window} > {self.var_window}")

@@ -1,0 +1,369 @@
+"""Decode → engine → publish. No decisions here: the engine makes them, handlers carry them out.
+
+Order of side effects for one portfolio snapshot, fixed so that replays are deterministic:
+control requests (await each reply) → stop-loss ClosePosition orders (stream) → breaker events (stream,
+table) → risk_snapshots row → snapshot on the stream. The collector in lockstep mode waits for the
+snapshot before it sends the next batch, so by then the halt has been applied and the monitoring table is
+up to date. On a live clock a timer (`run_checks`) evaluates the breakers that change without input (stale
+data, news windows) every `check_interval_s`; in replay every snapshot does, at its own timestamp. News
+calendar entries come from a file at start (`news_calendar`) and from `qmp.md.news.events`.
+
+Bad input (undecodable, invalid, out of order) is dead-lettered with its reason and acknowledged; only
+transient failures (database, stream publish) raise, so the message is redelivered.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+from faststream.nats import NatsMessage
+from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from opentelemetry.trace import SpanKind
+
+from qmp_core import bus, subjects
+from qmp_core.clock import NS_PER_SECOND, Clock, ReplayClock
+from qmp_core.db import connect_pool
+from qmp_core.messages import (
+    BarBatch,
+    BreakerEvent,
+    ClosePosition,
+    ControlReply,
+    NewsEvent,
+    PortfolioSnapshot,
+    RiskSnapshot,
+    TradingState,
+    codec,
+    encode,
+)
+from qmp_core.telemetry import extract_context, tracer
+from qmp_risk.config import RiskSettings
+from qmp_risk.engine import BatchRejected, BreakerCommand, RiskEngine, SnapshotRejected
+from qmp_risk.news import load_calendar
+
+SERVICE = "risk"
+MAX_REJECTED_ROWS_REPORTED = 50
+RETRY_BACKOFF_S = 0.2
+
+log = logging.getLogger("qmp_risk")
+_tracer = tracer("qmp_risk")
+
+INSERT_SNAPSHOT = (
+    "INSERT INTO risk_snapshots (ts, strategy, equity, var, es, drawdown_24h, drawdown_max, volatility_ratio, "
+    "breakers, status, observations, drawdown, positions, backtests, errors) VALUES ($1, $2, $3, $4::jsonb, "
+    "$5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14::jsonb, $15::jsonb) ON CONFLICT DO NOTHING"
+)
+INSERT_BREAKER_EVENT = (
+    "INSERT INTO breaker_events (ts, strategy, breaker, event, value, threshold, action, detail) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
+)
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def timestamp(ts_ns: int) -> datetime:
+    """Return an int-ns event time as an aware UTC datetime (microsecond precision, like timestamptz)."""
+    seconds, nanos = divmod(ts_ns, NS_PER_SECOND)
+    return datetime.fromtimestamp(seconds, tz=UTC) + timedelta(microseconds=nanos // 1_000)
+
+
+def _source_id(msg: NatsMessage) -> str | None:
+    """Return stream:sequence of a JetStream message, so a redelivered rejection dedups in the DLQ."""
+    try:
+        metadata = msg.raw_message.metadata
+    except (NatsError, ValueError, IndexError):
+        return None  # a core NATS message (e.g. qmp.state.*) has no stream sequence
+    return f"{metadata.stream}:{metadata.sequence.stream}"
+
+
+class RiskHandlers:
+    """The risk service's message handlers around one RiskEngine."""
+
+    def __init__(self, engine: RiskEngine, clock: Clock, settings: RiskSettings,
+                 connection: Callable[[], Client]) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.settings = settings
+        self._connection = connection
+        self._js: JetStreamContext | None = None
+        self.pool: asyncpg.Pool | None = None
+        self._bars_advanced = asyncio.Condition()
+        self._bars_codec = codec(BarBatch)
+        self._portfolio_codec = codec(PortfolioSnapshot)
+        self._state_codec = codec(TradingState)
+        self._reply_codec = codec(ControlReply)
+        self._news_codec = codec(NewsEvent)
+        self.snapshots_published = 0
+        self.stop_losses_sent = 0
+        self.dead_letters = 0
+        self.commands_sent = 0
+        self.commands_failed = 0
+
+    # ------------------------------------------------------------------ resources
+    async def open(self) -> None:
+        """Warm the kernels up, load the news calendar file (fail fast on a bad one), open the database pool."""
+        started = time.perf_counter()
+        self.engine.warm_up()
+        log.info("kernels ready", extra={"seconds": round(time.perf_counter() - started, 3)})
+        if self.settings.news_calendar:
+            for event in load_calendar(self.settings.news_calendar):
+                self.engine.on_news(event)
+        if self.pool is None:
+            self.pool = await connect_pool(self.settings.database_url)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    @property
+    def nc(self) -> Client:
+        return self._connection()
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.nc.jetstream()
+        return self._js
+
+    def health_detail(self) -> dict[str, Any]:
+        engine = self.engine.detail()
+        return {
+            "strategies_tracked": engine["strategies"], "symbols_tracked": engine["symbols"],
+            "snapshots_published": self.snapshots_published, "dead_letters": self.dead_letters,
+            "commands_sent": self.commands_sent, "commands_failed": self.commands_failed,
+            "stop_losses_sent": self.stop_losses_sent, "bar_rows": engine["bar_rows"],
+            "bar_watermark": self.engine.bar_watermark, "news_events": engine["news_events"],
+            "riskiest_historical_99": engine.get("riskiest_historical_99", {}),
+            "garch_refits": engine.get("garch_refits", 0),
+        }
+
+    # ------------------------------------------------------------------ market data
+    async def on_bars(self, msg: NatsMessage) -> None:
+        """Decode and validate a bar batch into the price history; dead-letter what cannot be used."""
+        subject = msg.raw_message.subject
+        with _tracer.start_as_current_span("risk.bars", context=extract_context(msg.headers),
+                                           kind=SpanKind.CONSUMER, attributes={"messaging.subject": subject}):
+            try:
+                batch = self._bars_codec.decode(msg.body)
+            except msgspec.DecodeError as error:
+                await self._reject(msg, f"invalid BarBatch: {error}")
+                return
+            self._observe(batch.ts_event)
+            try:
+                validated = self.engine.on_bars(batch)
+            except BatchRejected as error:
+                await self._reject(msg, f"rejected batch from {batch.venue}: {error}")
+                return
+            if validated is None:
+                log.debug("redelivered bar batch ignored", extra={"venue": batch.venue, "ts_event": batch.ts_event})
+                return
+            if validated.rejected:
+                rows = "; ".join(f"{symbol}: {reason}" for symbol, reason in
+                                 validated.rejected[:MAX_REJECTED_ROWS_REPORTED])
+                more = len(validated.rejected) - MAX_REJECTED_ROWS_REPORTED
+                suffix = f"; and {more} more" if more > 0 else ""
+                await self._reject(msg, f"{len(validated.rejected)} invalid rows at ts_event={batch.ts_event}: "
+                                        f"{rows}{suffix}", suffix_id="rows")
+            async with self._bars_advanced:
+                self._bars_advanced.notify_all()
+
+    # ------------------------------------------------------------------ portfolios
+    async def on_portfolio(self, msg: NatsMessage) -> None:
+        """Turn a portfolio snapshot into a risk snapshot, breaker events and control commands."""
+        subject = msg.raw_message.subject
+        with _tracer.start_as_current_span("risk.portfolio", context=extract_context(msg.headers),
+                                           kind=SpanKind.CONSUMER,
+                                           attributes={"messaging.subject": subject}) as span:
+            try:
+                portfolio = self._portfolio_codec.decode(msg.body)
+            except msgspec.DecodeError as error:
+                await self._reject(msg, f"invalid PortfolioSnapshot: {error}")
+                return
+            self._observe(portfolio.ts_event)
+            await self._wait_for_bars(portfolio.ts_event)
+            try:
+                result = self.engine.on_portfolio(portfolio)
+            except SnapshotRejected as error:
+                await self._reject(msg, f"rejected portfolio snapshot: {error}")
+                return
+            snapshot = result.snapshot
+            span.set_attributes({"qmp.strategy": snapshot.strategy, "qmp.ts_event": snapshot.ts_event,
+                                 "qmp.risk.status": snapshot.status, "qmp.duplicate": result.duplicate})
+            for command in result.commands:
+                await self._send_control(snapshot.strategy, command)
+            for close in result.closes:
+                await self._publish_close(close)
+            for event in result.events:
+                await self._publish_event(event)
+            await self._write_snapshot(snapshot)
+            await bus.publish(self.js, subjects.snapshot(snapshot.strategy), snapshot,
+                              msg_id=f"{snapshot.strategy}:{snapshot.ts_event}")
+            self.snapshots_published += 1
+            log.debug("risk snapshot", extra={"strategy": snapshot.strategy, "ts_event": snapshot.ts_event,
+                                              "status": snapshot.status, "var": snapshot.var,
+                                              "drawdown_24h": snapshot.drawdown_24h})
+
+    async def _wait_for_bars(self, ts_event: int) -> None:
+        """Wait (bounded) until the bars of ts_event are in, so VaR never depends on arrival order."""
+        if self.engine.bar_watermark >= ts_event or self.settings.bar_wait_s <= 0:
+            return
+        try:
+            async with self._bars_advanced:
+                await asyncio.wait_for(
+                    self._bars_advanced.wait_for(lambda: self.engine.bar_watermark >= ts_event),
+                    timeout=self.settings.bar_wait_s,
+                )
+        except TimeoutError:
+            log.warning("no bars for portfolio timestamp; using the bars so far",
+                        extra={"ts_event": ts_event, "bar_watermark": self.engine.bar_watermark})
+
+    async def _send_control(self, strategy: str, command: BreakerCommand) -> None:
+        """Send a breaker's command as a request and record the answer; retry a timeout a few times."""
+        payload = encode(command.command)
+        with _tracer.start_as_current_span("risk.control", kind=SpanKind.PRODUCER, attributes={
+            "qmp.strategy": strategy, "qmp.breaker": command.breaker,
+            "qmp.command_id": command.command.command_id,
+        }):
+            for attempt in range(1, self.settings.control_attempts + 1):
+                try:
+                    reply_msg = await self.nc.request(subjects.control(strategy), payload,
+                                                      timeout=self.settings.control_timeout_s,
+                                                      headers=bus.headers_for(None))
+                except (NatsTimeoutError, NoRespondersError) as error:
+                    log.warning("control request unanswered", extra={
+                        "strategy": strategy, "command_id": command.command.command_id, "attempt": attempt,
+                        "error": type(error).__name__})
+                    await asyncio.sleep(RETRY_BACKOFF_S * attempt)
+                    continue
+                self.commands_sent += 1
+                try:
+                    reply = self._reply_codec.decode(reply_msg.data)
+                except msgspec.DecodeError as error:
+                    log.error("undecodable control reply", extra={
+                        "strategy": strategy, "command_id": command.command.command_id, "error": str(error)})
+                    return
+                self.engine.on_control_reply(strategy, command, reply.accepted)
+                if reply.accepted:
+                    log.info("breaker command accepted", extra={
+                        "strategy": strategy, "breaker": command.breaker, "command_id": reply.command_id,
+                        "duplicate": reply.duplicate})
+                else:
+                    log.error("breaker command rejected", extra={
+                        "strategy": strategy, "breaker": command.breaker,
+                        "command_id": command.command.command_id, "reason": reply.reason})
+                return
+            self.commands_failed += 1
+            self.engine.on_command_failed(strategy, command)
+            log.error("breaker command undelivered; the next snapshot retries it", extra={
+                "strategy": strategy, "breaker": command.breaker, "command_id": command.command.command_id,
+                "attempts": self.settings.control_attempts})
+
+    async def _publish_close(self, close: ClosePosition) -> None:
+        """Publish a stop-loss order on qmp.risk.<strategy>.stoploss (execution may act on it)."""
+        with _tracer.start_as_current_span("risk.stop_loss", kind=SpanKind.PRODUCER, attributes={
+            "qmp.strategy": close.strategy, "qmp.symbol": close.symbol, "qmp.command_id": close.command_id,
+        }):
+            await bus.publish(self.js, subjects.stop_loss(close.strategy), close, msg_id=close.command_id)
+            self.stop_losses_sent += 1
+            log.warning("stop-loss", extra={"strategy": close.strategy, "symbol": close.symbol,
+                                            "quantity": close.quantity, "reason": close.reason})
+
+    async def _publish_event(self, event: BreakerEvent) -> None:
+        kind = type(event).__name__
+        await self._execute(INSERT_BREAKER_EVENT, timestamp(event.ts_event), event.strategy, event.breaker, kind,
+                            event.value, event.threshold, event.action, event.detail)
+        await bus.publish(self.js, subjects.breaker_events(event.strategy), event,
+                          msg_id=f"{event.strategy}:{event.breaker}:{kind}:{event.ts_event}")
+        log.warning("breaker event", extra={"event": kind, "strategy": event.strategy, "breaker": event.breaker,
+                                            "value": event.value, "threshold": event.threshold,
+                                            "action": event.action, "detail": event.detail})
+
+    async def _write_snapshot(self, snapshot: RiskSnapshot) -> None:
+        await self._execute(
+            INSERT_SNAPSHOT, timestamp(snapshot.ts_event), snapshot.strategy, snapshot.equity,
+            msgspec.json.encode(snapshot.var).decode(), msgspec.json.encode(snapshot.es).decode(),
+            snapshot.drawdown_24h, snapshot.drawdown_max, snapshot.volatility_ratio, snapshot.breakers,
+            snapshot.status, snapshot.observations, snapshot.drawdown, _json(snapshot.positions),
+            _json(snapshot.backtests), _json(snapshot.errors),
+        )
+
+    async def _execute(self, query: str, *args: Any) -> None:
+        if self.pool is None:
+            raise RuntimeError("risk handlers used before open(): no database pool")
+        await self.pool.execute(query, *args)
+
+    # ------------------------------------------------------------------ control state
+    async def on_state(self, msg: NatsMessage) -> None:
+        """Track a strategy's effective trading state; a resume after a halt releases the drawdown latch."""
+        with _tracer.start_as_current_span("risk.state", context=extract_context(msg.headers),
+                                           kind=SpanKind.CONSUMER):
+            try:
+                state = self._state_codec.decode(msg.body)
+            except msgspec.DecodeError as error:
+                await self._reject(msg, f"invalid TradingState: {error}")
+                return
+            for event in self.engine.on_trading_state(state):
+                await self._publish_event(event)
+
+    # ------------------------------------------------------------------ news and timed checks
+    async def on_news(self, msg: NatsMessage) -> None:
+        """Add a NewsEvent to the calendar; dead-letter one that does not decode or has an empty window."""
+        with _tracer.start_as_current_span("risk.news", context=extract_context(msg.headers),
+                                           kind=SpanKind.CONSUMER):
+            try:
+                event = self._news_codec.decode(msg.body)
+                self.engine.on_news(event)
+            except (msgspec.DecodeError, ValueError) as error:
+                await self._reject(msg, f"invalid NewsEvent: {error}")
+                return
+            log.info("news event", extra={"event_id": event.event_id, "event_name": event.name,
+                                          "impact": event.impact, "start": event.start, "end": event.end})
+
+    async def check(self) -> None:
+        """Evaluate stale data and news windows now; send the commands and events they call for."""
+        results = self.engine.check(self.clock.now_ns())
+        for result in results:
+            with _tracer.start_as_current_span("risk.check", attributes={"qmp.strategy": result.strategy}):
+                for command in result.commands:
+                    await self._send_control(result.strategy, command)
+                for event in result.events:
+                    await self._publish_event(event)
+
+    async def run_checks(self) -> None:
+        """Run `check` every check_interval_s until cancelled; a failure is logged and retried next time.
+
+        Only on a live clock: in replay the clock is the latest event seen on any subject (bars run ahead of
+        a strategy's snapshots), so a timed check would trip at a time the strategy has not reached;
+        there each snapshot runs the same checks at its own timestamp, and replays stay deterministic.
+        """
+        if isinstance(self.clock, ReplayClock):
+            return
+        while True:
+            await asyncio.sleep(self.settings.check_interval_s)
+            try:
+                await self.check()
+            except (NatsError, asyncpg.PostgresError, OSError) as error:
+                log.error("timed breaker check failed", extra={"error": repr(error)})
+
+    # ------------------------------------------------------------------ helpers
+    def _observe(self, ts_event: int) -> None:
+        if isinstance(self.clock, ReplayClock):
+            self.clock.observe(ts_event)
+
+    async def _reject(self, msg: NatsMessage, reason: str, suffix_id: str = "") -> None:
+        source = _source_id(msg)
+        msg_id = f"{source}:{suffix_id}" if source and suffix_id else source
+        self.dead_letters += 1
+        await bus.dead_letter(self.js, SERVICE, msg.raw_message.subject, reason, msg.body, self.clock,
+                              msg_id=msg_id)

@@ -1,0 +1,136 @@
+"""The risk app against real NATS and PostgreSQL: news calendar (file and subject), stop-loss, stored reasons."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from qmp_core import bus, subjects
+from qmp_core.clock import NS_PER_HOUR
+from qmp_core.messages import (
+    BarBatch,
+    ClosePosition,
+    ControlCommand,
+    ControlReply,
+    Defensive,
+    NewsEvent,
+    PortfolioSnapshot,
+    RiskSnapshot,
+    TradingState,
+    codec,
+    encode,
+)
+from qmp_core.runtime.nats_server import NatsCredentials
+from qmp_core.testing import settings_for
+from qmp_risk.app import RiskService
+from qmp_risk.config import RiskSettings
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_700_100_000 * 1_000_000_000
+PRICES = [100.0, 101.0, 99.0, 97.0, 95.0, 90.0, 80.0]  # the last is 20% below the entry at 100
+
+
+@pytest.fixture
+async def clients(nats_credentials: NatsCredentials) -> AsyncIterator[dict[str, Client]]:
+    connections = {}
+    for user in ("collector", "execution", "deployer"):
+        name, password = nats_credentials.for_user(user)
+        auth = {"user": name, "password": password} if name else {}
+        connections[user] = await nats.connect(nats_credentials.url, **auth)
+    yield connections
+    for connection in connections.values():
+        await connection.drain()
+
+
+async def test_risk_app_when_news_window_and_stop_loss_then_defensive_close_position_and_reasons_stored(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, clients: dict[str, Client],
+    unique_id: str, tmp_path: Path,
+) -> None:
+    venue = strategy = unique_id
+    stamps = [T0 + i * NS_PER_HOUR for i in range(len(PRICES))]
+    calendar = tmp_path / "calendar.json"
+    calendar.write_text(json.dumps([{"event_id": f"{unique_id}-file", "name": "CPI", "start": stamps[1],
+                                     "end": stamps[2], "impact": "high", "strategies": [strategy]}]))
+    base = settings_for(nats_credentials, "risk", database_url, run_dir=str(tmp_path))
+    settings = msgspec.convert({**msgspec.structs.asdict(base), "min_observations": 3, "var_window": 10,
+                                "news_calendar": str(calendar), "news_max_order_fraction": 0.03,
+                                "check_interval_s": 0.2}, RiskSettings)
+    commands: list[ControlCommand] = []
+    snapshots: dict[int, RiskSnapshot] = {}
+    done = asyncio.Event()
+
+    async def deployer(msg: Msg) -> None:
+        command = codec(ControlCommand).decode(msg.data)
+        commands.append(command)
+        await msg.respond(encode(ControlReply(accepted=True, command_id=command.command_id,
+                                              state=TradingState(strategy=strategy))))
+
+    async def on_snapshot(msg: Msg) -> None:
+        snapshot = codec(RiskSnapshot).decode(msg.data)
+        snapshots[snapshot.ts_event] = snapshot
+        if len(snapshots) == len(PRICES):
+            done.set()
+
+    await clients["deployer"].subscribe(subjects.control(strategy), cb=deployer)
+    await clients["deployer"].flush()
+    await operator_nc.subscribe(subjects.snapshot(strategy), cb=on_snapshot)
+    await operator_nc.flush()
+    service = RiskService(settings)
+    await service.start()
+    try:
+        collector_js = clients["collector"].jetstream()
+        news = NewsEvent(event_id=f"{unique_id}-bus", name="FOMC", start=stamps[4], end=stamps[6] + 1,
+                         strategies=[strategy])
+        await bus.publish(collector_js, subjects.NEWS_EVENTS, news, msg_id=news.event_id)
+        for _ in range(100):
+            if service.engine.detail()["news_events"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        execution_js = clients["execution"].jetstream()
+        for ts, price in zip(stamps, PRICES, strict=True):
+            await bus.publish(collector_js, subjects.bars(venue), BarBatch(
+                venue=venue, ts_event=ts, symbols=["A"], open=[price], high=[price], low=[price], close=[price],
+                volume=[100.0]), msg_id=f"{venue}:{ts}")
+            await bus.publish(execution_js, subjects.portfolio(strategy), PortfolioSnapshot(
+                strategy=strategy, ts_event=ts, cash=0.0, equity=10_000.0, symbols=["A"], quantities=[10.0],
+                prices=[price]), msg_id=f"{strategy}:{ts}")
+        await asyncio.wait_for(done.wait(), timeout=20)
+        stored = await operator_nc.jetstream().get_last_msg(subjects.STREAM_RISK, subjects.stop_loss(strategy))
+    finally:
+        await service.stop()
+
+    # The file's window (stamps 1..2) and the bus's (4..6) each turned defensive mode on with the cap, then off.
+    defensive = [c for c in commands if isinstance(c, Defensive)]
+    assert [(c.on, c.ts_event) for c in defensive] == [(True, stamps[1]), (False, stamps[2]), (True, stamps[4])]
+    assert defensive[0].max_order_fraction == 0.03 and defensive[0].issued_by == "risk"
+    assert "news" in snapshots[stamps[5]].breakers and "news" not in snapshots[stamps[3]].breakers
+
+    close = codec(ClosePosition).decode(stored.data)
+    assert (close.symbol, close.quantity, close.ts_event) == ("A", -10.0, stamps[-1])
+    assert close.loss == pytest.approx(0.2) and close.entry_price == 100.0
+    assert snapshots[stamps[-1]].positions[0].stop_loss
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        events = await connection.fetch("SELECT breaker, event, detail FROM breaker_events WHERE strategy = $1 "
+                                        "ORDER BY ts, breaker", strategy)
+        row = await connection.fetchrow("SELECT status, observations, positions, backtests FROM risk_snapshots "
+                                        "WHERE strategy = $1 ORDER BY ts DESC LIMIT 1", strategy)
+    finally:
+        await connection.close()
+    stored_events = [(r["breaker"], r["event"], r["detail"]) for r in events]
+    assert [(b, e) for b, e, _ in stored_events if b == "news"] == [
+        ("news", "BreakerTripped"), ("news", "BreakerReleased"), ("news", "BreakerTripped")]
+    assert "CPI" in stored_events[0][2] and "window closed" in stored_events[1][2]
+    assert [d for b, _, d in stored_events if b == "stop_loss:A"] == ["A long 10 from 100 to 80: -20.00%"]
+    assert row is not None and row["status"] == "ok" and row["observations"] == len(PRICES) - 1
+    assert json.loads(row["positions"])[0]["symbol"] == "A"
+    assert "historical_99" in json.loads(row["backtests"])

@@ -1,0 +1,87 @@
+"""Core plumbing against real servers: migrations, stream declarations, dedup, permissions."""
+
+import asyncio
+
+import asyncpg
+import nats
+import pytest
+
+from qmp_core import bus, subjects
+from qmp_core.db import migrate
+from qmp_core.messages import DeadLetter
+
+pytestmark = pytest.mark.integration
+
+
+async def test_migrate_when_run_twice_then_second_run_applies_nothing(database_url):
+    assert await migrate(database_url) == []
+    connection = await asyncpg.connect(database_url)
+    try:
+        tables = {row["tablename"] for row in await connection.fetch("SELECT tablename FROM pg_tables")}
+    finally:
+        await connection.close()
+    assert {"bars", "fills", "risk_snapshots", "control_audit", "breaker_events"} <= tables
+
+
+async def test_declare_when_run_twice_then_streams_and_bucket_exist_once(operator_nc):
+    js = operator_nc.jetstream()
+    await bus.declare(js)
+    names = {info.config.name for info in await js.streams_info()}
+    assert {config.name for config in bus.STREAMS} <= names
+    status = await (await bus.control_bucket(js)).status()
+    assert status.bucket == subjects.KV_CONTROL
+
+
+async def test_publish_when_same_msg_id_twice_then_stored_once(nats_credentials, operator_nc, unique_id):
+    user, password = nats_credentials.for_user("deployer")
+    auth = {"user": user, "password": password} if user else {}
+    deployer = await nats.connect(nats_credentials.url, **auth)
+    js = deployer.jetstream()
+    subject = f"qmp.audit.control.{unique_id}"
+    letter = DeadLetter(service="t", subject="s", reason="r", payload="p", ts_event=1)
+    for _ in range(3):
+        await bus.publish(js, subject, letter, msg_id=f"{unique_id}-1")
+    await bus.publish(js, subject, letter, msg_id=f"{unique_id}-2")
+    info = await js.stream_info(subjects.STREAM_AUDIT, subjects_filter=subject)
+    await deployer.close()
+    assert info.state.subjects[subject] == 2
+
+
+async def test_publish_when_collector_targets_control_then_permission_violation(nats_credentials):
+    user, password = nats_credentials.for_user("collector")
+    if not user:
+        pytest.skip("the running NATS server has no per-service users")
+    errors: list[Exception] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(error)
+
+    nc = await nats.connect(nats_credentials.url, user=user, password=password, error_cb=on_error)
+    await nc.publish("qmp.control.x", b"{}")
+    await nc.publish("qmp.exec.x.fills", b"{}")
+    await nc.flush()
+    await asyncio.sleep(0.2)
+    await nc.close()
+    violations = [str(error) for error in errors if "permissions violation" in str(error)]
+    assert len(violations) == 2
+
+
+@pytest.mark.parametrize("user", ["execution", "risk", "collector", "deployer"])
+async def test_delete_stream_when_a_service_tries_then_refused_and_control_bucket_survives(
+        nats_credentials, operator_nc, user):
+    name, password = nats_credentials.for_user(user)
+    if not name:
+        pytest.skip("the running NATS server has no per-service users")
+    errors: list[Exception] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(error)
+
+    nc = await nats.connect(nats_credentials.url, user=name, password=password, error_cb=on_error)
+    for api in ("STREAM.DELETE", "STREAM.PURGE"):
+        with pytest.raises(nats.errors.Error):
+            await nc.request(f"$JS.API.{api}.KV_{subjects.KV_CONTROL}", b"", timeout=1)
+    await nc.close()
+    assert any("permissions violation" in str(error) for error in errors)
+    info = await operator_nc.jetstream().stream_info(f"KV_{subjects.KV_CONTROL}")
+    assert info.config.name == f"KV_{subjects.KV_CONTROL}"

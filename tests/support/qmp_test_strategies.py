@@ -1,0 +1,33 @@
+"""Strategies for system tests and benchmarks: they trade on every bar, so every batch makes orders.
+
+Importable by child processes when this folder is on PYTHONPATH.
+"""
+
+import numpy as np
+import pandas as pd
+
+from qmp_core.strategy import BaseStrategy
+
+
+class DailyRebalancer(BaseStrategy):
+    """Hold 5% or 10% of equity in each of the first five symbols, switching every bar (by timestamp)."""
+
+    lookback = 1
+    leverage_limit = 1.0
+    step_seconds = 86_400
+    symbols_held = 5
+
+    def target_weights(self, prices: pd.DataFrame) -> pd.DataFrame:
+        ns = np.asarray(pd.DatetimeIndex(prices.index), dtype="datetime64[ns]").astype(np.int64)
+        seconds = ns // 1_000_000_000
+        level = 0.05 + 0.05 * ((seconds // self.step_seconds) % 2)
+        weights = np.zeros(prices.shape)
+        held = min(self.symbols_held, prices.shape[1])
+        weights[:, :held] = level[:, None]
+        return pd.DataFrame(weights, index=prices.index, columns=prices.columns)
+
+
+class MinuteRebalancer(DailyRebalancer):
+    """The same on one-minute bars."""
+
+    step_seconds = 60

@@ -1,0 +1,161 @@
+"""The whole stack as processes: fills, risk snapshots, the halt contract, a restart with nothing lost or doubled.
+
+Replays the first half of 2008 (bundled S&P 500 data) in lockstep through collector → execution → risk,
+with a strategy that trades on every bar.
+"""
+
+import asyncio
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import msgspec
+import nats
+import pytest
+
+from qmp_core import subjects
+from qmp_core.cli.observer import RunObserver
+from qmp_core.datasets import load_sp500_index
+from qmp_core.messages import Fill, PortfolioSnapshot
+from qmp_core.runtime.supervisor import Stack, StackOptions
+
+pytestmark = pytest.mark.system
+
+ROOT = Path(__file__).resolve().parents[2]
+START, END = "2008-01-01", "2008-06-30"
+WAIT_S = 60.0
+
+
+async def wait_for(predicate, what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def read_all(js: nats.js.JetStreamContext, stream: str, subject: str) -> list[bytes]:
+    info = await js.stream_info(stream, subjects_filter=subject)
+    expected = info.state.subjects.get(subject, 0) if info.state.subjects else 0
+    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=nats.js.api.DeliverPolicy.ALL)
+    messages = [(await sub.next_msg(timeout=5)).data for _ in range(expected)]
+    await sub.unsubscribe()
+    return messages
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    strategy = "sys" + uuid.uuid4().hex[:8]
+    options = StackOptions(
+        home=tmp_path / ".qmp",
+        clock="replay",
+        service_env={
+            "collector": {"QMP_SOURCE": "history", "QMP_VENUE": strategy + "v", "QMP_START": START, "QMP_END": END,
+                          "QMP_REPLAY_RATE": "12", "QMP_LOCKSTEP_STRATEGY": strategy},
+            "execution": {"QMP_STRATEGIES": f"{strategy}=qmp_test_strategies:DailyRebalancer",
+                          "PYTHONPATH": str(ROOT / "tests" / "support")},
+        },
+    )
+    stack = Stack(options)
+    stack.strategy = strategy  # type: ignore[attr-defined]
+    stack.start_servers()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+async def test_stack_when_halted_restarted_and_resumed_then_contract_holds_and_nothing_lost_or_doubled(stack):
+    strategy = stack.strategy
+    days = len(load_sp500_index(START, END))
+    nc = await stack.connection.connect()
+    observer = RunObserver(strategy)
+    await observer.start(nc)
+    decisions: list[tuple[float, dict]] = []
+
+    async def on_decision(msg):
+        decisions.append((time.monotonic(), json.loads(msg.data)))
+
+    await nc.subscribe(subjects.orders(strategy), cb=on_decision, pending_msgs_limit=-1)
+    for service in stack.options.services:
+        stack.start_service(service)
+        await stack.wait_healthy(service)
+
+    # 1. Trading flows: fills and risk snapshots.
+    await wait_for(lambda: observer.fills >= 10 and len(observer.snapshots) >= 5, "fills and snapshots")
+
+    # 2. The README's example client halts, sees a denial with its reason, resumes.
+    example = await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(ROOT / "examples" / "halt_and_resume.py"), strategy,
+                         str(stack.options.home / "connection.json")],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert example.returncode == 0, example.stderr
+    assert '"accepted":true' in example.stdout.replace(" ", "")
+    assert "decision -> OrderDenied HALTED" in example.stdout
+
+    # 3. A halt by plain JSON request; from the first denial on, every decision is a denial.
+    reply = json.loads((await nc.request(subjects.control(strategy), b'{"command":"halt","reason":"test"}',
+                                         timeout=5)).data)
+    assert reply["accepted"] is True and reply["state"]["status"] == "HALTED"
+    halted_at = time.monotonic()
+    await wait_for(lambda: any(t > halted_at and d["event"] == "OrderDenied" for t, d in decisions), "a denial")
+
+    # 4. Kill execution mid-replay and start it again: the halt survives, the book is recovered.
+    stack.stop_service("execution", signal.SIGKILL)
+    restarted_at = time.monotonic()
+    stack.start_service("execution")
+    await stack.wait_healthy("execution")
+    await wait_for(lambda: sum(t > restarted_at for t, _ in decisions) >= 5, "decisions after the restart")
+    after_restart = [d for t, d in decisions if t > restarted_at]
+    assert all(d["event"] == "OrderDenied" and d["reason_code"] == "HALTED" for d in after_restart)
+
+    # 5. Resume lets orders through again.
+    reply = json.loads((await nc.request(subjects.control(strategy), b'{"command":"resume","mode":"normal"}',
+                                         timeout=5)).data)
+    assert reply["accepted"] is True and reply["state"]["status"] == "ACTIVE"
+    resumed_at = time.monotonic()
+    await wait_for(lambda: any(t > resumed_at and d["event"] == "OrderAccepted" for t, d in decisions),
+                   "an accepted order after resume")
+    first_denial = min(t for t, d in decisions if t > halted_at and d["event"] == "OrderDenied")
+    assert not any(first_denial < t < resumed_at and d["event"] == "OrderAccepted" for t, d in decisions)
+
+    # 6. The replay completes: one portfolio and one risk snapshot per trading day, none doubled.
+    await wait_for(lambda: len({s["ts_event"] for s in observer.snapshots}) >= days, "the end of the replay",
+                   timeout_s=180)
+    js = nc.jetstream()
+    portfolios = [msgspec.json.decode(m, type=PortfolioSnapshot)
+                  for m in await read_all(js, subjects.STREAM_EXEC, subjects.portfolio(strategy))]
+    assert len(portfolios) == days
+    assert len({p.ts_event for p in portfolios}) == days
+    risk_count = (await js.stream_info(subjects.STREAM_RISK, subjects_filter=subjects.snapshot(strategy))
+                  ).state.subjects[subjects.snapshot(strategy)]
+    assert risk_count == days
+
+    fills = [msgspec.json.decode(m, type=Fill) for m in await read_all(js, subjects.STREAM_EXEC,
+                                                                        subjects.fills(strategy))]
+    assert len({f.fill_id for f in fills}) == len(fills) > 0
+    connection = await asyncpg.connect(stack.database_url)
+    try:
+        stored = await connection.fetchval("SELECT count(*) FROM fills WHERE strategy = $1", strategy)
+    finally:
+        await connection.close()
+    assert stored == len(fills)
+
+    # Cash moves only by fills: every fill counted once across the restart.
+    by_ts: dict[int, float] = {}
+    for fill in fills:
+        sign = 1.0 if fill.side == "BUY" else -1.0
+        by_ts[fill.ts_event] = by_ts.get(fill.ts_event, 0.0) - sign * fill.quantity * fill.price - fill.fee
+    for previous, current in itertools.pairwise(portfolios):
+        expected_cash = previous.cash + by_ts.get(current.ts_event, 0.0)
+        assert current.cash == pytest.approx(expected_cash, rel=1e-9, abs=1e-6), current.ts_event
+
+    assert stack.dead_services() == []
+    await nc.close()
