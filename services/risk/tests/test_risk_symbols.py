@@ -8,10 +8,14 @@ from qmp_core.datasets import load_sp500_prices
 from qmp_core.kernels import incremental as inc
 from qmp_core.kernels import status
 from qmp_core.kernels.methods import METHOD_NAMES, all_methods, method_index, var_es_methods_nb
+from qmp_core.kernels.special import t_standardized_var_es_nb
+from qmp_core.kernels.student_t import t_fit_nb
 from qmp_risk.symbols import SymbolParams, SymbolRisk
 
 ALPHAS = (0.95, 0.975, 0.99)
 NEVER = 10**9
+SCHEDULED = ("fhs_garch", "student_t")  # fitted on the refit schedule, not on every batch
+UNFITTED = [m for m, name in enumerate(METHOD_NAMES) if name not in SCHEDULED]
 
 
 def params(window: int = 250, refit_every: int = NEVER, max_refits: int = 0) -> SymbolParams:
@@ -36,13 +40,12 @@ def test_update_when_sp500_streams_then_every_method_equals_the_point_kernel_on_
     cols = risk.columns([f"S{j}" for j in range(returns.shape[1])])
     for row in returns:
         risk.update(cols, row)
-    garch = method_index("fhs_garch")
     for j in (0, 5, 19):
         var, es = point(returns[:, j], 250)
-        others = [m for m in range(len(METHOD_NAMES)) if m != garch]  # GARCH waits for its scheduled fit
-        np.testing.assert_allclose(risk.var[j, others], var[others], rtol=1e-10)
-        np.testing.assert_allclose(risk.es[j, others], es[others], rtol=1e-10)
-        assert risk.codes[j, garch] == status.INSUFFICIENT_DATA
+        np.testing.assert_allclose(risk.var[j, UNFITTED], var[UNFITTED], rtol=1e-10)
+        np.testing.assert_allclose(risk.es[j, UNFITTED], es[UNFITTED], rtol=1e-10)
+        for name in SCHEDULED:  # they wait for their scheduled fit
+            assert risk.codes[j, method_index(name)] == status.INSUFFICIENT_DATA
 
 
 def test_refit_when_garch_fitted_then_equals_point_kernel_on_window_and_keeps_filtering_after() -> None:
@@ -61,6 +64,32 @@ def test_refit_when_garch_fitted_then_equals_point_kernel_on_window_and_keeps_fi
     var, es = point(returns[350:800], 250, fitted)  # same parameters, filter continued from the refit
     np.testing.assert_allclose(risk.var[0, garch], var[garch], rtol=1e-10)
     np.testing.assert_allclose(risk.es[0, garch], es[garch], rtol=1e-10)
+
+
+def test_refit_when_student_t_fitted_then_equals_point_kernel_and_moves_with_the_live_moments_after() -> None:
+    returns = stock_returns()[:800, 3]
+    risk = SymbolRisk(params())
+    cols = risk.columns(["X"])
+    for r in returns[:600]:
+        risk.update(cols, np.array([r]))
+    risk.refit(np.array([0]))
+    t = method_index("student_t")
+    window = returns[350:600]
+    var, es = point(window, 250)
+    np.testing.assert_allclose(risk.var[0, t], var[t], rtol=1e-7)  # the t table interpolates to ~3e-8
+    np.testing.assert_allclose(risk.es[0, t], es[t], rtol=1e-7)
+    mu, s, nu, _ = t_fit_nb(window)
+    sd = s * np.sqrt(nu / (nu - 2))
+    shift, ratio = mu - window.mean(), sd / window.std(ddof=1)
+    for r in returns[600:700]:
+        risk.update(cols, np.array([r]))
+    live = returns[450:700]  # the same fitted shape, the live window's mean and standard deviation
+    for level, alpha in enumerate(ALPHAS):
+        q, e = t_standardized_var_es_nb(alpha, nu)
+        expected_var = live.std(ddof=1) * ratio * q - (live.mean() + shift)
+        expected_es = live.std(ddof=1) * ratio * e - (live.mean() + shift)
+        assert risk.var[0, t, level] == pytest.approx(expected_var, rel=1e-7)
+        assert risk.es[0, t, level] == pytest.approx(expected_es, rel=1e-7)
 
 
 def test_update_when_realized_vol_then_matches_pandas_rolling_ratio() -> None:
@@ -93,8 +122,7 @@ def test_update_when_nan_returns_then_symbol_is_left_as_it_was() -> None:
     for r in clean_a:
         clean.update(np.array([0]), np.array([r]))
     np.testing.assert_array_equal(gappy.var[0], clean.var[0])
-    not_garch = [m for m in range(len(METHOD_NAMES)) if METHOD_NAMES[m] != "fhs_garch"]
-    np.testing.assert_allclose(gappy.var[1, not_garch], point(returns[:, 1], 250)[0][not_garch], rtol=1e-10)
+    np.testing.assert_allclose(gappy.var[1, UNFITTED], point(returns[:, 1], 250)[0][UNFITTED], rtol=1e-10)
 
 
 def test_update_when_fewer_returns_than_window_then_uses_what_there_is() -> None:
@@ -105,7 +133,8 @@ def test_update_when_fewer_returns_than_window_then_uses_what_there_is() -> None
         risk.update(cols, np.array([r]))
     var, _ = point(returns, 250)
     assert risk.var[0, method_index("historical"), 2] == pytest.approx(-returns.min())
-    np.testing.assert_allclose(risk.var[0, :5], var[:5], rtol=1e-10)
+    moments = [method_index(name) for name in ("historical", "normal", "cornish_fisher", "fhs_ewma")]
+    np.testing.assert_allclose(risk.var[0, moments], var[moments], rtol=1e-10)
     assert risk.codes[0, method_index("evt")] == status.INSUFFICIENT_DATA  # 4 peaks at a 90% threshold
 
 
@@ -114,8 +143,9 @@ def test_update_when_zero_variance_then_every_method_gives_the_constant_loss() -
     cols = risk.columns(["Z"])
     for _ in range(220):
         risk.update(cols, np.array([-0.001]))
-    measured = [m for m in range(len(METHOD_NAMES)) if METHOD_NAMES[m] != "fhs_garch"]
-    np.testing.assert_allclose(risk.var[0, measured], 0.001, rtol=1e-9)
+    np.testing.assert_allclose(risk.var[0, UNFITTED], 0.001, rtol=1e-9)
+    risk.refit(np.array([0]))
+    assert risk.var[0, method_index("student_t")] == pytest.approx(0.001, rel=1e-9)  # a point mass
     assert risk.vol[0, 0] == 0.0 and np.isnan(risk.vol[0, 1])  # a flat series has no vol ratio
 
 
@@ -129,8 +159,8 @@ def test_update_when_1000_symbols_then_rows_match_point_kernels_and_grow_beyond_
     assert risk.symbols == 1000 and risk.ints.shape[0] >= 1000
     for j in (0, 63, 64, 999):
         var, es = point(returns[:, j], 100)
-        np.testing.assert_allclose(risk.var[j, :5], var[:5], rtol=1e-10)
-        np.testing.assert_allclose(risk.es[j, 6], es[6], rtol=1e-10)
+        np.testing.assert_allclose(risk.var[j, UNFITTED], var[UNFITTED], rtol=1e-10)
+        np.testing.assert_allclose(risk.es[j, UNFITTED], es[UNFITTED], rtol=1e-10)
     top = risk.riskiest(3)
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
 

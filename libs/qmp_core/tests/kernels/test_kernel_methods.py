@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from qmp_core.datasets import load_sp500_prices
 from qmp_core.kernels import status
@@ -24,6 +23,7 @@ from qmp_core.kernels.methods import (
     rolling_var_es,
     var_es_methods_nb,
 )
+from qmp_core.kernels.student_t import t_fit_nb
 from qmp_core.kernels.var import (
     cornish_fisher_var_es_nb,
     historical_var_es_nb,
@@ -50,7 +50,7 @@ def test_var_es_methods_when_sp500_stock_then_each_method_matches_its_point_kern
     last = series[-window:]
     omega, a, b, _, _ = garch_fit_nb(series)
     assert (info[INFO_OMEGA], info[INFO_A], info[INFO_B]) == pytest.approx((omega, a, b))
-    assert info[INFO_NU] == pytest.approx(4 + 6 / stats.kurtosis(last), rel=1e-10)
+    assert info[INFO_NU] == pytest.approx(t_fit_nb(last)[2], rel=1e-12)
     for level, alpha in enumerate(ALPHAS):
         expected = {
             "historical": historical_var_es_nb(last, alpha)[:2],

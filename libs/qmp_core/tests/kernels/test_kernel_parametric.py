@@ -1,4 +1,4 @@
-"""Moments, Student-t and Cornish-Fisher VaR / ES against scipy.stats on the bundled S&P 500 data."""
+"""Moments, Student-t (maximum likelihood) and Cornish-Fisher VaR / ES against scipy.stats on S&P 500 data."""
 
 import math
 
@@ -8,12 +8,12 @@ from scipy import integrate, stats
 
 from qmp_core.datasets import load_sp500_prices
 from qmp_core.kernels import status
+from qmp_core.kernels.student_t import NU_MAX, t_fit_nb, t_log_likelihood_nb, t_var_es_from_fit_nb
 from qmp_core.kernels.var import (
     cornish_fisher_var_es_from_moments_nb,
     cornish_fisher_var_es_nb,
     moments_nb,
     scale_horizon_nb,
-    student_t_var_es_from_moments_nb,
     student_t_var_es_nb,
 )
 
@@ -26,14 +26,12 @@ def stock_returns() -> np.ndarray:
     return np.asfortranarray(prices[1:] / prices[:-1] - 1.0)
 
 
-def reference_t(x: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Student-t with nu = 4 + 6/K scaled to the sample variance: VaR from t.ppf, ES from t.expect."""
-    mean, std = x.mean(), x.std(ddof=1)
-    nu = 4.0 + 6.0 / stats.kurtosis(x)
-    scale = std * math.sqrt((nu - 2) / nu)
-    var = -stats.t.ppf(1 - alpha, nu, loc=mean, scale=scale)
-    tail = stats.t.expect(lambda y: y, args=(nu,), loc=mean, scale=scale, ub=-var, conditional=True)
-    return var, -tail
+def reference_t(x: np.ndarray, alpha: float) -> tuple[float, float, float]:
+    """Student-t fitted by scipy's maximum likelihood: VaR from t.ppf, ES from t.expect, and the log-likelihood."""
+    nu, loc, scale = stats.t.fit(x)
+    var = -stats.t.ppf(1 - alpha, nu, loc=loc, scale=scale)
+    tail = stats.t.expect(lambda y: y, args=(nu,), loc=loc, scale=scale, ub=-var, conditional=True)
+    return var, -tail, float(stats.t.logpdf(x, nu, loc, scale).sum())
 
 
 def reference_cornish_fisher(x: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -62,16 +60,34 @@ def test_moments_when_sp500_windows_then_match_scipy() -> None:
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)
-def test_student_t_when_sp500_stocks_then_matches_scipy_t(alpha: float) -> None:
+def test_student_t_when_sp500_stocks_then_fit_is_at_least_scipys_and_var_es_match(alpha: float) -> None:
     returns = stock_returns()
     for column in range(0, returns.shape[1], 3):
         x = returns[-250:, column]
         var, es, code = student_t_var_es_nb(x, alpha)
-        expected_var, expected_es = reference_t(x, alpha)
+        mu, s, nu, _ = t_fit_nb(x)
+        expected_var, expected_es, scipy_loglik = reference_t(x, alpha)
         assert code == status.OK
-        assert var == pytest.approx(expected_var, rel=1e-10)
-        assert es == pytest.approx(expected_es, rel=1e-7)
+        assert t_log_likelihood_nb(x, mu, s, nu) >= scipy_loglik - 1e-7  # our maximum is no lower than scipy's
+        assert var == pytest.approx(expected_var, rel=1e-5)  # two optimisers agree to their tolerances
+        assert es == pytest.approx(expected_es, rel=1e-5)
         assert es > var
+
+
+def test_student_t_when_sp500_index_windows_then_fits_heavier_tails_than_moments_allow() -> None:
+    prices = load_sp500_prices().to_numpy()
+    returns = (prices[1:] / prices[:-1] - 1.0).mean(axis=1)
+    nus = [t_fit_nb(returns[start:start + 250])[2] for start in range(0, returns.shape[0] - 250, 250)]
+    assert min(nus) < 4.0  # the method of moments cannot go below 4
+    assert all(2.0 < nu for nu in nus)
+
+
+def test_student_t_when_sample_drawn_from_a_t_then_recovers_its_parameters() -> None:
+    x = stats.t.rvs(3.5, loc=0.001, scale=0.01, size=20_000, random_state=np.random.default_rng(7))
+    mu, s, nu, code = t_fit_nb(x)
+    assert code == status.OK
+    assert nu == pytest.approx(3.5, rel=0.1)
+    assert mu == pytest.approx(0.001, abs=2e-4) and s == pytest.approx(0.01, rel=0.03)
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)
@@ -86,8 +102,9 @@ def test_cornish_fisher_when_sp500_stocks_then_matches_integrated_expansion(alph
         assert es == pytest.approx(expected_es, rel=1e-9)
 
 
-def test_student_t_when_kurtosis_not_positive_then_normal() -> None:
-    x = np.linspace(-0.02, 0.02, 200)  # uniform: excess kurtosis -1.2, no t fit
+def test_student_t_when_tails_lighter_than_any_t_then_normal() -> None:
+    x = np.linspace(-0.02, 0.02, 200)  # uniform: the likelihood rises with nu up to NU_MAX
+    assert t_fit_nb(x)[2] == math.inf and NU_MAX < math.inf
     var, es, code = student_t_var_es_nb(x, 0.99)
     z = stats.norm.ppf(0.99)
     assert code == status.OK
@@ -123,7 +140,8 @@ def test_parametric_when_too_few_or_nan_observations_then_insufficient_or_skippe
 
 
 def test_student_t_when_bad_arguments_then_invalid_argument() -> None:
-    assert student_t_var_es_from_moments_nb(0.0, -1.0, 1.0, 0.99)[3] == status.INVALID_ARGUMENT
+    assert t_var_es_from_fit_nb(0.0, -1.0, 5.0, 0.99)[2] == status.INVALID_ARGUMENT
+    assert t_var_es_from_fit_nb(0.0, 0.01, 2.0, 0.99)[2] == status.INVALID_ARGUMENT  # no finite variance
     assert student_t_var_es_nb(np.zeros(10), 1.0)[2] == status.INVALID_ARGUMENT
     assert cornish_fisher_var_es_from_moments_nb(0.0, 0.01, math.nan, 0.0, 0.99)[2] == status.INVALID_ARGUMENT
 

@@ -154,11 +154,11 @@ class SymbolRisk:
             self.refit(due.astype(np.int64))
 
     def refit(self, rows: np.ndarray) -> np.ndarray:
-        """Refit the GARCH of these symbol rows now; return each row's kernel status."""
+        """Refit the GARCH and Student-t of these symbol rows now; return each row's kernel status."""
         codes = np.zeros(rows.shape[0], dtype=np.int64)
-        inc.symbol_garch_refit_many_nb(rows, self.ints, self.floats, self.rings, self.tails, self.alphas,
-                                       self._table, self._evt_log, self._kernel_params, self.var, self.es,
-                                       self.codes, codes)
+        inc.symbol_refit_many_nb(rows, self.ints, self.floats, self.rings, self.tails, self.alphas,
+                                 self._table, self._evt_log, self._kernel_params, self.var, self.es,
+                                 self.codes, codes)
         self.last_refit[rows] = self._batches
         self.refits += int(rows.shape[0])
         return codes

@@ -12,9 +12,12 @@ at worst and O(1) + O(tail) typically, so a 1,000-symbol batch updates in well u
 - the EWMA and GARCH variance forecasts; the ring of the last realized-vol estimates.
 The definitions are exactly those of the point kernels (`methods.var_es_methods_nb`): after a symbol's
 stream of returns, its outputs equal the point kernels on that stream, with two documented exceptions:
-the Student-t multipliers come from a table in 1/nu interpolated to ~1e-12 (an exact t quantile per symbol
-per level would cost a microsecond each), and the GARCH parameters are those of the symbol's last refit
-(`symbol_garch_refit_nb`, fitted on its window and scheduled by the caller), not refitted every batch.
+the fitted parameters of GARCH and of the Student-t are those of the symbol's last refit (`symbol_refit_nb`,
+fitted on its window and scheduled by the caller, because a maximum-likelihood fit costs ~0.1 ms), not
+refitted every batch. Between refits the t keeps its fitted shape (nu, the gap between its location and the
+sample mean, the ratio of its standard deviation to the sample's) and moves with the live mean and standard
+deviation; at a refit it equals the point kernel. Its unit-variance multipliers come from a table in 1/nu
+interpolated to ~1e-7 (an exact t quantile per symbol per level would cost a microsecond each).
 
 Input contract
 - State arrays are created by the caller with the shapes below and zero / NaN filled (see
@@ -44,10 +47,10 @@ from qmp_core.kernels.methods import (
 )
 from qmp_core.kernels.special import t_standardized_var_es_nb
 from qmp_core.kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
+from qmp_core.kernels.student_t import NU_MIN, t_fit_nb
 from qmp_core.kernels.var import (
-    T_NU_NORMAL,
     moments_from_central_nb,
-    student_t_nu_nb,
+    moments_nb,
     tail_index_nb,
     tail_insert_nb,
     tail_remove_nb,
@@ -66,7 +69,8 @@ I_SINCE_REFRESH = 8
 I_VOL_POS = 9
 I_VOL_FILLED = 10
 I_GARCH_FITTED = 11
-I_FIELDS = 12
+I_T_FITTED = 12
+I_FIELDS = 13
 
 # floats (N, F_FIELDS)
 F_ANCHOR = 0
@@ -81,7 +85,10 @@ F_OMEGA = 8
 F_A = 9
 F_B = 10
 F_VOL_SUM = 11
-F_FIELDS = 12
+F_T_NU = 12  # the Student-t fitted at the last refit (inf: normal)
+F_T_SHIFT = 13  # its location minus the sample mean, at the fit
+F_T_RATIO = 14  # its standard deviation over the sample's, at the fit
+F_FIELDS = 15
 
 RING_RAW = 0
 RING_EWMA = 1
@@ -96,12 +103,12 @@ P_FIELDS = 4
 
 T_TABLE_NODES = 512
 PARALLEL_MIN_SYMBOLS = 128  # below this per thread a second thread costs more than it saves
-T_TABLE_U_MAX = 0.25  # 1 / nu for nu = 4, the heaviest method-of-moments t
+T_TABLE_U_MAX = 1.0 / NU_MIN  # the heaviest t the maximum-likelihood fit returns
 
 
 @njit(cache=True, error_model="numpy")
 def t_table_nb(alphas: np.ndarray, nodes: int) -> np.ndarray:
-    """Return (L, 2, nodes + 1): unit-variance t VaR and ES multipliers on a grid of u = 1/nu in [0, 1/4]."""
+    """Return (L, 2, nodes + 1): unit-variance t VaR and ES multipliers on a grid of u = 1/nu in [0, 1/2.1]."""
     table = np.empty((alphas.shape[0], 2, nodes + 1))
     for level in range(alphas.shape[0]):
         for i in range(nodes + 1):
@@ -266,19 +273,24 @@ def symbol_outputs_nb(
     mean, std, skew, kurt = moments_from_central_nb(n, floats[j, F_ANCHOR] + d, max(m2, 0.0), m3, max(m4, 0.0))
     if n >= 2:
         status_out[j, METHOD_NORMAL] = OK
+    t_ready = n >= MIN_MOMENT_OBSERVATIONS and ints[j, I_T_FITTED] == 1
     if n >= MIN_MOMENT_OBSERVATIONS:
-        status_out[j, METHOD_STUDENT_T] = OK
         status_out[j, METHOD_CORNISH_FISHER] = OK
-    nu = student_t_nu_nb(kurt) if std > 0.0 else np.inf
-    u = 0.0 if not (nu < T_NU_NORMAL) else 1.0 / nu
+    if t_ready:
+        status_out[j, METHOD_STUDENT_T] = OK
+    nu = floats[j, F_T_NU]
+    u = 0.0 if math.isinf(nu) else 1.0 / nu
+    t_std = std * floats[j, F_T_RATIO]
+    t_mean = mean + floats[j, F_T_SHIFT]
     for level in range(n_levels):
         z = table[level, 0, 0]  # Phi^-1(alpha)
         if n >= 2:
             var_out[j, METHOD_NORMAL, level] = std * z - mean
             es_out[j, METHOD_NORMAL, level] = std * table[level, 1, 0] - mean
         if n >= MIN_MOMENT_OBSERVATIONS:
-            var_out[j, METHOD_STUDENT_T, level] = std * t_table_lookup_nb(table, level, 0, u) - mean
-            es_out[j, METHOD_STUDENT_T, level] = std * t_table_lookup_nb(table, level, 1, u) - mean
+            if t_ready:
+                var_out[j, METHOD_STUDENT_T, level] = t_std * t_table_lookup_nb(table, level, 0, u) - t_mean
+                es_out[j, METHOD_STUDENT_T, level] = t_std * t_table_lookup_nb(table, level, 1, u) - t_mean
             zl = -z  # Phi^-1(1 - alpha)
             z2 = zl * zl
             z_cf = (zl + (z2 - 1.0) * skew / 6.0 + (z2 - 3.0) * zl * kurt / 24.0
@@ -433,32 +445,41 @@ def symbol_update_nb(
 
 
 @njit(cache=True, error_model="numpy")
-def symbol_garch_refit_many_nb(
+def symbol_refit_many_nb(
     js: np.ndarray, ints: np.ndarray, floats: np.ndarray, rings: np.ndarray, tails: np.ndarray, alphas: np.ndarray,
     table: np.ndarray, evt_log: np.ndarray, params: np.ndarray, var_out: np.ndarray, es_out: np.ndarray,
     status_out: np.ndarray, codes: np.ndarray,
 ) -> None:
-    """Refit the GARCH of every listed symbol; codes[i] is row js[i]'s status."""
+    """Refit the GARCH and Student-t of every listed symbol; codes[i] is row js[i]'s status."""
     for i in range(js.shape[0]):
-        codes[i] = symbol_garch_refit_nb(js[i], ints, floats, rings, tails, alphas, table, evt_log, params, var_out,
+        codes[i] = symbol_refit_nb(js[i], ints, floats, rings, tails, alphas, table, evt_log, params, var_out,
                                          es_out, status_out)
 
 
 @njit(cache=True, error_model="numpy")
-def symbol_garch_refit_nb(
+def symbol_refit_nb(
     j: int, ints: np.ndarray, floats: np.ndarray, rings: np.ndarray, tails: np.ndarray, alphas: np.ndarray,
     table: np.ndarray, evt_log: np.ndarray, params: np.ndarray, var_out: np.ndarray, es_out: np.ndarray,
     status_out: np.ndarray,
 ) -> int:
-    """Fit symbol j's GARCH(1,1) on its window, re-filter the window's residuals, recompute its measures."""
+    """Fit symbol j's Student-t and GARCH(1,1) on its window, re-filter the residuals, recompute its measures."""
     window = rings.shape[2]
     n = ints[j, I_FILLED]
     series = np.empty(n)
     for i in range(n):
         series[i] = rings[RING_RAW, j, _ring_index(ints, j, window, i)]
+    t_mu, t_scale, nu, t_code = t_fit_nb(series)
+    if t_code == OK:
+        _, mean, std, _, _ = moments_nb(series)
+        t_sd = t_scale if math.isinf(nu) else t_scale * math.sqrt(nu / (nu - 2.0))
+        floats[j, F_T_NU], floats[j, F_T_SHIFT] = nu, t_mu - mean
+        floats[j, F_T_RATIO] = t_sd / std if std > 0.0 else 1.0
+        ints[j, I_T_FITTED] = 1
     omega, a, b, _, code = garch_fit_nb(series)
     if code != OK:
-        return code
+        symbol_outputs_nb(j, ints, floats, rings, tails, alphas, table, evt_log, params, var_out, es_out,
+                          status_out)
+        return code if t_code == OK else t_code
     floats[j, F_OMEGA], floats[j, F_A], floats[j, F_B] = omega, a, b
     variance = omega / (1.0 - a - b) if a + b < 1.0 and omega > 0.0 else 0.0
     defined = 0

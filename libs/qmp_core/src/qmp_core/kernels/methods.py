@@ -9,7 +9,8 @@ Input contract
 - `garch`: (omega, a, b); a NaN omega means "fit on the series" (see `fhs.garch_fit_nb`).
 - `methods`: a boolean mask over METHOD_* choosing which to compute (the others stay NaN, status OK).
 Outputs: VaR and ES of shape (N_METHODS, L), one status per method, and INFO_* fitted parameters.
-Formulas: `var.py` (historical, normal, Student-t, Cornish-Fisher), `fhs.py`, `evt.py`.
+Formulas: `var.py` (historical, normal, Cornish-Fisher), `student_t.py` (maximum-likelihood t), `fhs.py`,
+`evt.py`.
 """
 
 import math
@@ -26,13 +27,13 @@ from qmp_core.kernels.fhs import (
     garch_variance_nb,
 )
 from qmp_core.kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
+from qmp_core.kernels.student_t import t_fit_nb, t_var_es_from_fit_nb
 from qmp_core.kernels.var import (
     cornish_fisher_var_es_from_moments_nb,
     historical_var_es_levels_nb,
     moments_nb,
     normal_var_es_from_moments_nb,
     rolling_historical_var_es,
-    student_t_var_es_from_moments_nb,
 )
 
 METHOD_HISTORICAL = 0
@@ -106,6 +107,10 @@ def var_es_methods_nb(
         var[METHOD_HISTORICAL], es[METHOD_HISTORICAL], codes[METHOD_HISTORICAL] = v, e, code
     count, mean, std, skew, kurt = moments_nb(x)
     info[INFO_MEAN], info[INFO_STD], info[INFO_SKEW], info[INFO_KURT] = mean, std, skew, kurt
+    t_mu, t_scale, nu, t_code = np.nan, np.nan, np.nan, OK
+    if methods[METHOD_STUDENT_T] and count >= MIN_MOMENT_OBSERVATIONS:
+        t_mu, t_scale, nu, t_code = t_fit_nb(x)
+        info[INFO_NU] = nu
     for level in range(n_levels):
         alpha = alphas[level]
         if methods[METHOD_NORMAL]:
@@ -119,9 +124,9 @@ def var_es_methods_nb(
             if count < MIN_MOMENT_OBSERVATIONS:
                 codes[METHOD_STUDENT_T] = INSUFFICIENT_DATA
             else:
-                v, e, nu, code = student_t_var_es_from_moments_nb(mean, std, kurt, alpha)
+                v, e, code = t_var_es_from_fit_nb(t_mu, t_scale, nu, alpha) if t_code == OK else (np.nan, np.nan,
+                                                                                                   t_code)
                 var[METHOD_STUDENT_T, level], es[METHOD_STUDENT_T, level] = v, e
-                info[INFO_NU] = nu
                 codes[METHOD_STUDENT_T] = max(codes[METHOD_STUDENT_T], code)
         if methods[METHOD_CORNISH_FISHER]:
             if count < MIN_MOMENT_OBSERVATIONS:

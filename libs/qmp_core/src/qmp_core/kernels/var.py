@@ -1,5 +1,5 @@
 """Value at Risk and Expected Shortfall: historical simulation (point and rolling), parametric normal,
-Student-t and Cornish-Fisher. Filtered historical simulation is in `fhs.py`, EVT in `evt.py`.
+Student-t (`student_t.py`) and Cornish-Fisher. Filtered historical simulation is in `fhs.py`, EVT in `evt.py`.
 
 Input contract
 - `returns`: float64 P&L or return observations as fractions of value (a gain is positive, a loss
@@ -26,13 +26,10 @@ A window whose values are all equal has s = S = K = 0 (a point mass: every metho
 Parametric normal
 z = Phi^-1(alpha): VaR = s z - m and ES = s phi(z) / (1 - alpha) - m.
 
-Student-t (degrees of freedom fitted by the method of moments)
-The excess kurtosis of a t with nu > 4 degrees of freedom is 6 / (nu - 4), so nu = 4 + 6 / K (K > 0;
-K <= 0 has no t fit and gives the normal, nu = inf). The t is scaled to the sample variance:
-VaR = s q - m and ES = s e - m with q = sqrt((nu-2)/nu) t_nu^-1(alpha) and
-e = sqrt((nu-2)/nu) f_nu(t) (nu + t^2) / ((nu - 1)(1 - alpha)), t = t_nu^-1(alpha), f_nu the t density.
-Why moments and not maximum likelihood: it is closed form, so the per-symbol engine updates it in O(1)
-on every batch; the price is that it cannot fit tails heavier than nu = 4.
+Student-t
+Location, scale and degrees of freedom fitted by maximum likelihood: see `student_t.py`.
+`student_t_nu_nb` keeps the method-of-moments nu = 4 + 6 / K (the excess kurtosis of a t with nu > 4 is
+6 / (nu - 4)) for the Monte Carlo calibration in `stress.py`, which needs a finite fourth moment.
 
 Cornish-Fisher (modified VaR, Zangari 1996; Favre-Galeano 2002)
 With z = Phi^-1(1 - alpha) (negative):
@@ -60,8 +57,9 @@ import math
 import numpy as np
 from numba import njit
 
-from qmp_core.kernels.special import norm_pdf_nb, norm_ppf_nb, t_standardized_var_es_nb
+from qmp_core.kernels.special import norm_pdf_nb, norm_ppf_nb
 from qmp_core.kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
+from qmp_core.kernels.student_t import student_t_mle_var_es_nb
 from qmp_core.kernels.threads import blocks, run_blocks
 
 __all__ = [
@@ -84,7 +82,6 @@ __all__ = [
     "rolling_quantile_nb",
     "scale_horizon_nb",
     "student_t_nu_nb",
-    "student_t_var_es_from_moments_nb",
     "student_t_var_es_nb",
     "tail_buffer_size_nb",
     "tail_index_nb",
@@ -93,7 +90,6 @@ __all__ = [
 INTERPOLATION_LINEAR = 0
 INTERPOLATION_LOWER = 1
 INTERPOLATION_HIGHER = 2
-T_NU_NORMAL = 1e12  # beyond this the method-of-moments t is the normal to double precision
 TAIL_MARGIN = 8
 
 
@@ -564,31 +560,13 @@ def student_t_nu_nb(excess_kurtosis: float) -> float:
     """Return the method-of-moments degrees of freedom 4 + 6 / K (inf when K <= 0: no t fit)."""
     if not (excess_kurtosis > 0.0):
         return np.inf
-    nu = 4.0 + 6.0 / excess_kurtosis
-    return nu if nu < T_NU_NORMAL else np.inf
-
-
-@njit(cache=True, error_model="numpy")
-def student_t_var_es_from_moments_nb(mean: float, std: float, excess_kurtosis: float, alpha: float) -> tuple[
-    float, float, float, int
-]:
-    """Return (VaR, ES, nu, status) of a Student-t fitted to these moments (nu by the method of moments)."""
-    if not (0.0 < alpha < 1.0) or not (std >= 0.0) or not math.isfinite(mean) or not math.isfinite(std):
-        return np.nan, np.nan, np.nan, INVALID_ARGUMENT
-    nu = student_t_nu_nb(excess_kurtosis) if std > 0.0 else np.inf
-    q, e = t_standardized_var_es_nb(alpha, nu)
-    return std * q - mean, std * e - mean, nu, OK
+    return 4.0 + 6.0 / excess_kurtosis
 
 
 @njit(cache=True, error_model="numpy")
 def student_t_var_es_nb(returns: np.ndarray, alpha: float) -> tuple[float, float, int]:
-    """Return (VaR, ES, status) of a 1-D return vector under a method-of-moments Student-t fit."""
-    if not (0.0 < alpha < 1.0):
-        return np.nan, np.nan, INVALID_ARGUMENT
-    n, mean, std, _, kurt = moments_nb(returns)
-    if n < 4:
-        return np.nan, np.nan, INSUFFICIENT_DATA
-    var, es, _, code = student_t_var_es_from_moments_nb(mean, std, kurt, alpha)
+    """Return (VaR, ES, status) of a 1-D return vector under the maximum-likelihood Student-t fit."""
+    var, es, _, code = student_t_mle_var_es_nb(returns, alpha)
     return var, es, code
 
 
