@@ -99,7 +99,7 @@ def main() -> None:
     print(f"per-symbol risk, {n} symbols, window {WINDOW}, 7 methods x {len(LEVELS)} levels, {len(update)} batches")
     print(f"  incremental update      : p50 {update_p['p50_ms']:.3f} ms, p99 {update_p['p99_ms']:.3f} ms per batch "
           f"({figures['update_ns_per_symbol']:.0f} ns/symbol)")
-    print(f"  GARCH refit             : {figures['garch_refit_ms_per_symbol']:.3f} ms per symbol "
+    print(f"  GARCH + t refit         : {figures['garch_refit_ms_per_symbol']:.3f} ms per symbol "
           f"(1 per batch by default)")
     print(f"  engine.on_bars (all in) : p50 {figures['engine_on_bars']['p50_ms']:.3f} ms, "
           f"p99 {figures['engine_on_bars']['p99_ms']:.3f} ms per 1,000-symbol batch")

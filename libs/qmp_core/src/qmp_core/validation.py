@@ -44,7 +44,6 @@ def validate_batch(batch: BarBatch, last_ts_event: int | None = None) -> Validat
     lo = np.asarray(batch.low, dtype=np.float64)
     c = np.asarray(batch.close, dtype=np.float64)
     v = np.asarray(batch.volume, dtype=np.float64)
-    reasons: list[str | None] = [None] * n
     checks = (
         (~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)), "non-finite price"),
         ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0), "non-positive price"),
@@ -52,6 +51,9 @@ def validate_batch(batch: BarBatch, last_ts_event: int | None = None) -> Validat
         ((c < lo) | (c > h) | (o < lo) | (o > h), "open or close outside [low, high]"),
         (~np.isfinite(v) | (v < 0), "negative or non-finite volume"),
     )
+    if not any(mask.any() for mask, _ in checks) and len(set(batch.symbols)) == n:  # the usual clean batch
+        return ValidatedBatch(batch.ts_event, list(batch.symbols), o, h, lo, c, v, [])
+    reasons: list[str | None] = [None] * n
     for mask, reason in checks:
         for i in np.flatnonzero(mask):
             if reasons[i] is None:
