@@ -4,7 +4,7 @@ Data: 1,000 symbols of fat-tailed returns (Student-t, 4 degrees of freedom, seed
 filled first, then `--batches` new batches are timed one by one.
 - update: `SymbolRisk.update` (kernels/incremental.py), i.e. 7 methods x 3 levels of VaR and ES, realized
   vol and its ratio for every symbol, without GARCH refits; p50 / p99 per batch;
-- refit: one symbol's GARCH(1,1) fit and re-filter (the service spreads them over batches,
+- refit: one symbol's GARCH(1,1) and Student-t fits and re-filter (the service spreads them over batches,
   `garch_max_refits_per_batch` per batch, default 1): per symbol, and the amortized batch cost;
 - engine: `RiskEngine.on_bars` with a 1,000-symbol BarBatch (validation, price history, per-symbol update
   and the scheduled refit): what the service spends per batch;
