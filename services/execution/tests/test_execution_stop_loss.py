@@ -6,7 +6,16 @@ import pytest
 from test_execution_engine import SID, FixedWeights, bar, config, engine_with, set_state
 
 from qmp_core.clock import NS_PER_DAY
-from qmp_core.messages import ClosePosition, OrderAccepted, OrderCanceled, OrderDenied, OrderEvent
+from qmp_core.messages import (
+    ClosePosition,
+    OrderAccepted,
+    OrderCanceled,
+    OrderDenied,
+    OrderEvent,
+    PortfolioSnapshot,
+    codec,
+    encode,
+)
 from qmp_execution.engine import CODE_HALTED, CODE_STOP_LOSS, ExecutionEngine, StrategyResult
 
 WEIGHTS = {"AAA": 0.4, "BBB": 0.4}
@@ -191,3 +200,24 @@ def test_close_position_when_strategy_raises_then_close_still_sent() -> None:
     assert result.error is not None
     assert isinstance(decision(result, "BBB"), OrderDenied)
     assert "AAA" not in engine.hosts[SID].portfolio.positions
+
+
+def test_snapshot_when_stop_loss_in_force_then_restart_restores_it_and_closes_once() -> None:
+    engine, _, held = entered()
+    set_state(engine, f"{SID}.operator", status="HALTED", reason="test")  # the close is denied, the stop stays
+    engine.on_close_position(close_command(quantity=-held["AAA"]))
+    snapshot = engine.process(bar(2, FALLEN)).results[SID].snapshot
+    assert [(s.symbol, s.command_id) for s in snapshot.stop_losses] == [("AAA", "sl-1")]
+
+    restarted = engine_with({SID: FixedWeights(WEIGHTS)}, config())  # type: ignore[arg-type]  # resumed
+    restarted.restore(codec(PortfolioSnapshot).decode(encode(snapshot)))  # through the wire format
+    assert restarted.warm([bar(0, ENTRY), bar(1, ENTRY), bar(2, FALLEN)]) == 3
+    redelivered = restarted.on_close_position(close_command(quantity=-held["AAA"]))
+    result = restarted.process(bar(3, FALLEN)).results[SID]
+
+    assert not redelivered  # the snapshot's command id: applied once
+    close = decision(result, "AAA")
+    assert isinstance(close, OrderAccepted) and close.reason_code == CODE_STOP_LOSS
+    assert close.quantity == pytest.approx(held["AAA"], rel=1e-12)
+    assert [s.order_id for s in result.snapshot.stop_losses] == [close.order_id]  # released on the next batch
+    assert restarted.process(bar(4, FALLEN)).results[SID].snapshot.stop_losses == []

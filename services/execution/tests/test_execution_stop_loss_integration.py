@@ -2,6 +2,9 @@
 batch, and execution (the "execution" NATS user, with no subscription right on `qmp.risk.>`) sells the whole
 position with reason code STOP_LOSS."""
 
+import asyncio
+import time
+
 import msgspec
 import nats
 import pytest
@@ -23,6 +26,7 @@ from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_DAY
 from qmp_core.messages import ClosePosition, DeadLetter, OrderAccepted, OrderDecision, PortfolioSnapshot, codec
 from qmp_core.runtime.nats_server import NatsCredentials
+from qmp_execution.app import STOP_LOSS_ACK_WAIT_S
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +104,57 @@ async def test_execution_when_risk_publishes_close_position_then_next_batch_sell
         assert service.settings.nats_user == "execution"
         assert await execution_may_subscribe(nats_credentials, subjects.health("execution"))
         assert not await execution_may_subscribe(nats_credentials, subjects.stop_loss(sid))
+
+
+async def test_execution_when_restarted_before_the_next_batch_then_stop_loss_redelivered_and_position_closed(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, unique_id: str,
+) -> None:
+    sid = venue = unique_id
+    collector_nc = await connect_as(nats_credentials, "collector")
+    risk_nc = await connect_as(nats_credentials, "risk")
+    orders = await operator_nc.subscribe(subjects.orders(sid))
+    snapshots = await operator_nc.subscribe(subjects.portfolio(sid))
+    decode_snapshot = codec(PortfolioSnapshot).decode
+    js = operator_nc.jetstream()
+    first = service_for(nats_credentials, database_url, sid)
+    await first.app.start()
+    try:
+        for day in (0, 1):
+            await publish_bars(collector_nc, bars(venue, day))
+        held = (await receive(snapshots, decode_snapshot, 2))[-1]
+        position = dict(zip(held.symbols, held.quantities, strict=True))
+        command = ClosePosition(strategy=sid, symbol="AAA", quantity=-position["AAA"], command_id=f"{sid}:sl:AAA",
+                                reason="stop-loss: AAA long down 16.00% <= -15.00%", price=42.0, entry_price=50.0,
+                                loss=0.16, ts_event=held.ts_event)
+        await bus.publish(risk_nc.jetstream(), subjects.stop_loss(sid), command, msg_id=command.command_id)
+        await eventually(lambda: "AAA" in first.engine.hosts[sid].stop_losses, "the stop-loss to reach execution")
+        unacknowledged = (await js.consumer_info(subjects.STREAM_RISK, first.stop_loss_consumer)).num_ack_pending
+    finally:
+        await first.app.stop()  # gone before the next batch: no snapshot holds the stop-loss yet
+
+    second = service_for(nats_credentials, database_url, sid)
+    await second.app.start()
+    try:
+        restored = dict(second.engine.hosts[sid].portfolio.positions)
+        deadline = time.monotonic() + STOP_LOSS_ACK_WAIT_S + WAIT_S  # JetStream redelivers after the ack wait
+        while "AAA" not in second.engine.hosts[sid].stop_losses:
+            assert time.monotonic() < deadline, "the stop-loss was not redelivered to the restarted service"
+            await asyncio.sleep(0.05)
+        await publish_bars(collector_nc, bars(venue, 2, {"AAA": 42.0, "BBB": 200.0}))
+        after = (await receive(snapshots, decode_snapshot, 1))[0]
+        decisions = [codec(OrderDecision).decode(m.data) for m in await drain(orders)]
+        settled = (await js.consumer_info(subjects.STREAM_RISK, second.stop_loss_consumer)).num_ack_pending
+    finally:
+        await second.app.stop()
+        await collector_nc.drain()
+        await risk_nc.drain()
+
+    assert unacknowledged == 1  # held until a snapshot carries it
+    assert restored == pytest.approx(position)
+    closes = [d for d in decisions if d.ts_event == 3 * NS_PER_DAY and d.symbol == "AAA"]
+    assert len(closes) == 1 and isinstance(closes[0], OrderAccepted)
+    assert (closes[0].side, closes[0].reason_code) == ("SELL", "STOP_LOSS")
+    assert closes[0].quantity == pytest.approx(position["AAA"], rel=1e-12)
+    assert "AAA" not in after.symbols
+    assert [s.command_id for s in after.stop_losses] == [command.command_id]  # released on the next batch
+    assert settled == 0  # acknowledged once the snapshot held it

@@ -181,6 +181,7 @@ class PortfolioSnapshot(Struct, frozen=True, kw_only=True):
     fees: float = 0.0  # since inception
     avg_prices: list[float] = []  # average entry price per symbol, aligned with `symbols`
     working: list["WorkingOrder"] = []  # accepted orders not yet completely filled
+    stop_losses: list["StopLossInForce"] = []  # risk stop-losses still closing their positions
 
 
 # ---------------------------------------------------------------- risk
@@ -576,6 +577,17 @@ class WorkingOrder(Struct, frozen=True, kw_only=True):
     filled: float = 0.0
     fills: int = 0
     bars_waited: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class StopLossInForce(Struct, frozen=True, kw_only=True):
+    """A risk stop-loss whose position is not flat yet; kept in the PortfolioSnapshot so a restart goes on closing."""
+
+    command_id: str  # of the ClosePosition
+    symbol: str
+    reason: str  # carried by the close order
+    ts_event: int  # of the ClosePosition
+    order_id: str = ""  # the close order once accepted
     schema: int = SCHEMA_VERSION
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
-from faststream import FastStream
+from faststream import AckPolicy, FastStream
 from faststream.nats import NatsBroker, NatsMessage
 from msgspec import Meta
 from nats.js.api import DeliverPolicy
@@ -30,6 +30,7 @@ from qmp_execution.handlers import (
     BrokerCommands,
     ControlWatch,
     RiskWatch,
+    StopLossAcks,
     StopLossHandler,
     recover,
 )
@@ -47,6 +48,8 @@ LATEST_CALIBRATION = (
 log = logging.getLogger(__name__)
 
 DEFAULT_STRATEGIES = "vol_target=qmp_core.strategies.vol_target:VolatilityTarget"
+STOP_LOSSES_IN_FLIGHT = 1024  # unacknowledged ClosePosition deliveries: each waits for the next batch
+STOP_LOSS_ACK_WAIT_S = 5.0  # a held stop-loss is redelivered (and held again) this often until a snapshot holds it
 
 
 class ExecutionSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -195,6 +198,7 @@ class ExecutionService:
         self.broker: NatsBroker = make_broker(settings, SERVICE)
         self.handler: BarHandler | None = None
         self.stop_loss: StopLossHandler | None = None
+        self.stop_acks = StopLossAcks()
         self.watch: ControlWatch | None = None
         self.risk_watch: RiskWatch | None = None
         self.rest: RestBrokerClient | None = None
@@ -232,19 +236,30 @@ class ExecutionService:
         stop_options = durable_subscriber(subjects.STREAM_RISK, self.stop_loss_consumer)
         # From the consumer's creation on: a new instance must not replay old stop-losses on its positions.
         stop_options["config"].deliver_policy = DeliverPolicy.NEW
+        # Acknowledged by hand once a PortfolioSnapshot holds the stop (handlers.StopLossAcks): until then
+        # it stays unacknowledged, redelivered without limit (a quiet market may bring no batch for hours),
+        # so a restart in between gets it again. Stops on different symbols do not wait for each other.
+        stop_options["ack_policy"] = AckPolicy.MANUAL
+        stop_options["config"].max_deliver = -1
+        stop_options["config"].ack_wait = STOP_LOSS_ACK_WAIT_S  # how soon a restarted instance gets it back
+        stop_options["config"].max_ack_pending = STOP_LOSSES_IN_FLIGHT
 
         @self.broker.subscriber(subjects.STOP_LOSS_ALL, **stop_options)
         async def on_stop_loss(msg: NatsMessage) -> None:
-            if self.stop_loss is None:
-                raise RuntimeError("execution received a stop-loss before it finished starting")
             raw = msg.raw_message
+            if self.stop_loss is None:
+                await raw.nak()
+                raise RuntimeError("execution received a stop-loss before it finished starting")
             metadata = getattr(raw, "metadata", None)
             delivery = f"{raw.subject}:{metadata.sequence.stream}" if metadata is not None else ""
             try:
-                await self.stop_loss.handle(raw.data, raw.subject, msg.headers, delivery)
+                await self.stop_loss.handle(raw.data, raw.subject, msg.headers, delivery, raw)
             except Exception:
                 log.exception("stop-loss not handled; it will be redelivered", extra={"subject": raw.subject})
+                await raw.nak()
                 raise
+            if not self.stop_acks.is_held(raw):  # dead-lettered, ignored or a duplicate: done with it
+                await raw.ack()
 
         if self.broker_commands is not None:
             commands = self.broker_commands
@@ -277,9 +292,9 @@ class ExecutionService:
             raise
         self.publisher = AckedPublisher(self.broker.connection)
         await self.publisher.start()
-        self.stop_loss = StopLossHandler(self.engine, js, self.clock)
+        self.stop_loss = StopLossHandler(self.engine, js, self.clock, self.stop_acks)
         self.handler = BarHandler(self.engine, js, self.publisher, ExecutionStore(self._pool), self.clock,
-                                  self.settings.venues, adapter)
+                                  self.settings.venues, adapter, self.stop_acks)
         log.info("execution ready", extra={"strategies": sorted(self.engine.hosts), "restored": restored,
                                            "consumer": self.consumer, "subject": bars_subject(self.settings),
                                            "broker": self.settings.broker, "calibration": calibration})

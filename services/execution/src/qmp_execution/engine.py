@@ -32,7 +32,9 @@ open), checked first, with reason "stop-loss: ..." and reason code STOP_LOSS. It
 any order: REDUCING lets it through (it shrinks exposure); HALTED denies it (code HALTED) and cancels it
 while working, and the stop stays in force, so the close goes out on the first batch after the resume. A
 ClosePosition is applied once per command id; one for a strategy not hosted, a symbol not held, or a
-position that has changed side since, is ignored and logged.
+position that has changed side since, is ignored and logged. The stop-losses in force travel in the
+PortfolioSnapshot (`stop_losses`), so a restart restores them with the book; the service acknowledges a
+ClosePosition only once a snapshot holding it is on the bus (handlers.StopLossAcks).
 
 Ids are deterministic: order `<strategy>-<ts_event>-<symbol>`, fill `<order_id>-f<n>`. A batch whose
 ts_event is not after the last processed one is not traded again: the same one returns the cached result
@@ -65,6 +67,7 @@ from qmp_core.messages import (
     PortfolioSnapshot,
     RiskSnapshot,
     Side,
+    StopLossInForce,
     TradingState,
 )
 from qmp_core.strategy import InvalidWeights, Strategy, check_frame
@@ -337,6 +340,15 @@ class StopLoss:
     ts_event: int  # of the ClosePosition
     order_id: str = ""  # the close order once accepted
 
+    def to_message(self) -> StopLossInForce:
+        return StopLossInForce(command_id=self.command_id, symbol=self.symbol, reason=self.reason,
+                               ts_event=self.ts_event, order_id=self.order_id)
+
+    @classmethod
+    def from_message(cls, stop: StopLossInForce) -> "StopLoss":
+        return cls(command_id=stop.command_id, symbol=stop.symbol, reason=stop.reason, ts_event=stop.ts_event,
+                   order_id=stop.order_id)
+
 
 @dataclass
 class _Candidate:
@@ -384,7 +396,13 @@ class StrategyHost:
         if snapshot.strategy != self.strategy_id:
             raise ValueError(f"snapshot of {snapshot.strategy!r} given to strategy {self.strategy_id!r}")
         self.portfolio = Portfolio.from_snapshot(snapshot)
+        self.stop_losses = {stop.symbol: StopLoss.from_message(stop) for stop in snapshot.stop_losses}
         self._last = None
+
+    def snapshot(self) -> PortfolioSnapshot:
+        """Return the book with the stop-losses in force (what recovery after a restart needs)."""
+        stops = [self.stop_losses[symbol].to_message() for symbol in sorted(self.stop_losses)]
+        return msgspec.structs.replace(self.portfolio.to_snapshot(), stop_losses=stops)
 
     def warm(self, batch: ValidatedBatch) -> None:
         """Feed the window with a batch already traded before a restart; no orders, no book change."""
@@ -442,7 +460,7 @@ class StrategyHost:
         self._last_market = market
         book.last_ts, book.last_seq = batch.ts_event, seq
         self._batches += 1
-        self._last = StrategyResult(self.strategy_id, batch.ts_event, decisions, fills, book.to_snapshot(),
+        self._last = StrategyResult(self.strategy_id, batch.ts_event, decisions, fills, self.snapshot(),
                                     self.error, es_scale=self.es_scale)
         return self._last
 
@@ -490,7 +508,7 @@ class StrategyHost:
                 events.append(self._cancel(order, last.ts_event, f"{code}: {ack.reason or ack.status}", code))
             elif order.remaining <= QTY_EPSILON * max(1.0, order.quantity):
                 book.working.pop(order.symbol, None)
-        self._last = dataclasses.replace(last, decisions=events, fills=fills, snapshot=book.to_snapshot())
+        self._last = dataclasses.replace(last, decisions=events, fills=fills, snapshot=self.snapshot())
         return self._last
 
     def _market(self, batch: ValidatedBatch) -> Market:
@@ -883,6 +901,8 @@ class ExecutionEngine:
         if host is None:
             raise ValueError(f"no hosted strategy {snapshot.strategy!r} for this snapshot")
         host.restore(snapshot)
+        for stop in snapshot.stop_losses:  # a redelivery of a stop-loss the snapshot holds is applied once
+            self._remember_close(stop.command_id)
 
     def on_risk(self, snapshot: RiskSnapshot) -> bool:
         """Take a strategy's latest RiskSnapshot (its ES sizes the next orders); False if not hosted here."""
@@ -902,13 +922,16 @@ class ExecutionEngine:
         if host is None:
             log.info("stop-loss ignored: strategy not hosted here", extra=about)
             return False
-        if command.command_id:
-            # Remembered even when ignored: a late redelivery must not close a position opened since.
-            self._close_ids.add(command.command_id)
-            self._close_order.append(command.command_id)
+        # Remembered even when ignored: a late redelivery must not close a position opened since.
+        self._remember_close(command.command_id)
+        return host.on_close_position(command)
+
+    def _remember_close(self, command_id: str) -> None:
+        if command_id and command_id not in self._close_ids:
+            self._close_ids.add(command_id)
+            self._close_order.append(command_id)
             if len(self._close_order) > CLOSE_IDS_KEPT:
                 self._close_ids.discard(self._close_order.popleft())
-        return host.on_close_position(command)
 
     def apply_acks(self, strategy: str, acks: Sequence[OrderAck]) -> StrategyResult:
         """Book an external broker's answers to a strategy's orders of the last batch."""

@@ -58,7 +58,8 @@ SCAN_PER_ROW = 64
 
 PUBLISH_TIMEOUT_S = 30.0
 RISK_FETCH = 256
-__all__ = ["BarHandler", "BrokerCommands", "ControlWatch", "RiskWatch", "StopLossHandler", "recover", "timestamp"]
+__all__ = ["BarHandler", "BrokerCommands", "ControlWatch", "RiskWatch", "StopLossAcks", "StopLossHandler", "recover",
+           "timestamp"]
 
 
 def venue_of(subject: str) -> str:
@@ -66,13 +67,51 @@ def venue_of(subject: str) -> str:
     return subjects.strategy_of(subject, 2)
 
 
+class StopLossAcks:
+    """Hold each applied ClosePosition's acknowledgement until a PortfolioSnapshot holding it is on the bus.
+
+    Until the strategy's next snapshot carries it (`PortfolioSnapshot.stop_losses`), a stop-loss lives only
+    in this process: acknowledged at once, a restart in between would lose it. Held, it is acknowledged
+    after that snapshot; after a crash JetStream redelivers it to the next instance, which applies it to the
+    restored book. A redelivery of a held command replaces the held delivery (acks are per delivery).
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, dict[str, Msg]] = {}  # strategy -> command id -> the delivery to acknowledge
+
+    def holds(self, strategy: str, command_id: str) -> bool:
+        return command_id in self._held.get(strategy, {})
+
+    def is_held(self, message: Msg) -> bool:
+        return any(held is message for by_id in self._held.values() for held in by_id.values())
+
+    def hold(self, strategy: str, command_id: str, message: Msg) -> None:
+        self._held.setdefault(strategy, {})[command_id] = message
+
+    async def release(self, snapshot: PortfolioSnapshot, in_force: Collection[str]) -> int:
+        """Acknowledge the held commands this snapshot settles; return how many.
+
+        Settled: the snapshot holds the stop-loss, or the stop is no longer in force (its position is flat).
+        A re-published older snapshot (a redelivered batch) settles nothing the engine still holds.
+        """
+        held = self._held.get(snapshot.strategy)
+        if not held:
+            return 0
+        carried = {stop.command_id for stop in snapshot.stop_losses}
+        settled = [cid for cid in held if cid in carried or cid not in in_force]
+        for command_id in settled:
+            await held.pop(command_id).ack()
+        return len(settled)
+
+
 class BarHandler:
     """Handle one market-data message end to end; one at a time, in stream order."""
 
     def __init__(self, engine: ExecutionEngine, js: JetStreamContext, publisher: AckedPublisher,
                  store: ExecutionStore | None, clock: Clock, venues: Collection[str] = (),
-                 adapter: BrokerAdapter | None = None) -> None:
+                 adapter: BrokerAdapter | None = None, stop_acks: StopLossAcks | None = None) -> None:
         self.engine = engine
+        self.stop_acks = stop_acks
         self.js = js
         self.publisher = publisher
         self.store = store
@@ -165,6 +204,9 @@ class BarHandler:
             await send(subjects.portfolio(sid), encode(strategy_result.snapshot),
                        {**trace, "Nats-Msg-Id": f"{sid}:{strategy_result.ts_event}"})
             await self.publisher.confirm(PUBLISH_TIMEOUT_S)
+            if self.stop_acks is not None:
+                in_force = {stop.command_id for stop in self.engine.hosts[sid].stop_losses.values()}
+                await self.stop_acks.release(strategy_result.snapshot, in_force)
             self._log(strategy_result)
 
     @staticmethod
@@ -187,10 +229,12 @@ class BarHandler:
 class StopLossHandler:
     """Hand risk's ClosePosition commands to the engine; what cannot be used goes to the DLQ with its reason."""
 
-    def __init__(self, engine: ExecutionEngine, js: JetStreamContext, clock: Clock) -> None:
+    def __init__(self, engine: ExecutionEngine, js: JetStreamContext, clock: Clock,
+                 acks: StopLossAcks | None = None) -> None:
         self.engine = engine
         self.js = js
         self.clock = clock
+        self.acks = acks
         self.received = 0
         self.applied = 0
         self.dead_letters = 0
@@ -198,8 +242,12 @@ class StopLossHandler:
         self._tracer = tracer("qmp.execution")
 
     async def handle(self, data: bytes, subject: str, headers: Mapping[str, str] | None,
-                     delivery_id: str = "") -> bool:
-        """Decode and apply one command; return whether it put a stop-loss on; raise only when transient."""
+                     delivery_id: str = "", message: Msg | None = None) -> bool:
+        """Decode and apply one command; return whether it put a stop-loss on; raise only when transient.
+
+        With `message` and `acks`, an applied command's delivery (or a redelivery of one still held) is held
+        for acknowledgement after the next snapshot; the caller acknowledges what is not `acks.is_held`.
+        """
         with self._tracer.start_as_current_span("execution.stop_loss", context=extract_context(headers)) as span:
             span.set_attribute("messaging.destination", subject)
             self.received += 1
@@ -216,7 +264,10 @@ class StopLossHandler:
             span.set_attribute("qmp.strategy", command.strategy)
             span.set_attribute("qmp.symbol", command.symbol)
             span.set_attribute("qmp.command_id", command.command_id)
+            pending = self.acks is not None and self.acks.holds(command.strategy, command.command_id)
             applied = self.engine.on_close_position(command)
+            if self.acks is not None and message is not None and (applied or pending):
+                self.acks.hold(command.strategy, command.command_id, message)
             span.set_attribute("qmp.applied", applied)
             self.applied += applied
             return applied
