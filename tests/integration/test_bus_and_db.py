@@ -9,6 +9,8 @@ import pytest
 from qmp_core import bus, subjects
 from qmp_core.db import migrate
 from qmp_core.messages import DeadLetter
+from qmp_core.runtime.postgres_server import EmbeddedPostgres
+from qmp_core.runtime.supervisor import redacted
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +87,20 @@ async def test_delete_stream_when_a_service_tries_then_refused_and_control_bucke
     assert any("permissions violation" in str(error) for error in errors)
     info = await operator_nc.jetstream().stream_info(f"KV_{subjects.KV_CONTROL}")
     assert info.config.name == f"KV_{subjects.KV_CONTROL}"
+
+
+async def test_embedded_postgres_when_connecting_without_the_run_password_then_refused(tmp_path):
+    server = EmbeddedPostgres(tmp_path / "pg")
+    url = await asyncio.to_thread(server.start)
+    try:
+        connection = await asyncpg.connect(url)
+        assert await connection.fetchval("SELECT current_database()") == "qmp"
+        await connection.close()
+        for wrong in ("", "guess"):
+            with pytest.raises((asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)):
+                await asyncpg.connect(url.replace(f":{server.password}@", f":{wrong}@"))
+        password_file = tmp_path / "pg" / "postgres.password"
+        assert password_file.stat().st_mode & 0o077 == 0
+        assert server.password not in redacted(url) and redacted(url).endswith(f"127.0.0.1:{server.port}/qmp")
+    finally:
+        await asyncio.to_thread(server.stop)

