@@ -275,7 +275,7 @@ class ExecutionService:
         await self.broker.connect()
         js = self.broker.connection.jetstream()
         await bus.declare(js)
-        self.watch = ControlWatch(await bus.control_bucket(js), self.engine)
+        self.watch = ControlWatch(await bus.control_bucket(js), self.engine, js)
         await self.watch.start()
         try:
             restored = await recover(self.engine, js, self.consumer, self.settings.venues)
@@ -294,7 +294,7 @@ class ExecutionService:
         await self.publisher.start()
         self.stop_loss = StopLossHandler(self.engine, js, self.clock, self.stop_acks)
         self.handler = BarHandler(self.engine, js, self.publisher, ExecutionStore(self._pool), self.clock,
-                                  self.settings.venues, adapter, self.stop_acks)
+                                  self.settings.venues, adapter, self.stop_acks, self.watch)
         log.info("execution ready", extra={"strategies": sorted(self.engine.hosts), "restored": restored,
                                            "consumer": self.consumer, "subject": bars_subject(self.settings),
                                            "broker": self.settings.broker, "calibration": calibration})
@@ -321,6 +321,7 @@ class ExecutionService:
             "batches": handler.batches if handler else 0,
             "dead_letters": handler.dead_letters if handler else 0,
             "control_updates": self.watch.updates if self.watch else 0,
+            "control_catch_up_timeouts": self.watch.catch_up_timeouts if self.watch else 0,
             "risk_snapshots": self.risk_watch.received if self.risk_watch else 0,
             "stop_losses": {"received": self.stop_loss.received, "applied": self.stop_loss.applied,
                             "dead_letters": self.stop_loss.dead_letters} if self.stop_loss else {},

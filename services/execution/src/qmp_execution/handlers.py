@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 SERVICE = "execution"
 KV_DELETES = ("DEL", "PURGE")
 INITIAL_STATE_TIMEOUT_S = 10.0
+CATCH_UP_TIMEOUT_S = 2.0  # a replay batch waits at most this long for the control watch
 # Recovery scans the market-data stream backwards; this bounds the scan per window row needed.
 SCAN_PER_ROW = 64
 
@@ -109,9 +110,11 @@ class BarHandler:
 
     def __init__(self, engine: ExecutionEngine, js: JetStreamContext, publisher: AckedPublisher,
                  store: ExecutionStore | None, clock: Clock, venues: Collection[str] = (),
-                 adapter: BrokerAdapter | None = None, stop_acks: StopLossAcks | None = None) -> None:
+                 adapter: BrokerAdapter | None = None, stop_acks: StopLossAcks | None = None,
+                 control: "ControlWatch | None" = None) -> None:
         self.engine = engine
         self.stop_acks = stop_acks
+        self.control = control
         self.js = js
         self.publisher = publisher
         self.store = store
@@ -145,6 +148,8 @@ class BarHandler:
             async with self._lock:  # the engine's timeline is one: keep batches in arrival order
                 if isinstance(self.clock, ReplayClock):
                     self.clock.observe(batch.ts_event)
+                    if self.control is not None:  # a replay trades each batch under the state risk left
+                        await self.control.catch_up()
                 try:
                     result = self.engine.process(batch)
                 except BatchRejected as error:
@@ -284,11 +289,15 @@ class ControlWatch:
     `start` returns once the current values are loaded, so no batch is traded under a stale state.
     """
 
-    def __init__(self, kv: KeyValue, engine: ExecutionEngine) -> None:
+    def __init__(self, kv: KeyValue, engine: ExecutionEngine, js: JetStreamContext | None = None) -> None:
         self.kv = kv
         self.engine = engine
+        self.js = js
         self.loaded = asyncio.Event()
         self.updates = 0
+        self.revision = 0  # the bucket's stream sequence applied so far
+        self.catch_up_timeouts = 0
+        self._changed = asyncio.Event()
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -309,13 +318,39 @@ class ControlWatch:
             if entry is None:  # the watcher's marker: every current value has been delivered
                 self.loaded.set()
                 continue
-            self.apply(entry.key, entry.value or b"", entry.operation)
+            self.apply(entry.key, entry.value or b"", entry.operation, entry.revision or 0)
 
-    def apply(self, key: str, value: bytes, operation: str | None) -> None:
+    async def catch_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> int:
+        """Wait until every write the bucket holds now has been applied; return the bucket's last sequence.
+
+        In a replay the risk service awaits the deployer's reply to a breaker command before it publishes
+        the snapshot the collector waits for, so the write is in the bucket before the next batch is sent;
+        but the watch and the market data reach this service on different subscriptions, in either order.
+        Waiting for the watch here makes a replay trade every batch under the same state, run after run.
+        """
+        if self.js is None:
+            return self.revision
+        last = (await self.js.stream_info(f"KV_{subjects.KV_CONTROL}")).state.last_seq or 0
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.revision < last:
+            self._changed.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                self.catch_up_timeouts += 1
+                log.warning("control watch behind the bucket; trading on the state it has",
+                            extra={"applied": self.revision, "bucket": last})
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return last
+
+    def apply(self, key: str, value: bytes, operation: str | None, revision: int = 0) -> None:
         """Apply one KV change to the engine's entries and log the resulting effective state."""
         controls = self.engine.controls
         strategy = controls.delete(key) if operation in KV_DELETES else controls.put(key, value)
         self.updates += 1
+        self.revision = max(self.revision, revision)
+        self._changed.set()
         affected = self.engine.hosts if strategy == subjects.ALL_STRATEGIES else (
             [strategy] if strategy in self.engine.hosts else [])
         for sid in affected:

@@ -1,0 +1,84 @@
+"""The control watch against a real NATS KV bucket: a replay batch waits until the watch holds every write."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.aio.client import Client
+from test_execution_integration import connect_as
+
+from qmp_core import bus, subjects
+from qmp_core.clock import TestClock
+from qmp_core.messages import TradingState, encode
+from qmp_core.runtime.nats_server import NatsCredentials
+from qmp_execution.engine import EngineConfig, ExecutionEngine
+from qmp_execution.handlers import ControlWatch
+
+pytestmark = pytest.mark.integration
+
+
+class Flat:
+    lookback = 1
+    leverage_limit = 1.0
+
+    def target_weights(self, prices: object) -> object:
+        return prices * 0.0
+
+
+class SlowWatch(ControlWatch):
+    """A watch that applies each change late, as in a loaded process (where the demo saw the race)."""
+
+    def apply(self, key: str, value: bytes, operation: str | None, revision: int = 0) -> None:
+        asyncio.get_running_loop().call_later(0.05, super().apply, key, value, operation, revision)
+
+
+@pytest.fixture
+async def deployer_nc(nats_credentials: NatsCredentials) -> AsyncIterator[Client]:
+    nc = await connect_as(nats_credentials, "deployer")  # the writer of the control bucket
+    yield nc
+    await nc.drain()
+
+
+def halted(sid: str, reason: str) -> bytes:
+    return encode(TradingState(strategy=sid, status="HALTED", reason=reason, updated_by="test"))
+
+
+async def test_catch_up_when_a_write_just_landed_then_returns_with_it_applied(deployer_nc: Client,
+                                                                             unique_id: str) -> None:
+    sid = unique_id
+    js = deployer_nc.jetstream()
+    await bus.declare(js)
+    kv = await bus.control_bucket(js)
+    engine = ExecutionEngine({sid: Flat()}, EngineConfig(), TestClock(0))  # type: ignore[dict-item]
+    watch = SlowWatch(kv, engine, js)
+    await watch.start()
+    await asyncio.sleep(0.1)
+    try:
+        for n in range(5):  # each write is read back at once, the way a replay batch follows a breaker
+            await kv.put(subjects.control_key(sid, "risk"), halted(sid, f"breaker {n}"))
+            last = await watch.catch_up()
+            assert watch.revision >= last
+            assert engine.state(sid).status == "HALTED" and engine.state(sid).reason == f"breaker {n}"
+    finally:
+        await watch.stop()
+    assert watch.catch_up_timeouts == 0
+
+
+async def test_catch_up_when_the_watch_is_stopped_then_gives_up_after_the_timeout(deployer_nc: Client,
+                                                                                 unique_id: str) -> None:
+    sid = unique_id
+    js = deployer_nc.jetstream()
+    await bus.declare(js)
+    kv = await bus.control_bucket(js)
+    engine = ExecutionEngine({sid: Flat()}, EngineConfig(), TestClock(0))  # type: ignore[dict-item]
+    watch = ControlWatch(kv, engine, js)
+    await watch.start()
+    await watch.stop()  # a watch that no longer follows the bucket
+    await kv.put(subjects.control_key(sid, "risk"), halted(sid, "unseen"))
+
+    started = asyncio.get_running_loop().time()
+    await watch.catch_up(timeout_s=0.3)
+
+    assert 0.25 <= asyncio.get_running_loop().time() - started < 2.0
+    assert watch.catch_up_timeouts == 1
+    assert engine.state(sid).status != "HALTED"  # it trades on what it has, and says so
