@@ -1,4 +1,5 @@
-"""The control watch against a real NATS KV bucket: a replay batch waits until the watch holds every write."""
+"""What a replay batch waits for: the control watch holding every KV write (real NATS) and the risk snapshot
+of the previous batch."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -9,10 +10,10 @@ from test_execution_integration import connect_as
 
 from qmp_core import bus, subjects
 from qmp_core.clock import TestClock
-from qmp_core.messages import TradingState, encode
+from qmp_core.messages import RiskSnapshot, TradingState, encode
 from qmp_core.runtime.nats_server import NatsCredentials
 from qmp_execution.engine import EngineConfig, ExecutionEngine
-from qmp_execution.handlers import ControlWatch
+from qmp_execution.handlers import ControlWatch, RiskWatch
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +83,26 @@ async def test_catch_up_when_the_watch_is_stopped_then_gives_up_after_the_timeou
     assert 0.25 <= asyncio.get_running_loop().time() - started < 2.0
     assert watch.catch_up_timeouts == 1
     assert engine.state(sid).status != "HALTED"  # it trades on what it has, and says so
+
+
+def risk_at(sid: str, ts_event: int) -> bytes:
+    return encode(RiskSnapshot(strategy=sid, ts_event=ts_event, equity=1e6, var={}, es={"evt_99": 0.02},
+                               drawdown_24h=0.0, drawdown_max=0.0, volatility_ratio=1.0, breakers=[]))
+
+
+async def test_risk_catch_up_when_the_snapshot_of_the_last_batch_comes_late_then_waits_for_it() -> None:
+    engine = ExecutionEngine({"s": Flat()}, EngineConfig(), TestClock(0))  # type: ignore[dict-item]
+    watch = RiskWatch(None, engine)  # type: ignore[arg-type]  # catch_up reads no stream
+    await watch.catch_up(timeout_s=5.0)  # risk never answered for "s": nothing to wait for
+    watch._apply(risk_at("s", 1))
+    engine.hosts["s"].portfolio.last_ts = 2  # batch 2 traded; risk has not revalued it yet
+    asyncio.get_running_loop().call_later(0.1, watch._apply, risk_at("s", 2))
+
+    started = asyncio.get_running_loop().time()
+    await watch.catch_up(timeout_s=5.0)
+
+    assert asyncio.get_running_loop().time() - started >= 0.09
+    assert engine.hosts["s"].risk is not None and engine.hosts["s"].risk.ts_event == 2
+    engine.hosts["s"].portfolio.last_ts = 3  # and no snapshot ever comes for batch 3
+    await watch.catch_up(timeout_s=0.2)
+    assert watch.catch_up_timeouts == 1 and watch.behind() == ["s"]

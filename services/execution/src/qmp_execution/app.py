@@ -294,7 +294,7 @@ class ExecutionService:
         await self.publisher.start()
         self.stop_loss = StopLossHandler(self.engine, js, self.clock, self.stop_acks)
         self.handler = BarHandler(self.engine, js, self.publisher, ExecutionStore(self._pool), self.clock,
-                                  self.settings.venues, adapter, self.stop_acks, self.watch)
+                                  self.settings.venues, adapter, self.stop_acks, self.watch, self.risk_watch)
         log.info("execution ready", extra={"strategies": sorted(self.engine.hosts), "restored": restored,
                                            "consumer": self.consumer, "subject": bars_subject(self.settings),
                                            "broker": self.settings.broker, "calibration": calibration})
@@ -323,6 +323,7 @@ class ExecutionService:
             "control_updates": self.watch.updates if self.watch else 0,
             "control_catch_up_timeouts": self.watch.catch_up_timeouts if self.watch else 0,
             "risk_snapshots": self.risk_watch.received if self.risk_watch else 0,
+            "risk_catch_up_timeouts": self.risk_watch.catch_up_timeouts if self.risk_watch else 0,
             "stop_losses": {"received": self.stop_loss.received, "applied": self.stop_loss.applied,
                             "dead_letters": self.stop_loss.dead_letters} if self.stop_loss else {},
             "broker": self.rest.status() if self.rest else "paper",

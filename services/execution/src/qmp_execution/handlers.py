@@ -111,10 +111,11 @@ class BarHandler:
     def __init__(self, engine: ExecutionEngine, js: JetStreamContext, publisher: AckedPublisher,
                  store: ExecutionStore | None, clock: Clock, venues: Collection[str] = (),
                  adapter: BrokerAdapter | None = None, stop_acks: StopLossAcks | None = None,
-                 control: "ControlWatch | None" = None) -> None:
+                 control: "ControlWatch | None" = None, risk: "RiskWatch | None" = None) -> None:
         self.engine = engine
         self.stop_acks = stop_acks
         self.control = control
+        self.risk = risk
         self.js = js
         self.publisher = publisher
         self.store = store
@@ -148,8 +149,11 @@ class BarHandler:
             async with self._lock:  # the engine's timeline is one: keep batches in arrival order
                 if isinstance(self.clock, ReplayClock):
                     self.clock.observe(batch.ts_event)
-                    if self.control is not None:  # a replay trades each batch under the state risk left
+                    # A replay trades each batch under the state and with the ES that risk left.
+                    if self.control is not None:
                         await self.control.catch_up()
+                    if self.risk is not None:
+                        await self.risk.catch_up()
                 try:
                     result = self.engine.process(batch)
                 except BatchRejected as error:
@@ -446,6 +450,8 @@ class RiskWatch:
         self.js = js
         self.engine = engine
         self.received = 0
+        self.catch_up_timeouts = 0
+        self._changed = asyncio.Event()
         self._decoder = codec(RiskSnapshot)
         self._subscription: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -486,6 +492,30 @@ class RiskWatch:
             return
         if self.engine.on_risk(snapshot):
             self.received += 1
+            self._changed.set()
+
+    def behind(self) -> list[str]:
+        """Return the strategies whose latest risk snapshot is older than their last traded batch."""
+        return sorted(sid for sid, host in self.engine.hosts.items()
+                      if host.risk is not None and host.risk.ts_event < host.portfolio.last_ts)
+
+    async def catch_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> None:
+        """Wait until each strategy's risk snapshot covers its last traded batch (a replay's next batch).
+
+        Risk revalues batch t before the collector sends t + 1, but that snapshot and batch t + 1 reach this
+        service on different subscriptions: waiting here sizes t + 1 with the ES of t, run after run.
+        A strategy risk has never answered for is not waited for.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while lagging := self.behind():
+            self._changed.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                self.catch_up_timeouts += 1
+                log.warning("risk snapshots behind the book; sizing with the last one", extra={"strategies": lagging})
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def stop(self) -> None:
         if self._task is not None:
