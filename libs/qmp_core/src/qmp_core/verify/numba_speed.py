@@ -3,7 +3,8 @@
 Rolling 99% historical VaR/ES over W = 250 days of 1,000 symbols × 2,520 days (Student-t returns):
 - kernel: `qmp_core.kernels.var.rolling_historical_var_es` (compiled and warmed before timing);
 - pandas: `DataFrame.rolling(W).quantile(0.01, interpolation="lower")` (VaR only: pandas has no rolling ES);
-- numpy: `sliding_window_view` + `np.partition` (VaR and ES), in column blocks so it fits in memory.
+- numpy: `sliding_window_view` + `np.partition` (VaR and ES), one symbol at a time on a contiguous copy
+  (the fastest numpy formulation we found, see `numpy_var_es`).
 Each is timed best of `repeats`; the answers are compared first (a fast wrong kernel is no speed-up).
 Compile and cache-load times come from fresh Python processes with their own `NUMBA_CACHE_DIR`: the first
 (empty cache) compiles, the second loads what the first cached.
@@ -37,7 +38,6 @@ ALPHA = 0.99
 PANDAS_RATIO = 10.0
 NUMPY_RATIO = 100.0
 WARM_FIRST_CALL_S = 0.5
-NUMPY_BLOCK = 25  # columns per sliding_window_view block: (T - W) × 25 × W floats ≈ 110 MB
 
 FRESH_PROCESS = """
 import json, time
@@ -63,16 +63,21 @@ def best_of(repeats: int, call: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def numpy_var_es(returns: np.ndarray, window: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Return rolling historical VaR and ES by sliding_window_view + partition (the numpy way), NaN before W."""
+    """Return rolling historical VaR and ES by sliding_window_view + partition (the numpy way), NaN before W.
+
+    The fastest of the numpy formulations tried on 1,000 × 2,520 (a fair baseline is the best one): one
+    symbol at a time on a transposed, contiguous copy, 0.87 s; the same on strided columns, 1.10 s;
+    blocks of 25 columns partitioned along a third axis, 2.08 s.
+    """
     rows, cols = returns.shape
     k = int(np.floor((window - 1) * (1.0 - alpha)))
     var = np.full((rows, cols), np.nan)
     es = np.full((rows, cols), np.nan)
-    for lo in range(0, cols, NUMPY_BLOCK):
-        block = returns[:, lo:lo + NUMPY_BLOCK]
-        windows = np.partition(sliding_window_view(block, window, axis=0), k, axis=-1)
-        var[window - 1:, lo:lo + NUMPY_BLOCK] = -windows[..., k]
-        es[window - 1:, lo:lo + NUMPY_BLOCK] = -windows[..., :k + 1].mean(axis=-1)
+    by_symbol = np.ascontiguousarray(returns.T)
+    for j in range(cols):
+        windows = np.partition(sliding_window_view(by_symbol[j], window), k, axis=1)
+        var[window - 1:, j] = -windows[:, k]
+        es[window - 1:, j] = -windows[:, :k + 1].mean(axis=1)
     return var, es
 
 
