@@ -116,3 +116,27 @@ async def test_halt_when_command_id_repeated_after_restart_then_applied_once_and
     finally:
         await connection.close()
     assert rows == 1
+
+
+async def test_two_deployers_when_one_halts_then_the_others_reply_and_state_carry_the_halt(
+    nats_credentials, database_url, operator_nc, unique_id,
+):
+    settings = settings_for(nats_credentials, "deployer", database_url, run_dir="/tmp/qmp-test-run")
+    first = create_app(settings, instance_id=f"{unique_id}-a")
+    second = create_app(settings, instance_id=f"{unique_id}-b")
+    states = await operator_nc.subscribe(f"qmp.state.{unique_id}")
+    async with first, second:
+        replies = [await request(operator_nc, unique_id, {"command": "set_allocation", "allocation": 0.5,
+                                                          "command_id": f"a{n}"}) for n in range(6)]
+        # The risk service's key: no later operator write conflicts with it, only a watch brings it over.
+        halt = await request(operator_nc, unique_id, {"command": "halt", "reason": "one instance",
+                                                      "command_id": "h", "issued_by": "risk"})
+        await asyncio.sleep(0.2)  # the other instance's watch
+        # The queue group spreads requests over both instances: whichever answers, it sees the halt.
+        after = [await request(operator_nc, unique_id, {"command": "set_allocation", "allocation": 0.25,
+                                                        "command_id": f"b{n}"}) for n in range(6)]
+        published = [json.loads((await states.next_msg(timeout=5)).data) for _ in range(13)]
+    assert all(r["accepted"] for r in [*replies, halt, *after])
+    assert [r["state"]["status"] for r in after] == ["HALTED"] * 6
+    assert [r["state"]["allocation"] for r in after] == [0.25] * 6
+    assert [s["status"] for s in published[7:]] == ["HALTED"] * 6

@@ -124,6 +124,7 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         await bus.declare(js)
         store = ControlStore(await bus.control_bucket(js))
         await store.load()
+        await store.follow()
         wall = LiveClock()
         handler = ControlHandler(js, store, wall, holder["pool"])
         await handler.load_recent()
@@ -152,6 +153,8 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
             await holder["rollouts"].stop()
         if "handler" in holder:
             await holder["handler"].close()
+        if "store" in holder:
+            await holder["store"].close()
 
     @app.after_shutdown
     async def close_database() -> None:

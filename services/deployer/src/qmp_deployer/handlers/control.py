@@ -5,6 +5,7 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
+from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
@@ -27,13 +28,22 @@ CAS_ATTEMPTS = 5
 
 
 class ControlStore:
-    """The control bucket's entries mirrored in memory; written only with compare-and-set."""
+    """The control bucket's entries mirrored in memory; written only with compare-and-set.
+
+    `follow` keeps the mirror equal to the bucket through a KV watch, so that with several deployer
+    instances (or an operator writing the bucket directly) a reply's state and the published
+    `qmp.state.<strategy>` come from what the bucket holds, not from what this instance last wrote.
+    Compare-and-set keeps the writes right either way: a stale entry only costs a refresh and a retry.
+    """
 
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
         self.entries: dict[str, TradingState] = {}
         self.revisions: dict[str, int] = {}
+        self.watched = 0
         self._decoder = codec(TradingState)
+        self._watcher: Any = None
+        self._task: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         try:
@@ -42,6 +52,43 @@ class ControlStore:
             keys = []
         for key in keys:
             await self.refresh(key)
+
+    async def follow(self) -> None:
+        """Start the watch that applies every later change of the bucket to the mirror."""
+        self._watcher = await self.kv.watchall(include_history=False)
+        self._task = asyncio.create_task(self._follow(), name="deployer-control-watch")
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):  # the connection may already be closed at shutdown
+                await self._watcher.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:  # the end of the current values
+                continue
+            self.apply(entry.key, entry.value, entry.operation, entry.revision or 0)
+
+    def apply(self, key: str, value: bytes | None, operation: str | None, revision: int) -> None:
+        """Take one change of the bucket unless the mirror already holds that revision or a later one."""
+        if revision <= self.revisions.get(key, 0):
+            return
+        self.watched += 1
+        if operation in ("DEL", "PURGE") or not value:
+            self.entries.pop(key, None)
+            self.revisions[key] = revision  # a later create must be a CAS update on this revision
+            return
+        try:
+            self.entries[key] = self._decoder.decode(value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            log.error("control bucket entry not a TradingState; the mirror keeps the previous one",
+                      extra={"key": key, "revision": revision, "error": str(error)})
+            return
+        self.revisions[key] = revision
 
     async def refresh(self, key: str) -> None:
         try:
