@@ -122,8 +122,8 @@ async def test_two_deployers_when_one_halts_then_the_others_reply_and_state_carr
     nats_credentials, database_url, operator_nc, unique_id,
 ):
     settings = settings_for(nats_credentials, "deployer", database_url, run_dir="/tmp/qmp-test-run")
-    first = create_app(settings, instance_id=f"{unique_id}-a")
-    second = create_app(settings, instance_id=f"{unique_id}-b")
+    first = create_app(settings, instance_id=f"{unique_id}-a", lease_ttl_s=1.0)  # a lease left behind expires
+    second = create_app(settings, instance_id=f"{unique_id}-b", lease_ttl_s=1.0)
     states = await operator_nc.subscribe(f"qmp.state.{unique_id}")
     async with first, second:
         replies = [await request(operator_nc, unique_id, {"command": "set_allocation", "allocation": 0.5,

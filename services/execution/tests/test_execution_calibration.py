@@ -68,14 +68,16 @@ async def test_calibrate_when_fills_recorded_with_noise_then_true_coefficients_r
     pool = await connect_pool(database_url)
     try:
         store = ExecutionStore(pool)
-        for batch in batches(80, 25, seed=4):
+        for batch in batches(160, 25, seed=4):
             await store.write(list(engine.process(batch).results.values()))
 
         records = await load_records(database_url, sid)
         fitted = calibrate(**records)
 
-        # The noise draws depend on the (random) strategy id: tolerances cover their spread, and still
-        # tell the true coefficients from the published ones (eta 0.142, beta 0.6) the model started from.
+        # The noise draws depend on the (random) strategy id. Over 300 ids and 80 days the worst eta was
+        # 23% off (sd 6%), too close to the tolerance; over 100 ids and 160 days, 10% (sd 3.5%). The
+        # tolerances sit 7 sd out and still tell the true coefficients from the published ones (eta 0.142,
+        # beta 0.6) the model started from.
         assert fitted.status == "ok" and fitted.records > 1_000
         assert fitted.eta == pytest.approx(TRUE_ETA, rel=0.25)
         assert fitted.beta == pytest.approx(TRUE_BETA, abs=0.07)
