@@ -9,8 +9,9 @@ import pytest
 from qmp_core import bus, subjects
 from qmp_core.db import migrate
 from qmp_core.messages import DeadLetter
+from qmp_core.runtime.nats_server import EmbeddedNats
 from qmp_core.runtime.postgres_server import EmbeddedPostgres
-from qmp_core.runtime.supervisor import redacted
+from qmp_core.runtime.supervisor import redacted, reset_bus
 
 pytestmark = pytest.mark.integration
 
@@ -103,4 +104,25 @@ async def test_embedded_postgres_when_connecting_without_the_run_password_then_r
         assert password_file.stat().st_mode & 0o077 == 0
         assert server.password not in redacted(url) and redacted(url).endswith(f"127.0.0.1:{server.port}/qmp")
     finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def test_reset_bus_when_a_fresh_demo_starts_then_streams_and_both_buckets_are_gone(tmp_path):
+    server = EmbeddedNats(tmp_path / "nats", with_auth=False)  # its own server: a reset wipes everything
+    credentials = await asyncio.to_thread(server.start)
+    nc = await nats.connect(credentials.url)
+    try:
+        js = nc.jetstream()
+        await bus.declare(js)
+        rollouts = await js.key_value(subjects.KV_ROLLOUTS)
+        await rollouts.put("vol_target", b'{"phase": "live_50"}')
+        await (await bus.control_bucket(js)).put("vol_target.operator", b'{"status": "HALTED"}')
+
+        await reset_bus(js)
+
+        names = {info.config.name for info in await js.streams_info()}
+        assert names.isdisjoint({config.name for config in bus.STREAMS})
+        assert names.isdisjoint({f"KV_{subjects.KV_CONTROL}", f"KV_{subjects.KV_ROLLOUTS}"})
+    finally:
+        await nc.close()
         await asyncio.to_thread(server.stop)
