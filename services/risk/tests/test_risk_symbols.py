@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from qmp_core.datasets import load_sp500_prices
 from qmp_core.kernels import incremental as inc
@@ -44,8 +45,13 @@ def test_update_when_sp500_streams_then_every_method_equals_the_point_kernel_on_
         var, es = point(returns[:, j], 250)
         np.testing.assert_allclose(risk.var[j, UNFITTED], var[UNFITTED], rtol=1e-10)
         np.testing.assert_allclose(risk.es[j, UNFITTED], es[UNFITTED], rtol=1e-10)
-        for name in SCHEDULED:  # they wait for their scheduled fit
-            assert risk.codes[j, method_index(name)] == status.INSUFFICIENT_DATA
+        assert risk.codes[j, method_index("fhs_garch")] == status.INSUFFICIENT_DATA  # waits for its fit
+        # Until its first fit the t is the method-of-moments one: nu = 4 + 6 / K, scaled to the sample.
+        window = returns[-250:, j]
+        nu = 4.0 + 6.0 / stats.kurtosis(window)
+        scale = window.std(ddof=1) * np.sqrt((nu - 2.0) / nu)
+        t = method_index("student_t")
+        assert risk.var[j, t, 2] == pytest.approx(-stats.t.ppf(0.01, nu, loc=window.mean(), scale=scale), rel=1e-7)
 
 
 def test_refit_when_garch_fitted_then_equals_point_kernel_on_window_and_keeps_filtering_after() -> None:

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 SERVICE = "execution"
 KV_DELETES = ("DEL", "PURGE")
 INITIAL_STATE_TIMEOUT_S = 10.0
-CATCH_UP_TIMEOUT_S = 2.0  # a replay batch waits at most this long for the control watch
+CATCH_UP_TIMEOUT_S = 2.0  # a replay batch waits at most this long for the control watch, then for risk
 # Recovery scans the market-data stream backwards; this bounds the scan per window row needed.
 SCAN_PER_ROW = 64
 

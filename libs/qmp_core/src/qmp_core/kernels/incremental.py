@@ -16,8 +16,10 @@ the fitted parameters of GARCH and of the Student-t are those of the symbol's la
 fitted on its window and scheduled by the caller, because a maximum-likelihood fit costs ~0.1 ms), not
 refitted every batch. Between refits the t keeps its fitted shape (nu, the gap between its location and the
 sample mean, the ratio of its standard deviation to the sample's) and moves with the live mean and standard
-deviation; at a refit it equals the point kernel. Its unit-variance multipliers come from a table in 1/nu
-interpolated to ~1e-7 (an exact t quantile per symbol per level would cost a microsecond each).
+deviation; at a refit it equals the point kernel. Until a symbol's first fit its t takes nu = 4 + 6 / K from
+the sample's excess kurtosis K (method of moments) and the sample's mean and standard deviation. Its
+unit-variance multipliers come from a table in 1/nu interpolated to ~1e-7 (an exact t quantile per symbol
+per level would cost a microsecond each).
 
 Input contract
 - State arrays are created by the caller with the shapes below and zero / NaN filled (see
@@ -51,6 +53,7 @@ from qmp_core.kernels.student_t import NU_MIN, t_fit_nb
 from qmp_core.kernels.var import (
     moments_from_central_nb,
     moments_nb,
+    student_t_nu_nb,
     tail_index_nb,
     tail_insert_nb,
     tail_remove_nb,
@@ -273,24 +276,22 @@ def symbol_outputs_nb(
     mean, std, skew, kurt = moments_from_central_nb(n, floats[j, F_ANCHOR] + d, max(m2, 0.0), m3, max(m4, 0.0))
     if n >= 2:
         status_out[j, METHOD_NORMAL] = OK
-    t_ready = n >= MIN_MOMENT_OBSERVATIONS and ints[j, I_T_FITTED] == 1
     if n >= MIN_MOMENT_OBSERVATIONS:
-        status_out[j, METHOD_CORNISH_FISHER] = OK
-    if t_ready:
         status_out[j, METHOD_STUDENT_T] = OK
-    nu = floats[j, F_T_NU]
+        status_out[j, METHOD_CORNISH_FISHER] = OK
+    if ints[j, I_T_FITTED] == 1:
+        nu, t_std, t_mean = floats[j, F_T_NU], std * floats[j, F_T_RATIO], mean + floats[j, F_T_SHIFT]
+    else:  # until the symbol's first scheduled fit: nu by the method of moments, scaled to the sample
+        nu, t_std, t_mean = student_t_nu_nb(kurt) if std > 0.0 else np.inf, std, mean
     u = 0.0 if math.isinf(nu) else 1.0 / nu
-    t_std = std * floats[j, F_T_RATIO]
-    t_mean = mean + floats[j, F_T_SHIFT]
     for level in range(n_levels):
         z = table[level, 0, 0]  # Phi^-1(alpha)
         if n >= 2:
             var_out[j, METHOD_NORMAL, level] = std * z - mean
             es_out[j, METHOD_NORMAL, level] = std * table[level, 1, 0] - mean
         if n >= MIN_MOMENT_OBSERVATIONS:
-            if t_ready:
-                var_out[j, METHOD_STUDENT_T, level] = t_std * t_table_lookup_nb(table, level, 0, u) - t_mean
-                es_out[j, METHOD_STUDENT_T, level] = t_std * t_table_lookup_nb(table, level, 1, u) - t_mean
+            var_out[j, METHOD_STUDENT_T, level] = t_std * t_table_lookup_nb(table, level, 0, u) - t_mean
+            es_out[j, METHOD_STUDENT_T, level] = t_std * t_table_lookup_nb(table, level, 1, u) - t_mean
             zl = -z  # Phi^-1(1 - alpha)
             z2 = zl * zl
             z_cf = (zl + (z2 - 1.0) * skew / 6.0 + (z2 - 3.0) * zl * kurt / 24.0
