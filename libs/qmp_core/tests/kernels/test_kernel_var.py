@@ -209,3 +209,27 @@ def test_normal_var_es_when_zero_variance_then_minus_mean() -> None:
     assert var == pytest.approx(-0.001) and es == pytest.approx(-0.001)
     _, _, code = normal_var_es_from_moments_nb(0.0, -1.0, 0.99)
     assert code == status.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("window", [3, 5, 14, 15, 40, 250])
+def test_rolling_when_small_windows_gaps_and_infinities_then_equals_a_plain_numpy_window(window: int) -> None:
+    """The single-level kernel's shortcut for cells that change nothing, against a sort of every window."""
+    from qmp_core.kernels.var import rolling_historical_var_es
+
+    rng = np.random.default_rng(window)
+    x = rng.standard_t(3, size=(600, 7)) * 0.01
+    x[rng.random(x.shape) < 0.03] = np.nan
+    x[rng.random(x.shape) < 0.005] = np.inf
+    x[::97, 2] = -0.5  # repeated tail values: ties in the buffer
+    alpha, min_periods = 0.95, max(1, window // 2)
+    var, es, code = rolling_historical_var_es(x, window, alpha, min_periods=min_periods)
+    assert code == status.OK
+    for t in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            values = np.sort(x[max(0, t - window + 1):t + 1, j][np.isfinite(x[max(0, t - window + 1):t + 1, j])])
+            if values.size < min_periods:
+                assert np.isnan(var[t, j]) and np.isnan(es[t, j])
+                continue
+            k = int(np.floor((values.size - 1) * (1 - alpha)))
+            assert var[t, j] == -values[k]
+            assert es[t, j] == pytest.approx(-values[: k + 1].mean(), rel=1e-12, abs=1e-15)

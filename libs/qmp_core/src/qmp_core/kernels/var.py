@@ -344,7 +344,12 @@ def _rolling_tail_one_level_nb(
     x: np.ndarray, window: int, ks: np.ndarray, min_periods: int, capacity: int,
     var_out: np.ndarray, es_out: np.ndarray, first: int, last: int,
 ) -> None:
-    """`_rolling_tail_block_nb` for a single level: the same recursion without the level loops (2x faster)."""
+    """`_rolling_tail_block_nb` for a single level: the same recursion without the level loops (2x faster).
+
+    Most cells (about 9 in 10 at 99% over 250 days) change nothing: the leaving return is above the buffer's
+    largest value, so it is not in the buffer, and the arriving one is not below it, so it does not enter.
+    Those cells only copy the cached VaR and ES; the test costs two comparisons and no state write.
+    """
     n_rows = x.shape[0]
     width = last - first
     buffers = np.empty((1, width, capacity))
@@ -355,8 +360,20 @@ def _rolling_tail_one_level_nb(
     cached_es = np.full(width, np.nan)
     stale = np.ones(width, dtype=np.bool_)
     for t in range(n_rows):
+        steady = t >= window
         for c in range(width):
             column = first + c
+            if steady:
+                old = x[t - window, column]
+                value = x[t, column]
+                tp = top[c]
+                # Both finite (inf fails `< inf`, NaN fails every comparison) and the cached figures current.
+                # A buffer holding the whole window never gets here: its largest value is >= old.
+                if (old > tp and value >= tp and old < np.inf and value < np.inf and not stale[c]
+                        and counts[c] >= min_periods):
+                    var_out[0, t, column] = cached_var[c]
+                    es_out[0, t, column] = cached_es[c]
+                    continue
             m = held[c]
             n = counts[c]
             if t >= window:
