@@ -101,7 +101,10 @@ class StopLossAcks:
         carried = {stop.command_id for stop in snapshot.stop_losses}
         settled = [cid for cid in held if cid in carried or cid not in in_force]
         for command_id in settled:
-            await held.pop(command_id).ack()
+            # An ack that fails (connection lost, delivery already nak'd) only means a redelivery, which
+            # the engine recognises by its command id.
+            with contextlib.suppress(nats.errors.Error):
+                await held.pop(command_id).ack()
         return len(settled)
 
 
