@@ -40,7 +40,6 @@ class ControlStore:
         self.kv = kv
         self.entries: dict[str, TradingState] = {}
         self.revisions: dict[str, int] = {}
-        self.watched = 0
         self._decoder = codec(TradingState)
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -77,7 +76,6 @@ class ControlStore:
         """Take one change of the bucket unless the mirror already holds that revision or a later one."""
         if revision <= self.revisions.get(key, 0):
             return
-        self.watched += 1
         if operation in ("DEL", "PURGE") or not value:
             self.entries.pop(key, None)
             self.revisions[key] = revision  # a later create must be a CAS update on this revision
