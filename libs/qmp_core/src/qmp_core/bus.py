@@ -5,6 +5,8 @@ window) and the W3C trace context in the headers. Control requests are core NATS
 stream on `qmp.control.>` would answer requests with its own publish ack.
 """
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -57,6 +59,17 @@ async def control_bucket(js: JetStreamContext, create: bool = False) -> KeyValue
             KeyValueConfig(bucket=subjects.KV_CONTROL, history=16, storage=StorageType.FILE)
         )
     return await js.key_value(subjects.KV_CONTROL)
+
+
+async def stop_watch(watcher: Any, task: asyncio.Task[None] | None) -> None:
+    """Stop a KV watcher and the task that consumes it; at shutdown the connection may be closed already."""
+    if watcher is not None:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def headers_for(msg_id: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:

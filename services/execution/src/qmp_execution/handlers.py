@@ -368,13 +368,7 @@ class ControlWatch:
                                              "size_multiplier": state.size_multiplier})
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):  # the connection may already be closed at shutdown
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await bus.stop_watch(self._watcher, self._task)
 
 
 async def recover(engine: ExecutionEngine, js: JetStreamContext, consumer: str,

@@ -58,13 +58,7 @@ class ControlStore:
         self._task = asyncio.create_task(self._follow(), name="deployer-control-watch")
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):  # the connection may already be closed at shutdown
-                await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await bus.stop_watch(self._watcher, self._task)
 
     async def _follow(self) -> None:
         async for entry in self._watcher:
