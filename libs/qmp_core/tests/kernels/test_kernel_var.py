@@ -233,3 +233,18 @@ def test_rolling_when_small_windows_gaps_and_infinities_then_equals_a_plain_nump
             k = int(np.floor((values.size - 1) * (1 - alpha)))
             assert var[t, j] == -values[k]
             assert es[t, j] == pytest.approx(-values[: k + 1].mean(), rel=1e-12, abs=1e-15)
+
+
+def test_rolling_when_out_arrays_given_then_written_in_place_and_equal_to_fresh_ones() -> None:
+    from qmp_core.kernels.var import rolling_historical_var_es
+
+    x = np.random.default_rng(3).standard_t(4, size=(400, 9)) * 0.01
+    fresh_var, fresh_es, _ = rolling_historical_var_es(x, 250, 0.99)
+    out = (np.full(x.shape, 7.0), np.full(x.shape, 7.0))
+    var, es, code = rolling_historical_var_es(x, 250, 0.99, out=out)
+    assert code == status.OK
+    assert np.shares_memory(var, out[0]) and np.shares_memory(es, out[1])
+    np.testing.assert_array_equal(out[0], fresh_var)
+    np.testing.assert_array_equal(out[1], fresh_es)
+    with pytest.raises(ValueError, match="C-contiguous float64"):
+        rolling_historical_var_es(x, 250, 0.99, out=(np.empty((400, 9)), np.empty((9, 400)).T))

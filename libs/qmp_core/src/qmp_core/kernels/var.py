@@ -448,12 +448,25 @@ def rolling_historical_var_es_into_nb(
 
 
 def rolling_historical_var_es(
-    returns: np.ndarray, window: int, alpha: float, min_periods: int | None = None, threads: int | None = None
+    returns: np.ndarray, window: int, alpha: float, min_periods: int | None = None, threads: int | None = None,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Return rolling (VaR, ES, status) of a (T, N) matrix: outputs allocated by numpy, column blocks on threads."""
+    """Return rolling (VaR, ES, status) of a (T, N) matrix: column blocks on threads.
+
+    The outputs are allocated by numpy, or are `out` (two C-contiguous float64 arrays of the input's shape,
+    written in place and returned): a caller recomputing every batch reuses them instead of mapping fresh
+    pages, which for 1,000 × 2,520 costs about as much as a fifth of the computation.
+    """
     matrix = np.ascontiguousarray(returns, dtype=np.float64)
-    var = np.empty((1, *matrix.shape))
-    es = np.empty((1, *matrix.shape))
+    if out is None:
+        var = np.empty((1, *matrix.shape))
+        es = np.empty((1, *matrix.shape))
+    else:
+        for target in out:
+            if target.shape != matrix.shape or target.dtype != np.float64 or not target.flags.c_contiguous:
+                raise ValueError(f"out arrays must be C-contiguous float64 of shape {matrix.shape}, got "
+                                 f"{target.dtype} {target.shape}")
+        var, es = out[0].reshape(1, *matrix.shape), out[1].reshape(1, *matrix.shape)  # views, not copies
     alphas = np.array([alpha], dtype=np.float64)
     periods = window if min_periods is None else min_periods
     codes = run_blocks(
