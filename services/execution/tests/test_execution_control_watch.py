@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
+from nats.js.kv import KeyValue
 from test_execution_integration import connect_as
 
 from qmp_core import bus, subjects
@@ -44,15 +45,22 @@ def halted(sid: str, reason: str) -> bytes:
     return encode(TradingState(strategy=sid, status="HALTED", reason=reason, updated_by="test"))
 
 
-async def test_catch_up_when_a_write_just_landed_then_returns_with_it_applied(deployer_nc: Client,
-                                                                             unique_id: str) -> None:
-    sid = unique_id
-    js = deployer_nc.jetstream()
+async def started_watch(nc: Client, sid: str, kind: type[ControlWatch]) -> tuple[KeyValue, ExecutionEngine,
+                                                                                ControlWatch]:
+    """Return the control bucket, an engine hosting `sid`, and a watch of `kind` following the bucket."""
+    js = nc.jetstream()
     await bus.declare(js)
     kv = await bus.control_bucket(js)
     engine = ExecutionEngine({sid: Flat()}, EngineConfig(), TestClock(0))  # type: ignore[dict-item]
-    watch = SlowWatch(kv, engine, js)
+    watch = kind(kv, engine, js)
     await watch.start()
+    return kv, engine, watch
+
+
+async def test_catch_up_when_a_write_just_landed_then_returns_with_it_applied(deployer_nc: Client,
+                                                                             unique_id: str) -> None:
+    sid = unique_id
+    kv, engine, watch = await started_watch(deployer_nc, sid, SlowWatch)
     await asyncio.sleep(0.1)
     try:
         for n in range(5):  # each write is read back at once, the way a replay batch follows a breaker
@@ -68,12 +76,7 @@ async def test_catch_up_when_a_write_just_landed_then_returns_with_it_applied(de
 async def test_catch_up_when_the_watch_is_stopped_then_gives_up_after_the_timeout(deployer_nc: Client,
                                                                                  unique_id: str) -> None:
     sid = unique_id
-    js = deployer_nc.jetstream()
-    await bus.declare(js)
-    kv = await bus.control_bucket(js)
-    engine = ExecutionEngine({sid: Flat()}, EngineConfig(), TestClock(0))  # type: ignore[dict-item]
-    watch = ControlWatch(kv, engine, js)
-    await watch.start()
+    kv, engine, watch = await started_watch(deployer_nc, sid, ControlWatch)
     await watch.stop()  # a watch that no longer follows the bucket
     await kv.put(subjects.control_key(sid, "risk"), halted(sid, "unseen"))
 

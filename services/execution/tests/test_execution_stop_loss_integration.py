@@ -9,6 +9,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy
 from test_execution_integration import (
     PRICES,
@@ -26,7 +27,7 @@ from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_DAY
 from qmp_core.messages import ClosePosition, DeadLetter, OrderAccepted, OrderDecision, PortfolioSnapshot, codec
 from qmp_core.runtime.nats_server import NatsCredentials
-from qmp_execution.app import STOP_LOSS_ACK_WAIT_S
+from qmp_execution.app import STOP_LOSS_ACK_WAIT_S, ExecutionService
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +50,21 @@ async def execution_may_subscribe(credentials: NatsCredentials, subject: str) ->
     return not any("permissions violation" in str(e).lower() for e in refused)
 
 
+async def stop_after_two_days(collector_nc: Client, risk_nc: Client, snapshots: Subscription, sid: str,
+                              service: ExecutionService) -> tuple[dict[str, float], ClosePosition]:
+    """Trade two days, then publish risk's stop-loss on AAA and wait until execution holds it."""
+    for day in (0, 1):
+        await publish_bars(collector_nc, bars(sid, day))
+    held = (await receive(snapshots, codec(PortfolioSnapshot).decode, 2))[-1]
+    position = dict(zip(held.symbols, held.quantities, strict=True))
+    command = ClosePosition(strategy=sid, symbol="AAA", quantity=-position["AAA"], command_id=f"{sid}:sl:AAA",
+                            reason="stop-loss: AAA long down 16.00% <= -15.00%", price=42.0, entry_price=50.0,
+                            loss=0.16, ts_event=held.ts_event)
+    await bus.publish(risk_nc.jetstream(), subjects.stop_loss(sid), command, msg_id=command.command_id)
+    await eventually(lambda: "AAA" in service.engine.hosts[sid].stop_losses, "the stop-loss to reach execution")
+    return position, command
+
+
 async def test_execution_when_risk_publishes_close_position_then_next_batch_sells_whole_position(
     nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, unique_id: str,
 ) -> None:
@@ -62,17 +78,8 @@ async def test_execution_when_risk_publishes_close_position_then_next_batch_sell
     service = service_for(nats_credentials, database_url, sid)
     await service.app.start()
     try:
-        for day in (0, 1):
-            await publish_bars(collector_nc, bars(venue, day))
-        held = (await receive(snapshots, decode_snapshot, 2))[-1]
-        position = dict(zip(held.symbols, held.quantities, strict=True))
+        position, _ = await stop_after_two_days(collector_nc, risk_nc, snapshots, sid, service)
         assert set(position) == set(PRICES)
-
-        command = ClosePosition(strategy=sid, symbol="AAA", quantity=-position["AAA"], command_id=f"{sid}:sl:AAA",
-                                reason="stop-loss: AAA long down 16.00% <= -15.00%", price=42.0, entry_price=50.0,
-                                loss=0.16, ts_event=held.ts_event)
-        await bus.publish(risk_nc.jetstream(), subjects.stop_loss(sid), command, msg_id=command.command_id)
-        await eventually(lambda: "AAA" in service.engine.hosts[sid].stop_losses, "the stop-loss to reach execution")
         await publish_bars(collector_nc, bars(venue, 2, {"AAA": 42.0, "BBB": 200.0}))
         after = (await receive(snapshots, decode_snapshot, 1))[0]
         decisions = [codec(OrderDecision).decode(m.data) for m in await drain(orders)]
@@ -119,15 +126,7 @@ async def test_execution_when_restarted_before_the_next_batch_then_stop_loss_red
     first = service_for(nats_credentials, database_url, sid)
     await first.app.start()
     try:
-        for day in (0, 1):
-            await publish_bars(collector_nc, bars(venue, day))
-        held = (await receive(snapshots, decode_snapshot, 2))[-1]
-        position = dict(zip(held.symbols, held.quantities, strict=True))
-        command = ClosePosition(strategy=sid, symbol="AAA", quantity=-position["AAA"], command_id=f"{sid}:sl:AAA",
-                                reason="stop-loss: AAA long down 16.00% <= -15.00%", price=42.0, entry_price=50.0,
-                                loss=0.16, ts_event=held.ts_event)
-        await bus.publish(risk_nc.jetstream(), subjects.stop_loss(sid), command, msg_id=command.command_id)
-        await eventually(lambda: "AAA" in first.engine.hosts[sid].stop_losses, "the stop-loss to reach execution")
+        position, command = await stop_after_two_days(collector_nc, risk_nc, snapshots, sid, first)
         unacknowledged = (await js.consumer_info(subjects.STREAM_RISK, first.stop_loss_consumer)).num_ack_pending
     finally:
         await first.app.stop()  # gone before the next batch: no snapshot holds the stop-loss yet
