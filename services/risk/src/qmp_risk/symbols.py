@@ -1,7 +1,7 @@
 """Per-symbol risk of the whole universe, updated in place on every bar batch (kernels/incremental.py).
 
 The state lives in a handful of numpy arrays, one row per symbol, that grow (doubling) as symbols appear;
-one kernel call updates every symbol of a batch. GARCH parameters are refitted on a schedule spread over
+one kernel call updates every symbol of a batch. The GARCH and Student-t fits run on a schedule spread over
 the batches: a symbol is due `refit_every` batches after its last fit, and at most
 `max_refits_per_batch` of the longest-waiting due symbols are refitted per batch, so no
 batch pays for the whole universe's fits at once; a universe larger than refit_every x that cap simply
@@ -33,7 +33,7 @@ class SymbolParams:
     evt_threshold: float
     vol_window: int
     vol_average_window: int
-    refit_every: int  # batches between two GARCH fits of a symbol
+    refit_every: int  # batches between two GARCH + Student-t fits of a symbol
     max_refits_per_batch: int  # cap: a large universe refits less often rather than in one slow batch
 
 
@@ -123,7 +123,7 @@ class SymbolRisk:
         self.update(cols, returns)
 
     def update(self, cols: np.ndarray, returns: np.ndarray) -> None:
-        """Add one return per symbol (NaN: none this batch), then run this batch's share of GARCH refits."""
+        """Add one return per symbol (NaN: none this batch), then run this batch's share of GARCH + t refits."""
         values = np.ascontiguousarray(returns, dtype=np.float64)
         if len(cols) != len(values):
             raise ValueError(f"one return per symbol expected, got {len(values)} for {len(cols)} symbols")
