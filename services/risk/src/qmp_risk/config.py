@@ -26,7 +26,7 @@ class RiskSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fi
     backtest_window: Annotated[int, Meta(ge=10)] = 250  # days of forecasts each backtest looks at
     symbol_risk: bool = True  # per-symbol measures for the whole universe on every batch
     symbol_risk_positions: Annotated[int, Meta(ge=0)] = 50  # largest positions whose symbol risk a snapshot carries
-    garch_refit_every: PositiveInt = 20  # batches between two GARCH fits of a symbol
+    garch_refit_every: PositiveInt = 20  # batches between two GARCH + Student-t fits of a symbol
     garch_max_refits_per_batch: Annotated[int, Meta(ge=0)] = 1  # cap per batch; a big universe refits less often
     drawdown_halt: Probability = 0.15  # drawdown over the trailing window that halts the strategy
     drawdown_window_hours: Positive = 24.0  # event time
