@@ -13,7 +13,7 @@ at worst and O(1) + O(tail) typically, so a 1,000-symbol batch updates in well u
 The definitions are exactly those of the point kernels (`methods.var_es_methods_nb`): after a symbol's
 stream of returns, its outputs equal the point kernels on that stream, with two documented exceptions:
 the fitted parameters of GARCH and of the Student-t are those of the symbol's last refit (`symbol_refit_nb`,
-fitted on its window and scheduled by the caller, because a maximum-likelihood fit costs ~0.1 ms), not
+fitted on its window and scheduled by the caller, because a maximum-likelihood fit costs ~0.2 ms), not
 refitted every batch. Between refits the t keeps its fitted shape (nu, the gap between its location and the
 sample mean, the ratio of its standard deviation to the sample's) and moves with the live mean and standard
 deviation; at a refit it equals the point kernel. Until a symbol's first fit its t takes nu = 4 + 6 / K from
@@ -49,7 +49,7 @@ from qmp_core.kernels.methods import (
 )
 from qmp_core.kernels.special import t_standardized_var_es_nb
 from qmp_core.kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
-from qmp_core.kernels.student_t import NU_MIN, t_fit_nb
+from qmp_core.kernels.student_t import NU_MIN, t_fit_nb, t_standard_deviation_nb
 from qmp_core.kernels.var import (
     moments_from_central_nb,
     moments_nb,
@@ -472,9 +472,8 @@ def symbol_refit_nb(
     t_mu, t_scale, nu, t_code = t_fit_nb(series)
     if t_code == OK:
         _, mean, std, _, _ = moments_nb(series)
-        t_sd = t_scale if math.isinf(nu) else t_scale * math.sqrt(nu / (nu - 2.0))
         floats[j, F_T_NU], floats[j, F_T_SHIFT] = nu, t_mu - mean
-        floats[j, F_T_RATIO] = t_sd / std if std > 0.0 else 1.0
+        floats[j, F_T_RATIO] = t_standard_deviation_nb(t_scale, nu) / std if std > 0.0 else 1.0
         ints[j, I_T_FITTED] = 1
     omega, a, b, _, code = garch_fit_nb(series)
     if code != OK:

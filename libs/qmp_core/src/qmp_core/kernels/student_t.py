@@ -125,12 +125,18 @@ def t_fit_nb(returns: np.ndarray) -> tuple[float, float, float, int]:
 
 
 @njit(cache=True, error_model="numpy")
+def t_standard_deviation_nb(s: float, nu: float) -> float:
+    """Return the standard deviation of t(mu, s, nu): s sqrt(nu / (nu - 2)); s itself for nu = inf (normal)."""
+    return s if math.isinf(nu) else s * math.sqrt(nu / (nu - 2.0))
+
+
+@njit(cache=True, error_model="numpy")
 def t_var_es_from_fit_nb(mu: float, s: float, nu: float, alpha: float) -> tuple[float, float, int]:
     """Return (VaR, ES, status) of t(mu, s, nu); nu = inf is the normal with standard deviation s."""
     if not (0.0 < alpha < 1.0) or not (s >= 0.0) or not math.isfinite(mu) or not (nu > 2.0):
         return np.nan, np.nan, INVALID_ARGUMENT
     q, e = t_standardized_var_es_nb(alpha, nu)
-    sd = s if math.isinf(nu) else s * math.sqrt(nu / (nu - 2.0))
+    sd = t_standard_deviation_nb(s, nu)
     return sd * q - mu, sd * e - mu, OK
 
 
