@@ -1,1 +1,1 @@
-pytest_plugins = ["qmp_core.testing"]
+pytest_plugins = ["qmp_ops.testing"]

@@ -22,10 +22,10 @@ import numpy as np
 import qmp_deployer.handlers.control as control
 from qmp_core import bus, subjects
 from qmp_core.db import migrate
-from qmp_core.runtime.nats_server import EmbeddedNats
-from qmp_core.runtime.postgres_server import EmbeddedPostgres
-from qmp_core.testing import settings_for
 from qmp_deployer.app import create_app
+from qmp_ops.runtime.nats_server import EmbeddedNats
+from qmp_ops.runtime.postgres_server import EmbeddedPostgres
+from qmp_ops.testing import settings_for
 
 
 def figures(seconds: list[float]) -> dict[str, float]:

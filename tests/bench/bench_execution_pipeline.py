@@ -30,8 +30,8 @@ from qmp_core import subjects
 from qmp_core.bus import headers_for
 from qmp_core.clock import NS_PER_DAY, NS_PER_SECOND, ReplayClock
 from qmp_core.messages import BarBatch, encode
-from qmp_core.runtime.supervisor import Stack, StackOptions
 from qmp_core.strategy import BaseStrategy
+from qmp_ops.runtime.supervisor import Stack, StackOptions
 
 HERE = Path(__file__).resolve().parent
 STRATEGY, VENUE = "benchexec", "benchexec"

@@ -21,7 +21,7 @@ import numpy as np
 from rich.progress import track
 
 from qmp_core import subjects
-from qmp_core.runtime.supervisor import Stack, StackOptions
+from qmp_ops.runtime.supervisor import Stack, StackOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 STRATEGY = "bench_halt"

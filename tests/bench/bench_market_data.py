@@ -26,9 +26,9 @@ from qmp_collector.engine import SyntheticSource
 from qmp_core import bus, subjects
 from qmp_core.db import migrate
 from qmp_core.messages import BarBatch, PortfolioSnapshot, encode
-from qmp_core.runtime.nats_server import EmbeddedNats, NatsCredentials
-from qmp_core.runtime.postgres_server import EmbeddedPostgres
-from qmp_core.testing import settings_for
+from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
+from qmp_ops.runtime.postgres_server import EmbeddedPostgres
+from qmp_ops.testing import settings_for
 from qmp_risk.app import RiskService
 from qmp_risk.config import RiskSettings
 

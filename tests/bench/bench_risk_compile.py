@@ -29,8 +29,8 @@ started = time.perf_counter()
 import numpy as np
 import numba
 framework = time.perf_counter()
-from qmp_core.kernels.methods import all_methods, var_es_methods_nb
-from qmp_core.kernels.var import rolling_historical_var_es
+from qmp_kernels.methods import all_methods, var_es_methods_nb
+from qmp_kernels.var import rolling_historical_var_es
 from qmp_risk.symbols import SymbolParams, SymbolRisk
 imported = time.perf_counter()
 x = np.random.default_rng(1).normal(0.0, 0.01, 300)

@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from qmp_core.kernels.methods import all_methods, var_es_methods_nb
 from qmp_core.messages import BarBatch
+from qmp_kernels.methods import all_methods, var_es_methods_nb
 from qmp_risk.config import RiskSettings
 from qmp_risk.engine import RiskEngine
 from qmp_risk.symbols import SymbolParams, SymbolRisk

@@ -1,11 +1,11 @@
 """Rolling 99% historical VaR and ES: the numba kernel against pandas and numpy on the same data, one run.
 
 Data: 1,000 symbols x 2,520 days of fat-tailed returns (Student-t, 4 degrees of freedom, seeded), window 250.
-- qmp: `qmp_core.kernels.var.rolling_historical_var_es` (tail buffer, column blocks on threads), VaR
+- qmp: `qmp_kernels.var.rolling_historical_var_es` (tail buffer, column blocks on threads), VaR
   and ES; also on one thread, for the per-core figure;
 - pandas: `DataFrame.rolling(250).quantile(0.01, interpolation="lower")`, VaR only (pandas has no rolling ES);
 - numpy: per symbol on a contiguous copy, `sliding_window_view` + `np.partition` at k, VaR and the mean of
-  the k+1 smallest (ES): `qmp_core.verify.numba_speed.numpy_var_es`, the fastest numpy formulation found.
+  the k+1 smallest (ES): `qmp_lab.verify.numba_speed.numpy_var_es`, the fastest numpy formulation found.
 Every competitor's VaR is checked equal to ours before any time is reported. Times are the best of
 `--repeat` runs (first call of the kernel excluded: it loads the compiled code).
 
@@ -21,9 +21,9 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from qmp_core.kernels.threads import workers
-from qmp_core.kernels.var import rolling_historical_var_es
-from qmp_core.verify.numba_speed import numpy_var_es
+from qmp_kernels.threads import workers
+from qmp_kernels.var import rolling_historical_var_es
+from qmp_lab.verify.numba_speed import numpy_var_es
 
 WINDOW = 250
 ALPHA = 0.99

@@ -9,9 +9,9 @@ import pytest
 from qmp_core import bus, subjects
 from qmp_core.db import migrate
 from qmp_core.messages import DeadLetter
-from qmp_core.runtime.nats_server import EmbeddedNats
-from qmp_core.runtime.postgres_server import EmbeddedPostgres
-from qmp_core.runtime.supervisor import redacted, reset_bus
+from qmp_ops.runtime.nats_server import EmbeddedNats
+from qmp_ops.runtime.postgres_server import EmbeddedPostgres
+from qmp_ops.runtime.supervisor import redacted, reset_bus
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,10 @@ import nats
 import pytest
 
 from qmp_core import subjects
-from qmp_core.cli.observer import RunObserver
 from qmp_core.datasets import load_sp500_index
 from qmp_core.messages import Fill, PortfolioSnapshot
-from qmp_core.runtime.supervisor import Stack, StackOptions
+from qmp_ops.replay import RunObserver
+from qmp_ops.runtime.supervisor import Stack, StackOptions
 
 pytestmark = pytest.mark.system
 

@@ -17,8 +17,8 @@ from qmp_collector.engine import HistorySource
 from qmp_collector.store import BarStore, ns_to_datetime
 from qmp_core import subjects
 from qmp_core.messages import BarBatch, DeadLetter, HealthReply, RiskSnapshot, codec, encode
-from qmp_core.runtime.nats_server import NatsCredentials
-from qmp_core.testing import settings_for
+from qmp_ops.runtime.nats_server import NatsCredentials
+from qmp_ops.testing import settings_for
 
 pytestmark = pytest.mark.integration
 

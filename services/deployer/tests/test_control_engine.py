@@ -1,5 +1,6 @@
 from qmp_core.messages import Halt, ReduceOrderSize, ReleaseSafeMode, Resume, SetAllocation, TradingState
-from qmp_deployer.engine import decide, effective_state
+from qmp_core.trading_state import effective_state
+from qmp_deployer.engine import decide
 
 
 def apply_all(strategy: str, commands: list, entries: dict | None = None) -> dict[str, TradingState]:

@@ -9,8 +9,8 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 
 from qmp_core import bus
-from qmp_core.testing import settings_for
 from qmp_deployer.app import create_app
+from qmp_ops.testing import settings_for
 
 pytestmark = pytest.mark.integration
 

@@ -18,18 +18,18 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 
 from qmp_core import bus, subjects
-from qmp_core.cli.deploy import read_history, read_rollouts
 from qmp_core.clock import NS_PER_SECOND, LiveClock, ReplayClock, TestClock
 from qmp_core.db import connect_pool
 from qmp_core.messages import BrokerCommand, BrokerReply, RiskSnapshot, RolloutState, TradingState, codec, encode
-from qmp_core.runtime.supervisor import Connection
-from qmp_core.testing import settings_for
 from qmp_deployer.app import create_app
 from qmp_deployer.engine.plan import parse_plan
 from qmp_deployer.engine.rollout import soak_remaining
 from qmp_deployer.handlers import ControlHandler, ControlStore
 from qmp_deployer.handlers.probes import Probes
 from qmp_deployer.handlers.rollout import RolloutOptions, RolloutService
+from qmp_ops.cli.deploy import read_history, read_rollouts
+from qmp_ops.runtime.supervisor import Connection
+from qmp_ops.testing import settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -600,7 +600,7 @@ def test_cli_when_operator_deploys_pauses_and_reads_status_and_history_then_each
         nats_credentials, database_url, tmp_path, monkeypatch, unique_id):
     from typer.testing import CliRunner
 
-    from qmp_core.cli.main import app
+    from qmp_ops.cli.main import app
 
     asyncio.run(wait_lease_free(nats_credentials))
     plan = tmp_path / "itest.toml"

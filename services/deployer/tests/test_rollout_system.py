@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qmp_core import subjects
-from qmp_core.runtime.supervisor import Stack, StackOptions
+from qmp_ops.runtime.supervisor import Stack, StackOptions
 
 pytestmark = pytest.mark.system
 

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner, Result
 
-from qmp_core.cli.main import app as qmp
-from qmp_core.cli.slippage import calibrate, load_records
 from qmp_core.clock import NS_PER_DAY, TestClock
 from qmp_core.db import connect_pool
 from qmp_core.messages import BarBatch
 from qmp_execution.app import load_calibration
 from qmp_execution.engine import EngineConfig, ExecutionEngine
 from qmp_execution.store import ExecutionStore
+from qmp_ops.cli.main import app as qmp
+from qmp_ops.cli.slippage import calibrate, load_records
 
 pytestmark = pytest.mark.integration
 

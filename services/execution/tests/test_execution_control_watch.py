@@ -2,6 +2,7 @@
 of the previous batch."""
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,9 +13,9 @@ from test_execution_integration import connect_as
 from qmp_core import bus, subjects
 from qmp_core.clock import TestClock
 from qmp_core.messages import RiskSnapshot, TradingState, encode
-from qmp_core.runtime.nats_server import NatsCredentials
 from qmp_execution.engine import EngineConfig, ExecutionEngine
 from qmp_execution.handlers import ControlWatch, RiskWatch
+from qmp_ops.runtime.nats_server import NatsCredentials
 
 pytestmark = pytest.mark.integration
 
@@ -109,3 +110,26 @@ async def test_risk_catch_up_when_the_snapshot_of_the_last_batch_comes_late_then
     engine.hosts["s"].portfolio.last_ts = 3  # and no snapshot ever comes for batch 3
     await watch.catch_up(timeout_s=0.2)
     assert watch.catch_up_timeouts == 1 and watch.behind() == ["s"]
+
+
+async def test_watch_when_bucket_value_corrupt_then_strategy_halted_and_value_dead_lettered(
+        nats_credentials: NatsCredentials, deployer_nc: Client, operator_nc: Client, unique_id: str) -> None:
+    sid = unique_id
+    execution_nc = await connect_as(nats_credentials, "execution")
+    letters = await operator_nc.subscribe(subjects.dlq("execution"))
+    await operator_nc.flush()
+    kv = await bus.control_bucket(deployer_nc.jetstream())
+    engine = ExecutionEngine({sid: Flat()}, EngineConfig(), TestClock(0))  # type: ignore[dict-item]
+    watch = ControlWatch(await bus.control_bucket(execution_nc.jetstream()), engine, execution_nc.jetstream())
+    await watch.start()
+    try:
+        await kv.put(subjects.control_key(sid, "risk"), b'{"strategy": "x", "status": "PAUSED"}')
+        await watch.catch_up()
+
+        assert engine.state(sid).status == "HALTED"
+        letter = json.loads((await letters.next_msg(timeout=5)).data)
+        assert letter["subject"].endswith(f"{sid}.risk") and "invalid control entry" in letter["reason"]
+        assert "PAUSED" in letter["payload"]
+    finally:
+        await watch.stop()
+        await execution_nc.drain()

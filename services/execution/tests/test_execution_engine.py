@@ -25,7 +25,6 @@ from qmp_execution.engine import (
     CODE_HALTED,
     CODE_REDUCING,
     CODE_STRATEGY_ERROR,
-    ControlEntries,
     EngineConfig,
     ExecutionEngine,
     StrategyResult,
@@ -372,24 +371,3 @@ def test_process_when_row_invalid_then_row_reported_and_rest_traded() -> None:
 
     assert [symbol for symbol, _ in result.rejected] == ["BBB"]
     assert set(orders(result.results[SID])) == {"AAA"}
-
-
-def test_effective_when_entry_undecodable_then_halted() -> None:
-    controls = ControlEntries()
-    controls.put("alpha.operator", b"{not json")
-
-    state = controls.effective("alpha")
-
-    assert state.status == "HALTED"
-    assert "alpha.operator" in state.reason
-
-
-def test_effective_when_entry_deleted_then_restriction_lifted() -> None:
-    controls = ControlEntries()
-    controls.put("alpha.operator", encode(TradingState(strategy="alpha", status="HALTED", reason="x")))
-    controls.put("beta.operator", encode(TradingState(strategy="beta", status="HALTED", reason="y")))
-
-    controls.delete("alpha.operator")
-
-    assert controls.effective("alpha").status == "ACTIVE"
-    assert controls.effective("beta").status == "HALTED"

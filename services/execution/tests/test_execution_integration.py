@@ -31,11 +31,11 @@ from qmp_core.messages import (
     codec,
     encode,
 )
-from qmp_core.runtime.nats_server import NatsCredentials
-from qmp_core.testing import settings_for
 from qmp_execution.app import ExecutionService, settings_from
 from qmp_execution.fake_broker import Behaviour, FakeBrokerBook, FakeBrokerServer
 from qmp_execution.publisher import AckedPublisher, PublishFailed
+from qmp_ops.runtime.nats_server import NatsCredentials
+from qmp_ops.testing import settings_for
 
 pytestmark = pytest.mark.integration
 

@@ -175,6 +175,7 @@ def test_process_when_es_above_budget_then_exposure_scaled_to_budget() -> None:
     for symbol, price in PRICES.items():
         assert book[symbol] * price == pytest.approx(0.5 * CAPITAL * scale, rel=1e-9)
     assert "evt_99" in events_of(result, OrderAccepted)[0].reason
+    assert {order.es_key for order in events_of(result, OrderAccepted)} == {"evt_99"}
 
 
 def test_process_when_es_within_budget_then_not_scaled() -> None:
@@ -187,6 +188,7 @@ def test_process_when_es_within_budget_then_not_scaled() -> None:
     result = engine.process(bar(2, PRICES)).results[SID]
 
     assert result.es_scale == 1.0
+    assert [order.es_key for order in events_of(result, OrderAccepted)] == [""]
 
 
 def test_process_when_order_notional_above_max_then_denied_with_code() -> None:

@@ -10,16 +10,16 @@ import pytest
 
 from qmp_core.clock import NS_PER_DAY, TestClock
 from qmp_core.messages import BarBatch
-from qmp_core.strategies.mean_reversion import MeanReversion
-from qmp_core.strategies.momentum import CrossSectionalMomentum
-from qmp_core.strategies.ridge import RidgeReturns
 from qmp_core.strategy import BaseStrategy, load_strategy
 from qmp_execution.engine import EngineConfig, ExecutionEngine
+from qmp_lab.strategies.mean_reversion import MeanReversion
+from qmp_lab.strategies.momentum import CrossSectionalMomentum
+from qmp_lab.strategies.ridge import RidgeReturns
 
 PATHS = {
-    "momentum": "qmp_core.strategies.momentum:CrossSectionalMomentum",
-    "mean_reversion": "qmp_core.strategies.mean_reversion:MeanReversion",
-    "ridge": "qmp_core.strategies.ridge:RidgeReturns",
+    "momentum": "qmp_lab.strategies.momentum:CrossSectionalMomentum",
+    "mean_reversion": "qmp_lab.strategies.mean_reversion:MeanReversion",
+    "ridge": "qmp_lab.strategies.ridge:RidgeReturns",
 }
 SMALL = {"momentum": {"formation": 60, "skip": 5}, "mean_reversion": {"window": 5},
          "ridge": {"train_rows": 120, "lags": 3, "refit_every": 10}}
@@ -129,7 +129,7 @@ def test_ridge_when_returns_have_planted_reversal_then_model_finds_it_and_trades
 
 def test_engine_when_hosting_all_reference_strategies_then_each_trades_and_none_stops() -> None:
     strategies = {name: load_strategy(PATHS[name], SMALL[name]) for name in PATHS}
-    strategies["vol_target"] = load_strategy("qmp_core.strategies.vol_target:VolatilityTarget",
+    strategies["vol_target"] = load_strategy("qmp_lab.strategies.vol_target:VolatilityTarget",
                                              {"trend_window": 20, "volatility_span": 5})
     engine = ExecutionEngine(strategies, EngineConfig(es_budget=0.0), TestClock(0))
     prices = history("2004-01-01", "2004-12-31")

@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from qmp_core.kernels import impact
-from qmp_core.kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
 from qmp_core.messages import OrderAccepted
 from qmp_execution.book import Portfolio, Working
 from qmp_execution.paper import Market, PaperBroker, PaperConfig
 from qmp_execution.slippage import SlippageConfig, SlippageModel
+from qmp_kernels import impact
+from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
 
 ADV = 1_000_000.0
 SIGMA = 0.02

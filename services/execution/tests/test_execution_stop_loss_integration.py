@@ -26,8 +26,8 @@ from test_execution_integration import (
 from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_DAY
 from qmp_core.messages import ClosePosition, DeadLetter, OrderAccepted, OrderDecision, PortfolioSnapshot, codec
-from qmp_core.runtime.nats_server import NatsCredentials
 from qmp_execution.app import STOP_LOSS_ACK_WAIT_S, ExecutionService
+from qmp_ops.runtime.nats_server import NatsCredentials
 
 pytestmark = pytest.mark.integration
 

@@ -68,7 +68,7 @@ def test_load_strategy_when_no_config_then_defaults() -> None:
 
 
 def test_load_strategy_when_reference_strategy_then_lookback_covers_trend_window() -> None:
-    strategy = load_strategy("qmp_core.strategies.vol_target:VolatilityTarget", {"trend_window": 50})
+    strategy = load_strategy("qmp_lab.strategies.vol_target:VolatilityTarget", {"trend_window": 50})
 
     assert strategy.lookback >= 50
     assert strategy.leverage_limit == 1.0

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qmp_core.strategies.vol_target import VolatilityTarget
+from qmp_lab.strategies.vol_target import VolatilityTarget
 
 
 @cache

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from qmp_core.clock import NS_PER_DAY, NS_PER_HOUR, TestClock
-from qmp_core.kernels.backtest import backtest_nb
 from qmp_core.messages import (
     BarBatch,
     BreakerReleased,
@@ -21,6 +20,7 @@ from qmp_core.messages import (
     codec,
     encode,
 )
+from qmp_kernels.backtest import backtest_nb
 from qmp_risk.config import RiskSettings
 from qmp_risk.engine import BREAKER_NEWS, BREAKER_STALE, RiskEngine
 from qmp_risk.news import load_calendar

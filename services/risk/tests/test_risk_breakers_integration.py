@@ -27,8 +27,8 @@ from qmp_core.messages import (
     codec,
     encode,
 )
-from qmp_core.runtime.nats_server import NatsCredentials
-from qmp_core.testing import settings_for
+from qmp_ops.runtime.nats_server import NatsCredentials
+from qmp_ops.testing import settings_for
 from qmp_risk.app import RiskService
 from qmp_risk.config import RiskSettings
 

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from qmp_core.clock import NS_PER_DAY, NS_PER_HOUR, TestClock
-from qmp_core.kernels.drawdown import trailing_drawdown_nb
 from qmp_core.messages import (
     BarBatch,
     BreakerReleased,
@@ -17,6 +16,7 @@ from qmp_core.messages import (
     ReduceOrderSize,
     TradingState,
 )
+from qmp_kernels.drawdown import trailing_drawdown_nb
 from qmp_risk.config import RiskSettings
 from qmp_risk.engine import (
     BREAKER_DRAWDOWN,

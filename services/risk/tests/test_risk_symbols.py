@@ -6,11 +6,11 @@ import pytest
 from scipy import stats
 
 from qmp_core.datasets import load_sp500_prices
-from qmp_core.kernels import incremental as inc
-from qmp_core.kernels import status
-from qmp_core.kernels.methods import METHOD_NAMES, all_methods, method_index, var_es_methods_nb
-from qmp_core.kernels.special import t_standardized_var_es_nb
-from qmp_core.kernels.student_t import t_fit_nb
+from qmp_kernels import incremental as inc
+from qmp_kernels import status
+from qmp_kernels.methods import METHOD_NAMES, all_methods, method_index, var_es_methods_nb
+from qmp_kernels.special import t_standardized_var_es_nb
+from qmp_kernels.student_t import t_fit_nb
 from qmp_risk.symbols import SymbolParams, SymbolRisk
 
 ALPHAS = (0.95, 0.975, 0.99)

@@ -1,11 +1,23 @@
 """Clocks in int nanoseconds. No service reads the wall clock directly: it is given one of these."""
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 NS_PER_SECOND = 1_000_000_000
 NS_PER_HOUR = 3600 * NS_PER_SECOND
 NS_PER_DAY = 24 * NS_PER_HOUR
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_datetime(ts_ns: int) -> datetime:
+    """Return the UTC datetime of an int-nanosecond timestamp, exact to the microsecond (no float rounding)."""
+    return _EPOCH + timedelta(microseconds=ts_ns // 1_000)
+
+
+def iso_date(ts_ns: int) -> str:
+    """Return the UTC day of an int-nanosecond timestamp as YYYY-MM-DD."""
+    return to_datetime(ts_ns).strftime("%Y-%m-%d")
 
 
 class Clock(Protocol):

@@ -130,8 +130,9 @@ class OrderDecisionBase(Struct, frozen=True, kw_only=True, tag_field="event"):
 
 
 class OrderAccepted(OrderDecisionBase, tag="OrderAccepted"):
-    reason: str = ""  # how it was sized and what capped it
+    reason: str = ""  # how it was sized and what capped it, for a person
     reason_code: str = ""  # why it was sent when not for the strategy's target (STOP_LOSS); empty otherwise
+    es_key: str = ""  # the RiskSnapshot ES key (`<method>_<level>`) that scaled it down to the ES budget, "" if none
 
 
 class OrderDenied(OrderDecisionBase, tag="OrderDenied"):

@@ -1,13 +1,20 @@
 """Trading state per strategy: each source owns one entry; the effective state is the most restrictive.
 
 No writer can loosen another's limit: status takes the most severe, allocation, size multiplier and
-order cap take the minimum, defensive is on if any source turns it on.
+order cap take the minimum, defensive is on if any source turns it on. This module is the one home of
+that rule: the deployer (which owns the state), execution (which enforces it) and `qmp status` (which
+shows it) all read the control bucket through `ControlEntries`.
+
+A bucket value that is not a TradingState fails safe: it reads as HALTED, with the reason, and
+`ControlEntries.put` returns that reason so the reader can dead-letter the value. A corrupt limit must
+never read as no limit, nor as whatever the entry said before.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 
 import msgspec
 
+from qmp_core import subjects
 from qmp_core.messages import (
     ControlCommand,
     Defensive,
@@ -21,6 +28,7 @@ from qmp_core.messages import (
 
 SEVERITY = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
 SAFE_MODE_SIZE = 0.5
+SOURCES = ("operator", "risk", "deployer")  # who owns an entry; the order in which entries are combined
 
 
 def combine(strategy: str, entries: Iterable[TradingState]) -> TradingState:
@@ -44,6 +52,67 @@ def combine(strategy: str, entries: Iterable[TradingState]) -> TradingState:
     if effective.defensive and effective.status == "ACTIVE":
         effective = msgspec.structs.replace(effective, status="REDUCING", reason="defensive mode")
     return effective
+
+
+def strategy_of(key: str) -> str:
+    """Return the strategy (or `ALL`) a control bucket key `<strategy>.<source>` applies to."""
+    return key.partition(".")[0]
+
+
+def effective_state(strategy: str, entries: Mapping[str, TradingState]) -> TradingState:
+    """Return the strategy's effective state: its own entries and the `ALL` entries, most restrictive wins.
+
+    Entries are combined in a fixed order (the strategy's before `ALL`'s, sources in SOURCES order, then
+    any other key), so the reason and author shown for a tie never depend on arrival order.
+    """
+    owners = [strategy] if strategy == subjects.ALL_STRATEGIES else [strategy, subjects.ALL_STRATEGIES]
+    rank = {source: i for i, source in enumerate(SOURCES)}
+    ordered: list[TradingState] = []
+    for owner in owners:
+        keys = [key for key in entries if strategy_of(key) == owner]
+        keys.sort(key=lambda key: (rank.get(key.partition(".")[2], len(rank)), key))
+        ordered += [entries[key] for key in keys]
+    return combine(strategy, ordered)
+
+
+class ControlEntries(Mapping[str, TradingState]):
+    """The control bucket's entries in memory (`<strategy>.<source>` → TradingState), read fail-safe."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, TradingState] = {}
+        self._decoder = msgspec.json.Decoder(TradingState)
+
+    def put(self, key: str, value: bytes) -> str | None:
+        """Store a bucket value; return why it is not a TradingState (it then reads as HALTED), else None."""
+        try:
+            self._entries[key] = self._decoder.decode(value)
+            return None
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            reason = f"invalid control entry {key}: {error}"
+            self._entries[key] = TradingState(strategy=strategy_of(key), status="HALTED", reason=reason)
+            return reason
+
+    def set_entry(self, key: str, entry: TradingState) -> None:
+        self._entries[key] = entry
+
+    def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def effective(self, strategy: str) -> TradingState:
+        return effective_state(strategy, self._entries)
+
+    def strategies(self) -> set[str]:
+        """Return every strategy (and `ALL`) that has at least one entry."""
+        return {strategy_of(key) for key in self._entries}
+
+    def __getitem__(self, key: str) -> TradingState:
+        return self._entries[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def apply(entry: TradingState, command: ControlCommand, ts_event: int) -> TradingState:

@@ -122,10 +122,18 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
     async def load_state() -> None:
         js = broker.connection.jetstream()
         await bus.declare(js)
-        store = ControlStore(await bus.control_bucket(js))
+        wall = LiveClock()
+        letters: set[asyncio.Task[None]] = set()
+
+        def dead_letter_entry(key: str, value: bytes, reason: str) -> None:
+            task = asyncio.get_running_loop().create_task(
+                bus.dead_letter(js, SERVICE, f"$KV.{subjects.KV_CONTROL}.{key}", reason, value, wall))
+            letters.add(task)
+            task.add_done_callback(letters.discard)
+
+        store = ControlStore(await bus.control_bucket(js), on_invalid=dead_letter_entry)
         await store.load()
         await store.follow()
-        wall = LiveClock()
         handler = ControlHandler(js, store, wall, holder["pool"])
         await handler.load_recent()
         probes = Probes(broker.connection, wall, settings.latency_service, settings.memory_services,

@@ -47,7 +47,7 @@ LATEST_CALIBRATION = (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STRATEGIES = "vol_target=qmp_core.strategies.vol_target:VolatilityTarget"
+DEFAULT_STRATEGIES = "vol_target=qmp_lab.strategies.vol_target:VolatilityTarget"
 STOP_LOSSES_IN_FLIGHT = 1024  # unacknowledged ClosePosition deliveries: each waits for the next batch
 STOP_LOSS_ACK_WAIT_S = 5.0  # a held stop-loss is redelivered (and held again) this often until a snapshot holds it
 

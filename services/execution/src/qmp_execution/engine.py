@@ -71,7 +71,7 @@ from qmp_core.messages import (
     TradingState,
 )
 from qmp_core.strategy import InvalidWeights, Strategy, check_frame
-from qmp_core.trading_state import combine
+from qmp_core.trading_state import ControlEntries
 from qmp_core.validation import ValidatedBatch, validate_batch
 from qmp_execution.adapters import OrderAck
 from qmp_execution.book import QTY_EPSILON, Portfolio, Working
@@ -379,6 +379,7 @@ class StrategyHost:
         self.rate = RateLimiter(config.max_order_rate, round(config.order_rate_interval_s * NS_PER_SECOND))
         self.risk: RiskSnapshot | None = None
         self.es_scale = 1.0
+        self.es_key = ""  # the risk snapshot's ES key (method_level) that scaled the last batch down, "" if none
         self.stop_losses: dict[str, StopLoss] = {}
         self.error: str | None = None
         self.error_at: int = 0
@@ -621,20 +622,20 @@ class StrategyHost:
             fit(prices)
             self._fitted_at = self._batches
 
-    def _risk_scale(self, target_gross: float, equity: float) -> tuple[float, str]:
-        """Return (scale ≤ 1, note) keeping the projected 99% ES within the budget."""
+    def _risk_scale(self, target_gross: float, equity: float) -> tuple[float, str, str]:
+        """Return (scale ≤ 1, note, the ES key that bound or "") keeping the projected 99% ES within the budget."""
         snapshot = self.risk
         if self.es_budget <= 0.0 or snapshot is None or equity <= 0.0 or target_gross <= 0.0:
-            return 1.0, ""
+            return 1.0, "", ""
         key = next((k for k in self.config.es_keys
                     if math.isfinite(snapshot.es.get(k, math.nan)) and snapshot.es[k] > 0.0), None)
         current_gross = self.portfolio.gross_exposure() / equity
         if key is None or current_gross <= 1e-9:
-            return 1.0, ""
+            return 1.0, "", ""
         projected = snapshot.es[key] / current_gross * target_gross
         if projected <= self.es_budget:
-            return 1.0, ""
-        return self.es_budget / projected, f"ES {key} projected {projected:.2%} > budget {self.es_budget:.2%}"
+            return 1.0, "", ""
+        return self.es_budget / projected, f"ES {key} projected {projected:.2%} > budget {self.es_budget:.2%}", key
 
     def _orders(self, batch: ValidatedBatch, weights: np.ndarray, gross: float, state: TradingState,
                 market: Market, previous: Mapping[str, float], closing: frozenset[str] = frozenset(),
@@ -645,7 +646,7 @@ class StrategyHost:
         price = batch.close
         equity = book.equity()
         size = state.allocation * state.size_multiplier
-        self.es_scale, es_note = self._risk_scale(gross * size, equity)
+        self.es_scale, es_note, self.es_key = self._risk_scale(gross * size, equity)
         scale = equity * size * self.es_scale
         position = np.fromiter((book.positions.get(s, 0.0) for s in symbols), dtype=np.float64, count=n)
         working = np.fromiter((book.working[s].signed_remaining if s in book.working else 0.0 for s in symbols),
@@ -759,7 +760,7 @@ class StrategyHost:
                                  reason=c.stop.reason + caps, reason_code=CODE_STOP_LOSS)
         return OrderAccepted(strategy=self.strategy_id, order_id=order_id, symbol=c.symbol, side=side,
                              quantity=abs(quantity), price=c.price, ts_event=ts_event,
-                             reason=context.format(w=c.weight) + caps)
+                             reason=context.format(w=c.weight) + caps, es_key=self.es_key)
 
     def _stop(self, batch: ValidatedBatch, state: TradingState, error: BaseException, row: np.ndarray | None,
               columns: pd.Index, closing: frozenset[str] = frozenset()) -> list[OrderEvent]:
@@ -836,40 +837,6 @@ def _by_symbol(symbols: Sequence[str]) -> list[int]:
 
 
 # ---------------------------------------------------------------- control entries
-class ControlEntries:
-    """The control bucket's entries in memory (`<strategy>.<source>` → TradingState) and their combination.
-
-    An entry that cannot be decoded counts as HALTED: a corrupt limit must not read as no limit.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[str, TradingState] = {}
-        self._decoder = msgspec.json.Decoder(TradingState)
-
-    def put(self, key: str, value: bytes) -> str:
-        """Store one entry; return the strategy it applies to (`ALL` for every strategy)."""
-        strategy = key.partition(".")[0]
-        try:
-            self._entries[key] = self._decoder.decode(value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as error:
-            log.error("invalid control entry", extra={"key": key, "error": str(error)})
-            self._entries[key] = TradingState(strategy=strategy, status="HALTED",
-                                              reason=f"invalid control entry {key}: {error}")
-        return strategy
-
-    def delete(self, key: str) -> str:
-        self._entries.pop(key, None)
-        return key.partition(".")[0]
-
-    def keys(self) -> list[str]:
-        return sorted(self._entries)
-
-    def effective(self, strategy: str) -> TradingState:
-        """Return the most restrictive combination of the strategy's entries and the ALL entries."""
-        prefixes = (f"{strategy}.", f"{subjects.ALL_STRATEGIES}.")
-        return combine(strategy, (e for k, e in sorted(self._entries.items()) if k.startswith(prefixes)))
-
-
 # ---------------------------------------------------------------- engine
 class ExecutionEngine:
     """Hosts strategies and turns bar batches into gated orders, paper fills and portfolio snapshots."""

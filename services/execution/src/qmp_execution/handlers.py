@@ -41,12 +41,13 @@ from qmp_core.messages import (
     encode,
 )
 from qmp_core.telemetry import extract_context, tracer
+from qmp_core.trading_state import strategy_of
 from qmp_core.validation import BatchRejected
 from qmp_execution.adapters import BrokerAdapter, BrokerOrder, OrderAck, submit_all
 from qmp_execution.engine import BatchResult, ExecutionEngine, StrategyResult
 from qmp_execution.publisher import AckedPublisher
 from qmp_execution.rest import BrokerRejected, BrokerUnavailable, RestBrokerClient
-from qmp_execution.store import ExecutionStore, timestamp
+from qmp_execution.store import ExecutionStore
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,7 @@ SCAN_PER_ROW = 64
 
 PUBLISH_TIMEOUT_S = 30.0
 RISK_FETCH = 256
-__all__ = ["BarHandler", "BrokerCommands", "ControlWatch", "RiskWatch", "StopLossAcks", "StopLossHandler", "recover",
-           "timestamp"]
+__all__ = ["BarHandler", "BrokerCommands", "ControlWatch", "RiskWatch", "StopLossAcks", "StopLossHandler", "recover"]
 
 
 def venue_of(subject: str) -> str:
@@ -317,7 +317,7 @@ class ControlWatch:
             await self.stop()
             raise RuntimeError(f"control bucket {subjects.KV_CONTROL}: initial values not loaded in "
                                f"{timeout_s}s") from None
-        log.info("control state loaded", extra={"keys": self.engine.controls.keys(), "states": {
+        log.info("control state loaded", extra={"keys": list(self.engine.controls), "states": {
             sid: self.engine.state(sid).status for sid in self.engine.hosts}})
 
     async def _run(self) -> None:
@@ -325,7 +325,10 @@ class ControlWatch:
             if entry is None:  # the watcher's marker: every current value has been delivered
                 self.loaded.set()
                 continue
-            self.apply(entry.key, entry.value or b"", entry.operation, entry.revision or 0)
+            invalid = self.apply(entry.key, entry.value or b"", entry.operation, entry.revision or 0)
+            if invalid and self.js is not None:
+                await bus.dead_letter(self.js, SERVICE, f"$KV.{subjects.KV_CONTROL}.{entry.key}", invalid,
+                                      entry.value or b"", self.engine.clock)
 
     async def catch_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> int:
         """Wait until every write the bucket holds now has been applied; return the bucket's last sequence.
@@ -351,10 +354,17 @@ class ControlWatch:
                 await asyncio.wait_for(self._changed.wait(), remaining)
         return last
 
-    def apply(self, key: str, value: bytes, operation: str | None, revision: int = 0) -> None:
-        """Apply one KV change to the engine's entries and log the resulting effective state."""
+    def apply(self, key: str, value: bytes, operation: str | None, revision: int = 0) -> str | None:
+        """Apply one KV change to the engine's entries, log the effective state; return why a value is invalid."""
         controls = self.engine.controls
-        strategy = controls.delete(key) if operation in KV_DELETES else controls.put(key, value)
+        invalid = None
+        if operation in KV_DELETES:
+            controls.delete(key)
+        else:
+            invalid = controls.put(key, value)
+            if invalid:
+                log.error("invalid control entry: the strategy reads as HALTED", extra={"key": key, "error": invalid})
+        strategy = strategy_of(key)
         self.updates += 1
         self.revision = max(self.revision, revision)
         self._changed.set()
@@ -366,6 +376,7 @@ class ControlWatch:
                                              "status": state.status, "reason": state.reason,
                                              "allocation": state.allocation,
                                              "size_multiplier": state.size_multiplier})
+        return invalid
 
     async def stop(self) -> None:
         await bus.stop_watch(self._watcher, self._task)

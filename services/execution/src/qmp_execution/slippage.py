@@ -1,7 +1,7 @@
 """Slippage models of the paper broker: Almgren et al. (2005), the square-root law, and fixed bps.
 
 `almgren` (default): half-spread + eta·sigma·participation^beta + half the permanent impact
-gamma·sigma·(X/V)^alpha·(Theta/V)^delta, with the paper's coefficients (see `qmp_core.kernels.impact`).
+gamma·sigma·(X/V)^alpha·(Theta/V)^delta, with the paper's coefficients (see `qmp_kernels.impact`).
 `sqrt`: half-spread + Y·sigma·sqrt(participation), no permanent term. `fixed`: a constant `fixed_bps`.
 sigma is the symbol's daily volatility, participation = fill size / (ADV × execution time in days).
 
@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 import numpy as np
 from msgspec import Meta, Struct
 
-from qmp_core.kernels import impact
-from qmp_core.kernels.status import NAMES, OK
+from qmp_kernels import impact
+from qmp_kernels.status import NAMES, OK
 
 BPS = 1e-4
 

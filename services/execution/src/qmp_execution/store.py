@@ -6,11 +6,11 @@ needs (COPY alone would fail on the first duplicate key).
 """
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from qmp_core.clock import to_datetime
 from qmp_execution.engine import StrategyResult
 
 FILL_COLUMNS = ("ts", "strategy", "fill_id", "order_id", "symbol", "side", "quantity", "price", "arrival_price",
@@ -20,11 +20,6 @@ EQUITY_COLUMNS = ("ts", "strategy", "cash", "equity", "realized_pnl", "unrealize
 POSITION_COLUMNS = ("ts", "strategy", "symbol", "quantity", "price", "avg_price", "unrealized_pnl")
 
 
-def timestamp(ts_ns: int) -> datetime:
-    """Return an int-ns event time as an aware datetime (microsecond precision, as PostgreSQL keeps)."""
-    seconds, nanos = divmod(ts_ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, tz=UTC) + timedelta(microseconds=nanos // 1000)
-
 
 def rows_of(results: Sequence[StrategyResult]) -> dict[str, list[tuple[Any, ...]]]:
     """Return table -> rows for a batch's results."""
@@ -32,8 +27,8 @@ def rows_of(results: Sequence[StrategyResult]) -> dict[str, list[tuple[Any, ...]
     equity: list[tuple[Any, ...]] = []
     positions: list[tuple[Any, ...]] = []
     for result in results:
-        ts = timestamp(result.ts_event)
-        fills.extend((timestamp(f.ts_event), f.strategy, f.fill_id, f.order_id, f.symbol, f.side, f.quantity, f.price,
+        ts = to_datetime(result.ts_event)
+        fills.extend((to_datetime(f.ts_event), f.strategy, f.fill_id, f.order_id, f.symbol, f.side, f.quantity, f.price,
                       f.arrival_price, f.slippage_bps, f.fee, f.participation, f.daily_vol, f.adv, f.remaining)
                      for f in result.fills)
         s = result.snapshot

@@ -4,7 +4,7 @@ Synchronous and free of I/O; the clock and settings are injected. Handlers feed 
 carry out what it returns, in order: control commands first, then stop-loss orders, breaker events, and
 the snapshot.
 
-Measures, on every portfolio snapshot (formulas in the kernels' docstrings, qmp_core/kernels/*):
+Measures, on every portfolio snapshot (formulas in the kernels' docstrings, qmp_kernels/*):
 - VaR / ES by seven methods at every level in `var_levels` (keys `<method>_<level>`: historical_99,
   normal_95, student_t_975, cornish_fisher_99, fhs_ewma_99, fhs_garch_99, evt_99, ...), by full
   revaluation of the current positions over the kept bar history: scenario k's P&L is
@@ -42,19 +42,13 @@ import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
 import numpy as np
 
 from qmp_core import subjects
-from qmp_core.clock import NS_PER_HOUR, NS_PER_SECOND, Clock
-from qmp_core.kernels import backtest as bt
-from qmp_core.kernels import status as kernel_status
-from qmp_core.kernels.methods import METHOD_NAMES, N_METHODS, all_methods, level_key, var_es_methods_nb
-from qmp_core.kernels.var import historical_var_es_levels_nb
-from qmp_core.kernels.vol import vol_ratio_1d_nb
+from qmp_core.clock import NS_PER_HOUR, NS_PER_SECOND, Clock, to_datetime
 from qmp_core.messages import (
     BarBatch,
     BreakerEvent,
@@ -73,6 +67,11 @@ from qmp_core.messages import (
     VarBacktest,
 )
 from qmp_core.validation import BatchRejected, ValidatedBatch, validate_batch
+from qmp_kernels import backtest as bt
+from qmp_kernels import status as kernel_status
+from qmp_kernels.methods import METHOD_NAMES, N_METHODS, all_methods, level_key, var_es_methods_nb
+from qmp_kernels.var import historical_var_es_levels_nb
+from qmp_kernels.vol import vol_ratio_1d_nb
 from qmp_risk.config import RiskSettings
 from qmp_risk.history import PriceHistory
 from qmp_risk.symbols import SymbolParams, SymbolRisk
@@ -612,7 +611,8 @@ class RiskEngine:
             return
         age_s = (now - oldest) / NS_PER_SECOND
         what = "any symbol" if symbol == "*" else symbol
-        reason = (f"stale data: no bar for {what} since {_iso(oldest)} ({age_s / 3600:.1f}h > "
+        since = to_datetime(oldest).isoformat(timespec="seconds")
+        reason = (f"stale data: no bar for {what} since {since} ({age_s / 3600:.1f}h > "
                   f"{self.settings.stale_data_s / 3600:.1f}h)")
         self._trip_halt(state, strategy, now, BREAKER_STALE, age_s, self.settings.stale_data_s, reason, events,
                         commands)
@@ -626,7 +626,8 @@ class RiskEngine:
                 state.news_event = event.event_id  # the window reopened before the release got through
                 return
             state.news_event = event.event_id
-            detail = f"{event.name} ({event.event_id}, {event.impact}) {_iso(event.start)} .. {_iso(event.end)}"
+            start, end = (to_datetime(ts).isoformat(timespec="seconds") for ts in (event.start, event.end))
+            detail = f"{event.name} ({event.event_id}, {event.impact}) {start} .. {end}"
             remaining_s = (event.end - now) / NS_PER_SECOND
             events.append(BreakerTripped(strategy=strategy, breaker=BREAKER_NEWS, value=remaining_s, threshold=0.0,
                                          action=f"defensive, max_order_fraction={cap:g}", ts_event=now, detail=detail))
@@ -745,9 +746,6 @@ def _reason(code: int, method: str, observations: int) -> str:
         return f"{name}: the fitted GPD tail has shape >= 1, so ES is infinite"
     return f"{name}: {method} rejected its input"
 
-
-def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts / NS_PER_SECOND, tz=UTC).isoformat(timespec="seconds")
 
 
 def _command_id(breaker: str, strategy: str, ts: int, release: bool = False) -> str:

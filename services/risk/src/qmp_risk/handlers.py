@@ -16,7 +16,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -30,7 +29,7 @@ from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
 
 from qmp_core import bus, subjects
-from qmp_core.clock import NS_PER_SECOND, Clock, ReplayClock
+from qmp_core.clock import Clock, ReplayClock, to_datetime
 from qmp_core.db import connect_pool
 from qmp_core.messages import (
     BarBatch,
@@ -70,11 +69,6 @@ INSERT_BREAKER_EVENT = (
 def _json(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
-
-def timestamp(ts_ns: int) -> datetime:
-    """Return an int-ns event time as an aware UTC datetime (microsecond precision, like timestamptz)."""
-    seconds, nanos = divmod(ts_ns, NS_PER_SECOND)
-    return datetime.fromtimestamp(seconds, tz=UTC) + timedelta(microseconds=nanos // 1_000)
 
 
 def _source_id(msg: NatsMessage) -> str | None:
@@ -281,7 +275,7 @@ class RiskHandlers:
 
     async def _publish_event(self, event: BreakerEvent) -> None:
         kind = type(event).__name__
-        await self._execute(INSERT_BREAKER_EVENT, timestamp(event.ts_event), event.strategy, event.breaker, kind,
+        await self._execute(INSERT_BREAKER_EVENT, to_datetime(event.ts_event), event.strategy, event.breaker, kind,
                             event.value, event.threshold, event.action, event.detail)
         await bus.publish(self.js, subjects.breaker_events(event.strategy), event,
                           msg_id=f"{event.strategy}:{event.breaker}:{kind}:{event.ts_event}")
@@ -291,7 +285,7 @@ class RiskHandlers:
 
     async def _write_snapshot(self, snapshot: RiskSnapshot) -> None:
         await self._execute(
-            INSERT_SNAPSHOT, timestamp(snapshot.ts_event), snapshot.strategy, snapshot.equity,
+            INSERT_SNAPSHOT, to_datetime(snapshot.ts_event), snapshot.strategy, snapshot.equity,
             msgspec.json.encode(snapshot.var).decode(), msgspec.json.encode(snapshot.es).decode(),
             snapshot.drawdown_24h, snapshot.drawdown_max, snapshot.volatility_ratio, snapshot.breakers,
             snapshot.status, snapshot.observations, snapshot.drawdown, _json(snapshot.positions),

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qmp_core.kernels import incremental as inc
-from qmp_core.kernels import status as kernel_status
-from qmp_core.kernels.evt import evt_peaks_nb
-from qmp_core.kernels.fhs import GARCH_MIN_OBSERVATIONS
-from qmp_core.kernels.methods import METHOD_NAMES, N_METHODS, level_key
-from qmp_core.kernels.threads import blocks, run_blocks
-from qmp_core.kernels.var import TAIL_MARGIN, tail_index_nb
+from qmp_kernels import incremental as inc
+from qmp_kernels import status as kernel_status
+from qmp_kernels.evt import evt_peaks_nb
+from qmp_kernels.fhs import GARCH_MIN_OBSERVATIONS
+from qmp_kernels.methods import METHOD_NAMES, N_METHODS, level_key
+from qmp_kernels.threads import blocks, run_blocks
+from qmp_kernels.var import TAIL_MARGIN, tail_index_nb
 
 INITIAL_ROWS = 64
 NEVER = -(2**62)

@@ -2,6 +2,6 @@
 gate readings and evaluations (`gates`) and the phase machine (`rollout`). Clock and config are injected.
 """
 
-from qmp_deployer.engine.control import ControlDecision, decide, effective_state, entry_keys
+from qmp_deployer.engine.control import ControlDecision, decide, entry_keys
 
-__all__ = ["ControlDecision", "decide", "effective_state", "entry_keys"]
+__all__ = ["ControlDecision", "decide", "entry_keys"]

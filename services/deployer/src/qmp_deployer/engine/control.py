@@ -5,6 +5,7 @@ strategy. A halt is latched in the issuing source's entry; only a resume (operat
 halts, in every source's entry of that strategy (`ALL` included when the target is `ALL`).
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -13,7 +14,6 @@ from qmp_core import subjects, trading_state
 from qmp_core.messages import ControlCommand, ReleaseSafeMode, Resume, TradingState
 
 RESUMERS = frozenset({"operator", "deployer"})
-SOURCES = ("operator", "risk", "deployer")
 
 
 @dataclass(frozen=True)
@@ -25,19 +25,11 @@ class ControlDecision:
 
 
 def entry_keys(strategy: str) -> list[str]:
-    return [subjects.control_key(strategy, source) for source in SOURCES]
-
-
-def effective_state(strategy: str, entries: dict[str, TradingState]) -> TradingState:
-    """Combine a strategy's entries with the ALL entries."""
-    keys = entry_keys(strategy)
-    if strategy != subjects.ALL_STRATEGIES:
-        keys += entry_keys(subjects.ALL_STRATEGIES)
-    return trading_state.combine(strategy, [entries[key] for key in keys if key in entries])
+    return [subjects.control_key(strategy, source) for source in trading_state.SOURCES]
 
 
 def decide(
-    strategy: str, command: ControlCommand, entries: dict[str, TradingState], ts_event: int
+    strategy: str, command: ControlCommand, entries: Mapping[str, TradingState], ts_event: int
 ) -> ControlDecision:
     """Return the entries a command changes and the effective state after it, or a rejection."""
     source = command.issued_by
@@ -66,4 +58,4 @@ def decide(
                 )
     changed[own_key] = trading_state.apply(own, command, ts_event)
     merged = {**entries, **changed}
-    return ControlDecision(True, "", changed, effective_state(strategy, merged))
+    return ControlDecision(True, "", changed, trading_state.effective_state(strategy, merged))

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -17,7 +18,8 @@ from qmp_core import bus, subjects
 from qmp_core.clock import Clock
 from qmp_core.messages import ControlApplied, ControlCommand, ControlReply, TradingState, codec, encode
 from qmp_core.telemetry import tracer
-from qmp_deployer.engine import decide, effective_state
+from qmp_core.trading_state import ControlEntries
+from qmp_deployer.engine import decide
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -36,11 +38,11 @@ class ControlStore:
     Compare-and-set keeps the writes right either way: a stale entry only costs a refresh and a retry.
     """
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, on_invalid: Callable[[str, bytes, str], None] | None = None) -> None:
         self.kv = kv
-        self.entries: dict[str, TradingState] = {}
+        self.entries = ControlEntries()
         self.revisions: dict[str, int] = {}
-        self._decoder = codec(TradingState)
+        self._on_invalid = on_invalid  # (key, value, reason): the app dead-letters a value that is no TradingState
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -71,26 +73,28 @@ class ControlStore:
         if revision <= self.revisions.get(key, 0):
             return
         if operation in ("DEL", "PURGE") or not value:
-            self.entries.pop(key, None)
+            self.entries.delete(key)
             self.revisions[key] = revision  # a later create must be a CAS update on this revision
             return
-        try:
-            self.entries[key] = self._decoder.decode(value)
-        except (msgspec.DecodeError, msgspec.ValidationError) as error:
-            log.error("control bucket entry not a TradingState; the mirror keeps the previous one",
-                      extra={"key": key, "revision": revision, "error": str(error)})
-            return
+        self._put(key, value)
         self.revisions[key] = revision
+
+    def _put(self, key: str, value: bytes) -> None:
+        invalid = self.entries.put(key, value)
+        if invalid:
+            log.error("invalid control entry: the strategy reads as HALTED", extra={"key": key, "error": invalid})
+            if self._on_invalid is not None:
+                self._on_invalid(key, value, invalid)
 
     async def refresh(self, key: str) -> None:
         try:
             entry = await self.kv.get(key)
         except KeyNotFoundError:
-            self.entries.pop(key, None)
+            self.entries.delete(key)
             self.revisions.pop(key, None)
             return
         if entry.value:
-            self.entries[key] = self._decoder.decode(entry.value)
+            self._put(key, entry.value)
             self.revisions[key] = entry.revision or 0
 
     async def write(self, changed: dict[str, TradingState]) -> bool:
@@ -105,12 +109,12 @@ class ControlStore:
             except KeyWrongLastSequenceError:
                 await self.refresh(key)
                 return False
-            self.entries[key] = state
+            self.entries.set_entry(key, state)
             self.revisions[key] = revision
         return True
 
     def strategies(self) -> set[str]:
-        return {key.split(".", 1)[0] for key in self.entries}
+        return self.entries.strategies()
 
 
 class ControlHandler:
@@ -167,7 +171,7 @@ class ControlHandler:
                 decision = decide(strategy, command, self.store.entries, now)
                 if not decision.accepted:
                     return ControlReply(accepted=False, reason=decision.reason, command_id=command.command_id,
-                                        state=effective_state(strategy, self.store.entries), ts_event=now)
+                                        state=self.store.entries.effective(strategy), ts_event=now)
                 if await self.store.write(decision.changed):
                     break
             else:
@@ -251,7 +255,7 @@ class ControlHandler:
         if strategy == subjects.ALL_STRATEGIES:
             targets |= self.store.strategies()
         for target in sorted(targets):
-            state = effective_state(target, self.store.entries)
+            state = self.store.entries.effective(target)
             await self.nc.publish(subjects.state(target), encode(state), headers=bus.headers_for(None))
 
     def _remember(self, key: tuple[str, str], reply: ControlReply) -> None:

@@ -23,7 +23,6 @@ import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -36,7 +35,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 from nats.js.kv import KeyValue
 
 from qmp_core import bus, subjects
-from qmp_core.clock import NS_PER_SECOND, Clock, ReplayClock
+from qmp_core.clock import NS_PER_SECOND, Clock, ReplayClock, to_datetime
 from qmp_core.messages import (
     BrokerCommand,
     BrokerReply,
@@ -52,7 +51,6 @@ from qmp_core.messages import (
     encode,
 )
 from qmp_core.telemetry import tracer
-from qmp_deployer.engine import effective_state
 from qmp_deployer.engine.gates import Monitor, Reading
 from qmp_deployer.engine.plan import PROBE_SOURCES, Plan
 from qmp_deployer.engine.rollout import (
@@ -84,11 +82,6 @@ INSERT_EVENT = (
 )
 SEEN_COMMAND = "SELECT 1 FROM deployment_events WHERE strategy = $1 AND command_id = $2 LIMIT 1"
 
-
-def timestamp(ts_ns: int) -> datetime:
-    """Return int-ns event time as an aware UTC datetime (what timestamptz holds)."""
-    seconds, nanos = divmod(ts_ns, NS_PER_SECOND)
-    return datetime.fromtimestamp(seconds, tz=UTC) + timedelta(microseconds=nanos // 1_000)
 
 
 def default_instance_id() -> str:
@@ -392,7 +385,7 @@ class RolloutService:
         wanted = state.plan if is_active(state) and state is not None else getattr(command, "plan", "")
         plan = self.plans.get(wanted) or next(iter(self.plans.values()))
         return Context(now_ns=self.clock.now_ns(), epoch=self.lease.epoch, plan=plan,
-                       trading=effective_state(strategy, self.control.store.entries),
+                       trading=self.control.store.entries.effective(strategy),
                        var_book=self.monitor.var_book(plan.portfolio_var_key))
 
     # ------------------------------------------------------------ gates
@@ -439,7 +432,7 @@ class RolloutService:
 
     async def _evaluate(self, strategy: str, plan: Plan, now: int) -> None:
         state = self.states[strategy]
-        trading = effective_state(strategy, self.control.store.entries)
+        trading = self.control.store.entries.effective(strategy)
         allocation = min(state.allocation, trading.allocation)
         readings: dict[str, Reading] = {
             name: self.monitor.reading(strategy, spec, now, allocation)
@@ -545,7 +538,7 @@ class RolloutService:
                           msg_id=f"{event.strategy}:{event.rollout_id}:{event.seq}")
         if self.pool is not None:
             await self.pool.execute(
-                INSERT_EVENT, timestamp(event.ts_event), event.strategy, event.rollout_id, event.seq, event.kind,
+                INSERT_EVENT, to_datetime(event.ts_event), event.strategy, event.rollout_id, event.seq, event.kind,
                 event.phase_from, event.phase_to, event.status, event.trigger, event.actor, event.command_id,
                 event.allocation_before, event.allocation_after, encode(event.metrics).decode(),
                 encode(event.thresholds).decode(), event.reason, event.epoch,

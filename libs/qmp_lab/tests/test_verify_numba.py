@@ -1,0 +1,34 @@
+"""numba: the kernel's answers agree with pandas and numpy, and the timings are reported as ratios."""
+
+from pathlib import Path
+
+import numpy as np
+
+from qmp_kernels.var import rolling_historical_var_es
+from qmp_lab.verify import numba_speed
+from qmp_lab.verify.core import StrategyTarget, VerifyContext
+
+
+def test_numpy_var_es_when_compared_with_kernel_then_equal():
+    returns = np.random.default_rng(1).standard_t(3, size=(400, 30)) * 0.01
+
+    var, es = numba_speed.numpy_var_es(returns, 250, 0.99)
+    k_var, k_es, _ = rolling_historical_var_es(returns, 250, 0.99)
+
+    np.testing.assert_array_equal(var[249:], k_var[249:])
+    np.testing.assert_allclose(es[249:], k_es[249:], rtol=0, atol=1e-15)
+    assert np.isnan(var[:249]).all()
+
+
+def test_numba_run_when_small_problem_then_answers_agree_and_ratios_reported(tmp_path: Path):
+    ctx = VerifyContext(target=StrategyTarget("qmp_lab.strategies.vol_target:VolatilityTarget"), out_dir=tmp_path,
+                        quick=True, options={"symbols": 40, "days": 600, "numpy_symbols": 10, "repeats": 1,
+                                             "fresh_process": False})
+
+    result = numba_speed.run(ctx)
+
+    agree = next(c for c in result.checks if c.name == "kernel agrees with pandas and numpy")
+    assert agree.passed is True
+    assert result.metrics["pandas_ratio"] > 0 and result.metrics["numpy_ratio"] > 0
+    assert result.metrics["ns_per_cell"]["kernel"] > 0
+    assert (tmp_path / result.charts[0]).stat().st_size > 0

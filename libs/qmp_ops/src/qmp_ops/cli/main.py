@@ -1,0 +1,179 @@
+"""The `qmp` command: up, demo, halt, resume, status."""
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from qmp_ops.cli.control import gather_status, send_control
+from qmp_ops.runtime.supervisor import CONNECTION_FILE, Connection, Stack, StackOptions, redacted
+
+app = typer.Typer(help="QMP: take a trading strategy from paper to full capital without blowing up.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+HOME = Path(".qmp")
+
+
+@app.command()
+def up(
+    source: Annotated[str, typer.Option(help="market data: synthetic | history")] = "synthetic",
+    symbols: Annotated[int, typer.Option(help="synthetic universe size")] = 50,
+    bar_seconds: Annotated[int, typer.Option(help="synthetic bar length in event time")] = 60,
+    rate: Annotated[float, typer.Option(help="batches per second (0 = as fast as possible)")] = 10.0,
+    start: Annotated[str, typer.Option(help="history start date")] = "2007-01-01",
+    end: Annotated[str, typer.Option(help="history end date")] = "2009-12-31",
+    strategies: Annotated[str, typer.Option(help="id=package.module:Class, comma-separated")] = (
+        "vol_target=qmp_lab.strategies.vol_target:VolatilityTarget"),
+) -> None:
+    """Start NATS, PostgreSQL and the four services, with market data flowing; Ctrl-C stops all."""
+    collector = {"QMP_SOURCE": source, "QMP_REPLAY_RATE": str(rate)}
+    if source == "synthetic":
+        collector |= {"QMP_VENUE": "synth", "QMP_SYMBOLS": str(symbols), "QMP_BAR_SECONDS": str(bar_seconds)}
+    elif source == "history":
+        collector |= {"QMP_VENUE": "sp500", "QMP_START": start, "QMP_END": end}
+    else:
+        raise typer.BadParameter(f"source must be synthetic or history, got {source!r}")
+    options = StackOptions(home=HOME, clock="replay",
+                           service_env={"collector": collector, "execution": {"QMP_STRATEGIES": strategies}})
+    stack = Stack(options)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with console.status("starting NATS and PostgreSQL…"):
+            connection = stack.start_servers()
+        for service in options.services:
+            with console.status(f"starting {service}…"):
+                stack.start_service(service)
+                asyncio.run(stack.wait_healthy(service))
+            console.print(f"[green]✓[/] {service}")
+        console.print(f"connection details: {CONNECTION_FILE} (NATS {connection.nats_url}, "
+                      f"database {redacted(connection.database_url)})")
+        console.print(f"logs and traces: {stack.run_dir}  —  Ctrl-C stops everything")
+        while not stack.dead_services():
+            time.sleep(0.5)
+        dead = stack.dead_services()[0]
+        console.print(f"[red]{dead} exited[/]:\n{stack.log_tail(dead)}")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        stack.stop()
+        console.print("stopped")
+
+
+@app.command()
+def demo(
+    start: Annotated[str, typer.Option(help="replay start date")] = "2007-01-01",
+    end: Annotated[str, typer.Option(help="replay end date")] = "2009-12-31",
+    reports: Annotated[Path, typer.Option(help="where the report goes")] = Path("reports"),
+) -> None:
+    """Replay 2007-2009 S&P 500 history through the whole stack and report equity, drawdown, VaR."""
+    from qmp_ops.cli.demo import run_demo
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run_demo(console, start, end, HOME, reports)
+    except KeyboardInterrupt:
+        console.print("interrupted: stack stopped")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def halt(
+    strategy: Annotated[str, typer.Argument(help="strategy id, or ALL")],
+    reason: Annotated[str, typer.Option(help="why; recorded in the audit trail")] = "operator halt",
+) -> None:
+    """Halt a strategy's new orders (latched until `qmp resume`)."""
+    _print_reply(asyncio.run(send_control(Connection.read(), strategy, {"command": "halt", "reason": reason})))
+
+
+@app.command()
+def resume(
+    strategy: Annotated[str, typer.Argument(help="strategy id, or ALL")],
+    safe: Annotated[bool, typer.Option("--safe", help="resume at half size until the next clean gate")] = False,
+) -> None:
+    """Lift a halt."""
+    body = {"command": "resume", "mode": "safe" if safe else "normal"}
+    _print_reply(asyncio.run(send_control(Connection.read(), strategy, body)))
+
+
+@app.command()
+def status(
+    watch: Annotated[bool, typer.Option("--watch", help="refresh every second")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show services' health and strategies' trading state."""
+    connection = Connection.read()
+    if as_json:
+        console.print_json(json.dumps(asyncio.run(gather_status(connection))))
+        return
+    if not watch:
+        console.print(_status_tables(asyncio.run(gather_status(connection))))
+        return
+    with Live(console=console, refresh_per_second=2) as live:
+        while True:
+            live.update(_status_tables(asyncio.run(gather_status(connection))))
+            time.sleep(1.0)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Treat SIGTERM like Ctrl-C so the stack stops in order."""
+    raise KeyboardInterrupt
+
+
+def _status_tables(status: dict) -> Table:
+    table = Table(title="QMP status")
+    for column in ("what", "status", "detail"):
+        table.add_column(column)
+    for name, health in status["services"].items():
+        colour = "green" if health.get("status") == "ok" else "red"
+        table.add_row(name, f"[{colour}]{health.get('status')}[/]", _brief(health.get("detail", {})))
+    for strategy, state in sorted(status["strategies"].items()):
+        colour = {"ACTIVE": "green", "REDUCING": "yellow", "HALTED": "red"}[state["status"]]
+        detail = (f"allocation {state['allocation']:.2f}, size × {state['size_multiplier']:.2f}, "
+                  f"max order {state['max_order_fraction']:.2f}" + (f", {state['reason']}" if state["reason"] else ""))
+        table.add_row(f"strategy {strategy}", f"[{colour}]{state['status']}[/]", detail)
+    return table
+
+
+def _brief(detail: dict) -> str:
+    """Return a service's scalar health figures as `key=value` pairs."""
+    return ", ".join(f"{key}={value}" for key, value in detail.items() if isinstance(value, str | int | float | bool))
+
+
+def _print_reply(reply: dict) -> None:
+    console.print_json(json.dumps(reply))
+    if not reply.get("accepted"):
+        raise typer.Exit(1)
+
+
+# The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
+# the Numba kernels, so they are registered only when the command line may need them.
+FAST_COMMANDS = frozenset({"up", "demo", "halt", "resume", "status"})
+
+
+def register_extensions() -> None:
+    """Add deploy, rollout, history, verify, risk, stress and slippage to the app."""
+    from qmp_ops.cli.deploy import register as register_deploy
+    from qmp_ops.cli.risk import register as register_risk
+    from qmp_ops.cli.slippage import app as slippage_app
+    from qmp_ops.cli.verify import register as register_verify
+
+    register_deploy(app)  # deploy, history, rollout <verb>
+    app.add_typer(slippage_app, name="slippage")  # slippage calibrate
+    register_verify(app)  # verify
+    register_risk(app)  # risk var | report, stress
+
+
+if next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None) not in FAST_COMMANDS:
+    register_extensions()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,111 @@
+"""`qmp verify <strategy> [--test NAME]`: prove a strategy and the system are safe to deploy.
+
+Exit code 0 when every test passed, 1 when one failed, 3 when one could not be carried out; the report
+(Markdown, JSON, PNG) goes to `reports/verify-<strategy>-<time>/` and the result to
+`.qmp/verify/<strategy>/latest.json`, which `qmp_lab.verify.gate.check_deployable` reads. Verifying a
+strategy id that a running stack hosts and seeing it fail halts it, locks it and raises an alert.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console()
+HOME = Path(".qmp")
+TEST_NAMES = "walk_forward, fat_tail, black_swan, slippage, numba"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `qmp verify` to the qmp command."""
+    app.command(name="verify")(verify)
+
+
+def verify(
+    strategy: Annotated[str, typer.Argument(help="package.module:Class, or a strategy id the running stack hosts")],
+    test: Annotated[list[str] | None, typer.Option("--test", help=f"run only these (repeatable): {TEST_NAMES}")] = None,
+    config: Annotated[str, typer.Option(help="strategy config as a JSON object")] = "",
+    strategy_id: Annotated[str, typer.Option("--id", help="the id it is deployed under (for the deploy gate)")] = "",
+    reports: Annotated[Path, typer.Option(help="where the report goes")] = Path("reports"),
+    start: Annotated[str, typer.Option(help="history start for walk_forward and fat_tail")] = "",
+    end: Annotated[str, typer.Option(help="history end for walk_forward and fat_tail")] = "",
+    grid: Annotated[str, typer.Option(help="walk_forward: configurations tried, JSON setting → list")] = "",
+    trials: Annotated[int, typer.Option(help="walk_forward: configurations tried in research (DSR), if more")] = 0,
+    vol_target: Annotated[float, typer.Option(help="black_swan: stated annual volatility target")] = 0.10,
+    monte_carlo: Annotated[int, typer.Option(help="black_swan: also replay this many simulated crises")] = 0,
+    episodes: Annotated[str, typer.Option(help="black_swan: comma-separated episodes (default all)")] = "",
+    quick: Annotated[bool, typer.Option("--quick", help="short histories and samples (smoke run)")] = False,
+    halt: Annotated[bool, typer.Option(help="halt a running strategy id whose verification fails")] = True,
+    alert_command: Annotated[str, typer.Option(envvar="QMP_ALERT_COMMAND", help="run on failure, JSON on stdin")] = "",
+    alert_webhook: Annotated[str, typer.Option(envvar="QMP_ALERT_WEBHOOK", help="POST the alert here")] = "",
+) -> None:
+    """Run the verification suite on a strategy; exit non-zero unless every test passed."""
+    from qmp_core.strategy import StrategyLoadError
+    from qmp_lab.verify.core import StrategyTarget, VerificationError
+    from qmp_lab.verify.runner import resolve_tests, run_verification
+    from qmp_ops.emergency import emergency_halt, resolve_running_strategy
+    from qmp_ops.replay import stack_replay
+    from qmp_ops.runtime.supervisor import Connection
+
+    try:
+        tests = resolve_tests(test)
+        parsed_config = json.loads(config) if config else None
+        options = {"vol_target": vol_target, "monte_carlo": monte_carlo, "trials": trials}
+        if grid:
+            options["grid"] = json.loads(grid)
+        if episodes:
+            options["episodes"] = [e.strip() for e in episodes.split(",") if e.strip()]
+        options |= {k: v for k, v in (("start", start), ("end", end)) if v}
+    except (ValueError, json.JSONDecodeError) as error:
+        raise typer.BadParameter(str(error)) from error
+    connection = None
+    running = ":" not in strategy
+    try:
+        if running:
+            connection = Connection.read(HOME / "connection.json")
+            target = resolve_running_strategy(strategy, connection)
+            if parsed_config is not None:
+                target = StrategyTarget(target.path, parsed_config, target.strategy_id, target.pythonpath)
+        else:
+            target = StrategyTarget(strategy, parsed_config, strategy_id=strategy_id)
+        if target.pythonpath:
+            sys.path[:0] = [p for p in target.pythonpath.split(":") if p and p not in sys.path]
+        target.build()
+    except (FileNotFoundError, VerificationError, StrategyLoadError) as error:
+        console.print(f"[red]cannot verify {strategy}[/]: {error}")
+        raise typer.Exit(2) from None
+
+    console.print(f"verifying [bold]{target.path}[/]" + (f" (id {target.strategy_id})" if target.strategy_id else "")
+                  + f": {', '.join(tests)}")
+
+    def show(result) -> None:
+        colour = {"pass": "green", "fail": "red", "error": "yellow", "skipped": "dim"}[result.status]
+        console.print(f"[{colour}]{result.status.upper():7}[/] {result.name} ({result.seconds:.1f} s): "
+                      f"{escape(result.summary)}")
+        for check in result.checks:
+            mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "·"}[check.passed]
+            console.print(f"   {mark} {escape(check.name)}: {escape(check.detail)}", highlight=False)
+
+    run = run_verification(target, tests, reports=reports, home=HOME, options=options, quick=quick,
+                           log=lambda message: console.print(f"[dim]{escape(message)}[/]", highlight=False),
+                           on_result=show, stack_replay=stack_replay)
+    table = Table(title=f"qmp verify {target.label}")
+    for column in ("test", "status", "seconds"):
+        table.add_column(column)
+    for result in run.results:
+        table.add_row(result.name, result.status, f"{result.seconds:.1f}")
+    console.print(table)
+    console.print(f"report: {run.report}  (JSON: {run.report.with_suffix('.json')})")
+    console.print(f"deploy gate record: {run.record}")
+    if run.exit_code != 0 and running and halt:
+        failed = ", ".join(r.name for r in run.results if r.status in ("fail", "error"))
+        outcome = emergency_halt(target.strategy_id, f"verification failed: {failed}", HOME, connection,
+                                 report=str(run.report), alert_command=alert_command, alert_webhook=alert_webhook)
+        console.print(f"[red]emergency protocol[/]: halt {outcome['halt']}, lock {outcome['lock']}, "
+                      f"alert {outcome['alert']}")
+    raise typer.Exit(run.exit_code)

@@ -1,0 +1,152 @@
+"""Replays through the whole stack: follow what one strategy's run publishes until the replay is done.
+
+`qmp demo` and the black_swan verification both start a fresh stack in replay mode and watch it: one
+observer (`RunObserver`) and one loop (`follow`) that stops at a condition, fails fast when a service
+dies, and gives up when no risk snapshot arrives for `stall_timeout_s`.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from qmp_core import subjects
+from qmp_core.clock import NS_PER_DAY
+from qmp_lab.verify.core import VerificationError
+from qmp_ops.runtime.supervisor import Stack, StackOptions
+
+STALL_TIMEOUT_S = 90.0
+
+
+class ReplayFailed(RuntimeError):
+    """A service died during the replay, or the replay stalled."""
+
+
+@dataclass
+class RunObserver:
+    """Collect what a run publishes for one strategy (core subscriptions on the stream subjects)."""
+
+    strategy: str
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+    accepted: int = 0
+    denied: int = 0
+    denial_reasons: dict[str, int] = field(default_factory=dict)
+    fills: int = 0
+    slippage_bps: list[float] = field(default_factory=list)
+    breaker_events: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[tuple[int, bool]] = field(default_factory=list)  # (ts_event, accepted)
+    fill_records: list[tuple[int, float]] = field(default_factory=list)  # (ts_event, slippage_bps)
+    es_keys: list[str] = field(default_factory=list)  # the ES key that sized each accepted order, where one did
+    _subscriptions: list[Any] = field(default_factory=list)
+
+    async def start(self, nc: nats.NATS) -> None:
+        self._subscriptions = [
+            await nc.subscribe(subjects.snapshot(self.strategy), cb=self._on_snapshot, pending_msgs_limit=-1),
+            await nc.subscribe(subjects.orders(self.strategy), cb=self._on_order, pending_msgs_limit=-1),
+            await nc.subscribe(subjects.fills(self.strategy), cb=self._on_fill, pending_msgs_limit=-1),
+            await nc.subscribe(subjects.breaker_events(self.strategy), cb=self._on_breaker),
+        ]
+
+    async def stop(self) -> None:
+        for subscription in self._subscriptions:
+            await subscription.unsubscribe()
+
+    @property
+    def last_ts(self) -> int:
+        """Return the newest event time among the snapshots seen (they may arrive out of order)."""
+        return max((snapshot["ts_event"] for snapshot in self.snapshots), default=0)
+
+    async def _on_snapshot(self, msg: Any) -> None:
+        self.snapshots.append(json.loads(msg.data))
+
+    async def _on_order(self, msg: Any) -> None:
+        decision = json.loads(msg.data)
+        event = decision.get("event")
+        if event == "OrderDenied":
+            self.denied += 1
+            code = decision.get("reason_code") or decision.get("reason", "")
+            self.denial_reasons[code] = self.denial_reasons.get(code, 0) + 1
+        elif event == "OrderAccepted":
+            self.accepted += 1
+            if decision.get("es_key"):
+                self.es_keys.append(decision["es_key"])
+        else:  # cancels and replacements are neither
+            return
+        self.decisions.append((decision["ts_event"], event == "OrderAccepted"))
+
+    async def _on_fill(self, msg: Any) -> None:
+        fill = json.loads(msg.data)
+        self.fills += 1
+        self.slippage_bps.append(float(fill.get("slippage_bps", 0.0)))
+        self.fill_records.append((fill["ts_event"], float(fill.get("slippage_bps", 0.0))))
+
+    async def _on_breaker(self, msg: Any) -> None:
+        self.breaker_events.append(json.loads(msg.data))
+
+
+async def start_services(stack: Stack) -> None:
+    """Start the stack's services in order, each once the previous one answers its health request."""
+    for service in stack.options.services:
+        stack.start_service(service)
+        await stack.wait_healthy(service)
+
+
+async def follow(stack: Stack, observer: RunObserver, done: Callable[[RunObserver], bool],
+                 on_snapshot: Callable[[RunObserver], None] | None = None,
+                 stall_timeout_s: float = STALL_TIMEOUT_S) -> None:
+    """Wait until `done(observer)`, calling `on_snapshot` as snapshots arrive; ReplayFailed on a death or a stall."""
+    seen, last_change = len(observer.snapshots), time.monotonic()
+    while not done(observer):
+        await asyncio.sleep(0.1)
+        if len(observer.snapshots) != seen:
+            seen, last_change = len(observer.snapshots), time.monotonic()
+            if on_snapshot is not None:
+                on_snapshot(observer)
+        dead = stack.dead_services()
+        if dead:
+            raise ReplayFailed(f"{dead[0]} died during the replay:\n{stack.log_tail(dead[0])}")
+        if time.monotonic() - last_change > stall_timeout_s:
+            raise ReplayFailed(f"no risk snapshot for {stall_timeout_s:.0f}s after {seen}; logs in "
+                               f"{stack.run_dir / 'logs'}")
+
+
+def stack_replay(strategy_id: str, service_env: dict[str, dict[str, str]], home: Path, until_day_ns: int,
+                 log: Callable[[str], None]) -> RunObserver:
+    """Replay through a fresh stack until risk has published the day `until_day_ns`; return what was seen.
+
+    This is the `StackReplay` the verification suite's black_swan test runs its crises with.
+    """
+    stack = Stack(StackOptions(home=home, clock="replay", fresh=True, service_env=service_env))
+
+    def reached(observer: RunObserver) -> bool:
+        return bool(observer.snapshots) and observer.last_ts - observer.last_ts % NS_PER_DAY >= until_day_ns
+
+    def progress(observer: RunObserver) -> None:
+        if len(observer.snapshots) % 250 == 0:
+            day = time.strftime("%Y-%m-%d", time.gmtime(observer.last_ts // 1_000_000_000))
+            log(f"replay: {day} ({len(observer.snapshots)} snapshots)")
+
+    async def run() -> RunObserver:
+        observer = RunObserver(strategy_id)
+        nc = await stack.connection.connect()
+        await observer.start(nc)
+        try:
+            await start_services(stack)
+            await follow(stack, observer, reached, progress)
+        finally:
+            await observer.stop()
+            await nc.close()
+        return observer
+
+    try:
+        stack.start_servers()
+        return asyncio.run(run())
+    except ReplayFailed as error:
+        raise VerificationError(str(error)) from error
+    finally:
+        stack.stop()

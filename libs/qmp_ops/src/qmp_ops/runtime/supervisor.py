@@ -1,0 +1,236 @@
+"""The process supervisor behind `qmp up` and `qmp demo`.
+
+Starts NATS and PostgreSQL (embedded unless `QMP_NATS_URL` / `QMP_DATABASE_URL` name running servers),
+migrates the database, declares streams and KV, then the four services as child processes, each
+health-checked over the bus; stops them in reverse order. Writes the connection file other clients read.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import nats
+
+from qmp_core import bus, subjects
+from qmp_core.db import migrate
+from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
+from qmp_ops.runtime.ports import write_private
+from qmp_ops.runtime.postgres_server import EmbeddedPostgres
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("deployer", "risk", "execution", "collector")  # start order; stop in reverse
+CONNECTION_FILE = Path(".qmp") / "connection.json"
+STOP_TIMEOUT_S = 15.0
+HEALTH_TIMEOUT_S = 60.0
+
+
+@dataclass
+class StackOptions:
+    """What differs between `qmp up`, `qmp demo` and the system tests: per-service environment."""
+
+    home: Path = Path(".qmp")
+    clock: str = "replay"
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    services: tuple[str, ...] = SERVICES
+    fresh: bool = False  # purge streams, consumers and control state on running servers
+    share_connection: bool = True  # write <home>/connection.json for other clients (`qmp up`)
+
+
+def redacted(url: str) -> str:
+    """Return the URL with its password masked, for printing."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+@dataclass
+class Connection:
+    nats_url: str
+    database_url: str
+    run_dir: str
+    operator_user: str = ""
+    operator_password: str = ""
+    embedded: bool = True
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def read(cls, path: Path = CONNECTION_FILE) -> "Connection":
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: start the stack with `qmp up` first")
+        return cls(**json.loads(path.read_text()))
+
+    async def connect(self) -> nats.NATS:
+        auth = {"user": self.operator_user, "password": self.operator_password} if self.operator_user else {}
+        return await nats.connect(self.nats_url, name="qmp-cli", **auth)
+
+
+class Stack:
+    """Servers and services of one run."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.run_dir = (options.home / "runs" / f"{stamp}-{os.getpid()}").resolve()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(exist_ok=True)
+        self.nats: EmbeddedNats | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.credentials: NatsCredentials | None = None
+        self.database_url = ""
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def connection(self) -> Connection:
+        assert self.credentials is not None
+        user, password = self.credentials.for_user("operator")
+        return Connection(self.credentials.url, self.database_url, str(self.run_dir), user, password,
+                          embedded=self.nats is not None)
+
+    def start_servers(self) -> Connection:
+        """Start (or attach to) NATS and PostgreSQL, migrate, declare; stop what started if any step fails."""
+        try:
+            return self._start_servers()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_servers(self) -> Connection:
+        external_nats = os.environ.get("QMP_NATS_URL")
+        if external_nats:
+            self.credentials = NatsCredentials(url=external_nats)
+        else:
+            self.nats = EmbeddedNats(self.run_dir / "nats")
+            self.credentials = self.nats.start()
+        external_db = os.environ.get("QMP_DATABASE_URL")
+        if external_db:
+            self.database_url = external_db
+        else:
+            self.postgres = EmbeddedPostgres(self.run_dir / "postgres")
+            self.database_url = self.postgres.start()
+        asyncio.run(self._prepare())
+        connection = self.connection
+        if self.options.share_connection:
+            connection.write(self.shared_connection_file)
+        connection.write(self.run_dir / "connection.json")
+        return connection
+
+    @property
+    def shared_connection_file(self) -> Path:
+        return self.options.home / "connection.json"
+
+    async def _prepare(self) -> None:
+        await migrate(self.database_url)
+        nc = await self.connection.connect()
+        try:
+            js = nc.jetstream()
+            if self.options.fresh and self.nats is None:
+                await reset_bus(js)
+            await bus.declare(js)
+        finally:
+            await nc.close()
+
+    def service_environment(self, service: str) -> dict[str, str]:
+        assert self.credentials is not None
+        user, password = self.credentials.for_user(service)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("QMP_")}
+        env.update(
+            QMP_NATS_URL=self.credentials.url, QMP_NATS_USER=user, QMP_NATS_PASSWORD=password,
+            QMP_DATABASE_URL=self.database_url, QMP_RUN_DIR=str(self.run_dir), QMP_CLOCK=self.options.clock,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.options.service_env.get(service, {}))
+        return env
+
+    def start_service(self, service: str) -> None:
+        with (self.run_dir / "logs" / f"{service}.log").open("ab") as log_file:
+            self.processes[service] = subprocess.Popen(
+                [sys.executable, "-m", f"qmp_{service}"], env=self.service_environment(service),
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def start_services(self) -> None:
+        for service in self.options.services:
+            self.start_service(service)
+            asyncio.run(self.wait_healthy(service))
+
+    async def wait_healthy(self, service: str, timeout_s: float = HEALTH_TIMEOUT_S) -> dict:
+        """Wait until the service answers its health request; raise with its log tail if it dies."""
+        nc = await self.connection.connect()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                process = self.processes.get(service)
+                if process is not None and process.poll() is not None:
+                    raise RuntimeError(f"{service} exited with {process.returncode}:\n{self.log_tail(service)}")
+                try:
+                    reply = await nc.request(subjects.health(service), b"", timeout=0.5)
+                    return json.loads(reply.data)
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+        raise TimeoutError(f"{service} not healthy after {timeout_s}s:\n{self.log_tail(service)}")
+
+    def log_tail(self, service: str, chars: int = 3000) -> str:
+        path = self.run_dir / "logs" / f"{service}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def stop_service(self, service: str, sig: int = signal.SIGTERM) -> None:
+        process = self.processes.pop(service, None)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def stop(self) -> None:
+        for service in reversed(self.options.services):
+            self.stop_service(service)
+        self._withdraw_connection()
+        if self.postgres is not None:
+            self.postgres.stop()
+        if self.nats is not None:
+            self.nats.stop()
+
+    def _withdraw_connection(self) -> None:
+        """Remove the shared connection file if it still points at this run, so clients fail fast."""
+        path = self.shared_connection_file
+        try:
+            if json.loads(path.read_text()).get("run_dir") == str(self.run_dir):
+                path.unlink()
+        except (FileNotFoundError, ValueError):
+            pass
+
+    def dead_services(self) -> list[str]:
+        return [name for name, process in self.processes.items() if process.poll() is not None]
+
+
+async def reset_bus(js: nats.js.JetStreamContext) -> None:
+    """Delete QMP streams and the control and rollout buckets on a running server, for a fresh demo run."""
+    for config in bus.STREAMS:
+        try:
+            await js.delete_stream(config.name)
+        except nats.js.errors.NotFoundError:
+            pass
+    for bucket in (subjects.KV_CONTROL, subjects.KV_ROLLOUTS):
+        try:
+            await js.delete_key_value(bucket)
+        except nats.js.errors.NotFoundError:
+            pass

@@ -1,0 +1,90 @@
+"""Pytest fixtures for tests that talk to a real nats-server and PostgreSQL.
+
+Embedded servers by default (one per test session); `QMP_NATS_URL` / `QMP_DATABASE_URL` select running
+ones instead. Registered by the repository's root conftest.py.
+"""
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+
+from qmp_core import bus
+from qmp_core.config import ServiceSettings
+from qmp_core.db import migrate
+from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
+from qmp_ops.runtime.postgres_server import EmbeddedPostgres
+
+
+@pytest.fixture(scope="session")
+def run_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="qmp-test-") as path:
+        yield Path(path)
+
+
+@pytest.fixture(scope="session")
+def nats_credentials(run_dir: Path) -> Iterator[NatsCredentials]:
+    external = os.environ.get("QMP_NATS_URL")
+    if external:
+        yield NatsCredentials(url=external)
+        return
+    server = EmbeddedNats(run_dir / "nats")
+    credentials = server.start()
+    yield credentials
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(run_dir: Path) -> Iterator[str]:
+    external = os.environ.get("QMP_DATABASE_URL")
+    if external:
+        url = external
+        server = None
+    else:
+        server = EmbeddedPostgres(run_dir / "postgres")
+        url = server.start()
+    try:
+        asyncio.run(migrate(url))
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    yield url
+    if server is not None:
+        server.stop()
+
+
+def settings_for(credentials: NatsCredentials, user: str, database_url: str = "", **overrides: object) -> (
+    ServiceSettings
+):
+    """Return service settings that connect as `user` (no credentials when the server has auth off)."""
+    name, password = credentials.for_user(user)
+    values: dict[str, object] = {"nats_url": credentials.url, "nats_user": name, "nats_password": password}
+    if database_url:
+        values["database_url"] = database_url
+    values.update(overrides)
+    return msgspec.convert(values, ServiceSettings)
+
+
+@pytest.fixture
+async def operator_nc(nats_credentials: NatsCredentials) -> AsyncIterator[Client]:
+    """A NATS connection as the operator, with the streams and KV declared."""
+    user, password = nats_credentials.for_user("operator")
+    auth = {"user": user, "password": password} if user else {}
+    nc = await nats.connect(nats_credentials.url, **auth)
+    await bus.declare(nc.jetstream())
+    yield nc
+    await nc.drain()
+
+
+@pytest.fixture
+def unique_id() -> str:
+    """A strategy / venue id no other test uses, so tests can share servers."""
+    return "t" + uuid.uuid4().hex[:10]
