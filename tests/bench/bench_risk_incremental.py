@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from qmp_core.config import RISK_DEFAULTS
 from qmp_core.messages import BarBatch
 from qmp_kernels.methods import all_methods, var_es_methods_nb
 from qmp_risk.config import RiskSettings
@@ -43,7 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     n = args.symbols
     returns = np.random.default_rng(7).standard_t(4, size=(WINDOW + 20 + args.batches, n)) * 0.01
-    params = SymbolParams(window=WINDOW, alphas=LEVELS, ewma_lambda=0.94, evt_threshold=0.90, vol_window=10,
+    params = SymbolParams(window=WINDOW, alphas=LEVELS, ewma_lambda=RISK_DEFAULTS.ewma_lambda,
+                          evt_threshold=RISK_DEFAULTS.evt_threshold, vol_window=10,
                           vol_average_window=20, refit_every=10**9, max_refits_per_batch=0)
     risk = SymbolRisk(params)
     cols = risk.columns([f"S{j:04d}" for j in range(n)])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from qmp_core.config import RISK_DEFAULTS
 from qmp_core.datasets import load_sp500_index
 from qmp_kernels import status
 from qmp_kernels.backtest import (
@@ -48,7 +49,7 @@ def test_backtest_when_sp500_rolling_normal_var_then_matches_scipy_likelihood_ra
     prices = load_sp500_index()["SP500"].to_numpy()
     returns = prices[1:] / prices[:-1] - 1.0
     x = returns[-1500:]
-    var, es, _ = rolling_var_es(x, 250, 0.99, "normal")
+    var, es, _ = rolling_var_es(x, 250, 0.99, "normal", RISK_DEFAULTS.ewma_lambda, RISK_DEFAULTS.evt_threshold)
     realized, forecast, forecast_es = x[250:], var[249:-1], es[249:-1]
     out, code = backtest_nb(realized, forecast, forecast_es, 0.99)
     hits = (-realized > forecast).astype(int)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from qmp_core.config import RISK_DEFAULTS
 from qmp_core.datasets import load_sp500_prices
 from qmp_kernels import status
 from qmp_kernels.evt import evt_var_es_nb
@@ -154,7 +155,7 @@ def test_rolling_historical_when_fewer_rows_than_window_or_bad_level_then_nan() 
 @pytest.mark.parametrize("method", ["normal", "student_t", "evt", "fhs_ewma"])
 def test_rolling_var_es_when_one_method_then_each_row_is_the_point_kernel_on_data_so_far(method: str) -> None:
     x = stock_returns()[-400:, 3]
-    var, es, codes = rolling_var_es(x, 250, 0.99, method)
+    var, es, codes = rolling_var_es(x, 250, 0.99, method, RISK_DEFAULTS.ewma_lambda, RISK_DEFAULTS.evt_threshold)
     assert (codes[:249] == status.INSUFFICIENT_DATA).all() and np.isnan(var[:249]).all()
     mask = np.zeros(N_METHODS, dtype=np.bool_)
     mask[method_index(method)] = True

@@ -3,11 +3,13 @@
 import math
 
 import msgspec
+import numpy as np
 import pytest
 
-from qmp_collector.engine import CollectorEngine, ResumePoint, SyntheticSource, chunk, merge_chunks
+from qmp_collector.engine import CollectorEngine, ResumePoint, SyntheticSource, chunk
 from qmp_core.clock import TestClock
 from qmp_core.messages import BarBatch
+from qmp_core.validation import merge_chunks, validate_batch
 
 T0 = 1_700_000_000_000_000_000
 STEP = 60_000_000_000
@@ -162,7 +164,11 @@ def test_chunk_when_merged_back_then_original_batch() -> None:
     assert [len(p.symbols) for p in parts] == [250, 250, 250, 250, 3]
     assert [(p.chunk, p.chunks) for p in parts] == [(i, 5) for i in range(5)]
     assert {p.ts_event for p in parts} == {batch.ts_event}
-    assert merge_chunks(list(reversed(parts))) == batch
+    merged = merge_chunks([validate_batch(p) for p in parts])
+    whole = validate_batch(batch)
+    assert merged.symbols == whole.symbols
+    for column in ("open", "high", "low", "close", "volume"):
+        np.testing.assert_array_equal(getattr(merged, column), getattr(whole, column))
 
 
 def test_chunk_when_batch_small_enough_then_returned_unchanged() -> None:
@@ -181,7 +187,7 @@ def test_chunk_when_batch_already_a_chunk_then_value_error() -> None:
         chunk(part, 2)
 
 
-def test_merge_chunks_when_one_missing_then_value_error() -> None:
-    parts = chunk(bar_batch(n=9), 3)
-    with pytest.raises(ValueError, match="expected chunks"):
-        merge_chunks([parts[0], parts[2]])
+def test_merge_chunks_when_timestamps_differ_then_value_error() -> None:
+    parts = [validate_batch(bar_batch(n=3, ts=ts)) for ts in (T0, T0 + 1)]
+    with pytest.raises(ValueError, match="one timestamp"):
+        merge_chunks(parts)

@@ -28,8 +28,9 @@ from qmp_core.messages import (
     codec,
     encode,
 )
+from qmp_core.rollout_state import soak_remaining
 from qmp_deployer.engine.plan import Blackout
-from qmp_deployer.engine.rollout import is_due, restore, soak_remaining
+from qmp_deployer.engine.rollout import is_due, restore
 
 
 def allocations(bench: Bench) -> list[float]:

@@ -21,9 +21,9 @@ from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_SECOND, LiveClock, ReplayClock, TestClock
 from qmp_core.db import connect_pool
 from qmp_core.messages import BrokerCommand, BrokerReply, RiskSnapshot, RolloutState, TradingState, codec, encode
+from qmp_core.rollout_state import soak_remaining
 from qmp_deployer.app import create_app
 from qmp_deployer.engine.plan import parse_plan
-from qmp_deployer.engine.rollout import soak_remaining
 from qmp_deployer.handlers import ControlHandler, ControlStore
 from qmp_deployer.handlers.probes import Probes
 from qmp_deployer.handlers.rollout import RolloutOptions, RolloutService

@@ -16,6 +16,31 @@ PREFIX = "QMP_"
 T = TypeVar("T", bound=Struct)
 
 
+class RiskDefaults(Struct, frozen=True, kw_only=True):
+    """The risk model's parameters and the breakers' thresholds, as shipped.
+
+    One home for these numbers: the risk service's settings start from them (and `QMP_*` overrides them
+    there), and `qmp risk` / `qmp stress` / the verification suite use them, so an offline answer is the
+    answer the running service would give.
+    """
+
+    var_window: int = 250  # returns per historical-simulation scenario set
+    var_levels: tuple[float, ...] = (0.95, 0.975, 0.99)
+    ewma_lambda: float = 0.94  # FHS-EWMA decay (RiskMetrics)
+    evt_threshold: float = 0.90  # loss quantile above which EVT fits a GPD
+    drawdown_halt: float = 0.15  # drawdown over the trailing window that halts the strategy
+    drawdown_window_hours: float = 24.0  # event time
+    vol_ratio_limit: float = 2.0  # realized vol / its average above this reduces order size
+    vol_ratio_release: float = 1.5  # ... and below this restores it (hysteresis)
+    vol_window: int = 10  # returns in one realized-vol estimate
+    vol_average_window: int = 20  # realized-vol estimates averaged ("its 20-day average")
+    vol_size_multiplier: float = 0.5  # order-size factor while the volatility breaker is tripped
+    stop_loss: float = 0.15  # a position down this much from its entry is closed, once
+
+
+RISK_DEFAULTS = RiskDefaults()
+
+
 class BusSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str = ""

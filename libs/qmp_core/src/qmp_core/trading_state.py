@@ -54,6 +54,15 @@ def combine(strategy: str, entries: Iterable[TradingState]) -> TradingState:
     return effective
 
 
+def grows_exposure(quantity: float, position: float) -> bool:
+    """Return True when a signed order quantity would grow |position| (what REDUCING refuses).
+
+    From flat every order grows exposure; against a position, only an order on the other side shrinks it
+    (one that also flips the position is trimmed to the position by the gate, not refused).
+    """
+    return position == 0.0 or (quantity > 0.0) == (position > 0.0)
+
+
 def strategy_of(key: str) -> str:
     """Return the strategy (or `ALL`) a control bucket key `<strategy>.<source>` applies to."""
     return key.partition(".")[0]

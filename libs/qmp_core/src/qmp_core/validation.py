@@ -5,6 +5,7 @@ outside [low, high], a negative or non-finite volume, a duplicate symbol within 
 rejected whole when its columns disagree in length or its timestamp is not after the last one accepted.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,3 +68,20 @@ def validate_batch(batch: BarBatch, last_ts_event: int | None = None) -> Validat
     rejected = [(batch.symbols[i], r) for i, r in enumerate(reasons) if r is not None]
     symbols = [s for s, k in zip(batch.symbols, keep, strict=True) if k]
     return ValidatedBatch(batch.ts_event, symbols, o[keep], h[keep], lo[keep], c[keep], v[keep], rejected)
+
+
+def merge_chunks(parts: Sequence[ValidatedBatch]) -> ValidatedBatch:
+    """Return the validated chunks of one timestamp as one batch, rows in the order of the parts given.
+
+    The collector splits a universe into chunks (`BarBatch.chunk` of `chunks`, one timestamp); a reader
+    that needs the whole timestamp joins them here once it holds every chunk.
+    """
+    if not parts:
+        raise ValueError("no chunks to merge")
+    if len({p.ts_event for p in parts}) != 1:
+        raise ValueError(f"chunks of one timestamp expected, got {sorted({p.ts_event for p in parts})}")
+    if len(parts) == 1:
+        return parts[0]
+    columns = (np.concatenate([getattr(p, name) for p in parts]) for name in ("open", "high", "low", "close", "volume"))
+    return ValidatedBatch(parts[0].ts_event, [s for p in parts for s in p.symbols], *columns,
+                          rejected=[r for p in parts for r in p.rejected])

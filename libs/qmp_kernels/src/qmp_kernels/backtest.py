@@ -51,6 +51,17 @@ ZONE_GREEN = 0
 ZONE_YELLOW = 1
 ZONE_RED = 2
 ZONE_NAMES = ("green", "yellow", "red")
+
+
+def backtest_record(fields: np.ndarray) -> dict[str, int | float | str | None]:
+    """Return `backtest_nb`'s fields by name, as the bus's VarBacktest spells them (one mapping for all)."""
+    z2 = float(fields[BT_Z2])
+    finite = math.isfinite(z2)
+    return {"observations": int(fields[BT_N]), "exceptions": int(fields[BT_EXCEPTIONS]),
+            "expected": float(fields[BT_EXPECTED]), "kupiec_p": float(fields[BT_KUPIEC_P]),
+            "christoffersen_p": float(fields[BT_IND_P]), "conditional_coverage_p": float(fields[BT_CC_P]),
+            "zone": ZONE_NAMES[int(fields[BT_ZONE])], "es_z2": z2 if finite else None,
+            "es_zone": ZONE_NAMES[int(fields[BT_Z2_ZONE])] if finite else ""}
 BASEL_GREEN_BELOW = 0.95
 BASEL_RED_FROM = 0.9999
 Z2_YELLOW_AT = -0.70

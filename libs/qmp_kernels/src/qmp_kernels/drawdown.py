@@ -1,5 +1,9 @@
 """Drawdown kernels: from the running peak since inception and from the peak of a trailing event-time window.
 
+The one home of drawdown over a series: reports, verification and `qmp risk` call these. Two other forms
+exist for a reason: `stress.path_max_drawdown_nb` compounds returns inside the Monte Carlo kernel (no
+equity array per path), and the risk service updates a running peak per batch (streaming state).
+
 Input contract
 - `equity`: 1-D float64 equity (or price) series, oldest first. A non-finite value is a missing
   observation: its output is NaN and it neither sets a peak nor enters a window.

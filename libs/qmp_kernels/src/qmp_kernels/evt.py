@@ -29,7 +29,6 @@ from numba import njit
 
 from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK, UNBOUNDED
 
-EVT_THRESHOLD = 0.90
 EVT_MIN_PEAKS = 8
 
 

@@ -34,7 +34,6 @@ from numba import njit
 from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
 from qmp_kernels.var import historical_var_es_levels_nb
 
-EWMA_LAMBDA = 0.94
 EWMA_WARMUP = 20
 PERSISTENCE_MAX = 0.9999
 GARCH_MIN_OBSERVATIONS = 30

@@ -219,9 +219,8 @@ def rolling_var_es_method_nb(
     return var, es, codes
 
 
-def rolling_var_es(returns: np.ndarray, window: int, alpha: float, method: str, lam: float = 0.94,
-                   evt_threshold: float = 0.90, garch_refit_every: int = 20) -> tuple[np.ndarray, np.ndarray,
-                                                                                      np.ndarray]:
+def rolling_var_es(returns: np.ndarray, window: int, alpha: float, method: str, lam: float, evt_threshold: float,
+                   garch_refit_every: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return rolling (VaR, ES, status) of one named method on a 1-D series (historical uses the fast kernel)."""
     index = method_index(method)
     series = np.ascontiguousarray(returns, dtype=np.float64)

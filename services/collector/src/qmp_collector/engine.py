@@ -336,24 +336,6 @@ def chunk(batch: BarBatch, max_symbols: int) -> list[BarBatch]:
     return out
 
 
-def merge_chunks(parts: list[BarBatch]) -> BarBatch:
-    """Join the chunks of one timestamp back into one batch (chunk 0 of 1); raise ValueError if incomplete."""
-    if not parts:
-        raise ValueError("no chunks to merge")
-    ordered = sorted(parts, key=lambda b: b.chunk)
-    first = ordered[0]
-    keys = {(b.venue, b.ts_event, b.chunks) for b in ordered}
-    if len(keys) != 1 or [b.chunk for b in ordered] != list(range(first.chunks)):
-        raise ValueError(f"expected chunks 0..{first.chunks - 1} of one venue and ts, got "
-                         f"{sorted((b.venue, b.ts_event, b.chunk, b.chunks) for b in ordered)}")
-    return msgspec.structs.replace(
-        first, symbols=[s for b in ordered for s in b.symbols], open=[x for b in ordered for x in b.open],
-        high=[x for b in ordered for x in b.high], low=[x for b in ordered for x in b.low],
-        close=[x for b in ordered for x in b.close], volume=[x for b in ordered for x in b.volume],
-        chunk=0, chunks=1,
-    )
-
-
 # ---------------------------------------------------------------- validation
 @dataclass(frozen=True)
 class Outcome:

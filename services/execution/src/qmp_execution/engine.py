@@ -71,8 +71,8 @@ from qmp_core.messages import (
     TradingState,
 )
 from qmp_core.strategy import InvalidWeights, Strategy, check_frame
-from qmp_core.trading_state import ControlEntries
-from qmp_core.validation import ValidatedBatch, validate_batch
+from qmp_core.trading_state import ControlEntries, grows_exposure
+from qmp_core.validation import ValidatedBatch, merge_chunks, validate_batch
 from qmp_execution.adapters import OrderAck
 from qmp_execution.book import QTY_EPSILON, Portfolio, Working
 from qmp_execution.paper import Market, PaperBroker, PaperConfig
@@ -265,23 +265,13 @@ def average_daily_volume(volumes: np.ndarray, window: int, bars_per_day: float) 
     return np.where(count > 0, total / np.maximum(count, 1) * bars_per_day, np.nan)
 
 
-def merge_chunks(ts_event: int, parts: Sequence[ValidatedBatch]) -> ValidatedBatch:
-    """Return the chunks of one timestamp as one batch, in the order given."""
-    if len(parts) == 1:
-        return parts[0]
-    columns = (np.concatenate([getattr(p, name) for p in parts]) for name in
-               ("open", "high", "low", "close", "volume"))
-    return ValidatedBatch(ts_event, [s for p in parts for s in p.symbols], *columns,
-                          rejected=[r for p in parts for r in p.rejected])
-
-
 # ---------------------------------------------------------------- gating, checks
 def gate(quantity: float, position: float, state: TradingState) -> tuple[float, str, str]:
     """Return (allowed signed quantity, denial reason, reason code); the reason is empty when allowed."""
     if state.status == "HALTED":
         return 0.0, f"HALTED: {state.reason or 'trading halted'}", CODE_HALTED
     if state.status == "REDUCING":
-        if position == 0.0 or (quantity > 0.0) == (position > 0.0):
+        if grows_exposure(quantity, position):
             why = state.reason or "reducing only"
             return 0.0, f"REDUCING: {why}; order would increase |position| {position:g}", CODE_REDUCING
         if abs(quantity) > abs(position):
@@ -536,7 +526,7 @@ class StrategyHost:
                 code, why = CODE_STRATEGY_ERROR, f"{CODE_STRATEGY_ERROR}: {self.error}"
             elif state.status == "HALTED":
                 code, why = CODE_HALTED, f"HALTED: {state.reason or 'trading halted'}"
-            elif state.status == "REDUCING" and (position == 0.0 or (order.side == "BUY") == (position > 0.0)):
+            elif state.status == "REDUCING" and grows_exposure(1.0 if order.side == "BUY" else -1.0, position):
                 why = f"REDUCING: {state.reason or 'reducing only'}; the working order grows |position|"
                 code = CODE_REDUCING
             else:
@@ -912,8 +902,8 @@ class ExecutionEngine:
                 groups.setdefault((batch.ts_event, batch.venue), {})[batch.chunk] = validate_batch(batch)
             except ValueError:
                 continue
-        for (ts_event, _), parts in sorted(groups.items()):
-            merged = merge_chunks(ts_event, [parts[c] for c in sorted(parts)])
+        for _, parts in sorted(groups.items()):
+            merged = merge_chunks([parts[c] for c in sorted(parts)])
             for host in self.hosts.values():
                 host.warm(merged)
         return len(groups)
@@ -948,7 +938,7 @@ class ExecutionEngine:
         del self._pending[key]
         for stale in [k for k in self._pending if k[1] < batch.ts_event]:
             del self._pending[stale]
-        return merge_chunks(batch.ts_event, [parts[c] for c in sorted(parts)])
+        return merge_chunks([parts[c] for c in sorted(parts)])
 
     def status(self) -> dict[str, Any]:
         return {sid: host.status(self.state(sid)) for sid, host in self.hosts.items()}

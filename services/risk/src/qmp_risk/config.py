@@ -4,7 +4,7 @@ from typing import Annotated
 
 from msgspec import Meta, field
 
-from qmp_core.config import ServiceSettings
+from qmp_core.config import RISK_DEFAULTS, ServiceSettings
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 Probability = Annotated[float, Meta(gt=0.0, le=1.0)]
@@ -15,27 +15,31 @@ DAY_S = 86_400.0
 
 
 class RiskSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Windows, methods, breaker thresholds and bus timings of the risk service."""
+    """Windows, methods, breaker thresholds and bus timings of the risk service.
 
-    var_window: Annotated[int, Meta(ge=2)] = 250  # returns per historical-simulation scenario set
+    The model's parameters and the breakers' thresholds default to `qmp_core.config.RiskDefaults` (their
+    meaning is written there), which the CLI and the verification suite use too.
+    """
+
+    var_window: Annotated[int, Meta(ge=2)] = RISK_DEFAULTS.var_window
     min_observations: Annotated[int, Meta(ge=2)] = 20  # below this a snapshot is `insufficient_data`
-    var_levels: list[Level] = field(default_factory=lambda: [0.95, 0.975, 0.99])  # keys <method>_95, _975, _99
+    var_levels: list[Level] = field(default_factory=lambda: list(RISK_DEFAULTS.var_levels))
     var_horizons: list[PositiveInt] = field(default_factory=lambda: [1, 10])  # h > 1 adds <key>_<h>d (sqrt-time)
-    ewma_lambda: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.94  # FHS-EWMA decay (RiskMetrics)
-    evt_threshold: Annotated[float, Meta(gt=0.5, lt=1.0)] = 0.90  # loss quantile above which EVT fits a GPD
+    ewma_lambda: Annotated[float, Meta(gt=0.0, lt=1.0)] = RISK_DEFAULTS.ewma_lambda
+    evt_threshold: Annotated[float, Meta(gt=0.5, lt=1.0)] = RISK_DEFAULTS.evt_threshold
     backtest_window: Annotated[int, Meta(ge=10)] = 250  # days of forecasts each backtest looks at
     symbol_risk: bool = True  # per-symbol measures for the whole universe on every batch
     symbol_risk_positions: Annotated[int, Meta(ge=0)] = 50  # largest positions whose symbol risk a snapshot carries
     garch_refit_every: PositiveInt = 20  # batches between two GARCH + Student-t fits of a symbol
     garch_max_refits_per_batch: Annotated[int, Meta(ge=0)] = 1  # cap per batch; a big universe refits less often
-    drawdown_halt: Probability = 0.15  # drawdown over the trailing window that halts the strategy
-    drawdown_window_hours: Positive = 24.0  # event time
-    vol_ratio_limit: Positive = 2.0  # realized vol / its average above this reduces order size
-    vol_ratio_release: Positive = 1.5  # ... and below this restores it (hysteresis)
-    vol_window: Annotated[int, Meta(ge=2)] = 10  # returns in one realized-vol estimate
-    vol_average_window: PositiveInt = 20  # realized-vol estimates averaged ("its 20-day average")
-    vol_size_multiplier: Probability = 0.5  # order-size factor while the volatility breaker is tripped
-    stop_loss: Probability = 0.15  # a position down this much from its entry is closed, once
+    drawdown_halt: Probability = RISK_DEFAULTS.drawdown_halt
+    drawdown_window_hours: Positive = RISK_DEFAULTS.drawdown_window_hours
+    vol_ratio_limit: Positive = RISK_DEFAULTS.vol_ratio_limit
+    vol_ratio_release: Positive = RISK_DEFAULTS.vol_ratio_release
+    vol_window: Annotated[int, Meta(ge=2)] = RISK_DEFAULTS.vol_window
+    vol_average_window: PositiveInt = RISK_DEFAULTS.vol_average_window
+    vol_size_multiplier: Probability = RISK_DEFAULTS.vol_size_multiplier
+    stop_loss: Probability = RISK_DEFAULTS.stop_loss
     stale_data_s: Positive = 4.5 * DAY_S  # a held symbol without a bar this long halts (event time)
     news_calendar: str = ""  # JSON list of NewsEvent (start/end as int ns or ISO-8601) read at start
     news_impacts: list[str] = field(default_factory=lambda: ["high"])  # impacts that make a strategy defensive

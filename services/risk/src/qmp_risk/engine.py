@@ -506,13 +506,7 @@ class RiskEngine:
                                               np.ascontiguousarray(es[:, m, level]), float(self.levels[level]))
                 if code != kernel_status.OK:
                     continue
-                z2 = float(fields[bt.BT_Z2])
-                out[f"{name}_{key}"] = VarBacktest(
-                    observations=int(fields[bt.BT_N]), exceptions=int(fields[bt.BT_EXCEPTIONS]),
-                    expected=float(fields[bt.BT_EXPECTED]), kupiec_p=float(fields[bt.BT_KUPIEC_P]),
-                    christoffersen_p=float(fields[bt.BT_IND_P]), conditional_coverage_p=float(fields[bt.BT_CC_P]),
-                    zone=bt.ZONE_NAMES[int(fields[bt.BT_ZONE])], es_z2=z2 if math.isfinite(z2) else None,
-                    es_zone=bt.ZONE_NAMES[int(fields[bt.BT_Z2_ZONE])] if math.isfinite(z2) else "")
+                out[f"{name}_{key}"] = msgspec.convert(bt.backtest_record(fields), VarBacktest)
         return out
 
     def _symbol_risk(self, positions: list[PositionRisk]) -> dict[str, dict[str, float]]:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from qmp_core.strategy import BaseStrategy, Strategy, load_strategy
+from qmp_kernels.drawdown import max_drawdown_nb
 
 Status = Literal["pass", "fail", "error", "skipped"]
 TRADING_DAYS = 252.0
@@ -213,13 +214,12 @@ def sharpe(returns: np.ndarray | pd.Series, periods: float = TRADING_DAYS) -> fl
 
 
 def max_drawdown(equity: np.ndarray | pd.Series) -> float:
-    """Return the largest peak-to-trough fall of an equity curve as a positive fraction."""
-    x = np.asarray(equity, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return 0.0
-    peak = np.maximum.accumulate(x)
-    return float(np.max(1.0 - x / peak))
+    """Return the largest peak-to-trough fall of an equity curve as a positive fraction; 0 without data.
+
+    The number is the kernel's (`qmp_kernels.drawdown.max_drawdown_nb`); this only adapts pandas input.
+    """
+    value, _ = max_drawdown_nb(np.ascontiguousarray(equity, dtype=np.float64))
+    return float(value) if np.isfinite(value) else 0.0
 
 
 def jsonable(value: Any) -> Any:

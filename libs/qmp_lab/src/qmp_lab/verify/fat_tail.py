@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from qmp_core.config import RISK_DEFAULTS
 from qmp_core.datasets import load_sp500_index, load_sp500_prices
 from qmp_core.strategy import check_frame
 from qmp_kernels import methods as km
@@ -81,7 +82,8 @@ def rolling_forecasts(returns: np.ndarray, weights: np.ndarray, window: int = WI
             continue
         pnl = r[max(1, t - history + 1):t + 1] @ weights[t]
         params = garch if since_fit < GARCH_REFIT_EVERY else np.full(3, np.nan)
-        v, e, _, info = km.var_es_methods_nb(pnl, window, alphas, 0.94, 0.90, params, mask)
+        v, e, _, info = km.var_es_methods_nb(pnl, window, alphas, RISK_DEFAULTS.ewma_lambda,
+                                             RISK_DEFAULTS.evt_threshold, params, mask)
         if since_fit >= GARCH_REFIT_EVERY:
             garch = np.array([info[km.INFO_OMEGA], info[km.INFO_A], info[km.INFO_B]])
             since_fit = 0
@@ -127,7 +129,8 @@ def evaluate(index: pd.DatetimeIndex, forecasts: dict[str, np.ndarray], alpha: f
 def point_estimates(pnl: np.ndarray) -> dict[str, dict[str, float]]:
     """Return VaR/ES at every level by every method over a whole P&L history (one fit, all of it)."""
     x = pnl[np.isfinite(pnl)]
-    v, e, codes, _ = km.var_es_methods_nb(x, max(len(x), 2), np.array(LEVELS), 0.94, 0.90, np.full(3, np.nan),
+    v, e, codes, _ = km.var_es_methods_nb(x, max(len(x), 2), np.array(LEVELS), RISK_DEFAULTS.ewma_lambda,
+                                          RISK_DEFAULTS.evt_threshold, np.full(3, np.nan),
                                           km.all_methods())
     return {name: {**{f"var_{km.level_key(a)}": v[m, i] for i, a in enumerate(LEVELS)},
                    **{f"es_{km.level_key(a)}": e[m, i] for i, a in enumerate(LEVELS)}, "status": int(codes[m])}

@@ -24,7 +24,8 @@ from rich.table import Table
 
 from qmp_core import subjects
 from qmp_core.clock import to_datetime
-from qmp_core.messages import NO_PHASE, DeploymentEvent, RolloutState, codec
+from qmp_core.messages import DeploymentEvent, RolloutState, codec
+from qmp_core.rollout_state import is_active, phase_name, soak_remaining
 from qmp_lab.verify.gate import check_deployable
 from qmp_ops.runtime.supervisor import Connection
 
@@ -134,12 +135,7 @@ async def _history_from_stream(connection: Connection, strategy: str, limit: int
 async def _expected_phase(connection: Connection, strategy: str, expect: str) -> str:
     if expect:
         return expect
-    state = (await read_rollouts(connection, strategy)).get(strategy)
-    if state is None:
-        return NO_PHASE
-    if state.status == "ABORTED" or state.phase_index < 0:
-        return NO_PHASE
-    return state.phases[state.phase_index].name
+    return phase_name((await read_rollouts(connection, strategy)).get(strategy))
 
 
 SkipVerification = Annotated[bool, typer.Option(
@@ -291,9 +287,8 @@ def rollout_table(states: dict[str, RolloutState], now_ns: int) -> Group | Table
     for name, state in sorted(states.items()):
         colour = {"ROLLED_BACK": "red", "HALTED": "red", "ABORTED": "red", "HOLDING": "yellow",
                   "PAUSED": "yellow", "COMPLETE": "green"}.get(state.status, "cyan")
-        index = state.phase_index
-        phase = state.phases[index].name if 0 <= index < len(state.phases) else NO_PHASE
-        summary.add_row(name, f"[{colour}]{state.status}[/]", phase, f"{index + 1}/{len(state.phases)}",
+        summary.add_row(name, f"[{colour}]{state.status}[/]", phase_name(state),
+                        f"{state.phase_index + 1}/{len(state.phases)}",
                         f"{state.allocation:.0%}", _soak_text(state), state.hold_reason[:80])
         gates = Table(title=f"{name}: gates")
         for column in ("metric", "level", "value", "warning", "critical", "action", "detail"):
@@ -330,13 +325,10 @@ def history_table(strategy: str, events: list[DeploymentEvent]) -> Table:
 
 
 def _soak_text(state: RolloutState) -> str:
-    index = state.phase_index
-    if not 0 <= index < len(state.phases) or state.status in ("ABORTED", "COMPLETE"):
+    if not is_active(state) or state.status == "COMPLETE":
         return "—"
-    phase = state.phases[index]
-    seconds = max(0.0, phase.min_soak_s - state.soak_elapsed_ns / 1e9)
-    fills = max(0, phase.min_fills - state.fills)
+    seconds, fills, notional_hours = soak_remaining(state)
     text = f"{seconds / 3600:.1f}h, {fills} fills"
-    if phase.min_notional_hours > 0:
-        text += f", {max(0.0, phase.min_notional_hours - state.notional_hours):,.0f} notional-h"
+    if state.phases[state.phase_index].min_notional_hours > 0:
+        text += f", {notional_hours:,.0f} notional-h"
     return text

@@ -1,4 +1,4 @@
-"""The `qmp` command: up, demo, halt, resume, status."""
+"""The `qmp` command: up, demo, halt, resume, status, contract; the rest registers on demand."""
 
 import asyncio
 import json
@@ -123,6 +123,21 @@ def status(
             time.sleep(1.0)
 
 
+@app.command()
+def contract(
+    write: Annotated[Path | None, typer.Option("--write", help="write it to this file (docs/CONTRACT.md)")] = None,
+) -> None:
+    """Print the bus contract (subjects, messages, JSON Schemas) as Markdown, generated from the code."""
+    from qmp_core.contract import render
+
+    text = render()
+    if write is None:
+        typer.echo(text)
+        return
+    write.write_text(text)
+    console.print(f"wrote {write}")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """Treat SIGTERM like Ctrl-C so the stack stops in order."""
     raise KeyboardInterrupt
@@ -156,7 +171,7 @@ def _print_reply(reply: dict) -> None:
 
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
-FAST_COMMANDS = frozenset({"up", "demo", "halt", "resume", "status"})
+FAST_COMMANDS = frozenset({"up", "demo", "halt", "resume", "status", "contract"})
 
 
 def register_extensions() -> None:

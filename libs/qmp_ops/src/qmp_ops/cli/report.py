@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from qmp_lab.verify.core import max_drawdown
 from qmp_ops.replay import RunObserver
 
 
@@ -57,10 +58,6 @@ def equity_frame(observer: RunObserver, since: pd.Timestamp | None = None) -> pd
     )
     frame = frame.drop_duplicates("ts").set_index("ts").sort_index()
     return frame if since is None else frame[frame.index >= since]
-
-
-def max_drawdown(values: pd.Series) -> float:
-    return float((1.0 - values / values.cummax()).max()) if len(values) else 0.0
 
 
 def summarize(observer: RunObserver, benchmark: pd.Series) -> Summary:

@@ -36,6 +36,8 @@ from rich.console import Console
 from rich.table import Table
 
 from qmp_core import subjects
+from qmp_core.clock import NS_PER_DAY
+from qmp_core.config import RISK_DEFAULTS
 from qmp_core.datasets import load_sp500_index, load_sp500_prices
 from qmp_core.messages import PortfolioSnapshot, RiskSnapshot, codec
 from qmp_kernels import backtest as bt
@@ -55,15 +57,7 @@ from qmp_kernels.vol import vol_ratio_1d_nb
 from qmp_ops.runtime.supervisor import Connection
 
 EXIT_BAD_INPUT = 2
-EWMA_LAMBDA = 0.94
-EVT_THRESHOLD = 0.90
-# the risk service's default breaker thresholds (qmp_risk.config.RiskSettings), which the CLI cannot import
-DRAWDOWN_HALT = 0.15
-STOP_LOSS = 0.15
-VOL_RATIO_LIMIT = 2.0
-VOL_WINDOW = 10
-VOL_AVERAGE_WINDOW = 20
-DAY_NS = 86_400 * 1_000_000_000
+DAY_NS = NS_PER_DAY
 
 risk_app = typer.Typer(help="VaR / ES and VaR backtests with the risk service's kernels, on files or the stack.",
                        no_args_is_help=True, pretty_exceptions_enable=False)
@@ -229,7 +223,8 @@ def measure(returns: np.ndarray, window: int, level: float, names: list[str]) ->
     for name in names:
         mask[method_index(name)] = True
     var, es, codes, info = var_es_methods_nb(np.ascontiguousarray(returns, dtype=np.float64), window,
-                                             np.array([level]), EWMA_LAMBDA, EVT_THRESHOLD, np.full(3, np.nan), mask)
+                                             np.array([level]), RISK_DEFAULTS.ewma_lambda,
+                                             RISK_DEFAULTS.evt_threshold, np.full(3, np.nan), mask)
     methods: dict[str, Any] = {}
     for name in names:
         m = method_index(name)
@@ -304,19 +299,14 @@ def backtest_series(returns: np.ndarray, window: int, level: float, days: int) -
     series = np.ascontiguousarray(returns[-(days + 2 * window):], dtype=np.float64)
     out: dict[str, dict[str, Any]] = {}
     for name in METHOD_NAMES:
-        var, es, _ = rolling_var_es(series, window, level, name, EWMA_LAMBDA, EVT_THRESHOLD)
+        var, es, _ = rolling_var_es(series, window, level, name, RISK_DEFAULTS.ewma_lambda,
+                                    RISK_DEFAULTS.evt_threshold)
         realized = series[-days:]
         fields, code = bt.backtest_nb(realized, np.ascontiguousarray(var[-days - 1:-1]),
                                       np.ascontiguousarray(es[-days - 1:-1]), level)
         entry: dict[str, Any] = {"var": _finite(var[-1]), "es": _finite(es[-1])}
         if code == kernel_status.OK:
-            z2 = float(fields[bt.BT_Z2])
-            entry |= {"observations": int(fields[bt.BT_N]), "exceptions": int(fields[bt.BT_EXCEPTIONS]),
-                      "expected": float(fields[bt.BT_EXPECTED]), "kupiec_p": float(fields[bt.BT_KUPIEC_P]),
-                      "christoffersen_p": float(fields[bt.BT_IND_P]),
-                      "conditional_coverage_p": float(fields[bt.BT_CC_P]),
-                      "zone": bt.ZONE_NAMES[int(fields[bt.BT_ZONE])], "es_z2": z2 if math.isfinite(z2) else None,
-                      "es_zone": bt.ZONE_NAMES[int(fields[bt.BT_Z2_ZONE])] if math.isfinite(z2) else None}
+            entry |= bt.backtest_record(fields)
         else:
             entry["error"] = kernel_status.NAMES.get(code, str(code))
         out[name] = entry
@@ -493,7 +483,7 @@ def would_trip(book: Book, dates: pd.DatetimeIndex, path: np.ndarray, pre_return
     if worst_24h > thresholds["drawdown_halt"]:
         tripped.append(f"drawdown_24h ({worst_24h:.1%})")
     book_returns = np.concatenate([pre_returns, equity[1:] / equity[:-1] - 1.0])
-    ratio, _ = vol_ratio_1d_nb(book_returns, VOL_WINDOW, VOL_AVERAGE_WINDOW)
+    ratio, _ = vol_ratio_1d_nb(book_returns, RISK_DEFAULTS.vol_window, RISK_DEFAULTS.vol_average_window)
     recent = ratio[-len(path):]
     if np.isfinite(recent).any() and np.nanmax(recent) > thresholds["vol_ratio_limit"]:
         tripped.append(f"volatility ({np.nanmax(recent):.1f}x)")
@@ -540,8 +530,9 @@ def stress_report(book: Book, level: float, window: int, gap: float, thresholds:
                       "pnl_pct": None, "max_drawdown": None,
                       "risk_after": var_after(book, recorrelate(current, 0.9), level, window), "breakers": []})
     # the breaker sees the shift: the last vol_window days at 3x after calm ones, where the ratio peaks
-    calm, storm = pre_book[-40:-VOL_WINDOW], 3.0 * pre_book[-VOL_WINDOW:]
-    ratio, _ = vol_ratio_1d_nb(np.ascontiguousarray(np.concatenate([calm, storm])), VOL_WINDOW, VOL_AVERAGE_WINDOW)
+    calm, storm = pre_book[-40:-RISK_DEFAULTS.vol_window], 3.0 * pre_book[-RISK_DEFAULTS.vol_window:]
+    ratio, _ = vol_ratio_1d_nb(np.ascontiguousarray(np.concatenate([calm, storm])), RISK_DEFAULTS.vol_window,
+                               RISK_DEFAULTS.vol_average_window)
     peak = float(np.nanmax(ratio)) if np.isfinite(ratio).any() else math.nan
     scenarios.append({"scenario": "volatility x3", "kind": "hypothetical", "days": 0, "pnl": None, "pnl_pct": None,
                       "max_drawdown": None, "vol_ratio_peak": peak,
@@ -604,9 +595,11 @@ def stress_command(
         False),
     paths: Annotated[int, typer.Option(help="Monte Carlo paths")] = 10_000,
     seed: Annotated[int, typer.Option(help="Monte Carlo seed")] = 7,
-    drawdown_halt: Annotated[float, typer.Option(help="breaker: 24h drawdown that halts")] = DRAWDOWN_HALT,
-    stop_loss: Annotated[float, typer.Option(help="breaker: position loss that closes it")] = STOP_LOSS,
-    vol_ratio_limit: Annotated[float, typer.Option(help="breaker: vol ratio that halves size")] = VOL_RATIO_LIMIT,
+    drawdown_halt: Annotated[float, typer.Option(help="breaker: 24h drawdown that halts")] = (
+        RISK_DEFAULTS.drawdown_halt),
+    stop_loss: Annotated[float, typer.Option(help="breaker: position loss that closes it")] = RISK_DEFAULTS.stop_loss,
+    vol_ratio_limit: Annotated[float, typer.Option(help="breaker: vol ratio that halves size")] = (
+        RISK_DEFAULTS.vol_ratio_limit),
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Stress the current book: 2008, 2020, 1987, index gap, correlations 0.9, volatility x3 (and Monte Carlo)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from qmp_core.clock import NS_PER_HOUR, NS_PER_SECOND
+from qmp_core.clock import NS_PER_HOUR
 from qmp_core.messages import (
     NO_PHASE,
     Abort,
@@ -41,6 +41,7 @@ from qmp_core.messages import (
     SetAllocation,
     TradingState,
 )
+from qmp_core.rollout_state import is_active, phase_name, soak_remaining
 from qmp_deployer.engine.gates import Reading, evaluate_gate
 from qmp_deployer.engine.plan import Plan
 
@@ -69,26 +70,6 @@ class Outcome:
     reason: str
     state: RolloutState | None
     changed: bool = False
-
-
-def phase_name(state: RolloutState | None) -> str:
-    """Return the current phase's name, or `none` without an active phase."""
-    if state is None or state.phase_index < 0 or state.status == "ABORTED":
-        return NO_PHASE
-    return state.phases[state.phase_index].name
-
-
-def is_active(state: RolloutState | None) -> bool:
-    return state is not None and state.status != "ABORTED" and state.phase_index >= 0
-
-
-def soak_remaining(state: RolloutState) -> tuple[float, int, float]:
-    """Return (seconds, fills, notional-hours) still to go in the current phase; zeros when done."""
-    if state.phase_index < 0:
-        return 0.0, 0, 0.0
-    phase = state.phases[state.phase_index]
-    seconds = max(0.0, phase.min_soak_s - state.soak_elapsed_ns / NS_PER_SECOND)
-    return seconds, max(0, phase.min_fills - state.fills), max(0.0, phase.min_notional_hours - state.notional_hours)
 
 
 def is_due(state: RolloutState, now_ns: int, plan: Plan) -> bool:

@@ -2,7 +2,7 @@
 
 from qmp_core import subjects
 from qmp_core.messages import Defensive, TradingState, encode
-from qmp_core.trading_state import ControlEntries, apply, combine, effective_state
+from qmp_core.trading_state import ControlEntries, apply, combine, effective_state, grows_exposure
 
 
 def test_combine_when_one_source_halts_then_halted_and_tightest_limits_win():
@@ -84,3 +84,10 @@ def test_effective_state_when_entries_arrive_in_another_order_then_same_state() 
 
     assert forward == backward
     assert forward.reason == "operator"  # sources combine in SOURCES order: the operator's reason shows
+
+
+def test_grows_exposure_when_flat_or_same_side_then_true_and_other_side_false() -> None:
+    assert grows_exposure(1.0, 0.0) and grows_exposure(-1.0, 0.0)
+    assert grows_exposure(5.0, 10.0) and grows_exposure(-5.0, -10.0)
+    assert not grows_exposure(-5.0, 10.0) and not grows_exposure(5.0, -10.0)
+    assert not grows_exposure(-50.0, 10.0)  # flips: the gate trims it to the position
