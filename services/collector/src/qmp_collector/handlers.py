@@ -20,6 +20,7 @@ from qmp_collector.engine import CollectorEngine, Outcome, ResumePoint, chunk
 from qmp_collector.store import BarStore
 from qmp_core import bus, subjects
 from qmp_core.clock import Clock, ReplayClock
+from qmp_core.lockstep import Progress
 from qmp_core.messages import BarBatch, RiskSnapshot, codec
 from qmp_core.telemetry import tracer
 
@@ -38,7 +39,7 @@ def message_id(batch: BarBatch) -> str:
 
 
 class LockstepGate:
-    """Hold the publish loop until risk has seen a batch: a RiskSnapshot with ts_event >= the batch's.
+    """Step 1 of the lockstep replay (`qmp_core.lockstep`): hold the publish loop until risk has seen a batch.
 
     Replays are then deterministic: risk (and the breakers it trips) acts on batch t before batch t+1 exists.
     """
@@ -46,13 +47,16 @@ class LockstepGate:
     def __init__(self, strategy: str) -> None:
         self.strategy = strategy
         self.latest = -1
-        self._changed = asyncio.Event()
-        self.timeouts = 0
+        self._snapshots = Progress("risk snapshots")
+
+    @property
+    def timeouts(self) -> int:
+        return self._snapshots.timeouts
 
     def observe(self, ts_event: int) -> None:
         if ts_event > self.latest:
             self.latest = ts_event
-            self._changed.set()
+            self._snapshots.advanced()
 
     def on_snapshot(self, data: bytes) -> None:
         """Take a RiskSnapshot payload; ignore other strategies and payloads that do not decode."""
@@ -66,17 +70,11 @@ class LockstepGate:
 
     async def wait(self, ts_event: int, timeout_s: float) -> bool:
         """Return True once a snapshot at or after ts_event has arrived, False after timeout_s."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                while self.latest < ts_event:
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            self.timeouts += 1
-            log.warning("lockstep: no risk snapshot in time",
-                        extra={"strategy": self.strategy, "ts_event": ts_event, "timeout_s": timeout_s})
-            return False
-        return True
+        if await self._snapshots.wait_until(lambda: self.latest >= ts_event, timeout_s):
+            return True
+        log.warning("lockstep: no risk snapshot in time",
+                    extra={"strategy": self.strategy, "ts_event": ts_event, "timeout_s": timeout_s})
+        return False
 
 
 class Collector:

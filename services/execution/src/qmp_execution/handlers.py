@@ -30,6 +30,7 @@ from nats.js.kv import KeyValue
 
 from qmp_core import bus, subjects
 from qmp_core.clock import Clock, ReplayClock
+from qmp_core.lockstep import Progress
 from qmp_core.messages import (
     BarBatch,
     BrokerCommand,
@@ -303,8 +304,7 @@ class ControlWatch:
         self.loaded = asyncio.Event()
         self.updates = 0
         self.revision = 0  # the bucket's stream sequence applied so far
-        self.catch_up_timeouts = 0
-        self._changed = asyncio.Event()
+        self._writes = Progress("control bucket writes")  # step 2 of the lockstep replay (qmp_core.lockstep)
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -341,18 +341,14 @@ class ControlWatch:
         if self.js is None:
             return self.revision
         last = (await self.js.stream_info(f"KV_{subjects.KV_CONTROL}")).state.last_seq or 0
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while self.revision < last:
-            self._changed.clear()
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                self.catch_up_timeouts += 1
-                log.warning("control watch behind the bucket; trading on the state it has",
-                            extra={"applied": self.revision, "bucket": last})
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+        if not await self._writes.wait_until(lambda: self.revision >= last, timeout_s):
+            log.warning("control watch behind the bucket; trading on the state it has",
+                        extra={"applied": self.revision, "bucket": last})
         return last
+
+    @property
+    def catch_up_timeouts(self) -> int:
+        return self._writes.timeouts
 
     def apply(self, key: str, value: bytes, operation: str | None, revision: int = 0) -> str | None:
         """Apply one KV change to the engine's entries, log the effective state; return why a value is invalid."""
@@ -367,7 +363,7 @@ class ControlWatch:
         strategy = strategy_of(key)
         self.updates += 1
         self.revision = max(self.revision, revision)
-        self._changed.set()
+        self._writes.advanced()
         affected = self.engine.hosts if strategy == subjects.ALL_STRATEGIES else (
             [strategy] if strategy in self.engine.hosts else [])
         for sid in affected:
@@ -458,8 +454,7 @@ class RiskWatch:
         self.js = js
         self.engine = engine
         self.received = 0
-        self.catch_up_timeouts = 0
-        self._changed = asyncio.Event()
+        self._snapshots = Progress("risk snapshots")  # step 2 of the lockstep replay (qmp_core.lockstep)
         self._decoder = codec(RiskSnapshot)
         self._subscription: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -500,7 +495,7 @@ class RiskWatch:
             return
         if self.engine.on_risk(snapshot):
             self.received += 1
-            self._changed.set()
+            self._snapshots.advanced()
 
     def behind(self) -> list[str]:
         """Return the strategies whose latest risk snapshot is older than their last traded batch."""
@@ -514,16 +509,13 @@ class RiskWatch:
         service on different subscriptions: waiting here sizes t + 1 with the ES of t, run after run.
         A strategy risk has never answered for is not waited for.
         """
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while lagging := self.behind():
-            self._changed.clear()
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                self.catch_up_timeouts += 1
-                log.warning("risk snapshots behind the book; sizing with the last one", extra={"strategies": lagging})
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+        if not await self._snapshots.wait_until(lambda: not self.behind(), timeout_s):
+            log.warning("risk snapshots behind the book; sizing with the last one",
+                        extra={"strategies": self.behind()})
+
+    @property
+    def catch_up_timeouts(self) -> int:
+        return self._snapshots.timeouts
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -31,6 +31,7 @@ from opentelemetry.trace import SpanKind
 from qmp_core import bus, subjects
 from qmp_core.clock import Clock, ReplayClock, to_datetime
 from qmp_core.db import connect_pool
+from qmp_core.lockstep import Progress
 from qmp_core.messages import (
     BarBatch,
     BreakerEvent,
@@ -91,7 +92,7 @@ class RiskHandlers:
         self._connection = connection
         self._js: JetStreamContext | None = None
         self.pool: asyncpg.Pool | None = None
-        self._bars_advanced = asyncio.Condition()
+        self._bars = Progress("bars")  # step 3 of the lockstep replay (qmp_core.lockstep)
         self._bars_codec = codec(BarBatch)
         self._portfolio_codec = codec(PortfolioSnapshot)
         self._state_codec = codec(TradingState)
@@ -169,8 +170,7 @@ class RiskHandlers:
                 suffix = f"; and {more} more" if more > 0 else ""
                 await self._reject(msg, f"{len(validated.rejected)} invalid rows at ts_event={batch.ts_event}: "
                                         f"{rows}{suffix}", suffix_id="rows")
-            async with self._bars_advanced:
-                self._bars_advanced.notify_all()
+            self._bars.advanced()
 
     # ------------------------------------------------------------------ portfolios
     async def on_portfolio(self, msg: NatsMessage) -> None:
@@ -212,13 +212,7 @@ class RiskHandlers:
         """Wait (bounded) until the bars of ts_event are in, so VaR never depends on arrival order."""
         if self.engine.bar_watermark >= ts_event or self.settings.bar_wait_s <= 0:
             return
-        try:
-            async with self._bars_advanced:
-                await asyncio.wait_for(
-                    self._bars_advanced.wait_for(lambda: self.engine.bar_watermark >= ts_event),
-                    timeout=self.settings.bar_wait_s,
-                )
-        except TimeoutError:
+        if not await self._bars.wait_until(lambda: self.engine.bar_watermark >= ts_event, self.settings.bar_wait_s):
             log.warning("no bars for portfolio timestamp; using the bars so far",
                         extra={"ts_event": ts_event, "bar_watermark": self.engine.bar_watermark})
 
