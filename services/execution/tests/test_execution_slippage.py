@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from qmp_core.messages import OrderAccepted
-from qmp_execution.book import Portfolio, Working
-from qmp_execution.paper import Market, PaperBroker, PaperConfig
-from qmp_execution.slippage import SlippageConfig, SlippageModel
+from qmp_execution.engine.book import Portfolio, Working
+from qmp_execution.engine.paper import Market, PaperBroker, PaperConfig
+from qmp_execution.engine.slippage import SlippageConfig, SlippageModel
 from qmp_kernels import impact
 from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
 

@@ -11,8 +11,8 @@ from typing import Literal, Protocol, runtime_checkable
 from msgspec import Struct
 
 from qmp_core.messages import Side
-from qmp_execution.book import Portfolio, Working
-from qmp_execution.paper import Market, PaperBroker
+from qmp_execution.engine.book import Portfolio, Working
+from qmp_execution.engine.paper import Market, PaperBroker
 
 AckStatus = Literal["accepted", "partially_filled", "filled", "canceled", "rejected", "unknown"]
 

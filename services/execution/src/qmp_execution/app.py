@@ -24,6 +24,8 @@ from qmp_core.messages import encode
 from qmp_core.service import durable_subscriber, make_broker, register_health
 from qmp_core.strategy import Strategy, load_strategy
 from qmp_execution.engine import DEFAULT_ES_KEYS, EngineConfig, ExecutionEngine
+from qmp_execution.engine.paper import PaperConfig
+from qmp_execution.engine.slippage import SlippageConfig
 from qmp_execution.handlers import (
     SERVICE,
     BarHandler,
@@ -34,16 +36,9 @@ from qmp_execution.handlers import (
     StopLossHandler,
     recover,
 )
-from qmp_execution.paper import PaperConfig
 from qmp_execution.publisher import AckedPublisher
 from qmp_execution.rest import RestBrokerAdapter, RestBrokerClient, RestBrokerConfig
-from qmp_execution.slippage import SlippageConfig
-from qmp_execution.store import ExecutionStore
-
-LATEST_CALIBRATION = (
-    "SELECT half_spread_bps, eta, beta FROM slippage_calibrations WHERE strategy IN ('', $1) "
-    "ORDER BY ts DESC, id DESC LIMIT 1"
-)
+from qmp_execution.store import ExecutionStore, latest_calibration
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +170,13 @@ def rest_config(settings: ExecutionSettings) -> RestBrokerConfig:
 async def load_calibration(pool: asyncpg.Pool, engine: ExecutionEngine) -> dict[str, Any]:
     """Apply the latest slippage calibration to every strategy's paper broker; return what was applied."""
     applied: dict[str, Any] = {}
-    for sid, host in engine.hosts.items():
-        row = await pool.fetchrow(LATEST_CALIBRATION, sid)
+    for sid in engine.strategies():
+        row = await latest_calibration(pool, sid)
         if row is None:
             continue
-        config = msgspec.structs.replace(host.broker.model.config, half_spread_bps=row["half_spread_bps"],
+        config = msgspec.structs.replace(engine.slippage_config(sid), half_spread_bps=row["half_spread_bps"],
                                          eta=row["eta"], beta=row["beta"])
-        host.use_slippage(config)
+        engine.use_slippage(sid, config)
         applied[sid] = {"half_spread_bps": row["half_spread_bps"], "eta": row["eta"], "beta": row["beta"]}
     return applied
 
@@ -295,7 +290,7 @@ class ExecutionService:
         self.stop_loss = StopLossHandler(self.engine, js, self.clock, self.stop_acks)
         self.handler = BarHandler(self.engine, js, self.publisher, ExecutionStore(self._pool), self.clock,
                                   self.settings.venues, adapter, self.stop_acks, self.watch, self.risk_watch)
-        log.info("execution ready", extra={"strategies": sorted(self.engine.hosts), "restored": restored,
+        log.info("execution ready", extra={"strategies": self.engine.strategies(), "restored": restored,
                                            "consumer": self.consumer, "subject": bars_subject(self.settings),
                                            "broker": self.settings.broker, "calibration": calibration})
 

@@ -218,8 +218,7 @@ class BarHandler:
                        {**trace, "Nats-Msg-Id": f"{sid}:{strategy_result.ts_event}"})
             await self.publisher.confirm(PUBLISH_TIMEOUT_S)
             if self.stop_acks is not None:
-                in_force = {stop.command_id for stop in self.engine.hosts[sid].stop_losses.values()}
-                await self.stop_acks.release(strategy_result.snapshot, in_force)
+                await self.stop_acks.release(strategy_result.snapshot, self.engine.stop_loss_ids(sid))
             self._log(strategy_result)
 
     @staticmethod
@@ -318,7 +317,7 @@ class ControlWatch:
             raise RuntimeError(f"control bucket {subjects.KV_CONTROL}: initial values not loaded in "
                                f"{timeout_s}s") from None
         log.info("control state loaded", extra={"keys": list(self.engine.controls), "states": {
-            sid: self.engine.state(sid).status for sid in self.engine.hosts}})
+            sid: self.engine.state(sid).status for sid in self.engine.strategies()}})
 
     async def _run(self) -> None:
         async for entry in self._watcher:
@@ -364,8 +363,8 @@ class ControlWatch:
         self.updates += 1
         self.revision = max(self.revision, revision)
         self._writes.advanced()
-        affected = self.engine.hosts if strategy == subjects.ALL_STRATEGIES else (
-            [strategy] if strategy in self.engine.hosts else [])
+        hosted = self.engine.strategies()
+        affected = hosted if strategy == subjects.ALL_STRATEGIES else ([strategy] if strategy in hosted else [])
         for sid in affected:
             state = self.engine.state(sid)
             log.info("trading state", extra={"strategy": sid, "key": key, "operation": operation or "PUT",
@@ -387,7 +386,7 @@ async def recover(engine: ExecutionEngine, js: JetStreamContext, consumer: str,
     """
     decoder = codec(PortfolioSnapshot)
     restored: dict[str, int] = {}
-    for strategy in engine.hosts:
+    for strategy in engine.strategies():
         try:
             raw = await js.get_last_msg(subjects.STREAM_EXEC, subjects.portfolio(strategy))
         except NotFoundError:
@@ -460,7 +459,7 @@ class RiskWatch:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        hosts = sorted(self.engine.hosts)
+        hosts = self.engine.strategies()
         subject = subjects.snapshot(hosts[0]) if len(hosts) == 1 else subjects.SNAPSHOT_ALL
         config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW, ack_policy=api.AckPolicy.NONE,
                                     inactive_threshold=60.0, max_waiting=4)
@@ -499,8 +498,7 @@ class RiskWatch:
 
     def behind(self) -> list[str]:
         """Return the strategies whose latest risk snapshot is older than their last traded batch."""
-        return sorted(sid for sid, host in self.engine.hosts.items()
-                      if host.risk is not None and host.risk.ts_event < host.portfolio.last_ts)
+        return self.engine.risk_behind()
 
     async def catch_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> None:
         """Wait until each strategy's risk snapshot covers its last traded batch (a replay's next batch).

@@ -68,3 +68,14 @@ class ExecutionStore:
         await connection.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
         await connection.copy_records_to_table(staging, records=rows, columns=list(columns))
         await connection.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING")
+
+
+LATEST_CALIBRATION = (
+    "SELECT half_spread_bps, eta, beta FROM slippage_calibrations WHERE strategy IN ('', $1) "
+    "ORDER BY ts DESC, id DESC LIMIT 1"
+)
+
+
+async def latest_calibration(pool: asyncpg.Pool, strategy: str) -> asyncpg.Record | None:
+    """Return the newest slippage calibration for the strategy (or for every strategy: ''), if any."""
+    return await pool.fetchrow(LATEST_CALIBRATION, strategy)

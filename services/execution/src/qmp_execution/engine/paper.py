@@ -17,8 +17,8 @@ import numpy as np
 from msgspec import Meta, Struct
 
 from qmp_core.messages import Fill
-from qmp_execution.book import QTY_EPSILON, Portfolio, Working
-from qmp_execution.slippage import BPS, SlippageConfig, SlippageModel
+from qmp_execution.engine.book import QTY_EPSILON, Portfolio, Working
+from qmp_execution.engine.slippage import BPS, SlippageConfig, SlippageModel
 
 
 class PaperConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

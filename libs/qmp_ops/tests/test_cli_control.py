@@ -1,0 +1,64 @@
+"""`qmp halt / resume / status` over a real nats-server: the request they send and the state they show."""
+
+import asyncio
+import json
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from qmp_core import bus, subjects
+from qmp_core.messages import TradingState, encode
+from qmp_ops.cli.control import gather_status, send_control
+from qmp_ops.runtime.nats_server import NatsCredentials
+from qmp_ops.runtime.supervisor import SERVICES, Connection
+
+pytestmark = pytest.mark.integration
+
+
+def operator_connection(credentials: NatsCredentials, run_dir: str) -> Connection:
+    user, password = credentials.for_user("operator")
+    return Connection(credentials.url, "", run_dir, user, password)
+
+
+async def test_send_control_when_owner_answers_then_reply_returned_and_operator_command_with_id_sent(
+        nats_credentials: NatsCredentials, operator_nc: Client, unique_id: str, tmp_path) -> None:
+    requests: list[dict] = []
+
+    async def owner(msg) -> None:
+        requests.append(json.loads(msg.data))
+        await msg.respond(json.dumps({"accepted": True, "state": {"status": "HALTED"}}).encode())
+
+    await operator_nc.subscribe(subjects.control(unique_id), cb=owner)
+    await operator_nc.flush()
+
+    reply = await send_control(operator_connection(nats_credentials, str(tmp_path)), unique_id,
+                               {"command": "halt", "reason": "check"})
+
+    assert reply["accepted"] is True
+    assert requests[0]["command"] == "halt" and requests[0]["issued_by"] == "operator"
+    assert len(requests[0]["command_id"]) == 32
+
+
+async def test_gather_status_when_entries_in_bucket_then_every_service_listed_and_effective_states(
+        nats_credentials: NatsCredentials, unique_id: str, tmp_path) -> None:
+    deployer_user, deployer_password = nats_credentials.for_user("deployer")
+    writer = await nats.connect(nats_credentials.url,
+                                **({"user": deployer_user, "password": deployer_password} if deployer_user else {}))
+    try:
+        kv = await bus.control_bucket(writer.jetstream())
+        await kv.put(subjects.control_key(unique_id, "operator"),
+                     encode(TradingState(strategy=unique_id, status="HALTED", reason="by hand")))
+        await kv.put(subjects.control_key(unique_id, "deployer"), encode(TradingState(strategy=unique_id,
+                                                                                      allocation=0.1)))
+        broken = f"{unique_id}b"
+        await kv.put(subjects.control_key(broken, "risk"), b"not a state")
+
+        status = await asyncio.wait_for(gather_status(operator_connection(nats_credentials, str(tmp_path))), 30)
+    finally:
+        await writer.drain()
+
+    assert set(status["services"]) == set(SERVICES)  # each answered, or reported down
+    mine = status["strategies"][unique_id]
+    assert (mine["status"], mine["reason"], mine["allocation"]) == ("HALTED", "by hand", 0.1)
+    assert status["strategies"][broken]["status"] == "HALTED"  # a corrupt entry reads as a halt here too

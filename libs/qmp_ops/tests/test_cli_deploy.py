@@ -1,0 +1,47 @@
+"""`qmp rollout status` and `qmp history`: what the tables say about a rollout's phase and soak."""
+
+from rich.console import Console
+
+from qmp_core.clock import NS_PER_HOUR
+from qmp_core.messages import DeploymentEvent, RolloutPhase, RolloutState
+from qmp_ops.cli.deploy import _soak_text, history_table, rollout_table
+
+PHASES = [RolloutPhase(name="paper", env="paper", allocation=0.0, min_soak_s=24 * 3600.0, min_fills=10),
+          RolloutPhase(name="live10", env="live", allocation=0.1, min_soak_s=48 * 3600.0, min_notional_hours=500.0)]
+
+
+def rollout(**fields: object) -> RolloutState:
+    return RolloutState(strategy="s", rollout_id="r", plan="default", phases=PHASES, **fields)  # type: ignore[arg-type]
+
+
+def render(renderable: object) -> str:
+    console = Console(width=200, record=True)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_soak_text_when_soaking_then_hours_and_fills_left_and_notional_only_where_the_phase_needs_it() -> None:
+    assert _soak_text(rollout(soak_elapsed_ns=6 * NS_PER_HOUR, fills=4)) == "18.0h, 6 fills"
+    assert _soak_text(rollout(phase_index=1, notional_hours=100.0)) == "48.0h, 0 fills, 400 notional-h"
+
+
+def test_soak_text_when_aborted_or_complete_or_below_first_phase_then_dash() -> None:
+    assert _soak_text(rollout(status="ABORTED")) == "—"
+    assert _soak_text(rollout(status="COMPLETE", phase_index=1)) == "—"
+    assert _soak_text(rollout(phase_index=-1)) == "—"
+
+
+def test_rollout_table_when_state_given_then_phase_name_step_and_allocation_shown() -> None:
+    text = render(rollout_table({"s": rollout(phase_index=1, allocation=0.1, status="HOLDING")}, 0))
+
+    assert "live10" in text and "2/2" in text and "10%" in text and "HOLDING" in text
+    assert "none" in render(rollout_table({"s": rollout(status="ABORTED")}, 0))
+
+
+def test_history_table_when_events_given_then_one_row_each_with_transition_and_actor() -> None:
+    event = DeploymentEvent(strategy="s", rollout_id="r", seq=1, kind="promoted", phase_from="paper",
+                            phase_to="live10", ts_event=0, actor="operator", reason="soak done")
+
+    text = render(history_table("s", [event]))
+
+    assert "paper → live10" in text and "operator" in text and "1970-01-01 00:00:00" in text

@@ -1,0 +1,68 @@
+"""The execution engine's settings and what one batch produces."""
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from qmp_core.messages import (
+    Fill,
+    OrderEvent,
+    PortfolioSnapshot,
+)
+from qmp_execution.engine.codes import (
+    DEFAULT_ES_KEYS,
+)
+from qmp_execution.engine.paper import PaperConfig
+
+
+class EngineConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Sizing, risk-budget, pre-trade and paper-broker parameters; one per execution service."""
+
+    initial_capital: Annotated[float, Meta(gt=0.0)] = 1_000_000.0
+    capital: dict[str, Annotated[float, Meta(gt=0.0)]] = {}  # per strategy id; others get initial_capital
+    min_order_notional: Annotated[float, Meta(ge=0.0)] = 100.0
+    lot_size: Annotated[float, Meta(ge=0.0)] = 0.0  # 0 trades fractional shares
+    vol_window: Annotated[int, Meta(ge=2)] = 20
+    adv_window: Annotated[int, Meta(ge=1)] = 20
+    default_daily_vol: Annotated[float, Meta(gt=0.0)] = 0.02
+    # An order may be at most this fraction of the symbol's average daily volume (0: no limit).
+    participation_limit: Annotated[float, Meta(ge=0.0)] = 0.1
+    # Risk budget: the largest 99% ES (fraction of equity) sizing may lead to (0: no budget).
+    es_budget: Annotated[float, Meta(ge=0.0)] = 0.05
+    es_budgets: dict[str, Annotated[float, Meta(ge=0.0)]] = {}  # per strategy id
+    es_keys: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ES_KEYS))  # first present is used
+    # Pre-trade checks (0 turns a check off).
+    max_order_notional: Annotated[float, Meta(ge=0.0)] = 0.0
+    max_order_rate: Annotated[int, Meta(ge=0)] = 10_000
+    order_rate_interval_s: Annotated[float, Meta(gt=0.0)] = 1.0
+    price_band: Annotated[float, Meta(ge=0.0)] = 0.5
+    cash_borrow_limit: Annotated[float, Meta(ge=0.0)] = 0.0  # fraction of equity cash may go below zero
+    paper: PaperConfig = PaperConfig()
+    # "paper" fills against bars here; "external" leaves accepted orders working until `apply_acks`.
+    broker: Literal["paper", "external"] = "paper"
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """One strategy's order events and fills for a batch, and its book after it."""
+
+    strategy: str
+    ts_event: int
+    decisions: list[OrderEvent]
+    fills: list[Fill]
+    snapshot: PortfolioSnapshot
+    error: str | None = None
+    replayed: bool = False
+    es_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The outcome of one batch for every hosted strategy; `complete` is False while chunks are pending."""
+
+    ts_event: int
+    results: dict[str, StrategyResult]
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    complete: bool = True

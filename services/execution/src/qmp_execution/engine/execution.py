@@ -1,0 +1,165 @@
+"""The execution engine: every hosted strategy, the control entries, batches in, results out."""
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from qmp_core.clock import Clock
+from qmp_core.messages import (
+    BarBatch,
+    ClosePosition,
+    PortfolioSnapshot,
+    RiskSnapshot,
+    TradingState,
+)
+from qmp_core.strategy import Strategy
+from qmp_core.trading_state import ControlEntries
+from qmp_core.validation import ValidatedBatch, merge_chunks, validate_batch
+from qmp_execution.adapters import OrderAck
+from qmp_execution.engine.codes import (
+    CLOSE_IDS_KEPT,
+)
+from qmp_execution.engine.config import BatchResult, EngineConfig, StrategyResult
+from qmp_execution.engine.host import StrategyHost
+from qmp_execution.engine.slippage import SlippageConfig
+
+log = logging.getLogger(__name__)
+
+class ExecutionEngine:
+    """Hosts strategies and turns bar batches into gated orders, paper fills and portfolio snapshots."""
+
+    def __init__(self, strategies: Mapping[str, Strategy], config: EngineConfig, clock: Clock,
+                 controls: ControlEntries | None = None) -> None:
+        if not strategies:
+            raise ValueError("execution needs at least one strategy")
+        unknown = sorted((set(config.capital) | set(config.es_budgets)) - set(strategies))
+        if unknown:
+            raise ValueError(f"capital / ES budgets given for strategies that are not hosted: {unknown}")
+        self.config = config
+        self.clock = clock
+        self.controls = controls or ControlEntries()
+        self.hosts = {sid: StrategyHost(sid, strategy, config, clock) for sid, strategy in strategies.items()}
+        self._pending: dict[tuple[str, int], dict[int, ValidatedBatch]] = {}
+        self._close_ids: set[str] = set()
+        self._close_order: deque[str] = deque()
+
+    def strategies(self) -> list[str]:
+        """Return the hosted strategy ids, sorted."""
+        return sorted(self.hosts)
+
+    def stop_loss_ids(self, strategy: str) -> set[str]:
+        """Return the command ids of the strategy's stop-losses in force."""
+        return {stop.command_id for stop in self.hosts[strategy].stop_losses.values()}
+
+    def risk_behind(self) -> list[str]:
+        """Return the strategies whose latest risk snapshot is older than the batch they last traded.
+
+        A strategy risk has never answered for is not behind (nothing to wait for).
+        """
+        return sorted(sid for sid, host in self.hosts.items()
+                      if host.risk is not None and host.risk.ts_event < host.portfolio.last_ts)
+
+    def slippage_config(self, strategy: str) -> SlippageConfig:
+        return self.hosts[strategy].broker.model.config
+
+    def use_slippage(self, strategy: str, config: SlippageConfig) -> None:
+        """Let the strategy's paper broker fill with a (re)calibrated slippage model."""
+        self.hosts[strategy].use_slippage(config)
+
+    def state(self, strategy: str) -> TradingState:
+        return self.controls.effective(strategy)
+
+    def window_rows(self) -> int:
+        """Return how many past batches rebuild every strategy's window after a restart."""
+        return max(host.window.capacity for host in self.hosts.values())
+
+    def restore(self, snapshot: PortfolioSnapshot) -> None:
+        host = self.hosts.get(snapshot.strategy)
+        if host is None:
+            raise ValueError(f"no hosted strategy {snapshot.strategy!r} for this snapshot")
+        host.restore(snapshot)
+        for stop in snapshot.stop_losses:  # a redelivery of a stop-loss the snapshot holds is applied once
+            self._remember_close(stop.command_id)
+
+    def on_risk(self, snapshot: RiskSnapshot) -> bool:
+        """Take a strategy's latest RiskSnapshot (its ES sizes the next orders); False if not hosted here."""
+        host = self.hosts.get(snapshot.strategy)
+        if host is None:
+            return False
+        host.on_risk(snapshot)
+        return True
+
+    def on_close_position(self, command: ClosePosition) -> bool:
+        """Apply a risk stop-loss (see the module docstring) once per command id; False if not applied."""
+        about = {"strategy": command.strategy, "symbol": command.symbol, "command_id": command.command_id}
+        if command.command_id in self._close_ids:
+            log.info("stop-loss ignored: command id already seen (a redelivery)", extra=about)
+            return False
+        host = self.hosts.get(command.strategy)
+        if host is None:
+            log.info("stop-loss ignored: strategy not hosted here", extra=about)
+            return False
+        # Remembered even when ignored: a late redelivery must not close a position opened since.
+        self._remember_close(command.command_id)
+        return host.on_close_position(command)
+
+    def _remember_close(self, command_id: str) -> None:
+        if command_id and command_id not in self._close_ids:
+            self._close_ids.add(command_id)
+            self._close_order.append(command_id)
+            if len(self._close_order) > CLOSE_IDS_KEPT:
+                self._close_ids.discard(self._close_order.popleft())
+
+    def apply_acks(self, strategy: str, acks: Sequence[OrderAck]) -> StrategyResult:
+        """Book an external broker's answers to a strategy's orders of the last batch."""
+        return self.hosts[strategy].apply_acks(acks)
+
+    def warm(self, batches: Iterable[BarBatch]) -> int:
+        """Rebuild windows from batches traded before a restart (any order); return timestamps used."""
+        groups: dict[tuple[int, str], dict[int, ValidatedBatch]] = {}
+        for batch in batches:
+            try:
+                groups.setdefault((batch.ts_event, batch.venue), {})[batch.chunk] = validate_batch(batch)
+            except ValueError:
+                continue
+        for _, parts in sorted(groups.items()):
+            merged = merge_chunks([parts[c] for c in sorted(parts)])
+            for host in self.hosts.values():
+                host.warm(merged)
+        return len(groups)
+
+    def process(self, batch: BarBatch) -> BatchResult:
+        """Trade one batch for every strategy; raise BatchRejected (a ValueError) for an unusable batch."""
+        validated = validate_batch(batch)
+        merged = self._assemble(batch, validated)
+        if merged is None:
+            return BatchResult(batch.ts_event, {}, validated.rejected, complete=False)
+        results: dict[str, StrategyResult] = {}
+        for sid, host in self.hosts.items():
+            result = host.on_batch(merged, batch.seq, self.state(sid))
+            if result is not None:
+                results[sid] = result
+        return BatchResult(batch.ts_event, results, validated.rejected)
+
+    def _assemble(self, batch: BarBatch, validated: ValidatedBatch) -> ValidatedBatch | None:
+        """Return the whole timestamp once every chunk of it has arrived (chunks never trade alone).
+
+        Chunks wait in memory: a restart between two chunks of one timestamp skips that timestamp.
+        """
+        if batch.chunks <= 1:
+            return validated
+        if all(batch.ts_event <= host.portfolio.last_ts for host in self.hosts.values()):
+            return validated  # already traded: the hosts answer with their cached results
+        key = (batch.venue, batch.ts_event)
+        parts = self._pending.setdefault(key, {})
+        parts[batch.chunk] = validated
+        if len(parts) < batch.chunks:
+            return None
+        del self._pending[key]
+        for stale in [k for k in self._pending if k[1] < batch.ts_event]:
+            del self._pending[stale]
+        return merge_chunks([parts[c] for c in sorted(parts)])
+
+    def status(self) -> dict[str, Any]:
+        return {sid: host.status(self.state(sid)) for sid, host in self.hosts.items()}
