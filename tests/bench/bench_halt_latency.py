@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 from rich.progress import track
 
 from qmp_core import subjects
@@ -56,7 +57,8 @@ async def measure(stack: Stack, cycles: int) -> dict:
         start = time.perf_counter()
         await nc.request(subjects.health("deployer"), b"", timeout=5)
         floor.append(time.perf_counter() - start)
-    for cycle in track(range(cycles), description="halt/resume cycles"):
+    # The progress bar goes to stderr: with --json, stdout holds only the JSON document.
+    for cycle in track(range(cycles), description="halt/resume cycles", console=Console(stderr=True)):
         arrived["OrderDenied"].clear()
         start = time.perf_counter()
         reply = json.loads((await nc.request(subjects.control(STRATEGY),

@@ -22,7 +22,7 @@ from pathlib import Path
 import msgspec
 import nats
 
-from qmp_collector.engine import SyntheticSource
+from qmp_collector.sources import SyntheticSource
 from qmp_core import bus, subjects
 from qmp_core.db import migrate
 from qmp_core.messages import BarBatch, PortfolioSnapshot, encode

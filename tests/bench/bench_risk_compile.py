@@ -31,7 +31,7 @@ import numba
 framework = time.perf_counter()
 from qmp_kernels.methods import all_methods, var_es_methods_nb
 from qmp_kernels.var import rolling_historical_var_es
-from qmp_risk.symbols import SymbolParams, SymbolRisk
+from qmp_risk.engine.symbols import SymbolParams, SymbolRisk
 imported = time.perf_counter()
 x = np.random.default_rng(1).normal(0.0, 0.01, 300)
 alphas = np.array([0.95, 0.975, 0.99])

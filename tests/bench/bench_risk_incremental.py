@@ -25,7 +25,7 @@ from qmp_core.messages import BarBatch
 from qmp_kernels.methods import all_methods, var_es_methods_nb
 from qmp_risk.config import RiskSettings
 from qmp_risk.engine import RiskEngine
-from qmp_risk.symbols import SymbolParams, SymbolRisk
+from qmp_risk.engine.symbols import SymbolParams, SymbolRisk
 
 WINDOW = 250
 LEVELS = (0.95, 0.975, 0.99)

@@ -1,5 +1,6 @@
 """Bus helpers against a real nats-server: idempotent declaration, deduplicated publishes, dead letters."""
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -71,3 +72,18 @@ def test_headers_for_when_msg_id_and_extra_given_then_both_present_and_no_id_wit
     assert headers["Nats-Msg-Id"] == "abc" and headers["X-Test"] == "1"
     assert "Nats-Msg-Id" not in bus.headers_for(None)
     json.dumps(headers)  # plain strings only: a NATS header map
+
+
+async def test_dead_letter_later_when_the_publish_fails_then_logged_and_the_caller_goes_on(
+        nats_credentials: NatsCredentials, caplog: pytest.LogCaptureFixture) -> None:
+    user, password = nats_credentials.for_user("risk")
+    nc = await nats.connect(nats_credentials.url, **({"user": user, "password": password} if user else {}))
+    js = nc.jetstream()
+    await nc.close()  # every publish on it now fails
+    tasks: set = set()
+
+    bus.dead_letter_later(tasks, js, "risk", "$KV.qmp_control.x.risk", "invalid control entry", b"?", TestClock(1))
+    await asyncio.gather(*tasks)
+
+    assert not tasks
+    assert any(record.message == "dead letter not published" for record in caplog.records)

@@ -6,7 +6,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from qmp_collector.engine import CollectorEngine, ResumePoint, SyntheticSource, chunk
+from qmp_collector.engine import CollectorEngine, ResumePoint, chunk
+from qmp_collector.sources import SyntheticSource
 from qmp_core.clock import TestClock
 from qmp_core.messages import BarBatch
 from qmp_core.validation import merge_chunks, validate_batch

@@ -12,14 +12,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 from qmp_collector.app import CollectorSettings, build_source, check_settings
-from qmp_collector.engine import (
-    CollectorEngine,
-    FileSource,
-    HistorySource,
-    SyntheticLiveAdapter,
-    SyntheticSource,
-)
+from qmp_collector.engine import CollectorEngine
 from qmp_collector.handlers import Collector, LockstepGate
+from qmp_collector.sources import FileSource, HistorySource, SyntheticLiveAdapter, SyntheticSource
 from qmp_core import subjects
 from qmp_core.clock import LiveClock, ReplayClock
 from qmp_core.config import load_settings
@@ -224,7 +219,7 @@ async def test_on_ingest_when_malformed_then_dead_lettered_and_next_valid_publis
     await collector.on_ingest(subject, encode(valid), stream_seq=3)
     letters = js.dead_letters()
     assert [letter.subject for letter in letters] == [subject, subject]
-    assert letters[0].reason.startswith("malformed BarBatch")
+    assert letters[0].reason.startswith("invalid BarBatch")
     assert "Expected `int`, got `str`" in letters[1].reason and "ts_event" in letters[1].reason
     assert letters[1].payload == wrong_type.decode()
     assert [b.symbols for b in js.bars("feed")] == [["X"]]

@@ -13,7 +13,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from qmp_collector.app import CollectorService, CollectorSettings
-from qmp_collector.engine import HistorySource
+from qmp_collector.sources import HistorySource
 from qmp_collector.store import BarStore, ns_to_datetime
 from qmp_core import subjects
 from qmp_core.messages import BarBatch, DeadLetter, HealthReply, RiskSnapshot, codec, encode
@@ -185,7 +185,7 @@ async def test_ingest_when_malformed_then_dead_lettered_and_next_valid_published
         letter = codec(DeadLetter).decode(raw.data)
         assert letter.subject == subjects.ingest(feed)
         assert marker in letter.payload
-        assert letter.reason.startswith("malformed BarBatch")
+        assert letter.reason.startswith("invalid BarBatch")
         assert await count_on_stream(operator_nc, subjects.bars(feed)) == 1
         assert (published.symbols, published.close) == (valid.symbols, valid.close)
         # The bars are written after they are published: give the write its moment.

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qmp_collector.engine import (
+from qmp_collector.sources import (
     CLOSE_HOUR_UTC,
     DAILY_NOTIONAL_USD,
     FileSource,

@@ -166,7 +166,7 @@ async def test_execution_when_halted_before_start_then_denies_until_resumed_and_
         while letter.subject != subjects.bars(venue):
             letter = msgspec.json.decode((await dead.next_msg(timeout=WAIT_S)).data, type=DeadLetter)
         assert letter.service == "execution"
-        assert "undecodable BarBatch" in letter.reason
+        assert "invalid BarBatch" in letter.reason
 
         reply = await operator_nc.request(subjects.health("execution"), b"", timeout=WAIT_S)
         health = msgspec.json.decode(reply.data, type=HealthReply)

@@ -103,7 +103,7 @@ async def test_execution_when_risk_publishes_close_position_then_next_batch_sell
     assert close.reason.startswith("stop-loss: AAA long")
     assert after.ts_event == 3 * NS_PER_DAY
     assert "AAA" not in after.symbols and "BBB" in after.symbols
-    assert letter.service == "execution" and "undecodable ClosePosition" in letter.reason
+    assert letter.service == "execution" and "invalid ClosePosition" in letter.reason
     assert consumer.config.filter_subject == subjects.STOP_LOSS_ALL
     assert consumer.config.deliver_policy == DeliverPolicy.NEW
     assert service.stop_loss is not None and service.stop_loss.applied == 1

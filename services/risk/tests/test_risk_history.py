@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from qmp_risk.history import INITIAL_COLUMNS, PriceHistory
+from qmp_risk.engine.history import INITIAL_COLUMNS, PriceHistory
 
 
 def test_record_when_more_rows_than_capacity_then_keeps_the_latest_in_order() -> None:

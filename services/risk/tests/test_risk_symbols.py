@@ -11,7 +11,7 @@ from qmp_kernels import status
 from qmp_kernels.methods import METHOD_NAMES, all_methods, method_index, var_es_methods_nb
 from qmp_kernels.special import t_standardized_var_es_nb
 from qmp_kernels.student_t import t_fit_nb
-from qmp_risk.symbols import SymbolParams, SymbolRisk
+from qmp_risk.engine.symbols import SymbolParams, SymbolRisk
 
 ALPHAS = (0.95, 0.975, 0.99)
 NEVER = 10**9

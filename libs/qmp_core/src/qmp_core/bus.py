@@ -98,3 +98,25 @@ async def dead_letter(
                         ts_event=clock.now_ns())
     log.warning("dead letter", extra={"service": service, "subject": subject, "reason": reason})
     await publish(js, subjects.dlq(service), letter, msg_id=msg_id)
+
+
+def dead_letter_later(
+    tasks: set[asyncio.Task[None]], js: JetStreamContext, service: str, subject: str, reason: str,
+    payload: bytes | str, clock: Clock,
+) -> None:
+    """Dead-letter in the background: for a reader (a KV watch) that must not wait on, or die of, the publish.
+
+    A failed publish is logged, never raised: the reader has already acted on the bad input (fail safe).
+    `tasks` keeps the pending publishes alive until they finish.
+    """
+
+    async def send() -> None:
+        try:
+            await dead_letter(js, service, subject, reason, payload, clock)
+        except Exception as error:  # the bus may be down or refuse us: the letter is lost, the reader is not
+            log.error("dead letter not published", extra={"service": service, "subject": subject,
+                                                           "reason": reason, "error": repr(error)})
+
+    task = asyncio.get_running_loop().create_task(send())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)

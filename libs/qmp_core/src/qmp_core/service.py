@@ -8,17 +8,21 @@ Pattern (see services/*/src/qmp_*/app.py): settings from env â†’ `make_broker` â
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import msgspec
 from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
 from faststream.security import SASLPlaintext
+from nats.js import JetStreamContext
 
-from qmp_core import subjects
+from qmp_core import bus, subjects
+from qmp_core.clock import Clock
 from qmp_core.config import ServiceSettings
-from qmp_core.messages import HealthReply, encode
+from qmp_core.messages import HealthReply, codec, encode
 
 MAX_DELIVER = 5
+T = TypeVar("T")
 
 
 def make_broker(settings: ServiceSettings, name: str) -> NatsBroker:
@@ -58,3 +62,42 @@ def register_health(broker: NatsBroker, name: str, detail: Callable[[], dict[str
     async def health(msg: NatsMessage) -> bytes:
         return encode(HealthReply(service=name, status="ok", pid=os.getpid(), ts_event=time.time_ns(),
                                   detail=detail()))
+
+
+class Intake(Generic[T]):
+    """A handler's typed input: decode one message type, or dead-letter the message with the reason.
+
+    Every handler takes its input through one of these, so a message that is not what its subject
+    promises is recorded the same way everywhere (`invalid <what>: <why>` on `qmp.dlq.<service>`, with
+    the payload) and is never raised: a poisoned message must not be redelivered forever. A business
+    rejection after decoding (a batch out of order, a command for another strategy) goes through
+    `reject`, the same path.
+    """
+
+    def __init__(self, type_: Any, service: str, clock: Clock, what: str = "") -> None:
+        self.codec = codec(type_)
+        self.service = service
+        self.clock = clock
+        self.what = what or getattr(type_, "__name__", str(type_))
+        self.dead_letters = 0
+
+    async def decode(self, js: JetStreamContext, subject: str, data: bytes, msg_id: str | None = None) -> T | None:
+        """Return the decoded message, or None once it has been dead-lettered."""
+        message, _ = await self.decode_request(js, subject, data, msg_id)
+        return message
+
+    async def decode_request(self, js: JetStreamContext, subject: str, data: bytes,
+                             msg_id: str | None = None) -> tuple[T | None, str]:
+        """Return (the decoded message, "") or (None, why it was dead-lettered): a request's reply says why."""
+        try:
+            return self.codec.decode(data), ""
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            reason = f"invalid {self.what}: {error}"
+            await self.reject(js, subject, reason, data, msg_id)
+            return None, reason
+
+    async def reject(self, js: JetStreamContext, subject: str, reason: str, data: bytes,
+                     msg_id: str | None = None) -> None:
+        """Dead-letter a message with the reason (`msg_id` makes a redelivery's letter a duplicate)."""
+        self.dead_letters += 1
+        await bus.dead_letter(js, self.service, subject, reason, data, self.clock, msg_id=msg_id)

@@ -23,7 +23,7 @@ per level would cost a microsecond each).
 
 Input contract
 - State arrays are created by the caller with the shapes below and zero / NaN filled (see
-  `qmp_risk.symbols.SymbolRisk`); `cols` index rows of every state array, `values` are the new returns.
+  `qmp_risk.engine.symbols.SymbolRisk`); `cols` index rows of every state array, `values` are the new returns.
   A non-finite return is no observation: the symbol's state is left as it was.
 - Outputs: var_out / es_out (N, N_METHODS, L), status_out (N, N_METHODS), vol_out (N, 2) = realized vol
   and its ratio to its own average (NaN until defined).

@@ -21,14 +21,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import context
 
-from qmp_collector.engine import (
-    CollectorEngine,
-    FileSource,
-    HistorySource,
-    SyntheticLiveAdapter,
-    SyntheticSource,
-)
+from qmp_collector.engine import CollectorEngine
 from qmp_collector.handlers import SERVICE, Collector, LockstepGate
+from qmp_collector.sources import FileSource, HistorySource, SyntheticLiveAdapter, SyntheticSource
 from qmp_collector.store import BarStore
 from qmp_core import bus, subjects
 from qmp_core.clock import LiveClock, ReplayClock, make_clock

@@ -22,6 +22,7 @@ from qmp_core import bus, subjects
 from qmp_core.clock import Clock, ReplayClock
 from qmp_core.lockstep import Progress
 from qmp_core.messages import BarBatch, RiskSnapshot, codec
+from qmp_core.service import Intake
 from qmp_core.telemetry import tracer
 
 SERVICE = "collector"
@@ -93,7 +94,7 @@ class Collector:
         self.lockstep_timeout_s = lockstep_timeout_s
         self.published = 0
         self.skipped = 0
-        self.dead_letters = 0
+        self._input: Intake[BarBatch] = Intake(BarBatch, SERVICE, clock)
         self.done = False
         self._seeded: set[str] = set()
         self._last_ts: int | None = None
@@ -177,8 +178,11 @@ class Collector:
                                            "chunk": batch.chunk, "rejected": outcome.rejected})
         # Distinct per source batch (seq) and per ingest message (stream sequence), stable across retries.
         msg_id = f"dlq:{dlq_id}:{batch.chunk}" if dlq_id else f"dlq:{message_id(batch)}:{batch.seq}"
-        await bus.dead_letter(self.js, SERVICE, origin, reason, payload, self.clock, msg_id=msg_id)
-        self.dead_letters += 1
+        await self._input.reject(self.js, origin, reason, payload, msg_id)
+
+    @property
+    def dead_letters(self) -> int:
+        return self._input.dead_letters
 
     # ------------------------------------------------------------ sources
     async def run_source(
@@ -228,23 +232,18 @@ class Collector:
     async def on_ingest(self, subject: str, body: bytes, stream_seq: int | None = None) -> None:
         """Take an external feed's BarBatch JSON; dead-letter what cannot be used, raise only if transient."""
         dlq_id = f"ingest:{stream_seq}" if stream_seq is not None else None
-        try:
-            batch: BarBatch = codec(BarBatch).decode(body)
-        except msgspec.MsgspecError as error:
-            await self._dead_letter_input(subject, f"malformed BarBatch: {error}", body, dlq_id)
+        msg_id = f"dlq:{dlq_id}" if dlq_id else None
+        batch = await self._input.decode(self.js, subject, body, msg_id)
+        if batch is None:
             return
         venue = subject.rsplit(".", 1)[-1]
         if batch.venue != venue:
-            await self._dead_letter_input(
-                subject, f"batch venue {batch.venue!r} does not match subject venue {venue!r}", body, dlq_id)
+            await self._input.reject(self.js, subject, f"batch venue {batch.venue!r} does not match subject venue "
+                                     f"{venue!r}", body, msg_id)
             return
         await self.seed(venue)
         await self.accept(batch, subject, dlq_id=dlq_id, flush=True)
 
-    async def _dead_letter_input(self, subject: str, reason: str, body: bytes, dlq_id: str | None) -> None:
-        msg_id = f"dlq:{dlq_id}" if dlq_id else None
-        await bus.dead_letter(self.js, SERVICE, subject, reason, body, self.clock, msg_id=msg_id)
-        self.dead_letters += 1
 
 
 async def _aiter(batches: Iterable[BarBatch] | AsyncIterable[BarBatch]) -> AsyncIterable[BarBatch]:

@@ -126,10 +126,7 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         letters: set[asyncio.Task[None]] = set()
 
         def dead_letter_entry(key: str, value: bytes, reason: str) -> None:
-            task = asyncio.get_running_loop().create_task(
-                bus.dead_letter(js, SERVICE, f"$KV.{subjects.KV_CONTROL}.{key}", reason, value, wall))
-            letters.add(task)
-            task.add_done_callback(letters.discard)
+            bus.dead_letter_later(letters, js, SERVICE, f"$KV.{subjects.KV_CONTROL}.{key}", reason, value, wall)
 
         store = ControlStore(await bus.control_bucket(js), on_invalid=dead_letter_entry)
         await store.load()

@@ -41,6 +41,7 @@ from qmp_core.messages import (
     codec,
     encode,
 )
+from qmp_core.service import Intake
 from qmp_core.telemetry import extract_context, tracer
 from qmp_core.trading_state import strategy_of
 from qmp_core.validation import BatchRejected
@@ -109,6 +110,11 @@ class StopLossAcks:
         return len(settled)
 
 
+def _letter_id(delivery_id: str) -> str | None:
+    """Return the dead letter's Nats-Msg-Id for a delivery, so a redelivery's letter is a duplicate."""
+    return f"{SERVICE}:{delivery_id}" if delivery_id else None
+
+
 class BarHandler:
     """Handle one market-data message end to end; one at a time, in stream order."""
 
@@ -127,10 +133,13 @@ class BarHandler:
         self.clock = clock
         self.venues = frozenset(venues)
         self.batches = 0
-        self.dead_letters = 0
+        self._input: Intake[BarBatch] = Intake(BarBatch, SERVICE, clock)
         self._lock = asyncio.Lock()
-        self._decoder = codec(BarBatch)
         self._tracer = tracer("qmp.execution")
+
+    @property
+    def dead_letters(self) -> int:
+        return self._input.dead_letters
 
     async def handle(self, data: bytes, subject: str, headers: Mapping[str, str] | None,
                      delivery_id: str = "") -> None:
@@ -140,10 +149,8 @@ class BarHandler:
             return
         with self._tracer.start_as_current_span("execution.bars", context=extract_context(headers)) as span:
             span.set_attribute("messaging.destination", subject)
-            try:
-                batch = self._decoder.decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as error:
-                await self._reject(subject, f"undecodable BarBatch: {error}", data, delivery_id)
+            batch = await self._input.decode(self.js, subject, data, _letter_id(delivery_id))
+            if batch is None:
                 return
             if batch.venue != venue:
                 await self._reject(subject, f"venue {batch.venue!r} does not match the subject", data,
@@ -233,9 +240,7 @@ class BarHandler:
                                       "es_scale": result.es_scale})
 
     async def _reject(self, subject: str, reason: str, data: bytes, delivery_id: str) -> None:
-        self.dead_letters += 1
-        msg_id = f"{SERVICE}:{delivery_id}" if delivery_id else None
-        await bus.dead_letter(self.js, SERVICE, subject, reason, data, self.clock, msg_id=msg_id)
+        await self._input.reject(self.js, subject, reason, data, _letter_id(delivery_id))
 
 
 class StopLossHandler:
@@ -249,9 +254,12 @@ class StopLossHandler:
         self.acks = acks
         self.received = 0
         self.applied = 0
-        self.dead_letters = 0
-        self._decoder = codec(ClosePosition)
+        self._input: Intake[ClosePosition] = Intake(ClosePosition, SERVICE, clock)
         self._tracer = tracer("qmp.execution")
+
+    @property
+    def dead_letters(self) -> int:
+        return self._input.dead_letters
 
     async def handle(self, data: bytes, subject: str, headers: Mapping[str, str] | None,
                      delivery_id: str = "", message: Msg | None = None) -> bool:
@@ -263,15 +271,13 @@ class StopLossHandler:
         with self._tracer.start_as_current_span("execution.stop_loss", context=extract_context(headers)) as span:
             span.set_attribute("messaging.destination", subject)
             self.received += 1
-            try:
-                command = self._decoder.decode(data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as error:
-                await self._reject(subject, f"undecodable ClosePosition: {error}", data, delivery_id)
+            command = await self._input.decode(self.js, subject, data, _letter_id(delivery_id))
+            if command is None:
                 return False
             strategy = subjects.strategy_of(subject, 2)
             if command.strategy != strategy:
-                await self._reject(subject, f"ClosePosition for strategy {command.strategy!r} on the subject of "
-                                            f"{strategy!r}", data, delivery_id)
+                await self._input.reject(self.js, subject, f"ClosePosition for strategy {command.strategy!r} on the "
+                                         f"subject of {strategy!r}", data, _letter_id(delivery_id))
                 return False
             span.set_attribute("qmp.strategy", command.strategy)
             span.set_attribute("qmp.symbol", command.symbol)
@@ -283,12 +289,6 @@ class StopLossHandler:
             span.set_attribute("qmp.applied", applied)
             self.applied += applied
             return applied
-
-    async def _reject(self, subject: str, reason: str, data: bytes, delivery_id: str) -> None:
-        self.dead_letters += 1
-        msg_id = f"{SERVICE}:{delivery_id}" if delivery_id else None
-        await bus.dead_letter(self.js, SERVICE, subject, reason, data, self.clock, msg_id=msg_id)
-
 
 class ControlWatch:
     """Keep the engine's control entries equal to the KV bucket, from its current values on.
@@ -304,6 +304,7 @@ class ControlWatch:
         self.updates = 0
         self.revision = 0  # the bucket's stream sequence applied so far
         self._writes = Progress("control bucket writes")  # step 2 of the lockstep replay (qmp_core.lockstep)
+        self._letters: set[asyncio.Task[None]] = set()
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -326,8 +327,8 @@ class ControlWatch:
                 continue
             invalid = self.apply(entry.key, entry.value or b"", entry.operation, entry.revision or 0)
             if invalid and self.js is not None:
-                await bus.dead_letter(self.js, SERVICE, f"$KV.{subjects.KV_CONTROL}.{entry.key}", invalid,
-                                      entry.value or b"", self.engine.clock)
+                bus.dead_letter_later(self._letters, self.js, SERVICE, f"$KV.{subjects.KV_CONTROL}.{entry.key}",
+                                      invalid, entry.value or b"", self.engine.clock)
 
     async def catch_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> int:
         """Wait until every write the bucket holds now has been applied; return the bucket's last sequence.

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
 
 from qmp_core import bus, subjects
-from qmp_core.clock import Clock, ReplayClock, to_datetime
+from qmp_core.clock import Clock, ReplayClock
 from qmp_core.db import connect_pool
 from qmp_core.lockstep import Progress
 from qmp_core.messages import (
@@ -44,10 +44,12 @@ from qmp_core.messages import (
     codec,
     encode,
 )
+from qmp_core.service import Intake
 from qmp_core.telemetry import extract_context, tracer
 from qmp_risk.config import RiskSettings
 from qmp_risk.engine import BatchRejected, BreakerCommand, RiskEngine, SnapshotRejected
 from qmp_risk.news import load_calendar
+from qmp_risk.store import RiskStore
 
 SERVICE = "risk"
 MAX_REJECTED_ROWS_REPORTED = 50
@@ -56,19 +58,6 @@ RETRY_BACKOFF_S = 0.2
 log = logging.getLogger("qmp_risk")
 _tracer = tracer("qmp_risk")
 
-INSERT_SNAPSHOT = (
-    "INSERT INTO risk_snapshots (ts, strategy, equity, var, es, drawdown_24h, drawdown_max, volatility_ratio, "
-    "breakers, status, observations, drawdown, positions, backtests, errors) VALUES ($1, $2, $3, $4::jsonb, "
-    "$5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14::jsonb, $15::jsonb) ON CONFLICT DO NOTHING"
-)
-INSERT_BREAKER_EVENT = (
-    "INSERT INTO breaker_events (ts, strategy, breaker, event, value, threshold, action, detail) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
-)
-
-
-def _json(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
 
 
 
@@ -93,14 +82,13 @@ class RiskHandlers:
         self._js: JetStreamContext | None = None
         self.pool: asyncpg.Pool | None = None
         self._bars = Progress("bars")  # step 3 of the lockstep replay (qmp_core.lockstep)
-        self._bars_codec = codec(BarBatch)
-        self._portfolio_codec = codec(PortfolioSnapshot)
-        self._state_codec = codec(TradingState)
+        self._bars_in: Intake[BarBatch] = Intake(BarBatch, SERVICE, clock)
+        self._portfolio_in: Intake[PortfolioSnapshot] = Intake(PortfolioSnapshot, SERVICE, clock)
+        self._state_in: Intake[TradingState] = Intake(TradingState, SERVICE, clock)
+        self._news_in: Intake[NewsEvent] = Intake(NewsEvent, SERVICE, clock)
         self._reply_codec = codec(ControlReply)
-        self._news_codec = codec(NewsEvent)
         self.snapshots_published = 0
         self.stop_losses_sent = 0
-        self.dead_letters = 0
         self.commands_sent = 0
         self.commands_failed = 0
 
@@ -149,10 +137,8 @@ class RiskHandlers:
         subject = msg.raw_message.subject
         with _tracer.start_as_current_span("risk.bars", context=extract_context(msg.headers),
                                            kind=SpanKind.CONSUMER, attributes={"messaging.subject": subject}):
-            try:
-                batch = self._bars_codec.decode(msg.body)
-            except msgspec.DecodeError as error:
-                await self._reject(msg, f"invalid BarBatch: {error}")
+            batch = await self._bars_in.decode(self.js, subject, msg.body, _source_id(msg))
+            if batch is None:
                 return
             self._observe(batch.ts_event)
             try:
@@ -179,10 +165,8 @@ class RiskHandlers:
         with _tracer.start_as_current_span("risk.portfolio", context=extract_context(msg.headers),
                                            kind=SpanKind.CONSUMER,
                                            attributes={"messaging.subject": subject}) as span:
-            try:
-                portfolio = self._portfolio_codec.decode(msg.body)
-            except msgspec.DecodeError as error:
-                await self._reject(msg, f"invalid PortfolioSnapshot: {error}")
+            portfolio = await self._portfolio_in.decode(self.js, subject, msg.body, _source_id(msg))
+            if portfolio is None:
                 return
             self._observe(portfolio.ts_event)
             await self._wait_for_bars(portfolio.ts_event)
@@ -269,8 +253,7 @@ class RiskHandlers:
 
     async def _publish_event(self, event: BreakerEvent) -> None:
         kind = type(event).__name__
-        await self._execute(INSERT_BREAKER_EVENT, to_datetime(event.ts_event), event.strategy, event.breaker, kind,
-                            event.value, event.threshold, event.action, event.detail)
+        await self._store().write_breaker_event(event)
         await bus.publish(self.js, subjects.breaker_events(event.strategy), event,
                           msg_id=f"{event.strategy}:{event.breaker}:{kind}:{event.ts_event}")
         log.warning("breaker event", extra={"event": kind, "strategy": event.strategy, "breaker": event.breaker,
@@ -278,28 +261,20 @@ class RiskHandlers:
                                             "action": event.action, "detail": event.detail})
 
     async def _write_snapshot(self, snapshot: RiskSnapshot) -> None:
-        await self._execute(
-            INSERT_SNAPSHOT, to_datetime(snapshot.ts_event), snapshot.strategy, snapshot.equity,
-            msgspec.json.encode(snapshot.var).decode(), msgspec.json.encode(snapshot.es).decode(),
-            snapshot.drawdown_24h, snapshot.drawdown_max, snapshot.volatility_ratio, snapshot.breakers,
-            snapshot.status, snapshot.observations, snapshot.drawdown, _json(snapshot.positions),
-            _json(snapshot.backtests), _json(snapshot.errors),
-        )
+        await self._store().write_snapshot(snapshot)
 
-    async def _execute(self, query: str, *args: Any) -> None:
+    def _store(self) -> RiskStore:
         if self.pool is None:
             raise RuntimeError("risk handlers used before open(): no database pool")
-        await self.pool.execute(query, *args)
+        return RiskStore(self.pool)
 
     # ------------------------------------------------------------------ control state
     async def on_state(self, msg: NatsMessage) -> None:
         """Track a strategy's effective trading state; a resume after a halt releases the drawdown latch."""
         with _tracer.start_as_current_span("risk.state", context=extract_context(msg.headers),
                                            kind=SpanKind.CONSUMER):
-            try:
-                state = self._state_codec.decode(msg.body)
-            except msgspec.DecodeError as error:
-                await self._reject(msg, f"invalid TradingState: {error}")
+            state = await self._state_in.decode(self.js, msg.raw_message.subject, msg.body, _source_id(msg))
+            if state is None:
                 return
             for event in self.engine.on_trading_state(state):
                 await self._publish_event(event)
@@ -309,10 +284,12 @@ class RiskHandlers:
         """Add a NewsEvent to the calendar; dead-letter one that does not decode or has an empty window."""
         with _tracer.start_as_current_span("risk.news", context=extract_context(msg.headers),
                                            kind=SpanKind.CONSUMER):
+            event = await self._news_in.decode(self.js, msg.raw_message.subject, msg.body, _source_id(msg))
+            if event is None:
+                return
             try:
-                event = self._news_codec.decode(msg.body)
                 self.engine.on_news(event)
-            except (msgspec.DecodeError, ValueError) as error:
+            except ValueError as error:
                 await self._reject(msg, f"invalid NewsEvent: {error}")
                 return
             log.info("news event", extra={"event_id": event.event_id, "event_name": event.name,
@@ -350,8 +327,12 @@ class RiskHandlers:
             self.clock.observe(ts_event)
 
     async def _reject(self, msg: NatsMessage, reason: str, suffix_id: str = "") -> None:
+        """Dead-letter a message that decoded but cannot be used (through the bars' intake: one counter)."""
         source = _source_id(msg)
         msg_id = f"{source}:{suffix_id}" if source and suffix_id else source
-        self.dead_letters += 1
-        await bus.dead_letter(self.js, SERVICE, msg.raw_message.subject, reason, msg.body, self.clock,
-                              msg_id=msg_id)
+        await self._bars_in.reject(self.js, msg.raw_message.subject, reason, msg.body, msg_id)
+
+    @property
+    def dead_letters(self) -> int:
+        return sum(intake.dead_letters for intake in (self._bars_in, self._portfolio_in, self._state_in,
+                                                       self._news_in))

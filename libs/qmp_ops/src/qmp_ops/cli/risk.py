@@ -36,6 +36,14 @@ from rich.console import Console
 from rich.table import Table
 
 from qmp_core import subjects
+from qmp_core.breakers import (
+    BREAKER_DRAWDOWN,
+    BREAKER_VOLATILITY,
+    drawdown_trips,
+    stop_loss_breaker,
+    stop_loss_trips,
+    volatility_trips,
+)
 from qmp_core.clock import NS_PER_DAY
 from qmp_core.config import RISK_DEFAULTS
 from qmp_core.datasets import load_sp500_index, load_sp500_prices
@@ -480,17 +488,17 @@ def would_trip(book: Book, dates: pd.DatetimeIndex, path: np.ndarray, pre_return
     ts = np.concatenate([[stamps[0] - DAY_NS], stamps])
     drawdown_24h, _ = trailing_drawdown_nb(ts, equity, DAY_NS)
     worst_24h = float(np.nanmax(drawdown_24h))
-    if worst_24h > thresholds["drawdown_halt"]:
-        tripped.append(f"drawdown_24h ({worst_24h:.1%})")
+    if drawdown_trips(worst_24h, thresholds["drawdown_halt"]):
+        tripped.append(f"{BREAKER_DRAWDOWN} ({worst_24h:.1%})")
     book_returns = np.concatenate([pre_returns, equity[1:] / equity[:-1] - 1.0])
     ratio, _ = vol_ratio_1d_nb(book_returns, RISK_DEFAULTS.vol_window, RISK_DEFAULTS.vol_average_window)
     recent = ratio[-len(path):]
-    if np.isfinite(recent).any() and np.nanmax(recent) > thresholds["vol_ratio_limit"]:
-        tripped.append(f"volatility ({np.nanmax(recent):.1f}x)")
+    if np.isfinite(recent).any() and volatility_trips(float(np.nanmax(recent)), thresholds["vol_ratio_limit"]):
+        tripped.append(f"{BREAKER_VOLATILITY} ({np.nanmax(recent):.1f}x)")
     side = np.sign(book.quantities)
     for symbol, move in zip(book.symbols, side * position_moves, strict=True):
-        if move <= -thresholds["stop_loss"]:
-            tripped.append(f"stop_loss:{symbol} ({move:.1%})")
+        if stop_loss_trips(move, thresholds["stop_loss"]):
+            tripped.append(f"{stop_loss_breaker(symbol)} ({move:.1%})")
     return tripped, worst_24h
 
 
@@ -537,7 +545,8 @@ def stress_report(book: Book, level: float, window: int, gap: float, thresholds:
     scenarios.append({"scenario": "volatility x3", "kind": "hypothetical", "days": 0, "pnl": None, "pnl_pct": None,
                       "max_drawdown": None, "vol_ratio_peak": peak,
                       "risk_after": var_after(book, 3.0 * current, level, window),
-                      "breakers": [f"volatility ({peak:.2f}x)"] if peak > thresholds["vol_ratio_limit"] else []})
+                      "breakers": [f"{BREAKER_VOLATILITY} ({peak:.2f}x)"]
+                      if volatility_trips(peak, thresholds["vol_ratio_limit"]) else []})
     return {"book": {"source": book.source, "equity": book.equity, "positions": dict(
                 zip(book.symbols, book.quantities.tolist(), strict=True)), "proxied_by_index": proxied,
                      "betas": dict(zip(book.symbols, beta.round(3).tolist(), strict=True))},

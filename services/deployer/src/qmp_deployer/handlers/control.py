@@ -17,9 +17,11 @@ from nats.js.kv import KeyValue
 from qmp_core import bus, subjects
 from qmp_core.clock import Clock
 from qmp_core.messages import ControlApplied, ControlCommand, ControlReply, TradingState, codec, encode
+from qmp_core.service import Intake
 from qmp_core.telemetry import tracer
 from qmp_core.trading_state import ControlEntries
 from qmp_deployer.engine import decide
+from qmp_deployer.store import write_control_audit
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -126,7 +128,7 @@ class ControlHandler:
         self.clock = clock
         self.pool = pool
         self.nc = js._nc
-        self._decoder = codec(ControlCommand)
+        self._input: Intake[ControlCommand] = Intake(ControlCommand, SERVICE, clock, what="control command")
         self._seen: OrderedDict[tuple[str, str], ControlReply] = OrderedDict()
         self._audit_queue: asyncio.Queue[ControlApplied] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -146,11 +148,13 @@ class ControlHandler:
         strategy = subjects.strategy_of(subject)
         try:
             subjects.check_token(strategy, "strategy")
-            command = self._decoder.decode(data)
-        except (ValueError, msgspec.DecodeError) as error:
+        except ValueError as error:
             reason = f"invalid control command: {error}"
-            await bus.dead_letter(self.js, SERVICE, subject, reason, data, self.clock)
+            await self._input.reject(self.js, subject, reason, data)
             return ControlReply(accepted=False, reason=reason, ts_event=now)
+        command, invalid = await self._input.decode_request(self.js, subject, data)
+        if command is None:
+            return ControlReply(accepted=False, reason=invalid, ts_event=now)
         return await self.apply(strategy, command)
 
     async def apply(self, strategy: str, command: ControlCommand) -> ControlReply:
@@ -266,9 +270,4 @@ class ControlHandler:
     async def _audit_to_db(self, records: list[ControlApplied]) -> None:
         if self.pool is None or not records:
             return
-        await self.pool.executemany(  # type: ignore[attr-defined]
-            "INSERT INTO control_audit (strategy, command_id, command, state) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT DO NOTHING",
-            [(r.strategy, r.command.command_id, encode(r.command).decode(), encode(r.state).decode())
-             for r in records],
-        )
+        await write_control_audit(self.pool, records)  # type: ignore[arg-type]

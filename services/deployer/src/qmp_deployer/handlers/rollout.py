@@ -35,7 +35,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 from nats.js.kv import KeyValue
 
 from qmp_core import bus, subjects
-from qmp_core.clock import NS_PER_SECOND, Clock, ReplayClock, to_datetime
+from qmp_core.clock import NS_PER_SECOND, Clock, ReplayClock
 from qmp_core.messages import (
     BrokerCommand,
     BrokerReply,
@@ -50,6 +50,7 @@ from qmp_core.messages import (
     codec,
     encode,
 )
+from qmp_core.service import Intake
 from qmp_core.telemetry import tracer
 from qmp_deployer.engine.gates import Monitor, Reading
 from qmp_deployer.engine.plan import PROBE_SOURCES, Plan
@@ -67,6 +68,7 @@ from qmp_deployer.engine.rollout import (
 )
 from qmp_deployer.handlers.control import SERVICE, ControlHandler
 from qmp_deployer.handlers.probes import Probes
+from qmp_deployer.store import command_seen, write_deployment_event
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -74,13 +76,6 @@ CAS_ATTEMPTS = 5
 BROKER_TIMEOUT_S = 2.0
 LEASE_SAFETY = 0.25  # the leader stops acting this fraction of the TTL before a standby may take over
 
-INSERT_EVENT = (
-    "INSERT INTO deployment_events (ts, strategy, rollout_id, seq, kind, phase_from, phase_to, status, trigger, "
-    "actor, command_id, allocation_before, allocation_after, metrics, thresholds, reason, epoch) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17) "
-    "ON CONFLICT DO NOTHING"
-)
-SEEN_COMMAND = "SELECT 1 FROM deployment_events WHERE strategy = $1 AND command_id = $2 LIMIT 1"
 
 
 
@@ -237,7 +232,7 @@ class RolloutService:
         self._subscription: Subscription | None = None
         self._last_probe_wall = 0
         self._probe_cache: dict[str, tuple[float | None, str]] = {}
-        self._command_decoder = codec(DeployCommand)
+        self._input: Intake[DeployCommand] = Intake(DeployCommand, SERVICE, clock, what="deploy command")
         self._decoders = {"snapshot": codec(RiskSnapshot), "fill": codec(Fill), "portfolio": codec(PortfolioSnapshot)}
         self.evaluations = 0
         self._unplanned: set[str] = set()  # rollouts whose plan is not loaded (logged once)
@@ -342,11 +337,13 @@ class RolloutService:
         strategy = subjects.strategy_of(subject)
         try:
             subjects.check_token(strategy, "strategy")
-            command = self._command_decoder.decode(data)
-        except (ValueError, msgspec.DecodeError) as error:
+        except ValueError as error:
             reason = f"invalid deploy command: {error}"
-            await bus.dead_letter(self.js, SERVICE, subject, reason, data, self.clock)
+            await self._input.reject(self.js, subject, reason, data)
             return DeployReply(accepted=False, reason=reason, ts_event=now)
+        command, invalid = await self._input.decode_request(self.js, subject, data)
+        if command is None:
+            return DeployReply(accepted=False, reason=invalid, ts_event=now)
         if not command.command_id:
             command = msgspec.structs.replace(command, command_id=uuid.uuid4().hex)
         async with self._lock:
@@ -378,7 +375,7 @@ class RolloutService:
             return True
         if self.pool is None:
             return False
-        return await self.pool.fetchval(SEEN_COMMAND, strategy, command_id) is not None
+        return await command_seen(self.pool, strategy, command_id)
 
     def _context(self, strategy: str, state: RolloutState | None, command: DeployCommand) -> Context:
         # A new rollout's plan is looked up by the engine; until then any plan stands in (for its VaR key).
@@ -537,12 +534,7 @@ class RolloutService:
         await bus.publish(self.js, subjects.deploy_events(event.strategy), event,
                           msg_id=f"{event.strategy}:{event.rollout_id}:{event.seq}")
         if self.pool is not None:
-            await self.pool.execute(
-                INSERT_EVENT, to_datetime(event.ts_event), event.strategy, event.rollout_id, event.seq, event.kind,
-                event.phase_from, event.phase_to, event.status, event.trigger, event.actor, event.command_id,
-                event.allocation_before, event.allocation_after, encode(event.metrics).decode(),
-                encode(event.thresholds).decode(), event.reason, event.epoch,
-            )
+            await write_deployment_event(self.pool, event)
 
     def detail(self) -> dict[str, Any]:
         return {"leader": self.lease.held(), "epoch": self.lease.epoch, "instance": self.lease.holder,

@@ -48,6 +48,17 @@ import msgspec
 import numpy as np
 
 from qmp_core import subjects
+from qmp_core.breakers import (
+    BREAKER_DRAWDOWN,
+    BREAKER_NEWS,
+    BREAKER_STALE,
+    BREAKER_VOLATILITY,
+    drawdown_trips,
+    stop_loss_breaker,
+    stop_loss_trips,
+    volatility_releases,
+    volatility_trips,
+)
 from qmp_core.clock import NS_PER_HOUR, NS_PER_SECOND, Clock, to_datetime
 from qmp_core.messages import (
     BarBatch,
@@ -73,14 +84,9 @@ from qmp_kernels.methods import METHOD_NAMES, N_METHODS, all_methods, level_key,
 from qmp_kernels.var import historical_var_es_levels_nb
 from qmp_kernels.vol import vol_ratio_1d_nb
 from qmp_risk.config import RiskSettings
-from qmp_risk.history import PriceHistory
-from qmp_risk.symbols import SymbolParams, SymbolRisk
+from qmp_risk.engine.history import PriceHistory
+from qmp_risk.engine.symbols import SymbolParams, SymbolRisk
 
-BREAKER_DRAWDOWN = "drawdown_24h"
-BREAKER_STALE = "stale_data"
-BREAKER_VOLATILITY = "volatility"
-BREAKER_NEWS = "news"
-BREAKER_STOP_LOSS = "stop_loss"
 HALTING_BREAKERS = (BREAKER_DRAWDOWN, BREAKER_STALE)
 STATUS_OK = "ok"
 STATUS_INSUFFICIENT = "insufficient_data"
@@ -391,7 +397,7 @@ class RiskEngine:
         for symbol in [s for s in state.positions if s not in held]:
             gone = state.positions.pop(symbol)
             if gone.stopped:
-                events.append(BreakerReleased(strategy=strategy, breaker=f"{BREAKER_STOP_LOSS}:{symbol}", value=0.0,
+                events.append(BreakerReleased(strategy=strategy, breaker=stop_loss_breaker(symbol), value=0.0,
                                               threshold=-limit, action="position closed", ts_event=ts,
                                               detail=f"{symbol} flat after its stop-loss"))
         positions: list[PositionRisk] = []
@@ -410,15 +416,15 @@ class RiskEngine:
             side = 1.0 if quantity > 0.0 else -1.0
             pnl = side * (price / position.entry - 1.0)
             from_peak = 1.0 - price / position.peak if side > 0 else price / position.peak - 1.0
-            if pnl <= -limit and not position.stopped:
+            if stop_loss_trips(pnl, limit) and not position.stopped:
                 position.stopped = True
-                command_id = _command_id(f"{BREAKER_STOP_LOSS}:{symbol}", strategy, ts)
+                command_id = _command_id(stop_loss_breaker(symbol), strategy, ts)
                 detail = (f"{symbol} {'long' if side > 0 else 'short'} {abs(quantity):g} from {position.entry:.6g} "
                           f"to {price:.6g}: {pnl:.2%}")
                 closes.append(ClosePosition(strategy=strategy, symbol=symbol, quantity=-quantity,
                                             reason=f"stop-loss: {detail} <= {-limit:.2%}", command_id=command_id,
                                             price=price, entry_price=position.entry, loss=-pnl, ts_event=ts))
-                events.append(BreakerTripped(strategy=strategy, breaker=f"{BREAKER_STOP_LOSS}:{symbol}", value=pnl,
+                events.append(BreakerTripped(strategy=strategy, breaker=stop_loss_breaker(symbol), value=pnl,
                                              threshold=-limit, action=f"close {symbol}", ts_event=ts, detail=detail))
             positions.append(PositionRisk(
                 symbol=symbol, quantity=quantity, price=price, weight=quantity * price / snapshot.equity
@@ -546,7 +552,7 @@ class RiskEngine:
             names.append(BREAKER_VOLATILITY)
         if state.news_event not in ("", RELEASE_PENDING):
             names.append(BREAKER_NEWS)
-        names += [f"{BREAKER_STOP_LOSS}:{s}" for s, p in state.positions.items() if p.stopped]
+        names += [stop_loss_breaker(s) for s, p in state.positions.items() if p.stopped]
         return names
 
     def _breakers(self, state: _StrategyState, snapshot: PortfolioSnapshot, ratio: float,
@@ -554,13 +560,13 @@ class RiskEngine:
         settings = self.settings
         strategy, ts = snapshot.strategy, snapshot.ts_event
         commands: list[BreakerCommand] = []
-        if state.drawdown_24h > settings.drawdown_halt:
+        if drawdown_trips(state.drawdown_24h, settings.drawdown_halt):
             reason = (f"drawdown over {settings.drawdown_window_hours:g}h {state.drawdown_24h:.2%} > "
                       f"{settings.drawdown_halt:.2%}")
             self._trip_halt(state, strategy, ts, BREAKER_DRAWDOWN, state.drawdown_24h, settings.drawdown_halt,
                             reason, events, commands)
         self._check_stale(state, strategy, ts, events, commands)
-        if not state.volatility_active and ratio > settings.vol_ratio_limit:
+        if not state.volatility_active and volatility_trips(ratio, settings.vol_ratio_limit):
             state.volatility_active = True
             factor = settings.vol_size_multiplier
             events.append(BreakerTripped(strategy=strategy, breaker=BREAKER_VOLATILITY, value=ratio,
@@ -569,7 +575,7 @@ class RiskEngine:
             commands.append(BreakerCommand(BREAKER_VOLATILITY, True, ReduceOrderSize(
                 issued_by="risk", factor=factor, command_id=_command_id(BREAKER_VOLATILITY, strategy, ts),
                 ts_event=ts)))
-        elif state.volatility_active and ratio < settings.vol_ratio_release:
+        elif state.volatility_active and volatility_releases(ratio, settings.vol_ratio_release):
             state.volatility_active = False
             events.append(BreakerReleased(strategy=strategy, breaker=BREAKER_VOLATILITY, value=ratio,
                                           threshold=settings.vol_ratio_release, action="size_multiplier=1.0",

@@ -1,23 +1,20 @@
-"""Collector logic: market-data sources, chunking and validation. Synchronous; no I/O beyond reading the
-files it is given; the clock is injected.
-
-Sources yield `BarBatch` messages, one per timestamp for a whole universe:
+"""Market-data sources: where the collector's batches come from. Each yields `BarBatch` messages, one per
+timestamp for a whole universe:
 - `HistorySource`: the bundled S&P 500 daily closes (see `qmp_core.datasets`);
 - `SyntheticSource`: an endless GARCH(1,1) / Student-t generator with jumps, any number of symbols;
 - `FileSource`: a CSV (or Parquet) file, wide (date + one price column per symbol) or long
   (ts, symbol, open, high, low, close, volume);
 - `LiveAdapter`: the interface of live feeds (an async iterator of batches); `SyntheticLiveAdapter` is
   the synthetic generator run on wall time.
-`chunk` splits a batch for big universes; `CollectorEngine` validates batches in arrival order.
+They read files and generate data; the engine (`engine/`) only decides what to do with a batch.
 """
 
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import msgspec
 import numpy as np
 import pandas as pd
 
@@ -25,7 +22,6 @@ from qmp_core import subjects
 from qmp_core.clock import NS_PER_DAY, NS_PER_SECOND, Clock
 from qmp_core.datasets import load_sp500_prices
 from qmp_core.messages import BarBatch
-from qmp_core.validation import BatchRejected, ValidatedBatch, validate_batch
 
 # Daily data carries closes only. A bar stands for the whole session, stamped at 21:00 UTC (16:00 New
 # York in winter: the close, so that a day's bar is never seen before the day is over).
@@ -313,121 +309,3 @@ def _long_batches(frame: pd.DataFrame, names: list[str], venue: str, path: Path)
             close=cols[:, 3].tolist(), volume=cols[:, 4].tolist(), seq=rank + 1,
         ))
     return batches
-
-
-# ---------------------------------------------------------------- chunking
-def chunk(batch: BarBatch, max_symbols: int) -> list[BarBatch]:
-    """Split a batch into ceil(n / max_symbols) batches numbered chunk = 0..chunks-1, same ts_event."""
-    if max_symbols < 1:
-        raise ValueError(f"max_symbols must be >= 1, got {max_symbols}")
-    n = len(batch.symbols)
-    if n <= max_symbols:
-        return [batch]
-    if batch.chunks != 1:
-        raise ValueError(f"batch is already chunk {batch.chunk} of {batch.chunks}; cannot split it again")
-    count = math.ceil(n / max_symbols)
-    out = []
-    for i in range(count):
-        part = slice(i * max_symbols, (i + 1) * max_symbols)
-        out.append(msgspec.structs.replace(
-            batch, symbols=batch.symbols[part], open=batch.open[part], high=batch.high[part],
-            low=batch.low[part], close=batch.close[part], volume=batch.volume[part], chunk=i, chunks=count,
-        ))
-    return out
-
-
-# ---------------------------------------------------------------- validation
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one batch: the cleaned batch to publish (None if nothing is left) and rejections."""
-
-    batch: BarBatch | None
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-    batch_reason: str = ""  # non-empty when the whole batch was rejected
-
-    @property
-    def whole_batch_rejected(self) -> bool:
-        return bool(self.batch_reason)
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """The last batch already on the stream for a venue: batches at or before it are not published again."""
-
-    ts_event: int
-    chunk: int = 0
-    chunks: int = 1
-
-    def covers(self, batch: BarBatch) -> bool:
-        return batch.ts_event < self.ts_event or (batch.ts_event == self.ts_event and batch.chunk <= self.chunk)
-
-
-class CollectorEngine:
-    """Validate batches in arrival order, per venue and chunk; count what was accepted and rejected.
-
-    A batch whose timestamp is not after the last accepted one of the same (venue, chunk) is rejected
-    whole, as out-of-order or duplicate. Within an accepted batch, bad rows are dropped with a reason.
-    """
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self._last: dict[tuple[str, int], int] = {}
-        self.accepted_batches = 0
-        self.rejected_batches = 0
-        self.rejected_rows = 0
-
-    def last_ts(self, venue: str) -> int | None:
-        """Return the latest accepted ts_event of a venue over all chunks."""
-        seen = [ts for (v, _), ts in self._last.items() if v == venue]
-        return max(seen) if seen else None
-
-    def seed(self, venue: str, point: ResumePoint) -> None:
-        """Continue after a batch already published before a restart."""
-        for c in range(max(point.chunks, point.chunk + 1)):
-            # Chunks after the last one published may still come at the same ts.
-            self._last[(venue, c)] = point.ts_event if c <= point.chunk else point.ts_event - 1
-
-    def process(self, batch: BarBatch) -> Outcome:
-        """Return the batch's valid rows as a batch to publish and every rejection with its reason."""
-        key = (batch.venue, batch.chunk)
-        try:
-            self._check_envelope(batch)
-            valid = validate_batch(batch, self._last.get(key))
-        except BatchRejected as error:
-            self.rejected_batches += 1
-            self.rejected_rows += len(batch.symbols)
-            reason = str(error)
-            return Outcome(None, [(s, reason) for s in batch.symbols], reason)
-        self._last[key] = batch.ts_event
-        self.rejected_rows += len(valid.rejected)
-        cleaned = _valid_rows(batch, valid, batch.ts_init or self._clock.now_ns())
-        if cleaned is not None:
-            self.accepted_batches += 1
-        return Outcome(cleaned, valid.rejected)
-
-    def clean(self, batch: BarBatch) -> BarBatch | None:
-        """Return the batch's valid rows, ignoring arrival order and counting nothing (None if none)."""
-        try:
-            self._check_envelope(batch)
-            valid = validate_batch(batch)
-        except BatchRejected:
-            return None
-        return _valid_rows(batch, valid, batch.ts_init)
-
-    @staticmethod
-    def _check_envelope(batch: BarBatch) -> None:
-        if not subjects.TOKEN_PATTERN.match(batch.venue):
-            raise BatchRejected(f"venue must match {subjects.TOKEN_PATTERN.pattern}, got {batch.venue!r}")
-        if not 0 <= batch.chunk < batch.chunks:
-            raise BatchRejected(f"chunk must be in [0, chunks), got chunk={batch.chunk} chunks={batch.chunks}")
-
-
-def _valid_rows(batch: BarBatch, valid: ValidatedBatch, ts_init: int) -> BarBatch | None:
-    if not valid.symbols:
-        return None
-    if not valid.rejected:
-        return batch if ts_init == batch.ts_init else msgspec.structs.replace(batch, ts_init=ts_init)
-    return msgspec.structs.replace(
-        batch, symbols=valid.symbols, open=valid.open.tolist(), high=valid.high.tolist(),
-        low=valid.low.tolist(), close=valid.close.tolist(), volume=valid.volume.tolist(), ts_init=ts_init,
-    )

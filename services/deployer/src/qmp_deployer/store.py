@@ -1,0 +1,39 @@
+"""The deployer's SQL: the deployment audit trail and the control audit, both idempotent on replay."""
+
+import asyncpg
+
+from qmp_core.clock import to_datetime
+from qmp_core.messages import ControlApplied, DeploymentEvent, encode
+
+INSERT_EVENT = (
+    "INSERT INTO deployment_events (ts, strategy, rollout_id, seq, kind, phase_from, phase_to, status, trigger, "
+    "actor, command_id, allocation_before, allocation_after, metrics, thresholds, reason, epoch) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17) "
+    "ON CONFLICT DO NOTHING"
+)
+SEEN_COMMAND = "SELECT 1 FROM deployment_events WHERE strategy = $1 AND command_id = $2 LIMIT 1"
+INSERT_CONTROL_AUDIT = (
+    "INSERT INTO control_audit (strategy, command_id, command, state) VALUES ($1, $2, $3, $4) "
+    "ON CONFLICT DO NOTHING"
+)
+
+
+async def write_deployment_event(pool: asyncpg.Pool, event: DeploymentEvent) -> None:
+    await pool.execute(
+        INSERT_EVENT, to_datetime(event.ts_event), event.strategy, event.rollout_id, event.seq, event.kind,
+        event.phase_from, event.phase_to, event.status, event.trigger, event.actor, event.command_id,
+        event.allocation_before, event.allocation_after, encode(event.metrics).decode(),
+        encode(event.thresholds).decode(), event.reason, event.epoch,
+    )
+
+
+async def command_seen(pool: asyncpg.Pool, strategy: str, command_id: str) -> bool:
+    """Return True when the audit trail already holds an event of this deploy command (applied once)."""
+    return await pool.fetchval(SEEN_COMMAND, strategy, command_id) is not None
+
+
+async def write_control_audit(pool: asyncpg.Pool, records: list[ControlApplied]) -> None:
+    await pool.executemany(
+        INSERT_CONTROL_AUDIT,
+        [(r.strategy, r.command.command_id, encode(r.command).decode(), encode(r.state).decode()) for r in records],
+    )
