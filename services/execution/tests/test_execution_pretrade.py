@@ -73,3 +73,10 @@ def test_commit_when_buy_and_sell_accepted_then_available_cash_follows() -> None
     ctx.commit(sell)
 
     assert ctx.available == 1000.0 - 100.0 + 50.0
+
+
+def test_pre_trade_when_a_limit_is_off_then_its_check_is_not_run() -> None:
+    ctx = context(max_order_notional=0.0, price_band=0.0, rate=0, max_order_rate=0)
+
+    assert ctx.checks == (available_cash,)
+    assert pre_trade(order(1e9, 1e9), context(available=1e30, max_order_notional=0.0)) is None

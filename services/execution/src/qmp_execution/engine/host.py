@@ -40,6 +40,7 @@ from qmp_execution.engine.codes import (
 from qmp_execution.engine.config import EngineConfig, StrategyResult
 from qmp_execution.engine.paper import Market, PaperBroker
 from qmp_execution.engine.pretrade import Candidate, Denial, PreTrade, RateLimiter, checked_weights, gate, pre_trade
+from qmp_execution.engine.sizing import es_scale
 from qmp_execution.engine.slippage import BPS, SlippageConfig, SlippageModel
 from qmp_execution.engine.stoploss import StopLoss
 from qmp_execution.engine.window import PriceWindow, average_daily_volume, daily_vols
@@ -306,21 +307,6 @@ class StrategyHost:
             fit(prices)
             self._fitted_at = self._batches
 
-    def _risk_scale(self, target_gross: float, equity: float) -> tuple[float, str, str]:
-        """Return (scale ≤ 1, note, the ES key that bound or "") keeping the projected 99% ES within the budget."""
-        snapshot = self.risk
-        if self.es_budget <= 0.0 or snapshot is None or equity <= 0.0 or target_gross <= 0.0:
-            return 1.0, "", ""
-        key = next((k for k in self.config.es_keys
-                    if math.isfinite(snapshot.es.get(k, math.nan)) and snapshot.es[k] > 0.0), None)
-        current_gross = self.portfolio.gross_exposure() / equity
-        if key is None or current_gross <= 1e-9:
-            return 1.0, "", ""
-        projected = snapshot.es[key] / current_gross * target_gross
-        if projected <= self.es_budget:
-            return 1.0, "", ""
-        return self.es_budget / projected, f"ES {key} projected {projected:.2%} > budget {self.es_budget:.2%}", key
-
     def _orders(self, batch: ValidatedBatch, weights: np.ndarray, gross: float, state: TradingState,
                 market: Market, previous: Mapping[str, float], closing: frozenset[str] = frozenset(),
                 closes: Sequence[Candidate] = ()) -> list[OrderEvent]:
@@ -330,7 +316,9 @@ class StrategyHost:
         price = batch.close
         equity = book.equity()
         size = state.allocation * state.size_multiplier
-        self.es_scale, es_note, self.es_key = self._risk_scale(gross * size, equity)
+        sizing = es_scale(self.risk, self.config.es_keys, self.es_budget, gross * size,
+                          book.gross_exposure() / equity if equity > 0.0 else 0.0)
+        self.es_scale, es_note, self.es_key = sizing.scale, sizing.note, sizing.key
         scale = equity * size * self.es_scale
         position = np.fromiter((book.positions.get(s, 0.0) for s in symbols), dtype=np.float64, count=n)
         working = np.fromiter((book.working[s].signed_remaining if s in book.working else 0.0 for s in symbols),

@@ -120,6 +120,11 @@ class PreTrade:
     fee: float
     now_ns: int
     rate: RateLimiter
+    checks: tuple["PreTradeCheck", ...] = ()  # the checks this config turns on, in order (set after init)
+
+    def __post_init__(self) -> None:
+        # A check whose limit is off (0) could never deny: leaving it out keeps the per-order path short.
+        self.checks = tuple(check for check in PRE_TRADE_CHECKS if _enabled(check, self.config))
 
     def commit(self, order: Candidate) -> None:
         """Account for an accepted order in the cash still available to the next ones."""
@@ -175,9 +180,14 @@ PreTradeCheck = Callable[[Candidate, PreTrade], Denial | None]
 PRE_TRADE_CHECKS: tuple[PreTradeCheck, ...] = (max_notional, price_band, available_cash, order_rate)
 
 
-def pre_trade(order: Candidate, ctx: PreTrade, checks: tuple[PreTradeCheck, ...] = PRE_TRADE_CHECKS) -> Denial | None:
-    """Run the checks in order; return the first denial, or None when the order (as `allowed`) may go."""
-    for check in checks:
+def _enabled(check: PreTradeCheck, config: EngineConfig) -> bool:
+    limits = {max_notional: config.max_order_notional, price_band: config.price_band, order_rate: config.max_order_rate}
+    return limits.get(check, 1) > 0
+
+
+def pre_trade(order: Candidate, ctx: PreTrade) -> Denial | None:
+    """Run the enabled checks in order; return the first denial, or None when the order (as `allowed`) may go."""
+    for check in ctx.checks:
         denial = check(order, ctx)
         if denial is not None:
             return denial
