@@ -46,7 +46,7 @@ def test_decide_when_sources_disagree_then_most_restrictive_wins():
     entries = apply_all(
         "s1",
         [SetAllocation(allocation=0.5, issued_by="deployer"), SetAllocation(allocation=0.9),
-         ReduceOrderSize(factor=0.5, issued_by="risk")],
+         ReduceOrderSize(size_multiplier=0.5, issued_by="risk")],
     )
     state = effective_state("s1", entries)
     assert state.allocation == 0.5

@@ -190,7 +190,7 @@ def test_warning_when_slippage_breached_then_order_size_reduced_until_clean():
         bench.fill(slippage_bps=30.0)
     bench.snapshot()
     bench.evaluate()
-    assert bench.state.size_factor == 0.5
+    assert bench.state.size_multiplier == 0.5
     assert isinstance(bench.controls[-1], ReduceOrderSize) and bench.controls[-1].factor == 0.5
 
 

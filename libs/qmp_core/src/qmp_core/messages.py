@@ -65,7 +65,22 @@ class SetAllocation(ControlCommandBase, tag="set_allocation"):
 
 
 class ReduceOrderSize(ControlCommandBase, tag="reduce_order_size"):
-    factor: PositiveFraction
+    """Cut order size: the issuing source's entry takes `size_multiplier` (1.0 lifts that source's cut)."""
+
+    size_multiplier: PositiveFraction | None = None
+    factor: PositiveFraction | None = None  # the first name of size_multiplier: still read, always written
+
+    def __post_init__(self) -> None:
+        # One idea, one name (size_multiplier, as in TradingState); clients that send `factor` keep working,
+        # and readers of either name see the value.
+        if self.size_multiplier is not None and self.factor is not None and self.size_multiplier != self.factor:
+            raise ValueError(f"size_multiplier {self.size_multiplier} and factor (its former name) {self.factor} "
+                             "disagree; send size_multiplier only")
+        value = self.size_multiplier if self.size_multiplier is not None else self.factor
+        if value is None:
+            raise ValueError("reduce_order_size needs size_multiplier (in (0, 1])")
+        msgspec.structs.force_setattr(self, "size_multiplier", value)
+        msgspec.structs.force_setattr(self, "factor", value)
 
 
 class Defensive(ControlCommandBase, tag="defensive"):
@@ -502,7 +517,8 @@ class RolloutState(Struct, frozen=True, kw_only=True):
     status: RolloutStatus = "SOAKING"
     allocation: float = 0.0  # what the deployer's control entry says now
     defensive: bool = False  # "halt new positions" in force (the deployer's entry)
-    size_factor: float = 1.0  # "reduce order size" in force (the deployer's entry)
+    # "reduce order size" in force (the deployer's entry); stored under its first name, size_factor
+    size_multiplier: float = msgspec.field(default=1.0, name="size_factor")
     auto: bool = True
     approved_full: bool = False
     soak_elapsed_ns: int = 0

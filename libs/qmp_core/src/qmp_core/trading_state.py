@@ -146,8 +146,8 @@ def apply(entry: TradingState, command: ControlCommand, ts_event: int) -> Tradin
             return msgspec.structs.replace(entry, safe_mode=False, size_multiplier=1.0, reason="", **common)
         case SetAllocation(allocation=allocation):
             return msgspec.structs.replace(entry, allocation=allocation, **common)
-        case ReduceOrderSize(factor=factor):
-            return msgspec.structs.replace(entry, size_multiplier=factor, **common)
+        case ReduceOrderSize(size_multiplier=multiplier):
+            return msgspec.structs.replace(entry, size_multiplier=multiplier, **common)
         case Defensive(on=on, max_order_fraction=cap):
             # The cap holds only while defensive; turning it off lifts this source's cap.
             return msgspec.structs.replace(entry, defensive=on, max_order_fraction=cap if on else 1.0, **common)

@@ -140,7 +140,7 @@ class _Draft:
                                                      ts_event=self.ctx.now_ns))
 
     def set_controls(self, *, allocation: float | None = None, defensive: bool | None = None,
-                     size_factor: float | None = None) -> None:
+                     size_multiplier: float | None = None) -> None:
         """Bring the deployer's control entry to these values, sending only what differs."""
         state = self.state
         if allocation is not None and not math.isclose(allocation, state.allocation, abs_tol=1e-12):
@@ -149,9 +149,9 @@ class _Draft:
         if defensive is not None and defensive != state.defensive:
             self.control(Defensive(on=defensive))
             self.set(defensive=defensive)
-        if size_factor is not None and not math.isclose(size_factor, state.size_factor, abs_tol=1e-12):
-            self.control(ReduceOrderSize(factor=size_factor))
-            self.set(size_factor=size_factor)
+        if size_multiplier is not None and not math.isclose(size_multiplier, state.size_multiplier, abs_tol=1e-12):
+            self.control(ReduceOrderSize(size_multiplier=size_multiplier))
+            self.set(size_multiplier=size_multiplier)
 
     def outcome(self, reason: str = "") -> Outcome:
         assert not self.controls or self.events, "every control action is recorded by an event"
@@ -258,7 +258,7 @@ def _deploy(strategy: str, state: RolloutState | None, command: Deploy, ctx: Con
         strategy=strategy, rollout_id=rollout_id, plan=plan.name, plan_digest=digests.get(plan.name, ""),
         phases=phases, phase_index=0, status="SOAKING", allocation=previous.allocation if previous else 0.0,
         defensive=previous.defensive if previous else False,
-        size_factor=previous.size_factor if previous else 1.0, auto=command.auto,
+        size_multiplier=previous.size_multiplier if previous else 1.0, auto=command.auto,
         soak_anchor_ns=ctx.now_ns, phase_started_ns=ctx.now_ns, started_ns=ctx.now_ns,
         recent_commands=previous.recent_commands if previous else [],
         # Effects a previous rollout decided but did not confirm are still carried out.
@@ -270,7 +270,7 @@ def _deploy(strategy: str, state: RolloutState | None, command: Deploy, ctx: Con
     # Always written: the deployer's entry may not exist yet, and its default (1.0) is not this phase's.
     draft.control(SetAllocation(allocation=phases[0].allocation))
     draft.set(allocation=phases[0].allocation)
-    draft.set_controls(defensive=False, size_factor=1.0)
+    draft.set_controls(defensive=False, size_multiplier=1.0)
     draft.event("deployed", trigger="operator", phase_from=NO_PHASE, allocation_before=before,
                 reason=command.reason or f"plan {plan.name}, {len(phases)} phases, auto={command.auto}")
     note = ""
@@ -370,7 +370,7 @@ def _resume(draft: _Draft, mode: str, reason: str) -> Outcome:
     draft.control(Resume(mode=mode))  # type: ignore[arg-type]
     if status == "ROLLED_BACK" or state.halted_from == "ROLLED_BACK":
         # A rolled-back phase proves itself again from the start, without the actions of the failed phase.
-        draft.set_controls(defensive=False, size_factor=1.0)
+        draft.set_controls(defensive=False, size_multiplier=1.0)
         _reset_soak(draft)
     draft.set(status="SOAKING", halted_from="", hold_reason="", soak_anchor_ns=draft.ctx.now_ns)
     draft.event("resumed", trigger="operator", reason=reason or f"resume ({mode})")
@@ -392,7 +392,7 @@ def _promote(draft: _Draft, trigger: str) -> None:
     target = state.phases[index]
     draft.set(phase_index=index, status="SOAKING", approved_full=state.approved_full and index + 1 < len(
         state.phases))
-    draft.set_controls(allocation=target.allocation, defensive=False, size_factor=1.0)
+    draft.set_controls(allocation=target.allocation, defensive=False, size_multiplier=1.0)
     _reset_soak(draft)
     draft.event("promoted", trigger=trigger, phase_from=before_name, allocation_before=before_allocation,
                 reason=f"{before_name} soaked with clean gates")
@@ -534,7 +534,7 @@ def _gate_event(draft: _Draft, gate: GateResult, before: GateResult | None) -> N
 def _take_actions(draft: _Draft, gates: list[GateResult], previous: Mapping[str, GateResult]) -> None:
     """Run each breached metric's action once; lift the temporary ones when nothing needs them any more."""
     specs = draft.ctx.plan.enabled_metrics()
-    defensive, size_factor, backup = False, 1.0, False
+    defensive, size_multiplier, backup = False, 1.0, False
     for gate in gates:
         spec = specs[gate.metric]
         breached = gate.level in ("warning", "critical")
@@ -553,7 +553,7 @@ def _take_actions(draft: _Draft, gates: list[GateResult], previous: Mapping[str,
         elif spec.action == "halt_new_positions":
             defensive = True
         elif spec.action == "reduce_order_size":
-            size_factor = min(size_factor, spec.action_factor)
+            size_multiplier = min(size_multiplier, spec.action_factor)
         elif spec.action == "switch_endpoint":
             backup = True
         else:
@@ -563,13 +563,13 @@ def _take_actions(draft: _Draft, gates: list[GateResult], previous: Mapping[str,
                             reason=f"{spec.action} requested: advisory, no actuator in the control contract; "
                                    "operator action needed")
     state = draft.state
-    if defensive != state.defensive or not math.isclose(size_factor, state.size_factor):
+    if defensive != state.defensive or not math.isclose(size_multiplier, state.size_multiplier):
         what = []
         if defensive != state.defensive:
             what.append("halt new positions" if defensive else "allow new positions")
-        if not math.isclose(size_factor, state.size_factor):
-            what.append(f"order size × {size_factor:g}")
-        draft.set_controls(defensive=defensive, size_factor=size_factor)
+        if not math.isclose(size_multiplier, state.size_multiplier):
+            what.append(f"order size × {size_multiplier:g}")
+        draft.set_controls(defensive=defensive, size_multiplier=size_multiplier)
         draft.event("action", trigger="gates", reason=", ".join(what))
     if backup != state.endpoint_backup:
         # The broker endpoint belongs to the execution instance, not the strategy: pinned while the breach lasts.

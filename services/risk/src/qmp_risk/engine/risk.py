@@ -573,7 +573,7 @@ class RiskEngine:
                                          threshold=settings.vol_ratio_limit, action=f"size_multiplier={factor:g}",
                                          ts_event=ts, detail=f"realized vol {ratio:.2f}x its average"))
             commands.append(BreakerCommand(BREAKER_VOLATILITY, True, ReduceOrderSize(
-                issued_by="risk", factor=factor, command_id=_command_id(BREAKER_VOLATILITY, strategy, ts),
+                issued_by="risk", size_multiplier=factor, command_id=_command_id(BREAKER_VOLATILITY, strategy, ts),
                 ts_event=ts)))
         elif state.volatility_active and volatility_releases(ratio, settings.vol_ratio_release):
             state.volatility_active = False
@@ -581,7 +581,7 @@ class RiskEngine:
                                           threshold=settings.vol_ratio_release, action="size_multiplier=1.0",
                                           ts_event=ts, detail=f"realized vol back to {ratio:.2f}x its average"))
             commands.append(BreakerCommand(BREAKER_VOLATILITY, False, ReduceOrderSize(
-                issued_by="risk", factor=1.0,
+                issued_by="risk", size_multiplier=1.0,
                 command_id=_command_id(BREAKER_VOLATILITY, strategy, ts, release=True), ts_event=ts)))
         self._check_news(state, strategy, ts, events, commands)
         return commands
