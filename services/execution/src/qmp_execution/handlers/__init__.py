@@ -1,0 +1,27 @@
+"""Execution I/O: decode bars → engine → publish decisions, fills, snapshots; control watch; recovery.
+
+No decisions are taken here. What every handler guarantees:
+- input that cannot be used (undecodable, invalid batch, invalid rows) goes to `qmp.dlq.execution` with its
+  reason and is acknowledged; only transient failures (bus, database) raise, so the message is redelivered;
+- order events are published before fills (without waiting per message; all acks confirmed together,
+  `publisher.py`), then fills, equity curve and positions are written to the database (COPY), and the
+  PortfolioSnapshot goes last, acknowledged: a snapshot on the bus means everything before it is on the
+  bus too, which is what recovery after a restart relies on;
+- every publish carries a deterministic Nats-Msg-Id, so a redelivered batch (for which the engine returns
+  its cached result) publishes nothing new.
+
+Risk's stop-loss commands (`ClosePosition` on `qmp.risk.<strategy>.stoploss`) come through a durable pull
+consumer on the risk stream (JetStream API and inbox only: no subscription right on `qmp.risk.>`); the
+engine marks the position to close on the next batch, and applies a command id once.
+"""
+
+from qmp_execution.handlers.bars import BarHandler
+from qmp_execution.handlers.broker import BrokerCommands
+from qmp_execution.handlers.constants import SERVICE
+from qmp_execution.handlers.control_watch import ControlWatch
+from qmp_execution.handlers.recovery import recover
+from qmp_execution.handlers.risk_watch import RiskWatch
+from qmp_execution.handlers.stop_loss import StopLossAcks, StopLossHandler
+
+__all__ = ["SERVICE", "BarHandler", "BrokerCommands", "ControlWatch", "RiskWatch", "StopLossAcks", "StopLossHandler",
+           "recover"]

@@ -1,0 +1,162 @@
+"""Market data in: decode a batch, trade it through the engine, publish and store what came of it."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Collection, Mapping
+
+from nats.js import JetStreamContext
+
+from qmp_core import bus, subjects
+from qmp_core.clock import Clock, ReplayClock
+from qmp_core.messages import (
+    BarBatch,
+    encode,
+)
+from qmp_core.service import Intake
+from qmp_core.telemetry import extract_context, tracer
+from qmp_core.validation import BatchRejected
+from qmp_execution.adapters import BrokerAdapter, BrokerOrder, OrderAck, submit_all
+from qmp_execution.engine import BatchResult, ExecutionEngine, StrategyResult
+from qmp_execution.handlers.constants import (
+    PUBLISH_TIMEOUT_S,
+    SERVICE,
+    letter_id,
+    venue_of,
+)
+from qmp_execution.handlers.control_watch import ControlWatch
+from qmp_execution.handlers.risk_watch import RiskWatch
+from qmp_execution.handlers.stop_loss import StopLossAcks
+from qmp_execution.publisher import AckedPublisher
+from qmp_execution.rest import BrokerRejected, BrokerUnavailable
+from qmp_execution.store import ExecutionStore
+
+log = logging.getLogger(__name__)
+
+
+class BarHandler:
+    """Handle one market-data message end to end; one at a time, in stream order."""
+
+    def __init__(self, engine: ExecutionEngine, js: JetStreamContext, publisher: AckedPublisher,
+                 store: ExecutionStore | None, clock: Clock, venues: Collection[str] = (),
+                 adapter: BrokerAdapter | None = None, stop_acks: StopLossAcks | None = None,
+                 control: "ControlWatch | None" = None, risk: "RiskWatch | None" = None) -> None:
+        self.engine = engine
+        self.stop_acks = stop_acks
+        self.control = control
+        self.risk = risk
+        self.js = js
+        self.publisher = publisher
+        self.store = store
+        self.adapter = adapter
+        self.clock = clock
+        self.venues = frozenset(venues)
+        self.batches = 0
+        self._input: Intake[BarBatch] = Intake(BarBatch, SERVICE, clock)
+        self._lock = asyncio.Lock()
+        self._tracer = tracer("qmp.execution")
+
+    @property
+    def dead_letters(self) -> int:
+        return self._input.dead_letters
+
+    async def handle(self, data: bytes, subject: str, headers: Mapping[str, str] | None,
+                     delivery_id: str = "") -> None:
+        """Decode, trade and publish one message; raise only for a transient failure."""
+        venue = venue_of(subject)
+        if self.venues and venue not in self.venues:
+            return
+        with self._tracer.start_as_current_span("execution.bars", context=extract_context(headers)) as span:
+            span.set_attribute("messaging.destination", subject)
+            batch = await self._input.decode(self.js, subject, data, letter_id(delivery_id))
+            if batch is None:
+                return
+            if batch.venue != venue:
+                await self._reject(subject, f"venue {batch.venue!r} does not match the subject", data,
+                                   delivery_id)
+                return
+            span.set_attribute("qmp.ts_event", batch.ts_event)
+            async with self._lock:  # the engine's timeline is one: keep batches in arrival order
+                if isinstance(self.clock, ReplayClock):
+                    self.clock.observe(batch.ts_event)
+                    # A replay trades each batch under the state and with the ES that risk left.
+                    if self.control is not None:
+                        await self.control.catch_up()
+                    if self.risk is not None:
+                        await self.risk.catch_up()
+                try:
+                    result = self.engine.process(batch)
+                except BatchRejected as error:
+                    await self._reject(subject, f"invalid batch: {error}", data, delivery_id)
+                    return
+                if result.rejected:
+                    rows = "; ".join(f"{s}: {r}" for s, r in result.rejected[:20])
+                    await self._reject(subject, f"{len(result.rejected)} invalid rows dropped: {rows}", data,
+                                       f"{delivery_id}:rows" if delivery_id else "")
+                if self.adapter is not None:
+                    result = await self.route(result)
+                await self.publish(result)
+                self.batches += 1
+            span.set_attribute("qmp.decisions", sum(len(r.decisions) for r in result.results.values()))
+
+    async def route(self, result: BatchResult) -> BatchResult:
+        """Send new orders and cancels to the external broker (concurrently) and book its answers."""
+        assert self.adapter is not None
+        routed: dict[str, StrategyResult] = {}
+        for sid, strategy_result in result.results.items():
+            if strategy_result.replayed:  # sent before: the broker has it under the same idempotency keys
+                routed[sid] = strategy_result
+                continue
+            orders = [BrokerOrder(order_id=e.order_id, strategy=sid, symbol=e.symbol, side=e.side, quantity=e.quantity,
+                                  price=e.price, ts_event=e.ts_event)
+                      for e in strategy_result.decisions if e.__struct_config__.tag == "OrderAccepted"]
+            for event in strategy_result.decisions:
+                if event.__struct_config__.tag == "OrderCanceled":
+                    with contextlib.suppress(BrokerRejected, BrokerUnavailable):
+                        await self.adapter.cancel(event.order_id)
+            try:
+                acks = await submit_all(self.adapter, orders)
+            except (BrokerRejected, BrokerUnavailable) as error:
+                log.error("broker unavailable", extra={"strategy": sid, "orders": len(orders), "error": str(error)})
+                acks = [OrderAck(order_id=o.order_id, status="rejected", reason=str(error)) for o in orders]
+            routed[sid] = self.engine.apply_acks(sid, acks)
+        return BatchResult(result.ts_event, routed, result.rejected, result.complete)
+
+    async def publish(self, result: BatchResult) -> None:
+        """Publish every strategy's order events and fills, write the rows, then publish the snapshots."""
+        results = list(result.results.values())
+        send = self.publisher.send
+        trace = bus.headers_for(None)  # one span per batch: inject its context once, not per message
+        for strategy_result in results:
+            strategy = strategy_result.strategy
+            orders, fills = subjects.orders(strategy), subjects.fills(strategy)
+            for event in strategy_result.decisions:
+                kind = "canceled" if event.__struct_config__.tag == "OrderCanceled" else "decision"
+                await send(orders, encode(event), {**trace, "Nats-Msg-Id": f"{event.order_id}:{kind}"})
+            for fill in strategy_result.fills:
+                await send(fills, encode(fill), {**trace, "Nats-Msg-Id": fill.fill_id})
+        await self.publisher.confirm(PUBLISH_TIMEOUT_S)
+        if self.store is not None and results:
+            await self.store.write(results)
+        for strategy_result in results:
+            sid = strategy_result.strategy
+            await send(subjects.portfolio(sid), encode(strategy_result.snapshot),
+                       {**trace, "Nats-Msg-Id": f"{sid}:{strategy_result.ts_event}"})
+            await self.publisher.confirm(PUBLISH_TIMEOUT_S)
+            if self.stop_acks is not None:
+                await self.stop_acks.release(strategy_result.snapshot, self.engine.stop_loss_ids(sid))
+            self._log(strategy_result)
+
+    @staticmethod
+    def _log(result: StrategyResult) -> None:
+        if result.decisions and not result.replayed:
+            counts: dict[str, int] = {}
+            for event in result.decisions:
+                tag = str(event.__struct_config__.tag)
+                counts[tag] = counts.get(tag, 0) + 1
+            log.info("orders", extra={"strategy": result.strategy, "ts_event": result.ts_event, "events": counts,
+                                      "fills": len(result.fills), "equity": result.snapshot.equity,
+                                      "es_scale": result.es_scale})
+
+    async def _reject(self, subject: str, reason: str, data: bytes, delivery_id: str) -> None:
+        await self._input.reject(self.js, subject, reason, data, letter_id(delivery_id))

@@ -1,0 +1,109 @@
+"""The control bucket followed through a KV watch: the engine trades under what the bucket holds."""
+
+import asyncio
+import logging
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from qmp_core import bus, subjects
+from qmp_core.lockstep import Progress
+from qmp_core.trading_state import strategy_of
+from qmp_execution.engine import ExecutionEngine
+from qmp_execution.handlers.constants import (
+    CATCH_UP_TIMEOUT_S,
+    INITIAL_STATE_TIMEOUT_S,
+    KV_DELETES,
+    SERVICE,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ControlWatch:
+    """Keep the engine's control entries equal to the KV bucket, from its current values on.
+
+    `start` returns once the current values are loaded, so no batch is traded under a stale state.
+    """
+
+    def __init__(self, kv: KeyValue, engine: ExecutionEngine, js: JetStreamContext | None = None) -> None:
+        self.kv = kv
+        self.engine = engine
+        self.js = js
+        self.loaded = asyncio.Event()
+        self.updates = 0
+        self.revision = 0  # the bucket's stream sequence applied so far
+        self._writes = Progress("control bucket writes")  # step 2 of the lockstep replay (qmp_core.lockstep)
+        self._letters: set[asyncio.Task[None]] = set()
+        self._watcher: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout_s: float = INITIAL_STATE_TIMEOUT_S) -> None:
+        self._watcher = await self.kv.watchall()
+        self._task = asyncio.create_task(self._run(), name="execution-control-watch")
+        try:
+            await asyncio.wait_for(self.loaded.wait(), timeout_s)
+        except TimeoutError:
+            await self.stop()
+            raise RuntimeError(f"control bucket {subjects.KV_CONTROL}: initial values not loaded in "
+                               f"{timeout_s}s") from None
+        log.info("control state loaded", extra={"keys": list(self.engine.controls), "states": {
+            sid: self.engine.state(sid).status for sid in self.engine.strategies()}})
+
+    async def _run(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:  # the watcher's marker: every current value has been delivered
+                self.loaded.set()
+                continue
+            invalid = self.apply(entry.key, entry.value or b"", entry.operation, entry.revision or 0)
+            if invalid and self.js is not None:
+                bus.dead_letter_later(self._letters, self.js, SERVICE, f"$KV.{subjects.KV_CONTROL}.{entry.key}",
+                                      invalid, entry.value or b"", self.engine.clock)
+
+    async def catch_up(self, timeout_s: float = CATCH_UP_TIMEOUT_S) -> int:
+        """Wait until every write the bucket holds now has been applied; return the bucket's last sequence.
+
+        In a replay the risk service awaits the deployer's reply to a breaker command before it publishes
+        the snapshot the collector waits for, so the write is in the bucket before the next batch is sent;
+        but the watch and the market data reach this service on different subscriptions, in either order.
+        Waiting for the watch here makes a replay trade every batch under the same state, run after run.
+        """
+        if self.js is None:
+            return self.revision
+        last = (await self.js.stream_info(f"KV_{subjects.KV_CONTROL}")).state.last_seq or 0
+        if not await self._writes.wait_until(lambda: self.revision >= last, timeout_s):
+            log.warning("control watch behind the bucket; trading on the state it has",
+                        extra={"applied": self.revision, "bucket": last})
+        return last
+
+    @property
+    def catch_up_timeouts(self) -> int:
+        return self._writes.timeouts
+
+    def apply(self, key: str, value: bytes, operation: str | None, revision: int = 0) -> str | None:
+        """Apply one KV change to the engine's entries, log the effective state; return why a value is invalid."""
+        controls = self.engine.controls
+        invalid = None
+        if operation in KV_DELETES:
+            controls.delete(key)
+        else:
+            invalid = controls.put(key, value)
+            if invalid:
+                log.error("invalid control entry: the strategy reads as HALTED", extra={"key": key, "error": invalid})
+        strategy = strategy_of(key)
+        self.updates += 1
+        self.revision = max(self.revision, revision)
+        self._writes.advanced()
+        hosted = self.engine.strategies()
+        affected = hosted if strategy == subjects.ALL_STRATEGIES else ([strategy] if strategy in hosted else [])
+        for sid in affected:
+            state = self.engine.state(sid)
+            log.info("trading state", extra={"strategy": sid, "key": key, "operation": operation or "PUT",
+                                             "status": state.status, "reason": state.reason,
+                                             "allocation": state.allocation,
+                                             "size_multiplier": state.size_multiplier})
+        return invalid
+
+    async def stop(self) -> None:
+        await bus.stop_watch(self._watcher, self._task)
