@@ -5,7 +5,16 @@ import json
 import msgspec
 import pytest
 
-from qmp_core.messages import ControlCommand, Halt, ReduceOrderSize, RolloutState, codec, encode
+from qmp_core.messages import (
+    ControlCommand,
+    DeploymentEvent,
+    Halt,
+    ReduceOrderSize,
+    RolloutState,
+    TradingState,
+    codec,
+    encode,
+)
 
 
 def test_control_codec_when_unknown_field_then_rejected():
@@ -38,3 +47,21 @@ def test_rollout_state_when_stored_then_size_multiplier_keeps_its_stored_name() 
 
     assert stored["size_factor"] == 0.5 and "size_multiplier" not in stored
     assert codec(RolloutState).decode(encode(state)).size_multiplier == 0.5
+
+
+def test_trading_state_when_read_by_its_first_name_then_issued_by_and_both_names_written() -> None:
+    old = codec(TradingState).decode(b'{"strategy": "s", "status": "HALTED", "updated_by": "risk"}')
+
+    assert old.issued_by == "risk"
+    assert json.loads(encode(TradingState(strategy="s", issued_by="operator")))["updated_by"] == "operator"
+    assert msgspec.structs.replace(old, issued_by="deployer").updated_by == "deployer"
+
+
+def test_deployment_event_when_read_by_its_first_name_then_issued_by_and_both_names_written() -> None:
+    old = codec(DeploymentEvent).decode(b'{"strategy": "s", "rollout_id": "r", "seq": 1, "kind": "alert", '
+                                        b'"actor": "verify", "ts_event": 1}')
+
+    assert old.issued_by == "verify"
+    written = json.loads(encode(DeploymentEvent(strategy="s", rollout_id="r", seq=1, kind="x", issued_by="operator",
+                                                ts_event=1)))
+    assert written["actor"] == written["issued_by"] == "operator"

@@ -40,7 +40,7 @@ def test_rollout_table_when_state_given_then_phase_name_step_and_allocation_show
 
 def test_history_table_when_events_given_then_one_row_each_with_transition_and_actor() -> None:
     event = DeploymentEvent(strategy="s", rollout_id="r", seq=1, kind="promoted", phase_from="paper",
-                            phase_to="live10", ts_event=0, actor="operator", reason="soak done")
+                            phase_to="live10", ts_event=0, issued_by="operator", reason="soak done")
 
     text = render(history_table("s", [event]))
 

@@ -307,7 +307,7 @@ def test_evaluate_when_strategy_halted_by_another_source_then_soak_holds_until_l
     bench = deployed()
     bench.step()
     elapsed = bench.state.soak_elapsed_ns
-    bench.trading = TradingState(strategy="s1", status="HALTED", reason="drawdown", updated_by="risk")
+    bench.trading = TradingState(strategy="s1", status="HALTED", reason="drawdown", issued_by="risk")
     for _ in range(30):
         bench.step()
     assert bench.state.status == "HOLDING" and "HALTED by risk" in bench.state.hold_reason
@@ -549,7 +549,7 @@ def test_verb_when_sent_in_each_status_then_accepted_or_rejected_with_reason_cha
     else:
         assert bench.state is not before
         assert "v" in bench.state.recent_commands
-        assert bench.events[-1].command_id == "v" and bench.events[-1].actor == "operator"
+        assert bench.events[-1].command_id == "v" and bench.events[-1].issued_by == "operator"
 
 
 @pytest.mark.parametrize("status", STATUSES)

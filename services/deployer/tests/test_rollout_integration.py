@@ -187,15 +187,15 @@ async def test_deploy_when_requested_then_rollout_in_kv_allocation_in_control_st
     state, _ = await rollout_of(operator_nc, unique_id)
     assert state is not None and state.outbox_controls == [] and state.epoch >= 1
     entry, _ = await control_entry(operator_nc, unique_id)
-    assert entry is not None and entry.allocation == 0.1 and entry.updated_by == "deployer"
+    assert entry is not None and entry.allocation == 0.1 and entry.issued_by == "deployer"
     event = json.loads((await events.next_msg(timeout=5)).data)
     assert (event["kind"], event["phase_to"], event["command_id"]) == ("deployed", "paper", "c1")
     connection = await asyncpg.connect(database_url)
     try:
-        rows = await connection.fetch("SELECT kind, actor FROM deployment_events WHERE strategy = $1", unique_id)
+        rows = await connection.fetch("SELECT kind, issued_by FROM deployment_events WHERE strategy = $1", unique_id)
     finally:
         await connection.close()
-    assert [(r["kind"], r["actor"]) for r in rows] == [("deployed", "operator")]
+    assert [(r["kind"], r["issued_by"]) for r in rows] == [("deployed", "operator")]
 
 
 async def test_deploy_when_command_id_repeated_then_applied_once(deployer, operator_nc, unique_id):
@@ -286,7 +286,7 @@ async def test_rollout_when_snapshots_advance_event_time_then_promotes_after_soa
     kinds = [event.kind for event in history]
     assert kinds[0] == "deployed" and "promoted" in kinds and kinds[-1] == "rolled_back"
     rolled = history[-1]
-    assert rolled.trigger == "gate drawdown critical" and rolled.actor == "deployer"
+    assert rolled.trigger == "gate drawdown critical" and rolled.issued_by == "deployer"
     assert (rolled.allocation_before, rolled.allocation_after) == (0.2, 0.1)
     assert rolled.metrics["drawdown"] == pytest.approx(0.25) and rolled.thresholds["drawdown"] == [0.10, 0.15]
     assert rolled.ts_event == ts  # event time, not wall time
@@ -637,7 +637,7 @@ def test_cli_when_operator_deploys_pauses_and_reads_status_and_history_then_each
         events = json.loads(history.output)
         assert [e["kind"] for e in events] == ["deployed", "paused"]
         assert "unverified" in events[0]["reason"]
-        assert events[1]["reason"] == "lunch" and events[1]["actor"] == "operator"
+        assert events[1]["reason"] == "lunch" and events[1]["issued_by"] == "operator"
     finally:
         stop(process)
 

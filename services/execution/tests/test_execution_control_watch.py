@@ -43,7 +43,7 @@ async def deployer_nc(nats_credentials: NatsCredentials) -> AsyncIterator[Client
 
 
 def halted(sid: str, reason: str) -> bytes:
-    return encode(TradingState(strategy=sid, status="HALTED", reason=reason, updated_by="test"))
+    return encode(TradingState(strategy=sid, status="HALTED", reason=reason, issued_by="test"))
 
 
 async def started_watch(nc: Client, sid: str, kind: type[ControlWatch]) -> tuple[KeyValue, ExecutionEngine,

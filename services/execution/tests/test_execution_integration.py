@@ -125,7 +125,7 @@ async def test_execution_when_halted_before_start_then_denies_until_resumed_and_
     sid = venue = unique_id
     kv = await bus.control_bucket(deployer_nc.jetstream())
     await kv.put(subjects.control_key(sid, "operator"),
-                 encode(TradingState(strategy=sid, status="HALTED", reason="halted by test", updated_by="operator")))
+                 encode(TradingState(strategy=sid, status="HALTED", reason="halted by test", issued_by="operator")))
     orders = await operator_nc.subscribe(subjects.orders(sid))
     fills = await operator_nc.subscribe(subjects.fills(sid))
     snapshots = await operator_nc.subscribe(subjects.portfolio(sid))

@@ -70,7 +70,7 @@ async def test_risk_app_when_bars_and_portfolios_flow_then_snapshots_rows_halt_a
         command = codec(ControlCommand).decode(msg.data)
         commands.append(command)
         timeline.append(f"control:{command.ts_event}")
-        state = TradingState(strategy=strategy, status="HALTED", updated_by="deployer")
+        state = TradingState(strategy=strategy, status="HALTED", issued_by="deployer")
         await msg.respond(encode(ControlReply(accepted=True, command_id=command.command_id, state=state)))
 
     async def on_snapshot(msg: Msg) -> None:

@@ -41,6 +41,17 @@ class BarBatch(Struct, frozen=True, kw_only=True):
 
 
 # ---------------------------------------------------------------- control
+def _keep_first_name(message: Struct, name: str, first_name: str) -> None:
+    """Keep a field and its first name equal: the new name wins when set; readers of either see the value.
+
+    Fields are renamed this way so that one idea has one name in new code while messages already written,
+    and clients that know only the first name, keep working (a field never changes meaning).
+    """
+    value = getattr(message, name) or getattr(message, first_name)
+    msgspec.structs.force_setattr(message, name, value)
+    msgspec.structs.force_setattr(message, first_name, value)
+
+
 class ControlCommandBase(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="command"):
     issued_by: Source = "operator"
     command_id: str = ""
@@ -110,6 +121,11 @@ class TradingState(Struct, frozen=True, kw_only=True):
     command_id: str = ""
     ts_event: int = 0
     schema: int = SCHEMA_VERSION
+    issued_by: str = ""  # who last changed it (a source); `updated_by` is its first name, still read and written
+
+    def __post_init__(self) -> None:
+        _keep_first_name(self, "issued_by", "updated_by")
+
 
 
 class ControlReply(Struct, frozen=True, kw_only=True):
@@ -499,6 +515,11 @@ class DeploymentEvent(Struct, frozen=True, kw_only=True):
     epoch: int = 0
     ts_event: int = 0
     schema: int = SCHEMA_VERSION
+    issued_by: str = ""  # who caused it (operator, deployer, verify); `actor` is its first name, still read and written
+
+    def __post_init__(self) -> None:
+        _keep_first_name(self, "issued_by", "actor")
+
 
 
 class RolloutState(Struct, frozen=True, kw_only=True):

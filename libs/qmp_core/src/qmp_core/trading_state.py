@@ -45,7 +45,7 @@ def combine(strategy: str, entries: Iterable[TradingState]) -> TradingState:
             max_order_fraction=min(effective.max_order_fraction, entry.max_order_fraction),
             defensive=effective.defensive or entry.defensive,
             safe_mode=effective.safe_mode or entry.safe_mode,
-            updated_by=entry.updated_by if entry.ts_event >= effective.ts_event else effective.updated_by,
+            issued_by=entry.issued_by if entry.ts_event >= effective.ts_event else effective.issued_by,
             command_id=entry.command_id if entry.ts_event >= effective.ts_event else effective.command_id,
             ts_event=max(effective.ts_event, entry.ts_event),
         )
@@ -126,7 +126,7 @@ class ControlEntries(Mapping[str, TradingState]):
 
 def apply(entry: TradingState, command: ControlCommand, ts_event: int) -> TradingState:
     """Return a source's entry after a command. Resume is applied across sources by the caller."""
-    common = {"updated_by": command.issued_by, "command_id": command.command_id, "ts_event": ts_event}
+    common = {"issued_by": command.issued_by, "command_id": command.command_id, "ts_event": ts_event}
     match command:
         case Halt(reason=reason):
             return msgspec.structs.replace(entry, status="HALTED", reason=reason, **common)

@@ -61,8 +61,8 @@ async def send_halt(connection: Connection, strategy: str, reason: str) -> dict[
 
 
 async def publish_alert(connection: Connection, strategy: str, reason: str, report: str = "") -> None:
-    """Publish the alert as a DeploymentEvent (kind `alert`, actor `verify`) on the strategy's deploy events."""
-    event = DeploymentEvent(strategy=strategy, rollout_id="verify", seq=0, kind="alert", actor="verify",
+    """Publish the alert as a DeploymentEvent (kind `alert`, issued by `verify`) on the strategy's deploy events."""
+    event = DeploymentEvent(strategy=strategy, rollout_id="verify", seq=0, kind="alert", issued_by="verify",
                             trigger="verification_failed", reason=reason if not report else f"{reason} ({report})",
                             command_id=f"verify-{uuid.uuid4().hex}", ts_event=time.time_ns())
     nc = await connection.connect()

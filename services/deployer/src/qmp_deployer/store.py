@@ -7,7 +7,7 @@ from qmp_core.messages import ControlApplied, DeploymentEvent, encode
 
 INSERT_EVENT = (
     "INSERT INTO deployment_events (ts, strategy, rollout_id, seq, kind, phase_from, phase_to, status, trigger, "
-    "actor, command_id, allocation_before, allocation_after, metrics, thresholds, reason, epoch) "
+    "issued_by, command_id, allocation_before, allocation_after, metrics, thresholds, reason, epoch) "
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17) "
     "ON CONFLICT DO NOTHING"
 )
@@ -21,7 +21,7 @@ INSERT_CONTROL_AUDIT = (
 async def write_deployment_event(pool: asyncpg.Pool, event: DeploymentEvent) -> None:
     await pool.execute(
         INSERT_EVENT, to_datetime(event.ts_event), event.strategy, event.rollout_id, event.seq, event.kind,
-        event.phase_from, event.phase_to, event.status, event.trigger, event.actor, event.command_id,
+        event.phase_from, event.phase_to, event.status, event.trigger, event.issued_by, event.command_id,
         event.allocation_before, event.allocation_after, encode(event.metrics).decode(),
         encode(event.thresholds).decode(), event.reason, event.epoch,
     )

@@ -105,7 +105,7 @@ async def read_history(connection: Connection, strategy: str, limit: int = 200) 
     return [DeploymentEvent(
         strategy=row["strategy"], rollout_id=row["rollout_id"], seq=row["seq"], kind=row["kind"],
         phase_from=row["phase_from"], phase_to=row["phase_to"], status=row["status"], trigger=row["trigger"],
-        actor=row["actor"], command_id=row["command_id"], allocation_before=row["allocation_before"],
+        issued_by=row["issued_by"], command_id=row["command_id"], allocation_before=row["allocation_before"],
         allocation_after=row["allocation_after"], metrics=json.loads(row["metrics"]),
         thresholds=json.loads(row["thresholds"]), reason=row["reason"], epoch=row["epoch"],
         ts_event=(row["ts"] - EPOCH) // timedelta(microseconds=1) * 1_000,
@@ -267,7 +267,7 @@ def history(
     limit: Annotated[int, typer.Option(help="most recent events shown")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Show a strategy's rollout audit trail: every transition with trigger, metrics, thresholds, actor."""
+    """Show a strategy's rollout audit trail: every transition with trigger, metrics, thresholds, who issued it."""
     events = asyncio.run(read_history(Connection.read(), strategy, limit))
     if as_json:
         console.print_json(json.dumps([msgspec.to_builtins(event) for event in events]))
@@ -311,14 +311,14 @@ def rollout_table(states: dict[str, RolloutState], now_ns: int) -> Group | Table
 
 def history_table(strategy: str, events: list[DeploymentEvent]) -> Table:
     table = Table(title=f"rollout history of {strategy}")
-    for column in ("time", "event", "phase", "trigger", "actor", "command", "allocation", "metrics",
+    for column in ("time", "event", "phase", "trigger", "issued by", "command", "allocation", "metrics",
                    "thresholds", "reason"):
         table.add_column(column)
     for event in events:
         metrics = ", ".join(f"{k}={'—' if v is None else f'{v:.4g}'}" for k, v in event.metrics.items())
         thresholds = ", ".join(f"{k} {w:g}/{c:g}" for k, (w, c) in event.thresholds.items())
         table.add_row(f"{to_datetime(event.ts_event):%Y-%m-%d %H:%M:%S}", event.kind,
-                      f"{event.phase_from} → {event.phase_to}", event.trigger, event.actor, event.command_id[:12],
+                      f"{event.phase_from} → {event.phase_to}", event.trigger, event.issued_by, event.command_id[:12],
                       f"{event.allocation_before:.0%} → {event.allocation_after:.0%}", metrics, thresholds,
                       event.reason)
     return table

@@ -38,7 +38,7 @@ def decide(
                                       f"not {source!r}")
     changed: dict[str, TradingState] = {}
     own_key = subjects.control_key(strategy, source)
-    own = entries.get(own_key, TradingState(strategy=strategy, updated_by=source))
+    own = entries.get(own_key, TradingState(strategy=strategy, issued_by=source))
     if isinstance(command, Resume | ReleaseSafeMode):
         # A resume clears every source's latched halt; both clear a previous safe mode wherever it sits.
         clears_halt = isinstance(command, Resume)
@@ -54,7 +54,7 @@ def decide(
                     reason="" if halted else entry.reason,
                     safe_mode=False,
                     size_multiplier=1.0 if entry.safe_mode else entry.size_multiplier,
-                    updated_by=source, command_id=command.command_id, ts_event=ts_event,
+                    issued_by=source, command_id=command.command_id, ts_event=ts_event,
                 )
     changed[own_key] = trading_state.apply(own, command, ts_event)
     merged = {**entries, **changed}

@@ -102,11 +102,11 @@ def has_outbox(state: RolloutState) -> bool:
 class _Draft:
     """A decision in progress: the state being changed, plus the events and controls it produces."""
 
-    def __init__(self, state: RolloutState, ctx: Context, command_id: str = "", actor: str = ACTOR) -> None:
+    def __init__(self, state: RolloutState, ctx: Context, command_id: str = "", issued_by: str = ACTOR) -> None:
         self.state = state
         self.ctx = ctx
         self.command_id = command_id
-        self.actor = actor
+        self.issued_by = issued_by
         self.events: list[DeploymentEvent] = []
         self.controls: list[ControlCommand] = []
         self.endpoint = ""  # a broker endpoint choice to send, if any
@@ -123,7 +123,7 @@ class _Draft:
         self.events.append(DeploymentEvent(
             strategy=state.strategy, rollout_id=state.rollout_id, seq=seq, kind=kind,
             phase_from=phase_name(state) if phase_from is None else phase_from, phase_to=phase_name(state),
-            status=state.status, trigger=trigger, actor=self.actor, command_id=self.command_id,
+            status=state.status, trigger=trigger, issued_by=self.issued_by, command_id=self.command_id,
             allocation_before=state.allocation if allocation_before is None else allocation_before,
             allocation_after=state.allocation,
             metrics={gate.metric: gate.value for gate in gates},
@@ -489,7 +489,7 @@ def evaluate(state: RolloutState, readings: Mapping[str, Reading], ctx: Context,
     holds = [f"{gate.metric} {gate.level}" + (f" ({gate.detail})" if gate.detail else "") for gate in not_ok]
     if ctx.trading is not None and ctx.trading.status == "HALTED":
         # Halted by someone else (risk, operator): the phase is not being exercised, so it is not soaking.
-        holds.append(f"strategy HALTED by {ctx.trading.updated_by or 'a source'}: {ctx.trading.reason}")
+        holds.append(f"strategy HALTED by {ctx.trading.issued_by or 'a source'}: {ctx.trading.reason}")
     if holds:
         hold = "; ".join(holds)
         if draft.state.status != "HOLDING":

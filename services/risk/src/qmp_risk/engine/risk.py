@@ -683,7 +683,7 @@ class RiskEngine:
                         strategy=name, breaker=breaker, value=value, threshold=threshold,
                         action=f"resumed:{state.status.lower()}",
                         ts_event=state.ts_event if state.ts_event > 0 else self.clock.now_ns(),
-                        detail=f"explicit resume ({state.updated_by or 'unknown'})"))
+                        detail=f"explicit resume ({state.issued_by or 'unknown'})"))
         return events
 
     def on_control_reply(self, strategy: str, command: BreakerCommand, accepted: bool) -> None:
