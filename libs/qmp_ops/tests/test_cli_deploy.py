@@ -1,10 +1,15 @@
 """`qmp rollout status` and `qmp history`: what the tables say about a rollout's phase and soak."""
 
+import pytest
+from nats.aio.client import Client
 from rich.console import Console
 
 from qmp_core.clock import NS_PER_HOUR
 from qmp_core.messages import DeploymentEvent, RolloutPhase, RolloutState
-from qmp_ops.cli.deploy import _soak_text, history_table, rollout_table
+from qmp_ops.cli.deploy import _soak_text, history_table, read_history, rollout_table
+from qmp_ops.emergency import publish_alert, publish_unlock
+from qmp_ops.runtime.nats_server import NatsCredentials
+from qmp_ops.runtime.supervisor import Connection
 
 PHASES = [RolloutPhase(name="paper", env="paper", allocation=0.0, min_soak_s=24 * 3600.0, min_fills=10),
           RolloutPhase(name="live10", env="live", allocation=0.1, min_soak_s=48 * 3600.0, min_notional_hours=500.0)]
@@ -45,3 +50,19 @@ def test_history_table_when_events_given_then_one_row_each_with_transition_and_a
     text = render(history_table("s", [event]))
 
     assert "paper → live10" in text and "operator" in text and "1970-01-01 00:00:00" in text
+
+
+@pytest.mark.integration
+async def test_read_history_when_a_verification_alert_and_an_unlock_were_published_then_both_in_the_trail(
+        nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, unique_id: str,
+        tmp_path) -> None:
+    # issue 11 #2: the failed verification's alert reached the stream but `qmp history` read only the database.
+    user, password = nats_credentials.for_user("operator")
+    connection = Connection(nats_credentials.url, database_url, str(tmp_path), user, password)
+    await publish_alert(connection, unique_id, "verification failed: walk_forward")
+    await publish_unlock(connection, unique_id, "reviewed the walk-forward report")
+
+    events = await read_history(connection, unique_id)
+
+    assert [(e.kind, e.issued_by) for e in events] == [("alert", "verify"), ("unlocked", "operator")]
+    assert events[0].reason == "verification failed: walk_forward"

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from qmp_core import subjects
+from qmp_lab.lock import locked_strategies
 from qmp_lab.verify.core import TestResult, source_hash
-from qmp_lab.verify.gate import TESTS, check_deployable, locked_strategies, record_verification
+from qmp_lab.verify.gate import TESTS, check_deployable, record_verification
 from qmp_ops import emergency
 from qmp_ops.runtime.supervisor import Connection
 

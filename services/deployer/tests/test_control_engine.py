@@ -59,3 +59,30 @@ def test_decide_when_all_is_halted_then_every_strategy_is_halted_until_all_resum
     assert effective_state("s2", entries).status == "HALTED"
     entries = apply_all("ALL", [Resume()], entries)
     assert effective_state("s2", entries).status == "ACTIVE"
+
+
+def test_decide_when_operator_cut_order_size_then_a_safe_resume_and_its_release_keep_the_cut():
+    # issue 11 #1: the release used to set the operator's entry back to 1.0, erasing its 0.5 cut.
+    entries = apply_all("s1", [ReduceOrderSize(size_multiplier=0.3), Halt(reason="x"), Resume(mode="safe")])
+    during = effective_state("s1", entries)
+    entries = apply_all("s1", [ReleaseSafeMode(issued_by="deployer")], entries)
+    after = effective_state("s1", entries)
+
+    assert (during.size_multiplier, during.safe_mode) == (0.3, True)  # the tighter of the cut and safe mode
+    assert (after.size_multiplier, after.safe_mode) == (0.3, False)
+
+
+def test_decide_when_operator_cut_is_looser_than_safe_mode_then_half_size_until_release_then_the_cut():
+    entries = apply_all("s1", [ReduceOrderSize(size_multiplier=0.8), Halt(reason="x"), Resume(mode="safe")])
+    assert effective_state("s1", entries).size_multiplier == 0.5
+    entries = apply_all("s1", [ReleaseSafeMode(issued_by="deployer")], entries)
+    assert effective_state("s1", entries).size_multiplier == 0.8
+
+
+def test_decide_when_normal_resume_then_every_sources_size_cut_outlives_it():
+    entries = apply_all("s1", [ReduceOrderSize(size_multiplier=0.5),
+                               ReduceOrderSize(size_multiplier=0.7, issued_by="risk"), Halt(reason="x"), Resume()])
+    state = effective_state("s1", entries)
+    assert (state.status, state.size_multiplier) == ("ACTIVE", 0.5)
+    entries = apply_all("s1", [ReduceOrderSize(size_multiplier=1.0)], entries)  # the operator lifts its cut
+    assert effective_state("s1", entries).size_multiplier == 0.7  # risk's stays

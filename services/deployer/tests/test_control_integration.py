@@ -37,6 +37,20 @@ async def test_halt_when_requested_then_reply_accepted_and_state_in_kv(deployer,
     assert json.loads(entry.value)["status"] == "HALTED"
 
 
+async def test_safe_resume_when_operator_had_cut_order_size_then_the_cut_is_back_after_the_release(
+        deployer, operator_nc, unique_id):
+    # issue 11 #1, as an operator sees it: reduce_order_size 0.3, halt, resume --safe, the safe mode ends.
+    for body in ({"command": "reduce_order_size", "size_multiplier": 0.3}, {"command": "halt", "reason": "check"},
+                 {"command": "resume", "mode": "safe"}):
+        assert (await request(operator_nc, unique_id, body))["accepted"] is True
+
+    released = await request(operator_nc, unique_id, {"command": "release_safe_mode"})
+
+    assert released["accepted"] is True
+    assert (released["state"]["status"], released["state"]["safe_mode"]) == ("ACTIVE", False)
+    assert released["state"]["size_multiplier"] == 0.3
+
+
 async def test_halt_when_command_id_repeated_then_applied_once(deployer, operator_nc, unique_id):
     body = {"command": "halt", "reason": "once", "command_id": "same"}
     first = await request(operator_nc, unique_id, body)

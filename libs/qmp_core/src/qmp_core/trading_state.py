@@ -1,7 +1,9 @@
 """Trading state per strategy: each source owns one entry; the effective state is the most restrictive.
 
 No writer can loosen another's limit: status takes the most severe, allocation, size multiplier and
-order cap take the minimum, defensive is on if any source turns it on. This module is the one home of
+order cap take the minimum, defensive is on if any source turns it on, and safe mode (after a
+`resume --safe`, until a clean gate evaluation releases it) caps the size multiplier at SAFE_MODE_SIZE on
+top of every source's own cut, which it never overwrites. This module is the one home of
 that rule: the deployer (which owns the state), execution (which enforces it) and `qmp status` (which
 shows it) all read the control bucket through `ControlEntries`.
 
@@ -49,6 +51,9 @@ def combine(strategy: str, entries: Iterable[TradingState]) -> TradingState:
             command_id=entry.command_id if entry.ts_event >= effective.ts_event else effective.command_id,
             ts_event=max(effective.ts_event, entry.ts_event),
         )
+    if effective.safe_mode and effective.size_multiplier > SAFE_MODE_SIZE:
+        # Safe mode is a state of its own, not a value written over a source's size cut: the cut outlives it.
+        effective = msgspec.structs.replace(effective, size_multiplier=SAFE_MODE_SIZE)
     if effective.defensive and effective.status == "ACTIVE":
         effective = msgspec.structs.replace(effective, status="REDUCING", reason="defensive mode")
     return effective
@@ -132,18 +137,14 @@ def apply(entry: TradingState, command: ControlCommand, ts_event: int) -> Tradin
             return msgspec.structs.replace(entry, status="HALTED", reason=reason, **common)
         case Resume(mode=mode):
             safe = mode == "safe"
+            # A resume lifts the halt, never the source's order-size cut (that takes a reduce_order_size).
             return msgspec.structs.replace(
-                entry,
-                status="ACTIVE",
-                reason="resumed (safe mode)" if safe else "",
-                safe_mode=safe,
-                size_multiplier=SAFE_MODE_SIZE if safe else 1.0,
-                **common,
+                entry, status="ACTIVE", reason="resumed (safe mode)" if safe else "", safe_mode=safe, **common,
             )
         case ReleaseSafeMode():
             if not entry.safe_mode:
                 return entry
-            return msgspec.structs.replace(entry, safe_mode=False, size_multiplier=1.0, reason="", **common)
+            return msgspec.structs.replace(entry, safe_mode=False, reason="", **common)
         case SetAllocation(allocation=allocation):
             return msgspec.structs.replace(entry, allocation=allocation, **common)
         case ReduceOrderSize(size_multiplier=multiplier):

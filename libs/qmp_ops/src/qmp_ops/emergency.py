@@ -30,23 +30,12 @@ import nats
 
 from qmp_core import subjects
 from qmp_core.messages import DeploymentEvent
+from qmp_lab.lock import write_lock
 from qmp_lab.verify.core import StrategyTarget, VerificationError
-from qmp_lab.verify.gate import LOCK_FILE, locked_strategies
 from qmp_ops.runtime.supervisor import Connection
 
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_S = 5.0
-
-
-def write_lock(home: Path, strategy: str, reason: str, report: str = "") -> Path:
-    """Add the strategy to `<home>/trading.lock` with the reason; return the file's path."""
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / LOCK_FILE
-    locked = locked_strategies(home)
-    locked[strategy] = {"reason": reason, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "report": report, "by": "qmp verify"}
-    path.write_text(json.dumps(locked, indent=2) + "\n")
-    return path
 
 
 async def send_halt(connection: Connection, strategy: str, reason: str) -> dict[str, Any]:
@@ -65,10 +54,23 @@ async def publish_alert(connection: Connection, strategy: str, reason: str, repo
     event = DeploymentEvent(strategy=strategy, rollout_id="verify", seq=0, kind="alert", issued_by="verify",
                             trigger="verification_failed", reason=reason if not report else f"{reason} ({report})",
                             command_id=f"verify-{uuid.uuid4().hex}", ts_event=time.time_ns())
+    await publish_event(connection, event)
+
+
+async def publish_unlock(connection: Connection, strategy: str, reason: str) -> None:
+    """Publish an operator's unlock of the trading lock on the strategy's deploy events (the audit trail)."""
+    event = DeploymentEvent(strategy=strategy, rollout_id="lock", seq=0, kind="unlocked", issued_by="operator",
+                            trigger="trading_lock", reason=reason, command_id=f"unlock-{uuid.uuid4().hex}",
+                            ts_event=time.time_ns())
+    await publish_event(connection, event)
+
+
+async def publish_event(connection: Connection, event: DeploymentEvent) -> None:
+    """Publish a deployment event that the deployer did not make (alerts, unlocks) on the audit stream."""
     nc = await connection.connect()
     try:
         js = nc.jetstream()
-        await js.publish(subjects.deploy_events(strategy), msgspec.json.encode(event),
+        await js.publish(subjects.deploy_events(event.strategy), msgspec.json.encode(event),
                          headers={"Nats-Msg-Id": event.command_id})
     finally:
         await nc.close()

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qmp_lab.lock import LOCK_FILE, locked_strategies
 from qmp_lab.verify.core import TestResult, dumps, source_hash, strategy_key, strategy_source_file
 
 HOME = Path(".qmp")
 TESTS = ("walk_forward", "fat_tail", "black_swan", "slippage", "numba")
 REQUIRED_TESTS = TESTS
-LOCK_FILE = "trading.lock"
 
 
 def record_dir(home: Path, path: str) -> Path:
@@ -74,7 +74,8 @@ def check_deployable(strategy_path: str, home: Path = HOME,
     path = record["strategy"]
     locked = locked_strategies(home)
     for name in {path, strategy_path, *record.get("strategy_ids", []), "ALL"} & set(locked):
-        return False, f"{home / LOCK_FILE} holds {name!r}: {locked[name].get('reason', '')} (remove it after review)"
+        return False, (f"{home / LOCK_FILE} holds {name!r}: {locked[name].get('reason', '')} (after review: "
+                       f"`qmp unlock {name} --reason ...`)")
     current = source_hash(path)
     if not current:
         return False, f"cannot find the source file of {path!r} to compare with its verification"
@@ -97,10 +98,6 @@ def check_deployable(strategy_path: str, home: Path = HOME,
     return True, f"{path}: {len(required)} tests passed on the current source ({current[:12]}…)"
 
 
-def locked_strategies(home: Path = HOME) -> dict[str, dict[str, Any]]:
-    """Return the strategies `trading.lock` holds (strategy -> {reason, at, ...}); {} without a lock."""
-    data = _read(home / LOCK_FILE)
-    return data if isinstance(data, dict) else {}
 
 
 def _find_record(home: Path, strategy: str) -> dict[str, Any] | None:

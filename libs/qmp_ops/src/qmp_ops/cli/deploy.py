@@ -91,11 +91,31 @@ async def read_rollouts(connection: Connection, strategy: str | None = None) -> 
 
 
 async def read_history(connection: Connection, strategy: str, limit: int = 200) -> list[DeploymentEvent]:
-    """Return a strategy's deployment events, oldest first: from the database, else from the stream."""
+    """Return a strategy's deployment events, oldest first: the database's, and the stream's it does not hold.
+
+    The deployer stores its own events; alerts and unlocks are published by the operator side on the same
+    stream and exist only there, so the trail is both, merged.
+    """
     try:
-        database = await asyncpg.connect(connection.database_url, timeout=3)
+        stored = await _history_from_database(connection, strategy, limit)
     except (OSError, asyncpg.PostgresError):
-        return await _history_from_stream(connection, strategy, limit)
+        stored = []
+    try:
+        streamed = await _history_from_stream(connection, strategy, limit)
+    except (OSError, nats.errors.Error, TimeoutError):
+        streamed = []
+    seen = {_event_key(event) for event in stored}
+    merged = stored + [event for event in streamed if _event_key(event) not in seen]
+    merged.sort(key=lambda event: (event.ts_event, event.seq))
+    return merged[-limit:]
+
+
+def _event_key(event: DeploymentEvent) -> tuple[str, int, str, str]:
+    return event.rollout_id, event.seq, event.kind, event.command_id
+
+
+async def _history_from_database(connection: Connection, strategy: str, limit: int) -> list[DeploymentEvent]:
+    database = await asyncpg.connect(connection.database_url, timeout=3)
     try:
         rows = await database.fetch(
             "SELECT * FROM (SELECT * FROM deployment_events WHERE strategy = $1 ORDER BY ts DESC, rollout_id, "

@@ -8,11 +8,14 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import nats
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
+from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.control import gather_status, send_control
 from qmp_ops.runtime.supervisor import CONNECTION_FILE, Connection, Stack, StackOptions, redacted
 
@@ -99,9 +102,45 @@ def resume(
     strategy: Annotated[str, typer.Argument(help="strategy id, or ALL")],
     safe: Annotated[bool, typer.Option("--safe", help="resume at half size until the next clean gate")] = False,
 ) -> None:
-    """Lift a halt."""
+    """Lift a halt (refused while the trading lock holds the strategy: see `qmp unlock`)."""
+    held = lock_holding(HOME, strategy)
+    if held is not None:
+        name, entry = held
+        console.print(f"[red]refused[/]: {escape(str(HOME / LOCK_FILE))} has {name!r} locked since "
+                      f"{escape(str(entry.get('at', '?')))}: {escape(str(entry.get('reason', '')))}\n"
+                      f"after review, lift the lock (recorded in the audit trail): "
+                      f"qmp unlock {name} --reason \"what was reviewed\"", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     body = {"command": "resume", "mode": "safe" if safe else "normal"}
     _print_reply(asyncio.run(send_control(Connection.read(), strategy, body)))
+
+
+@app.command()
+def unlock(
+    strategy: Annotated[str, typer.Argument(help="strategy id, or ALL")],
+    reason: Annotated[str, typer.Option(help="what was reviewed before trading may resume (required)")],
+) -> None:
+    """Remove a strategy from the trading lock after review; the unlock is recorded in the audit trail."""
+    try:
+        entry = remove_lock(HOME, strategy, reason)
+    except KeyError:
+        console.print(f"[red]not locked[/]: {escape(str(HOME / LOCK_FILE))} does not hold {strategy!r}",
+                      highlight=False)
+        raise typer.Exit(1) from None
+    except ValueError as error:
+        console.print(f"[red]refused[/]: {escape(str(error))}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"unlocked {strategy} (locked for: {escape(str(entry.get('reason', '')))}); "
+                  f"logged in {escape(str(HOME / LOCK_LOG))}", highlight=False)
+    from qmp_ops.emergency import publish_unlock
+
+    try:
+        asyncio.run(publish_unlock(Connection.read(CONNECTION_FILE), strategy, reason))
+    except (OSError, nats.errors.Error, TimeoutError) as error:
+        console.print(f"[yellow]audit event not published[/] (no stack reachable: {escape(str(error))}); "
+                      "the lock's log keeps the record", highlight=False)
+        return
+    console.print(f"audit event published on qmp.deploy.{strategy}.events (`qmp history {strategy}` shows it)")
 
 
 @app.command()
@@ -171,7 +210,7 @@ def _print_reply(reply: dict) -> None:
 
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
-FAST_COMMANDS = frozenset({"up", "demo", "halt", "resume", "status", "contract"})
+FAST_COMMANDS = frozenset({"up", "demo", "halt", "resume", "unlock", "status", "contract"})
 
 
 def register_extensions() -> None:

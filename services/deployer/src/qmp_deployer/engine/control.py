@@ -53,7 +53,6 @@ def decide(
                     status="ACTIVE" if halted else entry.status,
                     reason="" if halted else entry.reason,
                     safe_mode=False,
-                    size_multiplier=1.0 if entry.safe_mode else entry.size_multiplier,
                     issued_by=source, command_id=command.command_id, ts_event=ts_event,
                 )
     changed[own_key] = trading_state.apply(own, command, ts_event)

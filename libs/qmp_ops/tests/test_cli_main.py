@@ -1,0 +1,58 @@
+"""The operator's verbs as an operator types them: `qmp resume` and `qmp unlock` against the trading lock."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from qmp_lab.lock import LOCK_LOG, locked_strategies, write_lock
+from qmp_ops.cli.main import app
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # the CLI's home is ./.qmp
+    return tmp_path / ".qmp"
+
+
+def test_resume_when_strategy_locked_then_refused_and_told_how_to_unlock(home: Path) -> None:
+    # issue 11 #3: resume used to lift the halt of a strategy the emergency protocol had locked.
+    write_lock(home, "vol_target", "verification failed: walk_forward")
+
+    result = CliRunner().invoke(app, ["resume", "vol_target", "--safe"])
+
+    assert result.exit_code == 1
+    assert "locked" in result.output and "qmp unlock vol_target --reason" in result.output
+    assert "verification failed: walk_forward" in result.output
+
+
+def test_resume_when_all_locked_then_every_strategy_refused(home: Path) -> None:
+    write_lock(home, "ALL", "exchange review")
+
+    result = CliRunner().invoke(app, ["resume", "mean_rev"])
+
+    assert result.exit_code == 1 and "qmp unlock ALL" in result.output
+
+
+def test_unlock_when_no_stack_then_lock_removed_logged_and_says_the_audit_event_was_not_published(
+        home: Path) -> None:
+    write_lock(home, "vol_target", "verification failed: fat_tail")
+
+    result = CliRunner().invoke(app, ["unlock", "vol_target", "--reason", "reviewed the fat-tail report"])
+
+    assert result.exit_code == 0, result.output
+    assert locked_strategies(home) == {}
+    log = [json.loads(line) for line in (home / LOCK_LOG).read_text().splitlines()]
+    assert [(r["action"], r["strategy"]) for r in log] == [("lock", "vol_target"), ("unlock", "vol_target")]
+    assert log[-1]["reason"] == "reviewed the fat-tail report"
+    assert "not published" in result.output
+
+
+def test_unlock_when_not_locked_or_no_reason_then_refused(home: Path) -> None:
+    write_lock(home, "vol_target", "x")
+
+    assert CliRunner().invoke(app, ["unlock", "other", "--reason", "r"]).exit_code == 1
+    assert CliRunner().invoke(app, ["unlock", "vol_target"]).exit_code != 0  # --reason is required
+    assert CliRunner().invoke(app, ["unlock", "vol_target", "--reason", " "]).exit_code == 1
+    assert "vol_target" in locked_strategies(home)
