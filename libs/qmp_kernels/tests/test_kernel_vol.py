@@ -85,3 +85,17 @@ def test_vol_ratio_when_flat_series_then_nan_not_infinite() -> None:
 def test_vol_ratio_when_windows_too_small_then_invalid_argument() -> None:
     _, code = vol_ratio_1d_nb(np.zeros(40), 1, 5)
     assert code == status.INVALID_ARGUMENT
+
+
+def test_vol_ratio_when_a_book_reenters_from_flat_then_no_ratio_until_its_average_has_no_flat_window() -> None:
+    # issue 11 #5: after 20 flat days the average was vol / 20, so the ratio read exactly 20 on re-entry and
+    # tripped the volatility breaker for no market reason (twice in the demo).
+    rng = np.random.default_rng(3)
+    returns = np.concatenate([np.zeros(40), rng.normal(0.0, 0.01, 60)])
+
+    ratio, code = vol_ratio_1d_nb(returns, 10, 20)
+
+    assert code == status.OK
+    first = 40 + 20 - 1  # vol is positive from the first traded day; 20 positive vols make an average
+    assert np.isnan(ratio[:first]).all()
+    assert np.isfinite(ratio[first:]).all() and ratio[first:].max() < 3.0

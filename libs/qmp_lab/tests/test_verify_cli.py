@@ -1,6 +1,7 @@
 """`qmp verify`: exit code, report files and the deploy-gate record, through the command line."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,18 @@ def test_verify_cli_when_strategy_path_unloadable_then_exit_2_with_reason(in_tmp
 
     assert result.exit_code == 2
     assert "cannot import module" in result.output
+
+
+def test_verify_cli_when_import_path_fails_then_alert_command_gets_the_alert(in_tmp):
+    # issue 11 #4: --alert-command / --alert-webhook were ignored unless verifying a running strategy id.
+    captured = in_tmp / "alert.json"
+    command = f"{sys.executable} -c \"import sys; open({str(captured)!r}, 'w').write(sys.stdin.read())\""
+
+    result = CliRunner().invoke(app, ["verify", "leaky_strategies:CentredMean", "--test", "walk_forward", "--quick",
+                                      "--start", "2007-01-01", "--end", "2007-12-31", "--alert-command", command])
+
+    assert result.exit_code == 1, result.output
+    alert = json.loads(captured.read_text())
+    assert alert["strategy"] == "leaky_strategies:CentredMean" and "walk_forward" in alert["reason"]
+    assert alert["report"].endswith("report.md")
+    assert not (in_tmp / ".qmp" / "trading.lock").exists()  # nothing is running under that path: no lock

@@ -1,6 +1,8 @@
 """The operator's verbs as an operator types them: `qmp resume` and `qmp unlock` against the trading lock."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,8 @@ from typer.testing import CliRunner
 
 from qmp_lab.lock import LOCK_LOG, locked_strategies, write_lock
 from qmp_ops.cli.main import app
+from qmp_ops.runtime.ports import free_port
+from qmp_ops.runtime.supervisor import Connection
 
 
 @pytest.fixture
@@ -56,3 +60,29 @@ def test_unlock_when_not_locked_or_no_reason_then_refused(home: Path) -> None:
     assert CliRunner().invoke(app, ["unlock", "vol_target"]).exit_code != 0  # --reason is required
     assert CliRunner().invoke(app, ["unlock", "vol_target", "--reason", " "]).exit_code == 1
     assert "vol_target" in locked_strategies(home)
+
+
+@pytest.mark.parametrize("verb", [["status"], ["halt", "vol_target"], ["history", "vol_target"],
+                                  ["rollout", "status"], ["slippage", "calibrate"]])
+def test_verb_when_no_stack_then_one_line_saying_what_to_do_and_no_traceback(home: Path, verb: list[str]) -> None:
+    # issue 11 #10: every one of these printed a Python traceback.
+    result = subprocess.run([sys.executable, "-m", "qmp_ops.cli.main", *verb], capture_output=True, text=True,
+                            timeout=120, cwd=home.parent)
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "qmp up" in lines[0], result.stderr
+
+
+def test_verb_when_connection_file_points_at_a_dead_stack_then_one_line_and_no_traceback(home: Path) -> None:
+    home.mkdir()
+    port = free_port()  # nothing listens there
+    Connection(f"nats://127.0.0.1:{port}", f"postgresql://u:p@127.0.0.1:{port}/qmp", str(home)).write(
+        home / "connection.json")
+
+    result = subprocess.run([sys.executable, "-m", "qmp_ops.cli.main", "halt", "vol_target"], capture_output=True,
+                            text=True, timeout=120, cwd=home.parent)
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "qmp status" in result.stderr

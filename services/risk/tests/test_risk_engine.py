@@ -355,3 +355,18 @@ def test_volatility_ratio_when_history_too_short_then_one() -> None:
     for i in range(5):
         snapshot = engine.on_portfolio(portfolio(T0 + i * NS_PER_DAY, 100.0 + 10 * (-1) ** i)).snapshot
         assert snapshot.volatility_ratio == 1.0
+
+
+def test_volatility_breaker_when_strategy_trades_again_after_a_flat_month_then_no_trip() -> None:
+    # issue 11 #5: flat for 20 days, then trading: the ratio read exactly 20.0 and the breaker halved size.
+    rng = np.random.default_rng(5)
+    returns = np.concatenate([np.zeros(30), rng.normal(0.0, 0.01, 40)])
+    engine = make_engine(vol_window=10, vol_average_window=20)
+
+    trips = []
+    for i, value in enumerate(equity_path(returns)):
+        result = engine.on_portfolio(portfolio(T0 + i * NS_PER_DAY, float(value)))
+        trips += [e for e in result.events if e.breaker == BREAKER_VOLATILITY and isinstance(e, BreakerTripped)]
+        assert result.snapshot.volatility_ratio < 3.0
+
+    assert trips == []

@@ -122,8 +122,10 @@ def vol_ratio_1d_nb(returns: np.ndarray, vol_window: int, average_window: int) -
     """Return (realized vol / its own trailing average, status) per row.
 
     vol(t) is the std (ddof=1) of the last `vol_window` returns, all of them finite; the average is the
-    mean of vol over the last `average_window` rows including t, all of them defined. The ratio is NaN
-    until both exist and where the average is 0 (a flat series has no meaningful ratio).
+    mean of vol over the last `average_window` rows including t, all of them defined and positive. A vol
+    of 0 is a flat book (no position, nothing moved), not a calm market: an average over it has no
+    baseline to compare with (a book trading again after `average_window` flat rows would read exactly
+    `average_window` times its own vol), so the ratio is NaN until the average holds no flat row.
     """
     n = returns.shape[0]
     ratio = np.full(n, np.nan)
@@ -131,7 +133,12 @@ def vol_ratio_1d_nb(returns: np.ndarray, vol_window: int, average_window: int) -
         return ratio, INVALID_ARGUMENT
     vol, _ = rolling_std_1d_nb(returns, vol_window, 1, vol_window)
     average, _ = rolling_mean_1d_nb(vol, average_window, average_window)
+    flat = 0  # flat vols (== 0) among the last `average_window` rows
     for t in range(n):
-        if np.isfinite(average[t]) and average[t] > 0.0 and np.isfinite(vol[t]):
+        if vol[t] == 0.0:
+            flat += 1
+        if t >= average_window and vol[t - average_window] == 0.0:
+            flat -= 1
+        if flat == 0 and np.isfinite(average[t]) and average[t] > 0.0 and np.isfinite(vol[t]):
             ratio[t] = vol[t] / average[t]
     return ratio, OK

@@ -76,6 +76,19 @@ async def publish_event(connection: Connection, event: DeploymentEvent) -> None:
         await nc.close()
 
 
+def alert_failed_verification(strategy: str, reason: str, report: str = "", alert_command: str | None = None,
+                              alert_webhook: str | None = None) -> list[str]:
+    """Send the alert of a failed verification through the configured command and webhook; say what happened.
+
+    Options given on the command line win over QMP_ALERT_COMMAND / QMP_ALERT_WEBHOOK.
+    """
+    alert = {"kind": "alert", "source": "qmp verify", "strategy": strategy, "reason": reason, "report": report,
+             "ts": time.time_ns()}
+    command = alert_command if alert_command is not None else os.environ.get("QMP_ALERT_COMMAND", "")
+    webhook = alert_webhook if alert_webhook is not None else os.environ.get("QMP_ALERT_WEBHOOK", "")
+    return run_alert_hooks(alert, command, webhook)
+
+
 def run_alert_hooks(alert: dict[str, Any], command: str = "", webhook: str = "") -> list[str]:
     """Run the configured alert command and/or webhook; return what happened, one line each."""
     done: list[str] = []
@@ -110,12 +123,8 @@ def emergency_halt(strategy: str, reason: str, home: Path, connection: Connectio
     else:
         outcome["halt"] = {"accepted": False, "reason": "no running stack to halt"}
     outcome["lock"] = str(write_lock(home, strategy, reason, report))
-    alert = {"kind": "alert", "source": "qmp verify", "strategy": strategy, "reason": reason, "report": report,
-             "ts": time.time_ns()}
     log.error("verification failed, strategy %s halted and locked: %s", strategy, reason)
-    command = alert_command if alert_command is not None else os.environ.get("QMP_ALERT_COMMAND", "")
-    webhook = alert_webhook if alert_webhook is not None else os.environ.get("QMP_ALERT_WEBHOOK", "")
-    outcome["alert"] = run_alert_hooks(alert, command, webhook)
+    outcome["alert"] = alert_failed_verification(strategy, reason, report, alert_command, alert_webhook)
     if connection is not None:
         try:
             asyncio.run(publish_alert(connection, strategy, reason, report))

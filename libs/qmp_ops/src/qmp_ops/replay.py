@@ -133,7 +133,7 @@ def stack_replay(strategy_id: str, service_env: dict[str, dict[str, str]], home:
 
     async def run() -> RunObserver:
         observer = RunObserver(strategy_id)
-        nc = await stack.connection.connect()
+        nc = await stack.connection.connect(follow=True)
         await observer.start(nc)
         try:
             await start_services(stack)

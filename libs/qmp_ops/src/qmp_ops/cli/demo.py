@@ -71,7 +71,7 @@ def run_demo(console: Console, start: str, end: str, home: Path, reports: Path) 
 
 async def _follow(stack: Stack, console: Console, expected: int) -> RunObserver:
     observer = RunObserver(DEMO_STRATEGY)
-    nc = await stack.connection.connect()
+    nc = await stack.connection.connect(follow=True)
     await observer.start(nc)
     try:
         with console.status("starting the four services…"):

@@ -6,8 +6,9 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
+import asyncpg
 import nats
 import typer
 from rich.console import Console
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.control import gather_status, send_control
-from qmp_ops.runtime.supervisor import CONNECTION_FILE, Connection, Stack, StackOptions, redacted
+from qmp_ops.runtime.supervisor import CONNECTION_FILE, Connection, Stack, StackOptions, StackUnavailable, redacted
 
 app = typer.Typer(help="QMP: take a trading strategy from paper to full capital without blowing up.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -229,5 +230,25 @@ def register_extensions() -> None:
 if next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None) not in FAST_COMMANDS:
     register_extensions()
 
+def main() -> None:
+    """The `qmp` command. What goes wrong on the operator's side is one line on stderr and exit 1, never a
+    traceback: the line says what is wrong and what to do."""
+    try:
+        app()
+    except StackUnavailable as error:
+        _fail(str(error))
+    except nats.errors.NoRespondersError:
+        _fail("no service answered the request: is the stack fully up? `qmp status` shows which services answer")
+    except (nats.errors.TimeoutError, TimeoutError):
+        _fail("the stack did not answer in time: `qmp status` shows which services answer")
+    except asyncpg.PostgresError as error:
+        _fail(f"the database refused the query ({error}): check QMP_DATABASE_URL / .qmp/connection.json")
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"qmp: {message}", err=True)
+    raise SystemExit(1)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -62,7 +62,7 @@ from qmp_kernels.methods import (
 )
 from qmp_kernels.stress import calibrate_garch_t_jump_nb, garch_t_jump_max_drawdown_nb, path_max_drawdown_nb
 from qmp_kernels.vol import vol_ratio_1d_nb
-from qmp_ops.runtime.supervisor import Connection
+from qmp_ops.runtime.supervisor import Connection, StackUnavailable
 
 EXIT_BAD_INPUT = 2
 DAY_NS = NS_PER_DAY
@@ -267,7 +267,7 @@ def report_command(
             subjects.check_token(strategy, "strategy")
             snapshot = asyncio.run(_latest(Connection.read(), subjects.STREAM_RISK, subjects.snapshot(strategy),
                                            RiskSnapshot))
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, FileNotFoundError, StackUnavailable) as error:
             fail(str(error))
         if as_json:
             typer.echo(json.dumps(msgspec.to_builtins(snapshot), indent=2))
@@ -634,7 +634,7 @@ def stress_command(
         report = stress_report(book, level, window, gap, thresholds)
         if monte_carlo_mode:
             report["monte_carlo"] = monte_carlo(book, paths, seed, 252)
-    except (InputError, ValueError, FileNotFoundError) as error:
+    except (InputError, ValueError, FileNotFoundError, StackUnavailable) as error:
         fail(str(error))
     if as_json:
         typer.echo(json.dumps(report, indent=2))

@@ -48,9 +48,9 @@ def verify(
     from qmp_core.strategy import StrategyLoadError
     from qmp_lab.verify.core import StrategyTarget, VerificationError
     from qmp_lab.verify.runner import resolve_tests, run_verification
-    from qmp_ops.emergency import emergency_halt, resolve_running_strategy
+    from qmp_ops.emergency import alert_failed_verification, emergency_halt, resolve_running_strategy
     from qmp_ops.replay import stack_replay
-    from qmp_ops.runtime.supervisor import Connection
+    from qmp_ops.runtime.supervisor import Connection, StackUnavailable
 
     try:
         tests = resolve_tests(test)
@@ -76,7 +76,7 @@ def verify(
         if target.pythonpath:
             sys.path[:0] = [p for p in target.pythonpath.split(":") if p and p not in sys.path]
         target.build()
-    except (FileNotFoundError, VerificationError, StrategyLoadError) as error:
+    except (FileNotFoundError, StackUnavailable, VerificationError, StrategyLoadError) as error:
         console.print(f"[red]cannot verify {strategy}[/]: {error}")
         raise typer.Exit(2) from None
 
@@ -102,10 +102,15 @@ def verify(
     console.print(table)
     console.print(f"report: {run.report}  (JSON: {run.report.with_suffix('.json')})")
     console.print(f"deploy gate record: {run.record}")
+    failed = ", ".join(r.name for r in run.results if r.status in ("fail", "error"))
     if run.exit_code != 0 and running and halt:
-        failed = ", ".join(r.name for r in run.results if r.status in ("fail", "error"))
         outcome = emergency_halt(target.strategy_id, f"verification failed: {failed}", HOME, connection,
                                  report=str(run.report), alert_command=alert_command, alert_webhook=alert_webhook)
         console.print(f"[red]emergency protocol[/]: halt {outcome['halt']}, lock {outcome['lock']}, "
                       f"alert {outcome['alert']}")
+    elif run.exit_code != 0:  # nothing runs under an import path: no halt, no lock, but the alert goes out
+        sent = alert_failed_verification(target.strategy_id or target.path, f"verification failed: {failed}",
+                                         str(run.report), alert_command, alert_webhook)
+        if sent:
+            console.print(f"[red]alert[/]: {escape('; '.join(sent))}")
     raise typer.Exit(run.exit_code)

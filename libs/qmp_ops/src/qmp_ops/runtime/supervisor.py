@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 SERVICES = ("deployer", "risk", "execution", "collector")  # start order; stop in reverse
 CONNECTION_FILE = Path(".qmp") / "connection.json"
 STOP_TIMEOUT_S = 15.0
+CONNECT_TIMEOUT_S = 3.0
+
+
+class StackUnavailable(ConnectionError):
+    """The stack a command needs cannot be reached; the message says what is wrong and what to do."""
 HEALTH_TIMEOUT_S = 60.0
 
 
@@ -70,12 +75,31 @@ class Connection:
     @classmethod
     def read(cls, path: Path = CONNECTION_FILE) -> "Connection":
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: start the stack with `qmp up` first")
+            raise StackUnavailable(f"no stack is running here ({path} not found): start one with `qmp up`")
         return cls(**json.loads(path.read_text()))
 
-    async def connect(self) -> nats.NATS:
+    async def connect(self, follow: bool = False) -> nats.NATS:
+        """Connect as the operator; a stack that is down is a clear error in about a second, not minutes.
+
+        `follow` keeps reconnecting for as long as the connection lives (an observer that must ride out a
+        server restart); a one-shot command gives up after one more try.
+        """
         auth = {"user": self.operator_user, "password": self.operator_password} if self.operator_user else {}
-        return await nats.connect(self.nats_url, name="qmp-cli", **auth)
+        try:
+            if follow:
+                return await nats.connect(self.nats_url, name="qmp-observer", max_reconnect_attempts=-1,
+                                          reconnect_time_wait=0.5, error_cb=_quiet, **auth)
+            # max_reconnect_attempts=0 or allow_reconnect=False make nats-py wait forever on a dead server
+            # (nats-py 2.16); one attempt after a short wait fails with NoServersError in about a second.
+            return await nats.connect(self.nats_url, name="qmp-cli", connect_timeout=CONNECT_TIMEOUT_S,
+                                      max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=_quiet, **auth)
+        except (OSError, TimeoutError, nats.errors.Error) as error:
+            raise StackUnavailable(f"cannot reach NATS at {self.nats_url} ({error or type(error).__name__}): "
+                                   "is the stack up? `qmp status` tells, `qmp up` starts one") from error
+
+
+async def _quiet(error: Exception) -> None:
+    """nats-py logs every connection error itself; the caller reports the one that matters."""
 
 
 class Stack:
