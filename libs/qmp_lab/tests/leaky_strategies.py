@@ -106,3 +106,16 @@ class FittedMomentum(BaseStrategy):
 
     def target_weights(self, prices: pd.DataFrame) -> pd.DataFrame:
         return spread_weights(momentum(prices, self.window), prices.notna())
+
+
+class NoConfigMomentum:
+    """A plain class, no BaseStrategy and a constructor without `config=`: what the Strategy API accepts."""
+
+    lookback = WINDOW
+    leverage_limit = 1.0
+
+    def __init__(self) -> None:
+        self.config: dict = {}  # nothing to configure
+
+    def target_weights(self, prices: pd.DataFrame) -> pd.DataFrame:
+        return spread_weights(momentum(prices), prices.notna())

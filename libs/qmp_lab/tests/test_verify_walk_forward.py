@@ -129,3 +129,11 @@ def test_perturb_after_when_cut_given_then_rows_up_to_cut_untouched(prices):
         moved = walk_forward.perturb_after(prices, 100, kind, rng)
         pd.testing.assert_frame_equal(moved.iloc[:101], prices.iloc[:101])
         assert not np.allclose(moved.iloc[101:].fillna(-1).to_numpy(), prices.iloc[101:].to_numpy())
+
+
+def test_walk_forward_when_constructor_takes_no_config_then_verified_not_crashed(tmp_path, prices):
+    # issue 11 #7: a strategy built with `Class()` crashed with "need at least one array to concatenate".
+    result = walk_forward.run(context(tmp_path, "leaky_strategies:NoConfigMomentum", prices))
+
+    assert result.status == "pass", result.summary
+    assert result.metrics["configurations"] == [{}]

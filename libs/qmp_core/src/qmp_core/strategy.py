@@ -8,7 +8,10 @@ shape, where row t depends only on rows ≤ t. Execution calls it on the live wi
 Contract:
 - `lookback: int` (≥ 1): rows of history before the current one that the last row needs;
 - `leverage_limit: float` (> 0): the largest gross weight Σ|w| the strategy may ask for;
-- `config`: a msgspec Struct (declare `Config` on a `BaseStrategy` subclass) or a plain dict;
+- `config`: a msgspec Struct (declare `Config` on a `BaseStrategy` subclass) or a plain dict (may be empty);
+- the constructor: `Class()` builds it with its defaults; `Class(config=...)` with a configuration, when
+  it takes one. A constructor without `config=` is valid: the strategy then has one configuration, its
+  own, and the verification suite runs it as it is (it varies nothing);
 - `target_weights(prices) -> DataFrame`: same index and columns as `prices`, finite weights;
 - `fit(train)` (optional): learn from past data before trading.
 """

@@ -34,6 +34,7 @@ from qmp_lab.verify.core import (
     StrategyTarget,
     Table,
     TestResult,
+    VerificationError,
     VerifyContext,
     has_fit,
     portfolio_returns,
@@ -370,13 +371,27 @@ def config_grid(target: StrategyTarget, strategy: Strategy, grid: Mapping[str, l
         if candidate in unique:
             continue
         try:
-            load_strategy(target.path, candidate)
+            _build(target, candidate, base)
         except StrategyLoadError:
             continue
         unique.append(candidate)
         if len(unique) >= limit:
             break
+    if not unique:
+        raise VerificationError(f"{target.path}: not even the configuration under test ({base}) builds; "
+                                "a strategy's constructor must accept no arguments or `config=`")
     return unique
+
+
+def _build(target: StrategyTarget, config: dict[str, Any], base: dict[str, Any]) -> Strategy:
+    """Build a configuration the way the strategy under test was built: `Class()` when it was given none.
+
+    A strategy whose constructor takes no `config=` is valid (the Strategy API allows it); it has one
+    configuration, its own, and the grid leaves it alone.
+    """
+    if config == base and target.config is None:
+        return load_strategy(target.path, None)
+    return load_strategy(target.path, config)
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -504,7 +519,8 @@ def out_of_sample(ctx: VerifyContext, prices: pd.DataFrame, fits: bool, checks: 
                             "the strategy has no fit: every row is out of sample, folds are consecutive slices"))
 
     grid = config_grid(ctx.target, strategy, ctx.option("grid", None))
-    matrix = np.column_stack([_config_returns(ctx.target, cfg, prices)[start + 1:] for cfg in grid])
+    base = _config_dict(strategy.config)
+    matrix = np.column_stack([_config_returns(ctx.target, cfg, base, prices)[start + 1:] for cfg in grid])
     trials = max(len(grid), int(ctx.option("trials", 0)))
     trial_sharpes = np.array([sharpe(matrix[:, j]) for j in range(matrix.shape[1])]) / math.sqrt(TRADING_DAYS)
     chosen_returns = oos.to_numpy()[start + 1:] if fits else matrix[:, 0]
@@ -558,8 +574,9 @@ def _fitted_test_returns(target: StrategyTarget, prices: pd.DataFrame, train: np
     return daily[test[test > 0]]
 
 
-def _config_returns(target: StrategyTarget, config: dict[str, Any], prices: pd.DataFrame) -> np.ndarray:
-    strategy = load_strategy(target.path, config)
+def _config_returns(target: StrategyTarget, config: dict[str, Any], base: dict[str, Any],
+                    prices: pd.DataFrame) -> np.ndarray:
+    strategy = _build(target, config, base)
     if has_fit(strategy):
         strategy.fit(prices.iloc[: max(len(prices) // 3, strategy.lookback + 1)])
     return portfolio_returns(check_frame(strategy.target_weights(prices), prices), prices).to_numpy()

@@ -45,7 +45,7 @@ def up(
         collector |= {"QMP_VENUE": "sp500", "QMP_START": start, "QMP_END": end}
     else:
         raise typer.BadParameter(f"source must be synthetic or history, got {source!r}")
-    options = StackOptions(home=HOME, clock="replay",
+    options = StackOptions(home=HOME, clock="replay", pass_environment=True,
                            service_env={"collector": collector, "execution": {"QMP_STRATEGIES": strategies}})
     stack = Stack(options)
     signal.signal(signal.SIGTERM, _interrupt)

@@ -48,6 +48,9 @@ class StackOptions:
     services: tuple[str, ...] = SERVICES
     fresh: bool = False  # purge streams, consumers and control state on running servers
     share_connection: bool = True  # write <home>/connection.json for other clients (`qmp up`)
+    # `qmp up` hands the operator's QMP_* settings (QMP_CAPITAL, breaker thresholds, ...) to the services; a
+    # replay of record (the demo, verification) does not, so its numbers never depend on the shell it ran in.
+    pass_environment: bool = False
 
 
 def redacted(url: str) -> str:
@@ -170,7 +173,8 @@ class Stack:
     def service_environment(self, service: str) -> dict[str, str]:
         assert self.credentials is not None
         user, password = self.credentials.for_user(service)
-        env = {key: value for key, value in os.environ.items() if not key.startswith("QMP_")}
+        env = {key: value for key, value in os.environ.items()
+               if self.options.pass_environment or not key.startswith("QMP_")}
         env.update(
             QMP_NATS_URL=self.credentials.url, QMP_NATS_USER=user, QMP_NATS_PASSWORD=password,
             QMP_DATABASE_URL=self.database_url, QMP_RUN_DIR=str(self.run_dir), QMP_CLOCK=self.options.clock,
