@@ -25,6 +25,9 @@ MODULES = {
 EXIT_PASS = 0
 EXIT_FAIL = 1
 EXIT_ERROR = 3
+# Tests of the installation (kernel speed), not of the strategy: their failure is reported and blocks a
+# deploy, but never halts a strategy that is trading.
+INSTALLATION_TESTS = frozenset({"numba"})
 
 
 @dataclass
@@ -45,6 +48,11 @@ class VerifyRun:
     @property
     def exit_code(self) -> int:
         return exit_code(self.results)
+
+
+def halting_failures(results: Sequence[TestResult]) -> list[str]:
+    """Return the failed or errored tests that halt a running strategy (every one but the installation's)."""
+    return [r.name for r in results if r.status in ("fail", "error") and r.name not in INSTALLATION_TESTS]
 
 
 def exit_code(results: Sequence[TestResult]) -> int:

@@ -47,7 +47,7 @@ def verify(
     """Run the verification suite on a strategy; exit non-zero unless every test passed."""
     from qmp_core.strategy import StrategyLoadError
     from qmp_lab.verify.core import StrategyTarget, VerificationError
-    from qmp_lab.verify.runner import resolve_tests, run_verification
+    from qmp_lab.verify.runner import halting_failures, resolve_tests, run_verification
     from qmp_ops.emergency import alert_failed_verification, emergency_halt, resolve_running_strategy
     from qmp_ops.replay import stack_replay
     from qmp_ops.runtime.supervisor import Connection, StackUnavailable
@@ -103,7 +103,7 @@ def verify(
     console.print(f"report: {run.report}  (JSON: {run.report.with_suffix('.json')})")
     console.print(f"deploy gate record: {run.record}")
     failed = ", ".join(r.name for r in run.results if r.status in ("fail", "error"))
-    if run.exit_code != 0 and running and halt:
+    if run.exit_code != 0 and running and halt and halting_failures(run.results):
         outcome = emergency_halt(target.strategy_id, f"verification failed: {failed}", HOME, connection,
                                  report=str(run.report), alert_command=alert_command, alert_webhook=alert_webhook)
         console.print(f"[red]emergency protocol[/]: halt {outcome['halt']}, lock {outcome['lock']}, "
