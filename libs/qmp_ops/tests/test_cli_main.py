@@ -1,6 +1,7 @@
 """The operator's verbs as an operator types them: `qmp resume` and `qmp unlock` against the trading lock."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from qmp_ops.runtime.supervisor import Connection
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)  # the CLI's home is ./.qmp
+    for name in ("QMP_NATS_URL", "QMP_NATS_USER", "QMP_NATS_PASSWORD", "QMP_NATS_TLS_CA", "QMP_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)  # a stack named in the environment would be used instead
     return tmp_path / ".qmp"
 
 
@@ -67,7 +70,7 @@ def test_unlock_when_not_locked_or_no_reason_then_refused(home: Path) -> None:
 def test_verb_when_no_stack_then_one_line_saying_what_to_do_and_no_traceback(home: Path, verb: list[str]) -> None:
     # issue 11 #10: every one of these printed a Python traceback.
     result = subprocess.run([sys.executable, "-m", "qmp_ops.cli.main", *verb], capture_output=True, text=True,
-                            timeout=120, cwd=home.parent)
+                            timeout=120, cwd=home.parent, env=os.environ.copy())
 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
@@ -86,3 +89,38 @@ def test_verb_when_connection_file_points_at_a_dead_stack_then_one_line_and_no_t
 
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"127.0.0.1:{port}" in result.stderr and "qmp status" in result.stderr
+
+
+STACK_VARIABLES = ("QMP_NATS_URL", "QMP_NATS_USER", "QMP_NATS_PASSWORD", "QMP_NATS_TLS_CA", "QMP_DATABASE_URL")
+
+
+@pytest.mark.integration
+def test_status_when_stack_named_by_flags_and_no_connection_file_then_it_answers(
+        home: Path, nats_credentials, monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 11 #9: without .qmp/connection.json the CLI could not operate any stack.
+    for name in STACK_VARIABLES:
+        monkeypatch.setenv(name, "")  # restored after the test: the flags set these for the command
+    user, password = nats_credentials.for_user("operator")
+    flags = ["--nats-url", nats_credentials.url] + (["--nats-user", user, "--nats-password", password] if user else [])
+
+    result = CliRunner().invoke(app, [*flags, "status", "--json"])
+
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert set(status) == {"services", "strategies"}
+
+
+@pytest.mark.integration
+def test_halt_when_stack_named_by_environment_and_wrong_password_then_one_line_and_no_traceback(
+        home: Path, nats_credentials) -> None:
+    user, _ = nats_credentials.for_user("operator")
+    if not user:
+        pytest.skip("the servers in use take no credentials")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QMP_")}
+    env |= {"QMP_NATS_URL": nats_credentials.url, "QMP_NATS_USER": user, "QMP_NATS_PASSWORD": "wrong"}
+
+    result = subprocess.run([sys.executable, "-m", "qmp_ops.cli.main", "halt", "vol_target"], capture_output=True,
+                            text=True, timeout=120, cwd=home.parent, env=env)
+
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert nats_credentials.url in result.stderr

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -24,6 +25,24 @@ app = typer.Typer(help="QMP: take a trading strategy from paper to full capital 
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 HOME = Path(".qmp")
+
+
+@app.callback()
+def stack_options(
+    nats_url: Annotated[str, typer.Option(help="NATS of a running stack (else .qmp/connection.json); "
+                                                "env QMP_NATS_URL")] = "",
+    nats_user: Annotated[str, typer.Option(help="operator user on that NATS; env QMP_NATS_USER")] = "",
+    nats_password: Annotated[str, typer.Option(help="its password; env QMP_NATS_PASSWORD")] = "",
+    nats_tls_ca: Annotated[str, typer.Option(help="CA file: connect with TLS; env QMP_NATS_TLS_CA")] = "",
+    database_url: Annotated[str, typer.Option(help="PostgreSQL of that stack; env QMP_DATABASE_URL")] = "",
+) -> None:
+    """QMP: take a trading strategy from paper to full capital without blowing up."""
+    # One way in for every verb: the flags set the variables Connection.read() reads.
+    for name, value in (("QMP_NATS_URL", nats_url), ("QMP_NATS_USER", nats_user),
+                        ("QMP_NATS_PASSWORD", nats_password), ("QMP_NATS_TLS_CA", nats_tls_ca),
+                        ("QMP_DATABASE_URL", database_url)):
+        if value:
+            os.environ[name] = value
 
 
 @app.command()
@@ -136,7 +155,7 @@ def unlock(
     from qmp_ops.emergency import publish_unlock
 
     try:
-        asyncio.run(publish_unlock(Connection.read(CONNECTION_FILE), strategy, reason))
+        asyncio.run(publish_unlock(Connection.read(), strategy, reason))
     except (OSError, nats.errors.Error, TimeoutError) as error:
         console.print(f"[yellow]audit event not published[/] (no stack reachable: {escape(str(error))}); "
                       "the lock's log keeps the record", highlight=False)

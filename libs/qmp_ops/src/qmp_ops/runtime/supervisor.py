@@ -10,11 +10,13 @@ import json
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
@@ -64,12 +66,15 @@ def redacted(url: str) -> str:
 
 @dataclass
 class Connection:
+    """How the operator's commands reach a stack: NATS (with the operator's credentials) and PostgreSQL."""
+
     nats_url: str
     database_url: str
     run_dir: str
     operator_user: str = ""
     operator_password: str = ""
     embedded: bool = True
+    tls_ca: str = ""  # a CA file: the NATS connection uses TLS and checks the server against it
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,9 +82,27 @@ class Connection:
 
     @classmethod
     def read(cls, path: Path = CONNECTION_FILE) -> "Connection":
-        if not path.exists():
-            raise StackUnavailable(f"no stack is running here ({path} not found): start one with `qmp up`")
-        return cls(**json.loads(path.read_text()))
+        """Return the stack to talk to: the one QMP_NATS_URL names when set, else the one `qmp up` wrote down.
+
+        With QMP_NATS_URL, the credentials are QMP_NATS_USER / QMP_NATS_PASSWORD (else those of the
+        connection file, when it names the same server), the database QMP_DATABASE_URL, and QMP_NATS_TLS_CA
+        turns TLS on. `qmp --nats-url ...` sets the same variables for one command.
+        """
+        saved = cls(**json.loads(path.read_text())) if path.exists() else None
+        url = os.environ.get("QMP_NATS_URL", "")
+        if url:
+            same = saved if saved is not None and saved.nats_url == url else None
+            return cls(nats_url=url, database_url=os.environ.get("QMP_DATABASE_URL") or (same.database_url if same
+                                                                                         else ""),
+                       run_dir=same.run_dir if same else "", embedded=False,
+                       operator_user=os.environ.get("QMP_NATS_USER") or (same.operator_user if same else ""),
+                       operator_password=os.environ.get("QMP_NATS_PASSWORD") or (same.operator_password if same
+                                                                                 else ""),
+                       tls_ca=os.environ.get("QMP_NATS_TLS_CA") or (same.tls_ca if same else ""))
+        if saved is None:
+            raise StackUnavailable(f"no stack is running here ({path} not found): start one with `qmp up`, or "
+                                   "name a running one with --nats-url / QMP_NATS_URL")
+        return saved
 
     async def connect(self, follow: bool = False) -> nats.NATS:
         """Connect as the operator; a stack that is down is a clear error in about a second, not minutes.
@@ -87,7 +110,10 @@ class Connection:
         `follow` keeps reconnecting for as long as the connection lives (an observer that must ride out a
         server restart); a one-shot command gives up after one more try.
         """
-        auth = {"user": self.operator_user, "password": self.operator_password} if self.operator_user else {}
+        auth: dict[str, Any] = ({"user": self.operator_user, "password": self.operator_password}
+                                if self.operator_user else {})
+        if self.tls_ca:
+            auth["tls"] = ssl.create_default_context(cafile=self.tls_ca)
         try:
             if follow:
                 return await nats.connect(self.nats_url, name="qmp-observer", max_reconnect_attempts=-1,
