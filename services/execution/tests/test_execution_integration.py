@@ -172,6 +172,7 @@ async def test_execution_when_halted_before_start_then_denies_until_resumed_and_
         health = msgspec.json.decode(reply.data, type=HealthReply)
         assert health.detail["strategies"][sid]["status"] == "ACTIVE"
         assert health.detail["strategies"][sid]["fills"] == 2
+        assert health.detail["initial_capital"] == service.settings.initial_capital
     finally:
         await service.app.stop()
 

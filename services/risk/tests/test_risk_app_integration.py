@@ -152,6 +152,7 @@ async def test_risk_app_when_bars_and_portfolios_flow_then_snapshots_rows_halt_a
     assert info.state.subjects[subjects.snapshot(strategy)] == len(EQUITY)
     assert health.detail["snapshots_published"] >= len(EQUITY)
     assert health.detail["strategies_tracked"] >= 1 and health.detail["symbols_tracked"] >= 2
+    assert (health.detail["drawdown_halt"], health.detail["stop_loss"]) == (settings.drawdown_halt, settings.stop_loss)
 
 
 async def test_risk_app_when_nobody_answers_the_halt_then_snapshot_still_published_and_next_one_retries(

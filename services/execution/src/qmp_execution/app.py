@@ -312,6 +312,7 @@ class ExecutionService:
         handler = self.handler
         return {
             "ready": handler is not None,
+            "initial_capital": self.settings.initial_capital,  # a setting in force, shown by `qmp status`
             "strategies": self.engine.status(),
             "batches": handler.batches if handler else 0,
             "dead_letters": handler.dead_letters if handler else 0,

@@ -122,6 +122,9 @@ class RiskHandlers:
     def health_detail(self) -> dict[str, Any]:
         engine = self.engine.detail()
         return {
+            # the breaker thresholds in force, shown by `qmp status`
+            "drawdown_halt": self.settings.drawdown_halt, "vol_ratio_limit": self.settings.vol_ratio_limit,
+            "stop_loss": self.settings.stop_loss,
             "strategies_tracked": engine["strategies"], "symbols_tracked": engine["symbols"],
             "snapshots_published": self.snapshots_published, "dead_letters": self.dead_letters,
             "commands_sent": self.commands_sent, "commands_failed": self.commands_failed,
