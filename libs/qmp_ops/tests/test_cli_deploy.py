@@ -66,3 +66,7 @@ async def test_read_history_when_a_verification_alert_and_an_unlock_were_publish
 
     assert [(e.kind, e.issued_by) for e in events] == [("alert", "verify"), ("unlocked", "operator")]
     assert events[0].reason == "verification failed: walk_forward"
+
+
+def test_rollout_table_when_no_rollouts_then_it_says_so_in_words() -> None:
+    assert "no rollouts yet" in render(rollout_table({}, 0))

@@ -19,14 +19,15 @@ import msgspec
 import nats
 import typer
 from rich.console import Console, Group
-from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from qmp_core import subjects
 from qmp_core.clock import to_datetime
 from qmp_core.messages import DeploymentEvent, RolloutState, codec
 from qmp_core.rollout_state import is_active, phase_name, soak_remaining
 from qmp_lab.verify.gate import check_deployable
+from qmp_ops.cli.screen import watch as watch_screen
 from qmp_ops.runtime.supervisor import Connection
 
 REQUEST_TIMEOUT_S = 5.0
@@ -276,10 +277,7 @@ def status(
     if not watch:
         console.print(rollout_table(asyncio.run(read_rollouts(connection, strategy)), time.time_ns()))
         return
-    with Live(console=console, refresh_per_second=2) as live:
-        while True:
-            live.update(rollout_table(asyncio.run(read_rollouts(connection, strategy)), time.time_ns()))
-            time.sleep(1.0)
+    watch_screen(console, lambda: rollout_table(asyncio.run(read_rollouts(connection, strategy)), time.time_ns()))
 
 
 def history(
@@ -296,10 +294,11 @@ def history(
 
 
 # ---------------------------------------------------------------- rendering
-def rollout_table(states: dict[str, RolloutState], now_ns: int) -> Group | Table:
+def rollout_table(states: dict[str, RolloutState], now_ns: int) -> Group | Text:
     """Render rollouts: one summary row each, then each one's gates and last events."""
     if not states:
-        return Table(title="no rollouts")
+        # a Table without columns prints nothing at all: say it in words
+        return Text("no rollouts yet: start one with `qmp deploy <strategy> --env paper`")
     summary = Table(title="rollouts")
     for column in ("strategy", "status", "phase", "step", "allocation", "soak remaining", "note"):
         summary.add_column(column)

@@ -13,12 +13,12 @@ import asyncpg
 import nats
 import typer
 from rich.console import Console
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.control import gather_status, send_control
+from qmp_ops.cli.screen import watch as watch_screen
 from qmp_ops.runtime.supervisor import CONNECTION_FILE, Connection, Stack, StackOptions, StackUnavailable, redacted
 
 app = typer.Typer(help="QMP: take a trading strategy from paper to full capital without blowing up.",
@@ -176,10 +176,7 @@ def status(
     if not watch:
         console.print(_status_tables(asyncio.run(gather_status(connection))))
         return
-    with Live(console=console, refresh_per_second=2) as live:
-        while True:
-            live.update(_status_tables(asyncio.run(gather_status(connection))))
-            time.sleep(1.0)
+    watch_screen(console, lambda: _status_tables(asyncio.run(gather_status(connection))))
 
 
 @app.command()

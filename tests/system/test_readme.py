@@ -1,0 +1,112 @@
+"""The README's first hour, run as written: `qmp up`, then the operator's commands in another terminal.
+
+Each `./dev <verb>` line of the README's "Your first hour" block is run as `qmp <verb>` (the README says they
+are the same), with the stack `qmp up` started. Two lines are not run to their end here: `verify` replays
+crises for minutes (its tests run it piece by piece, and `QMP_SLOW=1` runs the whole suite), and
+`rollout status --watch` refreshes until interrupted, so it is interrupted after its first screen.
+"""
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+ROOT = Path(__file__).resolve().parents[2]
+QMP = [sys.executable, "-m", "qmp_ops.cli.main"]
+START_TIMEOUT_S = 180.0
+
+
+def first_hour_commands() -> list[list[str]]:
+    """Return the README's first-hour commands, `./dev` dropped, comments cut."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Your first hour", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.splitlines():
+        line = line.strip()
+        if line.startswith("./dev "):
+            commands.append(shlex.split(line, comments=True)[1:])
+    return commands
+
+
+def qmp(args: list[str], cwd: Path, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*QMP, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
+                          env=_clean_env())
+
+
+def _ctrl_c_works() -> None:
+    # A test run in the background inherits SIGINT ignored, and Python then installs no Ctrl-C handler.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _clean_env() -> dict[str, str]:
+    # The stack `qmp up` starts here is the one to talk to, whatever the shell running the tests names.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QMP_")}
+    return env | {"COLUMNS": "200"}
+
+
+def test_readme_first_hour_when_run_as_written_then_each_command_does_what_its_comment_says(tmp_path: Path):
+    commands = first_hour_commands()
+    verbs = [c[0] for c in commands]
+    assert verbs == ["up", "status", "halt", "status", "resume", "verify", "deploy", "rollout"], verbs
+
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen([*QMP, *commands[0]], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                          env=_clean_env(), start_new_session=True, preexec_fn=_ctrl_c_works)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (tmp_path / ".qmp" / "connection.json").exists() or qmp(["status", "--json"], tmp_path).returncode:
+            assert up.poll() is None, (tmp_path / "up.log").read_text()
+            assert time.monotonic() < deadline, "qmp up did not bring the stack up"
+            time.sleep(1.0)
+        while True:  # the four services answer before the strategy has a state: wait for all of them
+            status = json.loads(qmp(["status", "--json"], tmp_path).stdout)
+            if all(h.get("status") == "ok" for h in status["services"].values()):
+                break
+            assert time.monotonic() < deadline, f"services not healthy: {status['services']}"
+            time.sleep(1.0)
+
+        shown = qmp(commands[1], tmp_path)
+        assert shown.returncode == 0 and "deployer" in shown.stdout and "ok" in shown.stdout
+
+        halted = qmp(commands[2], tmp_path)
+        assert halted.returncode == 0, halted.stdout + halted.stderr
+        assert json.loads(halted.stdout)["state"]["status"] == "HALTED"
+
+        shown = qmp(commands[3], tmp_path)
+        assert re.search(r"strategy vol_target\s+.*HALTED", shown.stdout) and "first try" in shown.stdout
+
+        resumed = qmp(commands[4], tmp_path)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        state = json.loads(resumed.stdout)["state"]
+        assert (state["status"], state["safe_mode"], state["size_multiplier"]) == ("ACTIVE", True, 0.5)
+
+        # `verify` is not run here (minutes of crisis replays); without it, the deploy is refused and says why.
+        refused = qmp(commands[6], tmp_path)
+        assert refused.returncode == 1 and "refused" in refused.stdout and "verify" in refused.stdout
+
+        watch = subprocess.Popen([*QMP, *commands[7]], cwd=tmp_path, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, env=_clean_env(), preexec_fn=_ctrl_c_works)
+        time.sleep(10.0)  # the CLI loads, reads the rollouts bucket, shows its first screen
+        watch.send_signal(signal.SIGINT)  # Ctrl-C ends the watch
+        screen, _ = watch.communicate(timeout=30)
+        assert "rollout" in screen and "Traceback" not in screen
+    finally:
+        os.killpg(up.pid, signal.SIGINT)  # Ctrl-C: `qmp up` stops the services and servers in order
+        try:
+            up.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            raise
+        finally:
+            log.close()
+    assert up.returncode == 0, (tmp_path / "up.log").read_text()
+    assert not (tmp_path / ".qmp" / "connection.json").exists()  # withdrawn on the way out
