@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.js.api import DeliverPolicy
 
 from qmp_core import subjects
 from qmp_core.clock import TestClock
@@ -23,11 +24,23 @@ async def risk_nc(nats_credentials: NatsCredentials) -> AsyncIterator[Client]:
     await nc.drain()
 
 
-async def next_letter_for(subscription, subject: str) -> DeadLetter:
-    while True:
-        letter = codec(DeadLetter).decode((await subscription.next_msg(timeout=5)).data)
-        if letter.subject == subject:
-            return letter
+async def letters_for(nc: Client, subject: str, count: int) -> list[DeadLetter]:
+    """Return the first `count` dead letters of risk about `subject`, read back from the DLQ stream.
+
+    The stream, not a core subscription: a publish acknowledged by JetStream is stored, so reading it back
+    cannot miss a letter the way a subscription racing the publish could.
+    """
+    sub = await nc.jetstream().subscribe(subjects.dlq("risk"), ordered_consumer=True,
+                                         deliver_policy=DeliverPolicy.ALL)
+    found: list[DeadLetter] = []
+    try:
+        while len(found) < count:
+            letter = codec(DeadLetter).decode((await sub.next_msg(timeout=5)).data)
+            if letter.subject == subject:
+                found.append(letter)
+    finally:
+        await sub.unsubscribe()
+    return found
 
 
 async def test_decode_when_valid_then_message_and_nothing_dead_lettered(risk_nc: Client, unique_id: str) -> None:
@@ -43,8 +56,6 @@ async def test_decode_when_valid_then_message_and_nothing_dead_lettered(risk_nc:
 
 async def test_decode_when_wrong_type_then_none_and_dead_letter_names_the_type_and_the_field(
         risk_nc: Client, operator_nc: Client, unique_id: str) -> None:
-    letters = await operator_nc.subscribe(subjects.dlq("risk"))
-    await operator_nc.flush()
     intake: Intake[ClosePosition] = Intake(ClosePosition, "risk", TestClock(7))
     data = b'{"strategy": "s", "symbol": "AAA", "quantity": "lots"}'
 
@@ -52,20 +63,18 @@ async def test_decode_when_wrong_type_then_none_and_dead_letter_names_the_type_a
 
     assert message is None and intake.dead_letters == 1
     assert reason.startswith("invalid ClosePosition:") and "quantity" in reason
-    letter = await next_letter_for(letters, unique_id)
+    [letter] = await letters_for(operator_nc, unique_id, 1)
     assert (letter.reason, letter.payload, letter.ts_event) == (reason, data.decode(), 7)
 
 
 async def test_reject_when_decoded_but_unusable_then_dead_lettered_with_the_given_reason(
         risk_nc: Client, operator_nc: Client, unique_id: str) -> None:
-    letters = await operator_nc.subscribe(subjects.dlq("risk"))
-    await operator_nc.flush()
     intake: Intake[ClosePosition] = Intake(ClosePosition, "risk", TestClock(1), what="stop-loss command")
 
     await intake.reject(risk_nc.jetstream(), unique_id, "for another strategy", b"{}")
     _, reason = await intake.decode_request(risk_nc.jetstream(), unique_id, b"[")
 
-    received = {(await next_letter_for(letters, unique_id)).reason for _ in range(2)}
-    assert received == {"for another strategy", reason}
+    received = [letter.reason for letter in await letters_for(operator_nc, unique_id, 2)]
+    assert received == ["for another strategy", reason]  # in the order they were published
     assert reason.startswith("invalid stop-loss command:")
     assert intake.dead_letters == 2
