@@ -97,9 +97,7 @@ def main() -> None:
     stack = Stack(options)
     try:
         stack.start_servers()
-        for service in options.services:
-            stack.start_service(service)
-            asyncio.run(stack.wait_healthy(service))
+        asyncio.run(stack.start_services())
         results = asyncio.run(measure(stack, args.cycles))
     finally:
         stack.stop()

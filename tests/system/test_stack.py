@@ -83,9 +83,7 @@ async def test_stack_when_halted_restarted_and_resumed_then_contract_holds_and_n
         decisions.append((time.monotonic(), json.loads(msg.data)))
 
     await nc.subscribe(subjects.orders(strategy), cb=on_decision, pending_msgs_limit=-1)
-    for service in stack.options.services:
-        stack.start_service(service)
-        await stack.wait_healthy(service)
+    await stack.start_services()
 
     # 1. Trading flows: fills and risk snapshots.
     await wait_for(lambda: observer.fills >= 10 and len(observer.snapshots) >= 5, "fills and snapshots")

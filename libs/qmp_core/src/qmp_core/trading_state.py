@@ -12,6 +12,7 @@ A bucket value that is not a TradingState fails safe: it reads as HALTED, with t
 never read as no limit, nor as whatever the entry said before.
 """
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping
 
 import msgspec
@@ -28,6 +29,7 @@ from qmp_core.messages import (
     TradingState,
 )
 
+log = logging.getLogger(__name__)
 SEVERITY = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
 SAFE_MODE_SIZE = 0.5
 SOURCES = ("operator", "risk", "deployer")  # who owns an entry; the order in which entries are combined
@@ -103,6 +105,7 @@ class ControlEntries(Mapping[str, TradingState]):
             return None
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             reason = f"invalid control entry {key}: {error}"
+            log.error("invalid control entry: the strategy reads as HALTED", extra={"key": key, "error": reason})
             self._entries[key] = TradingState(strategy=strategy_of(key), status="HALTED", reason=reason)
             return reason
 

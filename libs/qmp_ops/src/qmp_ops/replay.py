@@ -16,7 +16,7 @@ from typing import Any
 import nats
 
 from qmp_core import subjects
-from qmp_core.clock import NS_PER_DAY
+from qmp_core.clock import NS_PER_DAY, iso_date
 from qmp_lab.verify.core import VerificationError
 from qmp_ops.runtime.supervisor import Stack, StackOptions
 
@@ -89,13 +89,6 @@ class RunObserver:
         self.breaker_events.append(json.loads(msg.data))
 
 
-async def start_services(stack: Stack) -> None:
-    """Start the stack's services in order, each once the previous one answers its health request."""
-    for service in stack.options.services:
-        stack.start_service(service)
-        await stack.wait_healthy(service)
-
-
 async def follow(stack: Stack, observer: RunObserver, done: Callable[[RunObserver], bool],
                  on_snapshot: Callable[[RunObserver], None] | None = None,
                  stall_timeout_s: float = STALL_TIMEOUT_S) -> None:
@@ -128,15 +121,14 @@ def stack_replay(strategy_id: str, service_env: dict[str, dict[str, str]], home:
 
     def progress(observer: RunObserver) -> None:
         if len(observer.snapshots) % 250 == 0:
-            day = time.strftime("%Y-%m-%d", time.gmtime(observer.last_ts // 1_000_000_000))
-            log(f"replay: {day} ({len(observer.snapshots)} snapshots)")
+            log(f"replay: {iso_date(observer.last_ts)} ({len(observer.snapshots)} snapshots)")
 
     async def run() -> RunObserver:
         observer = RunObserver(strategy_id)
         nc = await stack.connection.connect(follow=True)
         await observer.start(nc)
         try:
-            await start_services(stack)
+            await stack.start_services()
             await follow(stack, observer, reached, progress)
         finally:
             await observer.stop()

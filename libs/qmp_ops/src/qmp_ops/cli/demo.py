@@ -11,7 +11,7 @@ from rich.table import Table
 from qmp_core.clock import iso_date
 from qmp_core.datasets import load_sp500_index
 from qmp_ops.cli.report import Summary, summarize, write_report
-from qmp_ops.replay import RunObserver, follow, start_services
+from qmp_ops.replay import RunObserver, follow
 from qmp_ops.runtime.supervisor import Stack, StackOptions
 
 DEMO_STRATEGY = "vol_target"
@@ -75,7 +75,7 @@ async def _follow(stack: Stack, console: Console, expected: int) -> RunObserver:
     await observer.start(nc)
     try:
         with console.status("starting the four services…"):
-            await start_services(stack)
+            await stack.start_services()
         columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[day]}"),
                    TextColumn("equity {task.fields[equity]}"), TimeElapsedColumn())
         with Progress(*columns, console=console) as progress:

@@ -216,10 +216,11 @@ class Stack:
                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
-    def start_services(self) -> None:
+    async def start_services(self) -> None:
+        """Start the services in order, each once the previous one answers its health request."""
         for service in self.options.services:
             self.start_service(service)
-            asyncio.run(self.wait_healthy(service))
+            await self.wait_healthy(service)
 
     async def wait_healthy(self, service: str, timeout_s: float = HEALTH_TIMEOUT_S) -> dict:
         """Wait until the service answers its health request; raise with its log tail if it dies."""

@@ -83,10 +83,8 @@ class ControlStore:
 
     def _put(self, key: str, value: bytes) -> None:
         invalid = self.entries.put(key, value)
-        if invalid:
-            log.error("invalid control entry: the strategy reads as HALTED", extra={"key": key, "error": invalid})
-            if self._on_invalid is not None:
-                self._on_invalid(key, value, invalid)
+        if invalid and self._on_invalid is not None:
+            self._on_invalid(key, value, invalid)
 
     async def refresh(self, key: str) -> None:
         try:

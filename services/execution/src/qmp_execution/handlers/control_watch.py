@@ -89,8 +89,6 @@ class ControlWatch:
             controls.delete(key)
         else:
             invalid = controls.put(key, value)
-            if invalid:
-                log.error("invalid control entry: the strategy reads as HALTED", extra={"key": key, "error": invalid})
         strategy = strategy_of(key)
         self.updates += 1
         self.revision = max(self.revision, revision)
