@@ -12,6 +12,7 @@ from qmp_core import bus, subjects
 from qmp_core.clock import TestClock
 from qmp_core.messages import DeadLetter, codec
 from qmp_ops.runtime.nats_server import NatsCredentials
+from qmp_ops.testing import connect_as
 
 pytestmark = pytest.mark.integration
 
@@ -19,8 +20,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def risk_nc(nats_credentials: NatsCredentials) -> AsyncIterator[Client]:
     """A connection as the risk service: it may publish its own dead letters."""
-    user, password = nats_credentials.for_user("risk")
-    nc = await nats.connect(nats_credentials.url, **({"user": user, "password": password} if user else {}))
+    nc = await connect_as(nats_credentials, "risk")
     yield nc
     await nc.drain()
 

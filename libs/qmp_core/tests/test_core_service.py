@@ -2,7 +2,6 @@
 
 from collections.abc import AsyncIterator
 
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
@@ -12,14 +11,14 @@ from qmp_core.clock import TestClock
 from qmp_core.messages import ClosePosition, DeadLetter, codec, encode
 from qmp_core.service import Intake
 from qmp_ops.runtime.nats_server import NatsCredentials
+from qmp_ops.testing import connect_as
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def risk_nc(nats_credentials: NatsCredentials) -> AsyncIterator[Client]:
-    user, password = nats_credentials.for_user("risk")
-    nc = await nats.connect(nats_credentials.url, **({"user": user, "password": password} if user else {}))
+    nc = await connect_as(nats_credentials, "risk")
     yield nc
     await nc.drain()
 

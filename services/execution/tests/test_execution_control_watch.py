@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
-from test_execution_integration import connect_as
 
 from qmp_core import bus, subjects
 from qmp_core.clock import TestClock
@@ -16,6 +15,7 @@ from qmp_core.messages import RiskSnapshot, TradingState, encode
 from qmp_execution.engine import EngineConfig, ExecutionEngine
 from qmp_execution.handlers import ControlWatch, RiskWatch
 from qmp_ops.runtime.nats_server import NatsCredentials
+from qmp_ops.testing import connect_as
 
 pytestmark = pytest.mark.integration
 

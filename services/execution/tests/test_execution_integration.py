@@ -35,7 +35,7 @@ from qmp_execution.app import ExecutionService, settings_from
 from qmp_execution.fake_broker import Behaviour, FakeBrokerBook, FakeBrokerServer
 from qmp_execution.publisher import AckedPublisher, PublishFailed
 from qmp_ops.runtime.nats_server import NatsCredentials
-from qmp_ops.testing import settings_for
+from qmp_ops.testing import connect_as, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,12 +55,6 @@ class TinyStrategy:
 
     def target_weights(self, prices: pd.DataFrame) -> pd.DataFrame:
         return prices.notna().astype(float) * WEIGHT
-
-
-async def connect_as(credentials: NatsCredentials, user: str) -> Client:
-    name, password = credentials.for_user(user)
-    auth = {"user": name, "password": password} if name else {}
-    return await nats.connect(credentials.url, **auth)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from test_execution_integration import (
     PRICES,
     WAIT_S,
     bars,
-    connect_as,
     drain,
     eventually,
     publish_bars,
@@ -28,6 +27,7 @@ from qmp_core.clock import NS_PER_DAY
 from qmp_core.messages import ClosePosition, DeadLetter, OrderAccepted, OrderDecision, PortfolioSnapshot, codec
 from qmp_execution.app import STOP_LOSS_ACK_WAIT_S, ExecutionService
 from qmp_ops.runtime.nats_server import NatsCredentials
+from qmp_ops.testing import connect_as
 
 pytestmark = pytest.mark.integration
 

@@ -73,6 +73,12 @@ def settings_for(credentials: NatsCredentials, user: str, database_url: str = ""
     return msgspec.convert(values, ServiceSettings)
 
 
+async def connect_as(credentials: NatsCredentials, user: str) -> Client:
+    """Connect as one of the stack's users (operator or a service), with its permissions."""
+    name, password = credentials.for_user(user)
+    return await nats.connect(credentials.url, **({"user": name, "password": password} if name else {}))
+
+
 @pytest.fixture
 async def operator_nc(nats_credentials: NatsCredentials) -> AsyncIterator[Client]:
     """A NATS connection as the operator, with the streams and KV declared."""

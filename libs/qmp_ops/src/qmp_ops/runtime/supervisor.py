@@ -91,14 +91,14 @@ class Connection:
         saved = cls(**json.loads(path.read_text())) if path.exists() else None
         url = os.environ.get("QMP_NATS_URL", "")
         if url:
-            same = saved if saved is not None and saved.nats_url == url else None
-            return cls(nats_url=url, database_url=os.environ.get("QMP_DATABASE_URL") or (same.database_url if same
-                                                                                         else ""),
-                       run_dir=same.run_dir if same else "", embedded=False,
-                       operator_user=os.environ.get("QMP_NATS_USER") or (same.operator_user if same else ""),
-                       operator_password=os.environ.get("QMP_NATS_PASSWORD") or (same.operator_password if same
-                                                                                 else ""),
-                       tls_ca=os.environ.get("QMP_NATS_TLS_CA") or (same.tls_ca if same else ""))
+            # the file's details fill in what the environment leaves out, when it names the same server
+            same = saved if saved is not None and saved.nats_url == url else cls(url, "", "")
+            env = os.environ.get
+            return cls(nats_url=url, database_url=env("QMP_DATABASE_URL") or same.database_url,
+                       run_dir=same.run_dir, embedded=False,
+                       operator_user=env("QMP_NATS_USER") or same.operator_user,
+                       operator_password=env("QMP_NATS_PASSWORD") or same.operator_password,
+                       tls_ca=env("QMP_NATS_TLS_CA") or same.tls_ca)
         if saved is None:
             raise StackUnavailable(f"no stack is running here ({path} not found): start one with `qmp up`, or "
                                    "name a running one with --nats-url / QMP_NATS_URL")
