@@ -2,6 +2,7 @@
 
 import math
 
+import msgspec
 import pytest
 
 from qmp_core.messages import BarBatch
@@ -23,10 +24,30 @@ def test_validate_batch_when_rows_are_bad_then_each_rejected_with_reason_and_res
     result = validate_batch(bad)
     reasons = dict(result.rejected)
     assert result.symbols == ["S0"]
-    assert "non-positive" in reasons["S1"]
+    assert "price below" in reasons["S1"]
     assert "volume" in reasons["S2"]
     assert "outside" in reasons["S3"] or "high below low" in reasons["S3"]
     assert "non-finite" in reasons["S4"]
+
+
+def test_validate_batch_when_after_the_latest_allowed_then_whole_batch_rejected():
+    assert validate_batch(batch(ts=10), latest_ts_event=10).symbols
+    with pytest.raises(BatchRejected, match="from the future"):
+        validate_batch(batch(ts=11), latest_ts_event=10)
+
+
+def test_decode_when_field_beyond_its_bound_then_decode_error_names_it():
+    from qmp_core.messages import MAX_SYMBOLS_PER_BATCH, Halt, codec
+
+    with pytest.raises(msgspec.ValidationError, match="command_id"):
+        codec(Halt).decode(msgspec.json.encode({"command": "halt", "command_id": "x" * 129}))
+    with pytest.raises(msgspec.ValidationError, match="reason"):
+        codec(Halt).decode(msgspec.json.encode({"command": "halt", "reason": "x" * 1_001}))
+    n = MAX_SYMBOLS_PER_BATCH + 1
+    wide = {"venue": "v", "ts_event": 1, "symbols": [f"S{i}" for i in range(n)], **{c: [1.0] * n for c in
+            ("open", "high", "low", "close", "volume")}}
+    with pytest.raises(msgspec.ValidationError, match="symbols"):
+        codec(BarBatch).decode(msgspec.json.encode(wide))
 
 
 def test_validate_batch_when_timestamp_not_after_last_then_whole_batch_rejected():

@@ -6,7 +6,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from qmp_collector.engine import CollectorEngine, ResumePoint, chunk
+from qmp_collector.engine import CollectorEngine, InputBounds, ResumePoint, chunk
 from qmp_collector.sources import SyntheticSource
 from qmp_core.clock import TestClock
 from qmp_core.messages import BarBatch
@@ -27,8 +27,62 @@ def bar_batch(ts: int = T0, venue: str = "v", n: int = 4, **columns: list[float]
     return BarBatch(venue=venue, ts_event=ts, symbols=[f"S{i}" for i in range(n)], **values)
 
 
-def engine(now: int = 123) -> CollectorEngine:
-    return CollectorEngine(TestClock(now))
+WALL = T0 + 365 * 86_400 * 10**9  # the wall clock: a year after the batches' time
+
+
+def engine(now: int = 123, **bounds: float) -> CollectorEngine:
+    return CollectorEngine(TestClock(now), TestClock(WALL), InputBounds(**bounds))
+
+
+# ---------------------------------------------------------------- bounds
+def test_process_when_batch_from_the_future_then_rejected_whole_and_time_not_moved() -> None:
+    eng = engine(future_tolerance_s=60.0)
+    future = eng.process(bar_batch(ts=WALL + 61 * 10**9))
+    assert future.batch is None and "from the future" in future.batch_reason
+    # the next honest batch is judged against the last accepted time, not the future one
+    assert eng.process(bar_batch(ts=WALL - STEP)).batch is not None
+
+
+def test_process_when_int64_max_timestamp_then_rejected_whole() -> None:
+    outcome = engine().process(bar_batch(ts=2**63 - 1))
+    assert "from the future" in outcome.batch_reason
+
+
+def test_process_when_after_the_replay_window_then_rejected_whole() -> None:
+    eng = engine(window_end_ns=T0)
+    assert eng.process(bar_batch(ts=T0)).batch is not None
+    assert "after the latest allowed" in eng.process(bar_batch(ts=T0 + STEP)).batch_reason
+
+
+def test_process_when_batch_empty_then_rejected_whole_with_reason() -> None:
+    outcome = engine().process(bar_batch(n=0))
+    assert outcome.batch is None and outcome.batch_reason == "empty batch: no symbols"
+
+
+def test_process_when_close_jumps_beyond_bound_then_row_held_and_others_published() -> None:
+    eng = engine(max_price_jump=5.0)
+    eng.process(bar_batch())
+    jumped = bar_batch(ts=T0 + STEP, close=[10.5, 1e6, 12.5, 13.5], high=[11.0, 1e6, 13.0, 14.0])
+    outcome = eng.process(jumped)
+    assert outcome.batch is not None and outcome.batch.symbols == ["S0", "S2", "S3"]
+    assert [s for s, _ in outcome.rejected] == ["S1"] and "price held" in outcome.rejected[0][1]
+    assert eng.held_prices == 1
+    # the held price never became the reference: the usual price is accepted on the next bar
+    assert eng.process(bar_batch(ts=T0 + 2 * STEP)).rejected == []
+
+
+def test_process_when_new_level_holds_for_confirm_bars_then_accepted() -> None:
+    eng = engine(max_price_jump=5.0, confirm_bars=3)
+    eng.process(bar_batch(n=1))
+    split = {"open": [100.0], "high": [110.0], "low": [90.0], "close": [105.0]}
+    held = [eng.process(bar_batch(ts=T0 + k * STEP, n=1, **split)) for k in (1, 2, 3)]
+    assert [o.batch is None for o in held] == [True, True, False]
+
+
+def test_process_when_jump_bound_is_zero_then_nothing_held() -> None:
+    eng = engine(max_price_jump=0.0)
+    eng.process(bar_batch(n=1))
+    assert eng.process(bar_batch(ts=T0 + STEP, n=1, open=[1e5], high=[1e5], low=[1e5], close=[1e5])).batch
 
 
 # ---------------------------------------------------------------- rows
@@ -42,10 +96,13 @@ def test_process_when_all_rows_valid_then_batch_passes_whole_with_ts_init() -> N
 @pytest.mark.parametrize(("column", "bad", "reason"), [
     ("close", math.nan, "non-finite"),
     ("open", math.inf, "non-finite"),
-    ("low", 0.0, "non-positive"),
-    ("close", -1.0, "non-positive"),
-    ("volume", -5.0, "negative"),
-    ("volume", math.nan, "non-finite volume"),
+    ("low", 0.0, "price below"),
+    ("close", -1.0, "price below"),
+    ("low", 5e-324, "price below"),
+    ("high", 1e308, "price above"),
+    ("volume", -5.0, "volume negative"),
+    ("volume", math.nan, "volume negative, non-finite"),
+    ("volume", 1e16, "above 1e15"),
 ])
 def test_process_when_one_row_bad_then_only_that_row_rejected_with_reason(
     column: str, bad: float, reason: str

@@ -86,7 +86,7 @@ class SpanRecorder(SpanProcessor):
 def make_collector(js: FakeJetStream, chunk_size: int = 1000, lockstep: LockstepGate | None = None,
                    timeout_s: float = 1.0) -> Collector:
     clock = ReplayClock()
-    return Collector(js, CollectorEngine(clock), clock, None, chunk_size, lockstep, timeout_s)  # type: ignore[arg-type]
+    return Collector(js, CollectorEngine(clock, LiveClock()), clock, None, chunk_size, lockstep, timeout_s)  # type: ignore[arg-type]
 
 
 def history(days_from: str = "2008-10-01", days_to: str = "2008-10-31") -> HistorySource:
@@ -188,8 +188,8 @@ async def test_run_source_when_file_has_bad_rows_then_rows_dead_lettered_with_re
     assert [(b.ts_event, b.symbols) for b in js.bars("fv")] == [(1000, ["A"]), (2000, ["B"])]
     letters = js.dead_letters()
     assert len(letters) == 2
-    assert "B: non-positive price" in letters[0].reason
-    assert "A: negative or non-finite volume" in letters[1].reason
+    assert "B: price below 1e-08" in letters[0].reason
+    assert "A: volume negative, non-finite or above 1e15" in letters[1].reason
     assert "B: duplicate symbol" in letters[1].reason
     assert all(letter.subject == subjects.bars("fv") for letter in letters)
     assert collector.detail()["rejected"] == 3

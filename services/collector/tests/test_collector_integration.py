@@ -175,7 +175,8 @@ async def test_ingest_when_malformed_then_dead_lettered_and_next_valid_published
         watcher = await operator_nc.subscribe(subjects.bars(feed), cb=on_bars)
         marker = f"broken-{unique_id}"
         await js.publish(subjects.ingest(feed), f'{{"venue": "{feed}", "ts_event": "{marker}"'.encode())
-        valid = BarBatch(venue=feed, ts_event=1_600_000_000_000_000_000, symbols=["AAA", "BBB"],
+        valid = BarBatch(venue=feed, ts_event=1_222_000_000_000_000_000,  # within the replay window
+                         symbols=["AAA", "BBB"],
                          open=[10.0, 20.0], high=[11.0, 21.0], low=[9.0, 19.0], close=[10.5, 20.5],
                          volume=[100.0, 200.0])
         await js.publish(subjects.ingest(feed), encode(valid))

@@ -371,3 +371,31 @@ def test_process_when_row_invalid_then_row_reported_and_rest_traded() -> None:
 
     assert [symbol for symbol, _ in result.rejected] == ["BBB"]
     assert set(orders(result.results[SID])) == {"AAA"}
+
+
+# ---------------------------------------------------------------- one venue per strategy
+def test_process_when_other_venue_sends_far_future_batch_then_strategy_keeps_trading_its_own() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.5})})
+    engine.process(bar(0, PRICES))
+    poisoned = msgspec.structs.replace(bar(0, {"AAA": 1e6}), venue="other", ts_event=4_102_444_800 * 10**9)
+    assert engine.process(poisoned).results == {}  # not its venue: neither its time nor its prices
+    result = engine.process(bar(1, PRICES)).results[SID]
+    assert result.snapshot.ts_event == bar(1, PRICES).ts_event
+    assert result.snapshot.equity == pytest.approx(CAPITAL, rel=1e-3)  # marked at 50, not at 1e6
+    assert result.snapshot.venue == "test"
+
+
+def test_process_when_venue_configured_then_batches_of_others_ignored_even_first() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.5})}, config(venue="test"))
+    other = msgspec.structs.replace(bar(0, PRICES), venue="other")
+    assert engine.process(other).results == {} and not engine.follows("other")
+    assert SID in engine.process(bar(1, PRICES)).results
+
+
+def test_restore_when_snapshot_names_venue_then_strategy_stays_bound_to_it() -> None:
+    first = engine_with({SID: FixedWeights({"AAA": 0.5})})
+    snapshot = first.process(bar(0, PRICES)).results[SID].snapshot
+    restarted = engine_with({SID: FixedWeights({"AAA": 0.5})})
+    restarted.restore(codec(PortfolioSnapshot).decode(encode(snapshot)))
+    assert restarted.process(msgspec.structs.replace(bar(1, PRICES), venue="other")).results == {}
+    assert SID in restarted.process(bar(1, PRICES)).results

@@ -19,6 +19,13 @@ Side = Literal["BUY", "SELL"]
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 PositiveFraction = Annotated[float, Meta(gt=0.0, le=1.0)]
 Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# Bounds on what a sender can make a service hold or write: a longer value is a decode error (a dead letter
+# or a refused request), never a row in the audit trail or a key in the control bucket.
+MAX_SYMBOLS_PER_BATCH = 10_000
+CommandId = Annotated[str, Meta(max_length=128)]
+Reason = Annotated[str, Meta(max_length=1_000)]
+Symbol = Annotated[str, Meta(min_length=1, max_length=64)]
+Column = Annotated[list[float], Meta(max_length=MAX_SYMBOLS_PER_BATCH)]
 
 
 # ---------------------------------------------------------------- market data
@@ -27,12 +34,12 @@ class BarBatch(Struct, frozen=True, kw_only=True):
 
     venue: Token
     ts_event: int
-    symbols: list[str]
-    open: list[float]
-    high: list[float]
-    low: list[float]
-    close: list[float]
-    volume: list[float]
+    symbols: Annotated[list[Symbol], Meta(max_length=MAX_SYMBOLS_PER_BATCH)]
+    open: Column
+    high: Column
+    low: Column
+    close: Column
+    volume: Column
     seq: int = 0
     chunk: int = 0
     chunks: int = 1
@@ -54,7 +61,7 @@ def _keep_first_name(message: Struct, name: str, first_name: str) -> None:
 
 class ControlCommandBase(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="command"):
     issued_by: Source = "operator"
-    command_id: str = ""
+    command_id: CommandId = ""
     ts_event: int = 0
     schema: int = SCHEMA_VERSION
 
@@ -62,7 +69,7 @@ class ControlCommandBase(Struct, frozen=True, kw_only=True, forbid_unknown_field
 class Halt(ControlCommandBase, tag="halt"):
     """Stop new orders; latched until an explicit resume."""
 
-    reason: Annotated[str, Meta(min_length=1)] = "unspecified"
+    reason: Annotated[str, Meta(min_length=1, max_length=1_000)] = "unspecified"
 
 
 class Resume(ControlCommandBase, tag="resume"):
@@ -214,6 +221,7 @@ class PortfolioSnapshot(Struct, frozen=True, kw_only=True):
     avg_prices: list[float] = []  # average entry price per symbol, aligned with `symbols`
     working: list["WorkingOrder"] = []  # accepted orders not yet completely filled
     stop_losses: list["StopLossInForce"] = []  # risk stop-losses still closing their positions
+    venue: str = ""  # the venue whose prices mark this book ("" before its first batch)
 
 
 # ---------------------------------------------------------------- risk
@@ -415,10 +423,10 @@ NO_PHASE = "none"
 class DeployCommandBase(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="verb"):
     """A request on `qmp.deploy.<strategy>.cmd`. `expected_phase` is the phase the sender believes is current."""
 
-    command_id: str = ""
+    command_id: CommandId = ""
     expected_phase: str = ""
     issued_by: str = "operator"
-    reason: str = ""
+    reason: Reason = ""
     ts_event: int = 0
     schema: int = SCHEMA_VERSION
 

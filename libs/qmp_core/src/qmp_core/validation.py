@@ -1,8 +1,9 @@
 """Bar validation shared by every service that takes market data in.
 
-A row is rejected, with its reason, for a non-finite or non-positive price, high below low, a close
-outside [low, high], a negative or non-finite volume, a duplicate symbol within the batch. A batch is
-rejected whole when its columns disagree in length or its timestamp is not after the last one accepted.
+A row is rejected, with its reason, for a price that is not finite or outside [PRICE_MIN, PRICE_MAX], high
+below low, a close outside [low, high], a volume that is negative, not finite or above VOLUME_MAX, a
+duplicate symbol within the batch. A batch is rejected whole when it is empty, its columns disagree in
+length, or its timestamp is not after the last one accepted or later than the latest one allowed.
 """
 
 from collections.abc import Sequence
@@ -11,6 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qmp_core.messages import BarBatch
+
+# Outside these no listed instrument trades: 1e308 or 5e-324 is a corrupt feed, not a price, and marking a
+# book with it would make equity meaningless.
+PRICE_MIN = 1e-8
+PRICE_MAX = 1e9
+VOLUME_MAX = 1e15
 
 
 class BatchRejected(ValueError):
@@ -29,9 +36,17 @@ class ValidatedBatch:
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
-def validate_batch(batch: BarBatch, last_ts_event: int | None = None) -> ValidatedBatch:
-    """Return the batch's valid rows as arrays and the rejected rows with reasons; raise BatchRejected."""
+def validate_batch(batch: BarBatch, last_ts_event: int | None = None,
+                   latest_ts_event: int | None = None) -> ValidatedBatch:
+    """Return the batch's valid rows as arrays and the rejected rows with reasons; raise BatchRejected.
+
+    `latest_ts_event` is the latest timestamp a batch may carry (the clock plus its tolerance, or the end
+    of a replay's window): one batch from the future would otherwise become the time every later batch
+    is judged against.
+    """
     n = len(batch.symbols)
+    if n == 0:
+        raise BatchRejected("empty batch: no symbols")
     lengths = {len(batch.open), len(batch.high), len(batch.low), len(batch.close), len(batch.volume)}
     if lengths != {n}:
         raise BatchRejected(f"column lengths differ: symbols={n}, columns={sorted(lengths)}")
@@ -40,6 +55,9 @@ def validate_batch(batch: BarBatch, last_ts_event: int | None = None) -> Validat
     if last_ts_event is not None and batch.ts_event <= last_ts_event:
         kind = "duplicate" if batch.ts_event == last_ts_event else "out-of-order"
         raise BatchRejected(f"{kind} timestamp: ts_event={batch.ts_event} is not after {last_ts_event}")
+    if latest_ts_event is not None and batch.ts_event > latest_ts_event:
+        raise BatchRejected(f"timestamp from the future: ts_event={batch.ts_event} is after the latest allowed "
+                            f"{latest_ts_event}")
     o = np.asarray(batch.open, dtype=np.float64)
     h = np.asarray(batch.high, dtype=np.float64)
     lo = np.asarray(batch.low, dtype=np.float64)
@@ -47,10 +65,11 @@ def validate_batch(batch: BarBatch, last_ts_event: int | None = None) -> Validat
     v = np.asarray(batch.volume, dtype=np.float64)
     checks = (
         (~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)), "non-finite price"),
-        ((o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0), "non-positive price"),
+        ((o < PRICE_MIN) | (h < PRICE_MIN) | (lo < PRICE_MIN) | (c < PRICE_MIN), f"price below {PRICE_MIN:g}"),
+        ((o > PRICE_MAX) | (h > PRICE_MAX) | (lo > PRICE_MAX) | (c > PRICE_MAX), f"price above {PRICE_MAX:g}"),
         (h < lo, "high below low"),
         ((c < lo) | (c > h) | (o < lo) | (o > h), "open or close outside [low, high]"),
-        (~np.isfinite(v) | (v < 0), "negative or non-finite volume"),
+        (~np.isfinite(v) | (v < 0) | (v > VOLUME_MAX), "volume negative, non-finite or above 1e15"),
     )
     if not any(mask.any() for mask, _ in checks) and len(set(batch.symbols)) == n:  # the usual clean batch
         return ValidatedBatch(batch.ts_event, list(batch.symbols), o, h, lo, c, v, [])

@@ -21,12 +21,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry import context
 
-from qmp_collector.engine import CollectorEngine
+from qmp_collector.engine import CollectorEngine, InputBounds
 from qmp_collector.handlers import SERVICE, Collector, LockstepGate
 from qmp_collector.sources import FileSource, HistorySource, SyntheticLiveAdapter, SyntheticSource
 from qmp_collector.store import BarStore
 from qmp_core import bus, subjects
-from qmp_core.clock import LiveClock, ReplayClock, make_clock
+from qmp_core.clock import NS_PER_DAY, LiveClock, ReplayClock, make_clock
 from qmp_core.config import ServiceSettings, load_settings
 from qmp_core.db import connect_pool
 from qmp_core.messages import BarBatch
@@ -56,6 +56,10 @@ class CollectorSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unkno
     lockstep_timeout: Annotated[float, Meta(gt=0)] = 10.0  # seconds
     flush_rows: Annotated[int, Meta(ge=1)] = 50_000  # bars per COPY
     ingest_durable: str = subjects.CONSUMER_COLLECTOR_INGEST
+    # Input bounds (see qmp_collector.engine.InputBounds): seconds a bar may be stamped after the wall
+    # clock; the factor from a symbol's last accepted close beyond which a price is held (0: never held).
+    future_tolerance: Annotated[float, Meta(ge=0)] = 300.0
+    max_price_jump: Annotated[float, Meta(ge=0)] = 5.0
 
     @property
     def venue_id(self) -> str:
@@ -77,6 +81,20 @@ def check_settings(settings: CollectorSettings) -> None:
                              f"got {getattr(settings, name)!r}") from error
 
 
+def input_bounds(settings: CollectorSettings) -> InputBounds:
+    """Return the bounds of what the collector accepts; a history replay also ends at its last day."""
+    window_end = None
+    if settings.source == "history":
+        window_end = int(_utc(settings.end).value) + NS_PER_DAY - 1
+    return InputBounds(future_tolerance_s=settings.future_tolerance, window_end_ns=window_end,
+                       max_price_jump=settings.max_price_jump)
+
+
+def _utc(day: str) -> pd.Timestamp:
+    stamp = pd.Timestamp(day)
+    return stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
+
+
 def build_source(
     settings: CollectorSettings, clock: LiveClock | ReplayClock, sleep: Callable[[float], Awaitable[None]],
 ) -> Iterable[BarBatch] | AsyncIterable[BarBatch]:
@@ -86,8 +104,7 @@ def build_source(
         return HistorySource(settings.start, settings.end, venue=venue)
     if settings.source == "file":
         return FileSource(settings.file, venue)
-    start = pd.Timestamp(settings.start)
-    start_ns = int((start.tz_localize("UTC") if start.tz is None else start.tz_convert("UTC")).value)
+    start_ns = int(_utc(settings.start).value)
     synthetic = SyntheticSource(settings.symbols, settings.seed, start_ns, settings.bar_seconds, venue)
     if isinstance(clock, LiveClock):
         return SyntheticLiveAdapter(synthetic, clock, sleep)
@@ -106,7 +123,7 @@ class CollectorService:
         self.sleep = sleep
         self.monotonic = monotonic
         self.clock = make_clock(settings.clock)
-        self.engine = CollectorEngine(self.clock)
+        self.engine = CollectorEngine(self.clock, LiveClock(), input_bounds(settings))
         self.broker: NatsBroker = make_broker(settings, SERVICE)
         self.collector: Collector | None = None
         self.pool: asyncpg.Pool | None = None

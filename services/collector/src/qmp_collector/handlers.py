@@ -105,6 +105,7 @@ class Collector:
             "published": self.published,
             "rejected": self.engine.rejected_rows,
             "rejected_batches": self.engine.rejected_batches,
+            "held_prices": self.engine.held_prices,
             "skipped": self.skipped,
             "dead_letters": self.dead_letters,
             "last_ts": self._last_ts,
@@ -168,6 +169,10 @@ class Collector:
         self._last_ts = batch.ts_event if self._last_ts is None else max(self._last_ts, batch.ts_event)
 
     async def _dead_letter_rows(self, batch: BarBatch, outcome: Outcome, origin: str, dlq_id: str | None) -> None:
+        held = [symbol for symbol, why in outcome.rejected if why.startswith("price held")]
+        if held:  # an alert, not only a dead letter: someone should look at the feed
+            log.warning("prices held: jumped beyond the bound", extra={"venue": batch.venue, "ts_event": batch.ts_event,
+                                                                       "symbols": held[:20], "count": len(held)})
         if outcome.whole_batch_rejected:
             reason = f"batch rejected: {outcome.batch_reason}"
             payload = codec(BarBatch).encode(batch)

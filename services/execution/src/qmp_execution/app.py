@@ -156,6 +156,7 @@ def engine_config(settings: ExecutionSettings) -> EngineConfig:
         paper=PaperConfig(fee_bps=settings.fee_bps, max_bar_participation=settings.max_bar_participation,
                           latency_bars=settings.latency_bars, slippage=slippage_config(settings)),
         broker="external" if settings.broker == "rest" else "paper",
+        venue=settings.venues[0] if len(settings.venues) == 1 else "",
     )
 
 

@@ -1,6 +1,6 @@
 """The collector's engine: chunking and validation, pure; the sources live in `qmp_collector.sources`."""
 
 from qmp_collector.engine.chunking import chunk
-from qmp_collector.engine.collector import CollectorEngine, Outcome, ResumePoint
+from qmp_collector.engine.collector import CollectorEngine, InputBounds, Outcome, ResumePoint
 
-__all__ = ["CollectorEngine", "Outcome", "ResumePoint", "chunk"]
+__all__ = ["CollectorEngine", "InputBounds", "Outcome", "ResumePoint", "chunk"]

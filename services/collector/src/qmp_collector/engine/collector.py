@@ -7,11 +7,14 @@ publish (or None) and the rejected rows with their reasons, for the dead-letter 
 from dataclasses import dataclass, field
 
 import msgspec
+import numpy as np
 
 from qmp_core import subjects
-from qmp_core.clock import Clock
+from qmp_core.clock import NS_PER_SECOND, Clock
 from qmp_core.messages import BarBatch
 from qmp_core.validation import BatchRejected, ValidatedBatch, validate_batch
+
+MAX_REASONS = 100  # rows listed with the reason of a whole-batch rejection (the rest are counted)
 
 
 @dataclass(frozen=True)
@@ -39,19 +42,54 @@ class ResumePoint:
         return batch.ts_event < self.ts_event or (batch.ts_event == self.ts_event and batch.chunk <= self.chunk)
 
 
+@dataclass(frozen=True)
+class InputBounds:
+    """What the collector lets through, beyond a row's own consistency (`qmp_core.validation`).
+
+    `future_tolerance_s`: a batch may be stamped at most this far after the wall clock (bars of the past
+    are replayed, bars of the future do not exist). `window_end_ns`: a replay's last timestamp, if it has
+    one. `max_price_jump`: a close more than this factor away from the symbol's last accepted close is
+    held (dead-lettered, never published); `confirm_bars` consecutive held closes that agree with each
+    other within the factor are a new level (a split, a re-listing) and the last of them is accepted.
+    """
+
+    future_tolerance_s: float = 300.0
+    window_end_ns: int | None = None
+    max_price_jump: float = 5.0
+    confirm_bars: int = 3
+
+
+@dataclass
+class _Held:
+    close: float
+    count: int
+
+
 class CollectorEngine:
     """Validate batches in arrival order, per venue and chunk; count what was accepted and rejected.
 
-    A batch whose timestamp is not after the last accepted one of the same (venue, chunk) is rejected
-    whole, as out-of-order or duplicate. Within an accepted batch, bad rows are dropped with a reason.
+    A batch whose timestamp is not after the last accepted one of the same (venue, chunk), or later than
+    `InputBounds` allow, is rejected whole. Within an accepted batch, bad rows and rows whose price jumped
+    beyond the bound are dropped with a reason.
     """
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, wall: Clock, bounds: InputBounds = InputBounds()) -> None:
         self._clock = clock
+        self._wall = wall  # judges "from the future"; a replay's clock is event time and cannot
+        self.bounds = bounds
         self._last: dict[tuple[str, int], int] = {}
+        self._last_close: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], _Held] = {}
         self.accepted_batches = 0
         self.rejected_batches = 0
         self.rejected_rows = 0
+        self.held_prices = 0
+
+    def latest_allowed(self) -> int:
+        """Return the latest ts_event a batch may carry now."""
+        latest = self._wall.now_ns() + round(self.bounds.future_tolerance_s * NS_PER_SECOND)
+        end = self.bounds.window_end_ns
+        return latest if end is None else min(latest, end)
 
     def last_ts(self, venue: str) -> int | None:
         """Return the latest accepted ts_event of a venue over all chunks."""
@@ -69,18 +107,52 @@ class CollectorEngine:
         key = (batch.venue, batch.chunk)
         try:
             self._check_envelope(batch)
-            valid = validate_batch(batch, self._last.get(key))
+            valid = validate_batch(batch, self._last.get(key), self.latest_allowed())
         except BatchRejected as error:
             self.rejected_batches += 1
             self.rejected_rows += len(batch.symbols)
             reason = str(error)
-            return Outcome(None, [(s, reason) for s in batch.symbols], reason)
+            return Outcome(None, [(s, reason) for s in batch.symbols[:MAX_REASONS]], reason)
         self._last[key] = batch.ts_event
+        valid = self._hold_jumps(batch.venue, valid)
         self.rejected_rows += len(valid.rejected)
         cleaned = _valid_rows(batch, valid, batch.ts_init or self._clock.now_ns())
         if cleaned is not None:
             self.accepted_batches += 1
         return Outcome(cleaned, valid.rejected)
+
+    def _hold_jumps(self, venue: str, valid: ValidatedBatch) -> ValidatedBatch:
+        """Drop the rows whose close jumped beyond the bound from the symbol's last accepted close."""
+        jump = self.bounds.max_price_jump
+        if jump <= 0:
+            return valid
+        held: list[tuple[str, str]] = []
+        keep = np.ones(len(valid.symbols), dtype=bool)
+        for i, symbol in enumerate(valid.symbols):
+            close = float(valid.close[i])
+            key = (venue, symbol)
+            last = self._last_close.get(key)
+            if last is None or 1.0 / jump <= close / last <= jump:
+                self._last_close[key] = close
+                self._held.pop(key, None)
+                continue
+            pending = self._held.get(key)
+            agrees = pending is not None and 1.0 / jump <= close / pending.close <= jump
+            count = pending.count + 1 if pending is not None and agrees else 1
+            if count >= self.bounds.confirm_bars:  # the new level held for long enough: take it
+                self._last_close[key] = close
+                del self._held[key]
+                continue
+            self._held[key] = _Held(close, count)
+            keep[i] = False
+            held.append((symbol, f"price held: close {close:g} is more than {jump:g}x away from the last accepted "
+                                 f"{last:g} ({count} of {self.bounds.confirm_bars} bars to confirm a new level)"))
+        if not held:
+            return valid
+        self.held_prices += len(held)
+        symbols = [s for s, k in zip(valid.symbols, keep, strict=True) if k]
+        return ValidatedBatch(valid.ts_event, symbols, valid.open[keep], valid.high[keep], valid.low[keep],
+                              valid.close[keep], valid.volume[keep], valid.rejected + held)
 
     def clean(self, batch: BarBatch) -> BarBatch | None:
         """Return the batch's valid rows, ignoring arrival order and counting nothing (None if none)."""

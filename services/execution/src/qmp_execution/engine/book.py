@@ -64,6 +64,7 @@ class Portfolio:
     orders_total: int = 0
     denied_total: int = 0
     fills_total: int = 0
+    venue: str = ""  # the one venue whose prices mark this book: a symbol's price elsewhere is not its price
 
     def equity(self) -> float:
         """Return cash plus positions marked at the latest closes."""
@@ -110,7 +111,7 @@ class Portfolio:
             prices=[self.prices.get(s, 0.0) for s in symbols], last_seq=self.last_seq,
             orders_total=self.orders_total, denied_total=self.denied_total, fills_total=self.fills_total,
             realized_pnl=self.realized_pnl, unrealized_pnl=self.unrealized_pnl(), fees=self.fees,
-            avg_prices=[self.avg_prices.get(s, 0.0) for s in symbols],
+            avg_prices=[self.avg_prices.get(s, 0.0) for s in symbols], venue=self.venue,
             working=[self.working[s].to_message() for s in sorted(self.working)],
         )
 
@@ -131,5 +132,5 @@ class Portfolio:
             working={w.symbol: Working.from_message(w) for w in snapshot.working},
             realized_pnl=snapshot.realized_pnl, fees=snapshot.fees,
             last_ts=snapshot.ts_event, last_seq=snapshot.last_seq, orders_total=snapshot.orders_total,
-            denied_total=snapshot.denied_total, fills_total=snapshot.fills_total,
+            denied_total=snapshot.denied_total, fills_total=snapshot.fills_total, venue=snapshot.venue,
         )

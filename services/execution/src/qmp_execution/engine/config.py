@@ -40,6 +40,9 @@ class EngineConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     price_band: Annotated[float, Meta(ge=0.0)] = 0.5
     cash_borrow_limit: Annotated[float, Meta(ge=0.0)] = 0.0  # fraction of equity cash may go below zero
     paper: PaperConfig = PaperConfig()
+    # The venue every hosted strategy trades; "" binds each strategy to the venue of the first batch it
+    # trades (kept in its snapshot). A strategy's book is marked with its venue's prices only.
+    venue: str = ""
     # "paper" fills against bars here; "external" leaves accepted orders working until `apply_acks`.
     broker: Literal["paper", "external"] = "paper"
 

@@ -123,11 +123,16 @@ class ExecutionEngine:
                 groups.setdefault((batch.ts_event, batch.venue), {})[batch.chunk] = validate_batch(batch)
             except ValueError:
                 continue
-        for _, parts in sorted(groups.items()):
+        for (_, venue), parts in sorted(groups.items()):
             merged = merge_chunks([parts[c] for c in sorted(parts)])
             for host in self.hosts.values():
-                host.warm(merged)
+                if host.venue == venue:
+                    host.warm(merged)
         return len(groups)
+
+    def follows(self, venue: str) -> bool:
+        """Return whether a hosted strategy trades (or may still bind to) the venue."""
+        return any(host.venue in ("", venue) for host in self.hosts.values())
 
     def process(self, batch: BarBatch) -> BatchResult:
         """Trade one batch for every strategy; raise BatchRejected (a ValueError) for an unusable batch."""
@@ -137,6 +142,8 @@ class ExecutionEngine:
             return BatchResult(batch.ts_event, {}, validated.rejected, complete=False)
         results: dict[str, StrategyResult] = {}
         for sid, host in self.hosts.items():
+            if not host.trades(batch.venue):
+                continue
             result = host.on_batch(merged, batch.seq, self.state(sid))
             if result is not None:
                 results[sid] = result
@@ -149,7 +156,8 @@ class ExecutionEngine:
         """
         if batch.chunks <= 1:
             return validated
-        if all(batch.ts_event <= host.portfolio.last_ts for host in self.hosts.values()):
+        trading = [host for host in self.hosts.values() if host.venue in ("", batch.venue)]
+        if all(batch.ts_event <= host.portfolio.last_ts for host in trading):
             return validated  # already traded: the hosts answer with their cached results
         key = (batch.venue, batch.ts_event)
         parts = self._pending.setdefault(key, {})

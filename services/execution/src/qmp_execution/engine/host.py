@@ -59,7 +59,7 @@ class StrategyHost:
         self.capital = config.capital.get(strategy_id, config.initial_capital)
         self.es_budget = config.es_budgets.get(strategy_id, config.es_budget)
         self.window = PriceWindow(max(strategy.lookback, config.vol_window, config.adv_window) + 1)
-        self.portfolio = Portfolio(strategy=strategy_id, cash=self.capital)
+        self.portfolio = Portfolio(strategy=strategy_id, cash=self.capital, venue=config.venue)
         self.broker = PaperBroker(strategy_id, config.paper)
         self.rate = RateLimiter(config.max_order_rate, round(config.order_rate_interval_s * NS_PER_SECOND))
         self.risk: RiskSnapshot | None = None
@@ -74,6 +74,17 @@ class StrategyHost:
         self._last_market: Market | None = None
 
     @property
+    def venue(self) -> str:
+        return self.portfolio.venue
+
+    def trades(self, venue: str) -> bool:
+        """Return whether a batch of this venue is the strategy's; bind it to the venue if it has none yet."""
+        if not self.portfolio.venue:
+            self.portfolio.venue = venue
+            log.info("strategy bound to a venue", extra={"strategy": self.strategy_id, "venue": venue})
+        return self.portfolio.venue == venue
+
+    @property
     def running(self) -> bool:
         return self.error is None
 
@@ -82,6 +93,8 @@ class StrategyHost:
         if snapshot.strategy != self.strategy_id:
             raise ValueError(f"snapshot of {snapshot.strategy!r} given to strategy {self.strategy_id!r}")
         self.portfolio = Portfolio.from_snapshot(snapshot)
+        if not self.portfolio.venue:  # a snapshot written before books knew their venue
+            self.portfolio.venue = self.config.venue
         self.stop_losses = {stop.symbol: StopLoss.from_message(stop) for stop in snapshot.stop_losses}
         self._last = None
 

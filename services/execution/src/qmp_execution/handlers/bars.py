@@ -77,6 +77,8 @@ class BarHandler:
                 return
             span.set_attribute("qmp.ts_event", batch.ts_event)
             async with self._lock:  # the engine's timeline is one: keep batches in arrival order
+                if not self.engine.follows(venue):  # no strategy here trades it: its time is not ours
+                    return
                 if isinstance(self.clock, ReplayClock):
                     self.clock.observe(batch.ts_event)
                     # A replay trades each batch under the state and with the ES that risk left.
