@@ -46,7 +46,7 @@ def one_bar_messages(batch: BarBatch, venue: str) -> list[BarBatch]:
 
 
 async def drained(js: nats.js.JetStreamContext) -> bool:
-    info = await js.consumer_info(subjects.STREAM_MARKET_DATA, subjects.CONSUMER_RISK_BARS)
+    info = await js.consumer_info(subjects.STREAM_MARKET_DATA, RiskSettings().consumer("bars"))
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 

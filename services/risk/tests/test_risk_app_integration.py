@@ -59,7 +59,7 @@ async def test_risk_app_when_bars_and_portfolios_flow_then_snapshots_rows_halt_a
     venue = strategy = unique_id
     base = settings_for(nats_credentials, "risk", database_url, run_dir=str(tmp_path))
     settings = msgspec.convert({**msgspec.structs.asdict(base), "min_observations": 3, "var_window": 10,
-                                "control_timeout_s": 2.0}, RiskSettings)
+                                "control_timeout_s": 2.0, "rebuild": False}, RiskSettings)
     timeline: list[str] = []
     snapshots: dict[int, RiskSnapshot] = {}
     letters: list[DeadLetter] = []
@@ -162,7 +162,7 @@ async def test_risk_app_when_nobody_answers_the_halt_then_snapshot_still_publish
     strategy = unique_id
     base = settings_for(nats_credentials, "risk", database_url, run_dir=str(tmp_path))
     settings = msgspec.convert({**msgspec.structs.asdict(base), "control_attempts": 2, "control_timeout_s": 0.3,
-                                "bar_wait_s": 0.0}, RiskSettings)
+                                "bar_wait_s": 0.0, "rebuild": False}, RiskSettings)
     seen: dict[int, RiskSnapshot] = {}
     both = asyncio.Event()
 
@@ -190,3 +190,68 @@ async def test_risk_app_when_nobody_answers_the_halt_then_snapshot_still_publish
     # Undelivered halts do not stall the snapshots, and every later snapshot tries the halt again.
     assert failed == 2
     assert [seen[T0 + i * NS_PER_HOUR].breakers for i in range(3)] == [[], ["drawdown_24h"], ["drawdown_24h"]]
+
+
+async def test_risk_app_when_restarted_mid_run_then_rebuilt_and_snapshots_equal_an_undisturbed_run(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, clients: dict[str, Client],
+    unique_id: str,
+    tmp_path: object,
+) -> None:
+    # Two instances on the same messages: one runs through, the other stops after day 4 and a new process
+    # of it (same consumers) continues. The rebuilt one must answer exactly as the undisturbed one.
+    strategy, venue = unique_id, unique_id + "v"
+    base = msgspec.structs.asdict(settings_for(nats_credentials, "risk", database_url, run_dir=str(tmp_path)))
+
+    def settings(prefix: str) -> RiskSettings:
+        return msgspec.convert({**base, "min_observations": 3, "var_window": 5, "vol_window": 3,
+                                "vol_average_window": 3, "bar_wait_s": 2.0, "control_timeout_s": 0.2,
+                                "control_attempts": 1,
+                                "consumer_prefix": f"{prefix}-{unique_id}"}, RiskSettings)
+
+    equity = [100.0, 101.0, 99.0, 103.0, 97.0, 98.0, 84.0, 85.0]
+    stamps = [T0 + i * NS_PER_HOUR for i in range(len(equity))]
+
+    async def publish(days: range) -> None:
+        for i in days:
+            close = [50.0 + i, 20.0 - i * 0.3]
+            await bus.publish(clients["collector"].jetstream(), subjects.bars(venue), BarBatch(
+                venue=venue, ts_event=stamps[i], symbols=["RB1", "RB2"], open=close, high=close, low=close,
+                close=close, volume=[1e3, 1e3]), msg_id=f"{venue}:{stamps[i]}")
+            await bus.publish(clients["execution"].jetstream(), subjects.portfolio(strategy), PortfolioSnapshot(
+                strategy=strategy, ts_event=stamps[i], cash=equity[i] - 10.0, equity=equity[i], symbols=["RB1"],
+                quantities=[10.0 / close[0]], prices=[close[0]], venue=venue), msg_id=f"{strategy}:{stamps[i]}")
+
+    async def reached(service: RiskService, ts: int) -> None:
+        for _ in range(600):
+            if (service.engine.last_ts(strategy) or 0) >= ts:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"risk did not reach {ts}")
+
+    undisturbed, first = RiskService(settings("gold")), RiskService(settings("kill"))
+    await undisturbed.start()
+    await first.start()
+    try:
+        await publish(range(4))
+        await reached(first, stamps[3])
+    finally:
+        await first.stop()
+    await publish(range(4, len(equity)))
+    restarted = RiskService(settings("kill"))
+    await restarted.start()
+    try:
+        assert restarted.rebuilt.snapshots >= 4 and restarted.rebuilt.bars >= 4  # other tests share the server
+        await reached(restarted, stamps[-1])
+        await reached(undisturbed, stamps[-1])
+        final = PortfolioSnapshot(strategy=strategy, ts_event=stamps[-1], cash=equity[-1] - 10.0,
+                                  equity=equity[-1], symbols=["RB1"], quantities=[10.0 / (50.0 + 7)],
+                                  prices=[57.0], venue=venue)
+        gold = undisturbed.engine.on_portfolio(final).snapshot
+        again = restarted.engine.on_portfolio(final).snapshot
+    finally:
+        await restarted.stop()
+        await undisturbed.stop()
+    assert again.observations == gold.observations and again.observations >= 5
+    assert (again.var, again.es, again.drawdown_max, again.drawdown_24h, again.breakers) == (
+        gold.var, gold.es, gold.drawdown_max, gold.drawdown_24h, gold.breakers)
+    assert again.drawdown_max > 0.15  # the day-6 fall is remembered across the restart

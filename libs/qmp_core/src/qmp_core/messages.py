@@ -24,7 +24,7 @@ Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 MAX_SYMBOLS_PER_BATCH = 10_000
 CommandId = Annotated[str, Meta(max_length=128)]
 Reason = Annotated[str, Meta(max_length=1_000)]
-Symbol = Annotated[str, Meta(min_length=1, max_length=64)]
+Symbol = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]  # no control chars
 Column = Annotated[list[float], Meta(max_length=MAX_SYMBOLS_PER_BATCH)]
 
 

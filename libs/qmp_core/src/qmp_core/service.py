@@ -5,10 +5,13 @@ Pattern (see services/*/src/qmp_*/app.py): settings from env â†’ `make_broker` â
 `broker.connection.jetstream()` once started.
 """
 
+import asyncio
+import contextlib
+import logging
 import os
 import time
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 from faststream.middlewares import AckPolicy
@@ -20,9 +23,21 @@ from qmp_core import bus, subjects
 from qmp_core.clock import Clock
 from qmp_core.config import ServiceSettings
 from qmp_core.messages import HealthReply, codec, encode
+from qmp_core.retry import delays, is_transient
 
+# A message the server has delivered this many times came back after the service died handling it each
+# time: it is dead-lettered instead of killing the next instance too.
 MAX_DELIVER = 5
+# A handler that fails this many times in a row for a reason that is not a dependency being down (a bug,
+# an input no check caught) gives the message up to the dead letters rather than freeze the stream.
+MAX_FAILURES = 3
+# A dead instance's message goes to the next one after ACK_WAIT_S; a live one says "still working" every
+# HEARTBEAT_S, so a long handler (a first kernel compile, a database that is down) keeps its message.
+ACK_WAIT_S = 4.0
+HEARTBEAT_S = 1.0
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+HealthStatus = Literal["starting", "ok", "degraded", "failing"]
 
 
 def make_broker(settings: ServiceSettings, name: str) -> NatsBroker:
@@ -51,17 +66,159 @@ def durable_subscriber(stream: str, durable: str, batch_size: int = 1) -> dict[s
         "durable": durable,
         "pull_sub": PullSub(batch_size=batch_size, timeout=0.2),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
-        "config": ConsumerConfig(max_deliver=MAX_DELIVER, ack_wait=30, max_ack_pending=1),
+        # No server-side limit on deliveries: `handle_durably` retries transient failures in process and
+        # dead-letters a message that keeps killing the service, so nothing is dropped without a letter.
+        "config": ConsumerConfig(max_deliver=-1, ack_wait=ACK_WAIT_S, max_ack_pending=1),
     }
 
 
-def register_health(broker: NatsBroker, name: str, detail: Callable[[], dict[str, Any]]) -> None:
-    """Answer `qmp.health.<name>` requests with the service's status and details."""
+class Liveness:
+    """What a service's health reports: progress and failures, not merely a process that answers.
+
+    `ok` once ready and nothing is failing; `degraded` while a dependency is down and messages wait for
+    it (retried, nothing lost); `failing` when a background loop the service needs has died (the
+    supervisor restarts it); `starting` until `ready()`.
+    """
+
+    def __init__(self) -> None:
+        self.started_ns = time.time_ns()
+        self.is_ready = False
+        self.handled = 0
+        self.last_handled_ns = 0
+        self.retrying: dict[str, str] = {}
+        self.retries = 0
+        self.crash_letters = 0
+        self._loops: dict[str, tuple[asyncio.Task[Any], bool]] = {}
+
+    def ready(self) -> None:
+        self.is_ready = True
+
+    def handled_one(self) -> None:
+        self.handled += 1
+        self.last_handled_ns = time.time_ns()
+
+    def watch(self, name: str, task: asyncio.Task[Any], may_end: bool = False) -> None:
+        """Count a background loop as part of the service: if it dies (or ends, unless `may_end`), health fails."""
+        self._loops[name] = (task, may_end)
+
+    def retry(self, what: str, error: BaseException | None) -> None:
+        """Record that `what` is failing transiently (`error`), or has recovered (None)."""
+        if error is None:
+            self.retrying.pop(what, None)
+        else:
+            self.retries += 1
+            self.retrying[what] = repr(error)[:300]
+
+    def dead_loops(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, (task, may_end) in self._loops.items():
+            if task.done():
+                error = None if task.cancelled() else task.exception()
+                if error is not None or not may_end:
+                    out[name] = repr(error) if error is not None else "ended"
+        return out
+
+    def status(self) -> HealthStatus:
+        if self.dead_loops():
+            return "failing"
+        if not self.is_ready:
+            return "starting"
+        return "degraded" if self.retrying else "ok"
+
+    def detail(self) -> dict[str, Any]:
+        now = time.time_ns()
+        return {"handled": self.handled,
+                "last_handled_s_ago": round((now - self.last_handled_ns) / 1e9, 3) if self.last_handled_ns else None,
+                "retrying": dict(self.retrying), "retries": self.retries, "crash_letters": self.crash_letters,
+                "dead_loops": self.dead_loops(), "uptime_s": round((now - self.started_ns) / 1e9, 1)}
+
+
+class Durable:
+    """How a service handles its JetStream messages: never drop one, never let one block the stream forever.
+
+    Handlers dead-letter what they cannot use and raise only when a dependency is down, so a transient
+    raise (`qmp_core.retry.is_transient`) is retried here with backoff for as long as it lasts (health says
+    `degraded` meanwhile), while a heartbeat tells the server the message is still being worked on. Any
+    other raise is a bug or an input no check caught: after MAX_FAILURES tries the message goes to the dead
+    letters with the error. A message delivered MAX_DELIVER times has killed the service that many
+    times: it goes to the dead letters with that reason.
+    """
+
+    def __init__(self, service: str, clock: Clock, liveness: Liveness, js: Callable[[], JetStreamContext],
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.service = service
+        self.clock = clock
+        self.liveness = liveness
+        self._js = js
+        self._sleep = sleep
+
+    async def handle(self, msg: NatsMessage, handle: Callable[[], Awaitable[None]], what: str) -> None:
+        raw = msg.raw_message
+        metadata = getattr(raw, "metadata", None)
+        delivered = metadata.num_delivered if metadata is not None else 1
+        if delivered > MAX_DELIVER:
+            self.liveness.crash_letters += 1
+            await self._dead_letter(raw, f"delivered {delivered} times without being handled: the service "
+                                         f"stopped while handling it each time ({what})")
+            return
+        heartbeat = asyncio.create_task(_heartbeat(raw)) if raw.reply else None
+        try:
+            await self._until_done(raw, handle, what)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+
+    async def _until_done(self, raw: Any, handle: Callable[[], Awaitable[None]], what: str) -> None:
+        liveness = self.liveness
+        failures = 0
+        for delay in delays():
+            try:
+                await handle()
+            except Exception as error:
+                if not is_transient(error):
+                    failures += 1
+                    if failures >= MAX_FAILURES:
+                        log.exception("message not handled; dead-lettered", extra={"what": what})
+                        liveness.retry(what, None)
+                        await self._dead_letter(raw, f"{what} failed {failures} times: {error!r}"[:1_000])
+                        return
+                liveness.retry(what, error)
+                log.warning("message not handled; retrying", exc_info=liveness.retries % 20 == 1,
+                            extra={"what": what, "subject": raw.subject, "error": repr(error), "retry_in_s": delay})
+                await self._sleep(delay)
+                continue
+            liveness.retry(what, None)
+            liveness.handled_one()
+            return
+
+    async def _dead_letter(self, raw: Any, reason: str) -> None:
+        metadata = getattr(raw, "metadata", None)
+        msg_id = f"unhandled:{raw.subject}:{metadata.sequence.stream}" if metadata is not None else None
+        await bus.dead_letter(self._js(), self.service, raw.subject, reason, raw.data, self.clock, msg_id=msg_id)
+
+
+async def _heartbeat(raw: Any) -> None:
+    while True:
+        await asyncio.sleep(HEARTBEAT_S)
+        with contextlib.suppress(Exception):  # the connection may be reconnecting; the next beat tries again
+            await raw.in_progress()
+
+
+def register_health(broker: NatsBroker, name: str, detail: Callable[[], dict[str, Any]],
+                    liveness: Liveness | None = None) -> None:
+    """Answer `qmp.health.<name>` requests with the service's status (from `liveness`) and details."""
 
     @broker.subscriber(subjects.health(name))
     async def health(msg: NatsMessage) -> bytes:
-        return encode(HealthReply(service=name, status="ok", pid=os.getpid(), ts_event=time.time_ns(),
-                                  detail=detail()))
+        status: HealthStatus = "ok"
+        extra: dict[str, Any] = {}
+        if liveness is not None:
+            status = liveness.status()
+            extra = {"liveness": liveness.detail()}
+        return encode(HealthReply(service=name, status=status, pid=os.getpid(), ts_event=time.time_ns(),
+                                  detail={**detail(), **extra}))
 
 
 class Intake(Generic[T]):

@@ -56,9 +56,6 @@ STREAM_INGEST = "QMP_INGEST"
 KV_CONTROL = "qmp_control"
 
 # Durable consumers
-CONSUMER_RISK_BARS = "risk-bars"
-CONSUMER_RISK_PORTFOLIO = "risk-portfolio"
-CONSUMER_RISK_NEWS = "risk-news"
 CONSUMER_EXECUTION_BARS = "execution-bars"
 CONSUMER_EXECUTION_STOP_LOSS = "execution-stoploss"
 CONSUMER_COLLECTOR_INGEST = "collector-ingest"

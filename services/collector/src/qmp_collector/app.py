@@ -30,7 +30,8 @@ from qmp_core.clock import NS_PER_DAY, LiveClock, ReplayClock, make_clock
 from qmp_core.config import ServiceSettings, load_settings
 from qmp_core.db import connect_pool
 from qmp_core.messages import BarBatch
-from qmp_core.service import durable_subscriber, make_broker, register_health
+from qmp_core.retry import Unavailable
+from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health
 from qmp_core.telemetry import extract_context, setup_logging, setup_tracing
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ class CollectorService:
         self.pool: asyncpg.Pool | None = None
         self.task: asyncio.Task[None] | None = None
         self._lockstep_sub: Subscription | None = None
+        self.liveness = Liveness()
+        self.durable = Durable(SERVICE, self.clock, self.liveness, lambda: self.broker.connection.jetstream())
         self._register()
 
     def _register(self) -> None:
@@ -136,17 +139,21 @@ class CollectorService:
 
         @self.broker.subscriber(subjects.ingest("*"), **options)
         async def on_ingest(msg: NatsMessage) -> None:
-            if self.collector is None:
-                raise RuntimeError("collector is starting; the message will be redelivered")
             raw = msg.raw_message
             seq = raw.metadata.sequence.stream if raw.reply else None
-            token = context.attach(extract_context(msg.headers))
-            try:
-                await self.collector.on_ingest(raw.subject, msg.body, seq)
-            finally:
-                context.detach(token)
 
-        register_health(self.broker, SERVICE, self.detail)
+            async def handle() -> None:
+                if self.collector is None:
+                    raise Unavailable("collector is starting")
+                token = context.attach(extract_context(msg.headers))
+                try:
+                    await self.collector.on_ingest(raw.subject, msg.body, seq)
+                finally:
+                    context.detach(token)
+
+            await self.durable.handle(msg, handle, "ingest")
+
+        register_health(self.broker, SERVICE, self.detail, self.liveness)
 
     def detail(self) -> dict[str, Any]:
         base: dict[str, Any] = {"source": self.settings.source, "venue": self.settings.venue_id}
@@ -160,7 +167,10 @@ class CollectorService:
         js = self.broker.connection.jetstream()
         await bus.declare(js)
         self.pool = await connect_pool(self.settings.database_url) if self.settings.database_url else None
-        store = BarStore(self.pool, self.settings.flush_rows) if self.pool is not None else None
+        store = None
+        if self.pool is not None:
+            store = BarStore(self.pool, self.settings.flush_rows,
+                             on_retry=lambda error: self.liveness.retry("bar store", error))
         lockstep = LockstepGate(self.settings.lockstep_strategy) if self.settings.lockstep_strategy else None
         self.collector = Collector(js, self.engine, self.clock, store, self.settings.chunk_size, lockstep,
                                    self.settings.lockstep_timeout)
@@ -187,6 +197,8 @@ class CollectorService:
             sleep=self.sleep, monotonic=self.monotonic, resume=resume, store_from_ns=store_from,
         ), name="collector-publish")
         self.task.add_done_callback(_log_failure)
+        self.liveness.watch("publish loop", self.task, may_end=True)  # a source ends; a failure is a dead loop
+        self.liveness.ready()
 
     async def start(self) -> None:
         """Start everything (what `FastStream.run` does through the hooks); for in-process use."""

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from qmp_collector.engine import CollectorEngine, Outcome, ResumePoint, chunk
-from qmp_collector.store import BarStore
+from qmp_collector.store import BarStore, Record
 from qmp_core import bus, subjects
 from qmp_core.clock import Clock, ReplayClock
 from qmp_core.lockstep import Progress
@@ -98,6 +98,8 @@ class Collector:
         self.done = False
         self._seeded: set[str] = set()
         self._last_ts: int | None = None
+        if store is not None:
+            store.on_rejected = self._dead_letter_stored_row
 
     def detail(self) -> dict[str, Any]:
         """Health details: messages published, rows rejected, latest ts published, source exhausted."""
@@ -184,6 +186,12 @@ class Collector:
         # Distinct per source batch (seq) and per ingest message (stream sequence), stable across retries.
         msg_id = f"dlq:{dlq_id}:{batch.chunk}" if dlq_id else f"dlq:{message_id(batch)}:{batch.seq}"
         await self._input.reject(self.js, origin, reason, payload, msg_id)
+
+    async def _dead_letter_stored_row(self, row: Record, reason: str) -> None:
+        """A bar the database refused (published already, but not stored): record it with the reason."""
+        ts, venue, symbol, *values = row
+        payload = msgspec.json.encode({"ts": ts.isoformat(), "venue": venue, "symbol": symbol, "values": values})
+        await self._input.reject(self.js, subjects.bars(venue), reason, payload, f"dlq:store:{venue}:{symbol}:{ts}")
 
     @property
     def dead_letters(self) -> int:

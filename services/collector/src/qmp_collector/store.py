@@ -3,15 +3,21 @@
 COPY is the fast path (FIELD_NOTES: ~5x executemany) but cannot skip rows that exist already; staging
 through a temporary table keeps the write idempotent, so a replay or a redelivered batch never doubles a
 bar. Several batches go into one COPY.
+
+A database that is down is waited for (retried with backoff, the buffer bounded, the publish loop slowed
+down, nothing dropped); a row the database refuses is found by halving the write and handed to
+`on_rejected` (the collector dead-letters it), so it never blocks the rows behind it.
 """
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from qmp_core.messages import BarBatch
+from qmp_core.retry import is_transient, until_available
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +50,17 @@ class BarStore:
     The background write lets publishing go on while PostgreSQL works (the table's primary key makes
     the write several times slower than the publish). When more than `max_pending_rows` wait, `add`
     waits for the write in progress: memory stays bounded and a slow database slows the collector down.
-    A failed background write keeps its rows pending and raises from the next `add`; `flush` retries it.
+    A write that fails for any other reason than a refused row keeps its rows pending and raises from the
+    next `add`; `flush` retries it.
     """
 
-    def __init__(self, pool: asyncpg.Pool, flush_rows: int = 50_000, max_pending_rows: int | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, flush_rows: int = 50_000, max_pending_rows: int | None = None,
+                 on_retry: Callable[[BaseException | None], None] | None = None,
+                 on_rejected: Callable[[Record, str], Awaitable[None]] | None = None) -> None:
         self._pool = pool
+        self.on_retry = on_retry
+        self.on_rejected = on_rejected
+        self.rows_rejected = 0
         self.flush_rows = flush_rows
         self.max_pending_rows = max_pending_rows or 4 * flush_rows
         self._pending: list[Record] = []
@@ -99,12 +111,28 @@ class BarStore:
             rows = self._pending
             self._pending = []
             try:
-                inserted = await self._write(rows)
+                inserted = await until_available(lambda: self._write_isolating(rows), "bar store", self.on_retry)
             except BaseException:
                 self._pending = rows + self._pending
                 raise
             self.rows_written += inserted
             return inserted
+
+    async def _write_isolating(self, rows: list[Record]) -> int:
+        """Write the rows; when the database refuses the write for its data, write halves to find the rows."""
+        try:
+            return await self._write(rows)
+        except asyncpg.PostgresError as error:
+            if is_transient(error):
+                raise
+            if len(rows) == 1:
+                self.rows_rejected += 1
+                log.error("bar refused by the database", extra={"row": repr(rows[0])[:300], "error": str(error)})
+                if self.on_rejected is not None:
+                    await self.on_rejected(rows[0], f"refused by the database: {error}")
+                return 0
+            half = len(rows) // 2
+            return await self._write_isolating(rows[:half]) + await self._write_isolating(rows[half:])
 
     async def _write(self, rows: list[Record]) -> int:
         async with self._pool.acquire() as connection, connection.transaction():

@@ -21,7 +21,8 @@ from qmp_core.clock import Clock, make_clock
 from qmp_core.config import ServiceSettings, load_settings
 from qmp_core.db import connect_pool
 from qmp_core.messages import encode
-from qmp_core.service import durable_subscriber, make_broker, register_health
+from qmp_core.retry import Unavailable
+from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health
 from qmp_core.strategy import Strategy, load_strategy
 from qmp_execution.engine import DEFAULT_ES_KEYS, EngineConfig, ExecutionEngine
 from qmp_execution.engine.paper import PaperConfig
@@ -195,6 +196,8 @@ class ExecutionService:
         self.handler: BarHandler | None = None
         self.stop_loss: StopLossHandler | None = None
         self.stop_acks = StopLossAcks()
+        self.liveness = Liveness()
+        self.durable = Durable(SERVICE, self.clock, self.liveness, lambda: self.broker.connection.jetstream())
         self.watch: ControlWatch | None = None
         self.risk_watch: RiskWatch | None = None
         self.rest: RestBrokerClient | None = None
@@ -215,19 +218,18 @@ class ExecutionService:
         # traded in stream order.
         @self.broker.subscriber(bars_subject(self.settings), **options)
         async def on_bars(msg: NatsMessage) -> None:
-            if self.handler is None:
-                raise RuntimeError("execution received market data before it finished starting")
             raw = msg.raw_message
             delivery = ""
             with_metadata = getattr(raw, "metadata", None)
             if with_metadata is not None:
                 delivery = f"{raw.subject}:{with_metadata.sequence.stream}"
-            try:
+
+            async def handle() -> None:
+                if self.handler is None:
+                    raise Unavailable("execution received market data before it finished starting")
                 await self.handler.handle(raw.data, raw.subject, msg.headers, delivery)
-            except Exception:
-                # FastStream's own logging is off: say why the message will be redelivered.
-                log.exception("market data not handled; it will be redelivered", extra={"subject": raw.subject})
-                raise
+
+            await self.durable.handle(msg, handle, "market data")
 
         stop_options = durable_subscriber(subjects.STREAM_RISK, self.stop_loss_consumer)
         # From the consumer's creation on: a new instance must not replay old stop-losses on its positions.
@@ -265,7 +267,7 @@ class ExecutionService:
             async def on_broker_command(msg: NatsMessage) -> bytes:
                 return encode(commands.handle(msg.raw_message.data))
 
-        register_health(self.broker, SERVICE, self.health)
+        register_health(self.broker, SERVICE, self.health, self.liveness)
 
     async def _start(self) -> None:
         await self.broker.connect()
@@ -291,6 +293,7 @@ class ExecutionService:
         self.stop_loss = StopLossHandler(self.engine, js, self.clock, self.stop_acks)
         self.handler = BarHandler(self.engine, js, self.publisher, ExecutionStore(self._pool), self.clock,
                                   self.settings.venues, adapter, self.stop_acks, self.watch, self.risk_watch)
+        self.liveness.ready()
         log.info("execution ready", extra={"strategies": self.engine.strategies(), "restored": restored,
                                            "consumer": self.consumer, "subject": bars_subject(self.settings),
                                            "broker": self.settings.broker, "calibration": calibration})

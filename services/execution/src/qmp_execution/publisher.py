@@ -14,12 +14,14 @@ from collections.abc import Mapping
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from qmp_core.retry import Unavailable
+
 STATUS_HEADER = "Status"
 NO_RESPONDERS = "503"
 
 
-class PublishFailed(RuntimeError):
-    """The stream refused a message, or did not acknowledge all of them in time."""
+class PublishFailed(Unavailable):
+    """The stream refused a message, or did not acknowledge all of them in time: retried, as the bus is."""
 
 
 class AckedPublisher:

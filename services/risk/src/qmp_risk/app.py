@@ -19,10 +19,11 @@ from faststream.nats import NatsBroker, NatsMessage
 
 from qmp_core import subjects
 from qmp_core.clock import Clock, make_clock
-from qmp_core.service import durable_subscriber, make_broker, register_health
+from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health
 from qmp_risk.config import RiskSettings
 from qmp_risk.engine import RiskEngine
 from qmp_risk.handlers import SERVICE, RiskHandlers
+from qmp_risk.recovery import Rebuilt, rebuild
 
 ORDERED_BATCH = 1
 
@@ -36,41 +37,51 @@ class RiskService:
         self.engine = RiskEngine(settings, self.clock)
         self.broker: NatsBroker = make_broker(settings, SERVICE)
         self.handlers = RiskHandlers(self.engine, self.clock, settings, lambda: self.broker.connection)
+        self.liveness = Liveness()
+        self.durable = Durable(SERVICE, self.clock, self.liveness, lambda: self.broker.connection.jetstream())
         self._checks: asyncio.Task[None] | None = None
+        self.rebuilt = Rebuilt()
         self._subscribe()
 
     def _subscribe(self) -> None:
         handlers = self.handlers
 
         @self.broker.subscriber(subjects.MARKET_DATA_BARS_ALL,
-                                **durable_subscriber(subjects.STREAM_MARKET_DATA, subjects.CONSUMER_RISK_BARS,
+                                **durable_subscriber(subjects.STREAM_MARKET_DATA, self.settings.consumer("bars"),
                                                      batch_size=ORDERED_BATCH))
         async def bars(msg: NatsMessage) -> None:
-            await handlers.on_bars(msg)
+            await self.durable.handle(msg, lambda: handlers.on_bars(msg), "market data")
 
         @self.broker.subscriber(subjects.PORTFOLIO_ALL,
-                                **durable_subscriber(subjects.STREAM_EXEC, subjects.CONSUMER_RISK_PORTFOLIO,
+                                **durable_subscriber(subjects.STREAM_EXEC, self.settings.consumer("portfolio"),
                                                      batch_size=ORDERED_BATCH))
         async def portfolio(msg: NatsMessage) -> None:
-            await handlers.on_portfolio(msg)
+            await self.durable.handle(msg, lambda: handlers.on_portfolio(msg), "portfolio snapshot")
 
         @self.broker.subscriber(subjects.NEWS_EVENTS,
-                                **durable_subscriber(subjects.STREAM_MARKET_DATA, subjects.CONSUMER_RISK_NEWS,
+                                **durable_subscriber(subjects.STREAM_MARKET_DATA, self.settings.consumer("news"),
                                                      batch_size=ORDERED_BATCH))
         async def news(msg: NatsMessage) -> None:
-            await handlers.on_news(msg)
+            await self.durable.handle(msg, lambda: handlers.on_news(msg), "news event")
 
         @self.broker.subscriber(subjects.STATE_ALL)
         async def state(msg: NatsMessage) -> None:
             await handlers.on_state(msg)
 
-        register_health(self.broker, SERVICE, handlers.health_detail)
+        register_health(self.broker, SERVICE, handlers.health_detail, self.liveness)
 
     async def start(self) -> None:
-        """Open the database pool, then connect, start consuming and start the timed checks."""
-        await self.handlers.open()
+        """Open the database pool, rebuild from the streams, start consuming and start the timed checks."""
+        await self.prepare()
         await self.broker.start()
         self.start_checks()
+
+    async def prepare(self) -> None:
+        """Warm the kernels, open the pool, then rebuild the engine before any subscriber takes a message."""
+        await self.handlers.open()
+        await self.broker.connect()
+        if self.settings.rebuild:
+            self.rebuilt = await rebuild(self.engine, self.broker.connection.jetstream(), self.settings)
 
     async def stop(self) -> None:
         await self.stop_checks()
@@ -80,6 +91,8 @@ class RiskService:
     def start_checks(self) -> None:
         if self._checks is None:
             self._checks = asyncio.get_running_loop().create_task(self.handlers.run_checks())
+            self.liveness.watch("timed checks", self._checks)
+        self.liveness.ready()
 
     async def stop_checks(self) -> None:
         if self._checks is not None:
@@ -94,7 +107,7 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> FastStream
     service = RiskService(settings, clock)
 
     async def open_resources() -> None:
-        await service.handlers.open()
+        await service.prepare()
 
     async def start_checks() -> None:
         service.start_checks()

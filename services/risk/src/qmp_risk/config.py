@@ -1,6 +1,6 @@
 """Risk service settings, read once at start from `QMP_*` environment variables (see `load_settings`)."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta, field
 
@@ -49,6 +49,13 @@ class RiskSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fi
     bar_wait_s: Annotated[float, Meta(ge=0.0)] = 1.0  # wait for the bars of a portfolio's timestamp
     control_timeout_s: Positive = 2.0  # per control request attempt
     control_attempts: PositiveInt = 3  # attempts before a breaker command counts as undelivered
+    # Durable consumers are <consumer_prefix>-bars, -portfolio and -news: what this instance has consumed,
+    # and so what it rebuilds from after a restart. A second risk instance (a shadow) takes another prefix.
+    consumer_prefix: str = "risk"
+    rebuild: bool = True  # at start, rebuild the engine from what the consumers acknowledged (see recovery)
+
+    def consumer(self, stream: Literal["bars", "portfolio", "news"]) -> str:
+        return f"{self.consumer_prefix}-{stream}"
 
     def __post_init__(self) -> None:
         if self.vol_ratio_release >= self.vol_ratio_limit:

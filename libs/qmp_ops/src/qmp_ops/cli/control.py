@@ -9,20 +9,33 @@ import nats
 
 from qmp_core import subjects
 from qmp_core.trading_state import ControlEntries
-from qmp_ops.runtime.supervisor import SERVICES, Connection
+from qmp_ops.runtime.supervisor import SERVICES, Connection, read_supervisor_record
 
 REQUEST_TIMEOUT_S = 5.0
+ATTEMPTS = 3
 
 
-async def send_control(connection: Connection, strategy: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Send one control command as a request and return the decoded reply."""
+async def send_control(connection: Connection, strategy: str, body: dict[str, Any],
+                       timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+    """Send one control command as a request and return the decoded reply.
+
+    A request that gets no reply in time is sent again with the same command id, so the deployer applies
+    it once however many times it arrives (the retry of a halt is never a second halt).
+    """
     body = {"issued_by": "operator", "command_id": uuid.uuid4().hex, **body}
+    payload = json.dumps(body).encode()
     nc = await connection.connect()
     try:
-        reply = await nc.request(subjects.control(strategy), json.dumps(body).encode(), timeout=REQUEST_TIMEOUT_S)
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                reply = await nc.request(subjects.control(strategy), payload, timeout=timeout_s)
+                return json.loads(reply.data)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                if attempt == ATTEMPTS:
+                    raise
     finally:
         await nc.close()
-    return json.loads(reply.data)
+    raise AssertionError("unreachable")
 
 
 async def gather_status(connection: Connection) -> dict[str, Any]:
@@ -39,6 +52,10 @@ async def gather_status(connection: Connection) -> dict[str, Any]:
         states = await _states(nc)
     finally:
         await nc.close()
+    # Restarts are known to the `qmp up` that supervises this stack, when it runs on this machine.
+    for service, record in read_supervisor_record(connection.run_dir).items():
+        if service in health:
+            health[service]["supervisor"] = record
     return {"services": health, "strategies": states}
 
 

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -19,7 +18,15 @@ from rich.table import Table
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.control import gather_status, send_control
 from qmp_ops.cli.screen import watch as watch_screen
-from qmp_ops.runtime.supervisor import CONNECTION_FILE, Connection, Stack, StackOptions, StackUnavailable, redacted
+from qmp_ops.runtime.supervisor import (
+    CONNECTION_FILE,
+    Connection,
+    Stack,
+    StackOptions,
+    StackUnavailable,
+    Supervisor,
+    redacted,
+)
 
 app = typer.Typer(help="QMP: take a trading strategy from paper to full capital without blowing up.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -79,11 +86,8 @@ def up(
         console.print(f"connection details: {CONNECTION_FILE} (NATS {connection.nats_url}, "
                       f"database {redacted(connection.database_url)})")
         console.print(f"logs and traces: {stack.run_dir}  —  Ctrl-C stops everything")
-        while not stack.dead_services():
-            time.sleep(0.5)
-        dead = stack.dead_services()[0]
-        console.print(f"[red]{dead} exited[/]:\n{stack.log_tail(dead)}")
-        raise typer.Exit(1)
+        # A service that dies or fails its health is restarted (with backoff); `qmp status` shows restarts.
+        asyncio.run(Supervisor(stack, say=lambda text: console.print(f"[yellow]{text}[/]")).run())
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
@@ -204,8 +208,19 @@ def _status_tables(status: dict) -> Table:
     for column in ("what", "status", "detail"):
         table.add_column(column)
     for name, health in status["services"].items():
-        colour = "green" if health.get("status") == "ok" else "red"
-        table.add_row(name, f"[{colour}]{health.get('status')}[/]", _brief(health.get("detail", {})))
+        state = health.get("status")
+        colour = {"ok": "green", "starting": "yellow", "degraded": "yellow"}.get(state, "red")
+        detail = health.get("detail", {})
+        brief = _brief(detail)
+        liveness = detail.get("liveness", {})
+        if liveness.get("retrying"):
+            brief = f"waiting for {', '.join(liveness['retrying'])}; " + brief
+        if liveness.get("dead_loops"):
+            brief = f"dead: {liveness['dead_loops']}; " + brief
+        record = health.get("supervisor")
+        if record and record.get("restarts"):
+            brief = f"restarts={record['restarts']} (last: {record['last_exit']}), " + brief
+        table.add_row(name, f"[{colour}]{state}[/]", brief)
     for strategy, state in sorted(status["strategies"].items()):
         colour = {"ACTIVE": "green", "REDUCING": "yellow", "HALTED": "red"}[state["status"]]
         detail = (f"allocation {state['allocation']:.2f}, size × {state['size_multiplier']:.2f}, "

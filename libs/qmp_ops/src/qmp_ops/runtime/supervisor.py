@@ -289,3 +289,139 @@ async def reset_bus(js: nats.js.JetStreamContext) -> None:
             await js.delete_key_value(bucket)
         except nats.js.errors.NotFoundError:
             pass
+
+
+RESTART_FIRST_DELAY_S = 0.5
+RESTART_MAX_DELAY_S = 30.0
+STABLE_AFTER_S = 60.0  # a service that ran this long before it died is restarted at once again
+HEALTH_EVERY_S = 2.0
+FAILING_FOR_S = 6.0  # a service whose health says "failing" this long is restarted
+SILENT_FOR_S = 45.0  # a live process that has not answered its health request this long is restarted
+SUPERVISOR_FILE = "supervisor.json"
+
+
+@dataclass
+class ServiceRecord:
+    """What the supervisor knows of one service: its restarts and why, and its latest health."""
+
+    restarts: int = 0
+    quick_failures: int = 0  # deaths in a row, each soon after a start: they lengthen the backoff
+    started_at: float = field(default_factory=time.monotonic)
+    restart_at: float | None = None  # when the pending restart happens (None: running)
+    last_exit: str = ""
+    stop_reason: str = ""  # set when the supervisor itself stops the service, to be restarted
+    health: str = "starting"
+    failing_since: float | None = None
+    answered_at: float = field(default_factory=time.monotonic)
+
+    def public(self) -> dict[str, Any]:
+        return {"restarts": self.restarts, "last_exit": self.last_exit, "health": self.health,
+                "restarting": self.restart_at is not None}
+
+
+class Supervisor:
+    """Keep a stack's services running: restart one that exits, fails its health or stops answering.
+
+    Restarts back off (0.5 s doubling to 30 s) while a service keeps dying soon after its start, so a
+    crash loop neither spins nor gives up. The record of restarts is written to `<run_dir>/supervisor.json`,
+    which `qmp status` shows next to each service's health.
+    """
+
+    def __init__(self, stack: Stack, say: Any = None, monotonic: Any = time.monotonic) -> None:
+        self.stack = stack
+        self.say = say or (lambda text: None)  # where a person watching sees restarts (`qmp up`'s console)
+        self.monotonic = monotonic
+        self.records = {service: ServiceRecord(started_at=monotonic(), answered_at=monotonic())
+                        for service in stack.options.services}
+        self._health_due = 0.0
+
+    @property
+    def file(self) -> Path:
+        return self.stack.run_dir / SUPERVISOR_FILE
+
+    async def run(self, until: Any = None) -> None:
+        """Supervise until cancelled (or until `until()` is true); checks twice a second."""
+        nc = await self.stack.connection.connect(follow=True)
+        try:
+            while until is None or not until():
+                await self.step(nc)
+                await asyncio.sleep(0.5)
+        finally:
+            await nc.close()
+
+    async def step(self, nc: nats.NATS) -> None:
+        now = self.monotonic()
+        for service, record in self.records.items():
+            process = self.stack.processes.get(service)
+            if process is None or process.poll() is not None:
+                self._on_down(service, record, process, now)
+        if now >= self._health_due:
+            self._health_due = now + HEALTH_EVERY_S
+            await self._check_health(nc, now)
+        write_private(self.file, json.dumps({s: r.public() for s, r in self.records.items()}, indent=2))
+
+    def _on_down(self, service: str, record: ServiceRecord, process: subprocess.Popen[bytes] | None,
+                 now: float) -> None:
+        if record.restart_at is None:  # just found down: say why, schedule the restart
+            code = process.returncode if process is not None else None
+            record.last_exit = record.stop_reason or _describe_exit(code)
+            record.stop_reason = ""
+            record.quick_failures = record.quick_failures + 1 if now - record.started_at < STABLE_AFTER_S else 0
+            delay = 0.0 if record.quick_failures == 0 else min(
+                RESTART_MAX_DELAY_S, RESTART_FIRST_DELAY_S * 2 ** (record.quick_failures - 1))
+            record.restart_at = now + delay
+            log.error("service down; restarting", extra={"service": service, "exit": record.last_exit,
+                                                         "restart_in_s": delay})
+            self.say(f"{service} {record.last_exit}; restarting in {delay:.1f}s "
+                     f"(log: {self.stack.run_dir / 'logs' / (service + '.log')})")
+            return
+        if now >= record.restart_at:
+            self.stack.start_service(service)
+            record.restarts += 1
+            record.started_at = record.answered_at = now
+            record.restart_at = None
+            record.failing_since = None
+            record.health = "starting"
+            log.warning("service restarted", extra={"service": service, "restarts": record.restarts})
+            self.say(f"{service} restarted ({record.restarts} restart{'s' if record.restarts > 1 else ''})")
+
+    async def _check_health(self, nc: nats.NATS, now: float) -> None:
+        for service, record in self.records.items():
+            if record.restart_at is not None:
+                continue
+            try:
+                reply = await nc.request(subjects.health(service), b"", timeout=1.0)
+                record.health = json.loads(reply.data).get("status", "ok")
+                record.answered_at = now
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ValueError):
+                record.health = "not answering"
+            if record.health == "failing":
+                record.failing_since = record.failing_since or now
+            else:
+                record.failing_since = None
+            failing_too_long = record.failing_since is not None and now - record.failing_since >= FAILING_FOR_S
+            silent_too_long = now - record.answered_at >= SILENT_FOR_S
+            if failing_too_long or silent_too_long:
+                why = "health failing" if failing_too_long else f"no health answer for {SILENT_FOR_S:.0f}s"
+                record.stop_reason = f"stopped by the supervisor: {why}"
+                log.error("service unhealthy; stopping it to restart", extra={"service": service, "why": why})
+                await asyncio.to_thread(self.stack.stop_service, service)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "not running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with {code}"
+
+
+def read_supervisor_record(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Return what the supervisor of a run wrote down (empty when the run is not supervised here)."""
+    try:
+        return json.loads((Path(run_dir) / SUPERVISOR_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}

@@ -277,6 +277,11 @@ class RiskEngine:
         return None
 
     # ------------------------------------------------------------------ portfolios
+    def last_ts(self, strategy: str) -> int | None:
+        """Return the timestamp of the strategy's latest snapshot handled, None if none."""
+        state = self._strategies.get(strategy)
+        return None if state is None else state.last_ts
+
     def on_portfolio(self, snapshot: PortfolioSnapshot) -> RiskResult:
         """Return the risk snapshot of a portfolio and the breaker transitions it causes.
 
