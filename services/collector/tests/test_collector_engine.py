@@ -54,6 +54,13 @@ def test_process_when_after_the_replay_window_then_rejected_whole() -> None:
     assert "after the latest allowed" in eng.process(bar_batch(ts=T0 + STEP)).batch_reason
 
 
+def test_process_when_every_row_rejected_then_time_not_moved() -> None:
+    eng = engine()
+    eng.process(bar_batch(ts=T0))
+    assert eng.process(bar_batch(ts=T0 + 10 * STEP, n=1, close=[1e308], high=[1e308])).batch is None
+    assert eng.process(bar_batch(ts=T0 + STEP)).batch is not None  # not "out of order" behind the bad one
+
+
 def test_process_when_batch_empty_then_rejected_whole_with_reason() -> None:
     outcome = engine().process(bar_batch(n=0))
     assert outcome.batch is None and outcome.batch_reason == "empty batch: no symbols"
@@ -127,13 +134,13 @@ def test_process_when_high_below_low_then_row_rejected_as_high_below_low() -> No
     assert outcome.batch is not None and outcome.batch.symbols == ["S1"]
 
 
-def test_process_when_every_row_bad_then_no_batch_but_timestamp_consumed() -> None:
+def test_process_when_every_row_bad_then_no_batch_and_timestamp_not_consumed() -> None:
     eng = engine()
     outcome = eng.process(bar_batch(n=2, close=[math.nan, -1.0]))
     assert outcome.batch is None
     assert len(outcome.rejected) == 2 and not outcome.whole_batch_rejected
-    assert eng.last_ts("v") == T0
-    assert eng.process(bar_batch(ts=T0)).whole_batch_rejected
+    assert eng.last_ts("v") is None
+    assert eng.process(bar_batch(ts=T0)).batch is not None  # a corrected batch of that time is taken
 
 
 def test_process_when_rows_rejected_then_counters_add_up() -> None:

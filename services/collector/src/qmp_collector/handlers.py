@@ -149,7 +149,7 @@ class Collector:
         published = 0
         for part in parts:
             outcome = self.engine.process(part)
-            if outcome.rejected:
+            if outcome.rejected or outcome.whole_batch_rejected:  # an empty batch has no rows to list
                 await self._dead_letter_rows(part, outcome, origin, dlq_id)
             if outcome.batch is None:
                 continue

@@ -334,6 +334,7 @@ class Supervisor:
         self.records = {service: ServiceRecord(started_at=monotonic(), answered_at=monotonic())
                         for service in stack.options.services}
         self._health_due = 0.0
+        self._started: set[str] = set()  # a service is supervised once it has been started
 
     @property
     def file(self) -> Path:
@@ -353,6 +354,10 @@ class Supervisor:
         now = self.monotonic()
         for service, record in self.records.items():
             process = self.stack.processes.get(service)
+            if process is not None:
+                self._started.add(service)
+            elif service not in self._started:
+                continue
             if process is None or process.poll() is not None:
                 self._on_down(service, record, process, now)
         if now >= self._health_due:
@@ -387,7 +392,7 @@ class Supervisor:
 
     async def _check_health(self, nc: nats.NATS, now: float) -> None:
         for service, record in self.records.items():
-            if record.restart_at is not None:
+            if record.restart_at is not None or service not in self._started:
                 continue
             try:
                 reply = await nc.request(subjects.health(service), b"", timeout=1.0)

@@ -113,8 +113,9 @@ class CollectorEngine:
             self.rejected_rows += len(batch.symbols)
             reason = str(error)
             return Outcome(None, [(s, reason) for s in batch.symbols[:MAX_REASONS]], reason)
-        self._last[key] = batch.ts_event
         valid = self._hold_jumps(batch.venue, valid)
+        if valid.symbols:  # a batch with no usable row is not the venue's time: later batches are not judged by it
+            self._last[key] = batch.ts_event
         self.rejected_rows += len(valid.rejected)
         cleaned = _valid_rows(batch, valid, batch.ts_init or self._clock.now_ns())
         if cleaned is not None:
