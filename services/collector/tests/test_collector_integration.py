@@ -137,6 +137,32 @@ async def test_store_when_same_batches_written_twice_then_no_duplicate_rows(
     assert await db.fetchval("SELECT count(*) FROM bars WHERE venue = $1", unique_id) == len(batches) * SYMBOLS
 
 
+async def test_store_when_database_refuses_one_row_then_it_is_reported_and_the_rest_written(
+    database_url: str, db: asyncpg.Connection, unique_id: str,
+) -> None:
+    # A NUL cannot be stored in text: PostgreSQL refuses the whole COPY. (Decoding refuses it on the bus;
+    # a file or a custom source could still produce one.)
+    refused: list[tuple[object, str]] = []
+
+    async def on_rejected(row: object, reason: str) -> None:
+        refused.append((row, reason))
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        store = BarStore(pool, flush_rows=10**6, on_rejected=on_rejected)
+        symbols = [f"S{i}" for i in range(7)] + ["BAD\x00"]
+        values = [10.0] * len(symbols)
+        await store.add(BarBatch(venue=unique_id, ts_event=1_222_000_000_000_000_000, symbols=symbols, open=values,
+                                 high=values, low=values, close=values, volume=values))
+        written = await store.flush()
+    finally:
+        await pool.close()
+    assert written == 7 and store.rows_rejected == 1
+    assert len(refused) == 1 and "refused by the database" in refused[0][1] and "BAD" in str(refused[0][0])
+    assert await db.fetchval("SELECT count(*) FROM bars WHERE venue = $1", unique_id) == 7
+
+
 async def test_store_when_buffer_fills_then_background_writes_and_flush_keep_every_row(
     database_url: str, db: asyncpg.Connection, unique_id: str,
 ) -> None:
