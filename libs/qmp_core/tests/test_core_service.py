@@ -1,6 +1,8 @@
 """The typed input every handler uses: a message decodes, or it is dead-lettered with the reason."""
 
+import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import pytest
 from nats.aio.client import Client
@@ -9,7 +11,7 @@ from nats.js.api import DeliverPolicy
 from qmp_core import subjects
 from qmp_core.clock import TestClock
 from qmp_core.messages import ClosePosition, DeadLetter, codec, encode
-from qmp_core.service import Intake
+from qmp_core.service import MAX_DELIVER, MAX_FAILURES, Durable, Intake, Liveness
 from qmp_ops.runtime.nats_server import NatsCredentials
 from qmp_ops.testing import connect_as
 
@@ -77,3 +79,85 @@ async def test_reject_when_decoded_but_unusable_then_dead_lettered_with_the_give
     assert received == ["for another strategy", reason]  # in the order they were published
     assert reason.startswith("invalid stop-loss command:")
     assert intake.dead_letters == 2
+
+
+# ---------------------------------------------------------------- Durable: retried, never dropped
+def stand_in(subject: str, data: bytes, delivered: int = 1, seq: int = 1) -> SimpleNamespace:
+    """A message as FastStream hands it over: the handler wrapper reads only these attributes."""
+    metadata = SimpleNamespace(num_delivered=delivered, sequence=SimpleNamespace(stream=seq))
+    return SimpleNamespace(raw_message=SimpleNamespace(subject=subject, data=data, reply="", metadata=metadata))
+
+
+async def no_wait(_: float) -> None:
+    return None
+
+
+async def test_durable_when_dependency_down_then_retried_until_handled_and_health_degraded_meanwhile(
+        risk_nc: Client) -> None:
+    liveness = Liveness()
+    liveness.ready()
+    durable = Durable("risk", TestClock(1), liveness, risk_nc.jetstream, sleep=no_wait)
+    seen: list[str] = []
+
+    async def handle() -> None:
+        seen.append(liveness.status())
+        if len(seen) < 4:
+            raise ConnectionRefusedError("database down")
+
+    await durable.handle(stand_in("qmp.md.x.bars", b"{}"), handle, "market data")  # type: ignore[arg-type]
+
+    assert seen == ["ok", "degraded", "degraded", "degraded"]
+    assert liveness.status() == "ok" and liveness.handled == 1 and liveness.retries == 3
+
+
+async def test_durable_when_handler_keeps_failing_on_the_input_then_dead_lettered_after_three_tries(
+        risk_nc: Client, unique_id: str) -> None:
+    liveness = Liveness()
+    durable = Durable("risk", TestClock(1), liveness, risk_nc.jetstream, sleep=no_wait)
+    calls = 0
+
+    async def handle() -> None:
+        nonlocal calls
+        calls += 1
+        raise KeyError("a bug")
+
+    await durable.handle(stand_in(unique_id, b"payload", seq=7), handle, "market data")  # type: ignore[arg-type]
+
+    assert calls == MAX_FAILURES and liveness.handled == 0 and liveness.retrying == {}
+    [letter] = await letters_for(risk_nc, unique_id, 1)
+    assert letter.reason.startswith(f"market data failed {MAX_FAILURES} times: KeyError")
+
+
+async def test_durable_when_delivered_too_often_then_dead_lettered_without_calling_the_handler(
+        risk_nc: Client, unique_id: str) -> None:
+    liveness = Liveness()
+    durable = Durable("risk", TestClock(1), liveness, risk_nc.jetstream, sleep=no_wait)
+
+    async def handle() -> None:
+        raise AssertionError("must not be called")
+
+    await durable.handle(stand_in(unique_id, b"payload", delivered=MAX_DELIVER + 1),  # type: ignore[arg-type]
+                         handle, "portfolio snapshot")
+
+    [letter] = await letters_for(risk_nc, unique_id, 1)
+    assert "delivered 6 times" in letter.reason and liveness.crash_letters == 1
+
+
+async def test_liveness_when_a_watched_loop_dies_then_failing_and_a_loop_that_may_end_is_not() -> None:
+    liveness = Liveness()
+    liveness.ready()
+
+    async def crash() -> None:
+        raise RuntimeError("loop died")
+
+    async def finish() -> None:
+        return None
+
+    ended = asyncio.create_task(finish())
+    await ended
+    liveness.watch("source", ended, may_end=True)
+    assert liveness.status() == "ok"
+    died = asyncio.create_task(crash())
+    await asyncio.gather(died, return_exceptions=True)
+    liveness.watch("checks", died)
+    assert liveness.status() == "failing" and "loop died" in liveness.dead_loops()["checks"]

@@ -14,8 +14,9 @@ from nats.aio.msg import Msg
 
 from qmp_collector.app import CollectorService, CollectorSettings
 from qmp_collector.sources import HistorySource
-from qmp_collector.store import BarStore, ns_to_datetime
+from qmp_collector.store import BarStore
 from qmp_core import subjects
+from qmp_core.clock import to_datetime
 from qmp_core.messages import BarBatch, DeadLetter, HealthReply, RiskSnapshot, codec, encode
 from qmp_ops.runtime.nats_server import NatsCredentials
 from qmp_ops.testing import settings_for
@@ -95,7 +96,7 @@ async def test_replay_history_when_run_restarted_and_repeated_then_stream_and_ta
         (await operator_nc.jetstream().get_last_msg(subjects.STREAM_MARKET_DATA, subject)).data)
     assert last.ts_event == list(HistorySource(START, END))[-1].ts_event
     stored = await db.fetchval("SELECT close FROM bars WHERE venue = $1 AND symbol = $2 AND ts = $3",
-                               unique_id, last.symbols[0], ns_to_datetime(last.ts_event))
+                               unique_id, last.symbols[0], to_datetime(last.ts_event))
     assert stored == last.close[0]
 
 
@@ -108,7 +109,7 @@ async def test_replay_history_when_table_lost_recent_bars_then_restart_restores_
     await run_to_end(settings)
     # As if the previous run died with its last bars still buffered.
     await db.execute("DELETE FROM bars WHERE venue = $1 AND ts >= $2", unique_id,
-                     ns_to_datetime(next(iter(HistorySource("2008-09-20", "2008-09-30"))).ts_event))
+                     to_datetime(next(iter(HistorySource("2008-09-20", "2008-09-30"))).ts_event))
     restarted = await run_to_end(settings)
     assert restarted.collector is not None and restarted.collector.published == 0
     assert await db.fetchval("SELECT count(*) FROM bars WHERE venue = $1", unique_id) == days * SYMBOLS

@@ -13,13 +13,14 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from qmp_core import subjects
 from qmp_core.clock import Clock
 from qmp_core.messages import DeadLetter, encode
 from qmp_core.telemetry import inject_context
+from qmp_core.trading_state import ControlEntries
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,21 @@ async def control_bucket(js: JetStreamContext, create: bool = False) -> KeyValue
             KeyValueConfig(bucket=subjects.KV_CONTROL, history=16, storage=StorageType.FILE)
         )
     return await js.key_value(subjects.KV_CONTROL)
+
+
+async def read_control_entries(js: JetStreamContext) -> ControlEntries:
+    """Return the control bucket's entries as they are now (empty when it has none or does not exist)."""
+    entries = ControlEntries()
+    try:
+        kv = await control_bucket(js)
+        keys = await kv.keys()
+    except (BucketNotFoundError, NoKeysError, NotFoundError):
+        return entries
+    for key in keys:
+        entry = await kv.get(key)
+        if entry.value:
+            entries.put(key, entry.value)
+    return entries
 
 
 async def stop_watch(watcher: Any, task: asyncio.Task[None] | None) -> None:

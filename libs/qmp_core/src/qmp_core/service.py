@@ -23,7 +23,7 @@ from qmp_core import bus, subjects
 from qmp_core.clock import Clock
 from qmp_core.config import ServiceSettings
 from qmp_core.messages import HealthReply, codec, encode
-from qmp_core.retry import delays, is_transient
+from qmp_core.retry import delays, until_available
 
 # A message the server has delivered this many times came back after the service died handling it each
 # time: it is dead-lettered instead of killing the next instance too.
@@ -66,7 +66,7 @@ def durable_subscriber(stream: str, durable: str, batch_size: int = 1) -> dict[s
         "durable": durable,
         "pull_sub": PullSub(batch_size=batch_size, timeout=0.2),
         "ack_policy": AckPolicy.NACK_ON_ERROR,
-        # No server-side limit on deliveries: `handle_durably` retries transient failures in process and
+        # No server-side limit on deliveries: `Durable` retries transient failures in process and
         # dead-letters a message that keeps killing the service, so nothing is dropped without a letter.
         "config": ConsumerConfig(max_deliver=-1, ack_wait=ACK_WAIT_S, max_ack_pending=1),
     }
@@ -171,21 +171,23 @@ class Durable:
                     await heartbeat
 
     async def _until_done(self, raw: Any, handle: Callable[[], Awaitable[None]], what: str) -> None:
+        """Handle the message, waiting out a dependency that is down; try any other failure MAX_FAILURES times."""
         liveness = self.liveness
-        failures = 0
-        for delay in delays():
+
+        def on_retry(error: BaseException | None) -> None:
+            liveness.retry(what, error)
+
+        for failures, delay in enumerate(delays(), start=1):
             try:
-                await handle()
-            except Exception as error:
-                if not is_transient(error):
-                    failures += 1
-                    if failures >= MAX_FAILURES:
-                        log.exception("message not handled; dead-lettered", extra={"what": what})
-                        liveness.retry(what, None)
-                        await self._dead_letter(raw, f"{what} failed {failures} times: {error!r}"[:1_000])
-                        return
+                await until_available(handle, what, on_retry, self._sleep)
+            except Exception as error:  # not a dependency: a bug, or an input no check caught
+                if failures >= MAX_FAILURES:
+                    log.exception("message not handled; dead-lettered", extra={"what": what})
+                    liveness.retry(what, None)
+                    await self._dead_letter(raw, f"{what} failed {failures} times: {error!r}"[:1_000])
+                    return
                 liveness.retry(what, error)
-                log.warning("message not handled; retrying", exc_info=liveness.retries % 20 == 1,
+                log.warning("message not handled; retrying", exc_info=True,
                             extra={"what": what, "subject": raw.subject, "error": repr(error), "retry_in_s": delay})
                 await self._sleep(delay)
                 continue

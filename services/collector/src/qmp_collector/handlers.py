@@ -171,10 +171,6 @@ class Collector:
         self._last_ts = batch.ts_event if self._last_ts is None else max(self._last_ts, batch.ts_event)
 
     async def _dead_letter_rows(self, batch: BarBatch, outcome: Outcome, origin: str, dlq_id: str | None) -> None:
-        held = [symbol for symbol, why in outcome.rejected if why.startswith("price held")]
-        if held:  # an alert, not only a dead letter: someone should look at the feed
-            log.warning("prices held: jumped beyond the bound", extra={"venue": batch.venue, "ts_event": batch.ts_event,
-                                                                       "symbols": held[:20], "count": len(held)})
         if outcome.whole_batch_rejected:
             reason = f"batch rejected: {outcome.batch_reason}"
             payload = codec(BarBatch).encode(batch)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from qmp_core.clock import to_datetime
 from qmp_core.messages import BarBatch
 from qmp_core.retry import is_transient, until_available
 
@@ -26,17 +27,12 @@ COLUMNS = ("ts", "venue", "symbol", "open", "high", "low", "close", "volume")
 Record = tuple[datetime, str, str, float, float, float, float, float]
 
 
-def ns_to_datetime(ts_ns: int) -> datetime:
-    """Return an aware UTC datetime (PostgreSQL keeps microseconds)."""
-    return EPOCH + timedelta(microseconds=ts_ns // 1_000)
-
-
 def datetime_to_ns(value: datetime) -> int:
     return (value - EPOCH) // timedelta(microseconds=1) * 1_000
 
 
 def records(batch: BarBatch) -> list[Record]:
-    ts = ns_to_datetime(batch.ts_event)
+    ts = to_datetime(batch.ts_event)
     return [
         (ts, batch.venue, s, o, h, lo, c, v)
         for s, o, h, lo, c, v in zip(batch.symbols, batch.open, batch.high, batch.low, batch.close,

@@ -20,11 +20,10 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
-from qmp_core import subjects
+from qmp_core import bus, subjects
 from qmp_core.messages import BarBatch, NewsEvent, PortfolioSnapshot, TradingState, codec
-from qmp_core.trading_state import ControlEntries
 from qmp_risk.config import RiskSettings
 from qmp_risk.engine import RiskEngine
 
@@ -92,16 +91,7 @@ def _feed_snapshot(engine: RiskEngine, snapshot: PortfolioSnapshot) -> None:
 
 async def _apply_trading_states(engine: RiskEngine, js: JetStreamContext) -> None:
     """Confirm the halts in force; a latch whose strategy trades again was released by a resume."""
-    try:
-        kv = await js.key_value(subjects.KV_CONTROL)
-        keys = await kv.keys()
-    except (BucketNotFoundError, NoKeysError, NotFoundError):
-        return
-    entries = ControlEntries()
-    for key in keys:
-        entry = await kv.get(key)
-        if entry.value:
-            entries.put(key, entry.value)
+    entries = await bus.read_control_entries(js)
     for strategy in sorted(entries.strategies()):
         state: TradingState = entries.effective(strategy)
         if state.status != "HALTED":

@@ -7,8 +7,7 @@ from typing import Any
 import msgspec
 import nats
 
-from qmp_core import subjects
-from qmp_core.trading_state import ControlEntries
+from qmp_core import bus, subjects
 from qmp_ops.runtime.supervisor import SERVICES, Connection, read_supervisor_record
 
 REQUEST_TIMEOUT_S = 5.0
@@ -61,15 +60,5 @@ async def gather_status(connection: Connection) -> dict[str, Any]:
 
 async def _states(nc: nats.NATS) -> dict[str, dict[str, Any]]:
     """Return each strategy's effective state as the bucket holds it now (the same rule execution enforces)."""
-    js = nc.jetstream()
-    try:
-        kv = await js.key_value(subjects.KV_CONTROL)
-        keys = await kv.keys()
-    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NoKeysError):
-        return {}
-    entries = ControlEntries()
-    for key in keys:
-        entry = await kv.get(key)
-        if entry.value:
-            entries.put(key, entry.value)
+    entries = await bus.read_control_entries(nc.jetstream())
     return {strategy: msgspec.to_builtins(entries.effective(strategy)) for strategy in sorted(entries.strategies())}

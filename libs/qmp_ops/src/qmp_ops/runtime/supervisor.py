@@ -335,6 +335,7 @@ class Supervisor:
                         for service in stack.options.services}
         self._health_due = 0.0
         self._started: set[str] = set()  # a service is supervised once it has been started
+        self._written = ""
 
     @property
     def file(self) -> Path:
@@ -363,7 +364,10 @@ class Supervisor:
         if now >= self._health_due:
             self._health_due = now + HEALTH_EVERY_S
             await self._check_health(nc, now)
-        write_private(self.file, json.dumps({s: r.public() for s, r in self.records.items()}, indent=2))
+        record = json.dumps({s: r.public() for s, r in self.records.items()}, indent=2)
+        if record != self._written:  # `qmp status` reads it; rewrite it only when something changed
+            write_private(self.file, record)
+            self._written = record
 
     def _on_down(self, service: str, record: ServiceRecord, process: subprocess.Popen[bytes] | None,
                  now: float) -> None:

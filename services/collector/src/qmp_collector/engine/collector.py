@@ -4,6 +4,7 @@ Synchronous and without I/O; the clock is injected. What comes out is an `Outcom
 publish (or None) and the rejected rows with their reasons, for the dead-letter queue.
 """
 
+import logging
 from dataclasses import dataclass, field
 
 import msgspec
@@ -14,6 +15,7 @@ from qmp_core.clock import NS_PER_SECOND, Clock
 from qmp_core.messages import BarBatch
 from qmp_core.validation import BatchRejected, ValidatedBatch, validate_batch
 
+log = logging.getLogger(__name__)
 MAX_REASONS = 100  # rows listed with the reason of a whole-batch rejection (the rest are counted)
 
 
@@ -151,6 +153,9 @@ class CollectorEngine:
         if not held:
             return valid
         self.held_prices += len(held)
+        # An alert as well as the dead letters: someone should look at the feed.
+        log.warning("prices held: jumped beyond the bound", extra={
+            "venue": venue, "ts_event": valid.ts_event, "symbols": [s for s, _ in held[:20]], "count": len(held)})
         symbols = [s for s, k in zip(valid.symbols, keep, strict=True) if k]
         return ValidatedBatch(valid.ts_event, symbols, valid.open[keep], valid.high[keep], valid.low[keep],
                               valid.close[keep], valid.volume[keep], valid.rejected + held)
