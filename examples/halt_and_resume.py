@@ -15,11 +15,13 @@ async def main(strategy: str, connection: dict) -> None:
     auth = {}
     if connection["operator_user"]:
         auth = {"user": connection["operator_user"], "password": connection["operator_password"]}
+    # Commands go to qmp.control.<your NATS user>.<strategy>: the server lets each user publish only there.
+    control = f"qmp.control.{connection['operator_user'] or 'operator'}.{strategy}"
     nc = await nats.connect(connection["nats_url"], **auth)
     decisions = await nc.subscribe(f"qmp.exec.{strategy}.orders")
 
     halt = {"command": "halt", "reason": "test", "command_id": "example-halt-1"}
-    reply = await nc.request(f"qmp.control.{strategy}", json.dumps(halt).encode(), timeout=5)
+    reply = await nc.request(control, json.dumps(halt).encode(), timeout=5)
     print("halt ->", reply.data.decode())
 
     # Every later order decision is a denial with its reason, until the resume.
@@ -29,7 +31,7 @@ async def main(strategy: str, connection: dict) -> None:
     print("decision ->", decision["event"], decision["reason"])
 
     resume = {"command": "resume", "mode": "normal", "command_id": "example-resume-1"}
-    reply = await nc.request(f"qmp.control.{strategy}", json.dumps(resume).encode(), timeout=5)
+    reply = await nc.request(control, json.dumps(resume).encode(), timeout=5)
     print("resume ->", reply.data.decode())
     await nc.close()
 

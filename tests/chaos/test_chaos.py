@@ -22,9 +22,10 @@ import msgspec
 import nats
 import pytest
 
-from qmp_core import subjects
+from qmp_core import bus, subjects
 from qmp_core.datasets import load_sp500_index
 from qmp_core.messages import BarBatch, DeadLetter, Fill, PortfolioSnapshot, RiskSnapshot, encode
+from qmp_ops.replay import RunObserver
 from qmp_ops.runtime.supervisor import Stack, StackOptions, Supervisor
 
 pytestmark = [pytest.mark.system, pytest.mark.chaos]
@@ -49,6 +50,8 @@ class Outcome:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     recovery_s: float | None = None
     restarts: dict[str, int] = field(default_factory=dict)
+    observed: tuple[int, int, int] = (0, 0, 0)  # what a core subscriber counted: accepted, denied, fills
+    repeats: int = 0  # messages the core subscriber saw again under an id it had counted
 
 
 def options(home: Path) -> StackOptions:
@@ -62,14 +65,8 @@ def options(home: Path) -> StackOptions:
     })
 
 
-async def read_all(js: nats.js.JetStreamContext, stream: str, subject: str) -> list[bytes]:
-    info = await js.stream_info(stream, subjects_filter=subject)
-    expected = info.state.subjects.get(subject, 0) if info.state.subjects else 0
-    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=nats.js.api.DeliverPolicy.ALL)
-    try:
-        return [(await sub.next_msg(timeout=10)).data for _ in range(expected)]
-    finally:
-        await sub.unsubscribe()
+async def read_all(nc: nats.NATS, stream: str, subject: str) -> list[bytes]:
+    return [message.data async for message in bus.read_stream(nc, stream, subject)]
 
 
 async def risk_days(js: nats.js.JetStreamContext) -> int:
@@ -91,6 +88,8 @@ def replay(home: Path, fault: Fault | None = None, fault_at_day: int = 0) -> Out
         supervisor = Supervisor(stack)
         nc = await stack.connection.connect(follow=True)
         js = nc.jetstream()
+        observer = RunObserver(STRATEGY)  # counts on core subscriptions, as `qmp demo` does
+        await observer.start(nc)
         recovery: float | None = None
         await stack.start_services()
         watching = asyncio.create_task(supervisor.run())
@@ -111,7 +110,11 @@ def replay(home: Path, fault: Fault | None = None, fault_at_day: int = 0) -> Out
                 if time.monotonic() - moved_at > STALL_S:
                     raise AssertionError(f"the replay stalled after {done} days; logs in {stack.run_dir}")
                 await asyncio.sleep(0.05)
-            return await collect(stack, js, recovery, supervisor)
+            outcome = await collect(stack, nc, recovery, supervisor)
+            await wait_for_counts(observer, outcome)
+            outcome.observed = (observer.accepted, observer.denied, observer.fills)
+            outcome.repeats = observer.repeats
+            return outcome
         finally:
             watching.cancel()
             await asyncio.gather(watching, return_exceptions=True)
@@ -123,18 +126,18 @@ def replay(home: Path, fault: Fault | None = None, fault_at_day: int = 0) -> Out
         stack.stop()
 
 
-async def collect(stack: Stack, js: nats.js.JetStreamContext, recovery: float | None,
+async def collect(stack: Stack, nc: nats.NATS, recovery: float | None,
                   supervisor: Supervisor) -> Outcome:
-    fills = [msgspec.json.decode(m, type=Fill) for m in await read_all(js, subjects.STREAM_EXEC,
+    fills = [msgspec.json.decode(m, type=Fill) for m in await read_all(nc, subjects.STREAM_EXEC,
                                                                         subjects.fills(STRATEGY))]
     books = [msgspec.json.decode(m, type=PortfolioSnapshot)
-             for m in await read_all(js, subjects.STREAM_EXEC, subjects.portfolio(STRATEGY))]
+             for m in await read_all(nc, subjects.STREAM_EXEC, subjects.portfolio(STRATEGY))]
     risks = [msgspec.json.decode(m, type=RiskSnapshot)
-             for m in await read_all(js, subjects.STREAM_RISK, subjects.snapshot(STRATEGY))]
+             for m in await read_all(nc, subjects.STREAM_RISK, subjects.snapshot(STRATEGY))]
     letters: list[DeadLetter] = []
     for service in ("collector", "execution", "risk"):
         letters += [msgspec.json.decode(m, type=DeadLetter)
-                    for m in await read_all(js, subjects.STREAM_DLQ, subjects.dlq(service))]
+                    for m in await read_all(nc, subjects.STREAM_DLQ, subjects.dlq(service))]
     assert len({f.fill_id for f in fills}) == len(fills), "a fill published twice"
     assert len({b.ts_event for b in books}) == len(books), "a portfolio snapshot published twice"
     assert len({r.ts_event for r in risks}) == len(risks), "a risk snapshot published twice"
@@ -153,14 +156,24 @@ async def collect(stack: Stack, js: nats.js.JetStreamContext, recovery: float | 
     )
 
 
+async def wait_for_counts(observer: RunObserver, outcome: Outcome, timeout_s: float = 10.0) -> None:
+    """Give the core subscriber time to receive the last messages the streams already hold."""
+    for _ in range(int(timeout_s / 0.05)):
+        if observer.fills >= len(outcome.fills):
+            return
+        await asyncio.sleep(0.05)
+
+
 def assert_same_as(golden: Outcome, run: Outcome, label: str) -> None:
     assert len(run.equity) == len(golden.equity) == DAYS, f"{label}: trading days lost"
     assert run.fills == golden.fills, f"{label}: fills differ"
     assert run.equity == golden.equity, f"{label}: equity differs on some day"
     differing = [ts for ts in golden.risk if run.risk.get(ts) != golden.risk[ts]]
-    assert not differing, f"{label}: risk snapshots differ on {len(differing)} days, first {differing[:3]}"
+    assert not differing, (f"{label}: risk snapshots differ on {len(differing)} days, first "
+                           f"{[(ts, golden.risk[ts], run.risk.get(ts)) for ts in differing[:2]]}")
     assert run.fills_in_table == len(run.fills), f"{label}: fills table {run.fills_in_table} vs stream"
     assert run.risk_rows == len(run.risk), f"{label}: risk table {run.risk_rows} vs stream {len(run.risk)}"
+    assert run.observed == golden.observed, f"{label}: a core subscriber counted {run.observed}, not {golden.observed}"
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +187,10 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
 def report(label: str, run: Outcome) -> None:
     print(f"\nchaos {label}: days {len(run.equity)}/{DAYS}, fills {len(run.fills)}, "  # noqa: T201
           f"recovery {run.recovery_s if run.recovery_s is None else round(run.recovery_s, 2)} s, "
-          f"restarts {run.restarts}, dead letters {len(run.dead_letters)}")
+          f"restarts {run.restarts}, dead letters {len(run.dead_letters)}, "
+          f"core subscriber counted {run.observed} with {run.repeats} repeats skipped")
+    for letter in run.dead_letters[:8]:
+        print(f"  dead letter from {letter.service} on {letter.subject}: {letter.reason[:200]}")  # noqa: T201
 
 
 @pytest.mark.parametrize("service", ["risk", "execution"])
@@ -188,6 +204,24 @@ def test_chaos_when_service_sigkilled_mid_replay_then_restarted_and_results_iden
     report(f"SIGKILL {service}", run)
     assert run.restarts[service] == 1
     assert_same_as(golden, run, f"SIGKILL {service}")
+    assert run.recovery_s is not None and run.recovery_s < RECOVERY_BOUND_S
+
+
+def test_chaos_when_nats_server_sigkilled_and_restarted_on_same_store_then_nothing_counted_twice(
+    golden: Outcome, tmp_path: Path,
+) -> None:
+    async def restart_nats(stack: Stack) -> None:
+        assert stack.nats is not None and stack.nats.process is not None
+        stack.nats.process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(stack.nats.process.wait, 30)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(stack.nats.start)  # same port, same JetStream store
+
+    run = replay(tmp_path / ".qmp", restart_nats, fault_at_day=DAYS // 2)
+    report("SIGKILL nats-server", run)
+    assert_same_as(golden, run, "SIGKILL nats-server")
+    assert run.observed[2] == len(run.fills)
+    assert not run.dead_letters  # what was redelivered had been handled: acked again, not rejected
     assert run.recovery_s is not None and run.recovery_s < RECOVERY_BOUND_S
 
 

@@ -19,7 +19,7 @@ import msgspec
 import nats
 import pytest
 
-from qmp_core import subjects
+from qmp_core import bus, subjects
 from qmp_core.datasets import load_sp500_index
 from qmp_core.messages import Fill, PortfolioSnapshot
 from qmp_ops.replay import RunObserver
@@ -40,13 +40,8 @@ async def wait_for(predicate, what: str, timeout_s: float = WAIT_S) -> None:
         await asyncio.sleep(0.05)
 
 
-async def read_all(js: nats.js.JetStreamContext, stream: str, subject: str) -> list[bytes]:
-    info = await js.stream_info(stream, subjects_filter=subject)
-    expected = info.state.subjects.get(subject, 0) if info.state.subjects else 0
-    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=nats.js.api.DeliverPolicy.ALL)
-    messages = [(await sub.next_msg(timeout=5)).data for _ in range(expected)]
-    await sub.unsubscribe()
-    return messages
+async def read_all(nc: nats.NATS, stream: str, subject: str) -> list[bytes]:
+    return [message.data async for message in bus.read_stream(nc, stream, subject)]
 
 
 @pytest.fixture
@@ -131,14 +126,14 @@ async def test_stack_when_halted_restarted_and_resumed_then_contract_holds_and_n
                    timeout_s=180)
     js = nc.jetstream()
     portfolios = [msgspec.json.decode(m, type=PortfolioSnapshot)
-                  for m in await read_all(js, subjects.STREAM_EXEC, subjects.portfolio(strategy))]
+                  for m in await read_all(nc, subjects.STREAM_EXEC, subjects.portfolio(strategy))]
     assert len(portfolios) == days
     assert len({p.ts_event for p in portfolios}) == days
     risk_count = (await js.stream_info(subjects.STREAM_RISK, subjects_filter=subjects.snapshot(strategy))
                   ).state.subjects[subjects.snapshot(strategy)]
     assert risk_count == days
 
-    fills = [msgspec.json.decode(m, type=Fill) for m in await read_all(js, subjects.STREAM_EXEC,
+    fills = [msgspec.json.decode(m, type=Fill) for m in await read_all(nc, subjects.STREAM_EXEC,
                                                                         subjects.fills(strategy))]
     assert len({f.fill_id for f in fills}) == len(fills) > 0
     connection = await asyncpg.connect(stack.database_url)

@@ -3,6 +3,7 @@
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -10,8 +11,9 @@ from nats.aio.client import Client
 
 from qmp_core import bus, subjects
 from qmp_core.clock import TestClock
+from qmp_core.config import Retention, load_settings
 from qmp_core.messages import DeadLetter, codec
-from qmp_ops.runtime.nats_server import NatsCredentials
+from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
 from qmp_ops.testing import connect_as
 
 pytestmark = pytest.mark.integration
@@ -87,3 +89,73 @@ async def test_dead_letter_later_when_the_publish_fails_then_logged_and_the_call
 
     assert not tasks
     assert any(record.message == "dead letter not published" for record in caplog.records)
+
+
+# ---------------------------------------------------------------- declaration by the admin, with limits
+@pytest.fixture
+async def fresh_nc(tmp_path: Path) -> AsyncIterator[Client]:
+    """A connection to a nats-server of this test alone: nothing declared yet."""
+    server = EmbeddedNats(tmp_path, with_auth=False)
+    server.start()
+    nc = await nats.connect(server.credentials.url)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+        server.stop()
+
+
+@pytest.fixture
+def fresh_js(fresh_nc: Client) -> nats.js.JetStreamContext:
+    return fresh_nc.jetstream()
+
+
+async def test_read_stream_when_many_messages_then_the_subject_s_in_order_within_bounds_without_a_consumer(
+        fresh_nc: Client) -> None:
+    js = fresh_nc.jetstream()
+    await bus.declare(js)
+    for i in range(700):
+        await js.publish(subjects.fills("a") if i % 3 else subjects.orders("a"), str(i).encode())
+
+    fills = [m async for m in bus.read_stream(fresh_nc, subjects.STREAM_EXEC, subjects.fills("a"), batch=100)]
+    window = [m async for m in bus.read_stream(fresh_nc, subjects.STREAM_EXEC, "qmp.exec.a.*", first_seq=250,
+                                               upto_seq=260, batch=4)]
+    none = [m async for m in bus.read_stream(fresh_nc, subjects.STREAM_EXEC, subjects.portfolio("a"))]
+
+    assert [int(m.data) for m in fills] == [i for i in range(700) if i % 3]
+    assert all(m.subject == subjects.fills("a") and m.seq == int(m.data) + 1 for m in fills)
+    assert [m.seq for m in window] == list(range(250, 261))
+    assert none == []
+    assert (await js.stream_info(subjects.STREAM_EXEC)).state.consumer_count == 0
+
+
+async def test_require_declared_when_nothing_declared_then_refused_with_the_command_to_run(
+        fresh_js: nats.js.JetStreamContext) -> None:
+    with pytest.raises(bus.NotDeclared, match="qmp init"):
+        await bus.require_declared(fresh_js)
+
+
+async def test_declare_when_retention_given_then_every_stream_and_bucket_bounded_and_a_change_applied(
+        fresh_js: nats.js.JetStreamContext) -> None:
+    await bus.declare(fresh_js, Retention(retention_exec_days=10, retention_exec_mb=64, retention_control_mb=4))
+    await bus.require_declared(fresh_js)
+    infos = {info.config.name: info.config for info in await fresh_js.streams_info()}
+    assert all(config.max_bytes and config.max_bytes > 0 and config.max_age for name, config in infos.items()
+               if not name.startswith("KV_"))
+    assert (infos[subjects.STREAM_EXEC].max_age, infos[subjects.STREAM_EXEC].max_bytes) == (10 * bus.DAY_S,
+                                                                                            64 * bus.MB)
+    assert infos[f"KV_{subjects.KV_CONTROL}"].max_bytes == 4 * bus.MB
+
+    await bus.declare(fresh_js, Retention(retention_exec_mb=32, retention_control_mb=8, retention_control_history=4))
+
+    exec_stream = (await fresh_js.stream_info(subjects.STREAM_EXEC)).config
+    control = (await fresh_js.stream_info(f"KV_{subjects.KV_CONTROL}")).config
+    assert exec_stream.max_bytes == 32 * bus.MB and exec_stream.max_age == 365 * bus.DAY_S
+    assert (control.max_bytes, control.max_msgs_per_subject) == (8 * bus.MB, 4)
+
+
+def test_retention_when_read_from_environment_then_typed_and_a_non_positive_limit_refused() -> None:
+    retention = load_settings(Retention, {"QMP_RETENTION_RISK_DAYS": "7", "QMP_RETENTION_RISK_MB": "100"})
+    assert (retention.retention_risk_days, retention.retention_risk_mb) == (7.0, 100)
+    with pytest.raises(ValueError, match="QMP_RETENTION_DLQ_MB must be positive"):
+        load_settings(Retention, {"QMP_RETENTION_DLQ_MB": "0"})

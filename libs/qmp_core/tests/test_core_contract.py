@@ -30,7 +30,7 @@ def test_channels_when_listed_then_every_contract_message_travels_somewhere_and_
     ("qmp.risk.<strategy>.snapshot", subjects.snapshot("vol_target")),
     ("qmp.risk.<strategy>.breaker", subjects.breaker_events("vol_target")),
     ("qmp.risk.<strategy>.stoploss", subjects.stop_loss("vol_target")),
-    ("qmp.control.<strategy>", subjects.control("vol_target")),
+    ("qmp.control.<sender>.<strategy>", subjects.control("vol_target", "alice")),
     ("qmp.state.<strategy>", subjects.state("vol_target")),
     ("qmp.audit.control.<strategy>", subjects.audit_control("vol_target")),
     ("qmp.deploy.<strategy>.cmd", subjects.deploy_commands("vol_target")),

@@ -84,7 +84,8 @@ async def test_reject_when_decoded_but_unusable_then_dead_lettered_with_the_give
 # ---------------------------------------------------------------- Durable: retried, never dropped
 def stand_in(subject: str, data: bytes, delivered: int = 1, seq: int = 1) -> SimpleNamespace:
     """A message as FastStream hands it over: the handler wrapper reads only these attributes."""
-    metadata = SimpleNamespace(num_delivered=delivered, sequence=SimpleNamespace(stream=seq))
+    metadata = SimpleNamespace(num_delivered=delivered, sequence=SimpleNamespace(stream=seq), stream="S",
+                               consumer="c")
     return SimpleNamespace(raw_message=SimpleNamespace(subject=subject, data=data, reply="", metadata=metadata))
 
 
@@ -111,7 +112,7 @@ async def test_durable_when_dependency_down_then_retried_until_handled_and_healt
 
 
 async def test_durable_when_handler_keeps_failing_on_the_input_then_dead_lettered_after_three_tries(
-        risk_nc: Client, unique_id: str) -> None:
+        risk_nc: Client, operator_nc: Client, unique_id: str) -> None:
     liveness = Liveness()
     durable = Durable("risk", TestClock(1), liveness, risk_nc.jetstream, sleep=no_wait)
     calls = 0
@@ -124,12 +125,12 @@ async def test_durable_when_handler_keeps_failing_on_the_input_then_dead_lettere
     await durable.handle(stand_in(unique_id, b"payload", seq=7), handle, "market data")  # type: ignore[arg-type]
 
     assert calls == MAX_FAILURES and liveness.handled == 0 and liveness.retrying == {}
-    [letter] = await letters_for(risk_nc, unique_id, 1)
+    [letter] = await letters_for(operator_nc, unique_id, 1)
     assert letter.reason.startswith(f"market data failed {MAX_FAILURES} times: KeyError")
 
 
 async def test_durable_when_delivered_too_often_then_dead_lettered_without_calling_the_handler(
-        risk_nc: Client, unique_id: str) -> None:
+        risk_nc: Client, operator_nc: Client, unique_id: str) -> None:
     liveness = Liveness()
     durable = Durable("risk", TestClock(1), liveness, risk_nc.jetstream, sleep=no_wait)
 
@@ -139,8 +140,42 @@ async def test_durable_when_delivered_too_often_then_dead_lettered_without_calli
     await durable.handle(stand_in(unique_id, b"payload", delivered=MAX_DELIVER + 1),  # type: ignore[arg-type]
                          handle, "portfolio snapshot")
 
-    [letter] = await letters_for(risk_nc, unique_id, 1)
+    [letter] = await letters_for(operator_nc, unique_id, 1)
     assert "delivered 6 times" in letter.reason and liveness.crash_letters == 1
+
+
+async def test_durable_when_a_handled_message_is_delivered_again_then_not_handled_twice(risk_nc: Client) -> None:
+    liveness = Liveness()
+    durable = Durable("risk", TestClock(1), liveness, risk_nc.jetstream, sleep=no_wait)
+    handled: list[int] = []
+
+    for seq, delivered in [(1, 1), (2, 1), (1, 2), (3, 1), (2, 2)]:  # 1 and 2 again: acks lost in a server restart
+        async def handle(seq: int = seq) -> None:
+            handled.append(seq)
+        await durable.handle(stand_in("qmp.md.x.bars", b"{}", delivered, seq), handle,  # type: ignore[arg-type]
+                             "market data")
+
+    assert handled == [1, 2, 3]
+    assert liveness.redeliveries_skipped == 2 and liveness.detail()["redeliveries_skipped"] == 2
+
+
+async def test_durable_when_a_failed_message_is_delivered_again_then_handled_again(risk_nc: Client) -> None:
+    liveness = Liveness()
+    liveness.ready()
+    durable = Durable("risk", TestClock(1), liveness, risk_nc.jetstream, sleep=no_wait)
+    calls = 0
+
+    async def handle() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncio.CancelledError  # the service stopped while handling it: nothing was done
+
+    with pytest.raises(asyncio.CancelledError):
+        await durable.handle(stand_in("qmp.md.x.bars", b"{}", 1, 9), handle, "market data")  # type: ignore[arg-type]
+    await durable.handle(stand_in("qmp.md.x.bars", b"{}", 2, 9), handle, "market data")  # type: ignore[arg-type]
+
+    assert calls == 2 and liveness.redeliveries_skipped == 0
 
 
 async def test_liveness_when_a_watched_loop_dies_then_failing_and_a_loop_that_may_end_is_not() -> None:

@@ -62,3 +62,6 @@ async def test_gather_status_when_entries_in_bucket_then_every_service_listed_an
     mine = status["strategies"][unique_id]
     assert (mine["status"], mine["reason"], mine["allocation"]) == ("HALTED", "by hand", 0.1)
     assert status["strategies"][broken]["status"] == "HALTED"  # a corrupt entry reads as a halt here too
+    control = next(s for s in status["streams"] if s["stream"] == f"KV_{subjects.KV_CONTROL}")
+    assert control["messages"] >= 3 and 0 < control["bytes"] < control["max_bytes"]
+    assert control["share_of_limit"] > 0 and control["bytes_per_hour"] is not None and control["bytes_per_hour"] > 0

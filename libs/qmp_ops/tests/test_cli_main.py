@@ -1,16 +1,20 @@
 """The operator's verbs as an operator types them: `qmp resume` and `qmp unlock` against the trading lock."""
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import nats
 import pytest
 from typer.testing import CliRunner
 
+from qmp_core import bus, subjects
 from qmp_lab.lock import LOCK_LOG, locked_strategies, write_lock
-from qmp_ops.cli.main import app
+from qmp_ops.cli.main import STACK_VARIABLES, app
+from qmp_ops.runtime.nats_server import EmbeddedNats
 from qmp_ops.runtime.ports import free_port
 from qmp_ops.runtime.supervisor import Connection
 
@@ -18,7 +22,7 @@ from qmp_ops.runtime.supervisor import Connection
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)  # the CLI's home is ./.qmp
-    for name in ("QMP_NATS_URL", "QMP_NATS_USER", "QMP_NATS_PASSWORD", "QMP_NATS_TLS_CA", "QMP_DATABASE_URL"):
+    for name in STACK_VARIABLES:
         monkeypatch.delenv(name, raising=False)  # a stack named in the environment would be used instead
     return tmp_path / ".qmp"
 
@@ -65,7 +69,7 @@ def test_unlock_when_not_locked_or_no_reason_then_refused(home: Path) -> None:
     assert "vol_target" in locked_strategies(home)
 
 
-@pytest.mark.parametrize("verb", [["status"], ["halt", "vol_target"], ["history", "vol_target"],
+@pytest.mark.parametrize("verb", [["status"], ["init"], ["halt", "vol_target"], ["history", "vol_target"],
                                   ["rollout", "status"], ["slippage", "calibrate"]])
 def test_verb_when_no_stack_then_one_line_saying_what_to_do_and_no_traceback(home: Path, verb: list[str]) -> None:
     # issue 11 #10: every one of these printed a Python traceback.
@@ -91,9 +95,6 @@ def test_verb_when_connection_file_points_at_a_dead_stack_then_one_line_and_no_t
     assert f"127.0.0.1:{port}" in result.stderr and "qmp status" in result.stderr
 
 
-STACK_VARIABLES = ("QMP_NATS_URL", "QMP_NATS_USER", "QMP_NATS_PASSWORD", "QMP_NATS_TLS_CA", "QMP_DATABASE_URL")
-
-
 @pytest.mark.integration
 def test_status_when_stack_named_by_flags_and_no_connection_file_then_it_answers(
         home: Path, nats_credentials, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,7 +108,7 @@ def test_status_when_stack_named_by_flags_and_no_connection_file_then_it_answers
 
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
-    assert set(status) == {"services", "strategies"}
+    assert set(status) == {"services", "strategies", "streams"}
 
 
 @pytest.mark.integration
@@ -124,3 +125,28 @@ def test_halt_when_stack_named_by_environment_and_wrong_password_then_one_line_a
 
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert nats_credentials.url in result.stderr
+
+
+@pytest.mark.integration
+def test_init_when_fresh_nats_then_streams_declared_with_the_retention_of_the_environment(
+        home: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = EmbeddedNats(home.parent / "nats", with_auth=False)
+    server.start()
+    try:
+        monkeypatch.setenv("QMP_RETENTION_EXEC_MB", "64")
+        result = CliRunner().invoke(app, ["--nats-url", server.credentials.url, "--database-url", database_url,
+                                          "init"])
+
+        async def exec_limit() -> int:
+            nc = await nats.connect(server.credentials.url)
+            try:
+                await bus.require_declared(nc.jetstream())
+                return (await nc.jetstream().stream_info(subjects.STREAM_EXEC)).config.max_bytes
+            finally:
+                await nc.close()
+
+        assert result.exit_code == 0, result.output
+        assert "stream QMP_EXEC: 365 days, 64 MB" in result.output and "database migrated" in result.output
+        assert asyncio.run(exec_limit()) == 64 * bus.MB
+    finally:
+        server.stop()

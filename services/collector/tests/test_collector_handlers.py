@@ -265,6 +265,32 @@ async def test_wait_when_only_other_strategy_or_garbage_then_times_out() -> None
     assert gate.timeouts == 1
 
 
+async def test_wait_when_subscription_missed_the_snapshot_then_found_on_the_stream() -> None:
+    stored: list[bytes] = []
+    asked = 0
+
+    async def stream_last() -> bytes | None:  # what the risk stream holds for the strategy
+        nonlocal asked
+        asked += 1
+        return stored[-1] if stored else None
+
+    gate = LockstepGate("s1", stream_last, poll_s=0.01)
+    stored.append(encode(snapshot("s1", 50)))
+    asyncio.get_running_loop().call_later(0.05, lambda: stored.append(encode(snapshot("s1", 99))))
+
+    assert await gate.wait(99, timeout_s=2.0)  # published while the subscription was reconnecting
+    assert asked >= 2 and gate.timeouts == 0 and gate.latest == 99
+
+
+async def test_wait_when_stream_has_nothing_newer_then_times_out_once() -> None:
+    async def nothing() -> bytes | None:
+        return None
+
+    gate = LockstepGate("s1", nothing, poll_s=0.01)
+    assert not await gate.wait(99, timeout_s=0.1)
+    assert gate.timeouts == 1
+
+
 async def test_run_source_when_lockstep_then_each_batch_waits_for_its_snapshot() -> None:
     js = FakeJetStream()
     gate = LockstepGate("s1")

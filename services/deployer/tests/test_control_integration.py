@@ -8,7 +8,7 @@ import nats
 import pytest
 from nats.js.errors import KeyNotFoundError
 
-from qmp_core import bus
+from qmp_core import bus, subjects
 from qmp_deployer.app import create_app
 from qmp_ops.testing import settings_for
 
@@ -22,8 +22,8 @@ async def deployer(nats_credentials, database_url, operator_nc):
         yield app
 
 
-async def request(nc, strategy: str, body: dict) -> dict:
-    reply = await nc.request(f"qmp.control.{strategy}", json.dumps(body).encode(), timeout=5)
+async def request(nc, strategy: str, body: dict, sender: str = "operator") -> dict:
+    reply = await nc.request(subjects.control(strategy, sender), json.dumps(body).encode(), timeout=5)
     return json.loads(reply.data)
 
 
@@ -69,7 +69,7 @@ async def test_control_when_invalid_then_rejected_with_reason_and_dead_lettered(
     reply = await request(operator_nc, unique_id, {"command": "set_allocation", "allocation": 1.5})
     assert reply["accepted"] is False
     assert "allocation" in reply["reason"]
-    garbage = await operator_nc.request(f"qmp.control.{unique_id}", b"{not json", timeout=5)
+    garbage = await operator_nc.request(subjects.control(unique_id), b"{not json", timeout=5)
     assert json.loads(garbage.data)["accepted"] is False
     letters = [json.loads((await dlq.next_msg(timeout=5)).data) for _ in range(2)]
     assert all(letter["reason"].startswith("invalid control command") for letter in letters)
@@ -99,7 +99,8 @@ async def test_control_when_published_by_execution_then_never_arrives(deployer, 
         errors.append(error)
 
     execution = await nats.connect(nats_credentials.url, user=user, password=password, error_cb=on_error)
-    await execution.publish(f"qmp.control.{unique_id}", b'{"command":"resume"}')
+    for sender in ("execution", "operator"):  # neither its own name nor another's
+        await execution.publish(subjects.control(unique_id, sender), b'{"command":"resume"}')
     await execution.flush()
     await asyncio.sleep(0.2)
     await execution.close()
@@ -133,7 +134,7 @@ async def test_halt_when_command_id_repeated_after_restart_then_applied_once_and
 
 
 async def test_two_deployers_when_one_halts_then_the_others_reply_and_state_carry_the_halt(
-    nats_credentials, database_url, operator_nc, unique_id,
+    nats_credentials, database_url, operator_nc, risk_nc, unique_id,
 ):
     settings = settings_for(nats_credentials, "deployer", database_url, run_dir="/tmp/qmp-test-run")
     first = create_app(settings, instance_id=f"{unique_id}-a", lease_ttl_s=1.0)  # a lease left behind expires
@@ -143,8 +144,8 @@ async def test_two_deployers_when_one_halts_then_the_others_reply_and_state_carr
         replies = [await request(operator_nc, unique_id, {"command": "set_allocation", "allocation": 0.5,
                                                           "command_id": f"a{n}"}) for n in range(6)]
         # The risk service's key: no later operator write conflicts with it, only a watch brings it over.
-        halt = await request(operator_nc, unique_id, {"command": "halt", "reason": "one instance",
-                                                      "command_id": "h", "issued_by": "risk"})
+        halt = await request(risk_nc, unique_id, {"command": "halt", "reason": "one instance", "command_id": "h"},
+                             sender="risk")
         await asyncio.sleep(0.2)  # the other instance's watch
         # The queue group spreads requests over both instances: whichever answers, it sees the halt.
         after = [await request(operator_nc, unique_id, {"command": "set_allocation", "allocation": 0.25,
@@ -154,3 +155,58 @@ async def test_two_deployers_when_one_halts_then_the_others_reply_and_state_carr
     assert [r["state"]["status"] for r in after] == ["HALTED"] * 6
     assert [r["state"]["allocation"] for r in after] == [0.25] * 6
     assert [s["status"] for s in published[7:]] == ["HALTED"] * 6
+
+
+@pytest.fixture
+async def risk_nc(nats_credentials):
+    user, password = nats_credentials.for_user("risk")
+    if not user:
+        pytest.skip("the running NATS server has no per-service users")
+    nc = await nats.connect(nats_credentials.url, user=user, password=password)
+    yield nc
+    await nc.close()
+
+
+async def test_control_when_risk_claims_to_be_the_operator_then_refused_and_the_operator_s_halt_stays(
+        deployer, operator_nc, risk_nc, unique_id, database_url):
+    # issue 13: risk's credentials could lift an operator's halt by writing `issued_by: operator`.
+    halted = await request(operator_nc, unique_id, {"command": "halt", "reason": "operator's"})
+    assert halted["accepted"], halted
+
+    claimed = await request(risk_nc, unique_id, {"command": "resume", "issued_by": "operator"}, sender="risk")
+    own = await request(risk_nc, unique_id, {"command": "reduce_order_size", "size_multiplier": 0.5},
+                        sender="risk")  # its own entry: allowed
+
+    assert claimed["accepted"] is False and "'risk' may write the 'risk' entry only" in claimed["reason"]
+    assert own["accepted"] is True and (own["state"]["status"], own["state"]["reason"]) == ("HALTED", "operator's")
+    kv = await bus.control_bucket(operator_nc.jetstream())
+    assert json.loads((await kv.get(f"{unique_id}.risk")).value)["size_multiplier"] == 0.5
+    connection = await asyncpg.connect(database_url)
+    try:
+        for _ in range(50):  # the database copy of the audit is written after the reply
+            rows = await connection.fetch("SELECT sender, command->>'issued_by' AS entry FROM control_audit "
+                                          "WHERE strategy = $1 ORDER BY id", unique_id)
+            if len(rows) == 2:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
+    assert [(row["sender"], row["entry"]) for row in rows] == [("operator", "operator"), ("risk", "risk")]
+
+
+async def test_control_when_the_operator_publishes_as_risk_then_the_server_refuses(
+        deployer, nats_credentials, unique_id):
+    user, password = nats_credentials.for_user("operator")
+    if not user:
+        pytest.skip("the running NATS server has no per-service users")
+    errors: list[Exception] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(error)
+
+    operator = await nats.connect(nats_credentials.url, user=user, password=password, error_cb=on_error)
+    with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+        await operator.request(subjects.control(unique_id, "risk"), b'{"command": "halt", "reason": "r"}',
+                               timeout=0.5)
+    await operator.close()
+    assert any("permissions violation" in str(error) for error in errors)

@@ -297,9 +297,11 @@ async def test_rollout_when_snapshots_advance_event_time_then_promotes_after_soa
 # ---------------------------------------------------------------- lease, crash-resume (in-process services)
 async def make_service(nats_credentials, pool, instance: str, clock, ttl: float = 1.0, plan_text: bytes = PLAN,
                        probes: bool = False):
+    admin = await connect_as(nats_credentials, "operator")  # only the admin declares streams and buckets
+    await bus.declare(admin.jetstream())
+    await admin.close()
     nc = await connect_as(nats_credentials, "deployer")
     js = nc.jetstream()
-    await bus.declare(js)
     store = ControlStore(await bus.control_bucket(js))
     await store.load()
     control = ControlHandler(js, store, LiveClock(), pool)

@@ -36,8 +36,9 @@ class SlowWatch(ControlWatch):
 
 
 @pytest.fixture
-async def deployer_nc(nats_credentials: NatsCredentials) -> AsyncIterator[Client]:
-    nc = await connect_as(nats_credentials, "deployer")  # the writer of the control bucket
+async def deployer_nc(nats_credentials: NatsCredentials, operator_nc: Client) -> AsyncIterator[Client]:
+    """The writer of the control bucket (which the operator's connection has declared)."""
+    nc = await connect_as(nats_credentials, "deployer")
     yield nc
     await nc.drain()
 
@@ -50,7 +51,6 @@ async def started_watch(nc: Client, sid: str, kind: type[ControlWatch]) -> tuple
                                                                                 ControlWatch]:
     """Return the control bucket, an engine hosting `sid`, and a watch of `kind` following the bucket."""
     js = nc.jetstream()
-    await bus.declare(js)
     kv = await bus.control_bucket(js)
     engine = ExecutionEngine({sid: Flat()}, EngineConfig(), TestClock(0))  # type: ignore[dict-item]
     watch = kind(kv, engine, js)

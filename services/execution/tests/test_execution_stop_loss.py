@@ -114,14 +114,16 @@ def test_close_position_when_halted_then_denied_kept_and_sent_after_resume() -> 
     engine.controls.delete(f"{SID}.operator")
     resumed = engine.process(bar(4, FALLEN)).results[SID]
 
+    denied = decision(halted[0], "AAA")
+    assert isinstance(denied, OrderDenied) and denied.count == 1
+    assert denied.reason_code == CODE_HALTED
+    assert denied.reason.startswith("HALTED: drawdown; stop-loss: AAA")
+    assert denied.side == "SELL" and denied.quantity == pytest.approx(held["AAA"], rel=1e-12)
+    assert not [d for d in halted[1].decisions if d.symbol == "AAA"]  # the same denial again: counted, not sent
     for result in halted:
-        denied = decision(result, "AAA")
-        assert isinstance(denied, OrderDenied)
-        assert denied.reason_code == CODE_HALTED
-        assert denied.reason.startswith("HALTED: drawdown; stop-loss: AAA")
-        assert denied.side == "SELL" and denied.quantity == pytest.approx(held["AAA"], rel=1e-12)
         assert result.snapshot.quantities[result.snapshot.symbols.index("AAA")] == held["AAA"]
-    close = decision(resumed, "AAA")
+    repeats, close = [d for d in resumed.decisions if d.symbol == "AAA"]
+    assert isinstance(repeats, OrderDenied) and repeats.count == 1 and repeats.ts_event == halted[1].ts_event
     assert isinstance(close, OrderAccepted) and close.reason_code == CODE_STOP_LOSS
     assert "AAA" not in engine.hosts[SID].portfolio.positions
 

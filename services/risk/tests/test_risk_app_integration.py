@@ -85,7 +85,7 @@ async def test_risk_app_when_bars_and_portfolios_flow_then_snapshots_rows_halt_a
         if letter.subject == subjects.bars(venue):
             letters.append(letter)
 
-    await clients["deployer"].subscribe(subjects.control(strategy), cb=deployer)
+    await clients["deployer"].subscribe(subjects.control(strategy, "risk"), cb=deployer)
     await clients["deployer"].flush()
     await operator_nc.subscribe(subjects.snapshot(strategy), cb=on_snapshot)
     await operator_nc.subscribe(subjects.dlq("risk"), cb=on_letter)

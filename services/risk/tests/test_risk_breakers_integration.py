@@ -79,7 +79,7 @@ async def test_risk_app_when_news_window_and_stop_loss_then_defensive_close_posi
         if len(snapshots) == len(PRICES):
             done.set()
 
-    await clients["deployer"].subscribe(subjects.control(strategy), cb=deployer)
+    await clients["deployer"].subscribe(subjects.control(strategy, "risk"), cb=deployer)
     await clients["deployer"].flush()
     await operator_nc.subscribe(subjects.snapshot(strategy), cb=on_snapshot)
     await operator_nc.flush()

@@ -7,18 +7,23 @@ stream on `qmp.control.>` would answer requests with its own publish ack.
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from qmp_core import subjects
 from qmp_core.clock import Clock
+from qmp_core.config import Retention
 from qmp_core.messages import DeadLetter, encode
+from qmp_core.retry import Unavailable, until_available
 from qmp_core.telemetry import inject_context
 from qmp_core.trading_state import ControlEntries
 
@@ -27,38 +32,93 @@ log = logging.getLogger(__name__)
 DAY_S = 86_400.0
 DUPLICATE_WINDOW_S = 600.0
 PAYLOAD_EXCERPT = 2_000
+DEFAULT_RETENTION = Retention()
 
-STREAMS: tuple[StreamConfig, ...] = (
-    StreamConfig(name=subjects.STREAM_MARKET_DATA, subjects=[subjects.MARKET_DATA_ALL], max_age=30 * DAY_S,
-                 max_bytes=2 * 1024**3, discard=DiscardPolicy.OLD),
-    StreamConfig(name=subjects.STREAM_INGEST, subjects=[subjects.INGEST_ALL], max_age=7 * DAY_S),
-    StreamConfig(name=subjects.STREAM_EXEC, subjects=[subjects.EXEC_ALL], max_age=365 * DAY_S),
-    StreamConfig(name=subjects.STREAM_RISK, subjects=[subjects.RISK_ALL], max_age=90 * DAY_S),
-    StreamConfig(name=subjects.STREAM_AUDIT, subjects=[subjects.AUDIT_ALL]),
-    StreamConfig(name=subjects.STREAM_DEPLOY, subjects=[subjects.DEPLOY_EVENTS_ALL]),
-    StreamConfig(name=subjects.STREAM_DLQ, subjects=[subjects.DLQ_ALL], max_age=30 * DAY_S),
-)
+MB = 1024 * 1024
 
 
-async def declare(js: JetStreamContext) -> None:
-    """Create or update every stream and KV bucket; idempotent."""
-    for config in STREAMS:
-        config.storage = StorageType.FILE
-        config.duplicate_window = DUPLICATE_WINDOW_S
+def streams(retention: Retention = DEFAULT_RETENTION) -> tuple[StreamConfig, ...]:
+    """Return every stream's configuration: its subjects, and its age and size limits from `retention`."""
+    r = retention
+
+    def stream(name: str, subject: str, days: float, mb: int) -> StreamConfig:
+        # allow_direct: services read stored messages with direct gets (`read_stream`), which needs no
+        # consumer, so no service is granted the consumer API on another's stream.
+        return StreamConfig(name=name, subjects=[subject], max_age=days * DAY_S, max_bytes=mb * MB,
+                            discard=DiscardPolicy.OLD, storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S,
+                            allow_direct=True)
+
+    return (
+        stream(subjects.STREAM_MARKET_DATA, subjects.MARKET_DATA_ALL, r.retention_market_data_days,
+               r.retention_market_data_mb),
+        stream(subjects.STREAM_INGEST, subjects.INGEST_ALL, r.retention_ingest_days, r.retention_ingest_mb),
+        stream(subjects.STREAM_EXEC, subjects.EXEC_ALL, r.retention_exec_days, r.retention_exec_mb),
+        stream(subjects.STREAM_RISK, subjects.RISK_ALL, r.retention_risk_days, r.retention_risk_mb),
+        stream(subjects.STREAM_AUDIT, subjects.AUDIT_ALL, r.retention_audit_days, r.retention_audit_mb),
+        stream(subjects.STREAM_DEPLOY, subjects.DEPLOY_EVENTS_ALL, r.retention_deploy_days, r.retention_deploy_mb),
+        stream(subjects.STREAM_DLQ, subjects.DLQ_ALL, r.retention_dlq_days, r.retention_dlq_mb),
+    )
+
+
+STREAMS = streams()
+
+
+def buckets(retention: Retention = DEFAULT_RETENTION) -> tuple[KeyValueConfig, ...]:
+    """Return the KV buckets' configurations (trading state, rollouts) with their size limits."""
+    return (
+        KeyValueConfig(bucket=subjects.KV_CONTROL, history=retention.retention_control_history,
+                       storage=StorageType.FILE, max_bytes=retention.retention_control_mb * MB),
+        KeyValueConfig(bucket=subjects.KV_ROLLOUTS, history=16, storage=StorageType.FILE,
+                       max_bytes=retention.retention_rollouts_mb * MB),
+    )
+
+
+# Every stream QMP declares, buckets included (a bucket is a stream named KV_<bucket>).
+DECLARED = (*(config.name for config in STREAMS), *(f"KV_{bucket.bucket}" for bucket in buckets()))
+
+
+async def declare(js: JetStreamContext, retention: Retention = DEFAULT_RETENTION) -> None:
+    """Create or update every stream and KV bucket with the limits of `retention`; idempotent."""
+    for config in streams(retention):
+        # Update what exists: adding a stream again re-checks its size reservation against the file
+        # store as if it were new, and is refused once the streams fill most of it.
         try:
+            await js.stream_info(config.name)
+        except NotFoundError:
             await js.add_stream(config)
-        except BadRequestError:
+        else:
             await js.update_stream(config)
-    await control_bucket(js, create=True)
-    await js.create_key_value(KeyValueConfig(bucket=subjects.KV_ROLLOUTS, history=16, storage=StorageType.FILE))
+    for bucket in buckets(retention):
+        try:  # a bucket is a stream named KV_<bucket>
+            existing = (await js.stream_info(f"KV_{bucket.bucket}")).config
+        except NotFoundError:
+            await js.create_key_value(bucket)
+        else:
+            await js.update_stream(dataclasses.replace(existing, max_bytes=bucket.max_bytes,
+                                                       max_msgs_per_subject=bucket.history))
 
 
-async def control_bucket(js: JetStreamContext, create: bool = False) -> KeyValue:
+class NotDeclared(Unavailable):
+    """A stream or bucket a service needs does not exist yet: `qmp up` or `qmp init` declares them."""
+
+
+async def require_declared(js: JetStreamContext) -> None:
+    """Raise NotDeclared unless every stream and bucket exists (services use them; only the admin declares)."""
+    for name in DECLARED:
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            raise NotDeclared(f"stream {name} is not declared: start the stack with `qmp up`, or run `qmp init` "
+                              "against this NATS") from None
+
+
+async def wait_declared(js: JetStreamContext, service: str) -> None:
+    """Wait (logging, with backoff) until the streams and buckets are declared; transient errors wait too."""
+    await until_available(lambda: require_declared(js), f"{service}: declared streams")
+
+
+async def control_bucket(js: JetStreamContext) -> KeyValue:
     """Return the trading-state KV bucket (history kept for the audit of who changed what)."""
-    if create:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=subjects.KV_CONTROL, history=16, storage=StorageType.FILE)
-        )
     return await js.key_value(subjects.KV_CONTROL)
 
 
@@ -136,3 +196,97 @@ def dead_letter_later(
     task = asyncio.get_running_loop().create_task(send())
     tasks.add(task)
     task.add_done_callback(tasks.discard)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamUsage:
+    """What a stream holds on disk against its limit, and how fast it grew over the span it holds."""
+
+    name: str
+    messages: int
+    bytes: int
+    max_bytes: int
+    span_s: float  # from its oldest to its newest message
+
+    @property
+    def share_of_limit(self) -> float:
+        return self.bytes / self.max_bytes if self.max_bytes > 0 else 0.0
+
+    @property
+    def bytes_per_hour(self) -> float | None:
+        return self.bytes / self.span_s * 3_600.0 if self.span_s > 0 else None
+
+
+async def stream_usage(nc: Any) -> list[StreamUsage]:
+    """Return the usage of every QMP stream and bucket that exists (read from the stream info API).
+
+    The API's raw answer is read because nats-py's StreamState leaves out the first and last message times.
+    """
+    usage: list[StreamUsage] = []
+    for name in DECLARED:
+        reply = await nc.request(f"$JS.API.STREAM.INFO.{name}", b"", timeout=2.0)
+        info = json.loads(reply.data)
+        if "error" in info:
+            continue
+        state, config = info.get("state", {}), info.get("config", {})
+        span = 0.0
+        if state.get("messages", 0) > 1:
+            # RFC 3339 with nanoseconds and Z: Python 3.11's fromisoformat takes it (to the microsecond)
+            span = (datetime.datetime.fromisoformat(state["last_ts"])
+                    - datetime.datetime.fromisoformat(state["first_ts"])).total_seconds()
+        usage.append(StreamUsage(name=name, messages=state.get("messages", 0), bytes=state.get("bytes", 0),
+                                 max_bytes=config.get("max_bytes", -1), span_s=max(span, 0.0)))
+    return usage
+
+
+READ_BATCH = 256
+READ_TIMEOUT_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredMessage:
+    """A message as a stream holds it."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+
+
+async def read_stream(nc: Any, stream: str, subject: str, first_seq: int = 1, upto_seq: int | None = None,
+                      batch: int = READ_BATCH) -> AsyncIterator[StoredMessage]:
+    """Yield the stream's messages on `subject` (wildcards allowed) from `first_seq` up to `upto_seq`, in order.
+
+    Batched direct gets (`$JS.API.DIRECT.GET.<stream>` with `batch`, nats-server 2.11+): reading needs no
+    consumer, hence no grant of the consumer API. Each request answers up to `batch` messages, then an
+    end-of-batch status (204); a 404 means nothing more matches.
+    """
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    seq = first_seq
+    try:
+        while upto_seq is None or seq <= upto_seq:
+            request = {"seq": seq, "next_by_subj": subject, "batch": batch}
+            await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+            got = 0
+            while True:
+                msg = await sub.next_msg(timeout=READ_TIMEOUT_S)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "404":
+                    return
+                if status == "204":
+                    break
+                if status:
+                    raise ConnectionError(f"direct get on {stream} failed: {status} {headers.get('Description', '')}")
+                stored = StoredMessage(seq=int(headers["Nats-Sequence"]), subject=headers.get("Nats-Subject", ""),
+                                       data=msg.data, headers=headers)
+                if upto_seq is not None and stored.seq > upto_seq:
+                    return
+                got += 1
+                seq = stored.seq + 1
+                yield stored
+            if got == 0:
+                return
+    finally:
+        await sub.unsubscribe()

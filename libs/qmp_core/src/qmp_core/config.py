@@ -41,6 +41,38 @@ class RiskDefaults(Struct, frozen=True, kw_only=True):
 RISK_DEFAULTS = RiskDefaults()
 
 
+class Retention(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How long and how much every stream and KV bucket keeps: the bus's disk is bounded by these.
+
+    Read by whoever declares the streams (`qmp up`, `qmp init`) from `QMP_RETENTION_*`; a stream at its
+    size limit drops its oldest messages. The defaults sum to under 3.5 GB, inside the embedded server's
+    4 GB file store (JetStream reserves each stream's `max_bytes` against it).
+    """
+
+    retention_market_data_days: float = 30.0
+    retention_market_data_mb: int = 1024
+    retention_ingest_days: float = 7.0
+    retention_ingest_mb: int = 256
+    retention_exec_days: float = 365.0
+    retention_exec_mb: int = 1024
+    retention_risk_days: float = 90.0
+    retention_risk_mb: int = 512
+    retention_audit_days: float = 3650.0  # the audit trail: who changed what, kept for years
+    retention_audit_mb: int = 256
+    retention_deploy_days: float = 3650.0
+    retention_deploy_mb: int = 64
+    retention_dlq_days: float = 30.0
+    retention_dlq_mb: int = 256
+    retention_control_history: int = 16  # entries kept per key of the trading-state bucket
+    retention_control_mb: int = 32
+    retention_rollouts_mb: int = 32
+
+    def __post_init__(self) -> None:
+        for name in self.__struct_fields__:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"QMP_{name.upper()} must be positive, got {getattr(self, name)}")
+
+
 class BusSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str = ""

@@ -52,9 +52,12 @@ CHANNELS: tuple[Channel, ...] = (
     Channel("qmp.risk.<strategy>.breaker", "BreakerEvent", "risk", _stream(subjects.STREAM_RISK)),
     Channel("qmp.risk.<strategy>.stoploss", "ClosePosition", "risk", _stream(subjects.STREAM_RISK),
             "execution closes the position once per `command_id`"),
-    Channel("qmp.control.<strategy>", "ControlCommand", "operator, risk, deployer", "request/reply",
-            "`<strategy>` = `ALL` for every strategy; the reply is a ControlReply"),
-    Channel("qmp.control.<strategy>", "ControlReply", "deployer", "request/reply", "the reply to a command"),
+    Channel("qmp.control.<sender>.<strategy>", "ControlCommand", "operators, risk, deployer", "request/reply",
+            "`<sender>` = the sender's NATS user, the only one it may publish to (risk and the deployer write "
+            "their own entries, any other sender the operators'); `<strategy>` = `ALL` for every strategy; "
+            "the reply is a ControlReply"),
+    Channel("qmp.control.<sender>.<strategy>", "ControlReply", "deployer", "request/reply",
+            "the reply to a command"),
     Channel("<strategy>.<source>", "TradingState", "deployer", f"KV {subjects.KV_CONTROL}",
             "one entry per source (operator, risk, deployer); the effective state is the most restrictive"),
     Channel("qmp.state.<strategy>", "TradingState", "deployer", "core publish",
@@ -77,7 +80,7 @@ CHANNELS: tuple[Channel, ...] = (
 )
 
 PLACEHOLDERS = {"<strategy>": "vol_target", "<venue>": "sp500", "<service>": "risk", "<source>": "operator",
-                "<instance>": "execution"}
+                "<instance>": "execution", "<sender>": "alice"}
 
 
 def example_subject(pattern: str) -> str:

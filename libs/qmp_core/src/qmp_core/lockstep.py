@@ -38,15 +38,18 @@ class Progress:
         """Wake the waiters: what they wait on may now hold."""
         self._changed.set()
 
-    async def wait_until(self, condition: Callable[[], bool], timeout_s: float) -> bool:
-        """Return True once `condition()` holds, re-checked on every advance; False after `timeout_s`."""
+    async def wait_until(self, condition: Callable[[], bool], timeout_s: float, counted: bool = True) -> bool:
+        """Return True once `condition()` holds, re-checked on every advance; False after `timeout_s`.
+
+        A timeout is counted in `timeouts` unless `counted` is False (a slice of a longer wait).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not condition():
             self._changed.clear()  # no await between the check and here, so no advance is missed
             remaining = deadline - loop.time()
             if remaining <= 0:
-                self.timeouts += 1
+                self.timeouts += counted
                 return False
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)

@@ -153,6 +153,7 @@ class ControlApplied(Struct, frozen=True, kw_only=True):
     state: TradingState
     ts_event: int
     schema: int = SCHEMA_VERSION
+    sender: str = ""  # the NATS user that sent it (authenticated by the server); command.issued_by is its entry
 
 
 # ---------------------------------------------------------------- execution
@@ -176,6 +177,7 @@ class OrderAccepted(OrderDecisionBase, tag="OrderAccepted"):
 class OrderDenied(OrderDecisionBase, tag="OrderDenied"):
     reason: str = ""
     reason_code: str = ""
+    count: int = 1  # denials this event stands for: repeats under one trading state are published once, counted
 
 
 OrderDecision = OrderAccepted | OrderDenied

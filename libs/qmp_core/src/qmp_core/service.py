@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from qmp_core import bus, subjects
 from qmp_core.clock import Clock
 from qmp_core.config import ServiceSettings
+from qmp_core.dedup import RecentIds
 from qmp_core.messages import HealthReply, codec, encode
 from qmp_core.retry import delays, until_available
 
@@ -35,6 +36,9 @@ MAX_FAILURES = 3
 # HEARTBEAT_S, so a long handler (a first kernel compile, a database that is down) keeps its message.
 ACK_WAIT_S = 4.0
 HEARTBEAT_S = 1.0
+# Stream positions remembered as handled: a nats-server restart can redeliver what was handled seconds before
+# (the consumer's ack floor on disk lags the acks), never a day's worth.
+HANDLED_REMEMBERED = 100_000
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 HealthStatus = Literal["starting", "ok", "degraded", "failing"]
@@ -88,6 +92,7 @@ class Liveness:
         self.retrying: dict[str, str] = {}
         self.retries = 0
         self.crash_letters = 0
+        self.redeliveries_skipped = 0  # messages handled already, delivered again (their ack was lost)
         self._loops: dict[str, tuple[asyncio.Task[Any], bool]] = {}
 
     def ready(self) -> None:
@@ -130,6 +135,7 @@ class Liveness:
         return {"handled": self.handled,
                 "last_handled_s_ago": round((now - self.last_handled_ns) / 1e9, 3) if self.last_handled_ns else None,
                 "retrying": dict(self.retrying), "retries": self.retries, "crash_letters": self.crash_letters,
+                "redeliveries_skipped": self.redeliveries_skipped,
                 "dead_loops": self.dead_loops(), "uptime_s": round((now - self.started_ns) / 1e9, 1)}
 
 
@@ -141,7 +147,9 @@ class Durable:
     `degraded` meanwhile), while a heartbeat tells the server the message is still being worked on. Any
     other raise is a bug or an input no check caught: after MAX_FAILURES tries the message goes to the dead
     letters with the error. A message delivered MAX_DELIVER times has killed the service that many
-    times: it goes to the dead letters with that reason.
+    times: it goes to the dead letters with that reason. A message this process has already handled
+    (same stream position for the same consumer: its ack was lost, e.g. in a nats-server restart) is acked
+    again and not handled twice.
     """
 
     def __init__(self, service: str, clock: Clock, liveness: Liveness, js: Callable[[], JetStreamContext],
@@ -151,10 +159,17 @@ class Durable:
         self.liveness = liveness
         self._js = js
         self._sleep = sleep
+        self._handled: RecentIds[tuple[str, str, int]] = RecentIds(HANDLED_REMEMBERED)
 
     async def handle(self, msg: NatsMessage, handle: Callable[[], Awaitable[None]], what: str) -> None:
         raw = msg.raw_message
         metadata = getattr(raw, "metadata", None)
+        position = (metadata.stream, metadata.consumer, metadata.sequence.stream) if metadata is not None else None
+        if position is not None and position in self._handled:
+            self.liveness.redeliveries_skipped += 1
+            log.info("redelivery of a message already handled; acked again", extra={
+                "what": what, "subject": raw.subject, "stream_sequence": position[2]})
+            return
         delivered = metadata.num_delivered if metadata is not None else 1
         if delivered > MAX_DELIVER:
             self.liveness.crash_letters += 1
@@ -164,6 +179,8 @@ class Durable:
         heartbeat = asyncio.create_task(_heartbeat(raw)) if raw.reply else None
         try:
             await self._until_done(raw, handle, what)
+            if position is not None:
+                self._handled.first_time(position)
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()

@@ -30,7 +30,7 @@ NEWS_EVENTS = "qmp.md.news.events"
 
 # Control: requests answered by the owner of control state; accepted ones are journaled in the audit stream
 CONTROL_ALL = "qmp.control.>"
-CONTROL_ANY = "qmp.control.*"
+CONTROL_ANY = "qmp.control.*.*"  # qmp.control.<sender>.<strategy>
 STATE_ALL = "qmp.state.>"
 AUDIT_ALL = "qmp.audit.>"
 
@@ -100,8 +100,21 @@ def stop_loss(strategy: str) -> str:
     return f"qmp.risk.{strategy}.stoploss"
 
 
-def control(strategy: str) -> str:
-    return f"qmp.control.{strategy}"
+def control(strategy: str, sender: str = "operator") -> str:
+    """Return where `sender` (its NATS user) sends control commands for `strategy`.
+
+    The sender is part of the subject, and each identity may publish only under its own name, so who
+    sent a command is what the server authenticated, never a field the sender fills in.
+    """
+    return f"qmp.control.{sender}.{strategy}"
+
+
+def control_sender_and_strategy(subject: str) -> tuple[str, str]:
+    """Return (sender, strategy) of a subject qmp.control.<sender>.<strategy>."""
+    tokens = subject.split(".")
+    if len(tokens) != 4 or tokens[:2] != ["qmp", "control"]:
+        raise ValueError(f"not a control subject qmp.control.<sender>.<strategy>: {subject!r}")
+    return tokens[2], tokens[3]
 
 
 def state(strategy: str) -> str:

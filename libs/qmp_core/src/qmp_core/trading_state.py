@@ -33,6 +33,16 @@ log = logging.getLogger(__name__)
 SEVERITY = {"ACTIVE": 0, "REDUCING": 1, "HALTED": 2}
 SAFE_MODE_SIZE = 0.5
 SOURCES = ("operator", "risk", "deployer")  # who owns an entry; the order in which entries are combined
+SERVICE_SOURCES = ("risk", "deployer")  # the services that own an entry; every other sender is an operator
+
+
+def source_of(sender: str) -> str:
+    """Return the entry a sender's commands write: its own when it is risk or the deployer, else the operators'.
+
+    Operators are people, each with their own NATS user (the admin `operator` among them); they share one
+    entry, and the audit records which of them sent each command.
+    """
+    return sender if sender in SERVICE_SOURCES else "operator"
 
 
 def combine(strategy: str, entries: Iterable[TradingState]) -> TradingState:

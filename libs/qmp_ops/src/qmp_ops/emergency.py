@@ -43,7 +43,8 @@ async def send_halt(connection: Connection, strategy: str, reason: str) -> dict[
     body = {"command": "halt", "reason": reason, "issued_by": "operator", "command_id": f"verify-{uuid.uuid4().hex}"}
     nc = await connection.connect()
     try:
-        reply = await nc.request(subjects.control(strategy), json.dumps(body).encode(), timeout=REQUEST_TIMEOUT_S)
+        reply = await nc.request(subjects.control(strategy, connection.sender), json.dumps(body).encode(),
+                                 timeout=REQUEST_TIMEOUT_S)
         return json.loads(reply.data)
     finally:
         await nc.close()

@@ -17,10 +17,13 @@ import nats
 
 from qmp_core import subjects
 from qmp_core.clock import NS_PER_DAY, iso_date
+from qmp_core.dedup import RecentIds
 from qmp_lab.verify.core import VerificationError
 from qmp_ops.runtime.supervisor import Stack, StackOptions
 
 STALL_TIMEOUT_S = 90.0
+SEEN_IDS = 200_000  # message ids remembered: a republish follows its first publish within seconds
+MSG_ID = "Nats-Msg-Id"
 
 
 class ReplayFailed(RuntimeError):
@@ -29,7 +32,12 @@ class ReplayFailed(RuntimeError):
 
 @dataclass
 class RunObserver:
-    """Collect what a run publishes for one strategy (core subscriptions on the stream subjects)."""
+    """Collect what a run publishes for one strategy (core subscriptions on the stream subjects).
+
+    Every stream message carries a `Nats-Msg-Id`; a publisher that lost a stream's ack (a nats-server
+    restart) publishes again with the same id, which the stream drops and a core subscriber sees: each
+    id is counted once.
+    """
 
     strategy: str
     snapshots: list[dict[str, Any]] = field(default_factory=list)
@@ -42,7 +50,9 @@ class RunObserver:
     decisions: list[tuple[int, bool]] = field(default_factory=list)  # (ts_event, accepted)
     fill_records: list[tuple[int, float]] = field(default_factory=list)  # (ts_event, slippage_bps)
     es_keys: list[str] = field(default_factory=list)  # the ES key that sized each accepted order, where one did
+    repeats: int = 0  # messages seen again under an id already counted
     _subscriptions: list[Any] = field(default_factory=list)
+    _seen: RecentIds[str] = field(default_factory=lambda: RecentIds(SEEN_IDS))
 
     async def start(self, nc: nats.NATS) -> None:
         self._subscriptions = [
@@ -51,6 +61,7 @@ class RunObserver:
             await nc.subscribe(subjects.fills(self.strategy), cb=self._on_fill, pending_msgs_limit=-1),
             await nc.subscribe(subjects.breaker_events(self.strategy), cb=self._on_breaker),
         ]
+        await nc.flush()  # the server holds the subscriptions when start returns: nothing published after is missed
 
     async def stop(self) -> None:
         for subscription in self._subscriptions:
@@ -61,16 +72,28 @@ class RunObserver:
         """Return the newest event time among the snapshots seen (they may arrive out of order)."""
         return max((snapshot["ts_event"] for snapshot in self.snapshots), default=0)
 
+    def _first_time(self, msg: Any) -> bool:
+        msg_id = (msg.headers or {}).get(MSG_ID)
+        if msg_id is None or self._seen.first_time(f"{msg.subject}|{msg_id}"):
+            return True
+        self.repeats += 1
+        return False
+
     async def _on_snapshot(self, msg: Any) -> None:
+        if not self._first_time(msg):
+            return
         self.snapshots.append(json.loads(msg.data))
 
     async def _on_order(self, msg: Any) -> None:
+        if not self._first_time(msg):
+            return
         decision = json.loads(msg.data)
         event = decision.get("event")
         if event == "OrderDenied":
-            self.denied += 1
+            count = int(decision.get("count", 1))  # repeats under one trading state come as one, counted
+            self.denied += count
             code = decision.get("reason_code") or decision.get("reason", "")
-            self.denial_reasons[code] = self.denial_reasons.get(code, 0) + 1
+            self.denial_reasons[code] = self.denial_reasons.get(code, 0) + count
         elif event == "OrderAccepted":
             self.accepted += 1
             if decision.get("es_key"):
@@ -80,12 +103,16 @@ class RunObserver:
         self.decisions.append((decision["ts_event"], event == "OrderAccepted"))
 
     async def _on_fill(self, msg: Any) -> None:
+        if not self._first_time(msg):
+            return
         fill = json.loads(msg.data)
         self.fills += 1
         self.slippage_bps.append(float(fill.get("slippage_bps", 0.0)))
         self.fill_records.append((fill["ts_event"], float(fill.get("slippage_bps", 0.0))))
 
     async def _on_breaker(self, msg: Any) -> None:
+        if not self._first_time(msg):
+            return
         self.breaker_events.append(json.loads(msg.data))
 
 

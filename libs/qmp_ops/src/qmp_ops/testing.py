@@ -19,8 +19,25 @@ from nats.aio.client import Client
 from qmp_core import bus
 from qmp_core.config import ServiceSettings
 from qmp_core.db import migrate
+from qmp_ops.cli.main import STACK_VARIABLES
 from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
 from qmp_ops.runtime.postgres_server import EmbeddedPostgres
+
+
+@pytest.fixture(autouse=True)
+def stack_environment_restored() -> Iterator[None]:
+    """Undo what a test's `qmp --nats-url/--database-url ...` wrote to the environment.
+
+    The CLI's global flags set QMP_NATS_URL and the like for the rest of the process, which a later
+    test's `Stack` would take for an external stack to use.
+    """
+    saved = {name: os.environ.get(name) for name in STACK_VARIABLES}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +52,9 @@ def nats_credentials(run_dir: Path) -> Iterator[NatsCredentials]:
     if external:
         yield NatsCredentials(url=external)
         return
-    server = EmbeddedNats(run_dir / "nats")
+    # Tests name their own durable consumers (one server for the session): any name on a role's
+    # streams. The exact grants are held by tests/security and by every stack the system tests start.
+    server = EmbeddedNats(run_dir / "nats", durable_names="any")
     credentials = server.start()
     yield credentials
     server.stop()

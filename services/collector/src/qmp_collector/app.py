@@ -1,8 +1,9 @@
 """Collector composition root: settings, broker, clock, engine, source; the FastStream app.
 
-Start-up: connect and declare the streams (the durable ingest consumer needs its stream), open the
-database pool, build the handlers, start the broker (ingest subscriber, health), then run the source's
-publish loop as a background task that resumes after what the stream already holds.
+Start-up: connect and wait until the streams are declared (by `qmp up` or `qmp init`; the durable ingest
+consumer needs its stream), open the database pool, build the handlers, start the broker (ingest
+subscriber, health), then run the source's publish loop as a background task that resumes after what the
+stream already holds.
 """
 
 import asyncio
@@ -19,6 +20,7 @@ from faststream.nats import NatsBroker, NatsMessage
 from msgspec import Meta
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from opentelemetry import context
 
 from qmp_collector.engine import CollectorEngine, InputBounds
@@ -162,18 +164,29 @@ class CollectorService:
         return {**base, **self.collector.detail()}
 
     async def prepare(self) -> None:
-        """Connect, declare the streams and open the database before the broker's subscribers start."""
+        """Connect, wait for the streams and open the database before the broker's subscribers start."""
         await self.broker.connect()
         js = self.broker.connection.jetstream()
-        await bus.declare(js)
+        await bus.wait_declared(js, SERVICE)
         self.pool = await connect_pool(self.settings.database_url) if self.settings.database_url else None
         store = None
         if self.pool is not None:
             store = BarStore(self.pool, self.settings.flush_rows,
                              on_retry=lambda error: self.liveness.retry("bar store", error))
-        lockstep = LockstepGate(self.settings.lockstep_strategy) if self.settings.lockstep_strategy else None
+        lockstep = (LockstepGate(self.settings.lockstep_strategy, self._stored_snapshot)
+                    if self.settings.lockstep_strategy else None)
         self.collector = Collector(js, self.engine, self.clock, store, self.settings.chunk_size, lockstep,
                                    self.settings.lockstep_timeout)
+
+    async def _stored_snapshot(self) -> bytes | None:
+        """Return the lockstep strategy's last risk snapshot on the stream, None when there is none yet."""
+        try:
+            msg = await self.broker.connection.jetstream().get_last_msg(
+                subjects.STREAM_RISK, subjects.snapshot(self.settings.lockstep_strategy))
+        except (NatsError, TimeoutError) as error:  # none yet, or the server is away: the wait goes on
+            log.debug("lockstep: no stored risk snapshot", extra={"error": repr(error)})
+            return None
+        return msg.data
 
     async def begin(self) -> None:
         """Subscribe to risk snapshots (lockstep), find where to resume, start the publish loop."""

@@ -28,6 +28,7 @@ from qmp_core.telemetry import tracer
 SERVICE = "collector"
 REASON_EXCERPT = 1_000
 YIELD_EVERY = 256  # skipped batches between yields to the event loop during a resume
+LOCKSTEP_POLL_S = 1.0  # how long a lockstep wait trusts the subscription before it asks the stream
 
 log = logging.getLogger(__name__)
 _tracer = tracer("qmp_collector")
@@ -43,12 +44,18 @@ class LockstepGate:
     """Step 1 of the lockstep replay (`qmp_core.lockstep`): hold the publish loop until risk has seen a batch.
 
     Replays are then deterministic: risk (and the breakers it trips) acts on batch t before batch t+1 exists.
+    Snapshots arrive on a core subscription, which misses what risk publishes while this connection is
+    reconnecting (a nats-server restart), so a wait that is not over after LOCKSTEP_POLL_S also asks the
+    risk stream (`stored_snapshot`, when given) for its last snapshot.
     """
 
-    def __init__(self, strategy: str) -> None:
+    def __init__(self, strategy: str, stored_snapshot: Callable[[], Awaitable[bytes | None]] | None = None,
+                 poll_s: float = LOCKSTEP_POLL_S) -> None:
         self.strategy = strategy
+        self.poll_s = poll_s
         self.latest = -1
         self._snapshots = Progress("risk snapshots")
+        self._stored = stored_snapshot
 
     @property
     def timeouts(self) -> int:
@@ -71,8 +78,19 @@ class LockstepGate:
 
     async def wait(self, ts_event: int, timeout_s: float) -> bool:
         """Return True once a snapshot at or after ts_event has arrived, False after timeout_s."""
-        if await self._snapshots.wait_until(lambda: self.latest >= ts_event, timeout_s):
-            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            remaining = deadline - loop.time()
+            last_slice = self._stored is None or remaining <= self.poll_s
+            if await self._snapshots.wait_until(lambda: self.latest >= ts_event,
+                                                remaining if last_slice else self.poll_s, counted=last_slice):
+                return True
+            if last_slice:
+                break
+            stored = await self._stored() if self._stored is not None else None
+            if stored is not None:
+                self.on_snapshot(stored)
         log.warning("lockstep: no risk snapshot in time",
                     extra={"strategy": self.strategy, "ts_event": ts_event, "timeout_s": timeout_s})
         return False

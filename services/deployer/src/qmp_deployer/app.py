@@ -122,7 +122,7 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
     @app.after_startup
     async def load_state() -> None:
         js = broker.connection.jetstream()
-        await bus.declare(js)
+        await bus.wait_declared(js, SERVICE)
         wall = LiveClock()
         letters: set[asyncio.Task[None]] = set()
 

@@ -13,7 +13,7 @@ INSERT_EVENT = (
 )
 SEEN_COMMAND = "SELECT 1 FROM deployment_events WHERE strategy = $1 AND command_id = $2 LIMIT 1"
 INSERT_CONTROL_AUDIT = (
-    "INSERT INTO control_audit (strategy, command_id, command, state) VALUES ($1, $2, $3, $4) "
+    "INSERT INTO control_audit (strategy, command_id, command, state, sender) VALUES ($1, $2, $3, $4, $5) "
     "ON CONFLICT DO NOTHING"
 )
 
@@ -35,5 +35,6 @@ async def command_seen(pool: asyncpg.Pool, strategy: str, command_id: str) -> bo
 async def write_control_audit(pool: asyncpg.Pool, records: list[ControlApplied]) -> None:
     await pool.executemany(
         INSERT_CONTROL_AUDIT,
-        [(r.strategy, r.command.command_id, encode(r.command).decode(), encode(r.state).decode()) for r in records],
+        [(r.strategy, r.command.command_id, encode(r.command).decode(), encode(r.state).decode(), r.sender)
+         for r in records],
     )

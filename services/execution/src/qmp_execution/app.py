@@ -1,9 +1,10 @@
 """Composition root of the execution service: settings, strategies, engine, broker, handlers.
 
-Start-up order matters: connect → declare streams and KV → load the control bucket's current values →
-restore each strategy's book from its last snapshot and rebuild the price windows → read the latest risk
-snapshots → only then start the market-data subscriber. So a halt written before execution started is
-enforced from the first batch. Risk's stop-loss commands come through their own durable consumer.
+Start-up order matters: connect → wait until the streams and KV are declared (`qmp up`, `qmp init`) →
+load the control bucket's current values → restore each strategy's book from its last snapshot and
+rebuild the price windows → read the latest risk snapshots → only then start the market-data subscriber.
+So a halt written before execution started is enforced from the first batch. Risk's stop-loss commands
+come through their own durable consumer.
 """
 
 import logging
@@ -272,7 +273,7 @@ class ExecutionService:
     async def _start(self) -> None:
         await self.broker.connect()
         js = self.broker.connection.jetstream()
-        await bus.declare(js)
+        await bus.wait_declared(js, SERVICE)
         self.watch = ControlWatch(await bus.control_bucket(js), self.engine, js)
         await self.watch.start()
         try:

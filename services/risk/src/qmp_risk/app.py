@@ -3,7 +3,7 @@
 Subscribes (durable, explicit ack) to every venue's bars, every strategy's portfolio snapshots and the
 news calendar (`qmp.md.news.events`), and (core NATS) to the effective trading states; answers
 `qmp.health.risk`; runs the timed breaker check (stale data, news windows). The JetStream streams are
-declared by the runtime (`qmp up`) or the operator, not here.
+declared by the runtime (`qmp up`) or the operator (`qmp init`), not here: risk waits for them.
 
 Both durable consumers fetch one message at a time: FastStream runs the messages of one fetched batch
 concurrently, and a handler that awaits (the portfolio handler waits for bars, sends requests, writes)
@@ -17,7 +17,7 @@ import logging
 from faststream import FastStream
 from faststream.nats import NatsBroker, NatsMessage
 
-from qmp_core import subjects
+from qmp_core import bus, subjects
 from qmp_core.clock import Clock, ReplayClock, make_clock
 from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health
 from qmp_risk.config import RiskSettings
@@ -80,8 +80,9 @@ class RiskService:
         """Warm the kernels, open the pool, then rebuild the engine before any subscriber takes a message."""
         await self.handlers.open()
         await self.broker.connect()
+        await bus.wait_declared(self.broker.connection.jetstream(), SERVICE)
         if self.settings.rebuild:
-            self.rebuilt = await rebuild(self.engine, self.broker.connection.jetstream(), self.settings)
+            self.rebuilt = await rebuild(self.engine, self.broker.connection, self.settings)
 
     async def stop(self) -> None:
         await self.stop_checks()

@@ -212,7 +212,7 @@ class RiskHandlers:
         }):
             for attempt in range(1, self.settings.control_attempts + 1):
                 try:
-                    reply_msg = await self.nc.request(subjects.control(strategy), payload,
+                    reply_msg = await self.nc.request(subjects.control(strategy, SERVICE), payload,
                                                       timeout=self.settings.control_timeout_s,
                                                       headers=bus.headers_for(None))
                 except (NatsTimeoutError, NoRespondersError) as error:

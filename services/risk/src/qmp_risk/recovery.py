@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import msgspec
-import nats.errors
-from nats.aio.msg import Msg
+from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from qmp_core import bus, subjects
@@ -29,7 +27,6 @@ from qmp_risk.engine import RiskEngine
 
 T = TypeVar("T")
 log = logging.getLogger("qmp_risk")
-READ_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,9 +37,14 @@ class Rebuilt:
     seconds: float = 0.0
 
 
-async def rebuild(engine: RiskEngine, js: JetStreamContext, settings: RiskSettings) -> Rebuilt:
-    """Feed the engine what risk's consumers have acknowledged; return how much it took."""
+async def rebuild(engine: RiskEngine, nc: Client, settings: RiskSettings) -> Rebuilt:
+    """Feed the engine what risk's consumers have acknowledged; return how much it took.
+
+    The streams are read with direct gets (`bus.read_stream`): risk holds no grant to create consumers
+    on streams other services consume from.
+    """
     started = time.perf_counter()
+    js = nc.jetstream()
     floors = {
         "bars": await _ack_floor(js, subjects.STREAM_MARKET_DATA, settings.consumer("bars")),
         "portfolio": await _ack_floor(js, subjects.STREAM_EXEC, settings.consumer("portfolio")),
@@ -51,15 +53,15 @@ async def rebuild(engine: RiskEngine, js: JetStreamContext, settings: RiskSettin
     if not any(floors.values()):
         return Rebuilt()
     news = 0
-    async for msg in _read(js, subjects.STREAM_MARKET_DATA, subjects.NEWS_EVENTS, floors["news"]):
+    async for msg in _read(nc, subjects.STREAM_MARKET_DATA, subjects.NEWS_EVENTS, floors["news"]):
         event = _decode(NewsEvent, msg)
         if event is not None and event.end > event.start:
             engine.on_news(event)
             news += 1
-    snapshots = [s async for s in _decoded(js, subjects.STREAM_EXEC, subjects.PORTFOLIO_ALL,
+    snapshots = [s async for s in _decoded(nc, subjects.STREAM_EXEC, subjects.PORTFOLIO_ALL,
                                            floors["portfolio"], PortfolioSnapshot)]
     fed = bars = 0
-    async for msg in _read(js, subjects.STREAM_MARKET_DATA, subjects.MARKET_DATA_BARS_ALL,
+    async for msg in _read(nc, subjects.STREAM_MARKET_DATA, subjects.MARKET_DATA_BARS_ALL,
                            floors["bars"]):
         batch = _decode(BarBatch, msg)
         if batch is None:
@@ -107,37 +109,24 @@ async def _ack_floor(js: JetStreamContext, stream: str, durable: str) -> int:
     return info.ack_floor.stream_seq if info.ack_floor is not None else 0
 
 
-async def _decoded(js: JetStreamContext, stream: str, subject: str, upto_seq: int,
+async def _decoded(nc: Client, stream: str, subject: str, upto_seq: int,
                    type_: type[T]) -> AsyncIterator[T]:
-    async for msg in _read(js, stream, subject, upto_seq):
+    async for msg in _read(nc, stream, subject, upto_seq):
         message = _decode(type_, msg)
         if message is not None:
             yield message
 
 
-def _decode(type_: type[T], msg: Msg) -> T | None:
+def _decode(type_: type[T], msg: bus.StoredMessage) -> T | None:
     try:
         return codec(type_).decode(msg.data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None  # dead-lettered the first time
 
 
-async def _read(js: JetStreamContext, stream: str, subject: str, upto_seq: int) -> AsyncIterator[Msg]:
+async def _read(nc: Client, stream: str, subject: str, upto_seq: int) -> AsyncIterator[bus.StoredMessage]:
     """Yield the stream's messages on `subject` from the first up to sequence `upto_seq`, in order."""
     if upto_seq <= 0:
         return
-    sub = await js.subscribe(subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=READ_TIMEOUT_S)
-            except nats.errors.TimeoutError:
-                return  # nothing more (retention may have removed the rest)
-            seq = msg.metadata.sequence.stream
-            if seq > upto_seq:
-                return
-            yield msg
-            if seq == upto_seq:
-                return
-    finally:
-        await sub.unsubscribe()
+    async for msg in bus.read_stream(nc, stream, subject, upto_seq=upto_seq):
+        yield msg

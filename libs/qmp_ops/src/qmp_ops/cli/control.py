@@ -27,7 +27,7 @@ async def send_control(connection: Connection, strategy: str, body: dict[str, An
     try:
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                reply = await nc.request(subjects.control(strategy), payload, timeout=timeout_s)
+                reply = await nc.request(subjects.control(strategy, connection.sender), payload, timeout=timeout_s)
                 return json.loads(reply.data)
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 if attempt == ATTEMPTS:
@@ -49,13 +49,16 @@ async def gather_status(connection: Connection) -> dict[str, Any]:
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 health[service] = {"service": service, "status": "down"}
         states = await _states(nc)
+        disk = [{"stream": u.name, "messages": u.messages, "bytes": u.bytes, "max_bytes": u.max_bytes,
+                 "share_of_limit": u.share_of_limit, "bytes_per_hour": u.bytes_per_hour}
+                for u in await bus.stream_usage(nc)]
     finally:
         await nc.close()
     # Restarts are known to the `qmp up` that supervises this stack, when it runs on this machine.
     for service, record in read_supervisor_record(connection.run_dir).items():
         if service in health:
             health[service]["supervisor"] = record
-    return {"services": health, "strategies": states}
+    return {"services": health, "strategies": states, "streams": disk}
 
 
 async def _states(nc: nats.NATS) -> dict[str, dict[str, Any]]:

@@ -32,6 +32,9 @@ app = typer.Typer(help="QMP: take a trading strategy from paper to full capital 
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
 HOME = Path(".qmp")
+# What names a running stack to every verb; the global flags write them (kept in this order).
+STACK_VARIABLES = ("QMP_NATS_URL", "QMP_NATS_USER", "QMP_NATS_PASSWORD", "QMP_NATS_TLS_CA", "QMP_DATABASE_URL")
+MB = 1024 * 1024
 
 
 @app.callback()
@@ -45,9 +48,8 @@ def stack_options(
 ) -> None:
     """QMP: take a trading strategy from paper to full capital without blowing up."""
     # One way in for every verb: the flags set the variables Connection.read() reads.
-    for name, value in (("QMP_NATS_URL", nats_url), ("QMP_NATS_USER", nats_user),
-                        ("QMP_NATS_PASSWORD", nats_password), ("QMP_NATS_TLS_CA", nats_tls_ca),
-                        ("QMP_DATABASE_URL", database_url)):
+    for name, value in zip(STACK_VARIABLES, (nats_url, nats_user, nats_password, nats_tls_ca, database_url),
+                           strict=True):
         if value:
             os.environ[name] = value
 
@@ -93,6 +95,46 @@ def up(
     finally:
         stack.stop()
         console.print("stopped")
+
+
+@app.command()
+def init() -> None:
+    """Prepare a running NATS and PostgreSQL (`--nats-url`, `--database-url`) for the services.
+
+    Migrates the database and declares every stream and bucket with the limits of QMP_RETENTION_*
+    (docs/OPERATIONS.md); the services never declare them. Safe to run again: a limit changed in the
+    environment is applied to the existing stream. `qmp up` does this itself for its embedded servers.
+    """
+    from qmp_core import bus
+    from qmp_core.config import Retention, load_settings
+    from qmp_core.db import migrate
+
+    try:
+        retention = load_settings(Retention)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+
+    async def run() -> None:
+        try:
+            await migrate(connection.database_url)
+        except OSError as error:
+            raise StackUnavailable(f"cannot reach PostgreSQL at {redacted(connection.database_url)} ({error}): "
+                                   "name it with --database-url / QMP_DATABASE_URL") from error
+        nc = await connection.connect()
+        try:
+            await bus.declare(nc.jetstream(), retention)
+        finally:
+            await nc.close()
+
+    connection = Connection.read()
+    asyncio.run(run())
+    for config in bus.streams(retention):
+        console.print(f"[green]✓[/] stream {config.name}: {config.max_age / bus.DAY_S:g} days, "
+                      f"{(config.max_bytes or 0) // bus.MB} MB")
+    for bucket in bus.buckets(retention):
+        console.print(f"[green]✓[/] bucket {bucket.bucket}: {bucket.history} versions per key, "
+                      f"{(bucket.max_bytes or 0) // bus.MB} MB")
+    console.print(f"[green]✓[/] database migrated ({redacted(connection.database_url)})")
 
 
 @app.command()
@@ -198,6 +240,21 @@ def contract(
     console.print(f"wrote {write}")
 
 
+@app.command("nats-config")
+def nats_config(
+    write: Annotated[Path | None, typer.Option("--write", help="write it to a file (infra/nats/server.conf)")] = None,
+) -> None:
+    """Print the production nats-server config: a user per role with the role table's permissions."""
+    from qmp_ops.runtime.nats_server import render_production_config
+
+    text = render_production_config()
+    if write is None:
+        typer.echo(text, nl=False)
+        return
+    write.write_text(text)
+    console.print(f"wrote {write}")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """Treat SIGTERM like Ctrl-C so the stack stops in order."""
     raise KeyboardInterrupt
@@ -226,6 +283,15 @@ def _status_tables(status: dict) -> Table:
         detail = (f"allocation {state['allocation']:.2f}, size × {state['size_multiplier']:.2f}, "
                   f"max order {state['max_order_fraction']:.2f}" + (f", {state['reason']}" if state["reason"] else ""))
         table.add_row(f"strategy {strategy}", f"[{colour}]{state['status']}[/]", detail)
+    streams = status.get("streams", [])
+    if streams:
+        total = sum(s["bytes"] for s in streams)
+        rates = [s["bytes_per_hour"] for s in streams if s["bytes_per_hour"] is not None]
+        full = max(streams, key=lambda s: s["share_of_limit"])
+        colour = "green" if full["share_of_limit"] < 0.8 else "yellow"
+        table.add_row("disk (streams)", f"[{colour}]{total / MB:,.1f} MB[/]",
+                      f"~{sum(rates) / MB:,.1f} MB/hour over what each stream holds; fullest {full['stream']} "
+                      f"at {full['share_of_limit']:.0%} of its limit (then its oldest messages go)")
     return table
 
 
@@ -242,7 +308,7 @@ def _print_reply(reply: dict) -> None:
 
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
-FAST_COMMANDS = frozenset({"up", "demo", "halt", "resume", "unlock", "status", "contract"})
+FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "contract", "nats-config"})
 
 
 def register_extensions() -> None:

@@ -22,10 +22,12 @@ from urllib.parse import urlsplit, urlunsplit
 import nats
 
 from qmp_core import bus, subjects
+from qmp_core.config import Retention, load_settings
 from qmp_core.db import migrate
 from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
 from qmp_ops.runtime.ports import write_private
 from qmp_ops.runtime.postgres_server import EmbeddedPostgres
+from qmp_ops.runtime.roles import ADMIN
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,11 @@ class Connection:
             raise StackUnavailable(f"no stack is running here ({path} not found): start one with `qmp up`, or "
                                    "name a running one with --nats-url / QMP_NATS_URL")
         return saved
+
+    @property
+    def sender(self) -> str:
+        """Who this connection sends control commands as: its NATS user (the admin when auth is off)."""
+        return self.operator_user or ADMIN
 
     async def connect(self, follow: bool = False) -> nats.NATS:
         """Connect as the operator; a stack that is down is a clear error in about a second, not minutes.
@@ -192,7 +199,7 @@ class Stack:
             js = nc.jetstream()
             if self.options.fresh and self.nats is None:
                 await reset_bus(js)
-            await bus.declare(js)
+            await bus.declare(js, load_settings(Retention))
         finally:
             await nc.close()
 

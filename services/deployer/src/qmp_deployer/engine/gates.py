@@ -7,9 +7,10 @@ value is `inconclusive`: the phase holds, and stale risk data fails closed (see 
 """
 
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 
+from qmp_core.dedup import RecentIds
 from qmp_core.messages import Fill, GateResult, PortfolioSnapshot, ReadingStatus, RiskSnapshot
 from qmp_deployer.engine.plan import PROBE_SOURCES, VAR_PREFIX, MetricSpec
 
@@ -39,7 +40,7 @@ class Monitor:
     def __init__(self) -> None:
         self._inputs: dict[str, _StrategyInputs] = {}
         self._probes: dict[str, Reading] = {}
-        self._seen_fills: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._seen_fills: RecentIds[tuple[str, str]] = RecentIds(SEEN_FILLS)
 
     def _of(self, strategy: str) -> _StrategyInputs:
         return self._inputs.setdefault(strategy, _StrategyInputs())
@@ -51,12 +52,8 @@ class Monitor:
 
     def on_fill(self, fill: Fill) -> bool:
         """Record a fill's slippage; return False for a fill already seen (a redelivery)."""
-        key = (fill.strategy, fill.fill_id)
-        if key in self._seen_fills:
+        if not self._seen_fills.first_time((fill.strategy, fill.fill_id)):
             return False
-        self._seen_fills[key] = None
-        if len(self._seen_fills) > SEEN_FILLS:
-            self._seen_fills.popitem(last=False)
         inputs = self._of(fill.strategy)
         # Slippage is a cost whichever side it falls on: its size is what the gate watches.
         inputs.slippage.append(abs(fill.slippage_bps))

@@ -19,7 +19,7 @@ from qmp_core.clock import Clock
 from qmp_core.messages import ControlApplied, ControlCommand, ControlReply, TradingState, codec, encode
 from qmp_core.service import Intake
 from qmp_core.telemetry import tracer
-from qmp_core.trading_state import ControlEntries
+from qmp_core.trading_state import ControlEntries, source_of
 from qmp_deployer.engine import decide
 from qmp_deployer.store import write_control_audit
 
@@ -117,8 +117,16 @@ class ControlStore:
         return self.entries.strategies()
 
 
+def _names_issuer(data: bytes) -> bool:
+    """Return whether a command's JSON names its `issued_by` (rather than leaving the default)."""
+    try:
+        return "issued_by" in msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return False
+
+
 class ControlHandler:
-    """Answer `qmp.control.<strategy>` requests."""
+    """Answer `qmp.control.<sender>.<strategy>` requests; the entry written is the sender's (see `source_of`)."""
 
     def __init__(self, js: JetStreamContext, store: ControlStore, clock: Clock, pool: object | None) -> None:
         self.js = js
@@ -143,9 +151,10 @@ class ControlHandler:
 
     async def _handle(self, subject: str, data: bytes) -> ControlReply:
         now = self.clock.now_ns()
-        strategy = subjects.strategy_of(subject)
         try:
+            sender, strategy = subjects.control_sender_and_strategy(subject)
             subjects.check_token(strategy, "strategy")
+            subjects.check_token(sender, "sender")
         except ValueError as error:
             reason = f"invalid control command: {error}"
             await self._input.reject(self.js, subject, reason, data)
@@ -153,10 +162,20 @@ class ControlHandler:
         command, invalid = await self._input.decode_request(self.js, subject, data)
         if command is None:
             return ControlReply(accepted=False, reason=invalid, ts_event=now)
-        return await self.apply(strategy, command)
+        source = source_of(sender)
+        if command.issued_by != source:
+            if _names_issuer(data):  # a sender claiming another's entry: refused, and on the record
+                reason = (f"issued_by {command.issued_by!r} is not the sender's: {sender!r} may write the "
+                          f"{source!r} entry only")
+                await self._input.reject(self.js, subject, reason, data)
+                return ControlReply(accepted=False, reason=reason, command_id=command.command_id, ts_event=now)
+            command = msgspec.structs.replace(command, issued_by=source)
+        return await self.apply(strategy, command, sender)
 
-    async def apply(self, strategy: str, command: ControlCommand) -> ControlReply:
+    async def apply(self, strategy: str, command: ControlCommand, sender: str = SERVICE) -> ControlReply:
         """Apply a decoded command: the path of bus requests and of the deployer's own in-process writes.
+
+        `sender` is the authenticated identity (the subject's sender token), recorded in the audit trail.
 
         The reply waits for what makes the command durable and visible (the KV write, the audit stream and
         the state publish); the database copy of the audit is written after it, in order, by a worker.
@@ -184,7 +203,8 @@ class ControlHandler:
         self._remember(seen_key, reply)
         log.info("control applied", extra={"strategy": strategy, "command": type(command).__name__,
                                            "command_id": command.command_id, "status": decision.effective.status})
-        applied = ControlApplied(strategy=strategy, command=command, state=decision.effective, ts_event=now)
+        applied = ControlApplied(strategy=strategy, command=command, state=decision.effective, ts_event=now,
+                                 sender=sender)
         await bus.publish(self.js, subjects.audit_control(strategy), applied, msg_id=command.command_id)
         await self._publish_states(strategy)
         self._queue_audit(applied)

@@ -38,6 +38,7 @@ from qmp_execution.engine.codes import (
     CODE_STRATEGY_ERROR,
 )
 from qmp_execution.engine.config import EngineConfig, StrategyResult
+from qmp_execution.engine.denials import RepeatedDenials
 from qmp_execution.engine.paper import Market, PaperBroker
 from qmp_execution.engine.pretrade import Candidate, Denial, PreTrade, RateLimiter, checked_weights, gate, pre_trade
 from qmp_execution.engine.sizing import es_scale
@@ -72,6 +73,7 @@ class StrategyHost:
         self._batches = 0
         self._last: StrategyResult | None = None
         self._last_market: Market | None = None
+        self.denials = RepeatedDenials()
 
     @property
     def venue(self) -> str:
@@ -155,6 +157,7 @@ class StrategyHost:
             decisions += self._trade(batch, state, market, previous, closing, closes)
         elif closes:  # a stopped or warming-up strategy still closes on a stop-loss
             decisions += self._check(closes, state, batch.ts_event, book.equity(), previous, "")
+        decisions = self.denials.select(state, decisions)
         fills = self.broker.execute(book, market) if self.config.broker == "paper" else []
         self._last_market = market
         book.last_ts, book.last_seq = batch.ts_event, seq
