@@ -69,6 +69,9 @@ def deployer_settings(settings: ServiceSettings | None, **overrides: Any) -> Dep
     return msgspec.convert({**msgspec.structs.asdict(settings), **overrides}, DeployerSettings)
 
 
+CONTROL_WORKERS = 16_384  # a burst is taken in whole: a halt behind it waits at the lock, where it goes first
+
+
 def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> FastStream:
     """Build the deployer app; `overrides` set DeployerSettings fields (tests, embedding)."""
     settings = deployer_settings(settings, **overrides)
@@ -77,7 +80,9 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
     app = FastStream(broker)
     holder: dict[str, Any] = {}
 
-    @broker.subscriber(subjects.CONTROL_ANY, queue=subjects.DEPLOY_QUEUE)
+    # Requests are taken in as they come and handled concurrently; the bucket writes take turns, halts and
+    # resumes first (PriorityLock), so a halt never waits for every request that arrived before it.
+    @broker.subscriber(subjects.CONTROL_ANY, queue=subjects.DEPLOY_QUEUE, max_workers=CONTROL_WORKERS)
     async def on_control(msg: NatsMessage) -> bytes:
         if "handler" not in holder:
             return encode(ControlReply(accepted=False, reason="deployer is starting; retry"))

@@ -29,7 +29,7 @@ DurableNames = Literal["exact", "any"]
 
 def control_of(sender: str) -> str:
     """The control subjects `sender` may publish: its own, so the deployer knows who sent each command."""
-    return f"qmp.control.{sender}.>"
+    return subjects.control(">", sender)
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class Role:
 
 ROLES: dict[str, Role] = {
     ADMIN: Role(
-        publish=(control_of(ADMIN), "qmp.deploy.>", "qmp.ingest.>",
-                 "qmp.health.>", "qmp.broker.>", "$JS.API.>", "$JS.ACK.>", INBOX),
+        publish=(control_of(ADMIN), "qmp.deploy.>", "qmp.ingest.>", "qmp.health.>", "qmp.broker.>", "$JS.API.>",
+                 "$JS.ACK.>", INBOX),
         subscribe=(">",),
         admin=True,
     ),

@@ -2,10 +2,11 @@
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -16,7 +17,17 @@ from nats.js.kv import KeyValue
 
 from qmp_core import bus, subjects
 from qmp_core.clock import Clock
-from qmp_core.messages import ControlApplied, ControlCommand, ControlReply, TradingState, codec, encode
+from qmp_core.messages import (
+    ControlApplied,
+    ControlCommand,
+    ControlReply,
+    Halt,
+    ReleaseSafeMode,
+    Resume,
+    TradingState,
+    codec,
+    encode,
+)
 from qmp_core.service import Intake
 from qmp_core.telemetry import tracer
 from qmp_core.trading_state import ControlEntries, source_of
@@ -117,6 +128,48 @@ class ControlStore:
         return self.entries.strategies()
 
 
+class PriorityLock:
+    """A lock whose urgent waiters are served before the others.
+
+    Control requests are handled concurrently, but deciding and writing the bucket is one step at a time;
+    a halt must not wait behind a queue of allocation changes, so it is next whatever arrived before it.
+    """
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
+
+    @contextlib.asynccontextmanager
+    async def hold(self, urgent: bool) -> AsyncIterator[None]:
+        if self._locked:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            queue = self._waiting[0 if urgent else 1]
+            queue.append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._release()  # handed the lock as it was cancelled: pass it on
+                elif turn in queue:
+                    queue.remove(turn)
+                raise
+        else:
+            self._locked = True
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for queue in self._waiting:  # urgent first
+            while queue:
+                turn = queue.popleft()
+                if not turn.done():
+                    turn.set_result(None)  # the lock passes to it, still held
+                    return
+        self._locked = False
+
+
 def _names_issuer(data: bytes) -> bool:
     """Return whether a command's JSON names its `issued_by` (rather than leaving the default)."""
     try:
@@ -140,16 +193,21 @@ class ControlHandler:
         self._worker: asyncio.Task[None] | None = None
         # Bus requests and the rollout service apply commands concurrently: deciding on the mirror and
         # writing it must be one step, or a write decided on stale entries could pass the revision check.
-        self._apply_lock = asyncio.Lock()
+        self._apply_lock = PriorityLock()
+        # Requests are numbered as they arrive. Halts and resumes go first to the bucket, so a halt can
+        # overtake a resume sent before it: such a resume is refused, never applied after the halt.
+        self._arrivals = itertools.count()
+        self._halt_arrival: dict[str, int] = {}  # strategy -> arrival number of the last halt applied
 
     async def handle(self, subject: str, data: bytes) -> bytes:
+        arrival = next(self._arrivals)
         with _tracer.start_as_current_span("deployer.control") as span:
-            reply = await self._handle(subject, data)
+            reply = await self._handle(subject, data, arrival)
             span.set_attribute("qmp.accepted", reply.accepted)
             span.set_attribute("qmp.command_id", reply.command_id)
             return encode(reply)
 
-    async def _handle(self, subject: str, data: bytes) -> ControlReply:
+    async def _handle(self, subject: str, data: bytes, arrival: int) -> ControlReply:
         now = self.clock.now_ns()
         try:
             sender, strategy = subjects.control_sender_and_strategy(subject)
@@ -170,9 +228,10 @@ class ControlHandler:
                 await self._input.reject(self.js, subject, reason, data)
                 return ControlReply(accepted=False, reason=reason, command_id=command.command_id, ts_event=now)
             command = msgspec.structs.replace(command, issued_by=source)
-        return await self.apply(strategy, command, sender)
+        return await self.apply(strategy, command, sender, arrival)
 
-    async def apply(self, strategy: str, command: ControlCommand, sender: str = SERVICE) -> ControlReply:
+    async def apply(self, strategy: str, command: ControlCommand, sender: str = SERVICE,
+                    arrival: int | None = None) -> ControlReply:
         """Apply a decoded command: the path of bus requests and of the deployer's own in-process writes.
 
         `sender` is the authenticated identity (the subject's sender token), recorded in the audit trail.
@@ -187,7 +246,11 @@ class ControlHandler:
         previous = self._seen.get(seen_key)
         if previous is not None:
             return msgspec.structs.replace(previous, duplicate=True)
-        async with self._apply_lock:
+        async with self._apply_lock.hold(urgent=isinstance(command, Halt | Resume | ReleaseSafeMode)):
+            overtaken = self._overtaken_by_halt(strategy, command, arrival)
+            if overtaken:
+                return ControlReply(accepted=False, reason=overtaken, command_id=command.command_id,
+                                    state=self.store.entries.effective(strategy), ts_event=now)
             for _ in range(CAS_ATTEMPTS):
                 decision = decide(strategy, command, self.store.entries, now)
                 if not decision.accepted:
@@ -198,6 +261,8 @@ class ControlHandler:
             else:
                 return ControlReply(accepted=False, reason="control state kept changing; try again",
                                     command_id=command.command_id, ts_event=now)
+            if isinstance(command, Halt) and arrival is not None:  # before the next waiter decides
+                self._halt_arrival[strategy] = max(arrival, self._halt_arrival.get(strategy, -1))
         assert decision.effective is not None
         reply = ControlReply(accepted=True, command_id=command.command_id, state=decision.effective, ts_event=now)
         self._remember(seen_key, reply)
@@ -209,6 +274,16 @@ class ControlHandler:
         await self._publish_states(strategy)
         self._queue_audit(applied)
         return reply
+
+    def _overtaken_by_halt(self, strategy: str, command: ControlCommand, arrival: int | None) -> str:
+        """Return why a resume is refused when a halt that arrived after it was applied first, else ""."""
+        if arrival is None or not isinstance(command, Resume | ReleaseSafeMode):
+            return ""
+        later = max(self._halt_arrival.get(strategy, -1), self._halt_arrival.get(subjects.ALL_STRATEGIES, -1))
+        if later > arrival:
+            return (f"a halt sent after this {type(command).__name__.lower()} was applied first: it stays; "
+                    "send the resume again to lift it")
+        return ""
 
     async def load_recent(self, limit: int = RECENT_AUDIT) -> int:
         """Remember the last `limit` accepted commands from the audit stream and copy them to the database.

@@ -1,0 +1,152 @@
+"""Halts under load: the deployer (as a process, embedded NATS and PostgreSQL) answering many clients.
+
+Three phases in one run, the first being the baseline the others are compared with:
+1. alone: one client alternates halt and resume on one strategy;
+2. load: `--clients` clients (each its own connection) send set_allocation to their own strategies as
+   fast as they are answered for `--seconds`, while one more client halts and resumes another strategy
+   every 50 ms;
+3. burst: `--burst` set_allocation requests sent at once over the clients' connections, with halts
+   sent during the burst.
+It prints halt round trips (p50 / p99 / max), the other requests' rate and every error or timeout, and
+the ratio of the halt p99 under load and in the burst to the halt p99 alone.
+
+    .venv/bin/python tests/bench/bench_control_load.py [--clients 100] [--seconds 60] [--burst 10000] [--json]
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+import numpy as np
+
+from qmp_core import subjects
+from qmp_ops.runtime.supervisor import Stack, StackOptions
+
+TIMEOUT_S = 30.0
+
+
+def figures(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    if not len(ms):
+        return {"n": 0}
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "max_ms": round(float(ms.max()), 2), "n": len(ms)}
+
+
+async def timed_request(nc: nats.NATS, subject: str, body: dict, errors: list[str]) -> float | None:
+    start = time.perf_counter()
+    try:
+        reply = json.loads((await nc.request(subject, json.dumps(body).encode(), timeout=TIMEOUT_S)).data)
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as error:
+        errors.append(type(error).__name__)
+        return None
+    if not reply.get("accepted"):
+        errors.append(reply.get("reason", "rejected")[:100])
+        return None
+    return time.perf_counter() - start
+
+
+async def halts(nc: nats.NATS, strategy: str, until: asyncio.Event, every_s: float, errors: list[str],
+                count: int | None = None) -> list[float]:
+    """Alternate halt and resume on `strategy`; return the halts' round trips."""
+    latencies: list[float] = []
+    n = 0
+    while not until.is_set() and (count is None or n < 2 * count):
+        command = ({"command": "halt", "reason": "bench"} if n % 2 == 0 else {"command": "resume"})
+        took = await timed_request(nc, subjects.control(strategy), {**command, "command_id": f"{strategy}-{n}"},
+                                   errors)
+        if n % 2 == 0 and took is not None:
+            latencies.append(took)
+        n += 1
+        await asyncio.sleep(every_s)
+    return latencies
+
+
+async def load(nc: nats.NATS, strategy: str, until: asyncio.Event, errors: list[str]) -> int:
+    done = 0
+    while not until.is_set():
+        allocation = 0.5 if done % 2 else 0.25
+        if await timed_request(nc, subjects.control(strategy), {"command": "set_allocation",
+                                                                "allocation": allocation}, errors) is not None:
+            done += 1
+    return done
+
+
+async def measure(stack: Stack, clients: int, seconds: float, burst: int) -> dict:
+    connection = stack.connection
+    pool = [await connection.connect() for _ in range(clients)]
+    urgent = await connection.connect()
+    errors: list[str] = []
+    never = asyncio.Event()
+    alone = await halts(urgent, "bench-alone", never, 0.0, errors, count=200)
+
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(load(nc, f"bench-load-{i}", stop, errors)) for i, nc in enumerate(pool)]
+    halting = asyncio.create_task(halts(urgent, "bench-urgent", stop, 0.05, errors))
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    stop.set()
+    under_load = await halting
+    handled = sum(await asyncio.gather(*workers))
+    elapsed = time.perf_counter() - started
+
+    burst_errors: list[str] = []
+    requests = [timed_request(pool[i % clients], subjects.control(f"bench-burst-{i % clients}"),
+                              {"command": "set_allocation", "allocation": 0.5 if i % 2 else 0.25}, burst_errors)
+                for i in range(burst)]
+    burst_done = asyncio.Event()
+    flood = asyncio.gather(*requests)
+    in_burst = asyncio.create_task(halts(urgent, "bench-burst-urgent", burst_done, 0.02, burst_errors, count=20))
+    burst_started = time.perf_counter()
+    answered = [took for took in await flood if took is not None]
+    burst_s = time.perf_counter() - burst_started
+    burst_done.set()
+    halts_in_burst = await in_burst
+    for nc in [*pool, urgent]:
+        await nc.close()
+    result = {
+        "halt_alone": figures(alone),
+        "halt_under_load": figures(under_load),
+        "halt_in_burst": figures(halts_in_burst),
+        "load_requests_per_s": round(handled / elapsed, 1),
+        "load_errors": len(errors),
+        "burst_requests": burst, "burst_answered": len(answered), "burst_seconds": round(burst_s, 2),
+        "burst_errors": len(burst_errors), "burst_request": figures(answered),
+        "error_kinds": sorted(set(errors + burst_errors))[:5],
+    }
+    base = result["halt_alone"].get("p99_ms") or float("nan")
+    result["halt_p99_under_load_over_alone"] = round(result["halt_under_load"].get("p99_ms", float("nan")) / base, 2)
+    result["halt_p99_in_burst_over_alone"] = round(result["halt_in_burst"].get("p99_ms", float("nan")) / base, 2)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--burst", type=int, default=10_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="qmp-bench-load-"))
+    stack = Stack(StackOptions(home=home, clock="live", services=("deployer",), share_connection=False))
+    try:
+        stack.start_servers()
+        stack.start_service("deployer")
+        asyncio.run(stack.wait_healthy("deployer"))
+        results = asyncio.run(measure(stack, args.clients, args.seconds, args.burst))
+    finally:
+        stack.stop()
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        return
+    for name, value in results.items():
+        print(f"{name:34s} {value}")
+
+
+if __name__ == "__main__":
+    main()
