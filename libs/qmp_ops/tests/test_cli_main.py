@@ -16,7 +16,7 @@ from qmp_lab.lock import LOCK_LOG, locked_strategies, write_lock
 from qmp_ops.cli.main import STACK_VARIABLES, app
 from qmp_ops.runtime.nats_server import EmbeddedNats
 from qmp_ops.runtime.ports import free_port
-from qmp_ops.runtime.supervisor import Connection
+from qmp_ops.runtime.supervisor import Connection, Stack, StackOptions
 
 
 @pytest.fixture
@@ -150,3 +150,35 @@ def test_init_when_fresh_nats_then_streams_declared_with_the_retention_of_the_en
         assert asyncio.run(exec_limit()) == 64 * bus.MB
     finally:
         server.stop()
+
+
+@pytest.mark.system
+def test_as_when_a_named_operator_of_the_stack_halts_then_accepted_under_her_name(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack = Stack(StackOptions(home=home, services=("deployer",), operators=("alice",)))
+    try:
+        stack.start_servers()
+        stack.start_service("deployer")
+        asyncio.run(stack.wait_healthy("deployer"))
+        mine = json.loads((home / "operators" / "alice.json").read_text())
+
+        halted = CliRunner().invoke(app, ["--as", "alice", "halt", "vol_target", "--reason", "alice saw it"])
+        unknown = CliRunner().invoke(app, ["--as", "bob", "halt", "vol_target"])
+
+        async def audited() -> list[str]:
+            nc = await stack.connection.connect()
+            try:
+                return [json.loads(m.data)["sender"] async for m in bus.read_stream(
+                    nc, subjects.STREAM_AUDIT, subjects.audit_control("vol_target"))]
+            finally:
+                await nc.close()
+
+        senders = asyncio.run(audited())
+    finally:
+        stack.stop()
+
+    assert mine["operator_user"] == "alice" and oct((home / "operators" / "alice.json").stat().st_mode)[-3:] == "600"
+    assert halted.exit_code == 0, halted.output
+    assert json.loads(halted.output)["state"]["status"] == "HALTED"
+    assert unknown.exit_code != 0 and "qmp up --operators bob" in unknown.output
+    assert senders == ["alice"]

@@ -210,3 +210,38 @@ async def test_control_when_the_operator_publishes_as_risk_then_the_server_refus
                                timeout=0.5)
     await operator.close()
     assert any("permissions violation" in str(error) for error in errors)
+
+
+async def test_control_when_a_named_operator_halts_then_the_operators_entry_and_the_audit_names_her(
+        deployer, nats_credentials, operator_nc, unique_id, database_url):
+    user, password = nats_credentials.for_user("alice")
+    if not user:
+        pytest.skip("the running NATS server has no per-service users")
+    errors: list[Exception] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(error)
+
+    alice = await nats.connect(nats_credentials.url, user=user, password=password, error_cb=on_error)
+    try:
+        halted = await request(alice, unique_id, {"command": "halt", "reason": "alice saw it"}, sender="alice")
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):  # not under another's name
+            await alice.request(subjects.control(unique_id, "operator"), b'{"command": "resume"}', timeout=0.5)
+        resumed = await request(operator_nc, unique_id, {"command": "resume"})  # the operators share one entry
+    finally:
+        await alice.close()
+
+    assert halted["accepted"] is True and halted["state"]["status"] == "HALTED"
+    assert resumed["accepted"] is True and resumed["state"]["status"] == "ACTIVE"
+    assert any("permissions violation" in str(error) for error in errors)
+    connection = await asyncpg.connect(database_url)
+    try:
+        for _ in range(50):
+            rows = await connection.fetch("SELECT sender, command->>'issued_by' AS entry FROM control_audit "
+                                          "WHERE strategy = $1 ORDER BY id", unique_id)
+            if len(rows) == 2:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
+    assert [(row["sender"], row["entry"]) for row in rows] == [("alice", "operator"), ("operator", "operator")]

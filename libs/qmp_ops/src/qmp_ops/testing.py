@@ -23,6 +23,8 @@ from qmp_ops.cli.main import STACK_VARIABLES
 from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
 from qmp_ops.runtime.postgres_server import EmbeddedPostgres
 
+TEST_OPERATORS = ("alice",)  # a named operator (a person) on the session's server
+
 
 @pytest.fixture(autouse=True)
 def stack_environment_restored() -> Iterator[None]:
@@ -54,7 +56,7 @@ def nats_credentials(run_dir: Path) -> Iterator[NatsCredentials]:
         return
     # Tests name their own durable consumers (one server for the session): any name on a role's
     # streams. The exact grants are held by tests/security and by every stack the system tests start.
-    server = EmbeddedNats(run_dir / "nats", durable_names="any")
+    server = EmbeddedNats(run_dir / "nats", durable_names="any", operators=TEST_OPERATORS)
     credentials = server.start()
     yield credentials
     server.stop()

@@ -18,6 +18,7 @@ from rich.table import Table
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.control import gather_status, send_control
 from qmp_ops.cli.screen import watch as watch_screen
+from qmp_ops.runtime.roles import roles_with
 from qmp_ops.runtime.supervisor import (
     CONNECTION_FILE,
     Connection,
@@ -25,6 +26,7 @@ from qmp_ops.runtime.supervisor import (
     StackOptions,
     StackUnavailable,
     Supervisor,
+    operator_connection_file,
     redacted,
 )
 
@@ -45,8 +47,18 @@ def stack_options(
     nats_password: Annotated[str, typer.Option(help="its password; env QMP_NATS_PASSWORD")] = "",
     nats_tls_ca: Annotated[str, typer.Option(help="CA file: connect with TLS; env QMP_NATS_TLS_CA")] = "",
     database_url: Annotated[str, typer.Option(help="PostgreSQL of that stack; env QMP_DATABASE_URL")] = "",
+    as_operator: Annotated[str, typer.Option("--as", help="act as this named operator of `qmp up --operators` "
+                                                          "(reads .qmp/operators/<name>.json)")] = "",
 ) -> None:
     """QMP: take a trading strategy from paper to full capital without blowing up."""
+    if as_operator:
+        path = operator_connection_file(HOME, as_operator)
+        if not path.exists():
+            raise typer.BadParameter(f"no operator {as_operator!r} here ({path} not found): start the stack with "
+                                     f"`qmp up --operators {as_operator}`")
+        mine = Connection(**json.loads(path.read_text()))
+        nats_url, nats_user, nats_password = mine.nats_url, mine.operator_user, mine.operator_password
+        database_url = database_url or mine.database_url
     # One way in for every verb: the flags set the variables Connection.read() reads.
     for name, value in zip(STACK_VARIABLES, (nats_url, nats_user, nats_password, nats_tls_ca, database_url),
                            strict=True):
@@ -64,6 +76,8 @@ def up(
     end: Annotated[str, typer.Option(help="history end date")] = "2009-12-31",
     strategies: Annotated[str, typer.Option(help="id=package.module:Class, comma-separated")] = (
         "vol_target=qmp_lab.strategies.vol_target:VolatilityTarget"),
+    operators: Annotated[str, typer.Option(help="named operators (people), comma-separated: a NATS user each, "
+                                                "whose commands the audit trail records by name")] = "",
 ) -> None:
     """Start NATS, PostgreSQL and the four services, with market data flowing; Ctrl-C stops all."""
     collector = {"QMP_SOURCE": source, "QMP_REPLAY_RATE": str(rate)}
@@ -73,7 +87,12 @@ def up(
         collector |= {"QMP_VENUE": "sp500", "QMP_START": start, "QMP_END": end}
     else:
         raise typer.BadParameter(f"source must be synthetic or history, got {source!r}")
-    options = StackOptions(home=HOME, clock="replay", pass_environment=True,
+    names = tuple(name.strip() for name in operators.split(",") if name.strip())
+    try:
+        roles_with(names)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    options = StackOptions(home=HOME, clock="replay", pass_environment=True, operators=names,
                            service_env={"collector": collector, "execution": {"QMP_STRATEGIES": strategies}})
     stack = Stack(options)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -87,9 +106,11 @@ def up(
             console.print(f"[green]✓[/] {service}")
         console.print(f"connection details: {CONNECTION_FILE} (NATS {connection.nats_url}, "
                       f"database {redacted(connection.database_url)})")
+        for name in names:
+            console.print(f"operator {name}: `qmp --as {name} <verb>` ({operator_connection_file(HOME, name)})")
         console.print(f"logs and traces: {stack.run_dir}  —  Ctrl-C stops everything")
         # A service that dies or fails its health is restarted (with backoff); `qmp status` shows restarts.
-        asyncio.run(Supervisor(stack, say=lambda text: console.print(f"[yellow]{text}[/]")).run())
+        asyncio.run(_supervise(stack))
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
@@ -255,6 +276,16 @@ def nats_config(
     console.print(f"wrote {write}")
 
 
+async def _supervise(stack: Stack) -> None:
+    """Supervise until Ctrl-C or SIGTERM, then return so the stack stops in order (no half-closed loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await Supervisor(stack, say=lambda text: console.print(f"[yellow]{text}[/]")).run(until=stop.is_set)
+    console.print("stopping…")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     """Treat SIGTERM like Ctrl-C so the stack stops in order."""
     raise KeyboardInterrupt
@@ -312,7 +343,8 @@ FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "st
 
 
 def register_extensions() -> None:
-    """Add deploy, rollout, history, verify, risk, stress and slippage to the app."""
+    """Add deploy, rollout, history, verify, risk, stress, slippage and audit to the app."""
+    from qmp_ops.cli.audit import app as audit_app
     from qmp_ops.cli.deploy import register as register_deploy
     from qmp_ops.cli.risk import register as register_risk
     from qmp_ops.cli.slippage import app as slippage_app
@@ -322,6 +354,7 @@ def register_extensions() -> None:
     app.add_typer(slippage_app, name="slippage")  # slippage calibrate
     register_verify(app)  # verify
     register_risk(app)  # risk var | report, stress
+    app.add_typer(audit_app, name="audit")  # audit security
 
 
 if next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None) not in FAST_COMMANDS:

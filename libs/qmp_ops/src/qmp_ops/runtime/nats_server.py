@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qmp_ops.runtime.ports import free_port, wait_for_port, write_private
-from qmp_ops.runtime.roles import ROLES, DurableNames, permissions
+from qmp_ops.runtime.roles import ROLES, DurableNames, permissions, roles_with
 
 
 def nats_server_binary() -> str:
@@ -36,9 +36,11 @@ class NatsCredentials:
         return (user, self.users[user]) if self.users else ("", "")
 
 
-def render_config(port: int, store_dir: Path, users: dict[str, str], durable_names: DurableNames = "exact") -> str:
+def render_config(port: int, store_dir: Path, users: dict[str, str], durable_names: DurableNames = "exact",
+                  operators: tuple[str, ...] = ()) -> str:
     """Return a nats-server config with JetStream and one account holding every QMP user."""
-    entries = [{"user": user, "password": password, "permissions": permissions(ROLES[user], durable_names)}
+    roles = roles_with(operators)
+    entries = [{"user": user, "password": password, "permissions": permissions(roles[user], durable_names)}
                for user, password in users.items()]
     # nats-server config accepts JSON-compatible values, so json.dumps renders each block safely.
     lines = [
@@ -78,10 +80,13 @@ def render_production_config() -> str:
 class EmbeddedNats:
     """A nats-server child process with JetStream on file storage under `run_dir`."""
 
-    def __init__(self, run_dir: Path, with_auth: bool = True, durable_names: DurableNames = "exact") -> None:
+    def __init__(self, run_dir: Path, with_auth: bool = True, durable_names: DurableNames = "exact",
+                 operators: tuple[str, ...] = ()) -> None:
         self.run_dir = run_dir
         self.port = free_port()
-        self.users = {user: secrets.token_urlsafe(18) for user in ROLES} if with_auth else {}
+        self.operators = operators  # named operators (people), each with their own user
+        roles = roles_with(operators)
+        self.users = {user: secrets.token_urlsafe(18) for user in roles} if with_auth else {}
         self.durable_names = durable_names
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -93,7 +98,7 @@ class EmbeddedNats:
         store = self.run_dir / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
         config = self.run_dir / "nats-server.conf"
-        write_private(config, render_config(self.port, store, self.users, self.durable_names))
+        write_private(config, render_config(self.port, store, self.users, self.durable_names, self.operators))
         with (self.run_dir / "nats-server.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [nats_server_binary(), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT,

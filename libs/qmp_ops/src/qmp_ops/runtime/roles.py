@@ -88,6 +88,33 @@ ROLES: dict[str, Role] = {
 }
 
 
+# Streams an operator's tools read with ephemeral consumers (status, history): none holds a durable.
+OPERATOR_WATCHES = (KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, subjects.STREAM_AUDIT, subjects.STREAM_DEPLOY,
+                    subjects.STREAM_DLQ)
+
+
+def operator(name: str) -> Role:
+    """A named operator (a person): control under their own name, deploy verbs, health; reads everything."""
+    if name in ROLES:
+        raise ValueError(f"operator name {name!r} is taken by a role")
+    subjects.check_token(name, "operator name")
+    return Role(
+        publish=(control_of(name), "qmp.deploy.>", "qmp.health.>", "qmp.broker.>"),
+        subscribe=(">",),
+        reads=tuple(name for name in DECLARED if not name.startswith("KV_")),
+        watches=OPERATOR_WATCHES,
+    )
+
+
+def roles_with(operators: Iterable[str] = ()) -> dict[str, Role]:
+    """Return the role table with a role for each named operator."""
+    roles = dict(ROLES)
+    for name in operators:
+        roles[name] = operator(name)
+    check(roles)
+    return roles
+
+
 def check(roles: dict[str, Role]) -> None:
     """Refuse a table where a role may open consumers on a stream another role holds a durable on."""
     for name, role in roles.items():

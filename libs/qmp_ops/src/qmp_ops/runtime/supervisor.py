@@ -6,6 +6,7 @@ health-checked over the bus; stops them in reverse order. Writes the connection 
 """
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ class StackOptions:
     services: tuple[str, ...] = SERVICES
     fresh: bool = False  # purge streams, consumers and control state on running servers
     share_connection: bool = True  # write <home>/connection.json for other clients (`qmp up`)
+    operators: tuple[str, ...] = ()  # named operators: a user each, and <home>/operators/<name>.json
     # `qmp up` hands the operator's QMP_* settings (QMP_CAPITAL, breaker thresholds, ...) to the services; a
     # replay of record (the demo, verification) does not, so its numbers never depend on the shell it ran in.
     pass_environment: bool = False
@@ -64,6 +66,11 @@ def redacted(url: str) -> str:
         return url
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def operator_connection_file(home: Path, name: str) -> Path:
+    """Where `qmp up --operators` writes a named operator's connection details (`qmp --as <name>` reads it)."""
+    return home / "operators" / f"{name}.json"
 
 
 @dataclass
@@ -173,7 +180,7 @@ class Stack:
         if external_nats:
             self.credentials = NatsCredentials(url=external_nats)
         else:
-            self.nats = EmbeddedNats(self.run_dir / "nats")
+            self.nats = EmbeddedNats(self.run_dir / "nats", operators=self.options.operators)
             self.credentials = self.nats.start()
         external_db = os.environ.get("QMP_DATABASE_URL")
         if external_db:
@@ -186,6 +193,10 @@ class Stack:
         if self.options.share_connection:
             connection.write(self.shared_connection_file)
         connection.write(self.run_dir / "connection.json")
+        if self.options.share_connection and self.credentials.users:
+            for name in self.options.operators:  # each person's own connection file, readable by the owner only
+                dataclasses.replace(connection, operator_user=name, operator_password=self.credentials.users[name]
+                                    ).write(operator_connection_file(self.options.home, name))
         return connection
 
     @property

@@ -1,0 +1,184 @@
+"""`qmp audit security`: check a running stack and a deployment's files against docs/SECURITY.md.
+
+Each check is named and ends in a finding or nothing. On a running stack, every service identity whose
+password is known (the embedded stack's config, or `QMP_<ROLE>_PASSWORD`) tries what it must never do;
+the probes name real streams and consumers but carry bodies the server would reject, so a permission
+that wrongly holds is reported without changing anything. Files: what holds secrets is readable by its
+owner only, and no log holds a password. A compose file and a production NATS config are checked when
+given (or found at the repository's usual places).
+"""
+
+import asyncio
+import json
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+
+from qmp_core import subjects
+from qmp_ops.runtime.nats_server import render_production_config
+from qmp_ops.runtime.roles import ADMIN, ROLES
+from qmp_ops.runtime.supervisor import Connection
+
+REFUSAL_WAIT_S = 1.0
+PROBE = "qmp-audit-probe"
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Something no service may do, and the subject the server must refuse it on."""
+
+    what: str
+    subject: str
+    body: bytes = b"{}"  # never a valid request: an attempt that is let through changes nothing
+
+
+def attempts(service: str) -> list[Attempt]:
+    """What `service` must be refused: the attacks of issue 13, and sending control as someone else."""
+    victim = subjects.CONSUMER_EXECUTION_BARS if service == "risk" else "risk-bars"  # another's consumer
+    others = [source for source in ("operator", "risk", "deployer") if source != service]
+    return [
+        Attempt("create a stream", f"$JS.API.STREAM.CREATE.{PROBE.upper().replace('-', '_')}"),
+        Attempt("change a stream (republish rules, limits)", f"$JS.API.STREAM.UPDATE.{subjects.STREAM_EXEC}"),
+        Attempt("change the control bucket", f"$JS.API.STREAM.UPDATE.KV_{subjects.KV_CONTROL}"),
+        Attempt("delete a stream", f"$JS.API.STREAM.DELETE.{subjects.STREAM_AUDIT}"),
+        Attempt("purge a stream", f"$JS.API.STREAM.PURGE.{subjects.STREAM_AUDIT}"),
+        Attempt(f"delete another service's consumer ({victim})",
+                f"$JS.API.CONSUMER.DELETE.{subjects.STREAM_MARKET_DATA}.{victim}"),
+        Attempt("change consumers by name", f"$JS.API.CONSUMER.CREATE.{subjects.STREAM_MARKET_DATA}"),
+        *[Attempt(f"send control as {other}", subjects.control(PROBE, other)) for other in others],
+    ]
+
+
+async def refused(url: str, user: str, password: str, attempt: Attempt, tls: object = None) -> bool:
+    """Return whether the server refuses `attempt` to `user` (a permissions violation naming its subject)."""
+    errors: list[str] = []
+
+    async def on_error(error: Exception) -> None:
+        errors.append(str(error).lower())  # nats-py lowercases the server's -ERR
+
+    options = {"tls": tls} if tls is not None else {}
+    nc = await nats.connect(url, user=user, password=password, error_cb=on_error, max_reconnect_attempts=1,
+                            **options)
+    expected = f'"{attempt.subject.lower()}"'
+
+    def violation() -> bool:
+        return any("permissions violation" in error and expected in error for error in errors)
+
+    try:
+        request = asyncio.ensure_future(nc.request(attempt.subject, attempt.body, timeout=REFUSAL_WAIT_S))
+        for _ in range(int(REFUSAL_WAIT_S / 0.02)):
+            if violation() or request.done():
+                break
+            await asyncio.sleep(0.02)
+        request.cancel()
+        await asyncio.gather(request, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        return violation()
+    finally:
+        await nc.close()
+
+
+def embedded_passwords(run_dir: Path) -> dict[str, str]:
+    """Return user -> password from the embedded nats-server's config of a run (empty when there is none)."""
+    config = run_dir / "nats" / "nats-server.conf"
+    if not config.exists():
+        return {}
+    match = re.search(r"users: (\[.*\]) \}", config.read_text())
+    return {entry["user"]: entry["password"] for entry in json.loads(match.group(1))} if match else {}
+
+
+async def audit_permissions(connection: Connection, passwords: dict[str, str]) -> list[Finding]:
+    findings = []
+    for service in (role for role in ROLES if role != ADMIN):
+        password = passwords.get(service)
+        if not password:
+            findings.append(Finding(f"permissions.{service}", "no password known: its permissions were not probed "
+                                    f"(set QMP_{service.upper()}_PASSWORD)"))
+            continue
+        for attempt in attempts(service):
+            if not await refused(connection.nats_url, service, password, attempt):
+                findings.append(Finding(f"permissions.{service}", f"may {attempt.what} ({attempt.subject})"))
+    return findings
+
+
+def audit_transport(connection: Connection) -> list[Finding]:
+    findings = []
+    if not (connection.nats_url.startswith("tls://") or connection.tls_ca):
+        findings.append(Finding("tls.nats", f"NATS at {connection.nats_url} is reached without TLS"))
+    if connection.database_url and not re.search(r"sslmode=(require|verify-ca|verify-full)",
+                                                 connection.database_url):
+        findings.append(Finding("tls.postgres", "the database URL does not require TLS (sslmode)"))
+    return findings
+
+
+def audit_files(run_dir: Path, secrets: Iterable[str]) -> list[Finding]:
+    """Files holding secrets readable by their owner only; no secret in any log of the run."""
+    findings = []
+    for path in [run_dir / "connection.json", run_dir / "nats" / "nats-server.conf",
+                 run_dir / "postgres" / "postgres.password"]:
+        if path.exists() and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            findings.append(Finding("files.private", f"{path} is readable by others "
+                                    f"(mode {stat.filemode(path.stat().st_mode)})"))
+    secrets = [secret for secret in secrets if len(secret) >= 8]
+    for log in sorted(run_dir.rglob("*.log")):
+        text = log.read_text(errors="replace")
+        if any(secret in text for secret in secrets):
+            findings.append(Finding("logs.secrets", f"{log} holds a password"))
+    return findings
+
+
+def audit_compose(path: Path) -> list[Finding]:
+    text = path.read_text()
+    findings = []
+    for name, rest in re.findall(r"\$\{([A-Z_]*(?:PASSWORD|SECRET|KEY))([^}]*)\}", text):
+        if not rest.startswith(":?"):
+            findings.append(Finding("compose.secrets", f"{name} may be empty: use ${{{name}:?...}}"))
+    for port in re.findall(r'"([^"\s]*:\d+:\d+|\d+:\d+)"', text):
+        if not (port.startswith("127.0.0.1:") or port.startswith("${QMP_BIND:-127.0.0.1}:")):
+            findings.append(Finding("compose.ports", f"port {port} is published on every interface"))
+    if re.search(r'["\s:]8222["\s:]', text):
+        findings.append(Finding("compose.monitoring", "the NATS monitoring port (8222, no authentication) is "
+                                "published"))
+    return findings
+
+
+def audit_nats_config(path: Path) -> list[Finding]:
+    text = path.read_text()
+    findings = []
+    if text != render_production_config():
+        findings.append(Finding("nats.config", f"{path} is not the role table's: "
+                                "`qmp nats-config --write` it"))
+    if re.search(r'password:\s*"?[^$\s"][^\s",}]*', text):
+        findings.append(Finding("nats.config", f"{path} holds a literal password"))
+    return findings
+
+
+async def audit(connection: Connection | None, compose: Path | None, nats_config: Path | None,
+                service_passwords: dict[str, str]) -> tuple[list[str], list[Finding]]:
+    """Return (what was checked, findings)."""
+    checked: list[str] = []
+    findings: list[Finding] = []
+    if connection is not None:
+        run_dir = Path(connection.run_dir)
+        passwords = {**embedded_passwords(run_dir), **service_passwords}
+        checked += ["permissions of every service (probes)", "transport (TLS)", f"files of {run_dir}"]
+        findings += await audit_permissions(connection, passwords)
+        findings += audit_transport(connection)
+        findings += audit_files(run_dir, [*passwords.values(), connection.operator_password])
+    if compose is not None:
+        checked.append(str(compose))
+        findings += audit_compose(compose)
+    if nats_config is not None:
+        checked.append(str(nats_config))
+        findings += audit_nats_config(nats_config)
+    return checked, findings
