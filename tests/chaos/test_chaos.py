@@ -60,8 +60,10 @@ def options(home: Path) -> StackOptions:
                       "QMP_REPLAY_RATE": "0", "QMP_LOCKSTEP_STRATEGY": STRATEGY},
         "execution": {"QMP_STRATEGIES": f"{STRATEGY}=qmp_test_strategies:DailyRebalancer",
                       "PYTHONPATH": str(ROOT / "tests" / "support")},
-        # A short window, so VaR, ES and the backtests are live within the replay and a lost window shows.
-        "risk": {"QMP_VAR_WINDOW": "20", "QMP_MIN_OBSERVATIONS": "5"},
+        # A short window, so VaR, ES and the backtests are live within the replay and a lost window shows;
+        # a tight volatility breaker, so breaker commands (risk → deployer → execution) happen in it too.
+        "risk": {"QMP_VAR_WINDOW": "20", "QMP_MIN_OBSERVATIONS": "5", "QMP_VOL_RATIO_LIMIT": "1.3",
+                 "QMP_VOL_RATIO_RELEASE": "1.1"},
     })
 
 
@@ -110,6 +112,7 @@ def replay(home: Path, fault: Fault | None = None, fault_at_day: int = 0) -> Out
                 if time.monotonic() - moved_at > STALL_S:
                     raise AssertionError(f"the replay stalled after {done} days; logs in {stack.run_dir}")
                 await asyncio.sleep(0.05)
+            await whole_again(stack)
             outcome = await collect(stack, nc, recovery, supervisor)
             await wait_for_counts(observer, outcome)
             outcome.observed = (observer.accepted, observer.denied, observer.fills)
@@ -156,6 +159,15 @@ async def collect(stack: Stack, nc: nats.NATS, recovery: float | None,
     )
 
 
+async def whole_again(stack: Stack, timeout_s: float = 30.0) -> None:
+    """Wait until every service runs again: a replay that did not need the killed one ends before its restart."""
+    for _ in range(int(timeout_s / 0.1)):
+        if not stack.dead_services():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{stack.dead_services()} not restarted within {timeout_s:g}s; logs in {stack.run_dir}")
+
+
 async def wait_for_counts(observer: RunObserver, outcome: Outcome, timeout_s: float = 10.0) -> None:
     """Give the core subscriber time to receive the last messages the streams already hold."""
     for _ in range(int(timeout_s / 0.05)):
@@ -193,14 +205,25 @@ def report(label: str, run: Outcome) -> None:
         print(f"  dead letter from {letter.service} on {letter.subject}: {letter.reason[:200]}")  # noqa: T201
 
 
-@pytest.mark.parametrize("service", ["risk", "execution"])
+def first_breaker_change(golden: Outcome) -> int:
+    """Return the day (0-based, in the golden run) a breaker first trips or releases after the warm-up."""
+    days = [golden.risk[ts][5] for ts in sorted(golden.risk)]
+    changes = [i for i in range(1, DAYS) if days[i] != days[i - 1]]
+    print(f"\nbreaker changes on days {changes}: {[days[i] for i in changes]}")  # noqa: T201
+    return next((i for i in changes if i >= DAYS // 4), DAYS // 2)
+
+
+@pytest.mark.parametrize("service", ["risk", "execution", "deployer"])
 def test_chaos_when_service_sigkilled_mid_replay_then_restarted_and_results_identical(
     golden: Outcome, tmp_path: Path, service: str,
 ) -> None:
     async def kill(stack: Stack) -> None:
         os.kill(stack.processes[service].pid, signal.SIGKILL)
 
-    run = replay(tmp_path / ".qmp", kill, fault_at_day=DAYS // 2)
+    # The deployer is killed the day before a breaker's command: the command must still land on its day.
+    day = first_breaker_change(golden) - 1 if service == "deployer" else DAYS // 2
+    run = replay(tmp_path / ".qmp", kill, fault_at_day=day)
+    print(f"\nchaos SIGKILL {service} after day {day} of {DAYS}")  # noqa: T201
     report(f"SIGKILL {service}", run)
     assert run.restarts[service] == 1
     assert_same_as(golden, run, f"SIGKILL {service}")

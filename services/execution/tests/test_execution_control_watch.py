@@ -74,19 +74,24 @@ async def test_catch_up_when_a_write_just_landed_then_returns_with_it_applied(de
     assert watch.catch_up_timeouts == 0
 
 
-async def test_catch_up_when_the_watch_is_stopped_then_gives_up_after_the_timeout(deployer_nc: Client,
-                                                                                 unique_id: str) -> None:
+async def test_catch_up_when_the_watch_fell_silent_then_watched_anew_and_the_write_applied(
+        deployer_nc: Client, unique_id: str) -> None:
+    # A watch can fall silent (seen after a nats-server restart): the batch must not trade without the halt.
     sid = unique_id
     kv, engine, watch = await started_watch(deployer_nc, sid, ControlWatch)
     await watch.stop()  # a watch that no longer follows the bucket
     await kv.put(subjects.control_key(sid, "risk"), halted(sid, "unseen"))
 
     started = asyncio.get_running_loop().time()
-    await watch.catch_up(timeout_s=0.3)
+    last = await watch.catch_up(timeout_s=0.3)
 
     assert 0.25 <= asyncio.get_running_loop().time() - started < 2.0
-    assert watch.catch_up_timeouts == 1
-    assert engine.state(sid).status != "HALTED"  # it trades on what it has, and says so
+    assert watch.catch_up_timeouts == 1  # the wait on the silent watch gave up once
+    assert engine.state(sid).status == "HALTED" and watch.revision >= last
+    await kv.put(subjects.control_key(sid, "risk"), halted(sid, "seen live"))  # and the new watch follows
+    await watch.catch_up(timeout_s=2.0)
+    assert engine.state(sid).reason == "seen live"
+    await watch.stop()
 
 
 def risk_at(sid: str, ts_event: int) -> bytes:

@@ -58,8 +58,11 @@ async def test_risk_app_when_bars_and_portfolios_flow_then_snapshots_rows_halt_a
 ) -> None:
     venue = strategy = unique_id
     base = settings_for(nats_credentials, "risk", database_url, run_dir=str(tmp_path))
+    # next_snapshot: other tests' strategies pass through the shared durable with no deployer to answer them
+    # (waiting for an answer before the snapshot is held by the chaos suite's SIGKILL of the deployer).
     settings = msgspec.convert({**msgspec.structs.asdict(base), "min_observations": 3, "var_window": 10,
-                                "control_timeout_s": 2.0, "rebuild": False}, RiskSettings)
+                                "control_timeout_s": 2.0, "rebuild": False, "control_delivery": "next_snapshot"},
+                               RiskSettings)
     timeline: list[str] = []
     snapshots: dict[int, RiskSnapshot] = {}
     letters: list[DeadLetter] = []
@@ -162,7 +165,8 @@ async def test_risk_app_when_nobody_answers_the_halt_then_snapshot_still_publish
     strategy = unique_id
     base = settings_for(nats_credentials, "risk", database_url, run_dir=str(tmp_path))
     settings = msgspec.convert({**msgspec.structs.asdict(base), "control_attempts": 2, "control_timeout_s": 0.3,
-                                "bar_wait_s": 0.0, "rebuild": False}, RiskSettings)
+                                "bar_wait_s": 0.0, "rebuild": False, "control_delivery": "next_snapshot"},
+                               RiskSettings)
     seen: dict[int, RiskSnapshot] = {}
     both = asyncio.Event()
 
@@ -205,7 +209,7 @@ async def test_risk_app_when_restarted_mid_run_then_rebuilt_and_snapshots_equal_
     def settings(prefix: str) -> RiskSettings:
         return msgspec.convert({**base, "min_observations": 3, "var_window": 5, "vol_window": 3,
                                 "vol_average_window": 3, "bar_wait_s": 2.0, "control_timeout_s": 0.2,
-                                "control_attempts": 1,
+                                "control_attempts": 1, "control_delivery": "next_snapshot",  # no deployer here
                                 "consumer_prefix": f"{prefix}-{unique_id}"}, RiskSettings)
 
     equity = [100.0, 101.0, 99.0, 103.0, 97.0, 98.0, 84.0, 85.0]

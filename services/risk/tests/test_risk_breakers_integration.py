@@ -62,7 +62,9 @@ async def test_risk_app_when_news_window_and_stop_loss_then_defensive_close_posi
     base = settings_for(nats_credentials, "risk", database_url, run_dir=str(tmp_path))
     settings = msgspec.convert({**msgspec.structs.asdict(base), "min_observations": 3, "var_window": 10,
                                 "news_calendar": str(calendar), "news_max_order_fraction": 0.03,
-                                "check_interval_s": 0.2, "rebuild": False}, RiskSettings)
+                                "check_interval_s": 0.2, "rebuild": False,
+                                # other tests' strategies on the shared stream have no deployer to answer
+                                "control_delivery": "next_snapshot"}, RiskSettings)
     commands: list[ControlCommand] = []
     snapshots: dict[int, RiskSnapshot] = {}
     done = asyncio.Event()

@@ -49,6 +49,10 @@ class RiskSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fi
     bar_wait_s: Annotated[float, Meta(ge=0.0)] = 1.0  # wait for the bars of a portfolio's timestamp
     control_timeout_s: Positive = 2.0  # per control request attempt
     control_attempts: PositiveInt = 3  # attempts before a breaker command counts as undelivered
+    # before_snapshot: a breaker's command is answered before the snapshot that tripped it is published
+    # (the deployer down: risk waits, `degraded`, and the command lands on its own batch, so a replay is
+    # unchanged by the outage); next_snapshot: the snapshot goes out and the next one sends it again.
+    control_delivery: Literal["before_snapshot", "next_snapshot"] = "before_snapshot"
     # Durable consumers are <consumer_prefix>-bars, -portfolio and -news: what this instance has consumed,
     # and so what it rebuilds from after a restart. A second risk instance (a shadow) takes another prefix.
     consumer_prefix: str = "risk"

@@ -44,6 +44,7 @@ from qmp_core.messages import (
     codec,
     encode,
 )
+from qmp_core.retry import Unavailable
 from qmp_core.service import Intake
 from qmp_core.telemetry import extract_context, tracer
 from qmp_risk.config import RiskSettings
@@ -182,7 +183,8 @@ class RiskHandlers:
             span.set_attributes({"qmp.strategy": snapshot.strategy, "qmp.ts_event": snapshot.ts_event,
                                  "qmp.risk.status": snapshot.status, "qmp.duplicate": result.duplicate})
             for command in result.commands:
-                await self._send_control(snapshot.strategy, command)
+                await self._send_control(snapshot.strategy, command,
+                                         wait=self.settings.control_delivery == "before_snapshot")
             for close in result.closes:
                 await self._publish_close(close)
             for event in result.events:
@@ -203,8 +205,14 @@ class RiskHandlers:
             log.warning("no bars for portfolio timestamp; using the bars so far",
                         extra={"ts_event": ts_event, "bar_watermark": self.engine.bar_watermark})
 
-    async def _send_control(self, strategy: str, command: BreakerCommand) -> None:
-        """Send a breaker's command as a request and record the answer; retry a timeout a few times."""
+    async def _send_control(self, strategy: str, command: BreakerCommand, wait: bool = False) -> None:
+        """Send a breaker's command as a request and record the answer; retry a timeout a few times.
+
+        Unanswered after the attempts: with `wait`, raise `Unavailable`, so the portfolio snapshot is
+        handled again (its result, commands included, is repeated: the deployer applies a command id once)
+        until the deployer answers; without, the engine undoes the transition and the next snapshot sends
+        the command again.
+        """
         payload = encode(command.command)
         with _tracer.start_as_current_span("risk.control", kind=SpanKind.PRODUCER, attributes={
             "qmp.strategy": strategy, "qmp.breaker": command.breaker,
@@ -239,6 +247,9 @@ class RiskHandlers:
                         "command_id": command.command.command_id, "reason": reply.reason})
                 return
             self.commands_failed += 1
+            if wait:
+                raise Unavailable(f"the deployer did not answer breaker command {command.command.command_id} "
+                                  f"({command.breaker}) in {self.settings.control_attempts} attempts")
             self.engine.on_command_failed(strategy, command)
             log.error("breaker command undelivered; the next snapshot retries it", extra={
                 "strategy": strategy, "breaker": command.breaker, "command_id": command.command.command_id,

@@ -72,10 +72,28 @@ class ControlWatch:
         if self.js is None:
             return self.revision
         last = (await self.js.stream_info(f"KV_{subjects.KV_CONTROL}")).state.last_seq or 0
-        if not await self._writes.wait_until(lambda: self.revision >= last, timeout_s):
+        if await self._writes.wait_until(lambda: self.revision >= last, timeout_s):
+            return last
+        # A watch can fall silent (seen after a nats-server restart): read the bucket again with a new one.
+        log.warning("control watch behind the bucket; watching it anew", extra={"applied": self.revision,
+                                                                                 "bucket": last})
+        try:
+            await self._rewatch(timeout_s)
+        except TimeoutError:
             log.warning("control watch behind the bucket; trading on the state it has",
                         extra={"applied": self.revision, "bucket": last})
         return last
+
+    async def _rewatch(self, timeout_s: float) -> None:
+        """Replace the watch with a new one, which delivers every current value again (deletes included)."""
+        await bus.stop_watch(self._watcher, self._task)
+        for key in list(self.engine.controls):
+            self.engine.controls.delete(key)
+        self.revision = 0
+        self.loaded = asyncio.Event()
+        self._watcher = await self.kv.watchall()
+        self._task = asyncio.create_task(self._run(), name="execution-control-watch")
+        await asyncio.wait_for(self.loaded.wait(), timeout_s)
 
     @property
     def catch_up_timeouts(self) -> int:
