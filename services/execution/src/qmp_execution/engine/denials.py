@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from qmp_core.messages import OrderDenied, TradingState
+from qmp_core.messages import OrderDenied, OrderEvent, TradingState
 from qmp_execution.engine.codes import CODE_HALTED, CODE_REDUCING
 
 STATE_CODES = frozenset({CODE_HALTED, CODE_REDUCING})
@@ -32,13 +32,13 @@ class RepeatedDenials:
     published: set[str] = field(default_factory=set)  # symbols whose first denial under `state` is out
     repeats: dict[str, _Repeats] = field(default_factory=dict)
 
-    def select(self, state: TradingState, events: list) -> list:
+    def select(self, state: TradingState, events: list[OrderEvent]) -> list[OrderEvent]:
         """Return the events to publish: the counts of the previous state (when it changed), then `events`
         without the repeated trading-state denials."""
-        out: list = []
+        out: list[OrderEvent] = []
         key = (state.status, state.reason, state.command_id)
         if key != self.state:
-            out = self.flush()
+            out.extend(self.flush())
             self.state = key
         for event in events:
             if isinstance(event, OrderDenied) and event.reason_code in STATE_CODES:
