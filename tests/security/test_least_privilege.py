@@ -6,7 +6,6 @@ admin must find nothing changed afterwards.
 """
 
 import asyncio
-import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from qmp_core import bus, subjects
 from qmp_ops.runtime.nats_server import EmbeddedNats, render_production_config
 from qmp_ops.runtime.roles import ROLES, jetstream_grants
+from qmp_ops.security import REFUSAL_WAIT_S, attempt_refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -33,7 +33,6 @@ DURABLES = [(stream, name, filter_) for stream, name, filter_ in (
     (subjects.STREAM_RISK, subjects.CONSUMER_EXECUTION_STOP_LOSS, "qmp.risk.*.stoploss"),
     (subjects.STREAM_INGEST, subjects.CONSUMER_COLLECTOR_INGEST, subjects.INGEST_ALL),
 )]
-REFUSAL_WAIT_S = 1.0
 
 
 @dataclass
@@ -56,26 +55,12 @@ class Stack:
 
     async def refused(self, user: str, subject: str, attempt: Callable[[], Awaitable[object]]) -> None:
         """Run `attempt`; assert the server refused `subject` to `user` and nothing answered."""
-        before = len(self.violations[user])
-        expected = f'"{subject.lower()}"'  # nats-py lowercases the server's -ERR
-
-        def refusal() -> str:
-            return " ".join(self.violations[user][before:]).lower()
-
-        task = asyncio.ensure_future(attempt())
-        for _ in range(int(REFUSAL_WAIT_S / 0.02)):  # the refusal comes back long before the request's timeout
-            if ("permissions violation" in refusal() and expected in refusal()) or task.done():
-                break
-            await asyncio.sleep(0.02)
-        task.cancel()
-        answer = None
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.TimeoutError,
-                                 nats.errors.NoRespondersError):
-            answer = await task
-        if getattr(answer, "data", None) is not None:  # an API reply: it must be an error
-            assert b'"error"' in answer.data, f"{user} was answered on {subject}: {answer.data[:200]!r}"
-        assert "permissions violation" in refusal() and expected in refusal(), (
-            f"{user} on {subject}: no permissions violation (answer {answer!r}, errors {refusal()!r})")
+        was_refused, answer = await attempt_refused(self.violations[user], subject, attempt())
+        data = getattr(answer, "data", None)
+        if data is not None:  # an API reply: it must be an error
+            assert b'"error"' in data, f"{user} was answered on {subject}: {data[:200]!r}"
+        assert was_refused, (f"{user} on {subject}: no permissions violation (answer {answer!r}, errors "
+                             f"{self.violations[user][-3:]!r})")
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ given (or found at the repository's usual places).
 """
 
 import asyncio
+import contextlib
 import json
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,31 +60,47 @@ def attempts(service: str) -> list[Attempt]:
     ]
 
 
+async def attempt_refused(errors: list[str], subject: str, attempt: Awaitable[object]) -> tuple[bool, object]:
+    """Run `attempt` (a request on `subject`); return whether the server refused it, and the answer if any.
+
+    `errors` is what the connection's error callback collects: a refusal is a permissions violation naming
+    the subject, which comes back long before the request would time out, so the wait ends on it.
+    """
+    before = len(errors)
+    expected = f'"{subject.lower()}"'  # nats-py lowercases the server's -ERR
+
+    def violation() -> bool:
+        return any("permissions violation" in error.lower() and expected in error.lower()
+                   for error in errors[before:])
+
+    request = asyncio.ensure_future(attempt)
+    for _ in range(int(REFUSAL_WAIT_S / 0.02)):
+        if violation() or request.done():
+            break
+        await asyncio.sleep(0.02)
+    request.cancel()
+    answer: object = None
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.TimeoutError,
+                             nats.errors.NoRespondersError):
+        answer = await request
+    await asyncio.sleep(0.05)  # a violation reported just after the answer
+    return violation(), answer
+
+
 async def refused(url: str, user: str, password: str, attempt: Attempt, tls: object = None) -> bool:
     """Return whether the server refuses `attempt` to `user` (a permissions violation naming its subject)."""
     errors: list[str] = []
 
     async def on_error(error: Exception) -> None:
-        errors.append(str(error).lower())  # nats-py lowercases the server's -ERR
+        errors.append(str(error))
 
     options = {"tls": tls} if tls is not None else {}
     nc = await nats.connect(url, user=user, password=password, error_cb=on_error, max_reconnect_attempts=1,
                             **options)
-    expected = f'"{attempt.subject.lower()}"'
-
-    def violation() -> bool:
-        return any("permissions violation" in error and expected in error for error in errors)
-
     try:
-        request = asyncio.ensure_future(nc.request(attempt.subject, attempt.body, timeout=REFUSAL_WAIT_S))
-        for _ in range(int(REFUSAL_WAIT_S / 0.02)):
-            if violation() or request.done():
-                break
-            await asyncio.sleep(0.02)
-        request.cancel()
-        await asyncio.gather(request, return_exceptions=True)
-        await asyncio.sleep(0.05)
-        return violation()
+        was_refused, _ = await attempt_refused(
+            errors, attempt.subject, nc.request(attempt.subject, attempt.body, timeout=REFUSAL_WAIT_S))
+        return was_refused
     finally:
         await nc.close()
 

@@ -53,7 +53,7 @@ async def rebuild(engine: RiskEngine, nc: Client, settings: RiskSettings) -> Reb
     if not any(floors.values()):
         return Rebuilt()
     news = 0
-    async for msg in _read(nc, subjects.STREAM_MARKET_DATA, subjects.NEWS_EVENTS, floors["news"]):
+    async for msg in bus.read_stream(nc, subjects.STREAM_MARKET_DATA, subjects.NEWS_EVENTS, upto_seq=floors["news"]):
         event = _decode(NewsEvent, msg)
         if event is not None and event.end > event.start:
             engine.on_news(event)
@@ -61,8 +61,8 @@ async def rebuild(engine: RiskEngine, nc: Client, settings: RiskSettings) -> Reb
     snapshots = [s async for s in _decoded(nc, subjects.STREAM_EXEC, subjects.PORTFOLIO_ALL,
                                            floors["portfolio"], PortfolioSnapshot)]
     fed = bars = 0
-    async for msg in _read(nc, subjects.STREAM_MARKET_DATA, subjects.MARKET_DATA_BARS_ALL,
-                           floors["bars"]):
+    async for msg in bus.read_stream(nc, subjects.STREAM_MARKET_DATA, subjects.MARKET_DATA_BARS_ALL,
+                                     upto_seq=floors["bars"]):
         batch = _decode(BarBatch, msg)
         if batch is None:
             continue
@@ -111,7 +111,7 @@ async def _ack_floor(js: JetStreamContext, stream: str, durable: str) -> int:
 
 async def _decoded(nc: Client, stream: str, subject: str, upto_seq: int,
                    type_: type[T]) -> AsyncIterator[T]:
-    async for msg in _read(nc, stream, subject, upto_seq):
+    async for msg in bus.read_stream(nc, stream, subject, upto_seq=upto_seq):
         message = _decode(type_, msg)
         if message is not None:
             yield message
@@ -122,11 +122,3 @@ def _decode(type_: type[T], msg: bus.StoredMessage) -> T | None:
         return codec(type_).decode(msg.data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None  # dead-lettered the first time
-
-
-async def _read(nc: Client, stream: str, subject: str, upto_seq: int) -> AsyncIterator[bus.StoredMessage]:
-    """Yield the stream's messages on `subject` from the first up to sequence `upto_seq`, in order."""
-    if upto_seq <= 0:
-        return
-    async for msg in bus.read_stream(nc, stream, subject, upto_seq=upto_seq):
-        yield msg
