@@ -6,6 +6,7 @@ The connection file is written by `qmp up` (default .qmp/connection.json).
 
 import asyncio
 import json
+import ssl
 import sys
 
 import nats
@@ -17,6 +18,8 @@ async def main(strategy: str, connection: dict) -> None:
         auth = {"user": connection["operator_user"], "password": connection["operator_password"]}
     # Commands go to qmp.control.<your NATS user>.<strategy>: the server lets each user publish only there.
     control = f"qmp.control.{connection['operator_user'] or 'operator'}.{strategy}"
+    if connection.get("tls_ca"):  # the stack's CA: TLS, and the server's certificate checked against it
+        auth["tls"] = ssl.create_default_context(cafile=connection["tls_ca"])
     nc = await nats.connect(connection["nats_url"], **auth)
     decisions = await nc.subscribe(f"qmp.exec.{strategy}.orders")
 

@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nats
 import numpy as np
 
 import qmp_deployer.handlers.control as control
@@ -53,8 +52,7 @@ async def measure(work: Path, requests: int) -> dict:
     steps: dict[str, list[float]] = {}
     try:
         await migrate(database_url)
-        user, password = credentials.for_user("operator")
-        client = await nats.connect(credentials.url, user=user, password=password)
+        client = await credentials.connect("operator")
         await bus.declare(client.jetstream())
         async with create_app(settings_for(credentials, "deployer", database_url, run_dir=str(work))):
             await client.request(subjects.health("deployer"), b"", timeout=10)

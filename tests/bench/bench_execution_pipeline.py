@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import msgspec
-import nats
 import numpy as np
 import pandas as pd
 
@@ -88,9 +87,7 @@ def engine_baseline(batches: list[BarBatch]) -> tuple[float, list[float]]:
 
 async def measure(stack: Stack, batches: list[BarBatch], symbols: int, latency_batches: int) -> dict:
     assert stack.credentials is not None
-    user, password = stack.credentials.for_user("collector")
-    auth = {"user": user, "password": password} if user else {}
-    collector = await nats.connect(stack.credentials.url, **auth)
+    collector = await stack.credentials.connect("collector")
     observer = await stack.connection.connect()
     js = collector.jetstream()
     decoder = msgspec.json.Decoder(FillStamp)

@@ -51,10 +51,7 @@ async def drained(js: nats.js.JetStreamContext) -> bool:
 
 
 async def run_mode(credentials: NatsCredentials, batches: list[BarBatch], venue: str, per_bar: bool) -> dict:
-    def connect(user: str):
-        name, password = credentials.for_user(user)
-        return nats.connect(credentials.url, **({"user": name, "password": password} if name else {}))
-
+    connect = credentials.connect
     collector, execution, observer = await connect("collector"), await connect("execution"), await connect("operator")
     strategy = f"bench_{venue}"
     last_ts = batches[-1].ts_event
@@ -91,9 +88,7 @@ async def run_mode(credentials: NatsCredentials, batches: list[BarBatch], venue:
 
 
 async def main_async(args: argparse.Namespace, credentials: NatsCredentials, database_url: str) -> dict:
-    admin_user, admin_password = credentials.for_user("operator")
-    admin = await nats.connect(credentials.url, **({"user": admin_user, "password": admin_password}
-                                                   if admin_user else {}))
+    admin = await credentials.connect("operator")
     await bus.declare(admin.jetstream())
     await admin.close()
     await migrate(database_url)

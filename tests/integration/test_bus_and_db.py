@@ -36,9 +36,7 @@ async def test_declare_when_run_twice_then_streams_and_bucket_exist_once(operato
 
 
 async def test_publish_when_same_msg_id_twice_then_stored_once(nats_credentials, operator_nc, unique_id):
-    user, password = nats_credentials.for_user("deployer")
-    auth = {"user": user, "password": password} if user else {}
-    deployer = await nats.connect(nats_credentials.url, **auth)
+    deployer = await nats_credentials.connect("deployer")
     js = deployer.jetstream()
     subject = f"qmp.audit.control.{unique_id}"
     letter = DeadLetter(service="t", subject="s", reason="r", payload="p", ts_event=1)
@@ -51,7 +49,7 @@ async def test_publish_when_same_msg_id_twice_then_stored_once(nats_credentials,
 
 
 async def test_publish_when_collector_targets_control_then_permission_violation(nats_credentials):
-    user, password = nats_credentials.for_user("collector")
+    user, _password = nats_credentials.for_user("collector")
     if not user:
         pytest.skip("the running NATS server has no per-service users")
     errors: list[Exception] = []
@@ -59,7 +57,7 @@ async def test_publish_when_collector_targets_control_then_permission_violation(
     async def on_error(error: Exception) -> None:
         errors.append(error)
 
-    nc = await nats.connect(nats_credentials.url, user=user, password=password, error_cb=on_error)
+    nc = await nats_credentials.connect(user, error_cb=on_error)
     await nc.publish("qmp.control.x", b"{}")
     await nc.publish("qmp.exec.x.fills", b"{}")
     await nc.flush()
@@ -72,7 +70,7 @@ async def test_publish_when_collector_targets_control_then_permission_violation(
 @pytest.mark.parametrize("user", ["execution", "risk", "collector", "deployer"])
 async def test_delete_stream_when_a_service_tries_then_refused_and_control_bucket_survives(
         nats_credentials, operator_nc, user):
-    name, password = nats_credentials.for_user(user)
+    name, _password = nats_credentials.for_user(user)
     if not name:
         pytest.skip("the running NATS server has no per-service users")
     errors: list[Exception] = []
@@ -80,7 +78,7 @@ async def test_delete_stream_when_a_service_tries_then_refused_and_control_bucke
     async def on_error(error: Exception) -> None:
         errors.append(error)
 
-    nc = await nats.connect(nats_credentials.url, user=name, password=password, error_cb=on_error)
+    nc = await nats_credentials.connect(name, error_cb=on_error)
     for api in ("STREAM.DELETE", "STREAM.PURGE"):
         with pytest.raises(nats.errors.Error):
             await nc.request(f"$JS.API.{api}.KV_{subjects.KV_CONTROL}", b"", timeout=1)
@@ -102,7 +100,8 @@ async def test_embedded_postgres_when_connecting_without_the_run_password_then_r
                 await asyncpg.connect(url.replace(f":{server.password}@", f":{wrong}@"))
         password_file = tmp_path / "pg" / "postgres.password"
         assert password_file.stat().st_mode & 0o077 == 0
-        assert server.password not in redacted(url) and redacted(url).endswith(f"127.0.0.1:{server.port}/qmp")
+        assert server.password not in redacted(url) and f"127.0.0.1:{server.port}/qmp?" in redacted(url)
+        assert "sslmode=verify-full" in url  # TLS, and the client checks the server against the run's CA
     finally:
         await asyncio.to_thread(server.stop)
 
@@ -110,7 +109,7 @@ async def test_embedded_postgres_when_connecting_without_the_run_password_then_r
 async def test_reset_bus_when_a_fresh_demo_starts_then_streams_and_both_buckets_are_gone(tmp_path):
     server = EmbeddedNats(tmp_path / "nats", with_auth=False)  # its own server: a reset wipes everything
     credentials = await asyncio.to_thread(server.start)
-    nc = await nats.connect(credentials.url)
+    nc = await credentials.connect("operator")
     try:
         js = nc.jetstream()
         await bus.declare(js)

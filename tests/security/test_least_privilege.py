@@ -48,7 +48,7 @@ class Stack:
         async def on_error(error: Exception) -> None:
             violations.append(str(error))
 
-        nc = await nats.connect(self.server.credentials.url, user=user, password=self.server.users[user],
+        nc = await self.server.credentials.connect(user,
                                 error_cb=on_error, max_reconnect_attempts=1)
         self.connections[user] = nc
         return nc
@@ -67,7 +67,7 @@ class Stack:
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     server = EmbeddedNats(Path(tmp_path_factory.mktemp("security")) / "nats")
     await asyncio.to_thread(server.start)
-    admin = await nats.connect(server.credentials.url, user="operator", password=server.users["operator"])
+    admin = await server.credentials.connect("operator")
     js = admin.jetstream()
     await bus.declare(js)
     for stream, name, filter_ in DURABLES:

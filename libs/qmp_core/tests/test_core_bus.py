@@ -78,8 +78,7 @@ def test_headers_for_when_msg_id_and_extra_given_then_both_present_and_no_id_wit
 
 async def test_dead_letter_later_when_the_publish_fails_then_logged_and_the_caller_goes_on(
         nats_credentials: NatsCredentials, caplog: pytest.LogCaptureFixture) -> None:
-    user, password = nats_credentials.for_user("risk")
-    nc = await nats.connect(nats_credentials.url, **({"user": user, "password": password} if user else {}))
+    nc = await nats_credentials.connect("risk")
     js = nc.jetstream()
     await nc.close()  # every publish on it now fails
     tasks: set = set()
@@ -97,7 +96,7 @@ async def fresh_nc(tmp_path: Path) -> AsyncIterator[Client]:
     """A connection to a nats-server of this test alone: nothing declared yet."""
     server = EmbeddedNats(tmp_path, with_auth=False)
     server.start()
-    nc = await nats.connect(server.credentials.url)
+    nc = await server.credentials.connect("operator")
     try:
         yield nc
     finally:

@@ -3,7 +3,6 @@
 import asyncio
 import json
 
-import nats
 import pytest
 from nats.aio.client import Client
 
@@ -11,14 +10,12 @@ from qmp_core import bus, subjects
 from qmp_core.messages import TradingState, encode
 from qmp_ops.cli.control import gather_status, send_control
 from qmp_ops.runtime.nats_server import NatsCredentials
-from qmp_ops.runtime.supervisor import SERVICES, Connection
+from qmp_ops.runtime.supervisor import SERVICES
+from qmp_ops.testing import operator_connection
 
 pytestmark = pytest.mark.integration
 
 
-def operator_connection(credentials: NatsCredentials, run_dir: str) -> Connection:
-    user, password = credentials.for_user("operator")
-    return Connection(credentials.url, "", run_dir, user, password)
 
 
 async def test_send_control_when_owner_answers_then_reply_returned_and_operator_command_with_id_sent(
@@ -32,7 +29,7 @@ async def test_send_control_when_owner_answers_then_reply_returned_and_operator_
     await operator_nc.subscribe(subjects.control(unique_id), cb=owner)
     await operator_nc.flush()
 
-    reply = await send_control(operator_connection(nats_credentials, str(tmp_path)), unique_id,
+    reply = await send_control(operator_connection(nats_credentials, run_dir=str(tmp_path)), unique_id,
                                {"command": "halt", "reason": "check"})
 
     assert reply["accepted"] is True
@@ -42,9 +39,7 @@ async def test_send_control_when_owner_answers_then_reply_returned_and_operator_
 
 async def test_gather_status_when_entries_in_bucket_then_every_service_listed_and_effective_states(
         nats_credentials: NatsCredentials, unique_id: str, tmp_path) -> None:
-    deployer_user, deployer_password = nats_credentials.for_user("deployer")
-    writer = await nats.connect(nats_credentials.url,
-                                **({"user": deployer_user, "password": deployer_password} if deployer_user else {}))
+    writer = await nats_credentials.connect("deployer")
     try:
         kv = await bus.control_bucket(writer.jetstream())
         await kv.put(subjects.control_key(unique_id, "operator"),
@@ -54,7 +49,7 @@ async def test_gather_status_when_entries_in_bucket_then_every_service_listed_an
         broken = f"{unique_id}b"
         await kv.put(subjects.control_key(broken, "risk"), b"not a state")
 
-        status = await asyncio.wait_for(gather_status(operator_connection(nats_credentials, str(tmp_path))), 30)
+        status = await asyncio.wait_for(gather_status(operator_connection(nats_credentials, run_dir=str(tmp_path))), 30)
     finally:
         await writer.drain()
 

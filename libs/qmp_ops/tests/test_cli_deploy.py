@@ -9,7 +9,7 @@ from qmp_core.messages import DeploymentEvent, RolloutPhase, RolloutState
 from qmp_ops.cli.deploy import _soak_text, history_table, read_history, rollout_table
 from qmp_ops.emergency import publish_alert, publish_unlock
 from qmp_ops.runtime.nats_server import NatsCredentials
-from qmp_ops.runtime.supervisor import Connection
+from qmp_ops.testing import operator_connection
 
 PHASES = [RolloutPhase(name="paper", env="paper", allocation=0.0, min_soak_s=24 * 3600.0, min_fills=10),
           RolloutPhase(name="live10", env="live", allocation=0.1, min_soak_s=48 * 3600.0, min_notional_hours=500.0)]
@@ -57,8 +57,7 @@ async def test_read_history_when_a_verification_alert_and_an_unlock_were_publish
         nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, unique_id: str,
         tmp_path) -> None:
     # issue 11 #2: the failed verification's alert reached the stream but `qmp history` read only the database.
-    user, password = nats_credentials.for_user("operator")
-    connection = Connection(nats_credentials.url, database_url, str(tmp_path), user, password)
+    connection = operator_connection(nats_credentials, database_url=database_url, run_dir=str(tmp_path))
     await publish_alert(connection, unique_id, "verification failed: walk_forward")
     await publish_unlock(connection, unique_id, "reviewed the walk-forward report")
 

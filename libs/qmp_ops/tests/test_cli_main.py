@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nats
 import pytest
 from typer.testing import CliRunner
 
@@ -103,6 +102,7 @@ def test_status_when_stack_named_by_flags_and_no_connection_file_then_it_answers
         monkeypatch.setenv(name, "")  # restored after the test: the flags set these for the command
     user, password = nats_credentials.for_user("operator")
     flags = ["--nats-url", nats_credentials.url] + (["--nats-user", user, "--nats-password", password] if user else [])
+    flags += ["--nats-tls-ca", nats_credentials.tls_ca] if nats_credentials.tls_ca else []
 
     result = CliRunner().invoke(app, [*flags, "status", "--json"])
 
@@ -118,7 +118,8 @@ def test_halt_when_stack_named_by_environment_and_wrong_password_then_one_line_a
     if not user:
         pytest.skip("the servers in use take no credentials")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QMP_")}
-    env |= {"QMP_NATS_URL": nats_credentials.url, "QMP_NATS_USER": user, "QMP_NATS_PASSWORD": "wrong"}
+    env |= {"QMP_NATS_URL": nats_credentials.url, "QMP_NATS_USER": user, "QMP_NATS_PASSWORD": "wrong",
+            "QMP_NATS_TLS_CA": nats_credentials.tls_ca}
 
     result = subprocess.run([sys.executable, "-m", "qmp_ops.cli.main", "halt", "vol_target"], capture_output=True,
                             text=True, timeout=120, cwd=home.parent, env=env)
@@ -134,11 +135,11 @@ def test_init_when_fresh_nats_then_streams_declared_with_the_retention_of_the_en
     server.start()
     try:
         monkeypatch.setenv("QMP_RETENTION_EXEC_MB", "64")
-        result = CliRunner().invoke(app, ["--nats-url", server.credentials.url, "--database-url", database_url,
-                                          "init"])
+        result = CliRunner().invoke(app, ["--nats-url", server.credentials.url, "--nats-tls-ca",
+                                          server.credentials.tls_ca, "--database-url", database_url, "init"])
 
         async def exec_limit() -> int:
-            nc = await nats.connect(server.credentials.url)
+            nc = await server.credentials.connect("operator")
             try:
                 await bus.require_declared(nc.jetstream())
                 return (await nc.jetstream().stream_info(subjects.STREAM_EXEC)).config.max_bytes

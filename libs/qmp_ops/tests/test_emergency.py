@@ -12,7 +12,7 @@ from qmp_lab.lock import locked_strategies
 from qmp_lab.verify.core import TestResult, source_hash
 from qmp_lab.verify.gate import TESTS, check_deployable, record_verification
 from qmp_ops import emergency
-from qmp_ops.runtime.supervisor import Connection
+from qmp_ops.testing import operator_connection
 
 STRATEGY_SOURCE = '''
 import pandas as pd
@@ -58,8 +58,7 @@ def test_emergency_halt_when_no_stack_then_lock_written_and_alert_command_gets_j
 @pytest.mark.integration
 async def test_emergency_halt_when_stack_running_then_halt_request_and_alert_event_sent(
         tmp_path, nats_credentials, operator_nc, unique_id):
-    user, password = nats_credentials.for_user("operator")
-    connection = Connection(nats_credentials.url, "", str(tmp_path), user, password)
+    connection = operator_connection(nats_credentials, run_dir=str(tmp_path))
     requests: list[dict] = []
 
     async def owner(msg):

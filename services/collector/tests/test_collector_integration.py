@@ -7,7 +7,6 @@ from pathlib import Path
 
 import asyncpg
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -232,8 +231,7 @@ async def test_replay_when_lockstep_then_each_batch_waits_for_a_risk_snapshot(
     nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, unique_id: str, tmp_path: Path,
 ) -> None:
     strategy = unique_id + "s"
-    user, password = nats_credentials.for_user("risk")
-    risk = await nats.connect(nats_credentials.url, **({"user": user, "password": password} if user else {}))
+    risk = await nats_credentials.connect("risk")
     seen: list[int] = []
 
     async def answer(msg: Msg) -> None:

@@ -90,7 +90,7 @@ async def test_state_when_halted_then_published_on_state_subject(deployer, opera
 
 async def test_control_when_published_by_execution_then_never_arrives(deployer, nats_credentials, operator_nc,
                                                                      unique_id):
-    user, password = nats_credentials.for_user("execution")
+    user, _password = nats_credentials.for_user("execution")
     if not user:
         pytest.skip("the running NATS server has no per-service users")
     errors: list[Exception] = []
@@ -98,7 +98,7 @@ async def test_control_when_published_by_execution_then_never_arrives(deployer, 
     async def on_error(error: Exception) -> None:
         errors.append(error)
 
-    execution = await nats.connect(nats_credentials.url, user=user, password=password, error_cb=on_error)
+    execution = await nats_credentials.connect(user, error_cb=on_error)
     for sender in ("execution", "operator"):  # neither its own name nor another's
         await execution.publish(subjects.control(unique_id, sender), b'{"command":"resume"}')
     await execution.flush()
@@ -159,10 +159,10 @@ async def test_two_deployers_when_one_halts_then_the_others_reply_and_state_carr
 
 @pytest.fixture
 async def risk_nc(nats_credentials):
-    user, password = nats_credentials.for_user("risk")
+    user, _password = nats_credentials.for_user("risk")
     if not user:
         pytest.skip("the running NATS server has no per-service users")
-    nc = await nats.connect(nats_credentials.url, user=user, password=password)
+    nc = await nats_credentials.connect(user)
     yield nc
     await nc.close()
 
@@ -196,7 +196,7 @@ async def test_control_when_risk_claims_to_be_the_operator_then_refused_and_the_
 
 async def test_control_when_the_operator_publishes_as_risk_then_the_server_refuses(
         deployer, nats_credentials, unique_id):
-    user, password = nats_credentials.for_user("operator")
+    user, _password = nats_credentials.for_user("operator")
     if not user:
         pytest.skip("the running NATS server has no per-service users")
     errors: list[Exception] = []
@@ -204,7 +204,7 @@ async def test_control_when_the_operator_publishes_as_risk_then_the_server_refus
     async def on_error(error: Exception) -> None:
         errors.append(error)
 
-    operator = await nats.connect(nats_credentials.url, user=user, password=password, error_cb=on_error)
+    operator = await nats_credentials.connect(user, error_cb=on_error)
     with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
         await operator.request(subjects.control(unique_id, "risk"), b'{"command": "halt", "reason": "r"}',
                                timeout=0.5)
@@ -214,7 +214,7 @@ async def test_control_when_the_operator_publishes_as_risk_then_the_server_refus
 
 async def test_control_when_a_named_operator_halts_then_the_operators_entry_and_the_audit_names_her(
         deployer, nats_credentials, operator_nc, unique_id, database_url):
-    user, password = nats_credentials.for_user("alice")
+    user, _password = nats_credentials.for_user("alice")
     if not user:
         pytest.skip("the running NATS server has no per-service users")
     errors: list[Exception] = []
@@ -222,7 +222,7 @@ async def test_control_when_a_named_operator_halts_then_the_operators_entry_and_
     async def on_error(error: Exception) -> None:
         errors.append(error)
 
-    alice = await nats.connect(nats_credentials.url, user=user, password=password, error_cb=on_error)
+    alice = await nats_credentials.connect(user, error_cb=on_error)
     try:
         halted = await request(alice, unique_id, {"command": "halt", "reason": "alice saw it"}, sender="alice")
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):  # not under another's name

@@ -28,8 +28,7 @@ from qmp_deployer.handlers import ControlHandler, ControlStore
 from qmp_deployer.handlers.probes import Probes
 from qmp_deployer.handlers.rollout import RolloutOptions, RolloutService
 from qmp_ops.cli.deploy import read_history, read_rollouts
-from qmp_ops.runtime.supervisor import Connection
-from qmp_ops.testing import settings_for
+from qmp_ops.testing import operator_connection, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -81,8 +80,7 @@ def plan_file(tmp_path: Path) -> Path:
 
 
 async def connect_as(nats_credentials, user: str) -> nats.NATS:
-    name, password = nats_credentials.for_user(user)
-    return await nats.connect(nats_credentials.url, **({"user": name, "password": password} if name else {}))
+    return await nats_credentials.connect(user)
 
 
 async def wait_for(predicate, what: str, timeout_s: float = 10.0):
@@ -249,8 +247,7 @@ async def test_deploy_command_when_published_by_execution_then_never_arrives(dep
     async def on_error(error: Exception) -> None:
         errors.append(error)
 
-    name, password = nats_credentials.for_user("execution")
-    execution = await nats.connect(nats_credentials.url, user=name, password=password, error_cb=on_error)
+    execution = await nats_credentials.connect("execution", error_cb=on_error)
     await execution.publish(f"qmp.deploy.{unique_id}.cmd", b'{"verb":"deploy","plan":"itest"}')
     await execution.flush()
     await asyncio.sleep(0.2)
@@ -280,8 +277,7 @@ async def test_rollout_when_snapshots_advance_event_time_then_promotes_after_soa
     entry, _ = await control_entry(operator_nc, unique_id)
     assert entry.status == "HALTED" and entry.allocation == 0.1 and "drawdown" in entry.reason
 
-    user, password = nats_credentials.for_user("operator")
-    connection = Connection(nats_credentials.url, database_url, "", user, password)
+    connection = operator_connection(nats_credentials, database_url=database_url)
     history = await read_history(connection, unique_id)
     kinds = [event.kind for event in history]
     assert kinds[0] == "deployed" and "promoted" in kinds and kinds[-1] == "rolled_back"
@@ -485,6 +481,7 @@ def start_deployer(nats_credentials, database_url: str, run_dir: Path, plan: Pat
     user, password = nats_credentials.for_user("deployer")
     env = {key: value for key, value in os.environ.items() if not key.startswith("QMP_")}
     env.update(QMP_NATS_URL=nats_credentials.url, QMP_NATS_USER=user, QMP_NATS_PASSWORD=password,
+               QMP_NATS_TLS_CA=nats_credentials.tls_ca,
                QMP_DATABASE_URL=database_url, QMP_RUN_DIR=str(run_dir), QMP_CLOCK="replay",
                QMP_PLAN_FILE=str(plan), QMP_INSTANCE_ID=instance, QMP_MEMORY_PROBE="off", QMP_LEASE_TTL_S="5",
                PYTHONUNBUFFERED="1")
@@ -607,8 +604,7 @@ def test_cli_when_operator_deploys_pauses_and_reads_status_and_history_then_each
     asyncio.run(wait_lease_free(nats_credentials))
     plan = tmp_path / "itest.toml"
     plan.write_bytes(PLAN)
-    user, password = nats_credentials.for_user("operator")
-    Connection(nats_credentials.url, database_url, str(tmp_path), user, password).write(
+    operator_connection(nats_credentials, database_url=database_url, run_dir=str(tmp_path)).write(
         tmp_path / ".qmp" / "connection.json")
     monkeypatch.chdir(tmp_path)
     process = start_deployer(nats_credentials, database_url, tmp_path, plan, "cli-" + unique_id)

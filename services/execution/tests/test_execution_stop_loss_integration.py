@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
@@ -39,8 +38,7 @@ async def execution_may_subscribe(credentials: NatsCredentials, subject: str) ->
     async def on_error(error: Exception) -> None:
         refused.append(error)
 
-    user, password = credentials.for_user("execution")
-    nc = await nats.connect(credentials.url, user=user, password=password, error_cb=on_error)
+    nc = await credentials.connect("execution", error_cb=on_error)
     try:
         await nc.subscribe(subject)
         await nc.flush()  # the server answers a refused SUB before the PONG

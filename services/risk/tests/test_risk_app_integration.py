@@ -5,7 +5,6 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -39,9 +38,7 @@ CLOSES = [(50.0, 20.0), (51.0, 19.5), (50.5, 19.9), (49.0, 20.4), (49.8, 20.1), 
 
 
 async def connect_as(credentials: NatsCredentials, user: str) -> Client:
-    name, password = credentials.for_user(user)
-    auth = {"user": name, "password": password} if name else {}
-    return await nats.connect(credentials.url, **auth)
+    return await credentials.connect(user)
 
 
 @pytest.fixture

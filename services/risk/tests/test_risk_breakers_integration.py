@@ -7,7 +7,6 @@ from pathlib import Path
 
 import asyncpg
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -42,9 +41,7 @@ PRICES = [100.0, 101.0, 99.0, 97.0, 95.0, 90.0, 80.0]  # the last is 20% below t
 async def clients(nats_credentials: NatsCredentials) -> AsyncIterator[dict[str, Client]]:
     connections = {}
     for user in ("collector", "execution", "deployer"):
-        name, password = nats_credentials.for_user(user)
-        auth = {"user": name, "password": password} if name else {}
-        connections[user] = await nats.connect(nats_credentials.url, **auth)
+        connections[user] = await nats_credentials.connect(user)
     yield connections
     for connection in connections.values():
         await connection.drain()

@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -35,6 +36,16 @@ PAYLOAD_EXCERPT = 2_000
 DEFAULT_RETENTION = Retention()
 
 MB = 1024 * 1024
+
+
+def client_tls(ca_file: str) -> ssl.SSLContext | None:
+    """Return a TLS context that trusts the certificates `ca_file` holds and nothing else; None: no TLS.
+
+    The stack's CA (`QMP_NATS_TLS_CA`) is the only trust anchor: the system's CAs would also accept any
+    publicly issued certificate for the server's name. The server's name is checked (127.0.0.1 for the
+    embedded stack).
+    """
+    return ssl.create_default_context(cafile=ca_file) if ca_file else None
 
 
 def streams(retention: Retention = DEFAULT_RETENTION) -> tuple[StreamConfig, ...]:

@@ -73,22 +73,14 @@ class Retention(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
                 raise ValueError(f"QMP_{name.upper()} must be positive, got {getattr(self, name)}")
 
 
-class BusSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    nats_url: str = "nats://127.0.0.1:4222"
-    nats_user: str = ""
-    nats_password: str = ""
-
-
-class DatabaseSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
 class ServiceSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What every service needs: where the bus and database are, its clock mode and telemetry."""
 
     nats_url: str = "nats://127.0.0.1:4222"
     nats_user: str = ""
     nats_password: str = ""
+    nats_tls_ca: str = ""  # a CA file: connect with TLS and accept only a server certificate it signed
+    # TLS to PostgreSQL rides in the URL: `?sslmode=verify-full&sslrootcert=<CA file>`
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     clock: str = "replay"
     run_dir: str = ".qmp/run"

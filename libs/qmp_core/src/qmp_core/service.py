@@ -16,7 +16,7 @@ from typing import Any, Generic, Literal, TypeVar
 import msgspec
 from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
-from faststream.security import SASLPlaintext
+from faststream.security import BaseSecurity, SASLPlaintext
 from nats.js import JetStreamContext
 
 from qmp_core import bus, subjects
@@ -46,9 +46,10 @@ HealthStatus = Literal["starting", "ok", "degraded", "failing"]
 
 def make_broker(settings: ServiceSettings, name: str) -> NatsBroker:
     """Return a broker that connects as this service's NATS user; FastStream's own logging off (hot path)."""
-    security = None
+    tls = bus.client_tls(settings.nats_tls_ca)
+    security: BaseSecurity | None = BaseSecurity(ssl_context=tls) if tls is not None else None
     if settings.nats_user:
-        security = SASLPlaintext(username=settings.nats_user, password=settings.nats_password)
+        security = SASLPlaintext(username=settings.nats_user, password=settings.nats_password, ssl_context=tls)
     return NatsBroker(
         settings.nats_url, security=security, logger=None, name=f"qmp-{name}",
         max_reconnect_attempts=-1, reconnect_time_wait=1,

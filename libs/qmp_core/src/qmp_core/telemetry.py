@@ -95,9 +95,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def quiet_tls_upgrade_warning(record: logging.LogRecord) -> bool:
+    """Drop asyncio's warning at the close of a connection upgraded to TLS after it opened.
+
+    nats-py starts TLS once the server's INFO asks for it (and the PostgreSQL TLS front once the client's
+    SSLRequest does); asyncio's stream protocol then answers end-of-file the plaintext way and asyncio
+    warns, on every close, that the answer has no effect. Nothing is wrong: the connection closes normally.
+    """
+    return "has no effect when using ssl" not in record.getMessage()
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("asyncio").addFilter(quiet_tls_upgrade_warning)

@@ -16,15 +16,18 @@ import stat
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import asyncpg
 import nats
 
-from qmp_core import subjects
+from qmp_core import bus, subjects
 from qmp_ops.runtime.nats_server import render_production_config
 from qmp_ops.runtime.roles import ADMIN, ROLES
 from qmp_ops.runtime.supervisor import Connection
 
 REFUSAL_WAIT_S = 1.0
+PROBE_TIMEOUT_S = 3.0
 PROBE = "qmp-audit-probe"
 
 
@@ -87,13 +90,14 @@ async def attempt_refused(errors: list[str], subject: str, attempt: Awaitable[ob
     return violation(), answer
 
 
-async def refused(url: str, user: str, password: str, attempt: Attempt, tls: object = None) -> bool:
+async def refused(url: str, user: str, password: str, attempt: Attempt, tls_ca: str = "") -> bool:
     """Return whether the server refuses `attempt` to `user` (a permissions violation naming its subject)."""
     errors: list[str] = []
 
     async def on_error(error: Exception) -> None:
         errors.append(str(error))
 
+    tls = bus.client_tls(tls_ca)
     options = {"tls": tls} if tls is not None else {}
     nc = await nats.connect(url, user=user, password=password, error_cb=on_error, max_reconnect_attempts=1,
                             **options)
@@ -123,18 +127,90 @@ async def audit_permissions(connection: Connection, passwords: dict[str, str]) -
                                     f"(set QMP_{service.upper()}_PASSWORD)"))
             continue
         for attempt in attempts(service):
-            if not await refused(connection.nats_url, service, password, attempt):
+            if not await refused(connection.nats_url, service, password, attempt, connection.tls_ca):
                 findings.append(Finding(f"permissions.{service}", f"may {attempt.what} ({attempt.subject})"))
     return findings
 
 
-def audit_transport(connection: Connection) -> list[Finding]:
+DEFAULT_PASSWORDS = ("", "password", "changeme", "secret", "admin", "qmp")
+
+
+async def nats_login_accepted(connection: Connection, user: str, password: str) -> bool:
+    """Return whether NATS lets `user` in with `password` (a refusal is an authorization error)."""
+    tls = bus.client_tls(connection.tls_ca)
+    try:
+        nc = await asyncio.wait_for(nats.connect(
+            connection.nats_url, user=user, password=password, max_reconnect_attempts=1, reconnect_time_wait=0.05,
+            connect_timeout=PROBE_TIMEOUT_S, error_cb=_ignore, **({"tls": tls} if tls is not None else {})),
+            PROBE_TIMEOUT_S * 2)
+    except (OSError, TimeoutError, nats.errors.Error):
+        return False
+    await nc.close()
+    return True
+
+
+async def _ignore(error: Exception) -> None:
+    """A refused login is the expected outcome of a probe; nats-py reports it here too."""
+
+
+async def audit_default_passwords(connection: Connection) -> list[Finding]:
+    """No identity of the stack logs in with an empty or well-known password, on NATS or PostgreSQL."""
+    users = [*ROLES, *([connection.operator_user] if connection.operator_user not in ROLES else [])]
+    guesses = [(user, password) for user in users for password in (*DEFAULT_PASSWORDS, user)]
+    accepted = await asyncio.gather(*(nats_login_accepted(connection, user, password) for user, password in guesses))
+    findings = [Finding("credentials.default", f"NATS user {user} logs in with the password {password!r}")
+                for (user, password), ok in zip(guesses, accepted, strict=True) if ok]
+    if connection.database_url:
+        parts = urlsplit(connection.database_url)
+        for password in (*DEFAULT_PASSWORDS, "postgres"):
+            guess = urlunsplit(parts._replace(netloc=f"{parts.username}:{password}@{parts.hostname}:{parts.port}"))
+            with contextlib.suppress(OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await (await asyncpg.connect(guess, timeout=PROBE_TIMEOUT_S)).close()
+                findings.append(Finding("credentials.default", f"PostgreSQL user {parts.username} logs in with the "
+                                        f"password {password!r}"))
+    return findings
+
+
+async def nats_requires_tls(url: str) -> bool:
+    """Return whether the NATS server at `url` says, before anything else, that it accepts TLS clients only."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port or 4222),
+                                            PROBE_TIMEOUT_S)
+    try:
+        line = await asyncio.wait_for(reader.readline(), PROBE_TIMEOUT_S)  # INFO {...}: the server speaks first
+    finally:
+        writer.close()
+    return bool(json.loads(line.partition(b" ")[2] or b"{}").get("tls_required"))
+
+
+async def postgres_accepts_plaintext(database_url: str) -> bool:
+    """Return whether PostgreSQL lets a client log in without TLS (it must refuse before authentication)."""
+    parts = urlsplit(database_url)
+    query = [(key, value) for key, value in parse_qsl(parts.query) if not key.startswith("ssl")]
+    plaintext = urlunsplit(parts._replace(query=urlencode([*query, ("sslmode", "disable")])))
+    try:
+        connection = await asyncpg.connect(plaintext, timeout=PROBE_TIMEOUT_S)
+    except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError):
+        return False
+    await connection.close()
+    return True
+
+
+async def audit_transport(connection: Connection) -> list[Finding]:
+    """NATS and PostgreSQL: clients verify the server's certificate, and the servers refuse plaintext."""
     findings = []
-    if not (connection.nats_url.startswith("tls://") or connection.tls_ca):
-        findings.append(Finding("tls.nats", f"NATS at {connection.nats_url} is reached without TLS"))
-    if connection.database_url and not re.search(r"sslmode=(require|verify-ca|verify-full)",
-                                                 connection.database_url):
-        findings.append(Finding("tls.postgres", "the database URL does not require TLS (sslmode)"))
+    if not connection.tls_ca:
+        findings.append(Finding("tls.nats", f"NATS at {connection.nats_url} is reached without TLS (no CA "
+                                "to verify the server: QMP_NATS_TLS_CA)"))
+    elif not await nats_requires_tls(connection.nats_url):
+        findings.append(Finding("tls.nats", f"NATS at {connection.nats_url} also accepts plaintext clients"))
+    if connection.database_url:
+        mode = dict(parse_qsl(urlsplit(connection.database_url).query)).get("sslmode", "")
+        if mode not in ("verify-ca", "verify-full"):
+            findings.append(Finding("tls.postgres", "the database URL does not verify the server's certificate "
+                                    f"(sslmode={mode or 'unset'}; verify-full wanted)"))
+        elif await postgres_accepts_plaintext(connection.database_url):
+            findings.append(Finding("tls.postgres", "PostgreSQL also accepts plaintext connections"))
     return findings
 
 
@@ -142,7 +218,7 @@ def audit_files(run_dir: Path, secrets: Iterable[str]) -> list[Finding]:
     """Files holding secrets readable by their owner only; no secret in any log of the run."""
     findings = []
     for path in [run_dir / "connection.json", run_dir / "nats" / "nats-server.conf",
-                 run_dir / "postgres" / "postgres.password"]:
+                 run_dir / "postgres" / "postgres.password", run_dir / "tls" / "server.key"]:
         if path.exists() and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             findings.append(Finding("files.private", f"{path} is readable by others "
                                     f"(mode {stat.filemode(path.stat().st_mode)})"))
@@ -166,6 +242,20 @@ def audit_compose(path: Path) -> list[Finding]:
     if re.search(r'["\s:]8222["\s:]', text):
         findings.append(Finding("compose.monitoring", "the NATS monitoring port (8222, no authentication) is "
                                 "published"))
+    for url in re.findall(r"QMP_NATS_URL:\s*(\S+)", text):
+        if not url.startswith("tls://"):
+            findings.append(Finding("compose.tls", f"services reach NATS at {url} without TLS"))
+    if "QMP_NATS_URL" in text and "QMP_NATS_TLS_CA" not in text:
+        findings.append(Finding("compose.tls", "no QMP_NATS_TLS_CA: services cannot verify the NATS server"))
+    for url in re.findall(r"QMP_DATABASE_URL:\s*([^\n]+)", text):
+        if "sslmode=verify-full" not in url:
+            findings.append(Finding("compose.tls", "the services' database URL does not verify PostgreSQL's "
+                                    "certificate (sslmode=verify-full)"))
+    dockerfile = path.parent / "Dockerfile"
+    if "build:" in text and dockerfile.exists():
+        users = re.findall(r"^USER\s+(\S+)", dockerfile.read_text(), flags=re.MULTILINE)
+        if not users or users[-1] in ("root", "0"):
+            findings.append(Finding("image.root", f"{dockerfile} runs the services as root"))
     return findings
 
 
@@ -188,9 +278,11 @@ async def audit(connection: Connection | None, compose: Path | None, nats_config
     if connection is not None:
         run_dir = Path(connection.run_dir)
         passwords = {**embedded_passwords(run_dir), **service_passwords}
-        checked += ["permissions of every service (probes)", "transport (TLS)", f"files of {run_dir}"]
+        checked += ["permissions of every service (probes)", "transport (TLS)", "default passwords",
+                    f"files of {run_dir}"]
         findings += await audit_permissions(connection, passwords)
-        findings += audit_transport(connection)
+        findings += await audit_transport(connection)
+        findings += await audit_default_passwords(connection)
         findings += audit_files(run_dir, [*passwords.values(), connection.operator_password])
     if compose is not None:
         checked.append(str(compose))

@@ -1,7 +1,8 @@
 """Pytest fixtures for tests that talk to a real nats-server and PostgreSQL.
 
-Embedded servers by default (one per test session); `QMP_NATS_URL` / `QMP_DATABASE_URL` select running
-ones instead. Registered by the repository's root conftest.py.
+Embedded servers by default (one per test session), with TLS on like every embedded stack (one CA for
+both); `QMP_NATS_URL` / `QMP_DATABASE_URL` select running ones instead (`QMP_NATS_TLS_CA` names the CA of
+a running NATS with TLS). Registered by the repository's root conftest.py.
 """
 
 import asyncio
@@ -12,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 
@@ -20,8 +20,10 @@ from qmp_core import bus
 from qmp_core.config import ServiceSettings
 from qmp_core.db import migrate
 from qmp_ops.cli.main import STACK_VARIABLES
+from qmp_ops.runtime.certificates import ServerCertificates
 from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
 from qmp_ops.runtime.postgres_server import EmbeddedPostgres
+from qmp_ops.runtime.supervisor import Connection
 
 TEST_OPERATORS = ("alice",)  # a named operator (a person) on the session's server
 
@@ -49,27 +51,33 @@ def run_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def nats_credentials(run_dir: Path) -> Iterator[NatsCredentials]:
+def certificates(run_dir: Path) -> ServerCertificates:
+    """The session's CA and server certificate, shared by its NATS and PostgreSQL."""
+    return ServerCertificates.issue(run_dir / "tls")
+
+
+@pytest.fixture(scope="session")
+def nats_credentials(run_dir: Path, certificates: ServerCertificates) -> Iterator[NatsCredentials]:
     external = os.environ.get("QMP_NATS_URL")
     if external:
-        yield NatsCredentials(url=external)
+        yield NatsCredentials(url=external, tls_ca=os.environ.get("QMP_NATS_TLS_CA", ""))
         return
     # Tests name their own durable consumers (one server for the session): any name on a role's
     # streams. The exact grants are held by tests/security and by every stack the system tests start.
-    server = EmbeddedNats(run_dir / "nats", durable_names="any", operators=TEST_OPERATORS)
+    server = EmbeddedNats(run_dir / "nats", durable_names="any", operators=TEST_OPERATORS, certificates=certificates)
     credentials = server.start()
     yield credentials
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def database_url(run_dir: Path) -> Iterator[str]:
+def database_url(run_dir: Path, certificates: ServerCertificates) -> Iterator[str]:
     external = os.environ.get("QMP_DATABASE_URL")
     if external:
         url = external
         server = None
     else:
-        server = EmbeddedPostgres(run_dir / "postgres")
+        server = EmbeddedPostgres(run_dir / "postgres", certificates=certificates)
         url = server.start()
     try:
         asyncio.run(migrate(url))
@@ -87,7 +95,8 @@ def settings_for(credentials: NatsCredentials, user: str, database_url: str = ""
 ):
     """Return service settings that connect as `user` (no credentials when the server has auth off)."""
     name, password = credentials.for_user(user)
-    values: dict[str, object] = {"nats_url": credentials.url, "nats_user": name, "nats_password": password}
+    values: dict[str, object] = {"nats_url": credentials.url, "nats_user": name, "nats_password": password,
+                                 "nats_tls_ca": credentials.tls_ca}
     if database_url:
         values["database_url"] = database_url
     values.update(overrides)
@@ -96,16 +105,20 @@ def settings_for(credentials: NatsCredentials, user: str, database_url: str = ""
 
 async def connect_as(credentials: NatsCredentials, user: str) -> Client:
     """Connect as one of the stack's users (operator or a service), with its permissions."""
+    return await credentials.connect(user)
+
+
+def operator_connection(credentials: NatsCredentials, user: str = "operator", database_url: str = "",
+                        run_dir: str = "") -> Connection:
+    """Return how an operator's commands reach the session's stack, as `user` (operator or a named one)."""
     name, password = credentials.for_user(user)
-    return await nats.connect(credentials.url, **({"user": name, "password": password} if name else {}))
+    return Connection(credentials.url, database_url, run_dir, name, password, tls_ca=credentials.tls_ca)
 
 
 @pytest.fixture
 async def operator_nc(nats_credentials: NatsCredentials) -> AsyncIterator[Client]:
     """A NATS connection as the operator, with the streams and KV declared."""
-    user, password = nats_credentials.for_user("operator")
-    auth = {"user": user, "password": password} if user else {}
-    nc = await nats.connect(nats_credentials.url, **auth)
+    nc = await nats_credentials.connect("operator")
     await bus.declare(nc.jetstream())
     yield nc
     await nc.drain()

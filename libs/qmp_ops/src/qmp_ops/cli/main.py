@@ -59,6 +59,7 @@ def stack_options(
         mine = Connection(**json.loads(path.read_text()))
         nats_url, nats_user, nats_password = mine.nats_url, mine.operator_user, mine.operator_password
         database_url = database_url or mine.database_url
+        nats_tls_ca = nats_tls_ca or mine.tls_ca
     # One way in for every verb: the flags set the variables Connection.read() reads.
     for name, value in zip(STACK_VARIABLES, (nats_url, nats_user, nats_password, nats_tls_ca, database_url),
                            strict=True):
@@ -78,8 +79,14 @@ def up(
         "vol_target=qmp_lab.strategies.vol_target:VolatilityTarget"),
     operators: Annotated[str, typer.Option(help="named operators (people), comma-separated: a NATS user each, "
                                                 "whose commands the audit trail records by name")] = "",
+    no_tls: Annotated[bool, typer.Option("--no-tls", help="plaintext NATS and PostgreSQL: for debugging only "
+                                                          "(`qmp audit security` fails on it)")] = False,
 ) -> None:
-    """Start NATS, PostgreSQL and the four services, with market data flowing; Ctrl-C stops all."""
+    """Start NATS, PostgreSQL and the four services, with market data flowing; Ctrl-C stops all.
+
+    The embedded servers speak TLS only, with certificates of a CA made for this run (its file is
+    `<run>/tls/ca.pem`; every client of the stack verifies the servers against it).
+    """
     collector = {"QMP_SOURCE": source, "QMP_REPLAY_RATE": str(rate)}
     if source == "synthetic":
         collector |= {"QMP_VENUE": "synth", "QMP_SYMBOLS": str(symbols), "QMP_BAR_SECONDS": str(bar_seconds)}
@@ -92,9 +99,12 @@ def up(
         roles_with(names)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    options = StackOptions(home=HOME, clock="replay", pass_environment=True, operators=names,
+    options = StackOptions(home=HOME, clock="replay", pass_environment=True, operators=names, tls=not no_tls,
                            service_env={"collector": collector, "execution": {"QMP_STRATEGIES": strategies}})
     stack = Stack(options)
+    if no_tls:
+        console.print("[bold yellow]TLS is off[/]: NATS and PostgreSQL speak plaintext on loopback. For debugging "
+                      "only — never for a stack that trades.")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with console.status("starting NATS and PostgreSQL…"):
@@ -106,6 +116,8 @@ def up(
             console.print(f"[green]✓[/] {service}")
         console.print(f"connection details: {CONNECTION_FILE} (NATS {connection.nats_url}, "
                       f"database {redacted(connection.database_url)})")
+        if connection.tls_ca:
+            console.print(f"TLS: servers verified against this run's CA, {connection.tls_ca}")
         for name in names:
             console.print(f"operator {name}: `qmp --as {name} <verb>` ({operator_connection_file(HOME, name)})")
         console.print(f"logs and traces: {stack.run_dir}  —  Ctrl-C stops everything")
@@ -264,16 +276,39 @@ def contract(
 @app.command("nats-config")
 def nats_config(
     write: Annotated[Path | None, typer.Option("--write", help="write it to a file (infra/nats/server.conf)")] = None,
+    cluster: Annotated[bool, typer.Option("--cluster", help="a cluster node's config instead (infra/nats/"
+                                                            "cluster.conf): routes over verified TLS")] = False,
 ) -> None:
-    """Print the production nats-server config: a user per role with the role table's permissions."""
-    from qmp_ops.runtime.nats_server import render_production_config
+    """Print the production nats-server config: TLS, a user per role with the role table's permissions."""
+    from qmp_ops.runtime.nats_server import render_cluster_config, render_production_config
 
-    text = render_production_config()
+    text = render_cluster_config() if cluster else render_production_config()
     if write is None:
         typer.echo(text, nl=False)
         return
     write.write_text(text)
     console.print(f"wrote {write}")
+
+
+@app.command()
+def certificates(
+    out: Annotated[Path, typer.Option(help="directory to write ca.pem, server.pem and server.key to")],
+    host: Annotated[list[str], typer.Option(help="a name or IP address the servers are reached by (repeat)")],
+) -> None:
+    """Make a CA and one server certificate for NATS and PostgreSQL of a compose stack (QMP_TLS_DIR).
+
+    The CA's private key is never written: to add a host, make a new set and restart the stack. A team
+    with its own PKI puts its files under the same names instead.
+    """
+    from qmp_ops.runtime.certificates import ServerCertificates
+
+    existing = [name for name in ("ca.pem", "server.pem", "server.key") if (out / name).exists()]
+    if existing:
+        raise typer.BadParameter(f"{out} already holds {', '.join(existing)}: choose another directory or "
+                                 "remove them (the stack then needs the new files)")
+    made = ServerCertificates.issue(out, hosts=tuple(host))
+    console.print(f"wrote {made.ca_file} (clients trust it), {made.cert_file} and {made.key_file} (the servers; "
+                  f"valid for {', '.join(host)})")
 
 
 async def _supervise(stack: Stack) -> None:
@@ -339,7 +374,8 @@ def _print_reply(reply: dict) -> None:
 
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
-FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "contract", "nats-config"})
+FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "contract", "nats-config",
+                           "certificates"})
 
 
 def register_extensions() -> None:

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import nats
 from qmp_core import bus, subjects
 from qmp_core.config import Retention, load_settings
 from qmp_core.db import migrate
+from qmp_ops.runtime.certificates import ServerCertificates
 from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
 from qmp_ops.runtime.ports import write_private
 from qmp_ops.runtime.postgres_server import EmbeddedPostgres
@@ -57,6 +57,7 @@ class StackOptions:
     # `qmp up` hands the operator's QMP_* settings (QMP_CAPITAL, breaker thresholds, ...) to the services; a
     # replay of record (the demo, verification) does not, so its numbers never depend on the shell it ran in.
     pass_environment: bool = False
+    tls: bool = True  # embedded servers speak TLS only; off (`qmp up --no-tls`) for debugging alone
 
 
 def redacted(url: str) -> str:
@@ -126,8 +127,9 @@ class Connection:
         """
         auth: dict[str, Any] = ({"user": self.operator_user, "password": self.operator_password}
                                 if self.operator_user else {})
-        if self.tls_ca:
-            auth["tls"] = ssl.create_default_context(cafile=self.tls_ca)
+        tls = bus.client_tls(self.tls_ca)
+        if tls is not None:
+            auth["tls"] = tls
         try:
             if follow:
                 return await nats.connect(self.nats_url, name="qmp-observer", max_reconnect_attempts=-1,
@@ -165,7 +167,7 @@ class Stack:
         assert self.credentials is not None
         user, password = self.credentials.for_user("operator")
         return Connection(self.credentials.url, self.database_url, str(self.run_dir), user, password,
-                          embedded=self.nats is not None)
+                          embedded=self.nats is not None, tls_ca=self.credentials.tls_ca)
 
     def start_servers(self) -> Connection:
         """Start (or attach to) NATS and PostgreSQL, migrate, declare; stop what started if any step fails."""
@@ -176,17 +178,21 @@ class Stack:
             raise
 
     def _start_servers(self) -> Connection:
+        # One CA per run for both servers, so a client trusts one file.
+        certificates = ServerCertificates.issue(self.run_dir / "tls") if self.options.tls else None
         external_nats = os.environ.get("QMP_NATS_URL")
         if external_nats:
-            self.credentials = NatsCredentials(url=external_nats)
+            self.credentials = NatsCredentials(url=external_nats, tls_ca=os.environ.get("QMP_NATS_TLS_CA", ""))
         else:
-            self.nats = EmbeddedNats(self.run_dir / "nats", operators=self.options.operators)
+            self.nats = EmbeddedNats(self.run_dir / "nats", operators=self.options.operators, tls=self.options.tls,
+                                     certificates=certificates)
             self.credentials = self.nats.start()
         external_db = os.environ.get("QMP_DATABASE_URL")
         if external_db:
             self.database_url = external_db
         else:
-            self.postgres = EmbeddedPostgres(self.run_dir / "postgres")
+            self.postgres = EmbeddedPostgres(self.run_dir / "postgres", tls=self.options.tls,
+                                             certificates=certificates)
             self.database_url = self.postgres.start()
         asyncio.run(self._prepare())
         connection = self.connection
@@ -221,7 +227,8 @@ class Stack:
                if self.options.pass_environment or not key.startswith("QMP_")}
         env.update(
             QMP_NATS_URL=self.credentials.url, QMP_NATS_USER=user, QMP_NATS_PASSWORD=password,
-            QMP_DATABASE_URL=self.database_url, QMP_RUN_DIR=str(self.run_dir), QMP_CLOCK=self.options.clock,
+            QMP_NATS_TLS_CA=self.credentials.tls_ca, QMP_DATABASE_URL=self.database_url,
+            QMP_RUN_DIR=str(self.run_dir), QMP_CLOCK=self.options.clock,
             PYTHONUNBUFFERED="1",
         )
         env.update(self.options.service_env.get(service, {}))
