@@ -6,7 +6,10 @@ poisoned input) and compares with a golden run of the same window: every fill (i
 price), the book's equity at every day, one risk snapshot per day equal to the golden one, stream
 counts equal table counts, no duplicate id. The recovery time is measured and printed.
 
-`./dev test -m chaos` runs the whole suite (also part of the default run).
+The default run (`./dev test`, `.ci/run`) takes the quick subset: poisoned input, PostgreSQL down, a
+SIGKILL of risk. The whole suite, with a table of the figures at the end:
+
+    QMP_CHAOS=all ./dev test tests/chaos
 """
 
 import asyncio
@@ -196,7 +199,13 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     return outcome
 
 
-def report(label: str, run: Outcome) -> None:
+def report(label: str, run: Outcome, request: pytest.FixtureRequest | None = None) -> None:
+    if request is not None:  # for the table at the end of the run (tests/chaos/conftest.py)
+        request.node.user_properties.append(("chaos", {
+            "fault": label, "days": f"{len(run.equity)}/{DAYS}", "fills": len(run.fills),
+            "recovery_s": None if run.recovery_s is None else round(run.recovery_s, 2),
+            "restarts": sum(run.restarts.values()), "dead_letters": len(run.dead_letters),
+            "counted": f"{run.observed[2]} fills, {run.repeats} repeats skipped"}))
     print(f"\nchaos {label}: days {len(run.equity)}/{DAYS}, fills {len(run.fills)}, "  # noqa: T201
           f"recovery {run.recovery_s if run.recovery_s is None else round(run.recovery_s, 2)} s, "
           f"restarts {run.restarts}, dead letters {len(run.dead_letters)}, "
@@ -213,9 +222,10 @@ def first_breaker_change(golden: Outcome) -> int:
     return next((i for i in changes if i >= DAYS // 4), DAYS // 2)
 
 
-@pytest.mark.parametrize("service", ["risk", "execution", "deployer"])
+@pytest.mark.parametrize("service", ["risk", pytest.param("execution", marks=pytest.mark.chaos_all),
+                                     pytest.param("deployer", marks=pytest.mark.chaos_all)])
 def test_chaos_when_service_sigkilled_mid_replay_then_restarted_and_results_identical(
-    golden: Outcome, tmp_path: Path, service: str,
+    golden: Outcome, tmp_path: Path, service: str, request: pytest.FixtureRequest,
 ) -> None:
     async def kill(stack: Stack) -> None:
         os.kill(stack.processes[service].pid, signal.SIGKILL)
@@ -224,14 +234,15 @@ def test_chaos_when_service_sigkilled_mid_replay_then_restarted_and_results_iden
     day = first_breaker_change(golden) - 1 if service == "deployer" else DAYS // 2
     run = replay(tmp_path / ".qmp", kill, fault_at_day=day)
     print(f"\nchaos SIGKILL {service} after day {day} of {DAYS}")  # noqa: T201
-    report(f"SIGKILL {service}", run)
+    report(f"SIGKILL {service}", run, request)
     assert run.restarts[service] == 1
     assert_same_as(golden, run, f"SIGKILL {service}")
     assert run.recovery_s is not None and run.recovery_s < RECOVERY_BOUND_S
 
 
+@pytest.mark.chaos_all
 def test_chaos_when_nats_server_sigkilled_and_restarted_on_same_store_then_nothing_counted_twice(
-    golden: Outcome, tmp_path: Path,
+    golden: Outcome, tmp_path: Path, request: pytest.FixtureRequest,
 ) -> None:
     async def restart_nats(stack: Stack) -> None:
         assert stack.nats is not None and stack.nats.process is not None
@@ -241,7 +252,7 @@ def test_chaos_when_nats_server_sigkilled_and_restarted_on_same_store_then_nothi
         await asyncio.to_thread(stack.nats.start)  # same port, same JetStream store
 
     run = replay(tmp_path / ".qmp", restart_nats, fault_at_day=DAYS // 2)
-    report("SIGKILL nats-server", run)
+    report("SIGKILL nats-server", run, request)
     assert_same_as(golden, run, "SIGKILL nats-server")
     assert run.observed[2] == len(run.fills)
     assert not run.dead_letters  # what was redelivered had been handled: acked again, not rejected
@@ -249,7 +260,7 @@ def test_chaos_when_nats_server_sigkilled_and_restarted_on_same_store_then_nothi
 
 
 def test_chaos_when_postgres_down_for_seconds_then_nothing_lost_and_results_identical(
-    golden: Outcome, tmp_path: Path,
+    golden: Outcome, tmp_path: Path, request: pytest.FixtureRequest,
 ) -> None:
     async def restart_postgres(stack: Stack) -> None:
         assert stack.postgres is not None and stack.postgres.process is not None
@@ -259,13 +270,13 @@ def test_chaos_when_postgres_down_for_seconds_then_nothing_lost_and_results_iden
         await asyncio.to_thread(stack.postgres.start)
 
     run = replay(tmp_path / ".qmp", restart_postgres, fault_at_day=DAYS // 3)
-    report("PostgreSQL down 8 s", run)
+    report("PostgreSQL down 8 s", run, request)
     assert_same_as(golden, run, "PostgreSQL restart")
     assert sum(run.restarts.values()) == 0  # waited out, not crashed
 
 
 def test_chaos_when_poisoned_inputs_arrive_then_dead_lettered_and_results_identical(
-    golden: Outcome, tmp_path: Path,
+    golden: Outcome, tmp_path: Path, request: pytest.FixtureRequest,
 ) -> None:
     replies: list[dict] = []
 
@@ -292,7 +303,7 @@ def test_chaos_when_poisoned_inputs_arrive_then_dead_lettered_and_results_identi
             await nc.close()
 
     run = replay(tmp_path / ".qmp", poison, fault_at_day=DAYS // 4)
-    report("poisoned inputs", run)
+    report("poisoned inputs", run, request)
     assert_same_as(golden, run, "poisoned inputs")
     reasons = " | ".join(letter.reason for letter in run.dead_letters)
     assert reasons.count("from the future") >= 2
