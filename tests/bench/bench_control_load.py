@@ -7,6 +7,8 @@ Three phases in one run, the first being the baseline the others are compared wi
    every 50 ms;
 3. burst: `--burst` set_allocation requests sent at once over the clients' connections, with halts
    sent during the burst.
+The halting client is a process of its own, as an operator's `qmp halt` is, and sends its halts to halts'
+lane (`qmp.control.<sender>.<strategy>.urgent`), its resumes to the main one.
 It prints halt round trips (p50 / p99 / max), the other requests' rate and every error or timeout, and
 the ratio of the halt p99 under load and in the burst to the halt p99 alone.
 
@@ -16,16 +18,20 @@ the ratio of the halt p99 under load and in the burst to the halt p99 alone.
 import argparse
 import asyncio
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
+from typing import Any
 
 import nats
 import numpy as np
 
 from qmp_core import subjects
-from qmp_ops.runtime.supervisor import Stack, StackOptions
+from qmp_ops.runtime.supervisor import Connection, Stack, StackOptions
 
 TIMEOUT_S = 30.0
 
@@ -58,13 +64,29 @@ async def halts(nc: nats.NATS, strategy: str, until: asyncio.Event, every_s: flo
     n = 0
     while not until.is_set() and (count is None or n < 2 * count):
         command = ({"command": "halt", "reason": "bench"} if n % 2 == 0 else {"command": "resume"})
-        took = await timed_request(nc, subjects.control(strategy), {**command, "command_id": f"{strategy}-{n}"},
-                                   errors)
+        took = await timed_request(nc, subjects.control(strategy, urgent=n % 2 == 0),
+                                   {**command, "command_id": f"{strategy}-{n}"}, errors)
         if n % 2 == 0 and took is not None:
             latencies.append(took)
         n += 1
         await asyncio.sleep(every_s)
     return latencies
+
+
+def halting_process(connection: Connection, strategy: str, start: ProcessEvent, seconds: float, every_s: float,
+                    count: int | None) -> tuple[list[float], list[str]]:
+    """In a process of its own: once `start` is set, halt and resume for `seconds` (or `count` halts)."""
+    async def run() -> tuple[list[float], list[str]]:
+        nc = await connection.connect()
+        errors: list[str] = []
+        start.wait()
+        until = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, until.set)
+        latencies = await halts(nc, strategy, until, every_s, errors, count)
+        await nc.close()
+        return latencies, errors
+
+    return asyncio.run(run())
 
 
 async def load(nc: nats.NATS, strategy: str, until: asyncio.Event, errors: list[str]) -> int:
@@ -80,34 +102,50 @@ async def load(nc: nats.NATS, strategy: str, until: asyncio.Event, errors: list[
 async def measure(stack: Stack, clients: int, seconds: float, burst: int) -> dict:
     connection = stack.connection
     pool = [await connection.connect() for _ in range(clients)]
-    urgent = await connection.connect()
-    errors: list[str] = []
-    never = asyncio.Event()
-    alone = await halts(urgent, "bench-alone", never, 0.0, errors, count=200)
+    loop = asyncio.get_running_loop()
+    manager = multiprocessing.get_context("spawn").Manager()
+    executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+    async def halting(strategy: str, seconds: float, every_s: float, count: int | None) -> tuple[
+            asyncio.Future[tuple[list[float], list[str]]], Any]:
+        start = manager.Event()
+        future = loop.run_in_executor(executor, halting_process, connection, strategy, start, seconds, every_s,
+                                      count)
+        return future, start
+
+    alone_run, go = await halting("bench-alone", 3600.0, 0.0, 200)
+    go.set()
+    alone, errors = await alone_run
 
     stop = asyncio.Event()
+    under_load_run, go = await halting("bench-urgent", seconds, 0.05, None)
     workers = [asyncio.create_task(load(nc, f"bench-load-{i}", stop, errors)) for i, nc in enumerate(pool)]
-    halting = asyncio.create_task(halts(urgent, "bench-urgent", stop, 0.05, errors))
+    go.set()
     started = time.perf_counter()
     await asyncio.sleep(seconds)
     stop.set()
-    under_load = await halting
+    under_load, more_errors = await under_load_run
+    errors += more_errors
     handled = sum(await asyncio.gather(*workers))
     elapsed = time.perf_counter() - started
 
     burst_errors: list[str] = []
+    in_burst_run, go = await halting("bench-burst-urgent", 3600.0, 0.02, 20)
+    await asyncio.sleep(3.0)  # the halting process is up and connected
     requests = [timed_request(pool[i % clients], subjects.control(f"bench-burst-{i % clients}"),
                               {"command": "set_allocation", "allocation": 0.5 if i % 2 else 0.25}, burst_errors)
                 for i in range(burst)]
-    burst_done = asyncio.Event()
     flood = asyncio.gather(*requests)
-    in_burst = asyncio.create_task(halts(urgent, "bench-burst-urgent", burst_done, 0.02, burst_errors, count=20))
     burst_started = time.perf_counter()
+    await asyncio.sleep(0.1)  # the burst is sent: the halts arrive behind it
+    go.set()
     answered = [took for took in await flood if took is not None]
     burst_s = time.perf_counter() - burst_started
-    burst_done.set()
-    halts_in_burst = await in_burst
-    for nc in [*pool, urgent]:
+    halts_in_burst, more_errors = await in_burst_run
+    burst_errors += more_errors
+    executor.shutdown()
+    manager.shutdown()
+    for nc in pool:
         await nc.close()
     result = {
         "halt_alone": figures(alone),

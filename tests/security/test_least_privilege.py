@@ -169,14 +169,16 @@ async def test_security_when_a_service_without_control_rights_publishes_a_halt_o
     await stack.refused(service, kv_subject, lambda: nc.request(kv_subject, halt, timeout=REFUSAL_WAIT_S))
 
 
-@pytest.mark.parametrize(("sender", "as_"), [("risk", "operator"), ("operator", "risk"), ("deployer", "operator"),
-                                             ("risk", "deployer")])
+@pytest.mark.parametrize(("sender", "as_", "urgent"), [
+    ("risk", "operator", False), ("operator", "risk", False), ("deployer", "operator", False),
+    ("risk", "deployer", False), ("risk", "operator", True), ("execution", "risk", True)])
 async def test_security_when_one_identity_sends_control_under_another_s_name_then_refused(
-        stack: Stack, sender: str, as_: str) -> None:
+        stack: Stack, sender: str, as_: str, urgent: bool) -> None:
+    # urgent: halts' own lane, qmp.control.<sender>.<strategy>.urgent, is bound to the sender the same way
     nc = stack.connections.get(sender) or await stack.connect(sender)
-    subject = subjects.control("vol_target", as_)
+    subject = subjects.control("vol_target", as_, urgent=urgent)
 
-    await stack.refused(sender, subject, lambda: nc.request(subject, b'{"command": "resume"}',
+    await stack.refused(sender, subject, lambda: nc.request(subject, b'{"command": "halt"}',
                                                             timeout=REFUSAL_WAIT_S))
 
 

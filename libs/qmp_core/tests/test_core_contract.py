@@ -31,6 +31,7 @@ def test_channels_when_listed_then_every_contract_message_travels_somewhere_and_
     ("qmp.risk.<strategy>.breaker", subjects.breaker_events("vol_target")),
     ("qmp.risk.<strategy>.stoploss", subjects.stop_loss("vol_target")),
     ("qmp.control.<sender>.<strategy>", subjects.control("vol_target", "alice")),
+    ("qmp.control.<sender>.<strategy>.urgent", subjects.control("vol_target", "alice", urgent=True)),
     ("qmp.state.<strategy>", subjects.state("vol_target")),
     ("qmp.audit.control.<strategy>", subjects.audit_control("vol_target")),
     ("qmp.deploy.<strategy>.cmd", subjects.deploy_commands("vol_target")),
@@ -44,3 +45,14 @@ def test_channels_when_listed_then_every_contract_message_travels_somewhere_and_
 def test_channel_subject_when_placeholders_filled_then_what_the_services_use(pattern: str, subject: str) -> None:
     assert pattern in {channel.subject for channel in CHANNELS}
     assert example_subject(pattern) == subject
+
+
+def test_control_subject_when_halts_lane_or_a_strategy_named_urgent_then_told_apart() -> None:
+    lane = subjects.control("vol_target", "alice", urgent=True)
+    named = subjects.control("urgent", "alice")
+
+    assert subjects.is_urgent(lane) and not subjects.is_urgent(named)
+    assert subjects.control_sender_and_strategy(lane) == ("alice", "vol_target")
+    assert subjects.control_sender_and_strategy(named) == ("alice", "urgent")
+    with pytest.raises(ValueError, match="not a control subject"):
+        subjects.control_sender_and_strategy("qmp.control.alice.vol_target.other")

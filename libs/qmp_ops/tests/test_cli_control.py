@@ -20,21 +20,25 @@ pytestmark = pytest.mark.integration
 
 async def test_send_control_when_owner_answers_then_reply_returned_and_operator_command_with_id_sent(
         nats_credentials: NatsCredentials, operator_nc: Client, unique_id: str, tmp_path) -> None:
-    requests: list[dict] = []
+    requests: list[tuple[str, dict]] = []
 
     async def owner(msg) -> None:
-        requests.append(json.loads(msg.data))
+        requests.append((msg.subject, json.loads(msg.data)))
         await msg.respond(json.dumps({"accepted": True, "state": {"status": "HALTED"}}).encode())
 
-    await operator_nc.subscribe(subjects.control(unique_id), cb=owner)
+    for urgent in (False, True):
+        await operator_nc.subscribe(subjects.control(unique_id, urgent=urgent), cb=owner)
     await operator_nc.flush()
+    connection = operator_connection(nats_credentials, run_dir=str(tmp_path))
 
-    reply = await send_control(operator_connection(nats_credentials, run_dir=str(tmp_path)), unique_id,
-                               {"command": "halt", "reason": "check"})
+    reply = await send_control(connection, unique_id, {"command": "halt", "reason": "check"})
+    await send_control(connection, unique_id, {"command": "resume"})
 
     assert reply["accepted"] is True
-    assert requests[0]["command"] == "halt" and requests[0]["issued_by"] == "operator"
-    assert len(requests[0]["command_id"]) == 32
+    (halt_subject, halt), (resume_subject, _resume) = requests
+    assert halt["command"] == "halt" and halt["issued_by"] == "operator" and len(halt["command_id"]) == 32
+    assert halt_subject == subjects.control(unique_id, connection.sender, urgent=True)  # halts' own lane
+    assert resume_subject == subjects.control(unique_id, connection.sender)
 
 
 async def test_gather_status_when_entries_in_bucket_then_every_service_listed_and_effective_states(

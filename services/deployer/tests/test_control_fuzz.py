@@ -44,9 +44,9 @@ def declared(nats_credentials: NatsCredentials) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(senders, payloads), min_size=1, max_size=6))
+@given(st.lists(st.tuples(senders, payloads, st.booleans()), min_size=1, max_size=6))
 def test_control_when_anything_arrives_then_answered_with_a_reason_and_state_readable(
-        nats_credentials: NatsCredentials, declared: None, messages: list[tuple[str, bytes]]) -> None:
+        nats_credentials: NatsCredentials, declared: None, messages: list[tuple[str, bytes, bool]]) -> None:
     async def run() -> list[ControlReply]:
         nc = await connect_as(nats_credentials, "deployer")
         try:
@@ -55,8 +55,9 @@ def test_control_when_anything_arrives_then_answered_with_a_reason_and_state_rea
             await store.load()
             handler = ControlHandler(js, store, LiveClock(), pool=None)
             replies = []
-            for sender, payload in messages:
+            for sender, payload, urgent in messages:  # urgent: halts' own lane
                 subject = f"qmp.control.{sender}.fuzzed" if sender else "qmp.control.fuzzed"
+                subject += ".urgent" if urgent and sender else ""
                 replies.append(codec(ControlReply).decode(await handler.handle(subject, payload)))
             state = store.entries.effective("fuzzed")
             assert state.status in ("ACTIVE", "REDUCING", "HALTED")
@@ -67,5 +68,7 @@ def test_control_when_anything_arrives_then_answered_with_a_reason_and_state_rea
     replies = asyncio.run(run())
     assert len(replies) == len(messages)
     assert all(reply.accepted or reply.reason for reply in replies)
-    accepted_senders = {sender for (sender, _), reply in zip(messages, replies, strict=True) if reply.accepted}
-    assert accepted_senders <= {"operator", "risk", "deployer", "alice"}  # a malformed subject is refused
+    accepted = [(sender, payload, urgent) for (sender, payload, urgent), reply in zip(messages, replies, strict=True)
+                if reply.accepted]
+    assert {sender for sender, _, _ in accepted} <= {"operator", "risk", "deployer", "alice"}  # a bad subject: no
+    assert all(json.loads(payload)["command"] == "halt" for _, payload, urgent in accepted if urgent)

@@ -245,3 +245,37 @@ async def test_control_when_a_named_operator_halts_then_the_operators_entry_and_
     finally:
         await connection.close()
     assert [(row["sender"], row["entry"]) for row in rows] == [("alice", "operator"), ("operator", "operator")]
+
+
+async def test_halt_when_sent_on_its_lane_during_a_burst_then_answered_before_the_burst_drains(
+        deployer, nats_credentials, operator_nc, unique_id):
+    burst = 2_000
+    sender = await nats_credentials.connect("operator")  # the burst's own connection, as other clients'
+    answered: list[float] = []
+
+    async def allocation(index: int) -> None:
+        body = {"command": "set_allocation", "allocation": 0.5, "command_id": f"{unique_id}-{index}"}
+        await sender.request(subjects.control(f"{unique_id}b{index % 50}"), json.dumps(body).encode(), timeout=60)
+        answered.append(asyncio.get_running_loop().time())
+
+    requests = [asyncio.create_task(allocation(index)) for index in range(burst)]
+    await asyncio.sleep(0.2)  # the burst is on its way to (and queued in) the deployer's main lane
+    halt = {"command": "halt", "reason": "urgent", "command_id": f"{unique_id}-halt"}
+    reply = json.loads((await operator_nc.request(subjects.control(unique_id, urgent=True),
+                                                  json.dumps(halt).encode(), timeout=10)).data)
+    answered_before_the_halt = len(answered)
+    await asyncio.gather(*requests)
+    await sender.close()
+
+    assert reply["accepted"] is True and reply["state"]["status"] == "HALTED"
+    assert answered_before_the_halt < burst // 2, f"the halt waited for {answered_before_the_halt} of {burst}"
+
+
+async def test_urgent_lane_when_anything_but_a_halt_arrives_then_refused_and_told_where_to_send_it(
+        deployer, operator_nc, unique_id):
+    body = {"command": "resume", "mode": "normal", "command_id": f"{unique_id}-r"}
+    reply = json.loads((await operator_nc.request(subjects.control(unique_id, urgent=True),
+                                                  json.dumps(body).encode(), timeout=5)).data)
+
+    assert reply["accepted"] is False
+    assert "only halts travel the urgent lane" in reply["reason"] and subjects.control(unique_id) in reply["reason"]

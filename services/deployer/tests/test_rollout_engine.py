@@ -59,6 +59,17 @@ def test_deploy_when_no_rollout_then_soaking_in_paper_with_its_allocation_set():
     assert bench.events[0].command_id == "c-deploy"
 
 
+def test_deploy_when_the_strategy_is_all_then_refused_because_all_names_every_strategy():
+    # found by fuzzing the deploy subject: a rollout of "ALL" would write the deployer's allocation for
+    # every strategy at once (ALL is the every-strategy token of control commands).
+    bench = Bench(strategy="ALL")
+
+    outcome = bench.send(Deploy(plan="test", env="paper", command_id="c-all"))
+
+    assert not outcome.accepted and "names every strategy" in outcome.reason
+    assert bench.state is None and bench.controls == []
+
+
 def test_soak_when_time_not_yet_served_then_no_promotion_and_promotes_when_served():
     bench = deployed()
     minutes = bench.run_until(lambda b: b.phase == "live_10")

@@ -85,7 +85,8 @@ async def test_risk_app_when_bars_and_portfolios_flow_then_snapshots_rows_halt_a
         if letter.subject == subjects.bars(venue):
             letters.append(letter)
 
-    await clients["deployer"].subscribe(subjects.control(strategy, "risk"), cb=deployer)
+    for urgent in (False, True):  # halts travel their own lane
+        await clients["deployer"].subscribe(subjects.control(strategy, "risk", urgent=urgent), cb=deployer)
     await clients["deployer"].flush()
     await operator_nc.subscribe(subjects.snapshot(strategy), cb=on_snapshot)
     await operator_nc.subscribe(subjects.dlq("risk"), cb=on_letter)
@@ -105,7 +106,7 @@ async def test_risk_app_when_bars_and_portfolios_flow_then_snapshots_rows_halt_a
         for ts, equity, (a, b) in zip(stamps, EQUITY, CLOSES, strict=True):
             await bus.publish(execution_js, subjects.portfolio(strategy), PortfolioSnapshot(
                 strategy=strategy, ts_event=ts, cash=equity - (0.5 * a - 1.0 * b), equity=equity,
-                symbols=["A", "B"], quantities=[0.5, -1.0], prices=[a, b]), msg_id=f"{strategy}:{ts}")
+                symbols=["A", "B"], quantities=[0.5, -1.0], prices=[a, b], venue=venue), msg_id=f"{strategy}:{ts}")
         await asyncio.wait_for(done.wait(), timeout=20)
         health_msg = await operator_nc.request(subjects.health("risk"), b"", timeout=5)
         health = codec(HealthReply).decode(health_msg.data)

@@ -78,7 +78,8 @@ async def test_risk_app_when_news_window_and_stop_loss_then_defensive_close_posi
         if len(snapshots) == len(PRICES):
             done.set()
 
-    await clients["deployer"].subscribe(subjects.control(strategy, "risk"), cb=deployer)
+    for urgent in (False, True):  # halts travel their own lane
+        await clients["deployer"].subscribe(subjects.control(strategy, "risk", urgent=urgent), cb=deployer)
     await clients["deployer"].flush()
     await operator_nc.subscribe(subjects.snapshot(strategy), cb=on_snapshot)
     await operator_nc.flush()
@@ -100,7 +101,7 @@ async def test_risk_app_when_news_window_and_stop_loss_then_defensive_close_posi
                 volume=[100.0]), msg_id=f"{venue}:{ts}")
             await bus.publish(execution_js, subjects.portfolio(strategy), PortfolioSnapshot(
                 strategy=strategy, ts_event=ts, cash=0.0, equity=10_000.0, symbols=["A"], quantities=[10.0],
-                prices=[price]), msg_id=f"{strategy}:{ts}")
+                prices=[price], venue=venue), msg_id=f"{strategy}:{ts}")
         await asyncio.wait_for(done.wait(), timeout=20)
         stored = await operator_nc.jetstream().get_last_msg(subjects.STREAM_RISK, subjects.stop_loss(strategy))
     finally:

@@ -110,6 +110,25 @@ def test_on_portfolio_when_later_bars_already_arrived_then_var_uses_only_bars_up
     assert quiet.on_portfolio(snap).snapshot.observations == 30
 
 
+def test_on_portfolio_when_another_venue_prints_the_same_symbol_absurdly_then_var_is_as_without_it() -> None:
+    # issue 12: one batch on another venue with AAPL at 1e6 used to mark the book at that price in the
+    # scenarios (VaR of a 10% position near 100%); prices are kept per (venue, symbol).
+    closes = random_closes(41, 1)
+    clean, polluted = make_engine(), make_engine()
+    stamps = feed_closes(clean, closes, ["AAPL"])
+    feed_closes(polluted, closes, ["AAPL"])
+    for ts in stamps[-5:]:
+        polluted.on_bars(bars(ts, ["AAPL"], [1e6], venue="elsewhere"))
+    book = portfolio(stamps[-1], 10_000.0, ["AAPL"], [10.0], [float(closes[-1, 0])])
+    book = PortfolioSnapshot(**{**{f: getattr(book, f) for f in book.__struct_fields__}, "venue": "test"})
+
+    expected, got = clean.on_portfolio(book).snapshot, polluted.on_portfolio(book).snapshot
+
+    assert got.status == expected.status == "ok"
+    assert got.var == expected.var and got.es == expected.es
+    assert got.var["historical_99"] < 0.01
+
+
 def test_on_portfolio_when_fewer_returns_than_minimum_then_insufficient_data_and_no_var_entries() -> None:
     engine = make_engine(min_observations=10)
     stamps = feed_closes(engine, random_closes(10, 1), ["A"])  # 9 returns

@@ -58,6 +58,10 @@ CHANNELS: tuple[Channel, ...] = (
             "the reply is a ControlReply"),
     Channel("qmp.control.<sender>.<strategy>", "ControlReply", "deployer", "request/reply",
             "the reply to a command"),
+    Channel("qmp.control.<sender>.<strategy>.urgent", "ControlCommand", "operators, risk", "request/reply",
+            "halts' own lane (`halt` only; any other command there is refused): answered ahead of every other "
+            "control request, on a connection and a worker of their own in the deployer; the reply is a "
+            "ControlReply"),
     Channel("<strategy>.<source>", "TradingState", "deployer", f"KV {subjects.KV_CONTROL}",
             "one entry per source (operator, risk, deployer); the effective state is the most restrictive"),
     Channel("qmp.state.<strategy>", "TradingState", "deployer", "core publish",

@@ -14,9 +14,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
+import nats
 from faststream.middlewares import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, NatsMessage, PullSub
 from faststream.security import BaseSecurity, SASLPlaintext
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from qmp_core import bus, subjects
@@ -54,6 +56,20 @@ def make_broker(settings: ServiceSettings, name: str) -> NatsBroker:
         settings.nats_url, security=security, logger=None, name=f"qmp-{name}",
         max_reconnect_attempts=-1, reconnect_time_wait=1,
     )
+
+
+async def connect_nats(settings: ServiceSettings, name: str) -> Client:
+    """Open a second connection as this service's NATS user (same TLS, same reconnect policy as the broker).
+
+    For a lane that must not share a socket, and its reading, with the broker's traffic (the deployer's halts).
+    """
+    options: dict[str, Any] = {"user": settings.nats_user, "password": settings.nats_password} \
+        if settings.nats_user else {}
+    tls = bus.client_tls(settings.nats_tls_ca)
+    if tls is not None:
+        options["tls"] = tls
+    return await nats.connect(settings.nats_url, name=f"qmp-{name}", max_reconnect_attempts=-1,
+                              reconnect_time_wait=1, **options)
 
 
 def durable_subscriber(stream: str, durable: str, batch_size: int = 1) -> dict[str, Any]:

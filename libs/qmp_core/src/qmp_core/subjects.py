@@ -31,6 +31,10 @@ NEWS_EVENTS = "qmp.md.news.events"
 # Control: requests answered by the owner of control state; accepted ones are journaled in the audit stream
 CONTROL_ALL = "qmp.control.>"
 CONTROL_ANY = "qmp.control.*.*"  # qmp.control.<sender>.<strategy>
+# Halts' own lane, qmp.control.<sender>.<strategy>.urgent: the deployer answers it on a connection and a
+# worker of its own, so a halt never waits behind a burst of other requests (the same publish permission).
+URGENT = "urgent"
+CONTROL_URGENT_ANY = f"qmp.control.*.*.{URGENT}"
 STATE_ALL = "qmp.state.>"
 AUDIT_ALL = "qmp.audit.>"
 
@@ -100,21 +104,29 @@ def stop_loss(strategy: str) -> str:
     return f"qmp.risk.{strategy}.stoploss"
 
 
-def control(strategy: str, sender: str = "operator") -> str:
-    """Return where `sender` (its NATS user) sends control commands for `strategy`.
+def control(strategy: str, sender: str = "operator", urgent: bool = False) -> str:
+    """Return where `sender` (its NATS user) sends control commands for `strategy`; `urgent`: halts' lane.
 
     The sender is part of the subject, and each identity may publish only under its own name, so who
     sent a command is what the server authenticated, never a field the sender fills in.
     """
-    return f"qmp.control.{sender}.{strategy}"
+    return f"qmp.control.{sender}.{strategy}" + (f".{URGENT}" if urgent else "")
 
 
 def control_sender_and_strategy(subject: str) -> tuple[str, str]:
-    """Return (sender, strategy) of a subject qmp.control.<sender>.<strategy>."""
+    """Return (sender, strategy) of a subject qmp.control.<sender>.<strategy>[.urgent]."""
     tokens = subject.split(".")
+    if len(tokens) == 5 and tokens[4] == URGENT:
+        tokens = tokens[:4]
     if len(tokens) != 4 or tokens[:2] != ["qmp", "control"]:
         raise ValueError(f"not a control subject qmp.control.<sender>.<strategy>: {subject!r}")
     return tokens[2], tokens[3]
+
+
+def is_urgent(subject: str) -> bool:
+    """Whether a control subject is halts' lane (qmp.control.<sender>.<strategy>.urgent)."""
+    tokens = subject.split(".")
+    return len(tokens) == 5 and tokens[4] == URGENT  # a strategy named "urgent" on the main lane is not
 
 
 def state(strategy: str) -> str:
@@ -127,6 +139,14 @@ def audit_control(strategy: str) -> str:
 
 def deploy_commands(strategy: str) -> str:
     return f"qmp.deploy.{strategy}.cmd"
+
+
+def deploy_strategy(subject: str) -> str:
+    """Return the strategy of a subject qmp.deploy.<strategy>.cmd; ValueError for any other shape."""
+    tokens = subject.split(".")
+    if len(tokens) != 4 or tokens[:2] != ["qmp", "deploy"] or tokens[3] != "cmd":
+        raise ValueError(f"not a deploy subject qmp.deploy.<strategy>.cmd: {subject!r}")
+    return tokens[2]
 
 
 def deploy_events(strategy: str) -> str:

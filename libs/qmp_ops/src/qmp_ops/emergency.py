@@ -32,6 +32,7 @@ from qmp_core import subjects
 from qmp_core.messages import DeploymentEvent
 from qmp_lab.lock import write_lock
 from qmp_lab.verify.core import StrategyTarget, VerificationError
+from qmp_ops.cli.control import send_control
 from qmp_ops.runtime.supervisor import Connection
 
 log = logging.getLogger(__name__)
@@ -41,13 +42,7 @@ REQUEST_TIMEOUT_S = 5.0
 async def send_halt(connection: Connection, strategy: str, reason: str) -> dict[str, Any]:
     """Request a halt of the strategy over the bus; return the reply (accepted, reason, state)."""
     body = {"command": "halt", "reason": reason, "issued_by": "operator", "command_id": f"verify-{uuid.uuid4().hex}"}
-    nc = await connection.connect()
-    try:
-        reply = await nc.request(subjects.control(strategy, connection.sender), json.dumps(body).encode(),
-                                 timeout=REQUEST_TIMEOUT_S)
-        return json.loads(reply.data)
-    finally:
-        await nc.close()
+    return await send_control(connection, strategy, body, timeout_s=REQUEST_TIMEOUT_S)
 
 
 async def publish_alert(connection: Connection, strategy: str, reason: str, report: str = "") -> None:

@@ -60,6 +60,7 @@ def attempts(service: str) -> list[Attempt]:
                 f"$JS.API.CONSUMER.DELETE.{subjects.STREAM_MARKET_DATA}.{victim}"),
         Attempt("change consumers by name", f"$JS.API.CONSUMER.CREATE.{subjects.STREAM_MARKET_DATA}"),
         *[Attempt(f"send control as {other}", subjects.control(PROBE, other)) for other in others],
+        Attempt(f"send a halt on the urgent lane as {others[0]}", subjects.control(PROBE, others[0], urgent=True)),
     ]
 
 

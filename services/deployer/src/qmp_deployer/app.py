@@ -16,6 +16,8 @@ from typing import Any
 import msgspec
 from faststream import FastStream
 from faststream.nats import NatsMessage
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from opentelemetry import context
 
 from qmp_core import bus, subjects
@@ -23,7 +25,7 @@ from qmp_core.clock import LiveClock, make_clock
 from qmp_core.config import ServiceSettings, load_settings
 from qmp_core.db import connect_pool
 from qmp_core.messages import ControlReply, encode
-from qmp_core.service import Liveness, make_broker, register_health
+from qmp_core.service import Liveness, connect_nats, make_broker, register_health
 from qmp_core.telemetry import extract_context, setup_logging, setup_tracing
 from qmp_deployer.config import DeployerSettings
 from qmp_deployer.engine.plan import Plan, parse_plan, plan_digest
@@ -69,7 +71,9 @@ def deployer_settings(settings: ServiceSettings | None, **overrides: Any) -> Dep
     return msgspec.convert({**msgspec.structs.asdict(settings), **overrides}, DeployerSettings)
 
 
-CONTROL_WORKERS = 16_384  # a burst is taken in whole: a halt behind it waits at the lock, where it goes first
+# Requests in hand at once on the main lane. Few: the bucket writes take turns anyway, and a burst held in
+# the connection's queue, not as thousands of ready tasks, leaves the event loop free for the urgent lane.
+CONTROL_WORKERS = 32
 
 
 def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> FastStream:
@@ -80,8 +84,9 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
     app = FastStream(broker)
     holder: dict[str, Any] = {}
 
-    # Requests are taken in as they come and handled concurrently; the bucket writes take turns, halts and
-    # resumes first (PriorityLock), so a halt never waits for every request that arrived before it.
+    # Requests are handled a few at a time; the bucket writes take turns, halts and resumes first
+    # (PriorityLock). Halts sent to their own lane (qmp.control.<sender>.<strategy>.urgent) are read on a
+    # connection of their own (`open_urgent_lane`), so a halt never waits behind a burst of other requests.
     @broker.subscriber(subjects.CONTROL_ANY, queue=subjects.DEPLOY_QUEUE, max_workers=CONTROL_WORKERS)
     async def on_control(msg: NatsMessage) -> bytes:
         if "handler" not in holder:
@@ -139,6 +144,7 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         await store.follow()
         handler = ControlHandler(js, store, wall, holder["pool"])
         await handler.load_recent()
+        holder["urgent"] = await open_urgent_lane(settings, handler)
         probes = Probes(broker.connection, wall, settings.latency_service, settings.memory_services,
                         settings.memory_probe, settings.probe_timeout_s, settings.broker_instance)
         options = RolloutOptions(instance_id=settings.instance_id or default_instance_id(),
@@ -164,6 +170,9 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
                 await timer
         if "rollouts" in holder:
             await holder["rollouts"].stop()
+        if "urgent" in holder:
+            with contextlib.suppress(Exception):  # a connection already gone: nothing left to answer on it
+                await holder.pop("urgent").drain()
         if "handler" in holder:
             await holder["handler"].close()
         if "store" in holder:
@@ -175,6 +184,27 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
             await holder["pool"].close()
 
     return app
+
+
+async def open_urgent_lane(settings: DeployerSettings, handler: ControlHandler) -> Client:
+    """Answer halts' lane on a connection of its own, one request at a time, ahead of the main lane's queue.
+
+    The broker's connection may hold thousands of requests of a burst in its socket and its queue; a halt on
+    this connection is read and handled as soon as it arrives, and goes first at the bucket (PriorityLock).
+    """
+    nc = await connect_nats(settings, f"{SERVICE}-urgent")
+
+    async def on_urgent(msg: Msg) -> None:
+        token = context.attach(extract_context(msg.headers))
+        try:
+            await msg.respond(await handler.handle(msg.subject, msg.data))
+        except Exception:  # the sender gets no reply and retries with the same command id
+            log.exception("urgent control request failed", extra={"subject": msg.subject})
+        finally:
+            context.detach(token)
+
+    await nc.subscribe(subjects.CONTROL_URGENT_ANY, queue=subjects.DEPLOY_QUEUE, cb=on_urgent)
+    return nc
 
 
 async def _run_timer(rollouts: RolloutService, settings: DeployerSettings) -> None:

@@ -37,6 +37,7 @@ from qmp_core.messages import (
     BreakerEvent,
     ClosePosition,
     ControlReply,
+    Halt,
     NewsEvent,
     PortfolioSnapshot,
     RiskSnapshot,
@@ -220,7 +221,8 @@ class RiskHandlers:
         }):
             for attempt in range(1, self.settings.control_attempts + 1):
                 try:
-                    reply_msg = await self.nc.request(subjects.control(strategy, SERVICE), payload,
+                    subject = subjects.control(strategy, SERVICE, urgent=isinstance(command.command, Halt))
+                    reply_msg = await self.nc.request(subject, payload,
                                                       timeout=self.settings.control_timeout_s,
                                                       headers=bus.headers_for(None))
                 except (NatsTimeoutError, NoRespondersError) as error:

@@ -19,17 +19,25 @@ async def send_control(connection: Connection, strategy: str, body: dict[str, An
     """Send one control command as a request and return the decoded reply.
 
     A request that gets no reply in time is sent again with the same command id, so the deployer applies
-    it once however many times it arrives (the retry of a halt is never a second halt).
+    it once however many times it arrives (the retry of a halt is never a second halt). A halt goes to
+    halts' own lane, answered ahead of any queue of other requests; where no one answers that lane (a
+    deployer that is starting), to the main one.
     """
     body = {"issued_by": "operator", "command_id": uuid.uuid4().hex, **body}
     payload = json.dumps(body).encode()
+    urgent = body.get("command") == "halt"
     nc = await connection.connect()
     try:
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                reply = await nc.request(subjects.control(strategy, connection.sender), payload, timeout=timeout_s)
+                subject = subjects.control(strategy, connection.sender, urgent=urgent)
+                reply = await nc.request(subject, payload, timeout=timeout_s)
                 return json.loads(reply.data)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            except nats.errors.NoRespondersError:
+                if not urgent and attempt == ATTEMPTS:
+                    raise
+                urgent = False
+            except nats.errors.TimeoutError:
                 if attempt == ATTEMPTS:
                     raise
     finally:

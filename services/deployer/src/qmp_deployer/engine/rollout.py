@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from qmp_core import subjects
 from qmp_core.clock import NS_PER_HOUR
 from qmp_core.messages import (
     NO_PHASE,
@@ -182,6 +183,9 @@ def handle_command(strategy: str, state: RolloutState | None, command: DeployCom
 
     `known`: the strategies that may be deployed (empty: any valid id).
     """
+    if strategy == subjects.ALL_STRATEGIES:  # in control, ALL is every strategy: a rollout is of one
+        return _reject(state, f"{strategy!r} names every strategy in control commands: a rollout is of one "
+                              "strategy")
     if known and strategy not in known:
         return _reject(state, f"unknown strategy {strategy!r}; known: {sorted(known)}")
     if isinstance(command, GetRolloutStatus):

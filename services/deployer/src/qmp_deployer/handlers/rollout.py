@@ -334,8 +334,8 @@ class RolloutService:
 
     async def _handle_command(self, subject: str, data: bytes) -> DeployReply:
         now = self.clock.now_ns()
-        strategy = subjects.strategy_of(subject)
         try:
+            strategy = subjects.deploy_strategy(subject)
             subjects.check_token(strategy, "strategy")
         except ValueError as error:
             reason = f"invalid deploy command: {error}"

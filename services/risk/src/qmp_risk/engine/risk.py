@@ -99,6 +99,11 @@ Latch = Literal["", "tripped", "confirmed"]
 __all__ = ["BatchRejected", "BreakerCommand", "CheckResult", "RiskEngine", "RiskResult", "SnapshotRejected"]
 
 
+def listing(venue: str, symbol: str) -> str:
+    """The key of a symbol's prices on one venue (a venue name holds no dot, so the key is unambiguous)."""
+    return f"{venue}.{symbol}"
+
+
 class SnapshotRejected(ValueError):
     """A portfolio snapshot is unusable (malformed or out of order); the message says why."""
 
@@ -195,6 +200,7 @@ class _StrategyState:
     news_event: str = ""  # the open news window's event id, RELEASE_PENDING, or ""
     positions: dict[str, _Position] = field(default_factory=dict)
     book: _Book | None = None
+    venue: str = ""  # the venue whose prices mark the book (its snapshots say which)
 
 
 class RiskEngine:
@@ -218,6 +224,7 @@ class RiskEngine:
         self._window_ns = int(settings.drawdown_window_hours * NS_PER_HOUR)
         self._stale_ns = int(settings.stale_data_s * NS_PER_SECOND)
         self._last_bar_ts: dict[tuple[str, int], int] = {}
+        self._listing_cache: dict[tuple[str, int], tuple[list[str], list[str]]] = {}
         self._chunks: dict[str, tuple[int, set[int]]] = {}
         self._complete_ts: dict[str, int] = {}
         self._strategies: dict[str, _StrategyState] = {}
@@ -242,11 +249,25 @@ class RiskEngine:
         validated = validate_batch(batch, last)
         self._last_bar_ts[source] = batch.ts_event
         self._observe(batch.ts_event)
-        self.history.record(batch.ts_event, validated.symbols, validated.close, key=source)
+        listings = self._listings(source, validated.symbols)
+        self.history.record(batch.ts_event, listings, validated.close, key=source)
         if self.symbols is not None:
-            self.symbols.on_closes(batch.ts_event, validated.symbols, validated.close, key=source)
+            self.symbols.on_closes(batch.ts_event, listings, validated.close, key=source)
         self._mark_chunk(batch)
         return validated
+
+    def _listings(self, source: tuple[str, int], symbols: list[str]) -> list[str]:
+        """Return the batch's symbols as listings of its venue, reusing the last list of the same source.
+
+        Prices are kept per (venue, symbol): a book is revalued with its own venue's prices only, so
+        another venue's quote of the same symbol (a stale feed, a bad print) never enters its scenarios.
+        """
+        cached = self._listing_cache.get(source)
+        if cached is not None and cached[0] == symbols:
+            return cached[1]
+        listings = [listing(source[0], symbol) for symbol in symbols]
+        self._listing_cache[source] = (list(symbols), listings)
+        return listings
 
     def _mark_chunk(self, batch: BarBatch) -> None:
         ts, seen = self._chunks.get(batch.venue, (batch.ts_event, set()))
@@ -304,6 +325,10 @@ class RiskEngine:
             if snapshot.ts_event < state.last_ts:
                 raise SnapshotRejected(f"out-of-order snapshot of {snapshot.strategy}: ts_event="
                                        f"{snapshot.ts_event} is before {state.last_ts}")
+        if not snapshot.venue:  # a book that names no venue: the only one trading, if there is one only
+            venues = {venue for venue, _chunk in self._last_bar_ts}
+            snapshot = msgspec.structs.replace(snapshot, venue=next(iter(venues))) if len(venues) == 1 else snapshot
+        state.venue = snapshot.venue or state.venue
         self._observe(snapshot.ts_event)
         ts = snapshot.ts_event
         prices = dict(zip(snapshot.symbols, snapshot.prices, strict=True))
@@ -323,7 +348,8 @@ class RiskEngine:
                 drawdown_24h=state.drawdown_24h, drawdown_max=state.drawdown_max, volatility_ratio=ratio,
                 breakers=self._active_breakers(state), observations=observations, status=status,
                 drawdown=state.drawdown, volatility=self._volatility(state), positions=positions,
-                symbol_risk=self._symbol_risk(positions), backtests=self._backtests(state), errors=errors,
+                symbol_risk=self._symbol_risk(snapshot.venue, positions), backtests=self._backtests(state),
+                errors=errors,
             ),
             events=tuple(events),
             commands=tuple(commands),
@@ -449,11 +475,12 @@ class RiskEngine:
         if snapshot.equity <= 0.0:
             return var, es, 0, STATUS_NON_POSITIVE_EQUITY, errors, (None, None)
         held = [i for i, q in enumerate(snapshot.quantities) if q != 0.0]
-        symbols = [snapshot.symbols[i] for i in held]
+        symbols = [listing(snapshot.venue, snapshot.symbols[i]) for i in held]
         window = self.history.returns(symbols, snapshot.ts_event, self.settings.var_window)
         if window is None:
-            missing = [s for s in symbols if not self.history.has(s)]
-            errors["all"] = f"insufficient_data: no bars yet for {', '.join(missing)}"
+            missing = [snapshot.symbols[i] for i, s in zip(held, symbols, strict=True) if not self.history.has(s)]
+            errors["all"] = (f"insufficient_data: no bars yet on {snapshot.venue or 'its venue'} for "
+                             f"{', '.join(missing)}")
             return var, es, 0, STATUS_INSUFFICIENT, errors, (None, None)
         observations = int(window.shape[0])
         if observations < self.settings.min_observations:
@@ -520,14 +547,15 @@ class RiskEngine:
                 out[f"{name}_{key}"] = msgspec.convert(bt.backtest_record(fields), VarBacktest)
         return out
 
-    def _symbol_risk(self, positions: list[PositionRisk]) -> dict[str, dict[str, float]]:
+    def _symbol_risk(self, venue: str, positions: list[PositionRisk]) -> dict[str, dict[str, float]]:
         """Return each large position's symbol VaR keys, vol and vol_ratio (ES left out: snapshots stay small)."""
         if self.symbols is None:
             return {}
         largest = sorted(positions, key=lambda p: -abs(p.weight))[: self.settings.symbol_risk_positions]
         out: dict[str, dict[str, float]] = {}
         for position in largest:
-            measures = {k: v for k, v in self.symbols.measures(position.symbol).items() if not k.startswith("es_")}
+            measures = {k: v for k, v in self.symbols.measures(listing(venue, position.symbol)).items()
+                        if not k.startswith("es_")}
             if measures:
                 out[position.symbol] = measures
         return out
@@ -536,7 +564,8 @@ class RiskEngine:
         """Return positions with their own historical VaR / ES (each revalued alone over the window)."""
         out: list[PositionRisk] = []
         for position in positions:
-            window = self.history.returns([position.symbol], snapshot.ts_event, self.settings.var_window)
+            window = self.history.returns([listing(snapshot.venue, position.symbol)], snapshot.ts_event,
+                                          self.settings.var_window)
             if window is None or window.shape[0] < self.settings.min_observations:
                 out.append(position)
                 continue
@@ -606,7 +635,7 @@ class RiskEngine:
         """Halt when a held symbol (or, once bars were seen, the whole feed) has been silent too long."""
         oldest, symbol = None, ""
         for held in state.positions:
-            last = self.history.last_bar_ts(held)
+            last = self.history.last_bar_ts(listing(state.venue, held))
             seen = last if last is not None else self._first_ts
             if oldest is None or seen < oldest:
                 oldest, symbol = seen, held
