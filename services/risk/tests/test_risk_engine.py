@@ -217,6 +217,24 @@ def test_on_bars_when_some_rows_invalid_then_they_are_reported_and_the_rest_kept
     assert engine.history.symbols == 1
 
 
+def test_on_bars_when_more_listings_than_risk_tracks_then_new_ones_rejected_with_the_reason_and_memory_bounded(
+) -> None:
+    # issue 12: one ingest of 60,000 symbols grew risk from 235 MB to 1 GB for good (about 12 KB a listing).
+    engine = make_engine(max_listings=3)
+    symbols = ["A", "B", "C", "D", "E"]
+
+    first = engine.on_bars(bars(T0, symbols, [10.0, 11.0, 12.0, 13.0, 14.0]))
+    again = engine.on_bars(bars(T0 + NS_PER_DAY, symbols, [10.5, 11.5, 12.5, 13.5, 14.5]))
+    elsewhere = engine.on_bars(bars(T0 + NS_PER_DAY, ["A"], [10.0], venue="other"))
+
+    assert first is not None and again is not None and elsewhere is not None
+    assert first.symbols == again.symbols == ["A", "B", "C"]
+    assert [symbol for symbol, _ in first.rejected] == ["D", "E"] == [symbol for symbol, _ in again.rejected]
+    assert all("at most 3 listings" in reason for _, reason in first.rejected)
+    assert [symbol for symbol, _ in elsewhere.rejected] == ["A"]  # another venue's A is another listing
+    assert engine.history.symbols == 3 and engine.symbols is not None and engine.symbols.symbols == 3
+
+
 def test_bar_watermark_when_chunks_arrive_then_advances_only_when_all_are_in() -> None:
     engine = make_engine()
     engine.on_bars(bars(T0, ["A"], [1.0], chunk=0, chunks=2))

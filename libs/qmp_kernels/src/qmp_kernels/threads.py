@@ -19,6 +19,8 @@ def workers() -> int:
 
 def blocks(count: int, min_block: int, parts: int | None = None) -> list[tuple[int, int]]:
     """Split range(count) into at most `parts` (default: workers) contiguous blocks of >= min_block items."""
+    if count <= 0:
+        return [(0, 0)]
     parts = workers() if parts is None else parts
     n = max(1, min(parts, count // max(min_block, 1)))
     size = -(-count // n)

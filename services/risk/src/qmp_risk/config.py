@@ -46,6 +46,10 @@ class RiskSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fi
     news_max_order_fraction: Probability = 0.05  # order-size cap (fraction of equity) in defensive mode
     check_interval_s: Positive = 1.0  # how often stale data and news windows are checked without input
     history_margin: Annotated[int, Meta(ge=0)] = 16  # extra bar rows kept beyond the VaR window
+    # Listings (venue, symbol) tracked: each costs about 20 KB (price history and per-symbol risk; 10,000 add
+    # about 200 MB, tests/bench/bench_risk_flood.py), so this bounds risk's memory; a new listing beyond it is
+    # a rejected row with the reason (a dead letter), never a bigger process.
+    max_listings: PositiveInt = 10_000
     bar_wait_s: Annotated[float, Meta(ge=0.0)] = 1.0  # wait for the bars of a portfolio's timestamp
     control_timeout_s: Positive = 2.0  # per control request attempt
     control_attempts: PositiveInt = 3  # attempts before a breaker command counts as undelivered

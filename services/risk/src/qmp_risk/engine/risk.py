@@ -249,25 +249,42 @@ class RiskEngine:
         validated = validate_batch(batch, last)
         self._last_bar_ts[source] = batch.ts_event
         self._observe(batch.ts_event)
-        listings = self._listings(source, validated.symbols)
-        self.history.record(batch.ts_event, listings, validated.close, key=source)
-        if self.symbols is not None:
-            self.symbols.on_closes(batch.ts_event, listings, validated.close, key=source)
+        validated, listings = self._within_capacity(source, validated)
+        if listings:  # every row refused: nothing to record
+            self.history.record(batch.ts_event, listings, validated.close, key=source)
+            if self.symbols is not None:
+                self.symbols.on_closes(batch.ts_event, listings, validated.close, key=source)
         self._mark_chunk(batch)
         return validated
 
-    def _listings(self, source: tuple[str, int], symbols: list[str]) -> list[str]:
-        """Return the batch's symbols as listings of its venue, reusing the last list of the same source.
+    def _within_capacity(self, source: tuple[str, int], validated: ValidatedBatch) -> tuple[ValidatedBatch,
+                                                                                             list[str]]:
+        """Return the batch's rows risk tracks and their listings; new listings beyond `max_listings` are
+        rejected rows (with the reason), so a flood of symbols cannot grow the process without bound.
 
         Prices are kept per (venue, symbol): a book is revalued with its own venue's prices only, so
         another venue's quote of the same symbol (a stale feed, a bad print) never enters its scenarios.
+        The listings of a source that repeats its symbol list are reused.
         """
         cached = self._listing_cache.get(source)
-        if cached is not None and cached[0] == symbols:
-            return cached[1]
-        listings = [listing(source[0], symbol) for symbol in symbols]
-        self._listing_cache[source] = (list(symbols), listings)
-        return listings
+        if cached is not None and cached[0] == validated.symbols:
+            return validated, cached[1]
+        listings = [listing(source[0], symbol) for symbol in validated.symbols]
+        new = [i for i, name in enumerate(listings) if not self.history.has(name)]
+        room = max(0, self.settings.max_listings - self.history.symbols)
+        if len(new) > room:
+            refused = set(new[room:])
+            keep = np.array([i not in refused for i in range(len(listings))])
+            reason = (f"risk tracks at most {self.settings.max_listings} listings (QMP_MAX_LISTINGS): "
+                      "a new one is not tracked")
+            validated = dataclasses.replace(
+                validated, symbols=[s for i, s in enumerate(validated.symbols) if keep[i]],
+                open=validated.open[keep], high=validated.high[keep], low=validated.low[keep],
+                close=validated.close[keep], volume=validated.volume[keep],
+                rejected=[*validated.rejected, *[(validated.symbols[i], reason) for i in sorted(refused)]])
+            return validated, [name for i, name in enumerate(listings) if keep[i]]  # checked again next batch
+        self._listing_cache[source] = (list(validated.symbols), listings)
+        return validated, listings
 
     def _mark_chunk(self, batch: BarBatch) -> None:
         ts, seen = self._chunks.get(batch.venue, (batch.ts_event, set()))
