@@ -125,3 +125,22 @@ async def test_reset_bus_when_a_fresh_demo_starts_then_streams_and_both_buckets_
     finally:
         await nc.close()
         await asyncio.to_thread(server.stop)
+
+
+async def test_embedded_postgres_tls_front_when_a_query_times_out_then_cancelled_and_plaintext_refused_with_why(
+        database_url: str) -> None:
+    # The TLS front relays PostgreSQL's cancel requests (asyncpg sends one on a timeout), and says why it
+    # refuses a client that starts without TLS.
+    if "sslmode=verify-full" not in database_url:
+        pytest.skip("the database in use is not the embedded one behind its TLS front")
+    connection = await asyncpg.connect(database_url)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await connection.execute("SELECT pg_sleep(30)", timeout=0.5)
+        assert asyncio.get_running_loop().time() - started < 5  # cancelled, not waited out
+        assert await connection.fetchval("SELECT 1") == 1  # the connection is usable again
+    finally:
+        await connection.close()
+    with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="accepts only TLS"):
+        await asyncpg.connect(database_url.replace("sslmode=verify-full", "sslmode=disable"))

@@ -154,3 +154,10 @@ def test_audit_when_a_user_keeps_a_well_known_password_then_named(tmp_path: Path
 
     assert [(f.check, f.detail) for f in findings] == [
         ("credentials.default", "NATS user execution logs in with the password 'changeme'")]
+
+
+def test_audit_when_a_password_would_not_load_in_nats_server_then_named() -> None:
+    _checked, findings = asyncio.run(audit(None, None, None, {"risk": "12345", "collector": "-x9", "execution": "ok9"}))
+
+    assert sorted(f.detail.split()[0] for f in findings if f.check == "credentials.format") == [
+        "QMP_COLLECTOR_PASSWORD", "QMP_RISK_PASSWORD"]

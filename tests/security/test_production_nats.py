@@ -25,7 +25,9 @@ from qmp_ops.runtime.roles import ROLES
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
-PASSWORDS = {f"QMP_{user.upper()}_PASSWORD": secrets.token_urlsafe(12) for user in ROLES}
+# nats-server reads an environment value as a config value: one starting with a digit or "-" is taken for a
+# number and the config fails to parse (docs/SECURITY.md says passwords start with a letter).
+PASSWORDS = {f"QMP_{user.upper()}_PASSWORD": "p" + secrets.token_urlsafe(12) for user in ROLES}
 
 
 def node_config(directory: Path, port: int) -> Path:
@@ -49,7 +51,9 @@ class Node:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen([nats_server_binary(), "-c", str(config)], env=env, stdout=log,
                                             stderr=subprocess.STDOUT)
-        assert wait_for_port(port, 15), self.log.read_text()
+        if not wait_for_port(port, 15):
+            self.stop()  # no server left behind for a later test to trip over
+            raise AssertionError(self.log.read_text())
 
     async def connect(self, user: str = "operator") -> nats.NATS:
         return await nats.connect(f"tls://127.0.0.1:{self.port}", user=user,
@@ -57,7 +61,8 @@ class Node:
                                   tls=client_tls(str(self.certificates.ca_file)))
 
     def stop(self) -> None:
-        self.process.terminate()
+        if self.process.poll() is None:
+            self.process.terminate()
         self.process.wait(10)
 
 

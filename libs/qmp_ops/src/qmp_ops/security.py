@@ -276,6 +276,12 @@ async def audit(connection: Connection | None, compose: Path | None, nats_config
     """Return (what was checked, findings)."""
     checked: list[str] = []
     findings: list[Finding] = []
+    for role, password in service_passwords.items():
+        # nats-server reads $QMP_<ROLE>_PASSWORD as a config value: 12345, true, 1MB or -x do not load
+        if not re.match(r"[A-Za-z]", password):
+            findings.append(Finding("credentials.format", f"QMP_{role.upper()}_PASSWORD must start with a letter "
+                                    "(nats-server reads a value that looks like a number, a size, a boolean or "
+                                    "starts with '-' as that, and refuses the config)"))
     if connection is not None:
         run_dir = Path(connection.run_dir)
         passwords = {**embedded_passwords(run_dir), **service_passwords}

@@ -25,6 +25,7 @@ SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
 RELAY_CHUNK = 256 * 1024
+STARTUP_TIMEOUT_S = 60.0
 
 
 def refusal(message: str) -> bytes:
@@ -58,7 +59,7 @@ class Front:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._handle(reader, writer)
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, OSError) as error:
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, OSError, TimeoutError) as error:
             log.debug("connection ended: %s", error)
         finally:
             with contextlib.suppress(Exception):
@@ -66,7 +67,8 @@ class Front:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
-            length, code = struct.unpack("!II", await reader.readexactly(8))
+            # a client that opens the port and says nothing is let go, as PostgreSQL's authentication_timeout does
+            length, code = struct.unpack("!II", await asyncio.wait_for(reader.readexactly(8), STARTUP_TIMEOUT_S))
             if length == 8 and code == GSSENC_REQUEST:
                 writer.write(b"N")  # no GSS encryption: the client asks for TLS next
                 await writer.drain()
