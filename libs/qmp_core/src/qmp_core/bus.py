@@ -25,7 +25,7 @@ from qmp_core.clock import Clock
 from qmp_core.config import Retention
 from qmp_core.messages import DeadLetter, encode
 from qmp_core.retry import Unavailable, until_available
-from qmp_core.telemetry import inject_context
+from qmp_core.telemetry import inject_context, quiet_tls_upgrade_warning
 from qmp_core.trading_state import ControlEntries
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,10 @@ def client_tls(ca_file: str) -> ssl.SSLContext | None:
     publicly issued certificate for the server's name. The server's name is checked (127.0.0.1 for the
     embedded stack).
     """
-    return ssl.create_default_context(cafile=ca_file) if ca_file else None
+    if not ca_file:
+        return None
+    logging.getLogger("asyncio").addFilter(quiet_tls_upgrade_warning)  # once: a logger keeps a filter once
+    return ssl.create_default_context(cafile=ca_file)
 
 
 def streams(retention: Retention = DEFAULT_RETENTION) -> tuple[StreamConfig, ...]:

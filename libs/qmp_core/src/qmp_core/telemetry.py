@@ -111,4 +111,3 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("asyncio").addFilter(quiet_tls_upgrade_warning)
