@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import pandas as pd
 
 from qmp_core.messages import NewsEvent
 
@@ -24,6 +23,10 @@ def parse_time(value: Any) -> int:
         raise ValueError(f"expected a time (int ns or ISO-8601), got {value!r}")
     if isinstance(value, int | float):
         return int(value)
+    # pandas is imported only here, for a calendar with ISO-8601 times: it is a second of a restart's import
+    # time otherwise, and a restarted risk must be back in seconds (issue 12).
+    import pandas as pd
+
     stamp = pd.Timestamp(str(value))
     if stamp.tzinfo is None:
         stamp = stamp.tz_localize("UTC")
