@@ -51,6 +51,15 @@ def client_tls(ca_file: str) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=ca_file)
 
 
+def connect_options(user: str, password: str, tls_ca: str) -> dict[str, Any]:
+    """Return `nats.connect` keyword arguments: the login (none when `user` is empty) and the stack's TLS."""
+    options: dict[str, Any] = {"user": user, "password": password} if user else {}
+    tls = client_tls(tls_ca)
+    if tls is not None:
+        options["tls"] = tls
+    return options
+
+
 def streams(retention: Retention = DEFAULT_RETENTION) -> tuple[StreamConfig, ...]:
     """Return every stream's configuration: its subjects, and its age and size limits from `retention`."""
     r = retention

@@ -63,13 +63,9 @@ async def connect_nats(settings: ServiceSettings, name: str) -> Client:
 
     For a lane that must not share a socket, and its reading, with the broker's traffic (the deployer's halts).
     """
-    options: dict[str, Any] = {"user": settings.nats_user, "password": settings.nats_password} \
-        if settings.nats_user else {}
-    tls = bus.client_tls(settings.nats_tls_ca)
-    if tls is not None:
-        options["tls"] = tls
     return await nats.connect(settings.nats_url, name=f"qmp-{name}", max_reconnect_attempts=-1,
-                              reconnect_time_wait=1, **options)
+                              reconnect_time_wait=1,
+                              **bus.connect_options(settings.nats_user, settings.nats_password, settings.nats_tls_ca))
 
 
 def durable_subscriber(stream: str, durable: str, batch_size: int = 1) -> dict[str, Any]:

@@ -98,10 +98,8 @@ async def refused(url: str, user: str, password: str, attempt: Attempt, tls_ca: 
     async def on_error(error: Exception) -> None:
         errors.append(str(error))
 
-    tls = bus.client_tls(tls_ca)
-    options = {"tls": tls} if tls is not None else {}
-    nc = await nats.connect(url, user=user, password=password, error_cb=on_error, max_reconnect_attempts=1,
-                            **options)
+    nc = await nats.connect(url, error_cb=on_error, max_reconnect_attempts=1,
+                            **bus.connect_options(user, password, tls_ca))
     try:
         was_refused, _ = await attempt_refused(
             errors, attempt.subject, nc.request(attempt.subject, attempt.body, timeout=REFUSAL_WAIT_S))
@@ -138,12 +136,10 @@ DEFAULT_PASSWORDS = ("", "password", "changeme", "secret", "admin", "qmp")
 
 async def nats_login_accepted(connection: Connection, user: str, password: str) -> bool:
     """Return whether NATS lets `user` in with `password` (a refusal is an authorization error)."""
-    tls = bus.client_tls(connection.tls_ca)
     try:
         nc = await asyncio.wait_for(nats.connect(
-            connection.nats_url, user=user, password=password, max_reconnect_attempts=1, reconnect_time_wait=0.05,
-            connect_timeout=PROBE_TIMEOUT_S, error_cb=_ignore, **({"tls": tls} if tls is not None else {})),
-            PROBE_TIMEOUT_S * 2)
+            connection.nats_url, max_reconnect_attempts=1, reconnect_time_wait=0.05, connect_timeout=PROBE_TIMEOUT_S,
+            error_cb=_ignore, **bus.connect_options(user, password, connection.tls_ca)), PROBE_TIMEOUT_S * 2)
     except (OSError, TimeoutError, nats.errors.Error):
         return False
     await nc.close()

@@ -17,7 +17,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from qmp_core.bus import client_tls
+from qmp_core.bus import connect_options
 from qmp_ops.runtime.certificates import ServerCertificates
 from qmp_ops.runtime.ports import free_port, wait_for_port, write_private
 from qmp_ops.runtime.roles import ROLES, DurableNames, permissions, roles_with
@@ -45,12 +45,7 @@ class NatsCredentials:
 
     def connect_options(self, user: str) -> dict[str, Any]:
         """Return `nats.connect` keyword arguments that log in as `user` (when auth is on) over the run's TLS."""
-        name, password = self.for_user(user)
-        options: dict[str, Any] = {"user": name, "password": password} if name else {}
-        tls = client_tls(self.tls_ca)
-        if tls is not None:
-            options["tls"] = tls
-        return options
+        return connect_options(*self.for_user(user), self.tls_ca)
 
     async def connect(self, user: str, **options: Any) -> Client:
         """Connect as one of the stack's users (operator, a service or a named operator), with its permissions."""

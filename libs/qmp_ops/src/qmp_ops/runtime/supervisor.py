@@ -125,11 +125,7 @@ class Connection:
         `follow` keeps reconnecting for as long as the connection lives (an observer that must ride out a
         server restart); a one-shot command gives up after one more try.
         """
-        auth: dict[str, Any] = ({"user": self.operator_user, "password": self.operator_password}
-                                if self.operator_user else {})
-        tls = bus.client_tls(self.tls_ca)
-        if tls is not None:
-            auth["tls"] = tls
+        auth = bus.connect_options(self.operator_user, self.operator_password, self.tls_ca)
         try:
             if follow:
                 return await nats.connect(self.nats_url, name="qmp-observer", max_reconnect_attempts=-1,
