@@ -130,7 +130,7 @@ async def measure(stack: Stack, clients: int, seconds: float, burst: int) -> dic
     elapsed = time.perf_counter() - started
 
     burst_errors: list[str] = []
-    in_burst_run, go = await halting("bench-burst-urgent", 3600.0, 0.02, 20)
+    in_burst_run, go = await halting("bench-burst-urgent", 3600.0, 0.02, 100)  # ~3 s: most of the burst
     await asyncio.sleep(3.0)  # the halting process is up and connected
     requests = [timed_request(pool[i % clients], subjects.control(f"bench-burst-{i % clients}"),
                               {"command": "set_allocation", "allocation": 0.5 if i % 2 else 0.25}, burst_errors)

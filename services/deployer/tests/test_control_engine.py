@@ -1,6 +1,9 @@
+from hypothesis import given
+from hypothesis import strategies as st
+
 from qmp_core.messages import Halt, ReduceOrderSize, ReleaseSafeMode, Resume, SetAllocation, TradingState
-from qmp_core.trading_state import effective_state
-from qmp_deployer.engine import decide
+from qmp_core.trading_state import ControlEntries, effective_state
+from qmp_deployer.engine import ControlRequest, decide, decide_in_order
 
 
 def apply_all(strategy: str, commands: list, entries: dict | None = None) -> dict[str, TradingState]:
@@ -86,3 +89,51 @@ def test_decide_when_normal_resume_then_every_sources_size_cut_outlives_it():
     assert (state.status, state.size_multiplier) == ("ACTIVE", 0.5)
     entries = apply_all("s1", [ReduceOrderSize(size_multiplier=1.0)], entries)  # the operator lifts its cut
     assert effective_state("s1", entries).size_multiplier == 0.7  # risk's stays
+
+
+def entries_of(mapping: dict[str, TradingState]) -> ControlEntries:
+    entries = ControlEntries()
+    for key, state in mapping.items():
+        entries.set_entry(key, state)
+    return entries
+
+
+def test_decide_in_order_when_a_halt_overtook_an_earlier_resume_then_the_resume_is_refused_with_the_halted_state():
+    entries = entries_of(apply_all("s1", [Halt(reason="first")]))
+    batch = decide_in_order([ControlRequest("s1", Halt(reason="again"), arrival=3),
+                             ControlRequest("s1", Resume(), arrival=2),
+                             ControlRequest("s1", Resume(), arrival=4)], entries, {}, 10)
+
+    halt, overtaken, later = batch.decisions
+    assert halt.accepted and overtaken.accepted is False and "halt sent after this resume" in overtaken.reason
+    assert overtaken.effective is not None and overtaken.effective.status == "HALTED"
+    assert later.accepted and later.effective is not None and later.effective.status == "ACTIVE"
+    assert batch.halt_arrivals == {"s1": 3}
+    assert entries.effective("s1").status == "HALTED"  # the input is not changed
+
+
+COMMANDS = st.one_of(
+    st.builds(Halt, reason=st.sampled_from(["a", "b"]), issued_by=st.sampled_from(["operator", "risk"])),
+    st.builds(Resume, mode=st.sampled_from(["normal", "safe"]), issued_by=st.sampled_from(["operator", "risk"])),
+    st.builds(ReleaseSafeMode, issued_by=st.just("deployer")),
+    st.builds(SetAllocation, allocation=st.sampled_from([0.0, 0.1, 0.5, 1.0])),
+    st.builds(ReduceOrderSize, size_multiplier=st.sampled_from([0.25, 0.5, 1.0]),
+              issued_by=st.sampled_from(["operator", "risk"])),
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["s1", "s2", "ALL"]), COMMANDS), max_size=25))
+def test_decide_in_order_when_commands_are_batched_then_same_replies_and_entries_as_one_at_a_time(
+        requests: list[tuple[str, object]]) -> None:
+    batch = decide_in_order([ControlRequest(strategy, command) for strategy, command in requests],
+                            ControlEntries(), {}, 7)
+
+    one_at_a_time: dict[str, TradingState] = {}
+    for (strategy, command), batched in zip(requests, batch.decisions, strict=True):
+        decision = decide(strategy, command, one_at_a_time, 7)
+        assert decision.accepted == batched.accepted
+        if decision.accepted:
+            one_at_a_time.update(decision.changed)
+        assert effective_state(strategy, one_at_a_time) == batched.effective
+    assert {key: one_at_a_time[key] for key in batch.changed} == batch.changed
+    assert set(batch.changed) == set(one_at_a_time)

@@ -1,8 +1,9 @@
-"""Halts first: the bucket writes take turns with halts and resumes ahead, and a resume a later halt
+"""Halts first: commands are decided in batches with halts and resumes ahead, and a resume a later halt
 overtook is refused, never applied after it."""
 
 import asyncio
 
+import msgspec
 import pytest
 from nats.aio.client import Client
 
@@ -10,48 +11,8 @@ from qmp_core import bus
 from qmp_core.clock import LiveClock
 from qmp_core.messages import Halt, Resume, SetAllocation
 from qmp_deployer.handlers import ControlHandler, ControlStore
-from qmp_deployer.handlers.control import PriorityLock
 from qmp_ops.runtime.nats_server import NatsCredentials
 from qmp_ops.testing import connect_as
-
-
-async def test_priority_lock_when_many_wait_then_urgent_waiters_go_first_each_in_arrival_order() -> None:
-    lock = PriorityLock()
-    order: list[str] = []
-
-    async def take(name: str, urgent: bool) -> None:
-        async with lock.hold(urgent):
-            order.append(name)
-            await asyncio.sleep(0)
-
-    async with lock.hold(False):  # held while everyone queues
-        tasks = [asyncio.create_task(take(name, name.startswith("halt"))) for name in
-                 ("alloc1", "alloc2", "halt1", "alloc3", "halt2")]
-        await asyncio.sleep(0.01)
-    await asyncio.gather(*tasks)
-
-    assert order == ["halt1", "halt2", "alloc1", "alloc2", "alloc3"]
-
-
-async def test_priority_lock_when_a_waiter_is_cancelled_then_the_lock_passes_on() -> None:
-    lock = PriorityLock()
-    order: list[str] = []
-
-    async def take(name: str) -> None:
-        async with lock.hold(False):
-            order.append(name)
-
-    async with lock.hold(True):
-        cancelled = asyncio.create_task(take("cancelled"))
-        kept = asyncio.create_task(take("kept"))
-        await asyncio.sleep(0.01)
-        cancelled.cancel()
-    await asyncio.gather(cancelled, kept, return_exceptions=True)
-
-    assert order == ["kept"]
-    async with lock.hold(False):  # free again
-        order.append("after")
-    assert order == ["kept", "after"]
 
 
 @pytest.mark.integration
@@ -77,3 +38,33 @@ async def test_apply_when_a_later_halt_overtook_a_resume_then_the_resume_is_refu
     assert resumed.state is not None and resumed.state.status == "HALTED"
     assert later.accepted is True and later.state is not None and later.state.status == "ACTIVE"
     assert other.accepted is True  # only resumes can be overtaken in a way that matters
+
+
+@pytest.mark.integration
+async def test_apply_when_commands_arrive_together_then_each_reply_tells_the_state_after_its_own_command(
+        nats_credentials: NatsCredentials, unique_id: str) -> None:
+    nc = await connect_as(nats_credentials, "deployer")
+    try:
+        js = nc.jetstream()
+        store = ControlStore(await bus.control_bucket(js))
+        await store.load()
+        handler = ControlHandler(js, store, LiveClock(), pool=None)
+        allocations = [round(0.01 * (i + 1), 2) for i in range(60)]
+        replies = await asyncio.gather(
+            *(handler.apply(unique_id, SetAllocation(allocation=a, command_id=f"a{i}"), "operator", arrival=i)
+              for i, a in enumerate(allocations)),
+            handler.apply(unique_id, Halt(reason="stop", command_id="h"), "operator", arrival=60),
+            handler.apply(unique_id, SetAllocation(allocation=0.9, command_id="a0"), "operator", arrival=61),
+        )
+        written = await (await bus.control_bucket(js)).get(f"{unique_id}.operator")
+        await handler.close()
+    finally:
+        await nc.close()
+
+    *burst, halt, repeat = replies
+    assert [reply.state.allocation for reply in burst if reply.state] == allocations
+    assert all(reply.accepted and not reply.duplicate for reply in burst)
+    assert halt.accepted and halt.state is not None and halt.state.status == "HALTED"
+    assert repeat.duplicate and repeat.state is not None and repeat.state.allocation == 0.01  # the first a0's
+    entry = msgspec.json.decode(written.value)
+    assert entry["status"] == "HALTED" and entry["allocation"] == allocations[-1]

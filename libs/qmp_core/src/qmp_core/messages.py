@@ -59,7 +59,9 @@ def _keep_first_name(message: Struct, name: str, first_name: str) -> None:
     msgspec.structs.force_setattr(message, first_name, value)
 
 
-class ControlCommandBase(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="command"):
+# Control messages hold only scalars and other frozen messages, so they can never be part of a reference
+# cycle: `gc=False` keeps the deployer's many remembered replies and entries out of the collector's scans.
+class ControlCommandBase(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="command", gc=False):
     issued_by: Source = "operator"
     command_id: CommandId = ""
     ts_event: int = 0
@@ -113,7 +115,7 @@ class ReleaseSafeMode(ControlCommandBase, tag="release_safe_mode"):
 ControlCommand = Halt | Resume | SetAllocation | ReduceOrderSize | Defensive | ReleaseSafeMode
 
 
-class TradingState(Struct, frozen=True, kw_only=True):
+class TradingState(Struct, frozen=True, kw_only=True, gc=False):
     """One source's entry in the control bucket, or the effective combination of all of them."""
 
     strategy: str
@@ -135,7 +137,7 @@ class TradingState(Struct, frozen=True, kw_only=True):
 
 
 
-class ControlReply(Struct, frozen=True, kw_only=True):
+class ControlReply(Struct, frozen=True, kw_only=True, gc=False):
     accepted: bool
     reason: str = ""
     command_id: str = ""
@@ -145,7 +147,7 @@ class ControlReply(Struct, frozen=True, kw_only=True):
     schema: int = SCHEMA_VERSION
 
 
-class ControlApplied(Struct, frozen=True, kw_only=True):
+class ControlApplied(Struct, frozen=True, kw_only=True, gc=False):
     """Audit record of an accepted control command."""
 
     strategy: str

@@ -7,6 +7,7 @@ Pattern (see services/*/src/qmp_*/app.py): settings from env â†’ `make_broker` â
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -109,6 +110,13 @@ class Liveness:
         self._loops: dict[str, tuple[asyncio.Task[Any], bool]] = {}
 
     def ready(self) -> None:
+        """Report the service ready, and take what its start allocated out of the garbage collector's scans.
+
+        Imports, configuration and loaded state are most of a service's objects and live as long as it
+        does; left in the collector's oldest generation, every full collection walks them all and stalls
+        the event loop for 50-60 ms (seen as the tail of halt latency under load). Frozen, they are skipped.
+        """
+        gc.freeze()
         self.is_ready = True
 
     def handled_one(self) -> None:

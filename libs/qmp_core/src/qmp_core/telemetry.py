@@ -9,13 +9,53 @@ import logging
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanContext
+
+
+def _iso(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _span_context(span_context: SpanContext) -> dict[str, str]:
+    return {"trace_id": f"0x{span_context.trace_id:032x}", "span_id": f"0x{span_context.span_id:016x}",
+            "trace_state": str(list(span_context.trace_state.items()))}
+
+
+def span_record(span: ReadableSpan) -> dict[str, Any]:
+    """Return a span as OpenTelemetry's `ReadableSpan.to_json` lays it out, built without its indenting encoder.
+
+    The same fields, so that anything reading the files reads either; `to_json` costs ~35 µs a span in the
+    exporter's thread, which holds the GIL the service's event loop needs (seen as tens of ms of halt latency
+    when thousands of requests a second are traced).
+    """
+    assert span.context is not None
+    return {
+        "name": span.name,
+        "context": _span_context(span.context),
+        "kind": str(span.kind),
+        "parent_id": f"0x{span.parent.span_id:016x}" if span.parent is not None else None,
+        "start_time": _iso(span.start_time),
+        "end_time": _iso(span.end_time),
+        "status": ({"status_code": span.status.status_code.name} if span.status.description is None else
+                   {"status_code": span.status.status_code.name, "description": span.status.description}),
+        "attributes": dict(span.attributes or {}),
+        "events": [{"name": event.name, "timestamp": _iso(event.timestamp), "attributes": dict(event.attributes or {})}
+                   for event in span.events],
+        "links": [{"context": _span_context(link.context), "attributes": dict(link.attributes or {})}
+                  for link in span.links],
+        "resource": {"attributes": dict(span.resource.attributes), "schema_url": span.resource.schema_url},
+    }
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -23,13 +63,14 @@ class JsonLinesSpanExporter(SpanExporter):
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
+        self._file = path.open("ab")
         self._lock = threading.Lock()
+        self._encoder = msgspec.json.Encoder()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = b"".join(self._encoder.encode(span_record(span)) + b"\n" for span in spans)
         with self._lock:
-            for span in spans:
-                self._file.write(span.to_json(indent=None) + "\n")
+            self._file.write(lines)
             self._file.flush()
         return SpanExportResult.SUCCESS
 

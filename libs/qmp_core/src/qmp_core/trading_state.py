@@ -102,35 +102,59 @@ def effective_state(strategy: str, entries: Mapping[str, TradingState]) -> Tradi
 
 
 class ControlEntries(Mapping[str, TradingState]):
-    """The control bucket's entries in memory (`<strategy>.<source>` → TradingState), read fail-safe."""
+    """The control bucket's entries in memory (`<strategy>.<source>` → TradingState), read fail-safe.
+
+    Entries are also indexed by the strategy they apply to, so that a strategy's effective state reads
+    only its own and the `ALL` entries, however many strategies the bucket holds.
+    """
 
     def __init__(self) -> None:
         self._entries: dict[str, TradingState] = {}
+        self._by_owner: dict[str, dict[str, TradingState]] = {}
         self._decoder = msgspec.json.Decoder(TradingState)
 
     def put(self, key: str, value: bytes) -> str | None:
         """Store a bucket value; return why it is not a TradingState (it then reads as HALTED), else None."""
         try:
-            self._entries[key] = self._decoder.decode(value)
+            self.set_entry(key, self._decoder.decode(value))
             return None
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             reason = f"invalid control entry {key}: {error}"
             log.error("invalid control entry: the strategy reads as HALTED", extra={"key": key, "error": reason})
-            self._entries[key] = TradingState(strategy=strategy_of(key), status="HALTED", reason=reason)
+            self.set_entry(key, TradingState(strategy=strategy_of(key), status="HALTED", reason=reason))
             return reason
 
     def set_entry(self, key: str, entry: TradingState) -> None:
         self._entries[key] = entry
+        self._by_owner.setdefault(strategy_of(key), {})[key] = entry
 
     def delete(self, key: str) -> None:
         self._entries.pop(key, None)
+        owned = self._by_owner.get(strategy_of(key))
+        if owned is not None:
+            owned.pop(key, None)
+            if not owned:
+                del self._by_owner[strategy_of(key)]
+
+    def relevant(self, strategy: str) -> dict[str, TradingState]:
+        """Return the entries that make the strategy's effective state: its own and the `ALL` entries."""
+        found = dict(self._by_owner.get(strategy, {}))
+        if strategy != subjects.ALL_STRATEGIES:
+            found.update(self._by_owner.get(subjects.ALL_STRATEGIES, {}))
+        return found
 
     def effective(self, strategy: str) -> TradingState:
-        return effective_state(strategy, self._entries)
+        return effective_state(strategy, self.relevant(strategy))
 
     def strategies(self) -> set[str]:
         """Return every strategy (and `ALL`) that has at least one entry."""
-        return {strategy_of(key) for key in self._entries}
+        return set(self._by_owner)
+
+    def copy(self) -> "ControlEntries":
+        copied = ControlEntries()
+        copied._entries = dict(self._entries)
+        copied._by_owner = {owner: dict(owned) for owner, owned in self._by_owner.items()}
+        return copied
 
     def __getitem__(self, key: str) -> TradingState:
         return self._entries[key]

@@ -18,6 +18,7 @@ from faststream import FastStream
 from faststream.nats import NatsMessage
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from opentelemetry import context
 
 from qmp_core import bus, subjects
@@ -71,9 +72,9 @@ def deployer_settings(settings: ServiceSettings | None, **overrides: Any) -> Dep
     return msgspec.convert({**msgspec.structs.asdict(settings), **overrides}, DeployerSettings)
 
 
-# Requests in hand at once on the main lane. Few: the bucket writes take turns anyway, and a burst held in
-# the connection's queue, not as thousands of ready tasks, leaves the event loop free for the urgent lane.
-CONTROL_WORKERS = 32
+# Requests in hand at once on each lane: enough for the committer to gather large batches in a burst, few
+# enough that a burst waits in the connection's queue rather than as thousands of ready tasks.
+CONTROL_WORKERS = 16
 
 
 def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> FastStream:
@@ -83,19 +84,6 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
     broker = make_broker(settings, SERVICE)
     app = FastStream(broker)
     holder: dict[str, Any] = {}
-
-    # Requests are handled a few at a time; the bucket writes take turns, halts and resumes first
-    # (PriorityLock). Halts sent to their own lane (qmp.control.<sender>.<strategy>.urgent) are read on a
-    # connection of their own (`open_urgent_lane`), so a halt never waits behind a burst of other requests.
-    @broker.subscriber(subjects.CONTROL_ANY, queue=subjects.DEPLOY_QUEUE, max_workers=CONTROL_WORKERS)
-    async def on_control(msg: NatsMessage) -> bytes:
-        if "handler" not in holder:
-            return encode(ControlReply(accepted=False, reason="deployer is starting; retry"))
-        token = context.attach(extract_context(msg.headers))
-        try:
-            return await holder["handler"].handle(msg.raw_message.subject, msg.body)
-        finally:
-            context.detach(token)
 
     @broker.subscriber(subjects.SNAPSHOT_ALL, no_reply=True)  # a stream's publish ack, not ours to answer
     async def on_snapshot(msg: NatsMessage) -> None:
@@ -131,6 +119,11 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
 
     @app.after_startup
     async def load_state() -> None:
+        # Control requests are read on plain subscriptions, not through the broker's handler chain: a burst
+        # of thousands costs the deployer's CPU, and a reply needs no more than the subject and the body.
+        # Halts sent to their own lane (qmp.control.<sender>.<strategy>.urgent) are read on a connection of
+        # their own, so a halt never waits behind a burst of other requests in the main lane's queue.
+        holder["lanes"] = [await serve_control(broker.connection, subjects.CONTROL_ANY, holder, main=True)]
         js = broker.connection.jetstream()
         await bus.wait_declared(js, SERVICE)
         wall = LiveClock()
@@ -144,7 +137,8 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         await store.follow()
         handler = ControlHandler(js, store, wall, holder["pool"])
         await handler.load_recent()
-        holder["urgent"] = await open_urgent_lane(settings, handler)
+        holder["urgent"] = await connect_nats(settings, f"{SERVICE}-urgent")
+        holder["lanes"].append(await serve_control(holder["urgent"], subjects.CONTROL_URGENT_ANY, holder, main=False))
         probes = Probes(broker.connection, wall, settings.latency_service, settings.memory_services,
                         settings.memory_probe, settings.probe_timeout_s, settings.broker_instance)
         options = RolloutOptions(instance_id=settings.instance_id or default_instance_id(),
@@ -170,8 +164,11 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
                 await timer
         if "rollouts" in holder:
             await holder["rollouts"].stop()
-        if "urgent" in holder:
+        for lane in holder.pop("lanes", []):
             with contextlib.suppress(Exception):  # a connection already gone: nothing left to answer on it
+                await lane.drain()
+        if "urgent" in holder:
+            with contextlib.suppress(Exception):
                 await holder.pop("urgent").drain()
         if "handler" in holder:
             await holder["handler"].close()
@@ -186,25 +183,38 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
     return app
 
 
-async def open_urgent_lane(settings: DeployerSettings, handler: ControlHandler) -> Client:
-    """Answer halts' lane on a connection of its own, one request at a time, ahead of the main lane's queue.
+async def serve_control(nc: Client, subject: str, holder: dict[str, Any], main: bool) -> Subscription:
+    """Answer control requests on `subject` (queue group: one deployer answers each), CONTROL_WORKERS at once.
 
-    The broker's connection may hold thousands of requests of a burst in its socket and its queue; a halt on
-    this connection is read and handled as soon as it arrives, and goes first at the bucket (PriorityLock).
+    Until the handler is in `holder`, a request is told that the deployer is starting. The main lane takes
+    no new request while a halt, resume or release is in hand (`ControlHandler.urgent_done`).
     """
-    nc = await connect_nats(settings, f"{SERVICE}-urgent")
+    slots = asyncio.Semaphore(CONTROL_WORKERS)
+    answering: set[asyncio.Task[None]] = set()
 
-    async def on_urgent(msg: Msg) -> None:
+    async def answer(msg: Msg) -> None:
         token = context.attach(extract_context(msg.headers))
         try:
-            await msg.respond(await handler.handle(msg.subject, msg.data))
+            handler: ControlHandler | None = holder.get("handler")
+            reply = (await handler.handle(msg.subject, msg.data) if handler is not None
+                     else encode(ControlReply(accepted=False, reason="deployer is starting; retry")))
+            if msg.reply:  # a plain publish is applied and audited all the same, with no one to answer
+                await msg.respond(reply)
         except Exception:  # the sender gets no reply and retries with the same command id
-            log.exception("urgent control request failed", extra={"subject": msg.subject})
+            log.exception("control request failed", extra={"subject": msg.subject})
         finally:
             context.detach(token)
+            slots.release()
 
-    await nc.subscribe(subjects.CONTROL_URGENT_ANY, queue=subjects.DEPLOY_QUEUE, cb=on_urgent)
-    return nc
+    async def on_request(msg: Msg) -> None:
+        if main and "handler" in holder:
+            await holder["handler"].urgent_done()
+        await slots.acquire()  # a full house holds the next request in the subscription's queue
+        task = asyncio.create_task(answer(msg), name="deployer-control-request")
+        answering.add(task)
+        task.add_done_callback(answering.discard)
+
+    return await nc.subscribe(subject, queue=subjects.DEPLOY_QUEUE, cb=on_request)
 
 
 async def _run_timer(rollouts: RolloutService, settings: DeployerSettings) -> None:

@@ -2,6 +2,13 @@
 gate readings and evaluations (`gates`) and the phase machine (`rollout`). Clock and config are injected.
 """
 
-from qmp_deployer.engine.control import ControlDecision, decide, entry_keys
+from qmp_deployer.engine.control import (
+    BatchDecision,
+    ControlDecision,
+    ControlRequest,
+    decide,
+    decide_in_order,
+    entry_keys,
+)
 
-__all__ = ["ControlDecision", "decide", "entry_keys"]
+__all__ = ["BatchDecision", "ControlDecision", "ControlRequest", "decide", "decide_in_order", "entry_keys"]

@@ -6,7 +6,8 @@ import itertools
 import logging
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -31,7 +32,7 @@ from qmp_core.messages import (
 from qmp_core.service import Intake
 from qmp_core.telemetry import tracer
 from qmp_core.trading_state import ControlEntries, source_of
-from qmp_deployer.engine import decide
+from qmp_deployer.engine import ControlRequest, decide_in_order
 from qmp_deployer.store import write_control_audit
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,14 @@ SERVICE = "deployer"
 SEEN_LIMIT = 100_000
 RECENT_AUDIT = 10_000  # command ids reloaded from the audit stream at start, for idempotency across restarts
 CAS_ATTEMPTS = 5
+BATCH_LIMIT = 256  # commands decided and written together at most
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    request: ControlRequest
+    sender: str
+    reply: "asyncio.Future[ControlReply]"
 
 
 class ControlStore:
@@ -109,65 +118,36 @@ class ControlStore:
             self.revisions[key] = entry.revision or 0
 
     async def write(self, changed: dict[str, TradingState]) -> bool:
-        """Write changed entries with CAS; return False on a conflict (the caller re-decides)."""
-        for key, state in changed.items():
-            value = encode(state)
-            try:
-                if key in self.revisions:
-                    revision = await self.kv.update(key, value, last=self.revisions[key])
-                else:
-                    revision = await self.kv.create(key, value)
-            except KeyWrongLastSequenceError:
-                await self.refresh(key)
-                return False
+        """Write changed entries with CAS, all at once; return False on a conflict (the caller re-decides).
+
+        The entries that were written stay written: deciding again on the refreshed mirror gives them the
+        same values, since every command sets values rather than moving them.
+        """
+        keys = list(changed)
+        results = await asyncio.gather(*(self._write(key, changed[key]) for key in keys), return_exceptions=True)
+        conflicts = [key for key, result in zip(keys, results, strict=True)
+                     if isinstance(result, KeyWrongLastSequenceError)]
+        failure = next((result for result in results
+                        if isinstance(result, BaseException) and not isinstance(result, KeyWrongLastSequenceError)),
+                       None)
+        if failure is not None:
+            raise failure
+        for key in conflicts:
+            await self.refresh(key)
+        return not conflicts
+
+    async def _write(self, key: str, state: TradingState) -> None:
+        value = encode(state)
+        if key in self.revisions:
+            revision = await self.kv.update(key, value, last=self.revisions[key])
+        else:
+            revision = await self.kv.create(key, value)
+        if revision > self.revisions.get(key, 0):  # else the watch already brought a later write
             self.entries.set_entry(key, state)
             self.revisions[key] = revision
-        return True
 
     def strategies(self) -> set[str]:
         return self.entries.strategies()
-
-
-class PriorityLock:
-    """A lock whose urgent waiters are served before the others.
-
-    Control requests are handled concurrently, but deciding and writing the bucket is one step at a time;
-    a halt must not wait behind a queue of allocation changes, so it is next whatever arrived before it.
-    """
-
-    def __init__(self) -> None:
-        self._locked = False
-        self._waiting: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (deque(), deque())
-
-    @contextlib.asynccontextmanager
-    async def hold(self, urgent: bool) -> AsyncIterator[None]:
-        if self._locked:
-            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            queue = self._waiting[0 if urgent else 1]
-            queue.append(turn)
-            try:
-                await turn
-            except asyncio.CancelledError:
-                if turn.done() and not turn.cancelled():
-                    self._release()  # handed the lock as it was cancelled: pass it on
-                elif turn in queue:
-                    queue.remove(turn)
-                raise
-        else:
-            self._locked = True
-        try:
-            yield
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        for queue in self._waiting:  # urgent first
-            while queue:
-                turn = queue.popleft()
-                if not turn.done():
-                    turn.set_result(None)  # the lock passes to it, still held
-                    return
-        self._locked = False
 
 
 def _names_issuer(data: bytes) -> bool:
@@ -189,11 +169,21 @@ class ControlHandler:
         self.nc = js._nc
         self._input: Intake[ControlCommand] = Intake(ControlCommand, SERVICE, clock, what="control command")
         self._seen: OrderedDict[tuple[str, str], ControlReply] = OrderedDict()
+        self._in_flight: dict[tuple[str, str], asyncio.Future[ControlReply]] = {}
         self._audit_queue: asyncio.Queue[ControlApplied] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
-        # Bus requests and the rollout service apply commands concurrently: deciding on the mirror and
-        # writing it must be one step, or a write decided on stale entries could pass the revision check.
-        self._apply_lock = PriorityLock()
+        # Commands wait here for a committer, which decides and writes them a batch at a time: deciding on
+        # the mirror and writing it is one step, and a burst costs one bucket write per changed entry per
+        # batch, not one round trip per command. Halts, resumes and safe-mode releases have a queue and a
+        # committer of their own, so they never wait for another batch's writes; where both write the same
+        # entry, compare-and-set makes the later one decide again on what the first wrote.
+        self._waiting: tuple[deque[_Waiting], deque[_Waiting]] = (deque(), deque())
+        self._wakeups = (asyncio.Event(), asyncio.Event())
+        self._committers: list[asyncio.Task[None] | None] = [None, None]
+        self._urgent_in_hand = 0
+        self._no_urgent_in_hand = asyncio.Event()
+        self._no_urgent_in_hand.set()
+        self._finishing: set[asyncio.Task[None]] = set()
         # Requests are numbered as they arrive. Halts and resumes go first to the bucket, so a halt can
         # overtake a resume sent before it: such a resume is refused, never applied after the halt.
         self._arrivals = itertools.count()
@@ -243,51 +233,112 @@ class ControlHandler:
         The reply waits for what makes the command durable and visible (the KV write, the audit stream and
         the state publish); the database copy of the audit is written after it, in order, by a worker.
         """
-        now = self.clock.now_ns()
         if not command.command_id:
             command = msgspec.structs.replace(command, command_id=uuid.uuid4().hex)
         seen_key = (strategy, command.command_id)
         previous = self._seen.get(seen_key)
+        if previous is None and seen_key in self._in_flight:  # the same command twice at once: one applies
+            previous = await asyncio.shield(self._in_flight[seen_key])
         if previous is not None:
             return msgspec.structs.replace(previous, duplicate=True)
-        async with self._apply_lock.hold(urgent=isinstance(command, Halt | Resume | ReleaseSafeMode)):
-            overtaken = self._overtaken_by_halt(strategy, command, arrival)
-            if overtaken:
-                return ControlReply(accepted=False, reason=overtaken, command_id=command.command_id,
-                                    state=self.store.entries.effective(strategy), ts_event=now)
-            for _ in range(CAS_ATTEMPTS):
-                decision = decide(strategy, command, self.store.entries, now)
-                if not decision.accepted:
-                    return ControlReply(accepted=False, reason=decision.reason, command_id=command.command_id,
-                                        state=self.store.entries.effective(strategy), ts_event=now)
-                if await self.store.write(decision.changed):
-                    break
-            else:
-                return ControlReply(accepted=False, reason="control state kept changing; try again",
-                                    command_id=command.command_id, ts_event=now)
-            if isinstance(command, Halt) and arrival is not None:  # before the next waiter decides
-                self._halt_arrival[strategy] = max(arrival, self._halt_arrival.get(strategy, -1))
-        assert decision.effective is not None
-        reply = ControlReply(accepted=True, command_id=command.command_id, state=decision.effective, ts_event=now)
-        self._remember(seen_key, reply)
-        log.info("control applied", extra={"strategy": strategy, "command": type(command).__name__,
-                                           "command_id": command.command_id, "status": decision.effective.status})
-        applied = ControlApplied(strategy=strategy, command=command, state=decision.effective, ts_event=now,
-                                 sender=sender)
-        await bus.publish(self.js, subjects.audit_control(strategy), applied, msg_id=command.command_id)
-        await self._publish_states(strategy)
-        self._queue_audit(applied)
-        return reply
+        reply: asyncio.Future[ControlReply] = asyncio.get_running_loop().create_future()
+        self._in_flight[seen_key] = reply
+        lane = 0 if isinstance(command, Halt | Resume | ReleaseSafeMode) else 1
+        self._waiting[lane].append(_Waiting(ControlRequest(strategy, command, arrival), sender, reply))
+        committer = self._committers[lane]
+        if committer is None or committer.done():
+            self._committers[lane] = asyncio.create_task(self._commit_waiting(lane), name=f"deployer-commit-{lane}")
+        self._wakeups[lane].set()
+        if lane == 0:
+            self._urgent_in_hand += 1
+            self._no_urgent_in_hand.clear()
+        try:
+            return await asyncio.shield(reply)  # a caller that gives up does not undo the command
+        finally:
+            if self._in_flight.get(seen_key) is reply:
+                del self._in_flight[seen_key]
+            if lane == 0:
+                self._urgent_in_hand -= 1
+                if not self._urgent_in_hand:
+                    self._no_urgent_in_hand.set()
 
-    def _overtaken_by_halt(self, strategy: str, command: ControlCommand, arrival: int | None) -> str:
-        """Return why a resume is refused when a halt that arrived after it was applied first, else ""."""
-        if arrival is None or not isinstance(command, Resume | ReleaseSafeMode):
-            return ""
-        later = max(self._halt_arrival.get(strategy, -1), self._halt_arrival.get(subjects.ALL_STRATEGIES, -1))
-        if later > arrival:
-            return (f"a halt sent after this {type(command).__name__.lower()} was applied first: it stays; "
-                    "send the resume again to lift it")
-        return ""
+    async def urgent_done(self) -> None:
+        """Return once no halt, resume or safe-mode release is in hand.
+
+        The main lane waits on this before it takes its next request: under a flood of other requests the
+        event loop is the bottleneck, and a halt's few round trips must not queue behind new arrivals.
+        """
+        await self._no_urgent_in_hand.wait()
+
+    async def _commit_waiting(self, lane: int) -> None:
+        queue, wakeup = self._waiting[lane], self._wakeups[lane]
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            while queue:
+                batch = [queue.popleft() for _ in range(min(len(queue), BATCH_LIMIT))]
+                try:
+                    await self._commit(batch)
+                except BaseException as error:  # every waiter hears of it; none waits forever
+                    for waiting in batch:
+                        if not waiting.reply.done():
+                            waiting.reply.set_exception(error if isinstance(error, Exception)
+                                                        else RuntimeError("the deployer is stopping"))
+                    if not isinstance(error, Exception):
+                        raise
+
+    async def _commit(self, batch: list[_Waiting]) -> None:
+        now = self.clock.now_ns()
+        requests = [waiting.request for waiting in batch]
+        for _ in range(CAS_ATTEMPTS):
+            outcome = decide_in_order(requests, self.store.entries, self._halt_arrival, now)
+            if await self.store.write(outcome.changed):
+                break
+        else:
+            for waiting in batch:
+                waiting.reply.set_result(ControlReply(accepted=False, reason="control state kept changing; try again",
+                                                      command_id=waiting.request.command.command_id, ts_event=now))
+            return
+        for strategy, arrival in outcome.halt_arrivals.items():  # the other committer may have added some
+            self._halt_arrival[strategy] = max(arrival, self._halt_arrival.get(strategy, -1))
+        accepted: list[tuple[_Waiting, ControlReply, ControlApplied]] = []
+        for waiting, decision in zip(batch, outcome.decisions, strict=True):
+            request = waiting.request
+            reply = ControlReply(accepted=decision.accepted, reason=decision.reason,
+                                 command_id=request.command.command_id, state=decision.effective, ts_event=now)
+            if not decision.accepted:
+                waiting.reply.set_result(reply)
+                continue
+            assert decision.effective is not None
+            self._remember((request.strategy, request.command.command_id), reply)
+            accepted.append((waiting, reply, ControlApplied(strategy=request.strategy, command=request.command,
+                                                            state=decision.effective, ts_event=now,
+                                                            sender=waiting.sender)))
+        if accepted:  # the next batch goes to the bucket while these are audited and answered
+            task = asyncio.create_task(self._finish(accepted), name="deployer-control-finish")
+            self._finishing.add(task)
+            task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, accepted: list[tuple["_Waiting", ControlReply, ControlApplied]]) -> None:
+        """Audit each command on the stream, publish the changed strategies' states once, then reply."""
+        try:
+            for _, _, applied in accepted:
+                log.info("control applied", extra={"strategy": applied.strategy,
+                                                   "command": type(applied.command).__name__,
+                                                   "command_id": applied.command.command_id,
+                                                   "status": applied.state.status})
+            await asyncio.gather(*(bus.publish(self.js, subjects.audit_control(applied.strategy), applied,
+                                               msg_id=applied.command.command_id) for _, _, applied in accepted))
+            await self._publish_states({applied.strategy for _, _, applied in accepted})
+        except Exception as error:  # the bucket holds the commands; the senders retry with the same ids
+            for waiting, _, _ in accepted:
+                if not waiting.reply.done():
+                    waiting.reply.set_exception(error)
+            return
+        for waiting, reply, applied in accepted:
+            self._queue_audit(applied)
+            if not waiting.reply.done():
+                waiting.reply.set_result(reply)
 
     async def load_recent(self, limit: int = RECENT_AUDIT) -> int:
         """Remember the last `limit` accepted commands from the audit stream and copy them to the database.
@@ -343,7 +394,15 @@ class ControlHandler:
                     self._audit_queue.task_done()
 
     async def close(self) -> None:
-        """Write the queued audit rows, then stop the worker."""
+        """Answer what is in hand, write the queued audit rows, then stop the workers."""
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+        for lane, committer in enumerate(self._committers):
+            if committer is not None:
+                committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await committer
+                self._committers[lane] = None
         if self._worker is not None:
             await self._audit_queue.join()
             self._worker.cancel()
@@ -351,9 +410,9 @@ class ControlHandler:
                 await self._worker
             self._worker = None
 
-    async def _publish_states(self, strategy: str) -> None:
-        targets = {strategy}
-        if strategy == subjects.ALL_STRATEGIES:
+    async def _publish_states(self, strategies: set[str]) -> None:
+        targets = set(strategies)
+        if subjects.ALL_STRATEGIES in targets:
             targets |= self.store.strategies()
         for target in sorted(targets):
             state = self.store.entries.effective(target)

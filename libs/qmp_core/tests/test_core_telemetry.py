@@ -1,0 +1,42 @@
+"""Spans in the run directory: one JSON line each, laid out as OpenTelemetry's own `to_json` lays them out."""
+
+import json
+from pathlib import Path
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import Link, Status, StatusCode
+
+from qmp_core.telemetry import JsonLinesSpanExporter
+
+
+def test_span_file_when_spans_have_parents_events_links_and_errors_then_each_line_reads_as_to_json_reads(
+        tmp_path: Path) -> None:
+    path = tmp_path / "traces" / "svc.jsonl"
+    exporter = JsonLinesSpanExporter(path)
+    provider = TracerProvider(resource=Resource.create({"service.name": "qmp-svc"}))
+    finished: list = []
+
+    class Keep(SimpleSpanProcessor):
+        def on_end(self, span) -> None:  # type: ignore[no-untyped-def]
+            finished.append(span)
+            super().on_end(span)
+
+    provider.add_span_processor(Keep(exporter))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("outer") as outer:
+        with tracer.start_as_current_span("inner", links=[Link(outer.get_span_context(), {"why": "fan-in"})]) as inner:
+            inner.set_attribute("qmp.command_id", "c1")
+            inner.set_attribute("qmp.symbols", ("AAPL", "MSFT"))
+            inner.add_event("retry", {"attempt": 2})
+            inner.set_status(Status(StatusCode.ERROR, "database down"))
+    exporter.shutdown()
+
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["name"] for line in lines] == ["inner", "outer"]
+    assert lines == [json.loads(span.to_json(indent=None)) for span in finished]
+    assert lines[0]["parent_id"] == lines[1]["context"]["span_id"]
+    assert lines[0]["status"] == {"status_code": "ERROR", "description": "database down"}
+    assert trace.format_trace_id(outer.get_span_context().trace_id) in lines[0]["context"]["trace_id"]
