@@ -9,8 +9,9 @@ Three phases in one run, the first being the baseline the others are compared wi
    sent during the burst.
 The halting client is a process of its own, as an operator's `qmp halt` is, and sends its halts to halts'
 lane (`qmp.control.<sender>.<strategy>.urgent`), its resumes to the main one.
-It prints halt round trips (p50 / p99 / max), the other requests' rate and every error or timeout, and
-the ratio of the halt p99 under load and in the burst to the halt p99 alone.
+It prints halt round trips (p50 / p99 / max), the other requests' rate and every error or timeout, the
+ratio of the halt p99 under load and in the burst to the halt p99 alone, and the deployer's resident memory
+before the load, after it and after the burst, with its slope under load (MB per minute).
 
     .venv/bin/python tests/bench/bench_control_load.py [--clients 100] [--seconds 60] [--burst 10000] [--json]
 """
@@ -29,6 +30,7 @@ from typing import Any
 
 import nats
 import numpy as np
+import psutil
 
 from qmp_core import subjects
 from qmp_ops.runtime.supervisor import Connection, Stack, StackOptions
@@ -99,6 +101,10 @@ async def load(nc: nats.NATS, strategy: str, until: asyncio.Event, errors: list[
     return done
 
 
+def rss_mb(stack: Stack) -> float:
+    return round(psutil.Process(stack.processes["deployer"].pid).memory_info().rss / 2**20, 1)
+
+
 async def measure(stack: Stack, clients: int, seconds: float, burst: int) -> dict:
     connection = stack.connection
     pool = [await connection.connect() for _ in range(clients)]
@@ -118,6 +124,7 @@ async def measure(stack: Stack, clients: int, seconds: float, burst: int) -> dic
     alone, errors = await alone_run
 
     stop = asyncio.Event()
+    rss_before = rss_mb(stack)
     under_load_run, go = await halting("bench-urgent", seconds, 0.05, None)
     workers = [asyncio.create_task(load(nc, f"bench-load-{i}", stop, errors)) for i, nc in enumerate(pool)]
     go.set()
@@ -128,6 +135,7 @@ async def measure(stack: Stack, clients: int, seconds: float, burst: int) -> dic
     errors += more_errors
     handled = sum(await asyncio.gather(*workers))
     elapsed = time.perf_counter() - started
+    rss_after_load = rss_mb(stack)
 
     burst_errors: list[str] = []
     in_burst_run, go = await halting("bench-burst-urgent", 3600.0, 0.02, 100)  # ~3 s: most of the burst
@@ -143,6 +151,7 @@ async def measure(stack: Stack, clients: int, seconds: float, burst: int) -> dic
     burst_s = time.perf_counter() - burst_started
     halts_in_burst, more_errors = await in_burst_run
     burst_errors += more_errors
+    rss_after_burst = rss_mb(stack)
     executor.shutdown()
     manager.shutdown()
     for nc in pool:
@@ -156,6 +165,8 @@ async def measure(stack: Stack, clients: int, seconds: float, burst: int) -> dic
         "burst_requests": burst, "burst_answered": len(answered), "burst_seconds": round(burst_s, 2),
         "burst_errors": len(burst_errors), "burst_request": figures(answered),
         "error_kinds": sorted(set(errors + burst_errors))[:5],
+        "deployer_rss_mb": {"before": rss_before, "after_load": rss_after_load, "after_burst": rss_after_burst,
+                            "load_slope_mb_per_min": round((rss_after_load - rss_before) / (elapsed / 60), 2)},
     }
     base = result["halt_alone"].get("p99_ms") or float("nan")
     result["halt_p99_under_load_over_alone"] = round(result["halt_under_load"].get("p99_ms", float("nan")) / base, 2)

@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,9 +96,17 @@ def test_readme_first_hour_when_run_as_written_then_each_command_does_what_its_c
 
         watch = subprocess.Popen([*QMP, *commands[7]], cwd=tmp_path, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, env=_clean_env(), preexec_fn=_ctrl_c_works)
-        time.sleep(10.0)  # the CLI loads, reads the rollouts bucket, shows its first screen
+        shown_lines: list[str] = []
+        reader = threading.Thread(target=lambda: shown_lines.extend(iter(watch.stdout.readline, "")), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 90  # the CLI loads, reads the rollouts bucket, shows its first screen
+        while not any("rollout" in line for line in shown_lines) and time.monotonic() < deadline:
+            time.sleep(0.2)
         watch.send_signal(signal.SIGINT)  # Ctrl-C ends the watch
-        screen, _ = watch.communicate(timeout=30)
+        watch.wait(timeout=30)
+        reader.join(timeout=10)
+        watch.stdout.close()
+        screen = "".join(shown_lines)
         assert "rollout" in screen and "Traceback" not in screen
     finally:
         os.killpg(up.pid, signal.SIGINT)  # Ctrl-C: `qmp up` stops the services and servers in order

@@ -36,9 +36,11 @@ MAX_DELIVER = 5
 # an input no check caught) gives the message up to the dead letters rather than freeze the stream.
 MAX_FAILURES = 3
 # A dead instance's message goes to the next one after ACK_WAIT_S; a live one says "still working" every
-# HEARTBEAT_S, so a long handler (a first kernel compile, a database that is down) keeps its message.
-ACK_WAIT_S = 4.0
-HEARTBEAT_S = 1.0
+# HEARTBEAT_S, so a long handler (a first kernel compile, a database that is down) keeps its message. The
+# ack wait is most of what a crash costs once a warm spare has taken over (about a second); a heartbeat
+# late by more than 1.5 s only brings the message back to this instance, which acks it as handled.
+ACK_WAIT_S = 2.0
+HEARTBEAT_S = 0.5
 # Stream positions remembered as handled: a nats-server restart can redeliver what was handled seconds before
 # (the consumer's ack floor on disk lags the acks), never a day's worth.
 HANDLED_REMEMBERED = 100_000

@@ -6,6 +6,7 @@ health-checked over the bus; stops them in reverse order. Writes the connection 
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import nats
 
-from qmp_core import bus, subjects
+from qmp_core import bus, subjects, warm_spare
 from qmp_core.config import Retention, load_settings
 from qmp_core.db import migrate
 from qmp_ops.runtime.certificates import ServerCertificates
@@ -58,6 +59,9 @@ class StackOptions:
     # replay of record (the demo, verification) does not, so its numbers never depend on the shell it ran in.
     pass_environment: bool = False
     tls: bool = True  # embedded servers speak TLS only; off (`qmp up --no-tls`) for debugging alone
+    # A warm spare per service (qmp_core.warm_spare): a crash is followed by a start that imports nothing.
+    # Each spare holds a service's imports in memory (~100-200 MB); `qmp up --no-warm-spares` goes without.
+    warm_spares: bool = False
 
 
 def redacted(url: str) -> str:
@@ -157,6 +161,7 @@ class Stack:
         self.credentials: NatsCredentials | None = None
         self.database_url = ""
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.spares: dict[str, subprocess.Popen[bytes]] = {}  # warm spares, by service
 
     @property
     def connection(self) -> Connection:
@@ -231,10 +236,41 @@ class Stack:
         return env
 
     def start_service(self, service: str) -> None:
+        """Start the service: its warm spare when one is alive, else a new process."""
+        spare = self.spares.pop(service, None)
+        if spare is not None and spare.poll() is None and spare.stdin is not None:
+            try:
+                spare.stdin.write(warm_spare.GO)
+                spare.stdin.close()
+                self.processes[service] = spare
+                return
+            except OSError:  # it died between the look and the word: start afresh
+                self._end_spare(spare)
+        self.processes[service] = self._spawn(service, [f"qmp_{service}"])
+
+    def prepare_spare(self, service: str) -> bool:
+        """Start a warm spare for the service unless one is alive; return whether one was started."""
+        spare = self.spares.get(service)
+        if spare is not None and spare.poll() is None:
+            return False
+        self.spares[service] = self._spawn(service, ["qmp_core.warm_spare", f"qmp_{service}"], spare=True)
+        return True
+
+    @staticmethod
+    def _end_spare(spare: subprocess.Popen[bytes]) -> None:
+        """End a spare that was never woken. It holds no connection and no file but its log: a kill is clean."""
+        if spare.stdin is not None:
+            with contextlib.suppress(OSError):
+                spare.stdin.close()
+        spare.kill()
+        spare.wait()
+
+    def _spawn(self, service: str, module: list[str], spare: bool = False) -> subprocess.Popen[bytes]:
         with (self.run_dir / "logs" / f"{service}.log").open("ab") as log_file:
-            self.processes[service] = subprocess.Popen(
-                [sys.executable, "-m", f"qmp_{service}"], env=self.service_environment(service),
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            return subprocess.Popen(
+                [sys.executable, "-m", *module], env=self.service_environment(service),
+                stdin=subprocess.PIPE if spare else None, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     async def start_services(self) -> None:
@@ -242,6 +278,12 @@ class Stack:
         for service in self.options.services:
             self.start_service(service)
             await self.wait_healthy(service)
+            self.prepare_spare_if_wanted(service)
+
+    def prepare_spare_if_wanted(self, service: str) -> None:
+        """With `warm_spares`, start the service's spare (its imports overlap the next service's start)."""
+        if self.options.warm_spares:
+            self.prepare_spare(service)
 
     async def wait_healthy(self, service: str, timeout_s: float = HEALTH_TIMEOUT_S) -> dict:
         """Wait until the service answers its health request; raise with its log tail if it dies."""
@@ -277,6 +319,9 @@ class Stack:
             process.wait()
 
     def stop(self) -> None:
+        for spare in self.spares.values():
+            self._end_spare(spare)
+        self.spares.clear()
         for service in reversed(self.options.services):
             self.stop_service(service)
         self._withdraw_connection()
@@ -316,6 +361,7 @@ RESTART_FIRST_DELAY_S = 0.5
 RESTART_MAX_DELAY_S = 30.0
 STABLE_AFTER_S = 60.0  # a service that ran this long before it died is restarted at once again
 HEALTH_EVERY_S = 2.0
+EXIT_CHECK_S = 0.1
 FAILING_FOR_S = 6.0  # a service whose health says "failing" this long is restarted
 SILENT_FOR_S = 45.0  # a live process that has not answered its health request this long is restarted
 SUPERVISOR_FILE = "supervisor.json"
@@ -343,9 +389,11 @@ class ServiceRecord:
 class Supervisor:
     """Keep a stack's services running: restart one that exits, fails its health or stops answering.
 
-    Restarts back off (0.5 s doubling to 30 s) while a service keeps dying soon after its start, so a
-    crash loop neither spins nor gives up. The record of restarts is written to `<run_dir>/supervisor.json`,
-    which `qmp status` shows next to each service's health.
+    A service that dies is restarted at once; if it dies again soon after that start, restarts back off
+    (0.5 s doubling to 30 s), so a crash loop neither spins nor gives up. With `StackOptions.warm_spares` a
+    restart wakes the service's spare, already imported, and a new spare is prepared in a later health round
+    (one a round). The record of restarts is written to `<run_dir>/supervisor.json`, which `qmp status` shows
+    next to each service's health.
     """
 
     def __init__(self, stack: Stack, say: Any = None, monotonic: Any = time.monotonic) -> None:
@@ -354,8 +402,8 @@ class Supervisor:
         self.monotonic = monotonic
         self.records = {service: ServiceRecord(started_at=monotonic(), answered_at=monotonic())
                         for service in stack.options.services}
-        self._health_due = 0.0
         self._started: set[str] = set()  # a service is supervised once it has been started
+        self._stopping: set[str] = set()  # stopped for failing its health: restarted once it has exited
         self._written = ""
 
     @property
@@ -363,32 +411,59 @@ class Supervisor:
         return self.stack.run_dir / SUPERVISOR_FILE
 
     async def run(self, until: Any = None) -> None:
-        """Supervise until cancelled (or until `until()` is true); checks twice a second."""
+        """Supervise until cancelled (or until `until()` is true).
+
+        Processes are looked at ten times a second, so a crash costs its restart no more than that; health
+        is asked every HEALTH_EVERY_S in a task of its own, so a service slow to answer never delays the
+        restart of one that died.
+        """
         nc = await self.stack.connection.connect(follow=True)
+        health = asyncio.create_task(self._health_rounds(nc), name="supervisor-health")
         try:
             while until is None or not until():
-                await self.step(nc)
-                await asyncio.sleep(0.5)
+                self.check_processes()
+                if health.done():  # a bug in the health round must not pass unnoticed
+                    health.result()
+                await asyncio.sleep(EXIT_CHECK_S)
         finally:
+            health.cancel()
+            await asyncio.gather(health, return_exceptions=True)
             await nc.close()
 
-    async def step(self, nc: nats.NATS) -> None:
+    def check_processes(self) -> None:
+        """Restart (or schedule the restart of) every started service whose process has exited."""
         now = self.monotonic()
         for service, record in self.records.items():
             process = self.stack.processes.get(service)
             if process is not None:
                 self._started.add(service)
-            elif service not in self._started:
+            elif service not in self._started or service in self._stopping:
                 continue
             if process is None or process.poll() is not None:
                 self._on_down(service, record, process, now)
-        if now >= self._health_due:
-            self._health_due = now + HEALTH_EVERY_S
-            await self._check_health(nc, now)
+        self._write_record()
+
+    def _write_record(self) -> None:
         record = json.dumps({s: r.public() for s, r in self.records.items()}, indent=2)
         if record != self._written:  # `qmp status` reads it; rewrite it only when something changed
             write_private(self.file, record)
             self._written = record
+
+    async def _health_rounds(self, nc: nats.NATS) -> None:
+        while True:
+            await self._check_health(nc, self.monotonic())
+            if self.stack.options.warm_spares:
+                self._prepare_one_spare()
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    def _prepare_one_spare(self) -> None:
+        """Start one missing warm spare, for a running service: one a round, since a spare imports as much as a
+        start does, and all of them at once would slow the stack's own start or a recovery on a small machine."""
+        for service, record in self.records.items():
+            running = service in self._started and record.restart_at is None and service not in self._stopping
+            if running and self.stack.prepare_spare(service):
+                log.info("warm spare started", extra={"service": service})
+                return
 
     def _on_down(self, service: str, record: ServiceRecord, process: subprocess.Popen[bytes] | None,
                  now: float) -> None:
@@ -397,14 +472,14 @@ class Supervisor:
             record.last_exit = record.stop_reason or _describe_exit(code)
             record.stop_reason = ""
             record.quick_failures = record.quick_failures + 1 if now - record.started_at < STABLE_AFTER_S else 0
-            delay = 0.0 if record.quick_failures == 0 else min(
-                RESTART_MAX_DELAY_S, RESTART_FIRST_DELAY_S * 2 ** (record.quick_failures - 1))
+            # The first death is restarted at once; one more soon after a start begins the backoff.
+            delay = 0.0 if record.quick_failures <= 1 else min(
+                RESTART_MAX_DELAY_S, RESTART_FIRST_DELAY_S * 2 ** (record.quick_failures - 2))
             record.restart_at = now + delay
             log.error("service down; restarting", extra={"service": service, "exit": record.last_exit,
                                                          "restart_in_s": delay})
             self.say(f"{service} {record.last_exit}; restarting in {delay:.1f}s "
                      f"(log: {self.stack.run_dir / 'logs' / (service + '.log')})")
-            return
         if now >= record.restart_at:
             self.stack.start_service(service)
             record.restarts += 1
@@ -416,26 +491,32 @@ class Supervisor:
             self.say(f"{service} restarted ({record.restarts} restart{'s' if record.restarts > 1 else ''})")
 
     async def _check_health(self, nc: nats.NATS, now: float) -> None:
-        for service, record in self.records.items():
-            if record.restart_at is not None or service not in self._started:
-                continue
+        services = [service for service, record in self.records.items()
+                    if record.restart_at is None and service in self._started and service not in self._stopping]
+        await asyncio.gather(*(self._check_one(nc, service, self.records[service], now) for service in services))
+
+    async def _check_one(self, nc: nats.NATS, service: str, record: ServiceRecord, now: float) -> None:
+        try:
+            reply = await nc.request(subjects.health(service), b"", timeout=1.0)
+            record.health = json.loads(reply.data).get("status", "ok")
+            record.answered_at = now
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ValueError):
+            record.health = "not answering"
+        if record.health == "failing":
+            record.failing_since = record.failing_since or now
+        else:
+            record.failing_since = None
+        failing_too_long = record.failing_since is not None and now - record.failing_since >= FAILING_FOR_S
+        silent_too_long = now - record.answered_at >= SILENT_FOR_S
+        if failing_too_long or silent_too_long:
+            why = "health failing" if failing_too_long else f"no health answer for {SILENT_FOR_S:.0f}s"
+            record.stop_reason = f"stopped by the supervisor: {why}"
+            log.error("service unhealthy; stopping it to restart", extra={"service": service, "why": why})
+            self._stopping.add(service)
             try:
-                reply = await nc.request(subjects.health(service), b"", timeout=1.0)
-                record.health = json.loads(reply.data).get("status", "ok")
-                record.answered_at = now
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ValueError):
-                record.health = "not answering"
-            if record.health == "failing":
-                record.failing_since = record.failing_since or now
-            else:
-                record.failing_since = None
-            failing_too_long = record.failing_since is not None and now - record.failing_since >= FAILING_FOR_S
-            silent_too_long = now - record.answered_at >= SILENT_FOR_S
-            if failing_too_long or silent_too_long:
-                why = "health failing" if failing_too_long else f"no health answer for {SILENT_FOR_S:.0f}s"
-                record.stop_reason = f"stopped by the supervisor: {why}"
-                log.error("service unhealthy; stopping it to restart", extra={"service": service, "why": why})
                 await asyncio.to_thread(self.stack.stop_service, service)
+            finally:
+                self._stopping.discard(service)
 
 
 def _describe_exit(code: int | None) -> str:
