@@ -11,7 +11,8 @@ The halting client is a process of its own, as an operator's `qmp halt` is, and 
 lane (`qmp.control.<sender>.<strategy>.urgent`), its resumes to the main one.
 It prints halt round trips (p50 / p99 / max), the other requests' rate and every error or timeout, the
 ratio of the halt p99 under load and in the burst to the halt p99 alone, and the deployer's resident memory
-before the load, after it and after the burst, with its slope under load (MB per minute).
+before the load, halfway, after it and after the burst, with its slope in each half of the load (MB per
+minute; it flattens once the 100,000 replies the deployer remembers for retries are held).
 
     .venv/bin/python tests/bench/bench_control_load.py [--clients 100] [--seconds 60] [--burst 10000] [--json]
 """
@@ -129,7 +130,9 @@ async def measure(stack: Stack, clients: int, seconds: float, burst: int) -> dic
     workers = [asyncio.create_task(load(nc, f"bench-load-{i}", stop, errors)) for i, nc in enumerate(pool)]
     go.set()
     started = time.perf_counter()
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds / 2)
+    rss_mid_load = rss_mb(stack)
+    await asyncio.sleep(seconds / 2)
     stop.set()
     under_load, more_errors = await under_load_run
     errors += more_errors
@@ -165,8 +168,13 @@ async def measure(stack: Stack, clients: int, seconds: float, burst: int) -> dic
         "burst_requests": burst, "burst_answered": len(answered), "burst_seconds": round(burst_s, 2),
         "burst_errors": len(burst_errors), "burst_request": figures(answered),
         "error_kinds": sorted(set(errors + burst_errors))[:5],
-        "deployer_rss_mb": {"before": rss_before, "after_load": rss_after_load, "after_burst": rss_after_burst,
-                            "load_slope_mb_per_min": round((rss_after_load - rss_before) / (elapsed / 60), 2)},
+        # The deployer remembers the last 100,000 replies (a retry within them is answered, not applied again):
+        # memory grows until that window is full, then stays (compare the two halves of a long load).
+        "deployer_rss_mb": {"before": rss_before, "mid_load": rss_mid_load, "after_load": rss_after_load,
+                            "after_burst": rss_after_burst,
+                            "first_half_slope_mb_per_min": round((rss_mid_load - rss_before) / (seconds / 120), 2),
+                            "second_half_slope_mb_per_min": round((rss_after_load - rss_mid_load) / (seconds / 120),
+                                                                  2)},
     }
     base = result["halt_alone"].get("p99_ms") or float("nan")
     result["halt_p99_under_load_over_alone"] = round(result["halt_under_load"].get("p99_ms", float("nan")) / base, 2)

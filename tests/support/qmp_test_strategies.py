@@ -31,3 +31,21 @@ class MinuteRebalancer(DailyRebalancer):
     """The same on one-minute bars."""
 
     step_seconds = 60
+
+
+class InstrumentMomentum(BaseStrategy):
+    """Time-series momentum per instrument: hold gross/N of equity in each symbol whose return over the last
+    `lookback` bars is positive, nothing in the others (the benchmark replay's strategy)."""
+
+    lookback = 20
+    leverage_limit = 1.0
+    gross = 0.9
+
+    def target_weights(self, prices: pd.DataFrame) -> pd.DataFrame:
+        values = prices.to_numpy(dtype=float)
+        weights = np.zeros_like(values)
+        if len(values) > self.lookback:
+            past = values[: -self.lookback]
+            rising = (values[self.lookback :] > past) & (past > 0)
+            weights[self.lookback :] = np.where(rising, self.gross / max(values.shape[1], 1), 0.0)
+        return pd.DataFrame(weights, index=prices.index, columns=prices.columns)
