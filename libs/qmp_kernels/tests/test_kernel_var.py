@@ -6,6 +6,8 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import qmp_core
 from qmp_kernels import status
@@ -13,6 +15,7 @@ from qmp_kernels.var import (
     INTERPOLATION_HIGHER,
     INTERPOLATION_LINEAR,
     INTERPOLATION_LOWER,
+    historical_var_es_columns_nb,
     historical_var_es_levels_nb,
     historical_var_es_nb,
     norm_ppf_nb,
@@ -248,3 +251,26 @@ def test_rolling_when_out_arrays_given_then_written_in_place_and_equal_to_fresh_
     np.testing.assert_array_equal(out[1], fresh_es)
     with pytest.raises(ValueError, match="C-contiguous float64"):
         rolling_historical_var_es(x, 250, 0.99, out=(np.empty((400, 9)), np.empty((9, 400)).T))
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40), st.integers(1, 6), st.floats(0.0, 0.6), st.integers(1, 30))
+@settings(max_examples=60, deadline=None)
+def test_historical_var_es_columns_when_columns_have_gaps_then_each_equals_the_levels_kernel_on_its_own_rows(
+        seed: int, rows: int, columns: int, missing: float, min_count: int) -> None:
+    rng = np.random.default_rng(seed)
+    scenarios = rng.standard_t(4, (rows, columns)) * 0.01
+    scenarios[rng.random((rows, columns)) < missing] = np.nan
+    weights = rng.uniform(-2.0, 2.0, columns)
+    alphas = np.array([0.99, 0.975, 0.95])
+
+    var, es, codes = historical_var_es_columns_nb(scenarios, weights, alphas, min_count)
+
+    for c in range(columns):
+        finite = scenarios[:, c][np.isfinite(scenarios[:, c])]
+        if len(finite) < min_count or len(finite) == 0:
+            assert codes[c] == status.INSUFFICIENT_DATA and np.isnan(var[c]).all() and np.isnan(es[c]).all()
+            continue
+        expected_var, expected_es, code = historical_var_es_levels_nb(finite * weights[c], alphas)
+        assert codes[c] == code
+        np.testing.assert_array_equal(var[c], expected_var)  # the same arithmetic: equal, not close
+        np.testing.assert_array_equal(es[c], expected_es)

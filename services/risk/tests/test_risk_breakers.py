@@ -244,3 +244,25 @@ def test_snapshot_when_held_book_then_positions_symbol_risk_and_pnl_var_present(
     assert snapshot.symbol_risk["A"]["historical_99"] == pytest.approx(-np.sort(returns[-30:])[k], rel=1e-12)
     assert "pnl_historical_99" in snapshot.var and snapshot.volatility is not None
     assert snapshot.drawdown == 0.0  # equity only rose
+
+
+def test_snapshot_when_positions_miss_different_bars_then_each_position_var_uses_its_own_returns() -> None:
+    engine = make_engine()
+    rng = np.random.default_rng(11)
+    closes = 50.0 * np.cumprod(1 + rng.normal(0, 0.01, size=(60, 3)), axis=0)
+    closes[[40, 41, 50], 1] = np.nan  # B misses three bars, C none; A misses one
+    closes[45, 0] = np.nan
+    stamps = feed(engine, closes, ["A", "B", "C"])
+    snapshot = None
+    for t in range(35, 60):
+        marks = [float(p) if np.isfinite(p) else 50.0 for p in closes[t]]
+        snapshot = engine.on_portfolio(book(stamps[t], 1_000.0 + t, ["A", "B", "C"], [5.0, -3.0, 2.0],
+                                            marks)).snapshot
+    assert snapshot is not None
+    by_symbol = {position.symbol: position for position in snapshot.positions}
+    for column, symbol in enumerate(["A", "B", "C"]):
+        returns = closes[-31:, column][1:] / closes[-31:, column][:-1] - 1  # the window's 30 row pairs
+        window = returns[np.isfinite(returns)] * by_symbol[symbol].weight
+        k = int(np.floor((len(window) - 1) * 0.01))
+        assert by_symbol[symbol].var["historical_99"] == pytest.approx(-np.sort(window)[k], rel=1e-12), symbol
+    assert len({len(p.var) for p in snapshot.positions}) == 1

@@ -149,6 +149,36 @@ def historical_var_es_levels_nb(returns: np.ndarray, alphas: np.ndarray) -> tupl
     return var, es, OK
 
 
+@njit(cache=True, error_model="numpy")
+def historical_var_es_columns_nb(scenarios: np.ndarray, weights: np.ndarray, alphas: np.ndarray,
+                                 min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (VaR, ES) per column and level, and a status per column, of `scenarios[:, c] * weights[c]`.
+
+    Each column stands alone: its non-finite rows are dropped, and a column with fewer than `min_count`
+    finite rows is INSUFFICIENT_DATA (NaN figures). Column c gives what `historical_var_es_levels_nb` gives
+    for that column's finite values times its weight: every position of a book in one call.
+    """
+    rows, columns = scenarios.shape
+    var = np.full((columns, alphas.shape[0]), np.nan)
+    es = np.full((columns, alphas.shape[0]), np.nan)
+    status = np.full(columns, INSUFFICIENT_DATA, dtype=np.int64)
+    pnl = np.empty(rows)
+    for c in range(columns):
+        m = 0
+        for r in range(rows):
+            x = scenarios[r, c]
+            if np.isfinite(x):
+                pnl[m] = x * weights[c]
+                m += 1
+        if m == 0 or m < min_count:
+            continue
+        v, e, code = historical_var_es_levels_nb(pnl[:m], alphas)
+        status[c] = code
+        var[c, :] = v
+        es[c, :] = e
+    return var, es, status
+
+
 # ---------------------------------------------------------------- rolling: sorted window (any quantile)
 @njit(cache=True, error_model="numpy")
 def _insert_sorted_nb(window: np.ndarray, count: int, value: float) -> int:

@@ -76,6 +76,22 @@ class PriceHistory:
         scenario = closes[1:] / closes[:-1] - 1.0
         return scenario[np.isfinite(scenario).all(axis=1)]
 
+    def returns_by_symbol(self, symbols: list[str], through_ts: int, count: int) -> np.ndarray:
+        """Return the simple returns of each of `symbols` (all known) over the last `count` row pairs with
+        ts <= through_ts, one column each, NaN where a symbol lacks a return.
+
+        Column j, its non-finite rows dropped, is `returns([symbols[j]], through_ts, count)`: the same
+        window read for every symbol at once.
+        """
+        columns = np.array([self._columns[s] for s in symbols], dtype=np.intp)
+        hi = self._start + int(np.searchsorted(self._ts[self._start:self._end], through_ts, side="right"))
+        lo = max(self._start, hi - count - 1)
+        closes = self._close[lo:hi][:, columns]
+        if closes.shape[0] < 2:
+            return np.empty((0, len(symbols)))
+        with np.errstate(invalid="ignore"):  # NaN where a bar is missing: the kernel drops those rows
+            return closes[1:] / closes[:-1] - 1.0
+
     def _column_indices(self, symbols: list[str], key: object) -> np.ndarray:
         cached = self._last_symbols.get(key)
         if cached is not None and cached[0] == symbols:

@@ -81,7 +81,7 @@ from qmp_core.validation import BatchRejected, ValidatedBatch, validate_batch
 from qmp_kernels import backtest as bt
 from qmp_kernels import status as kernel_status
 from qmp_kernels.methods import METHOD_NAMES, N_METHODS, all_methods, level_key, var_es_methods_nb
-from qmp_kernels.var import historical_var_es_levels_nb
+from qmp_kernels.var import historical_var_es_columns_nb, historical_var_es_levels_nb
 from qmp_kernels.vol import vol_ratio_1d_nb
 from qmp_risk.config import RiskSettings
 from qmp_risk.engine.history import PriceHistory
@@ -212,6 +212,7 @@ class RiskEngine:
         self.history = PriceHistory(settings.var_window + 1 + settings.history_margin)
         self.levels = np.array(settings.var_levels, dtype=np.float64)
         self.level_keys = [level_key(alpha) for alpha in settings.var_levels]
+        self._historical_keys = [f"historical_{key}" for key in self.level_keys]  # a position's VaR / ES keys
         self.symbols: SymbolRisk | None = None
         if settings.symbol_risk:
             self.symbols = SymbolRisk(SymbolParams(
@@ -578,22 +579,28 @@ class RiskEngine:
         return out
 
     def position_var(self, snapshot: PortfolioSnapshot, positions: list[PositionRisk]) -> list[PositionRisk]:
-        """Return positions with their own historical VaR / ES (each revalued alone over the window)."""
-        out: list[PositionRisk] = []
-        for position in positions:
-            window = self.history.returns([listing(snapshot.venue, position.symbol)], snapshot.ts_event,
-                                          self.settings.var_window)
-            if window is None or window.shape[0] < self.settings.min_observations:
-                out.append(position)
+        """Return positions with their own historical VaR / ES (each revalued alone over the window).
+
+        One returns matrix for the positions' symbols and one kernel call for all of them; a position whose
+        symbol never had a bar, or has fewer than `min_observations` returns in the window, is left as is.
+        """
+        keys = [listing(snapshot.venue, position.symbol) for position in positions]
+        known = [i for i, key in enumerate(keys) if self.history.has(key)]
+        if not known:
+            return positions
+        window = self.history.returns_by_symbol([keys[i] for i in known], snapshot.ts_event,
+                                                self.settings.var_window)
+        weights = np.array([positions[i].weight for i in known])
+        values, shortfalls, codes = historical_var_es_columns_nb(
+            np.ascontiguousarray(window), weights, self.levels, self.settings.min_observations)
+        out = list(positions)
+        names = self._historical_keys
+        for column, i in enumerate(known):
+            if codes[column] != kernel_status.OK:
                 continue
-            pnl = window[:, 0] * position.weight
-            values, shortfalls, code = historical_var_es_levels_nb(np.ascontiguousarray(pnl), self.levels)
-            if code != kernel_status.OK:
-                out.append(position)
-                continue
-            var = {f"historical_{key}": float(values[i]) for i, key in enumerate(self.level_keys)}
-            es = {f"historical_{key}": float(shortfalls[i]) for i, key in enumerate(self.level_keys)}
-            out.append(msgspec.structs.replace(position, var=var, es=es))
+            out[i] = msgspec.structs.replace(
+                positions[i], var=dict(zip(names, values[column].tolist(), strict=True)),
+                es=dict(zip(names, shortfalls[column].tolist(), strict=True)))
         return out
 
     # ------------------------------------------------------------------ breakers
@@ -770,6 +777,7 @@ class RiskEngine:
         var_es_methods_nb(x, 48, self.levels, settings.ewma_lambda, settings.evt_threshold, self._no_garch,
                           self._methods)
         historical_var_es_levels_nb(x, self.levels)
+        historical_var_es_columns_nb(x.reshape(-1, 2), np.ones(2), self.levels, 5)
         bt.backtest_nb(x, np.abs(x), np.abs(x), float(self.levels[0]))
         vol_ratio_1d_nb(x, settings.vol_window, settings.vol_average_window)
         if self.symbols is not None:
