@@ -291,6 +291,31 @@ async def test_wait_when_stream_has_nothing_newer_then_times_out_once() -> None:
     assert gate.timeouts == 1
 
 
+async def test_wait_when_the_loop_waits_on_a_database_then_the_wait_goes_on_until_the_snapshot() -> None:
+    answers = ["execution: bar store", "execution: bar store", ""]  # degraded twice, then the outage is over
+    asked = 0
+
+    async def loop_waiting_on() -> str:
+        nonlocal asked
+        asked += 1
+        if asked == 2:  # the database is back during the second extension: the snapshot comes
+            asyncio.get_running_loop().call_later(0.02, gate.on_snapshot, encode(snapshot("s1", 99)))
+        return answers[asked - 1]
+
+    gate = LockstepGate("s1", dependency_wait=loop_waiting_on)
+    assert await gate.wait(99, timeout_s=0.05)  # three timeouts' worth: not sent early
+    assert gate.extended == 2 and gate.timeouts == 0
+
+
+async def test_wait_when_no_service_in_the_loop_is_waiting_on_anything_then_times_out_once() -> None:
+    async def nothing_waited_on() -> str:
+        return ""  # risk gone or silent: a service that is down costs the timeout, as before
+
+    gate = LockstepGate("s1", dependency_wait=nothing_waited_on)
+    assert not await gate.wait(99, timeout_s=0.05)
+    assert gate.timeouts == 1 and gate.extended == 0
+
+
 async def test_run_source_when_lockstep_then_each_batch_waits_for_its_snapshot() -> None:
     js = FakeJetStream()
     gate = LockstepGate("s1")

@@ -16,7 +16,10 @@ happens to read first:
    in the bucket before step 1 ends), then publishes the RiskSnapshot of t.
 
 Each wait is bounded: a service that is down costs a timeout (counted, logged, shown in health), not a
-frozen replay. Live, only step 3's wait applies (bars and portfolios still race on two subscriptions).
+frozen replay. One exception keeps an outage out of the numbers: when step 1 times out while execution or
+risk reports `degraded` (alive, retrying a dependency such as a database that is down), the collector
+waits on with them; a service that is gone or silent still costs only the timeout. Live, only step 3's
+wait applies (bars and portfolios still race on two subscriptions).
 
 `Progress` is the one waiting primitive the three services use: something that advances (snapshots
 seen, bars in, bucket writes applied) and a bounded wait until a condition over it holds.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import asyncpg
+import msgspec
 import pandas as pd
 from faststream import FastStream
 from faststream.nats import NatsBroker, NatsMessage
@@ -35,6 +36,8 @@ from qmp_core.messages import BarBatch
 from qmp_core.retry import Unavailable
 from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health
 from qmp_core.telemetry import extract_context, setup_logging, setup_tracing
+
+LOCKSTEP_LOOP = ("execution", "risk")  # the services between a batch and its risk snapshot
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +176,8 @@ class CollectorService:
         if self.pool is not None:
             store = BarStore(self.pool, self.settings.flush_rows,
                              on_retry=lambda error: self.liveness.retry("bar store", error))
-        lockstep = (LockstepGate(self.settings.lockstep_strategy, self._stored_snapshot)
+        lockstep = (LockstepGate(self.settings.lockstep_strategy, self._stored_snapshot,
+                                 dependency_wait=self._loop_waiting_on)
                     if self.settings.lockstep_strategy else None)
         self.collector = Collector(js, self.engine, self.clock, store, self.settings.chunk_size, lockstep,
                                    self.settings.lockstep_timeout)
@@ -187,6 +191,22 @@ class CollectorService:
             log.debug("lockstep: no stored risk snapshot", extra={"error": repr(error)})
             return None
         return msg.data
+
+    async def _loop_waiting_on(self) -> str:
+        """Return what risk or execution says it is waiting on (health `degraded`), "" when neither is.
+
+        A service that does not answer is not waiting on anything the lockstep could wait out with it.
+        """
+        waiting = []
+        for service in LOCKSTEP_LOOP:
+            try:
+                reply = await self.broker.connection.request(subjects.health(service), b"", timeout=1.0)
+                health = msgspec.json.decode(reply.data)
+            except (NatsError, TimeoutError, msgspec.DecodeError):
+                continue
+            if isinstance(health, dict) and health.get("status") == "degraded":
+                waiting.append(f"{service}: {', '.join(sorted(health.get('retrying') or {})) or 'a dependency'}")
+        return "; ".join(waiting)
 
     async def begin(self) -> None:
         """Subscribe to risk snapshots (lockstep), find where to resume, start the publish loop."""

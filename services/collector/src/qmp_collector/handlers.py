@@ -47,15 +47,23 @@ class LockstepGate:
     Snapshots arrive on a core subscription, which misses what risk publishes while this connection is
     reconnecting (a nats-server restart), so a wait that is not over after LOCKSTEP_POLL_S also asks the
     risk stream (`stored_snapshot`, when given) for its last snapshot.
+
+    A wait that times out while the services in the loop say they are waiting on a dependency
+    (`dependency_wait`, e.g. execution retrying a database write through an outage) is extended: the batch
+    behind them is not sent early, so a replay through an outage gives the numbers of one without it. A
+    service that is gone, or silent, still costs only the timeout.
     """
 
     def __init__(self, strategy: str, stored_snapshot: Callable[[], Awaitable[bytes | None]] | None = None,
-                 poll_s: float = LOCKSTEP_POLL_S) -> None:
+                 poll_s: float = LOCKSTEP_POLL_S,
+                 dependency_wait: Callable[[], Awaitable[str]] | None = None) -> None:
         self.strategy = strategy
         self.poll_s = poll_s
         self.latest = -1
+        self.extended = 0  # timeouts extended because a service in the loop was waiting on a dependency
         self._snapshots = Progress("risk snapshots")
         self._stored = stored_snapshot
+        self._dependency_wait = dependency_wait
 
     @property
     def timeouts(self) -> int:
@@ -83,11 +91,21 @@ class LockstepGate:
         while True:
             remaining = deadline - loop.time()
             last_slice = self._stored is None or remaining <= self.poll_s
+            extendable = self._dependency_wait is not None
             if await self._snapshots.wait_until(lambda: self.latest >= ts_event,
-                                                remaining if last_slice else self.poll_s, counted=last_slice):
+                                                remaining if last_slice else self.poll_s,
+                                                counted=last_slice and not extendable):
                 return True
             if last_slice:
-                break
+                waiting_on = await self._dependency_wait() if self._dependency_wait is not None else ""
+                if not waiting_on:
+                    self._snapshots.timeouts += extendable  # not counted in the wait: counted here
+                    break
+                self.extended += 1
+                log.warning("lockstep: the loop is waiting on a dependency; waiting with it",
+                            extra={"strategy": self.strategy, "ts_event": ts_event, "waiting": waiting_on})
+                deadline = loop.time() + timeout_s
+                continue
             stored = await self._stored() if self._stored is not None else None
             if stored is not None:
                 self.on_snapshot(stored)
@@ -131,6 +149,7 @@ class Collector:
             "last_ts": self._last_ts,
             "pending_rows": self.store.pending_rows if self.store else 0,
             "lockstep_timeouts": self.lockstep.timeouts if self.lockstep else 0,
+            "lockstep_extended": self.lockstep.extended if self.lockstep else 0,
             "done": self.done,
         }
 

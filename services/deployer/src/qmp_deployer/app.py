@@ -9,13 +9,13 @@ and renews the lease. Health on `qmp.health.deployer`.
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from faststream import FastStream
-from faststream.nats import NatsMessage
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -85,21 +85,6 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
     app = FastStream(broker)
     holder: dict[str, Any] = {}
 
-    @broker.subscriber(subjects.SNAPSHOT_ALL, no_reply=True)  # a stream's publish ack, not ours to answer
-    async def on_snapshot(msg: NatsMessage) -> None:
-        if "rollouts" in holder:
-            await holder["rollouts"].on_snapshot(msg.body)
-
-    @broker.subscriber(subjects.FILLS_ALL, no_reply=True)  # a stream's publish ack, not ours to answer
-    async def on_fill(msg: NatsMessage) -> None:
-        if "rollouts" in holder:
-            await holder["rollouts"].on_fill(msg.body)
-
-    @broker.subscriber(subjects.PORTFOLIO_ALL, no_reply=True)  # a stream's publish ack, not ours to answer
-    async def on_portfolio(msg: NatsMessage) -> None:
-        if "rollouts" in holder:
-            await holder["rollouts"].on_portfolio(msg.body)
-
     def detail() -> dict[str, Any]:
         out: dict[str, Any] = {}
         if "store" in holder:
@@ -148,6 +133,12 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         rollouts = RolloutService(js, await js.key_value(subjects.KV_ROLLOUTS), handler,
                                   make_clock(settings.clock), wall, plans, digests, holder["pool"], options, probes)
         await rollouts.start()
+        # The gates' readings (risk snapshots, fills, portfolios) come on plain subscriptions too: a replay
+        # publishes a fill per order, and FastStream's handler chain (decoding each body as JSON) cost the
+        # deployer more CPU than the gates do, on a machine whose cores the replay's critical path needs.
+        for subject, reading in ((subjects.SNAPSHOT_ALL, rollouts.on_snapshot), (subjects.FILLS_ALL, rollouts.on_fill),
+                                 (subjects.PORTFOLIO_ALL, rollouts.on_portfolio)):
+            holder["lanes"].append(await broker.connection.subscribe(subject, cb=_reader(subject, reading)))
         holder.update(store=store, handler=handler, rollouts=rollouts)
         holder["timer"] = asyncio.create_task(_run_timer(rollouts, settings))
         liveness.watch("rollout timer", holder["timer"])
@@ -215,6 +206,17 @@ async def serve_control(nc: Client, subject: str, holder: dict[str, Any], main: 
         task.add_done_callback(answering.discard)
 
     return await nc.subscribe(subject, queue=subjects.DEPLOY_QUEUE, cb=on_request)
+
+
+def _reader(subject: str, reading: Callable[[bytes], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+    """Return a subscription callback that hands each message's body to `reading` and logs what it raises."""
+    async def on_message(msg: Msg) -> None:
+        try:
+            await reading(msg.data)
+        except Exception:  # one bad reading must not end the subscription's task
+            log.exception("gate reading failed", extra={"subject": subject, "received_on": msg.subject})
+
+    return on_message
 
 
 async def _run_timer(rollouts: RolloutService, settings: DeployerSettings) -> None:

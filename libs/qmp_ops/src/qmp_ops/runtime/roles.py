@@ -54,7 +54,9 @@ ROLES: dict[str, Role] = {
         admin=True,
     ),
     "collector": Role(
-        publish=("qmp.md.>", subjects.dlq("collector")),
+        # Health requests to risk and execution: a replay's lockstep waits on for them while they wait on a
+        # dependency (a database outage), rather than go on without them.
+        publish=("qmp.md.>", subjects.dlq("collector"), subjects.health("risk"), subjects.health("execution")),
         subscribe=("qmp.ingest.>", subjects.health("collector"), subjects.SNAPSHOT_ALL),
         durables=((subjects.STREAM_INGEST, subjects.CONSUMER_COLLECTOR_INGEST),),
         reads=(subjects.STREAM_MARKET_DATA, subjects.STREAM_RISK),
