@@ -280,11 +280,15 @@ class ControlHandler:
                 try:
                     await self._commit(batch)
                 except BaseException as error:  # every waiter hears of it; none waits forever
+                    stopping = not isinstance(error, Exception)
+                    if stopping:  # the committer ends: what still waits behind this batch gets no answer
+                        batch += list(queue)
+                        queue.clear()
                     for waiting in batch:
                         if not waiting.reply.done():
-                            waiting.reply.set_exception(error if isinstance(error, Exception)
-                                                        else RuntimeError("the deployer is stopping"))
-                    if not isinstance(error, Exception):
+                            waiting.reply.set_exception(RuntimeError("the deployer is stopping") if stopping
+                                                        else error)
+                    if stopping:
                         raise
 
     async def _commit(self, batch: list[_Waiting]) -> None:
