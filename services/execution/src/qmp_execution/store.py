@@ -5,6 +5,7 @@ into the real table, in one transaction per batch: COPY's speed with the idempot
 needs (COPY alone would fail on the first duplicate key).
 """
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,29 +46,39 @@ COLUMNS = {"fills": FILL_COLUMNS, "equity_curve": EQUITY_COLUMNS, "positions": P
 
 
 class ExecutionStore:
-    """Writes a batch's fills and books in one transaction; safe to repeat for the same batch."""
+    """Writes a batch's fills and books in one transaction; safe to repeat for the same batch.
+
+    A batch costs few round trips: the staging tables are created once per connection (temporary tables
+    live as long as the session, and `ON COMMIT DELETE ROWS` empties them), and the three moves from
+    staging into the real tables go as one multi-statement query.
+    """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.rows_written = 0
+        self._staged: weakref.WeakSet[Any] = weakref.WeakSet()  # connections that have the staging tables
 
     async def write(self, results: Sequence[StrategyResult]) -> None:
-        tables = rows_of(results)
-        async with self.pool.acquire() as connection, connection.transaction():
-            for table, rows in tables.items():
-                if rows:
-                    await self._copy(connection, table, COLUMNS[table], rows)
-                    self.rows_written += len(rows)
-
-    @staticmethod
-    async def _copy(connection: asyncpg.Connection, table: str, columns: Sequence[str],
-                    rows: list[tuple[Any, ...]]) -> None:
-        staging = f"staging_{table}"
-        names = ", ".join(columns)
-        # Table and column names are constants of this module, never input: no injection path.
-        await connection.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
-        await connection.copy_records_to_table(staging, records=rows, columns=list(columns))
-        await connection.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ON CONFLICT DO NOTHING")
+        tables = {table: rows for table, rows in rows_of(results).items() if rows}
+        if not tables:
+            return
+        async with self.pool.acquire() as connection:
+            session = getattr(connection, "_con", connection)  # the pool hands out a proxy of the session
+            if session not in self._staged:
+                # Outside the batch's transaction, so that a batch rolled back cannot take the tables with it.
+                # Table and column names are constants of this module, never input: no injection path.
+                await connection.execute("; ".join(
+                    f"CREATE TEMP TABLE IF NOT EXISTS staging_{table} (LIKE {table}) ON COMMIT DELETE ROWS"
+                    for table in COLUMNS))
+                self._staged.add(session)
+            async with connection.transaction():
+                for table, rows in tables.items():
+                    await connection.copy_records_to_table(f"staging_{table}", records=rows,
+                                                           columns=list(COLUMNS[table]))
+                await connection.execute("; ".join(
+                    f"INSERT INTO {table} ({', '.join(COLUMNS[table])}) SELECT {', '.join(COLUMNS[table])} "
+                    f"FROM staging_{table} ON CONFLICT DO NOTHING" for table in tables))
+        self.rows_written += sum(len(rows) for rows in tables.values())
 
 
 LATEST_CALIBRATION = (
