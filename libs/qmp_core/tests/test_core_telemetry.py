@@ -7,7 +7,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.trace import Link, Status, StatusCode
+from opentelemetry.trace import Link, SpanContext, Status, StatusCode, TraceState
 
 from qmp_core.telemetry import JsonLinesSpanExporter
 
@@ -32,10 +32,14 @@ def test_span_file_when_spans_have_parents_events_links_and_errors_then_each_lin
             inner.set_attribute("qmp.symbols", ("AAPL", "MSFT"))
             inner.add_event("retry", {"attempt": 2})
             inner.set_status(Status(StatusCode.ERROR, "database down"))
+    # a whole second (isoformat would drop the microseconds) and a vendor's trace state on a link
+    vendor = SpanContext(trace_id=7, span_id=9, is_remote=True, trace_state=TraceState([("vendor", "x1")]))
+    whole = tracer.start_span("whole", start_time=1_700_000_000 * 10**9, links=[Link(vendor)])
+    whole.end(end_time=1_700_000_001 * 10**9)
     exporter.shutdown()
 
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [line["name"] for line in lines] == ["inner", "outer"]
+    assert [line["name"] for line in lines] == ["inner", "outer", "whole"]
     assert lines == [json.loads(span.to_json(indent=None)) for span in finished]
     assert lines[0]["parent_id"] == lines[1]["context"]["span_id"]
     assert lines[0]["status"] == {"status_code": "ERROR", "description": "database down"}
