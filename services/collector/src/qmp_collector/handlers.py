@@ -91,15 +91,14 @@ class LockstepGate:
         while True:
             remaining = deadline - loop.time()
             last_slice = self._stored is None or remaining <= self.poll_s
-            extendable = self._dependency_wait is not None
+            # No slice counts as a timeout by itself: only giving up does, below.
             if await self._snapshots.wait_until(lambda: self.latest >= ts_event,
-                                                remaining if last_slice else self.poll_s,
-                                                counted=last_slice and not extendable):
+                                                remaining if last_slice else self.poll_s, counted=False):
                 return True
             if last_slice:
                 waiting_on = await self._dependency_wait() if self._dependency_wait is not None else ""
                 if not waiting_on:
-                    self._snapshots.timeouts += extendable  # not counted in the wait: counted here
+                    self._snapshots.timeouts += 1
                     break
                 self.extended += 1
                 log.warning("lockstep: the loop is waiting on a dependency; waiting with it",

@@ -67,21 +67,15 @@ class PriceHistory:
         """
         if any(symbol not in self._columns for symbol in symbols):
             return None
-        columns = np.array([self._columns[s] for s in symbols], dtype=np.intp)
-        hi = self._start + int(np.searchsorted(self._ts[self._start:self._end], through_ts, side="right"))
-        lo = max(self._start, hi - count - 1)
-        closes = self._close[lo:hi][:, columns]
-        if closes.shape[0] < 2:
-            return np.empty((0, len(symbols)))
-        scenario = closes[1:] / closes[:-1] - 1.0
+        scenario = self.returns_by_symbol(symbols, through_ts, count)
         return scenario[np.isfinite(scenario).all(axis=1)]
 
     def returns_by_symbol(self, symbols: list[str], through_ts: int, count: int) -> np.ndarray:
         """Return the simple returns of each of `symbols` (all known) over the last `count` row pairs with
         ts <= through_ts, one column each, NaN where a symbol lacks a return.
 
-        Column j, its non-finite rows dropped, is `returns([symbols[j]], through_ts, count)`: the same
-        window read for every symbol at once.
+        Each column keeps its own gaps (a position is revalued over its own returns); `returns` keeps only
+        the rows complete for every symbol.
         """
         columns = np.array([self._columns[s] for s in symbols], dtype=np.intp)
         hi = self._start + int(np.searchsorted(self._ts[self._start:self._end], through_ts, side="right"))
