@@ -122,6 +122,8 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         await store.follow()
         handler = ControlHandler(js, store, wall, holder["pool"])
         await handler.load_recent()
+        # Control is answered from here on, on both lanes: the rollouts, started next, are not needed for it.
+        holder.update(store=store, handler=handler)
         holder["urgent"] = await connect_nats(settings, f"{SERVICE}-urgent")
         holder["lanes"].append(await serve_control(holder["urgent"], subjects.CONTROL_URGENT_ANY, holder, main=False))
         probes = Probes(broker.connection, wall, settings.latency_service, settings.memory_services,
@@ -139,7 +141,7 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         for subject, reading in ((subjects.SNAPSHOT_ALL, rollouts.on_snapshot), (subjects.FILLS_ALL, rollouts.on_fill),
                                  (subjects.PORTFOLIO_ALL, rollouts.on_portfolio)):
             holder["lanes"].append(await broker.connection.subscribe(subject, cb=_reader(subject, reading)))
-        holder.update(store=store, handler=handler, rollouts=rollouts)
+        holder["rollouts"] = rollouts
         holder["timer"] = asyncio.create_task(_run_timer(rollouts, settings))
         liveness.watch("rollout timer", holder["timer"])
         liveness.ready()
