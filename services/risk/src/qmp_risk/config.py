@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, field
 
 from qmp_core.config import RISK_DEFAULTS, ServiceSettings
+from qmp_core.service import ACK_WAIT_S
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 Probability = Annotated[float, Meta(gt=0.0, le=1.0)]
@@ -50,7 +51,10 @@ class RiskSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fi
     # about 200 MB, tests/bench/bench_risk_flood.py), so this bounds risk's memory; a new listing beyond it is
     # a rejected row with the reason (a dead letter), never a bigger process.
     max_listings: PositiveInt = 10_000
-    bar_wait_s: Annotated[float, Meta(ge=0.0)] = 1.0  # wait for the bars of a portfolio's timestamp
+    # Wait for the bars of a portfolio's timestamp. Longer than the ack wait: after a restart both in-flight
+    # messages come back redelivered, and the portfolio must not be valued before its bars are (seen in the
+    # chaos suite with a 1 s wait against the 2 s ack wait).
+    bar_wait_s: Annotated[float, Meta(ge=0.0)] = ACK_WAIT_S + 1.0
     control_timeout_s: Positive = 2.0  # per control request attempt
     control_attempts: PositiveInt = 3  # attempts before a breaker command counts as undelivered
     # before_snapshot: a breaker's command is answered before the snapshot that tripped it is published
