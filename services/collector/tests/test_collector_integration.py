@@ -137,6 +137,27 @@ async def test_store_when_same_batches_written_twice_then_no_duplicate_rows(
     assert await db.fetchval("SELECT count(*) FROM bars WHERE venue = $1", unique_id) == len(batches) * SYMBOLS
 
 
+async def test_store_when_writes_overlap_stored_bars_then_only_new_rows_land_and_plain_copy_resumes(
+    database_url: str, db: asyncpg.Connection, unique_id: str,
+) -> None:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        store = BarStore(pool, flush_rows=10**6)
+        batches = list(HistorySource("2008-10-01", "2008-10-31", venue=unique_id))
+        written = []
+        for part in (batches[:5], batches[3:10], batches[10:15]):  # the second restarts over two stored days
+            for batch in part:
+                await store.add(batch)
+            written.append((await store.flush(), store.staging))
+    finally:
+        await pool.close()
+    # The overlapping write lands only its new days and leaves the store staging; the next write, staged,
+    # finds nothing stored and sends the store back to plain COPY.
+    assert written == [(5 * SYMBOLS, False), (5 * SYMBOLS, True), (5 * SYMBOLS, False)]
+    assert await db.fetchval("SELECT count(*) FROM bars WHERE venue = $1", unique_id) == 15 * SYMBOLS
+
+
 async def test_store_when_database_refuses_one_row_then_it_is_reported_and_the_rest_written(
     database_url: str, db: asyncpg.Connection, unique_id: str,
 ) -> None:
