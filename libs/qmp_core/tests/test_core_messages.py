@@ -1,11 +1,16 @@
-"""Messages: decoding is strict, so an unknown field or command is rejected, never half-applied."""
+"""Messages: decoding is strict, so an unknown field or command is rejected, never half-applied; bars have a
+binary form that decodes to the same batch under the same rules."""
 
 import json
+import math
 
 import msgspec
 import pytest
 
 from qmp_core.messages import (
+    CONTENT_TYPE_BARS,
+    CONTENT_TYPE_JSON,
+    BarBatch,
     ControlCommand,
     DeploymentEvent,
     Halt,
@@ -14,6 +19,7 @@ from qmp_core.messages import (
     TradingState,
     codec,
     encode,
+    wire,
 )
 
 
@@ -65,3 +71,53 @@ def test_deployment_event_when_read_by_its_first_name_then_issued_by_and_both_na
     written = json.loads(encode(DeploymentEvent(strategy="s", rollout_id="r", seq=1, kind="x", issued_by="operator",
                                                 ts_event=1)))
     assert written["actor"] == written["issued_by"] == "operator"
+
+
+BARS = BarBatch(venue="v1", ts_event=1_700_000_000_000_000_000, symbols=["AAPL", "BRK.B", "é-ü"],
+                open=[1.0, 2.5, 0.1], high=[1.5, 3.0, 0.30000000000000004], low=[0.5, 2.0, 1e-9],
+                close=[1.25, 2.75, 0.2], volume=[0.0, 1e15, 12.0], seq=3, chunk=1, chunks=2, ts_init=7)
+
+
+def test_bars_when_sent_binary_then_same_batch_in_fewer_bytes_with_or_without_the_header() -> None:
+    payload, content_type = wire(BARS)
+    assert content_type == CONTENT_TYPE_BARS and payload[:1] == b"\x9d"
+    bars = codec(BarBatch)
+    assert bars.decode(payload, CONTENT_TYPE_BARS) == BARS
+    assert bars.decode(payload) == BARS  # a reader that ignores headers tells it by the first byte
+    assert bars.decode(encode(BARS)) == BARS  # JSON, no header: as before
+    closes = [100.0 * math.exp(math.sin(i) / 10) for i in range(1000)]  # full precision, as markets are
+    big = BarBatch(venue="v", ts_event=1, symbols=[f"S{i:04d}" for i in range(1000)], open=closes, high=closes,
+                   low=closes, close=closes, volume=[c * 1e4 for c in closes])
+    assert len(wire(big)[0]) < 0.5 * len(encode(big))
+    assert bars.decode(wire(big)[0]) == big
+    assert wire(Halt())[1] == CONTENT_TYPE_JSON
+
+
+def _binary(**changes: object) -> bytes:
+    fields = [BARS.venue, BARS.ts_event, BARS.symbols] + [bytes(8 * len(BARS.symbols))] * 5 + [0, 0, 1, 0, 1]
+    names = ["venue", "ts_event", "symbols", "open", "high", "low", "close", "volume"]
+    for name, value in changes.items():
+        fields[names.index(name)] = value
+    return msgspec.msgpack.encode(fields)
+
+
+@pytest.mark.parametrize(("changes", "why"), [
+    ({"symbols": ["OK", "BAD\x00"]}, "control character"),
+    ({"symbols": ["OK", "X" * 65]}, "1 to 64 characters"),
+    ({"symbols": ["OK", ""]}, "1 to 64 characters"),
+    ({"close": b"\x00" * 7}, "whole float64s"),
+    ({"venue": "not a token!"}, "venue"),
+    ({"ts_event": "soon"}, "ts_event"),
+])
+def test_bars_when_binary_form_breaks_a_rule_then_rejected_as_the_json_form_would_be(changes: dict, why: str) -> None:
+    bars = codec(BarBatch)
+    assert bars.decode(_binary()).symbols == BARS.symbols  # the unchanged message decodes
+    with pytest.raises(msgspec.ValidationError, match=why):
+        bars.decode(_binary(**changes), CONTENT_TYPE_BARS)
+
+
+def test_codec_when_content_type_unknown_then_decode_error_names_it() -> None:
+    with pytest.raises(msgspec.DecodeError, match="application/xml"):
+        codec(BarBatch).decode(encode(BARS), "application/xml")
+    with pytest.raises(msgspec.DecodeError, match=r"application/vnd\.qmp\.bars"):
+        codec(Halt).decode(wire(BARS)[0], CONTENT_TYPE_BARS)

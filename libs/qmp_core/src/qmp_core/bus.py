@@ -6,6 +6,7 @@ stream on `qmp.control.>` would answer requests with its own publish ack.
 """
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import datetime
@@ -23,7 +24,7 @@ from nats.js.kv import KeyValue
 from qmp_core import subjects
 from qmp_core.clock import Clock
 from qmp_core.config import Retention
-from qmp_core.messages import DeadLetter, encode
+from qmp_core.messages import CONTENT_TYPE_JSON, DeadLetter, wire
 from qmp_core.retry import Unavailable, until_available
 from qmp_core.telemetry import inject_context, quiet_tls_upgrade_warning
 from qmp_core.trading_state import ControlEntries
@@ -171,6 +172,11 @@ async def stop_watch(watcher: Any, task: asyncio.Task[None] | None) -> None:
             await task
 
 
+def content_type(headers: Mapping[str, str] | None) -> str | None:
+    """Return a message's Content-Type header, or None (JSON) when it has none."""
+    return headers.get("Content-Type") if headers else None
+
+
 def headers_for(msg_id: str | None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Return publish headers: Nats-Msg-Id for dedup, traceparent for the current span."""
     headers: dict[str, str] = {}
@@ -183,8 +189,14 @@ def headers_for(msg_id: str | None, extra: Mapping[str, str] | None = None) -> d
 
 
 async def publish(js: JetStreamContext, subject: str, message: Any, msg_id: str | None = None) -> None:
-    """Publish a message to a stream and wait for its ack; duplicates by msg_id are dropped by the server."""
-    await js.publish(subject, encode(message), headers=headers_for(msg_id))
+    """Publish a message to a stream and wait for its ack; duplicates by msg_id are dropped by the server.
+
+    Bars go in their binary form with a Content-Type header (`messages.wire`); everything else is JSON,
+    which needs no header.
+    """
+    payload, content_type = wire(message)
+    extra = None if content_type == CONTENT_TYPE_JSON else {"Content-Type": content_type}
+    await js.publish(subject, payload, headers=headers_for(msg_id, extra))
 
 
 async def dead_letter(
@@ -192,7 +204,13 @@ async def dead_letter(
     msg_id: str | None = None,
 ) -> None:
     """Record rejected input with its reason on `qmp.dlq.<service>`; never raises for a bad payload."""
-    text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+    if isinstance(payload, bytes):
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:  # a binary message (bars in their binary form): kept whole, readable
+            text = "base64:" + base64.b64encode(payload[:PAYLOAD_EXCERPT]).decode("ascii")
+    else:
+        text = payload
     letter = DeadLetter(service=service, subject=subject, reason=reason, payload=text[:PAYLOAD_EXCERPT],
                         ts_event=clock.now_ns())
     log.warning("dead letter", extra={"service": service, "subject": subject, "reason": reason})

@@ -1,14 +1,22 @@
-"""Every message on the bus: frozen msgspec Structs, JSON on the wire.
+"""Every message on the bus: frozen msgspec Structs, JSON on the wire (bars also in a binary form).
 
 Commands are imperative (`Halt`), events past tense (`OrderDenied`, `BreakerTripped`). Every message has
 `ts_event` (int ns, event time) and `schema`. Fields are only ever added, at the end, with defaults.
-One Encoder and one Decoder per type, reused: see `codec()`.
+One Encoder and one Decoder per type, reused: see `codec()`; `wire()` gives what a publisher sends.
+
+The binary form of a BarBatch (`Content-Type: application/vnd.qmp.bars+msgpack`) is a MessagePack array of
+the fields in order, each price and volume column as the bytes of little-endian float64s: less than half
+the bytes of the JSON, and a third of the time to decode (profiled: JSON bars were 8% of risk's CPU).
+A message without a Content-Type header is JSON; a reader that ignores headers can tell the two by the
+first byte (a JSON object starts with `{`, the MessagePack array with 0x9d).
 """
 
+import re
 from functools import cache
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
+import numpy as np
 from msgspec import Meta, Struct
 
 SCHEMA_VERSION = 1
@@ -24,7 +32,10 @@ Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 MAX_SYMBOLS_PER_BATCH = 10_000
 CommandId = Annotated[str, Meta(max_length=128)]
 Reason = Annotated[str, Meta(max_length=1_000)]
-Symbol = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]  # no control chars
+SYMBOL_MAX_LENGTH = 64
+SYMBOL_CONTROL_CHARS = r"[\x00-\x1f\x7f]"
+Symbol = Annotated[str, Meta(min_length=1, max_length=SYMBOL_MAX_LENGTH,
+                             pattern=rf"^[^{SYMBOL_CONTROL_CHARS[1:-1]}]+$")]  # no control chars
 Column = Annotated[list[float], Meta(max_length=MAX_SYMBOLS_PER_BATCH)]
 
 
@@ -358,6 +369,11 @@ class HealthReply(Struct, frozen=True, kw_only=True):
 T = TypeVar("T")
 
 
+CONTENT_TYPE_JSON = "application/json"
+CONTENT_TYPE_BARS = "application/vnd.qmp.bars+msgpack"
+_MSGPACK_ARRAY_FIRST_BYTES = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
+
+
 class Codec(Generic[T]):
     """A reused JSON encoder/decoder pair for one message type (or tagged union)."""
 
@@ -366,24 +382,113 @@ class Codec(Generic[T]):
         self.decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(type_)
         self.encoder = msgspec.json.Encoder()
 
-    def decode(self, data: bytes | str) -> T:
+    def decode(self, data: bytes | str, content_type: str | None = None) -> T:
+        """Decode a payload; `content_type` is the message's Content-Type header (absent: JSON)."""
+        if content_type not in (None, CONTENT_TYPE_JSON):
+            raise msgspec.DecodeError(f"unsupported Content-Type {content_type!r} for {self._name()}")
         return self.decoder.decode(data)
 
     def encode(self, message: Any) -> bytes:
         return self.encoder.encode(message)
 
+    def _name(self) -> str:
+        return getattr(self.type, "__name__", str(self.type))
+
+
+_Column = Annotated[bytes, Meta(max_length=8 * MAX_SYMBOLS_PER_BATCH)]
+
+
+class _BarColumns(Struct, array_like=True, frozen=True, gc=False):
+    """A BarBatch's binary form: its fields in order, the float columns as little-endian float64 bytes."""
+
+    venue: Token
+    ts_event: int
+    symbols: Annotated[list[str], Meta(max_length=MAX_SYMBOLS_PER_BATCH)]
+    open: _Column
+    high: _Column
+    low: _Column
+    close: _Column
+    volume: _Column
+    seq: int = 0
+    chunk: int = 0
+    chunks: int = 1
+    ts_init: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+_CONTROL_CHAR = re.compile(SYMBOL_CONTROL_CHARS)
+_ARRAY_PATH = re.compile(r"`\$\[(\d+)\]")
+
+
+def _field_path(match: re.Match[str]) -> str:
+    index = int(match.group(1))
+    fields = _BarColumns.__struct_fields__
+    return f"`$.{fields[index]}" if index < len(fields) else match.group(0)
+
+
+class BarsCodec(Codec[BarBatch]):
+    """BarBatch in JSON or in its binary form (`CONTENT_TYPE_BARS`), to the same Struct and the same checks."""
+
+    def __init__(self) -> None:
+        super().__init__(BarBatch)
+        self.binary_encoder = msgspec.msgpack.Encoder()
+        self.binary_decoder = msgspec.msgpack.Decoder(_BarColumns)
+
+    def decode(self, data: bytes | str, content_type: str | None = None) -> BarBatch:
+        binary = content_type == CONTENT_TYPE_BARS or (
+            content_type is None and isinstance(data, bytes) and data[:1] != b"" and
+            data[0] in _MSGPACK_ARRAY_FIRST_BYTES)
+        if not binary:
+            return super().decode(data, content_type)
+        try:
+            wire = self.binary_decoder.decode(data)
+        except msgspec.ValidationError as error:  # name the field, as the JSON form's errors do
+            raise msgspec.ValidationError(_ARRAY_PATH.sub(_field_path, str(error))) from None
+        # What BarBatch's Symbol type checks per item in JSON, checked once over the whole list here.
+        lengths = list(map(len, wire.symbols))
+        if lengths and (min(lengths) < 1 or max(lengths) > SYMBOL_MAX_LENGTH):
+            raise msgspec.ValidationError(f"a symbol must be 1 to {SYMBOL_MAX_LENGTH} characters - at `$.symbols`")
+        if _CONTROL_CHAR.search("".join(wire.symbols)):
+            raise msgspec.ValidationError("a symbol holds a control character - at `$.symbols`")
+        columns = []
+        for name in ("open", "high", "low", "close", "volume"):
+            raw = getattr(wire, name)
+            if len(raw) % 8:
+                raise msgspec.ValidationError(f"a column must be whole float64s - at `$.{name}`")
+            columns.append(np.frombuffer(raw, dtype="<f8").tolist())
+        return BarBatch(venue=wire.venue, ts_event=wire.ts_event, symbols=wire.symbols, open=columns[0],
+                        high=columns[1], low=columns[2], close=columns[3], volume=columns[4], seq=wire.seq,
+                        chunk=wire.chunk, chunks=wire.chunks, ts_init=wire.ts_init, schema=wire.schema)
+
+    def encode_binary(self, batch: BarBatch) -> bytes:
+        def column(values: list[float]) -> bytes:
+            return np.asarray(values, dtype="<f8").tobytes()
+
+        return self.binary_encoder.encode(_BarColumns(
+            batch.venue, batch.ts_event, batch.symbols, column(batch.open), column(batch.high), column(batch.low),
+            column(batch.close), column(batch.volume), batch.seq, batch.chunk, batch.chunks, batch.ts_init,
+            batch.schema))
+
 
 @cache
 def codec(type_: Any) -> Codec[Any]:
     """Return the shared codec of a message type."""
-    return Codec(type_)
+    return BarsCodec() if type_ is BarBatch else Codec(type_)
 
 
 def encode(message: Any) -> bytes:
     return _ENCODER.encode(message)
 
 
+def wire(message: Any) -> tuple[bytes, str]:
+    """Return what a publisher sends for a message, and its Content-Type: bars in binary, the rest JSON."""
+    if type(message) is BarBatch:
+        return _BARS.encode_binary(message), CONTENT_TYPE_BARS
+    return _ENCODER.encode(message), CONTENT_TYPE_JSON
+
+
 _ENCODER = msgspec.json.Encoder()
+_BARS = BarsCodec()
 
 PUBLIC_MESSAGES: dict[str, Any] = {
     "BarBatch": BarBatch,

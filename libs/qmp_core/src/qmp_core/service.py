@@ -49,6 +49,16 @@ log = logging.getLogger(__name__)
 HealthStatus = Literal["starting", "ok", "degraded", "failing"]
 
 
+async def raw_body(message: NatsMessage) -> bytes:
+    """FastStream's decoder for every subscriber: the payload as it came.
+
+    Handlers take the `NatsMessage` and decode its body with the message's own msgspec codec; FastStream
+    would otherwise parse every body with the standard library's json first (profiled: 8% of risk's CPU on
+    1,000-symbol bars) and throw the result away.
+    """
+    return message.body
+
+
 def make_broker(settings: ServiceSettings, name: str) -> NatsBroker:
     """Return a broker that connects as this service's NATS user; FastStream's own logging off (hot path)."""
     tls = bus.client_tls(settings.nats_tls_ca)
@@ -56,7 +66,7 @@ def make_broker(settings: ServiceSettings, name: str) -> NatsBroker:
     if settings.nats_user:
         security = SASLPlaintext(username=settings.nats_user, password=settings.nats_password, ssl_context=tls)
     return NatsBroker(
-        settings.nats_url, security=security, logger=None, name=f"qmp-{name}",
+        settings.nats_url, security=security, logger=None, name=f"qmp-{name}", decoder=raw_body,
         max_reconnect_attempts=-1, reconnect_time_wait=1,
     )
 
@@ -280,16 +290,20 @@ class Intake(Generic[T]):
         self.what = what or getattr(type_, "__name__", str(type_))
         self.dead_letters = 0
 
-    async def decode(self, js: JetStreamContext, subject: str, data: bytes, msg_id: str | None = None) -> T | None:
+    async def decode(self, js: JetStreamContext, subject: str, data: bytes, msg_id: str | None = None,
+                     content_type: str | None = None) -> T | None:
         """Return the decoded message, or None once it has been dead-lettered."""
-        message, _ = await self.decode_request(js, subject, data, msg_id)
+        message, _ = await self.decode_request(js, subject, data, msg_id, content_type)
         return message
 
-    async def decode_request(self, js: JetStreamContext, subject: str, data: bytes,
-                             msg_id: str | None = None) -> tuple[T | None, str]:
-        """Return (the decoded message, "") or (None, why it was dead-lettered): a request's reply says why."""
+    async def decode_request(self, js: JetStreamContext, subject: str, data: bytes, msg_id: str | None = None,
+                             content_type: str | None = None) -> tuple[T | None, str]:
+        """Return (the decoded message, "") or (None, why it was dead-lettered): a request's reply says why.
+
+        `content_type` is the message's Content-Type header (absent: JSON; see `qmp_core.messages`).
+        """
         try:
-            return self.codec.decode(data), ""
+            return self.codec.decode(data, content_type), ""
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             reason = f"invalid {self.what}: {error}"
             await self.reject(js, subject, reason, data, msg_id)

@@ -152,7 +152,7 @@ class CollectorService:
                     raise Unavailable("collector is starting")
                 token = context.attach(extract_context(msg.headers))
                 try:
-                    await self.collector.on_ingest(raw.subject, msg.body, seq)
+                    await self.collector.on_ingest(raw.subject, msg.body, seq, bus.content_type(msg.headers))
                 finally:
                     context.detach(token)
 

@@ -274,11 +274,13 @@ class Collector:
             await asyncio.sleep(0)
 
     # ------------------------------------------------------------ ingest
-    async def on_ingest(self, subject: str, body: bytes, stream_seq: int | None = None) -> None:
-        """Take an external feed's BarBatch JSON; dead-letter what cannot be used, raise only if transient."""
+    async def on_ingest(self, subject: str, body: bytes, stream_seq: int | None = None,
+                        content_type: str | None = None) -> None:
+        """Take an external feed's BarBatch (JSON, or binary with its Content-Type); dead-letter what cannot
+        be used, raise only if transient."""
         dlq_id = f"ingest:{stream_seq}" if stream_seq is not None else None
         msg_id = f"dlq:{dlq_id}" if dlq_id else None
-        batch = await self._input.decode(self.js, subject, body, msg_id)
+        batch = await self._input.decode(self.js, subject, body, msg_id, content_type)
         if batch is None:
             return
         venue = subject.rsplit(".", 1)[-1]

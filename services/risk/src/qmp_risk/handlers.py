@@ -142,7 +142,8 @@ class RiskHandlers:
         subject = msg.raw_message.subject
         with _tracer.start_as_current_span("risk.bars", context=extract_context(msg.headers),
                                            kind=SpanKind.CONSUMER, attributes={"messaging.subject": subject}):
-            batch = await self._bars_in.decode(self.js, subject, msg.body, _source_id(msg))
+            batch = await self._bars_in.decode(self.js, subject, msg.body, _source_id(msg),
+                                               bus.content_type(msg.headers))
             if batch is None:
                 return
             self._observe(batch.ts_event)

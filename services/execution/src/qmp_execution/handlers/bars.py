@@ -68,7 +68,7 @@ class BarHandler:
             return
         with self._tracer.start_as_current_span("execution.bars", context=extract_context(headers)) as span:
             span.set_attribute("messaging.destination", subject)
-            batch = await self._input.decode(self.js, subject, data, letter_id(delivery_id))
+            batch = await self._input.decode(self.js, subject, data, letter_id(delivery_id), bus.content_type(headers))
             if batch is None:
                 return
             if batch.venue != venue:
