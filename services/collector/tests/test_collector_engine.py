@@ -5,6 +5,8 @@ import math
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qmp_collector.engine import CollectorEngine, InputBounds, ResumePoint, chunk
 from qmp_collector.sources import SyntheticSource
@@ -84,6 +86,43 @@ def test_process_when_new_level_holds_for_confirm_bars_then_accepted() -> None:
     split = {"open": [100.0], "high": [110.0], "low": [90.0], "close": [105.0]}
     held = [eng.process(bar_batch(ts=T0 + k * STEP, n=1, **split)) for k in (1, 2, 3)]
     assert [o.batch is None for o in held] == [True, True, False]
+
+
+def _held_row_by_row(paths: list[list[float]], jump: float, confirm: int) -> list[list[str]]:
+    """The price-hold rule stated one symbol and one bar at a time: the symbols held at each bar."""
+    last: dict[str, float] = {}
+    pending: dict[str, tuple[float, int]] = {}
+    out = []
+    for row in paths:
+        held = []
+        for j, close in enumerate(row):
+            symbol = f"S{j}"
+            if symbol not in last or 1 / jump <= close / last[symbol] <= jump:
+                last[symbol] = close
+                pending.pop(symbol, None)
+                continue
+            level = pending.get(symbol)
+            count = level[1] + 1 if level is not None and 1 / jump <= close / level[0] <= jump else 1
+            if count >= confirm:
+                last[symbol] = close
+                del pending[symbol]
+                continue
+            pending[symbol] = (close, count)
+            held.append(symbol)
+        out.append(held)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([1.0, 1.5, 4.0, 9.0, 30.0, 200.0]), min_size=5, max_size=5),
+                min_size=1, max_size=12))
+def test_process_when_prices_jump_and_settle_then_held_rows_follow_the_rule(paths: list[list[float]]) -> None:
+    eng = engine(max_price_jump=5.0, confirm_bars=3)
+    held = []
+    for k, row in enumerate(paths):
+        outcome = eng.process(bar_batch(ts=T0 + k * STEP, n=5, open=row, high=row, low=row, close=row))
+        held.append([s for s, why in outcome.rejected if why.startswith("price held")])
+    assert held == _held_row_by_row(paths, 5.0, 3)
 
 
 def test_process_when_jump_bound_is_zero_then_nothing_held() -> None:

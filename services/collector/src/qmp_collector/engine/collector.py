@@ -5,7 +5,9 @@ publish (or None) and the rejected rows with their reasons, for the dead-letter 
 """
 
 import logging
+import math
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import msgspec
 import numpy as np
@@ -80,8 +82,8 @@ class CollectorEngine:
         self._wall = wall  # judges "from the future"; a replay's clock is event time and cannot
         self.bounds = bounds
         self._last: dict[tuple[str, int], int] = {}
-        self._last_close: dict[tuple[str, str], float] = {}
-        self._held: dict[tuple[str, str], _Held] = {}
+        self._last_close: dict[str, dict[str, float]] = {}  # venue → symbol → last accepted close
+        self._held: dict[str, dict[str, _Held]] = {}  # venue → symbol → the new level waiting for confirmation
         self.accepted_batches = 0
         self.rejected_batches = 0
         self.rejected_rows = 0
@@ -129,27 +131,34 @@ class CollectorEngine:
         jump = self.bounds.max_price_jump
         if jump <= 0:
             return valid
+        lasts = self._last_close.setdefault(venue, {})
+        pending_levels = self._held.setdefault(venue, {})
+        closes = np.asarray(valid.close, dtype=np.float64)
+        last = np.fromiter(map(lasts.get, valid.symbols, repeat(math.nan)), dtype=np.float64,
+                           count=len(valid.symbols))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = closes / last
+        # Judged for the whole batch at once; only the rows out of bounds (rare) are looked at one by one.
+        within = np.isnan(last) | ((ratio >= 1.0 / jump) & (ratio <= jump))
+        lasts.update(zip(valid.symbols, closes.tolist(), strict=True))  # out-of-bounds rows are put back below
+        if pending_levels:
+            for i in np.flatnonzero(within):
+                pending_levels.pop(valid.symbols[i], None)
         held: list[tuple[str, str]] = []
-        keep = np.ones(len(valid.symbols), dtype=bool)
-        for i, symbol in enumerate(valid.symbols):
-            close = float(valid.close[i])
-            key = (venue, symbol)
-            last = self._last_close.get(key)
-            if last is None or 1.0 / jump <= close / last <= jump:
-                self._last_close[key] = close
-                self._held.pop(key, None)
-                continue
-            pending = self._held.get(key)
+        keep = within.copy()
+        for i in np.flatnonzero(~within):
+            symbol, close, reference = valid.symbols[i], float(closes[i]), float(last[i])
+            pending = pending_levels.get(symbol)
             agrees = pending is not None and 1.0 / jump <= close / pending.close <= jump
             count = pending.count + 1 if pending is not None and agrees else 1
             if count >= self.bounds.confirm_bars:  # the new level held for long enough: take it
-                self._last_close[key] = close
-                del self._held[key]
+                del pending_levels[symbol]
+                keep[i] = True
                 continue
-            self._held[key] = _Held(close, count)
-            keep[i] = False
+            lasts[symbol] = reference
+            pending_levels[symbol] = _Held(close, count)
             held.append((symbol, f"price held: close {close:g} is more than {jump:g}x away from the last accepted "
-                                 f"{last:g} ({count} of {self.bounds.confirm_bars} bars to confirm a new level)"))
+                                 f"{reference:g} ({count} of {self.bounds.confirm_bars} bars to confirm a new level)"))
         if not held:
             return valid
         self.held_prices += len(held)
