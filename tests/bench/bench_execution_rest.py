@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from qmp_execution.adapters import BrokerOrder
+from qmp_execution.engine.broker import BrokerOrder
 from qmp_execution.fake_broker import serve
 from qmp_execution.rest import RestBrokerAdapter, RestBrokerClient, RestBrokerConfig
 

@@ -20,7 +20,6 @@ from qmp_core.messages import (
     codec,
     encode,
 )
-from qmp_execution.adapters import BrokerFill, OrderAck
 from qmp_execution.engine import (
     CODE_BROKER_REJECTED,
     CODE_HALTED,
@@ -35,6 +34,7 @@ from qmp_execution.engine import (
     ExecutionEngine,
     StrategyResult,
 )
+from qmp_execution.engine.broker import BrokerFill, OrderAck
 
 NO_COST = {"model": "fixed", "fixed_bps": 0.0}
 

@@ -9,8 +9,9 @@ import pytest
 
 from qmp_core.clock import TestClock
 from qmp_core.messages import BrokerReply, encode
-from qmp_execution.adapters import BrokerAdapter, BrokerOrder, PaperAdapter
+from qmp_execution.adapters import BrokerAdapter, PaperAdapter
 from qmp_execution.engine.book import Portfolio
+from qmp_execution.engine.broker import BrokerOrder
 from qmp_execution.engine.paper import PaperBroker
 from qmp_execution.fake_broker import Behaviour, FakeBrokerBook, FakeBrokerServer
 from qmp_execution.handlers import BrokerCommands

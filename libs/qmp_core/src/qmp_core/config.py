@@ -7,7 +7,7 @@ ignored (several services share one environment); a value of the wrong type fail
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 from msgspec import Struct
@@ -86,6 +86,15 @@ class ServiceSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     run_dir: str = ".qmp/run"
     otlp_endpoint: str = ""
     log_level: str = "INFO"
+
+    # Fields never shown: settings appear in logs and errors, secrets must not. A subclass adds its own.
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"nats_password"})
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={'***' if name in self.secret_fields and getattr(self, name) else repr(getattr(self, name))}"
+            for name in self.__struct_fields__)
+        return f"{type(self).__name__}({shown})"
 
 
 def load_settings(type_: type[T], environ: Mapping[str, str] | None = None, **overrides: Any) -> T:

@@ -2,52 +2,16 @@
 
 Execution talks to a broker only through `BrokerAdapter`. The paper broker is the first implementation
 (`PaperAdapter`, fills simulated against bars by `paper.PaperBroker`); `rest.RestBrokerAdapter` speaks
-to a REST broker. The Structs here are the adapter's own vocabulary, not bus messages.
+to a REST broker, `alpaca.AlpacaAdapter` to Alpaca. What an adapter and the engine say to each other
+(orders, answers, fills, the account) is in `engine.broker`: the adapters' vocabulary, not bus messages.
 """
 
 from collections.abc import Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from msgspec import Struct
-
-from qmp_core.messages import Side
 from qmp_execution.engine.book import Portfolio, Working
+from qmp_execution.engine.broker import Account, BrokerFill, BrokerOrder, OrderAck
 from qmp_execution.engine.paper import Market, PaperBroker
-
-AckStatus = Literal["accepted", "partially_filled", "filled", "canceled", "rejected", "unknown"]
-
-
-class BrokerOrder(Struct, frozen=True, kw_only=True):
-    """An order as sent to a broker; `order_id` doubles as the idempotency key."""
-
-    order_id: str
-    strategy: str
-    symbol: str
-    side: Side
-    quantity: float
-    price: float  # arrival price: a marketable limit for brokers that need one
-    ts_event: int
-
-
-class BrokerFill(Struct, frozen=True, kw_only=True):
-    fill_id: str
-    quantity: float
-    price: float
-    fee: float = 0.0
-
-
-class OrderAck(Struct, frozen=True, kw_only=True):
-    order_id: str
-    status: AckStatus
-    fills: list[BrokerFill] = []
-    reason: str = ""
-    endpoint: str = ""
-
-
-class Account(Struct, frozen=True, kw_only=True):
-    cash: float
-    equity: float
-    currency: str = "USD"
 
 
 @runtime_checkable

@@ -8,7 +8,7 @@ come through their own durable consumer.
 """
 
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import asyncpg
 import msgspec
@@ -25,6 +25,7 @@ from qmp_core.messages import encode
 from qmp_core.retry import Unavailable
 from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health
 from qmp_core.strategy import Strategy, load_strategy
+from qmp_execution.adapters import BrokerAdapter
 from qmp_execution.engine import DEFAULT_ES_KEYS, EngineConfig, ExecutionEngine
 from qmp_execution.engine.paper import PaperConfig
 from qmp_execution.engine.slippage import SlippageConfig
@@ -84,13 +85,23 @@ class ExecutionSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unkno
     slippage_calibrated: bool = False
     max_bar_participation: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.1
     latency_bars: Annotated[int, Meta(ge=0)] = 0
-    # Broker: the paper broker, or a REST broker (primary and optional backup endpoint).
-    broker: Literal["paper", "rest"] = "paper"
+    # Broker: the paper broker, a REST broker (primary and optional backup endpoint), or Alpaca.
+    broker: Literal["paper", "rest", "alpaca"] = "paper"
     broker_primary_url: str = ""
     broker_backup_url: str = ""
     broker_api_key: str = ""
     broker_timeout_s: Annotated[float, Meta(gt=0.0)] = 2.0
     broker_latency_threshold_ms: Annotated[float, Meta(gt=0.0)] = 250.0
+    # Alpaca (QMP_BROKER=alpaca): the key and secret, or a JSON secrets file (mode 0600) holding them.
+    alpaca_api_key: str = ""
+    alpaca_secret_key: str = ""
+    alpaca_secrets_file: str = ""
+    alpaca_paper: bool = True  # Alpaca's paper endpoint; false: its live endpoint, real money
+    alpaca_url: str = ""  # another base URL for Alpaca's trading API (a fake venue in tests)
+    alpaca_fill_wait_s: Annotated[float, Meta(ge=0.0)] = 2.0
+
+    secret_fields: ClassVar[frozenset[str]] = ServiceSettings.secret_fields | {
+        "broker_api_key", "alpaca_api_key", "alpaca_secret_key"}
 
 
 def parse_strategies(spec: str) -> dict[str, str]:
@@ -157,9 +168,18 @@ def engine_config(settings: ExecutionSettings) -> EngineConfig:
         price_band=settings.price_band, cash_borrow_limit=settings.cash_borrow_limit,
         paper=PaperConfig(fee_bps=settings.fee_bps, max_bar_participation=settings.max_bar_participation,
                           latency_bars=settings.latency_bars, slippage=slippage_config(settings)),
-        broker="external" if settings.broker == "rest" else "paper",
+        broker="paper" if settings.broker == "paper" else "external",
         venue=settings.venues[0] if len(settings.venues) == 1 else "",
     )
+
+
+def alpaca_adapter(settings: ExecutionSettings) -> BrokerAdapter:
+    """Return the Alpaca adapter (its SDK is imported only when a strategy trades there)."""
+    from qmp_execution.alpaca import AlpacaAdapter, config_from
+
+    return AlpacaAdapter(config_from(settings.alpaca_api_key, settings.alpaca_secret_key,
+                                     settings.alpaca_secrets_file, settings.alpaca_paper, settings.alpaca_url,
+                                     settings.alpaca_fill_wait_s))
 
 
 def rest_config(settings: ExecutionSettings) -> RestBrokerConfig:
@@ -282,10 +302,12 @@ class ExecutionService:
             await self.risk_watch.start()
             self._pool = await connect_pool(self.settings.database_url)
             calibration = await load_calibration(self._pool, self.engine) if self.settings.slippage_calibrated else {}
-            adapter = None
+            adapter: BrokerAdapter | None = None
             if self.rest is not None:
                 await self.rest.start()
                 adapter = RestBrokerAdapter(self.rest)
+            elif self.settings.broker == "alpaca":
+                adapter = alpaca_adapter(self.settings)
         except BaseException:
             await self._stop_watch()
             raise

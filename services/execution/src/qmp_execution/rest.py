@@ -30,7 +30,7 @@ import aiohttp
 import msgspec
 from msgspec import Meta, Struct
 
-from qmp_execution.adapters import Account, BrokerOrder, OrderAck
+from qmp_execution.engine.broker import Account, BrokerOrder, OrderAck
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from qmp_core.messages import (
 from qmp_core.strategy import Strategy
 from qmp_core.trading_state import ControlEntries
 from qmp_core.validation import ValidatedBatch, merge_chunks, validate_batch
-from qmp_execution.adapters import OrderAck
+from qmp_execution.engine.broker import OrderAck
 from qmp_execution.engine.codes import (
     CLOSE_IDS_KEPT,
 )

@@ -27,8 +27,8 @@ from qmp_core.messages import (
 from qmp_core.strategy import Strategy
 from qmp_core.trading_state import grows_exposure
 from qmp_core.validation import ValidatedBatch
-from qmp_execution.adapters import OrderAck
 from qmp_execution.engine.book import QTY_EPSILON, Portfolio, Working
+from qmp_execution.engine.broker import OrderAck
 from qmp_execution.engine.codes import (
     CODE_BROKER_REJECTED,
     CODE_HALTED,

@@ -16,8 +16,9 @@ from qmp_core.messages import (
 from qmp_core.service import Intake
 from qmp_core.telemetry import extract_context, tracer
 from qmp_core.validation import BatchRejected
-from qmp_execution.adapters import BrokerAdapter, BrokerOrder, OrderAck, submit_all
+from qmp_execution.adapters import BrokerAdapter, submit_all
 from qmp_execution.engine import BatchResult, ExecutionEngine, StrategyResult
+from qmp_execution.engine.broker import BrokerOrder, OrderAck
 from qmp_execution.handlers.constants import (
     PUBLISH_TIMEOUT_S,
     SERVICE,

@@ -1,0 +1,221 @@
+"""Alpaca behind `BrokerAdapter`, through Alpaca's official SDK (alpaca-py).
+
+Orders go out as market orders, day orders, with QMP's order id as Alpaca's `client_order_id`: Alpaca
+refuses a second order with the same one, so a retry, or a restart that sends an order again, finds the
+order it already has (by client order id) instead of making a second one. A submit waits up to
+`fill_wait_s` for the order to fill (polling its status) and answers with what Alpaca reports then: the
+filled quantity at its average price, or the order still working. Alpaca's answers map to QMP's as:
+filled and partially_filled → the same, with one fill of the quantity filled so far; new, accepted,
+pending_new and the other working states → accepted; canceled, expired, done_for_day, replaced →
+canceled; rejected and suspended → rejected.
+
+Errors: a 4xx other than 401 and 429 is Alpaca refusing the order (an OrderAck `rejected` with Alpaca's
+message: buying power, an unknown symbol, a closed market); refused credentials (401), a rate limit (429),
+5xx and a connection that fails are the venue being unavailable (`BrokerUnavailable`), after the SDK's own
+retries of 429 and 504 (`retries`, `retry_wait_s`).
+
+The SDK is synchronous (requests): each call runs in a worker thread, at most `max_concurrency` at once.
+Credentials come from settings or a secrets file (`load_credentials`), never from a message, and are
+never logged.
+"""
+
+import asyncio
+import json
+import stat
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import requests
+from msgspec import Meta, Struct
+
+with warnings.catch_warnings():
+    # alpaca-py's trading stream imports `websockets.legacy`, which warns on import since websockets 14.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from alpaca.common.exceptions import APIError
+    from alpaca.trading.client import TradingClient
+    from alpaca.trading.enums import OrderSide, TimeInForce
+    from alpaca.trading.models import Order
+    from alpaca.trading.requests import MarketOrderRequest
+
+from qmp_execution.engine.broker import Account, AckStatus, BrokerFill, BrokerOrder, OrderAck
+from qmp_execution.rest import BrokerUnavailable
+
+T = TypeVar("T")
+
+DUPLICATE_CLIENT_ORDER_ID = 40010001  # Alpaca's error code: "client_order_id must be unique"
+WORKING = {"new", "accepted", "pending_new", "accepted_for_bidding", "calculated", "pending_cancel",
+           "pending_replace", "held", "stopped"}
+CANCELED = {"canceled", "expired", "done_for_day", "replaced"}
+REJECTED = {"rejected", "suspended"}
+
+
+class AlpacaConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    api_key: str
+    secret_key: str
+    paper: bool = True  # Alpaca's paper endpoint (the rollout's paper phase); False: the live endpoint
+    url: str = ""  # another base URL for the trading API (a fake venue in tests)
+    fill_wait_s: Annotated[float, Meta(ge=0.0)] = 2.0
+    poll_s: Annotated[float, Meta(gt=0.0)] = 0.05
+    max_concurrency: Annotated[int, Meta(ge=1)] = 8
+    retries: Annotated[int, Meta(ge=0)] = 3  # the SDK's own retries of 429 and 504
+    retry_wait_s: Annotated[int, Meta(ge=0)] = 1  # whole seconds: the SDK sleeps an int
+
+    def __repr__(self) -> str:  # never print the secret, whoever prints the settings
+        return f"AlpacaConfig(paper={self.paper}, url={self.url!r}, api_key=***, secret_key=***)"
+
+
+class CredentialsError(ValueError):
+    """Credentials missing, or a secrets file others may read; the message says which and what to do."""
+
+
+def load_credentials(api_key: str, secret_key: str, secrets_file: str) -> tuple[str, str]:
+    """Return (api key, secret) from settings, or from a JSON secrets file readable by its owner only."""
+    if secrets_file:
+        path = Path(secrets_file)
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError as error:
+            raise CredentialsError(f"the Alpaca secrets file {path} does not exist") from error
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise CredentialsError(f"the Alpaca secrets file {path} is readable by others "
+                                   f"(mode {stat.filemode(mode)}); run: chmod 600 {path}")
+        try:
+            values = json.loads(path.read_text())
+            api_key, secret_key = str(values["api_key"]), str(values["secret_key"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise CredentialsError(f"the Alpaca secrets file {path} must be a JSON object with "
+                                   f"'api_key' and 'secret_key'") from error
+    if not api_key or not secret_key:
+        raise CredentialsError("Alpaca needs an API key and secret: QMP_ALPACA_API_KEY and QMP_ALPACA_SECRET_KEY, "
+                               "or QMP_ALPACA_SECRETS_FILE (a JSON file, mode 0600)")
+    return api_key, secret_key
+
+
+def ack_of(order_id: str, order: Order) -> OrderAck:
+    """Return QMP's answer for an Alpaca order as Alpaca reports it now."""
+    status = str(getattr(order.status, "value", order.status))
+    filled = float(order.filled_qty or 0.0)
+    fills = []
+    if filled > 0.0 and order.filled_avg_price is not None:
+        fills = [BrokerFill(fill_id=f"{order_id}-alpaca", quantity=filled, price=float(order.filled_avg_price))]
+    ack: AckStatus
+    if status in ("filled", "partially_filled"):
+        ack = status  # type: ignore[assignment]
+    elif status in WORKING:
+        ack = "accepted"
+    elif status in CANCELED:
+        ack = "canceled"
+    elif status in REJECTED:
+        ack = "rejected"
+    else:
+        ack = "unknown"
+    return OrderAck(order_id=order_id, status=ack, fills=fills, reason="" if ack != "unknown" else status,
+                    endpoint="alpaca")
+
+
+class AlpacaAdapter:
+    """The BrokerAdapter interface over alpaca-py's TradingClient."""
+
+    name = "alpaca"
+
+    def __init__(self, config: AlpacaConfig, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self.config = config
+        self.client = TradingClient(config.api_key, config.secret_key, paper=config.paper,
+                                    url_override=config.url or None)
+        # alpaca-py's RESTClient takes retry_attempts / retry_wait_seconds, but TradingClient does not pass
+        # them on: its defaults (3 tries, 3 s apart, in a worker thread) are set here on what they configure.
+        self.client._retry = config.retries
+        self.client._retry_wait = config.retry_wait_s
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._sleep = sleep
+        self.sent = 0  # orders Alpaca took
+        self.found = 0  # orders Alpaca already had (a retry or a restart): not sent twice
+
+    async def _call(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        async with self._slots:
+            try:
+                return await asyncio.to_thread(call, *args, **kwargs)
+            except requests.RequestException as error:
+                raise BrokerUnavailable(f"alpaca unreachable: {error}") from error
+            except APIError as error:
+                if error.status_code is None or error.status_code in (401, 429) or error.status_code >= 500:
+                    # 401: the credentials are refused, so no order can go until someone fixes them.
+                    raise BrokerUnavailable(f"alpaca answered {error.status_code}: {_message(error)}") from error
+                raise
+
+    async def submit(self, order: BrokerOrder) -> OrderAck:
+        request = MarketOrderRequest(symbol=order.symbol, qty=abs(order.quantity),
+                                     side=OrderSide.BUY if order.side == "BUY" else OrderSide.SELL,
+                                     time_in_force=TimeInForce.DAY, client_order_id=order.order_id)
+        try:
+            placed = await self._call(self.client.submit_order, request)
+            self.sent += 1
+        except APIError as error:
+            if _code(error) != DUPLICATE_CLIENT_ORDER_ID:
+                return OrderAck(order_id=order.order_id, status="rejected", endpoint=self.name,
+                                reason=f"alpaca refused the order ({error.status_code}): {_message(error)}")
+            placed = await self._call(self.client.get_order_by_client_id, order.order_id)
+            self.found += 1
+        return ack_of(order.order_id, await self._settle(placed))
+
+    async def submit_many(self, orders: Sequence[BrokerOrder]) -> list[OrderAck]:
+        """Submit concurrently (at most `max_concurrency` calls at once); acks in the order of `orders`."""
+        return list(await asyncio.gather(*(self.submit(order) for order in orders)))
+
+    async def _settle(self, order: Order) -> Order:
+        """Poll the order until it is no longer working, or `fill_wait_s` has passed."""
+        deadline = time.monotonic() + self.config.fill_wait_s
+        while str(getattr(order.status, "value", order.status)) in WORKING and time.monotonic() < deadline:
+            await self._sleep(self.config.poll_s)
+            order = await self._call(self.client.get_order_by_id, order.id)
+        return order
+
+    async def cancel(self, order_id: str) -> OrderAck:
+        try:
+            order = await self._call(self.client.get_order_by_client_id, order_id)
+        except APIError as error:
+            if error.status_code == 404:
+                return OrderAck(order_id=order_id, status="unknown", reason="alpaca has no such order",
+                                endpoint=self.name)
+            raise BrokerUnavailable(f"alpaca answered {error.status_code}: {_message(error)}") from error
+        if str(getattr(order.status, "value", order.status)) in WORKING:
+            try:
+                await self._call(self.client.cancel_order_by_id, order.id)
+            except APIError as error:  # 422: no longer cancelable (it filled meanwhile): report what it is
+                if error.status_code != 422:
+                    raise BrokerUnavailable(f"alpaca answered {error.status_code}: {_message(error)}") from error
+            order = await self._call(self.client.get_order_by_id, order.id)
+        return ack_of(order_id, order)
+
+    async def positions(self) -> dict[str, float]:
+        positions = await self._call(self.client.get_all_positions)
+        return {p.symbol: float(p.qty) for p in positions}  # Alpaca's qty is negative for a short
+
+    async def account(self) -> Account:
+        account = await self._call(self.client.get_account)
+        return Account(cash=float(account.cash or 0.0), equity=float(account.equity or 0.0),
+                       currency=str(account.currency or "USD"))
+
+
+def _code(error: APIError) -> int | None:
+    try:
+        return int(json.loads(str(error)).get("code"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _message(error: APIError) -> str:
+    try:
+        return str(json.loads(str(error)).get("message", error))
+    except (ValueError, TypeError, AttributeError):
+        return str(error)[:300]
+
+
+def config_from(api_key: str, secret_key: str, secrets_file: str, paper: bool, url: str,
+                fill_wait_s: float) -> AlpacaConfig:
+    """Return the adapter's configuration from execution's settings (credentials checked here, at start)."""
+    key, secret = load_credentials(api_key, secret_key, secrets_file)
+    return AlpacaConfig(api_key=key, secret_key=secret, paper=paper, url=url, fill_wait_s=fill_wait_s)

@@ -1,0 +1,43 @@
+"""What the engine and a broker say to each other: an order as sent, the broker's answer, its fills, the
+account. The vocabulary of every `BrokerAdapter` (paper, REST, Alpaca); not bus messages."""
+
+from typing import Literal
+
+from msgspec import Struct
+
+from qmp_core.messages import Side
+
+AckStatus = Literal["accepted", "partially_filled", "filled", "canceled", "rejected", "unknown"]
+
+
+class BrokerOrder(Struct, frozen=True, kw_only=True):
+    """An order as sent to a broker; `order_id` doubles as the idempotency key."""
+
+    order_id: str
+    strategy: str
+    symbol: str
+    side: Side
+    quantity: float
+    price: float  # arrival price: a marketable limit for brokers that need one
+    ts_event: int
+
+
+class BrokerFill(Struct, frozen=True, kw_only=True):
+    fill_id: str
+    quantity: float
+    price: float
+    fee: float = 0.0
+
+
+class OrderAck(Struct, frozen=True, kw_only=True):
+    order_id: str
+    status: AckStatus
+    fills: list[BrokerFill] = []
+    reason: str = ""
+    endpoint: str = ""
+
+
+class Account(Struct, frozen=True, kw_only=True):
+    cash: float
+    equity: float
+    currency: str = "USD"

@@ -1,0 +1,243 @@
+"""A fake Alpaca trading API on loopback, for tests: real HTTP (aiohttp), the JSON shapes of Alpaca's API
+reference (v2 orders, positions, account; error bodies `{"code", "message"}`), scriptable behaviour.
+
+The real SDK is pointed at it by URL (`TradingClient(..., url_override=fake.url)`), so alpaca-py does the
+talking. What it implements: `POST /v2/orders` (market orders; 422 code 40010001 on a client_order_id it has
+seen), `GET /v2/orders/{id}`, `GET /v2/orders:by_client_order_id`, `GET /v2/orders` (open ones),
+`DELETE /v2/orders/{id}` (204; 422 once the order is no longer cancelable), `GET /v2/positions`,
+`GET /v2/account`. Requests without the key headers get 401. Orders fill at `prices[symbol]` after
+`fill_delay_s` (of wall time, checked when the order is read), up to `fill_ratio` of their quantity.
+"""
+
+import asyncio
+import socket
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class AlpacaBehaviour:
+    """How the fake answers; fields may be changed while it runs."""
+
+    fill_delay_s: float = 0.0
+    fill_ratio: float = 1.0  # below 1: orders stop partially filled
+    rate_limited: int = 0  # answer the next n requests with 429
+    refuse_symbols: set[str] = field(default_factory=set)  # 403 insufficient buying power
+    unknown_symbols: set[str] = field(default_factory=set)  # 422 asset not found
+
+
+@dataclass
+class _Order:
+    id: str
+    client_order_id: str
+    symbol: str
+    qty: float
+    side: str
+    created: datetime
+    status: str = "accepted"
+    filled_qty: float = 0.0
+    filled_avg_price: float | None = None
+    canceled_at: datetime | None = None
+    filled_at: datetime | None = None
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def _error(status: int, code: int, message: str) -> web.Response:
+    return web.json_response({"code": code, "message": message}, status=status)
+
+
+class FakeAlpaca:
+    """The fake venue: its book, its behaviour, and the server on a free loopback port."""
+
+    def __init__(self, key: str = "test-key", secret: str = "test-secret", cash: float = 100_000.0,
+                 prices: dict[str, float] | None = None) -> None:
+        self.key, self.secret = key, secret
+        self.cash = cash
+        self.prices = dict(prices or {})
+        self.behaviour = AlpacaBehaviour()
+        self.orders: dict[str, _Order] = {}
+        self.by_client_id: dict[str, str] = {}
+        self.positions: dict[str, float] = {}
+        self.cost: dict[str, float] = {}
+        self.requests = 0
+        self.order_posts = 0  # POST /v2/orders received, duplicates included
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # ------------------------------------------------------------ server
+    async def start(self) -> str:
+        app = web.Application(middlewares=[self._gate])
+        app.router.add_post("/v2/orders", self._post_order)
+        app.router.add_get("/v2/orders:by_client_order_id", self._get_by_client_id)
+        app.router.add_get("/v2/orders/{order_id}", self._get_order)
+        app.router.add_get("/v2/orders", self._list_orders)
+        app.router.add_delete("/v2/orders/{order_id}", self._cancel)
+        app.router.add_get("/v2/positions", self._positions)
+        app.router.add_get("/v2/account", self._account)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.requests += 1
+        if request.headers.get("APCA-API-KEY-ID") != self.key or \
+                request.headers.get("APCA-API-SECRET-KEY") != self.secret:
+            return _error(401, 40110000, "request is not authorized")
+        if self.behaviour.rate_limited > 0:
+            self.behaviour.rate_limited -= 1
+            return _error(429, 42910000, "rate limit exceeded")
+        return await handler(request)
+
+    # ------------------------------------------------------------ the book
+    def _advance(self, order: _Order) -> None:
+        """Fill an order whose delay has passed, as far as `fill_ratio` lets it."""
+        if order.status not in ("accepted", "new", "partially_filled"):
+            return
+        if (datetime.now(UTC) - order.created).total_seconds() < self.behaviour.fill_delay_s:
+            return
+        target = order.qty * min(max(self.behaviour.fill_ratio, 0.0), 1.0)
+        quantity = target - order.filled_qty
+        if quantity <= 0:
+            return
+        price = self.prices.get(order.symbol, 100.0)
+        signed = quantity if order.side == "buy" else -quantity
+        order.filled_avg_price = price  # one price per order here: the average is that price
+        order.filled_qty = target
+        self.positions[order.symbol] = self.positions.get(order.symbol, 0.0) + signed
+        self.cost[order.symbol] = self.cost.get(order.symbol, 0.0) + signed * price
+        self.cash -= signed * price
+        if target >= order.qty:
+            order.status, order.filled_at = "filled", datetime.now(UTC)
+        else:
+            order.status = "partially_filled"
+
+    def _json(self, order: _Order) -> dict[str, Any]:
+        self._advance(order)
+        created = _iso(order.created)
+        return {
+            "id": order.id, "client_order_id": order.client_order_id, "created_at": created,
+            "updated_at": created, "submitted_at": created, "filled_at": _iso(order.filled_at),
+            "expired_at": None, "canceled_at": _iso(order.canceled_at), "failed_at": None, "replaced_at": None,
+            "replaced_by": None, "replaces": None, "asset_id": str(uuid.uuid5(uuid.NAMESPACE_DNS, order.symbol)),
+            "symbol": order.symbol, "asset_class": "us_equity", "notional": None, "qty": f"{order.qty:g}",
+            "filled_qty": f"{order.filled_qty:g}",
+            "filled_avg_price": None if order.filled_avg_price is None else f"{order.filled_avg_price:g}",
+            "order_class": "", "order_type": "market", "type": "market", "side": order.side,
+            "time_in_force": "day", "limit_price": None, "stop_price": None, "status": order.status,
+            "extended_hours": False, "legs": None, "trail_percent": None, "trail_price": None, "hwm": None,
+            "position_intent": "buy_to_open" if order.side == "buy" else "sell_to_close",
+        }
+
+    def fill_all(self) -> None:
+        """Fill every open order now (as the market would), whatever the delay."""
+        delay, self.behaviour.fill_delay_s = self.behaviour.fill_delay_s, 0.0
+        for order in self.orders.values():
+            self._advance(order)
+        self.behaviour.fill_delay_s = delay
+
+    def set_position(self, symbol: str, quantity: float) -> None:
+        """Change a position at the venue by hand (as a person at the broker would)."""
+        self.positions[symbol] = quantity
+
+    # ------------------------------------------------------------ handlers
+    async def _post_order(self, request: web.Request) -> web.Response:
+        self.order_posts += 1
+        body = await request.json()
+        client_id = body.get("client_order_id") or str(uuid.uuid4())
+        if client_id in self.by_client_id:
+            return _error(422, 40010001, "client_order_id must be unique")
+        symbol = str(body.get("symbol", ""))
+        if symbol in self.behaviour.unknown_symbols:
+            return _error(422, 40010001, f"asset \"{symbol}\" not found")
+        if symbol in self.behaviour.refuse_symbols:
+            return _error(403, 40310000, "insufficient buying power")
+        if body.get("type") != "market" or body.get("qty") is None:
+            return _error(422, 40010001, "this fake takes market orders with a qty")
+        order = _Order(id=str(uuid.uuid4()), client_order_id=client_id, symbol=symbol, qty=float(body["qty"]),
+                       side=str(body.get("side")), created=datetime.now(UTC))
+        self.orders[order.id] = order
+        self.by_client_id[client_id] = order.id
+        await asyncio.sleep(0)
+        return web.json_response(self._json(order))
+
+    async def _get_order(self, request: web.Request) -> web.Response:
+        order = self.orders.get(request.match_info["order_id"])
+        if order is None:
+            return _error(404, 40410000, "order not found")
+        return web.json_response(self._json(order))
+
+    async def _get_by_client_id(self, request: web.Request) -> web.Response:
+        order_id = self.by_client_id.get(request.query.get("client_order_id", ""))
+        if order_id is None:
+            return _error(404, 40410000, "order not found")
+        return web.json_response(self._json(self.orders[order_id]))
+
+    async def _list_orders(self, request: web.Request) -> web.Response:
+        listed = [self._json(o) for o in self.orders.values()]
+        if request.query.get("status", "open") == "open":
+            listed = [o for o in listed if o["status"] in ("accepted", "new", "partially_filled")]
+        return web.json_response(listed)
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        order = self.orders.get(request.match_info["order_id"])
+        if order is None:
+            return _error(404, 40410000, "order not found")
+        self._advance(order)
+        if order.status not in ("accepted", "new", "partially_filled"):
+            return _error(422, 42210000, "order is not cancelable")
+        order.status, order.canceled_at = "canceled", datetime.now(UTC)
+        return web.Response(status=204)
+
+    async def _positions(self, request: web.Request) -> web.Response:
+        rows = []
+        for symbol, qty in self.positions.items():
+            if qty == 0:
+                continue
+            price = self.prices.get(symbol, 100.0)
+            entry = abs(self.cost.get(symbol, qty * price) / qty)
+            rows.append({
+                "asset_id": str(uuid.uuid5(uuid.NAMESPACE_DNS, symbol)), "symbol": symbol, "exchange": "NASDAQ",
+                "asset_class": "us_equity", "avg_entry_price": f"{entry:g}", "qty": f"{qty:g}",
+                "qty_available": f"{qty:g}", "side": "long" if qty > 0 else "short",
+                "market_value": f"{qty * price:g}", "cost_basis": f"{qty * entry:g}",
+                "unrealized_pl": f"{qty * (price - entry):g}", "unrealized_plpc": "0",
+                "unrealized_intraday_pl": "0", "unrealized_intraday_plpc": "0", "current_price": f"{price:g}",
+                "lastday_price": f"{price:g}", "change_today": "0", "asset_marginable": True,
+            })
+        return web.json_response(rows)
+
+    async def _account(self, request: web.Request) -> web.Response:
+        long_value = sum(q * self.prices.get(s, 100.0) for s, q in self.positions.items() if q > 0)
+        short_value = sum(q * self.prices.get(s, 100.0) for s, q in self.positions.items() if q < 0)
+        equity = self.cash + long_value + short_value
+        return web.json_response({
+            "id": "e6fe16f3-64a4-4921-8928-cadf02f92f98", "account_number": "PA0FAKE0001", "status": "ACTIVE",
+            "crypto_status": "ACTIVE", "currency": "USD", "buying_power": f"{max(equity, 0.0) * 2:g}",
+            "regt_buying_power": f"{max(equity, 0.0) * 2:g}", "daytrading_buying_power": "0",
+            "non_marginable_buying_power": f"{max(self.cash, 0.0):g}", "cash": f"{self.cash:g}",
+            "accrued_fees": "0", "pending_transfer_in": "0", "portfolio_value": f"{equity:g}",
+            "pattern_day_trader": False, "trading_blocked": False, "transfers_blocked": False,
+            "account_blocked": False, "created_at": "2024-01-02T15:00:00Z", "trade_suspended_by_user": False,
+            "multiplier": "2", "shorting_enabled": True, "equity": f"{equity:g}", "last_equity": f"{equity:g}",
+            "long_market_value": f"{long_value:g}", "short_market_value": f"{short_value:g}",
+            "initial_margin": "0", "maintenance_margin": "0", "last_maintenance_margin": "0", "sma": "0",
+            "daytrade_count": 0,
+        })

@@ -1,0 +1,176 @@
+"""The Alpaca adapter: the real alpaca-py SDK against a fake Alpaca trading API on loopback."""
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from test_execution_engine import PRICES, SID, FixedWeights, bar, config
+from test_execution_orders import engine_with, events_of
+
+from qmp_core.messages import OrderAccepted
+from qmp_execution.adapters import BrokerAdapter, submit_all
+from qmp_execution.alpaca import AlpacaAdapter, AlpacaConfig, CredentialsError, load_credentials
+from qmp_execution.app import ExecutionSettings, alpaca_adapter
+from qmp_execution.engine.broker import BrokerOrder
+from qmp_execution.fake_alpaca import FakeAlpaca
+from qmp_execution.rest import BrokerUnavailable
+
+
+@pytest.fixture
+async def venue() -> AsyncIterator[FakeAlpaca]:
+    fake = FakeAlpaca(prices={"AAPL": 190.5, "MSFT": 410.25, "AAA": 50.02, "BBB": 199.9})
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+def adapter_for(fake: FakeAlpaca, **changes: float) -> AlpacaAdapter:
+    quick = {"fill_wait_s": 1.0, "poll_s": 0.01, "retries": 2, "retry_wait_s": 0}
+    return AlpacaAdapter(AlpacaConfig(api_key=fake.key, secret_key=fake.secret, url=fake.url, **{**quick, **changes}))
+
+
+def order(order_id: str = "mom-1700000000-AAPL-1", symbol: str = "AAPL", side: str = "BUY",
+          quantity: float = 10.0) -> BrokerOrder:
+    return BrokerOrder(order_id=order_id, strategy="mom", symbol=symbol, side=side,  # type: ignore[arg-type]
+                       quantity=quantity, price=190.0, ts_event=1)
+
+
+async def test_submit_when_market_order_fills_then_ack_carries_the_fill_and_qmp_id_is_the_client_order_id(
+        venue: FakeAlpaca) -> None:
+    adapter = adapter_for(venue)
+    assert isinstance(adapter, BrokerAdapter)
+
+    ack = await adapter.submit(order())
+
+    assert (ack.status, ack.order_id, ack.endpoint) == ("filled", "mom-1700000000-AAPL-1", "alpaca")
+    assert [(f.quantity, f.price) for f in ack.fills] == [(10.0, 190.5)]
+    assert list(venue.by_client_id) == ["mom-1700000000-AAPL-1"]
+
+
+async def test_submit_when_sent_again_after_a_restart_then_venue_keeps_one_order(venue: FakeAlpaca) -> None:
+    first = await adapter_for(venue).submit(order())
+    restarted = adapter_for(venue)  # a new process: it knows nothing of what was sent
+
+    again = await restarted.submit(order())
+
+    assert venue.order_posts == 2 and len(venue.orders) == 1  # Alpaca refused the second: the id is taken
+    assert (restarted.sent, restarted.found) == (0, 1)
+    assert again == first
+
+
+async def test_submit_when_venue_refuses_then_rejected_with_its_reason_and_others_go_through(
+        venue: FakeAlpaca) -> None:
+    venue.behaviour.refuse_symbols = {"MSFT"}
+    acks = await submit_all(adapter_for(venue), [order("a-1"), order("a-2", symbol="MSFT")])
+
+    assert [a.status for a in acks] == ["filled", "rejected"]
+    assert "insufficient buying power" in acks[1].reason and "403" in acks[1].reason
+
+
+async def test_submit_when_rate_limited_briefly_then_retried_by_the_sdk_and_taken_once(venue: FakeAlpaca) -> None:
+    venue.behaviour.rate_limited = 2
+
+    ack = await adapter_for(venue).submit(order())
+
+    assert ack.status == "filled" and len(venue.orders) == 1
+
+
+async def test_submit_when_rate_limit_outlasts_retries_then_unavailable_not_rejected(venue: FakeAlpaca) -> None:
+    venue.behaviour.rate_limited = 100
+
+    with pytest.raises(BrokerUnavailable, match="429"):
+        await adapter_for(venue).submit(order())
+    assert venue.orders == {}
+
+
+async def test_submit_when_partly_filled_then_partial_ack_with_quantity_so_far(venue: FakeAlpaca) -> None:
+    venue.behaviour.fill_ratio = 0.4
+
+    ack = await adapter_for(venue, fill_wait_s=0.1).submit(order(quantity=25.0))
+
+    assert ack.status == "partially_filled" and [f.quantity for f in ack.fills] == [10.0]
+
+
+async def test_cancel_when_order_still_working_then_canceled_and_when_filled_then_reported_filled(
+        venue: FakeAlpaca) -> None:
+    venue.behaviour.fill_delay_s = 60.0
+    adapter = adapter_for(venue, fill_wait_s=0.05)
+    working = await adapter.submit(order("w-1"))
+    assert working.status == "accepted" and working.fills == []
+
+    assert (await adapter.cancel("w-1")).status == "canceled"
+    await adapter.submit(order("w-2"))
+    venue.fill_all()
+    late = await adapter.cancel("w-2")  # filled meanwhile: Alpaca says not cancelable
+    assert late.status == "filled" and late.fills[0].quantity == 10.0
+    assert (await adapter.cancel("never-sent")).status == "unknown"
+
+
+async def test_positions_and_account_when_venue_holds_long_and_short_then_signed_quantities_and_equity(
+        venue: FakeAlpaca) -> None:
+    adapter = adapter_for(venue)
+    await adapter.submit(order("p-1", quantity=10.0))
+    await adapter.submit(order("p-2", symbol="MSFT", side="SELL", quantity=4.0))
+    venue.set_position("TSLA", 3.0)  # changed by hand at the broker
+
+    positions = await adapter.positions()
+    account = await adapter.account()
+
+    assert positions == {"AAPL": 10.0, "MSFT": -4.0, "TSLA": 3.0}
+    assert account.cash == pytest.approx(100_000.0 - 10 * 190.5 + 4 * 410.25)
+    assert account.equity == pytest.approx(account.cash + 10 * 190.5 - 4 * 410.25 + 3 * 100.0)
+    assert account.currency == "USD"
+
+
+async def test_adapter_when_credentials_wrong_then_unavailable_saying_so(venue: FakeAlpaca) -> None:
+    wrong = AlpacaAdapter(AlpacaConfig(api_key="nope", secret_key="nope", url=venue.url))
+    with pytest.raises(BrokerUnavailable, match="401"):
+        await wrong.positions()
+
+
+async def test_engine_when_orders_routed_to_alpaca_then_fills_booked_at_venue_prices_and_books_agree(
+        venue: FakeAlpaca) -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3, "BBB": 0.3})}, config(broker="external"))
+    engine.process(bar(0, PRICES))
+    result = engine.process(bar(1, PRICES)).results[SID]
+    accepted = events_of(result, OrderAccepted)
+    orders = [BrokerOrder(order_id=e.order_id, strategy=SID, symbol=e.symbol, side=e.side, quantity=e.quantity,
+                          price=e.price, ts_event=e.ts_event) for e in accepted]
+    adapter = adapter_for(venue)
+
+    booked = engine.apply_acks(SID, await submit_all(adapter, orders))
+
+    assert sorted((f.symbol, f.price) for f in booked.fills) == [("AAA", 50.02), ("BBB", 199.9)]
+    assert booked.snapshot.working == []
+    book = dict(zip(booked.snapshot.symbols, booked.snapshot.quantities, strict=True))
+    assert {s: q for s, q in book.items() if q} == pytest.approx(await adapter.positions())
+
+
+def test_credentials_when_secrets_file_readable_by_others_then_refused_with_the_fix(tmp_path: Path) -> None:
+    secrets = tmp_path / "alpaca.json"
+    secrets.write_text('{"api_key": "k", "secret_key": "s"}')
+    os.chmod(secrets, 0o644)
+    with pytest.raises(CredentialsError, match="chmod 600"):
+        load_credentials("", "", str(secrets))
+    os.chmod(secrets, 0o600)
+    assert load_credentials("", "", str(secrets)) == ("k", "s")
+    with pytest.raises(CredentialsError, match="QMP_ALPACA_API_KEY"):
+        load_credentials("", "", "")
+
+
+def test_config_and_settings_when_printed_then_secrets_masked() -> None:
+    text = repr(AlpacaConfig(api_key="AKXXXX", secret_key="very-secret"))
+    assert "very-secret" not in text and "AKXXXX" not in text
+    settings = ExecutionSettings(strategies="m=a:B", broker="alpaca", alpaca_api_key="AKXXXX",
+                                 alpaca_secret_key="very-secret", nats_password="pw-123")
+    shown = f"{settings!r} {settings}"
+    assert "very-secret" not in shown and "AKXXXX" not in shown and "pw-123" not in shown
+    assert "alpaca_secret_key=***" in shown and "broker='alpaca'" in shown
+
+
+def test_settings_when_alpaca_chosen_without_credentials_then_start_fails_saying_what_to_set() -> None:
+    with pytest.raises(CredentialsError, match="QMP_ALPACA_SECRETS_FILE"):
+        alpaca_adapter(ExecutionSettings(strategies="m=a:B", broker="alpaca"))
