@@ -24,11 +24,13 @@ from qmp_execution.engine import (
     CODE_BROKER_REJECTED,
     CODE_HALTED,
     CODE_INSUFFICIENT_CASH,
+    CODE_MAX_GROSS_EXPOSURE,
     CODE_MAX_NOTIONAL,
     CODE_PRICE_BAND,
     CODE_RATE_LIMIT,
     CODE_REDUCING,
     CODE_REPLACED,
+    CODE_RESTRICTED,
     CODE_STRATEGY_ERROR,
     EngineConfig,
     ExecutionEngine,
@@ -200,6 +202,30 @@ def test_process_when_order_notional_above_max_then_denied_with_code() -> None:
     by_symbol = {d.symbol: d for d in result.decisions}
     assert isinstance(by_symbol["AAA"], OrderDenied) and by_symbol["AAA"].reason_code == CODE_MAX_NOTIONAL
     assert isinstance(by_symbol["BBB"], OrderAccepted)
+
+
+def test_process_when_gross_exposure_limit_reached_then_later_orders_denied_and_held_positions_count() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3, "BBB": 0.3})}, config(max_gross_exposure=500_000.0))
+    engine.process(bar(0, PRICES))
+
+    first = {d.symbol: d for d in engine.process(bar(1, PRICES)).results[SID].decisions}
+    engine.process(bar(2, PRICES))  # AAA's order fills: 300,000 held
+    second = {d.symbol: d for d in engine.process(bar(3, PRICES)).results[SID].decisions}
+
+    assert isinstance(first["AAA"], OrderAccepted)  # 300,000 of 500,000
+    assert isinstance(first["BBB"], OrderDenied) and first["BBB"].reason_code == CODE_MAX_GROSS_EXPOSURE
+    assert isinstance(second["BBB"], OrderDenied) and second["BBB"].reason_code == CODE_MAX_GROSS_EXPOSURE
+
+
+def test_process_when_symbol_restricted_then_buy_denied_and_its_position_may_still_be_closed() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3, "BBB": 0.3})}, config(restricted_symbols=["BBB"]))
+    engine.process(bar(0, PRICES))
+
+    result = {d.symbol: d for d in engine.process(bar(1, PRICES)).results[SID].decisions}
+
+    assert isinstance(result["AAA"], OrderAccepted)
+    assert isinstance(result["BBB"], OrderDenied) and result["BBB"].reason_code == CODE_RESTRICTED
+    assert "only orders that reduce" in result["BBB"].reason
 
 
 def test_process_when_price_jumps_outside_band_then_denied() -> None:

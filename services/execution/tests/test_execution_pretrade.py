@@ -1,6 +1,17 @@
 """Pre-trade checks one by one: each returns a denial with its reason code, or lets the order through."""
 
-from qmp_execution.engine import CODE_INSUFFICIENT_CASH, CODE_MAX_NOTIONAL, CODE_PRICE_BAND, CODE_RATE_LIMIT
+import pytest
+
+from qmp_execution.engine import (
+    CODE_INSUFFICIENT_CASH,
+    CODE_MAX_GROSS_EXPOSURE,
+    CODE_MAX_NOTIONAL,
+    CODE_MAX_POSITION,
+    CODE_MAX_QUANTITY,
+    CODE_PRICE_BAND,
+    CODE_RATE_LIMIT,
+    CODE_RESTRICTED,
+)
 from qmp_execution.engine.config import EngineConfig
 from qmp_execution.engine.pretrade import (
     PRE_TRADE_CHECKS,
@@ -8,10 +19,14 @@ from qmp_execution.engine.pretrade import (
     PreTrade,
     RateLimiter,
     available_cash,
+    max_gross_exposure,
     max_notional,
+    max_position,
+    max_quantity,
     order_rate,
     pre_trade,
     price_band,
+    restricted,
 )
 
 
@@ -20,9 +35,11 @@ def order(quantity: float = 100.0, price: float = 10.0, symbol: str = "AAA") -> 
 
 
 def context(available: float = 1e9, previous: dict[str, float] | None = None, rate: int = 0,
-            **settings: float) -> PreTrade:
-    return PreTrade(config=EngineConfig(**settings), previous=previous or {}, available=available, fee=0.0,
-                    now_ns=1, rate=RateLimiter(rate, 1_000_000_000))
+            exposure: dict[str, float] | None = None, marks: dict[str, float] | None = None,
+            **settings: object) -> PreTrade:
+    return PreTrade(config=EngineConfig(**settings), previous=previous or {}, available=available, fee=0.0,  # type: ignore[arg-type]
+                    now_ns=1, rate=RateLimiter(rate, 1_000_000_000), exposure=dict(exposure or {}),
+                    marks=dict(marks or {}))
 
 
 def test_max_notional_when_order_above_limit_then_denied_with_code() -> None:
@@ -80,3 +97,56 @@ def test_pre_trade_when_a_limit_is_off_then_its_check_is_not_run() -> None:
 
     assert ctx.checks == (available_cash,)
     assert pre_trade(order(1e9, 1e9), context(available=1e30, max_order_notional=0.0)) is None
+
+
+# Each limit just below and just above its threshold (the order's value or size at the limit passes).
+@pytest.mark.parametrize(("quantity", "denied"), [(50.0, False), (50.000001, True), (-50.0, False), (-50.01, True)])
+def test_max_quantity_at_and_beyond_the_limit(quantity: float, denied: bool) -> None:
+    denial = max_quantity(order(quantity), context(max_order_quantity=50.0))
+    assert (denial is not None and denial.code == CODE_MAX_QUANTITY) == denied
+
+
+@pytest.mark.parametrize(("held", "quantity", "denied"), [
+    (60.0, 40.0, False),  # 100 × 10 = 1,000: at the limit
+    (60.0, 40.01, True),  # just above
+    (150.0, -20.0, False),  # above the limit already, but the order reduces it
+    (-95.0, -5.01, True),  # a short counts by its size
+])
+def test_max_position_at_and_beyond_the_limit(held: float, quantity: float, denied: bool) -> None:
+    ctx = context(exposure={"AAA": held}, marks={"AAA": 10.0}, max_position_notional=1000.0)
+    denial = max_position(order(quantity, 10.0), ctx)
+    assert (denial is not None and denial.code == CODE_MAX_POSITION) == denied
+
+
+def test_max_gross_exposure_when_orders_accepted_then_each_counts_against_the_limit_at_once() -> None:
+    # Held: 500 of AAA and a short of 300 of BBB (gross 800); the credit limit is 1,000.
+    ctx = context(exposure={"AAA": 50.0, "BBB": -30.0}, marks={"AAA": 10.0, "BBB": 10.0}, max_gross_exposure=1000.0)
+    first = order(10.0, 10.0, symbol="CCC")  # +100: gross 900
+    assert max_gross_exposure(first, ctx) is None
+    ctx.commit(first)
+    assert ctx.gross == pytest.approx(900.0)
+    assert max_gross_exposure(order(10.0, 10.0, symbol="DDD"), ctx) is None  # 1,000: at the limit
+    over = max_gross_exposure(order(10.01, 10.0, symbol="DDD"), ctx)
+    assert over is not None and over.code == CODE_MAX_GROSS_EXPOSURE and "1,000" in over.reason
+    assert max_gross_exposure(order(40.0, 10.0, symbol="BBB"), ctx) is None  # covering the short reduces gross
+    assert max_gross_exposure(order(-60.0, 10.0, symbol="BBB"), ctx) is not None  # a bigger short grows it
+
+
+@pytest.mark.parametrize(("held", "quantity", "denied"), [
+    (0.0, 10.0, True), (100.0, 10.0, True), (100.0, -40.0, False), (-100.0, 100.0, False), (-100.0, -1.0, True)])
+def test_restricted_symbol_when_order_would_grow_position_then_denied_and_reductions_go(
+        held: float, quantity: float, denied: bool) -> None:
+    ctx = context(exposure={"AAA": held}, marks={"AAA": 10.0}, restricted_symbols=frozenset({"AAA"}))
+    denial = restricted(order(quantity), ctx)
+    assert (denial is not None and denial.code == CODE_RESTRICTED) == denied
+    assert restricted(order(quantity, symbol="BBB"), ctx) is None
+
+
+def test_pre_trade_when_every_limit_on_then_all_run_in_order_and_cash_cut_is_judged_by_position() -> None:
+    ctx = context(available=500.0, exposure={}, marks={}, max_order_notional=1e6, max_order_quantity=1e6,
+                  price_band=0.5, restricted_symbols=frozenset({"ZZZ"}), max_position_notional=600.0,
+                  max_gross_exposure=1e6, rate=10)
+    assert ctx.checks == PRE_TRADE_CHECKS
+    candidate = order(100.0, 10.0)  # 1,000 wanted; cash cuts it to 500, under the 600 position limit
+
+    assert pre_trade(candidate, ctx) is None and candidate.allowed == 50.0

@@ -75,6 +75,10 @@ class ExecutionSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unkno
     max_order_rate: Annotated[int, Meta(ge=0)] = 10_000
     price_band: Annotated[float, Meta(ge=0.0)] = 0.5
     cash_borrow_limit: Annotated[float, Meta(ge=0.0)] = 0.0
+    max_order_quantity: Annotated[float, Meta(ge=0.0)] = 0.0
+    max_position_notional: Annotated[float, Meta(ge=0.0)] = 0.0
+    max_gross_exposure: Annotated[float, Meta(ge=0.0)] = 0.0  # the credit limit, in the account's currency
+    restricted_symbols: list[str] = msgspec.field(default_factory=list)
     # Paper broker.
     half_spread_bps: Annotated[float, Meta(ge=0.0)] = 2.0
     fee_bps: Annotated[float, Meta(ge=0.0)] = 0.5
@@ -166,6 +170,8 @@ def engine_config(settings: ExecutionSettings) -> EngineConfig:
         es_budget=settings.es_budget, es_budgets=settings.es_budgets, es_keys=settings.es_keys,
         max_order_notional=settings.max_order_notional, max_order_rate=settings.max_order_rate,
         price_band=settings.price_band, cash_borrow_limit=settings.cash_borrow_limit,
+        max_order_quantity=settings.max_order_quantity, max_position_notional=settings.max_position_notional,
+        max_gross_exposure=settings.max_gross_exposure, restricted_symbols=frozenset(settings.restricted_symbols),
         paper=PaperConfig(fee_bps=settings.fee_bps, max_bar_participation=settings.max_bar_participation,
                           latency_bars=settings.latency_bars, slippage=slippage_config(settings)),
         broker="paper" if settings.broker == "paper" else "external",

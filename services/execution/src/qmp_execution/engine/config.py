@@ -39,6 +39,11 @@ class EngineConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     order_rate_interval_s: Annotated[float, Meta(gt=0.0)] = 1.0
     price_band: Annotated[float, Meta(ge=0.0)] = 0.5
     cash_borrow_limit: Annotated[float, Meta(ge=0.0)] = 0.0  # fraction of equity cash may go below zero
+    max_order_quantity: Annotated[float, Meta(ge=0.0)] = 0.0  # units per order
+    max_position_notional: Annotated[float, Meta(ge=0.0)] = 0.0  # |position| × price per symbol, after the order
+    max_gross_exposure: Annotated[float, Meta(ge=0.0)] = 0.0  # Σ|position| × price with working orders: credit limit
+    # Orders on these symbols may only reduce |position| (a held position can still be closed).
+    restricted_symbols: frozenset[str] = frozenset()
     paper: PaperConfig = PaperConfig()
     # The venue every hosted strategy trades; "" binds each strategy to the venue of the first batch it
     # trades (kept in its snapshot). A strategy's book is marked with its venue's prices only.

@@ -40,7 +40,16 @@ from qmp_execution.engine.codes import (
 from qmp_execution.engine.config import EngineConfig, StrategyResult
 from qmp_execution.engine.denials import RepeatedDenials
 from qmp_execution.engine.paper import Market, PaperBroker
-from qmp_execution.engine.pretrade import Candidate, Denial, PreTrade, RateLimiter, checked_weights, gate, pre_trade
+from qmp_execution.engine.pretrade import (
+    Candidate,
+    Denial,
+    PreTrade,
+    RateLimiter,
+    checked_weights,
+    gate,
+    pre_trade,
+    tracks_exposure,
+)
 from qmp_execution.engine.sizing import es_scale
 from qmp_execution.engine.slippage import BPS, SlippageConfig, SlippageModel
 from qmp_execution.engine.stoploss import StopLoss
@@ -388,9 +397,15 @@ class StrategyHost:
         config, book = self.config, self.portfolio
         fee = config.paper.fee_bps * BPS
         committed = math.fsum(w.remaining * w.price * (1.0 + fee) for w in book.working.values() if w.side == "BUY")
+        exposure: dict[str, float] = {}
+        marks: dict[str, float] = {}
+        if tracks_exposure(config):  # where each position goes once the working orders fill
+            exposure, marks = dict(book.positions), dict(book.prices)
+            for working in book.working.values():
+                exposure[working.symbol] = exposure.get(working.symbol, 0.0) + working.signed_remaining
         ctx = PreTrade(config=config, previous=previous,
                        available=book.cash - committed + config.cash_borrow_limit * max(equity, 0.0), fee=fee,
-                       now_ns=self.clock.now_ns(), rate=self.rate)
+                       now_ns=self.clock.now_ns(), rate=self.rate, exposure=exposure, marks=marks)
         decisions: list[OrderEvent] = []
         # Stop-loss closes first (the rate limit must not hold them back), then sells (they free cash).
         for c in sorted(candidates, key=lambda c: (c.stop is None, c.quantity > 0.0, c.symbol)):

@@ -1,16 +1,19 @@
 """What an order must pass before it is sent: the trading-state gate, weight checks, pre-trade checks.
 
-The pre-trade checks are `PRE_TRADE_CHECKS`, in order: max notional per order, price band against the
-previous close, available cash (a buy it cannot afford is cut to what it affords, or denied below the
-minimum notional), order rate. Each is a function of the candidate order and the batch's `PreTrade`
-context that returns a `Denial` (reason and reason code) or None; the first denial wins. The rate check
-comes last because passing it spends a token. Adding a check is adding a function to the tuple.
+The pre-trade checks are `PRE_TRADE_CHECKS`, in order: max notional and max quantity per order, price
+band against the previous close, restricted symbols (only orders that reduce |position|), available cash
+(a buy it cannot afford is cut to what it affords, or denied below the minimum notional), max position per
+symbol and max gross exposure (both judged on the order as cash left it, with the orders already accepted
+counted: RTS 6 Art. 15, SEC 15c3-5's credit limit), order rate. Each is a function of the candidate order
+and the batch's `PreTrade` context that returns a `Denial` (reason and reason code) or None; the first
+denial wins. The rate check comes last because passing it spends a token. A limit of 0 is off and its
+check is not run. Adding a check is adding a function to the tuple.
 """
 
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,10 +28,14 @@ from qmp_execution.engine.book import QTY_EPSILON
 from qmp_execution.engine.codes import (
     CODE_HALTED,
     CODE_INSUFFICIENT_CASH,
+    CODE_MAX_GROSS_EXPOSURE,
     CODE_MAX_NOTIONAL,
+    CODE_MAX_POSITION,
+    CODE_MAX_QUANTITY,
     CODE_PRICE_BAND,
     CODE_RATE_LIMIT,
     CODE_REDUCING,
+    CODE_RESTRICTED,
     WEIGHT_TOLERANCE,
 )
 from qmp_execution.engine.config import EngineConfig
@@ -120,18 +127,36 @@ class PreTrade:
     fee: float
     now_ns: int
     rate: RateLimiter
+    # Where each symbol's position goes once its working orders fill (position + signed remaining), and
+    # a price to value it at: what the exposure limits judge. Only built when one of them is on.
+    exposure: dict[str, float] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)
+    gross: float = 0.0  # Σ |exposure| × mark
     checks: tuple["PreTradeCheck", ...] = ()  # the checks this config turns on, in order (set after init)
+    tracking: bool = False  # a check judges exposure: accepted orders are added to it
 
     def __post_init__(self) -> None:
         # A check whose limit is off (0) could never deny: leaving it out keeps the per-order path short.
         self.checks = tuple(check for check in PRE_TRADE_CHECKS if _enabled(check, self.config))
+        self.tracking = tracks_exposure(self.config)
+        self.gross = math.fsum(abs(q) * self.marks.get(s, 0.0) for s, q in self.exposure.items())
 
     def commit(self, order: Candidate) -> None:
-        """Account for an accepted order in the cash still available to the next ones."""
+        """Account for an accepted order in the cash and the exposure left to the next ones."""
         if order.allowed > 0.0:
             self.available -= order.allowed * order.price * (1.0 + self.fee + order.est_cost)
         else:
             self.available += -order.allowed * order.price * (1.0 - self.fee - order.est_cost)
+        if self.tracking:
+            self.exposure[order.symbol], self.gross = self.after(order)
+            self.marks[order.symbol] = order.price  # what `after` valued it at
+
+    def after(self, order: Candidate) -> tuple[float, float]:
+        """Return (the symbol's exposure, the gross exposure) if the order were accepted as it stands."""
+        before = self.exposure.get(order.symbol, 0.0)
+        after = before + order.allowed
+        gross = self.gross + abs(after) * order.price - abs(before) * self.marks.get(order.symbol, order.price)
+        return after, gross
 
 
 def max_notional(order: Candidate, ctx: PreTrade) -> Denial | None:
@@ -140,6 +165,42 @@ def max_notional(order: Candidate, ctx: PreTrade) -> Denial | None:
     if limit > 0.0 and notional > limit:
         return Denial(f"{CODE_MAX_NOTIONAL}: notional {notional:,.0f} > max per order {limit:,.0f}",
                       CODE_MAX_NOTIONAL)
+    return None
+
+
+def max_quantity(order: Candidate, ctx: PreTrade) -> Denial | None:
+    limit = ctx.config.max_order_quantity
+    if abs(order.allowed) > limit:
+        return Denial(f"{CODE_MAX_QUANTITY}: quantity {abs(order.allowed):,.6g} > max per order {limit:,.6g}",
+                      CODE_MAX_QUANTITY)
+    return None
+
+
+def restricted(order: Candidate, ctx: PreTrade) -> Denial | None:
+    if order.symbol in ctx.config.restricted_symbols and grows_exposure(order.allowed,
+                                                                         ctx.exposure.get(order.symbol, 0.0)):
+        return Denial(f"{CODE_RESTRICTED}: {order.symbol} is restricted; only orders that reduce |position| go",
+                      CODE_RESTRICTED)
+    return None
+
+
+def max_position(order: Candidate, ctx: PreTrade) -> Denial | None:
+    limit = ctx.config.max_position_notional
+    before = ctx.exposure.get(order.symbol, 0.0)
+    after, _ = ctx.after(order)
+    value = abs(after) * order.price
+    if value > limit and abs(after) > abs(before):
+        return Denial(f"{CODE_MAX_POSITION}: {order.symbol} position would be {value:,.0f} > max {limit:,.0f}",
+                      CODE_MAX_POSITION)
+    return None
+
+
+def max_gross_exposure(order: Candidate, ctx: PreTrade) -> Denial | None:
+    limit = ctx.config.max_gross_exposure
+    _, gross = ctx.after(order)
+    if gross > limit and gross > ctx.gross:
+        return Denial(f"{CODE_MAX_GROSS_EXPOSURE}: gross exposure would be {gross:,.0f} > credit limit "
+                      f"{limit:,.0f}", CODE_MAX_GROSS_EXPOSURE)
     return None
 
 
@@ -177,12 +238,21 @@ def order_rate(order: Candidate, ctx: PreTrade) -> Denial | None:
 
 
 PreTradeCheck = Callable[[Candidate, PreTrade], Denial | None]
-PRE_TRADE_CHECKS: tuple[PreTradeCheck, ...] = (max_notional, price_band, available_cash, order_rate)
+PRE_TRADE_CHECKS: tuple[PreTradeCheck, ...] = (max_notional, max_quantity, price_band, restricted, available_cash,
+                                                max_position, max_gross_exposure, order_rate)
 
 
 def _enabled(check: PreTradeCheck, config: EngineConfig) -> bool:
-    limits = {max_notional: config.max_order_notional, price_band: config.price_band, order_rate: config.max_order_rate}
+    limits = {max_notional: config.max_order_notional, max_quantity: config.max_order_quantity,
+              price_band: config.price_band, restricted: len(config.restricted_symbols),
+              max_position: config.max_position_notional, max_gross_exposure: config.max_gross_exposure,
+              order_rate: config.max_order_rate}
     return limits.get(check, 1) > 0
+
+
+def tracks_exposure(config: EngineConfig) -> bool:
+    """Return whether a check needs the exposure of the book (positions and working orders) to judge."""
+    return bool(config.max_position_notional or config.max_gross_exposure or config.restricted_symbols)
 
 
 def pre_trade(order: Candidate, ctx: PreTrade) -> Denial | None:
