@@ -32,6 +32,7 @@ from qmp_core.messages import (
     encode,
 )
 from qmp_execution.app import ExecutionService, settings_from
+from qmp_execution.fake_alpaca import FakeAlpaca
 from qmp_execution.fake_broker import Behaviour, FakeBrokerBook, FakeBrokerServer
 from qmp_execution.publisher import AckedPublisher, PublishFailed
 from qmp_ops.runtime.nats_server import NatsCredentials
@@ -304,6 +305,49 @@ async def test_execution_when_rest_broker_configured_then_orders_go_to_it_and_it
     assert all(f.price == pytest.approx(f.arrival_price * 1.0001) for f in filled)
     assert dict(zip(last.symbols, last.quantities, strict=True)) == pytest.approx(book.positions)
     assert health.detail["broker"]["active"] == "backup"
+
+
+async def test_execution_when_alpaca_fills_after_its_answer_then_next_batch_books_the_fills_once(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
+    unique_id: str,
+) -> None:
+    sid = venue = unique_id
+    fake = FakeAlpaca(prices={"AAA": 50.05, "BBB": 199.8})
+    fake.behaviour.fill_delay_s = 3600.0  # nothing fills while execution waits for its answer
+    await fake.start()
+    fills = await operator_nc.subscribe(subjects.fills(sid))
+    snapshots = await operator_nc.subscribe(subjects.portfolio(sid))
+    base = settings_for(nats_credentials, "execution", database_url)
+    service = ExecutionService(settings_from(
+        base, strategies=f"{sid}={__name__}:TinyStrategy", venues=[sid], execution_instance=sid,
+        min_order_notional=0.0, broker="alpaca", alpaca_api_key=fake.key, alpaca_secret_key=fake.secret,
+        alpaca_url=fake.url, alpaca_fill_wait_s=0.05,
+    ))
+    await service.app.start()
+    try:
+        for day in (0, 1):
+            await publish_bars(collector_nc, bars(venue, day))
+        sent = await receive(snapshots, codec(PortfolioSnapshot).decode, 2)
+        fake.fill_all()  # the market fills both orders after Alpaca's first answer
+        await publish_bars(collector_nc, bars(venue, 2))
+        filled = await receive(fills, codec(Fill).decode, 2)
+        last = (await receive(snapshots, codec(PortfolioSnapshot).decode, 1))[-1]
+        await publish_bars(collector_nc, bars(venue, 3))  # asked again: nothing booked twice
+        await receive(snapshots, codec(PortfolioSnapshot).decode, 1)
+        health = msgspec.json.decode((await operator_nc.request(subjects.health("execution"), b"",
+                                                                timeout=WAIT_S)).data, type=HealthReply)
+    finally:
+        await service.app.stop()
+        await fake.stop()
+
+    first_orders = {w.order_id for w in sent[-1].working}
+    assert len(first_orders) == 2 and all(q == 0 for q in sent[-1].quantities)  # working at the venue, unbooked
+    assert {o.client_order_id for o in fake.orders.values() if o.status == "filled"} == first_orders
+    assert sorted((f.symbol, f.price) for f in filled) == [("AAA", 50.05), ("BBB", 199.8)]
+    assert {f.order_id for f in filled} == first_orders
+    assert dict(zip(last.symbols, last.quantities, strict=True)) == pytest.approx(fake.positions)
+    assert not first_orders & {w.order_id for w in last.working}
+    assert health.detail["reconciled_fills"] == 2 and health.detail["broker"] == "alpaca"
 
 
 async def test_publisher_when_core_subscriber_answers_first_then_waits_for_stream_ack(

@@ -343,6 +343,66 @@ def test_apply_acks_when_external_broker_answers_then_fills_booked_and_rejection
     assert engine.process(bar(1, PRICES)).results[SID].fills == booked.fills  # a redelivery replays it
 
 
+def test_reconcile_when_venue_fills_after_its_answer_then_booked_once_at_exact_prices_with_next_batch() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3})}, config(broker="external"))
+    engine.process(bar(0, PRICES))
+    order_ = events_of(engine.process(bar(1, PRICES)).results[SID], OrderAccepted)[0]
+    engine.apply_acks(SID, [OrderAck(order_id=order_.order_id, status="accepted")])  # working at the venue
+    assert engine.open_order_ids(SID) == [order_.order_id]
+    part = 0.4 * order_.quantity
+
+    # The venue reports cumulative fills: 40% at 50.0, then everything at an average of 50.3.
+    first = engine.reconcile(SID, [OrderAck(order_id=order_.order_id, status="partially_filled",
+                                            fills=[BrokerFill(fill_id="v", quantity=part, price=50.0)])], 10)
+    again = engine.reconcile(SID, [OrderAck(order_id=order_.order_id, status="partially_filled",
+                                            fills=[BrokerFill(fill_id="v", quantity=part, price=50.0)])], 10)
+    rest = engine.reconcile(SID, [OrderAck(order_id=order_.order_id, status="filled", fills=[
+        BrokerFill(fill_id="v", quantity=order_.quantity, price=50.3)])], 11)
+    result = engine.process(bar(2, PRICES)).results[SID]
+
+    assert [f.quantity for f in first] == [pytest.approx(part)] and again == []
+    assert rest[0].quantity == pytest.approx(order_.quantity - part)
+    assert rest[0].price == pytest.approx((50.3 * order_.quantity - 50.0 * part) / (order_.quantity - part))
+    assert [f.fill_id for f in result.fills] == [f"{order_.order_id}-f1", f"{order_.order_id}-f2"]
+    assert order_.order_id not in [w.order_id for w in result.snapshot.working] + engine.open_order_ids(SID)
+    spent = math.fsum(f.quantity * f.price + f.fee for f in result.fills)
+    assert result.snapshot.cash == pytest.approx(CAPITAL - spent)
+    assert spent - math.fsum(f.fee for f in result.fills) == pytest.approx(50.3 * order_.quantity)
+
+
+def test_reconcile_when_a_withdrawn_order_filled_at_the_venue_then_its_fill_is_still_booked() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3})}, config(broker="external"))
+    engine.process(bar(0, PRICES))
+    order_ = events_of(engine.process(bar(1, PRICES)).results[SID], OrderAccepted)[0]
+    engine.apply_acks(SID, [OrderAck(order_id=order_.order_id, status="accepted")])
+    set_state(engine, SID, status="HALTED")
+    halted = engine.process(bar(2, PRICES)).results[SID]  # the halt withdraws the working order
+    assert [c.order_id for c in events_of(halted, OrderCanceled)] == [order_.order_id]
+    assert engine.open_order_ids(SID) == [order_.order_id]  # the venue may still fill it
+
+    booked = engine.reconcile(SID, [OrderAck(order_id=order_.order_id, status="filled", fills=[
+        BrokerFill(fill_id="v", quantity=order_.quantity, price=50.1)])], 12)
+    result = engine.process(bar(3, PRICES)).results[SID]
+
+    assert [f.quantity for f in booked] == [pytest.approx(order_.quantity)] and engine.open_order_ids(SID) == []
+    assert dict(zip(result.snapshot.symbols, result.snapshot.quantities, strict=True))["AAA"] == pytest.approx(
+        order_.quantity)
+
+
+def test_reconcile_when_venue_ended_a_working_order_unfilled_then_it_is_withdrawn_with_the_next_batch() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3})}, config(broker="external"))
+    engine.process(bar(0, PRICES))
+    order_ = events_of(engine.process(bar(1, PRICES)).results[SID], OrderAccepted)[0]
+    engine.apply_acks(SID, [OrderAck(order_id=order_.order_id, status="accepted")])
+
+    engine.reconcile(SID, [OrderAck(order_id=order_.order_id, status="canceled", reason="expired")], 12)
+    result = engine.process(bar(2, PRICES)).results[SID]
+
+    canceled = events_of(result, OrderCanceled)
+    assert [(c.order_id, c.reason_code) for c in canceled] == [(order_.order_id, CODE_BROKER_REJECTED)]
+    assert engine.open_order_ids(SID) == [e.order_id for e in events_of(result, OrderAccepted)]  # a new order
+
+
 class UnknownSymbols:
     lookback = 1
     leverage_limit = 1.0

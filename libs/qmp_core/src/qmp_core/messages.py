@@ -733,6 +733,7 @@ class WorkingOrder(Struct, frozen=True, kw_only=True):
     fills: int = 0
     bars_waited: int = 0
     schema: int = SCHEMA_VERSION
+    filled_value: float = 0.0  # Σ quantity × price of the fills booked (an external broker's; 0 for paper)
 
 
 class StopLossInForce(Struct, frozen=True, kw_only=True):

@@ -4,10 +4,14 @@ Orders go out as market orders, day orders, with QMP's order id as Alpaca's `cli
 refuses a second order with the same one, so a retry, or a restart that sends an order again, finds the
 order it already has (by client order id) instead of making a second one. A submit waits up to
 `fill_wait_s` for the order to fill (polling its status) and answers with what Alpaca reports then: the
-filled quantity at its average price, or the order still working. Alpaca's answers map to QMP's as:
-filled and partially_filled → the same, with one fill of the quantity filled so far; new, accepted,
-pending_new and the other working states → accepted; canceled, expired, done_for_day, replaced →
-canceled; rejected and suspended → rejected.
+filled quantity at its average price, or the order still working (what fills later is booked by
+reconciliation, below). Alpaca's answers map to QMP's as: filled and partially_filled → the same, with one
+fill of the quantity filled so far; new, accepted, pending_new and the other working states → accepted;
+canceled, expired, done_for_day, replaced → canceled; rejected and suspended → rejected.
+
+`status` answers with an order's fills so far, for reconciliation: before each batch, execution asks for
+every order still working in its book, and every order it withdrew that Alpaca has not been seen to end
+(a cancel can cross a fill), and books what Alpaca filled beyond what is booked (`StrategyHost.reconcile`).
 
 Errors: a 4xx other than 401 and 429 is Alpaca refusing the order (an OrderAck `rejected` with Alpaca's
 message: buying power, an unknown symbol, a closed market); refused credentials (401), a rate limit (429),
@@ -172,6 +176,17 @@ class AlpacaAdapter:
             await self._sleep(self.config.poll_s)
             order = await self._call(self.client.get_order_by_id, order.id)
         return order
+
+    async def status(self, order_id: str) -> OrderAck:
+        """Return the order as Alpaca reports it now: its fills so far (cumulative), or `unknown`."""
+        try:
+            order = await self._call(self.client.get_order_by_client_id, order_id)
+        except APIError as error:
+            if error.status_code == 404:
+                return OrderAck(order_id=order_id, status="unknown", reason="alpaca has no such order",
+                                endpoint=self.name)
+            raise BrokerUnavailable(f"alpaca answered {error.status_code}: {_message(error)}") from error
+        return ack_of(order_id, order)
 
     async def cancel(self, order_id: str) -> OrderAck:
         try:

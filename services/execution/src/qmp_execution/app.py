@@ -349,13 +349,14 @@ class ExecutionService:
             "strategies": self.engine.status(),
             "batches": handler.batches if handler else 0,
             "dead_letters": handler.dead_letters if handler else 0,
+            "reconciled_fills": handler.reconciled_fills if handler else 0,
             "control_updates": self.watch.updates if self.watch else 0,
             "control_catch_up_timeouts": self.watch.catch_up_timeouts if self.watch else 0,
             "risk_snapshots": self.risk_watch.received if self.risk_watch else 0,
             "risk_catch_up_timeouts": self.risk_watch.catch_up_timeouts if self.risk_watch else 0,
             "stop_losses": {"received": self.stop_loss.received, "applied": self.stop_loss.applied,
                             "dead_letters": self.stop_loss.dead_letters} if self.stop_loss else {},
-            "broker": self.rest.status() if self.rest else "paper",
+            "broker": self.rest.status() if self.rest else self.settings.broker,
         }
 
 

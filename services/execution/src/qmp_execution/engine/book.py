@@ -26,6 +26,7 @@ class Working:
     filled: float = 0.0
     fills: int = 0
     bars_waited: int = 0
+    filled_value: float = 0.0  # Σ quantity × price of the fills booked (an external broker's fills only)
 
     @property
     def remaining(self) -> float:
@@ -38,13 +39,13 @@ class Working:
     def to_message(self) -> WorkingOrder:
         return WorkingOrder(order_id=self.order_id, symbol=self.symbol, side=self.side, quantity=self.quantity,
                             price=self.price, ts_event=self.ts_event, filled=self.filled, fills=self.fills,
-                            bars_waited=self.bars_waited)
+                            bars_waited=self.bars_waited, filled_value=self.filled_value)
 
     @classmethod
     def from_message(cls, order: WorkingOrder) -> "Working":
         return cls(order_id=order.order_id, symbol=order.symbol, side=order.side, quantity=order.quantity,
                    price=order.price, ts_event=order.ts_event, filled=order.filled, fills=order.fills,
-                   bars_waited=order.bars_waited)
+                   bars_waited=order.bars_waited, filled_value=order.filled_value)
 
 
 @dataclass

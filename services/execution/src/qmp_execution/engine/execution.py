@@ -9,6 +9,7 @@ from qmp_core.clock import Clock
 from qmp_core.messages import (
     BarBatch,
     ClosePosition,
+    Fill,
     PortfolioSnapshot,
     RiskSnapshot,
     TradingState,
@@ -114,6 +115,14 @@ class ExecutionEngine:
     def apply_acks(self, strategy: str, acks: Sequence[OrderAck]) -> StrategyResult:
         """Book an external broker's answers to a strategy's orders of the last batch."""
         return self.hosts[strategy].apply_acks(acks)
+
+    def open_order_ids(self, strategy: str) -> list[str]:
+        """Return the strategy's orders an external broker may still fill (see `StrategyHost.reconcile`)."""
+        return self.hosts[strategy].open_order_ids()
+
+    def reconcile(self, strategy: str, acks: Sequence[OrderAck], ts_event: int) -> list[Fill]:
+        """Book the fills an external broker reports beyond what is booked (cumulative answers)."""
+        return self.hosts[strategy].reconcile(acks, ts_event)
 
     def warm(self, batches: Iterable[BarBatch]) -> int:
         """Rebuild windows from batches traded before a restart (any order); return timestamps used."""

@@ -55,6 +55,8 @@ from qmp_execution.engine.slippage import BPS, SlippageConfig, SlippageModel
 from qmp_execution.engine.stoploss import StopLoss
 from qmp_execution.engine.window import PriceWindow, average_daily_volume, daily_vols
 
+WITHDRAWN_KEPT = 4096  # withdrawn orders remembered until the venue is seen to end them
+
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- strategy host
@@ -83,6 +85,11 @@ class StrategyHost:
         self._last: StrategyResult | None = None
         self._last_market: Market | None = None
         self.denials = RepeatedDenials()
+        # An external broker's: orders withdrawn here that it may still fill, and what `reconcile` booked
+        # between batches (published with the next batch's result).
+        self._withdrawn: dict[str, Working] = {}
+        self._late_fills: list[Fill] = []
+        self._late_events: list[OrderEvent] = []
 
     @property
     def venue(self) -> str:
@@ -159,7 +166,7 @@ class StrategyHost:
         self.window.append(batch.ts_event, batch.symbols, batch.close, batch.volume)
         book.mark(batch.symbols, batch.close)
         market = self._market(batch)
-        decisions = self._cancel_for_state(state, batch.ts_event)
+        decisions, self._late_events = self._late_events + self._cancel_for_state(state, batch.ts_event), []
         closing, replaced, closes = self._stop_loss_orders(batch, market)
         decisions += replaced
         if self.running and len(self.window) > self.strategy.lookback:
@@ -167,7 +174,10 @@ class StrategyHost:
         elif closes:  # a stopped or warming-up strategy still closes on a stop-loss
             decisions += self._check(closes, state, batch.ts_event, book.equity(), previous, "")
         decisions = self.denials.select(state, decisions)
-        fills = self.broker.execute(book, market) if self.config.broker == "paper" else []
+        if self.config.broker == "paper":
+            fills = self.broker.execute(book, market)
+        else:
+            fills, self._late_fills = self._late_fills, []
         self._last_market = market
         book.last_ts, book.last_seq = batch.ts_event, seq
         self._batches += 1
@@ -182,45 +192,96 @@ class StrategyHost:
     def apply_acks(self, acks: Sequence[OrderAck]) -> StrategyResult:
         """Book an external broker's answers to the last batch's orders; return (and cache) the new result.
 
-        Fill ids stay `<order_id>-f<n>`; an order the broker rejected is withdrawn (OrderCanceled).
+        Each fill in an answer is new (what the broker filled since it was sent). Fill ids stay
+        `<order_id>-f<n>`; an order the broker rejected is withdrawn (OrderCanceled).
         """
         last = self._last
         if last is None:
             raise RuntimeError(f"{self.strategy_id}: broker answers with no batch traded")
-        book, market = self.portfolio, self._last_market
+        book = self.portfolio
         by_id = {w.order_id: w for w in book.working.values()}
         events, fills = list(last.decisions), list(last.fills)
-        fee_rate = self.config.paper.fee_bps * BPS
         for ack in acks:
             order = by_id.get(ack.order_id)
             if order is None:
                 continue
-            row = market.index.get(order.symbol) if market is not None else None
             for answer in ack.fills:
-                quantity = min(answer.quantity, order.remaining)
-                if quantity <= QTY_EPSILON:
-                    continue
-                order.filled += quantity
-                order.fills += 1
-                direction = 1.0 if order.side == "BUY" else -1.0
-                slippage = direction * (answer.price - order.price) / order.price / BPS
-                fill = Fill(
-                    strategy=self.strategy_id, order_id=order.order_id, fill_id=f"{order.order_id}-f{order.fills}",
-                    symbol=order.symbol, side=order.side, quantity=quantity, price=answer.price,
-                    arrival_price=order.price, slippage_bps=slippage,
-                    fee=answer.fee or quantity * answer.price * fee_rate, ts_event=last.ts_event,
-                    daily_vol=float(market.sigma[row]) if market is not None and row is not None else 0.0,
-                    remaining=order.remaining,
-                )
-                book.apply(fill)
-                fills.append(fill)
-            if ack.status in ("rejected", "canceled") and order.remaining > QTY_EPSILON:
-                code = CODE_BROKER_REJECTED
-                events.append(self._cancel(order, last.ts_event, f"{code}: {ack.reason or ack.status}", code))
-            elif order.remaining <= QTY_EPSILON * max(1.0, order.quantity):
-                book.working.pop(order.symbol, None)
+                fill = self._book_fill(order, min(answer.quantity, order.remaining), answer.price, answer.fee,
+                                       last.ts_event)
+                if fill is not None:
+                    fills.append(fill)
+            events += self._settle(order, ack, last.ts_event)
         self._last = dataclasses.replace(last, decisions=events, fills=fills, snapshot=self.snapshot())
         return self._last
+
+    def open_order_ids(self) -> list[str]:
+        """Orders an external broker may still fill: those working here, and those withdrawn here that the
+        broker has not yet been seen to end (a cancel can cross a fill at the venue)."""
+        return [w.order_id for w in self.portfolio.working.values()] + list(self._withdrawn)
+
+    def reconcile(self, acks: Sequence[OrderAck], ts_event: int) -> list[Fill]:
+        """Book what an external broker filled beyond what is booked; forget the orders it has ended.
+
+        Unlike `apply_acks`, an answer here holds everything filled so far (cumulative fills, as a venue's
+        order status reports them): the part not yet booked is booked, at the price that makes the booked
+        fills' value equal the venue's, so asking twice books nothing twice. The fills and the cancels
+        (orders the venue ended unfilled) go out with the next batch's result.
+        """
+        book = self.portfolio
+        by_id = {w.order_id: w for w in book.working.values()}
+        booked: list[Fill] = []
+        for ack in acks:
+            order = by_id.get(ack.order_id) or self._withdrawn.get(ack.order_id)
+            if order is None:
+                continue
+            total = math.fsum(f.quantity for f in ack.fills)
+            value = math.fsum(f.quantity * f.price for f in ack.fills)
+            missing = min(total, order.quantity) - order.filled
+            if missing > QTY_EPSILON * max(1.0, order.quantity):
+                price = (value - order.filled_value) / missing if order.filled_value > 0.0 else value / total
+                if not (math.isfinite(price) and price > 0.0):  # a venue average that moved oddly: its mean
+                    price = value / total
+                fill = self._book_fill(order, missing, price, 0.0, ts_event)
+                if fill is not None:
+                    booked.append(fill)
+            if order.order_id in by_id:
+                self._late_events += self._settle(order, ack, ts_event)
+            elif ack.status in ("filled", "canceled", "rejected") or order.remaining <= QTY_EPSILON:
+                del self._withdrawn[order.order_id]
+        self._late_fills += booked
+        return booked
+
+    def _book_fill(self, order: Working, quantity: float, price: float, fee: float, ts_event: int) -> Fill | None:
+        """Book one fill of an external broker's on the order and the book; None for a quantity of nothing."""
+        if quantity <= QTY_EPSILON:
+            return None
+        market = self._last_market
+        row = market.index.get(order.symbol) if market is not None else None
+        order.filled += quantity
+        order.filled_value += quantity * price
+        order.fills += 1
+        direction = 1.0 if order.side == "BUY" else -1.0
+        fill = Fill(
+            strategy=self.strategy_id, order_id=order.order_id, fill_id=f"{order.order_id}-f{order.fills}",
+            symbol=order.symbol, side=order.side, quantity=quantity, price=price, arrival_price=order.price,
+            slippage_bps=direction * (price - order.price) / order.price / BPS,
+            fee=fee or quantity * price * self.config.paper.fee_bps * BPS, ts_event=ts_event,
+            daily_vol=float(market.sigma[row]) if market is not None and row is not None else 0.0,
+            remaining=order.remaining,
+        )
+        self.portfolio.apply(fill)
+        return fill
+
+    def _settle(self, order: Working, ack: OrderAck, ts_event: int) -> list[OrderEvent]:
+        """Withdraw a working order the broker ended unfilled (OrderCanceled); drop one filled to the end."""
+        if ack.status in ("rejected", "canceled") and order.remaining > QTY_EPSILON:
+            code = CODE_BROKER_REJECTED
+            canceled = self._cancel(order, ts_event, f"{code}: {ack.reason or ack.status}", code)
+            self._withdrawn.pop(order.order_id, None)  # the broker has ended it: nothing more will fill
+            return [canceled]
+        if order.remaining <= QTY_EPSILON * max(1.0, order.quantity):
+            self.portfolio.working.pop(order.symbol, None)
+        return []
 
     def _market(self, batch: ValidatedBatch) -> Market:
         window = self.window
@@ -256,6 +317,10 @@ class StrategyHost:
 
     def _cancel(self, order: Working, ts_event: int, reason: str, code: str) -> OrderCanceled:
         del self.portfolio.working[order.symbol]
+        if self.config.broker == "external":  # the cancel may cross a fill at the venue: `reconcile` asks
+            self._withdrawn[order.order_id] = order
+            while len(self._withdrawn) > WITHDRAWN_KEPT:
+                del self._withdrawn[next(iter(self._withdrawn))]
         return OrderCanceled(strategy=self.strategy_id, order_id=order.order_id, symbol=order.symbol,
                              side=order.side, quantity=order.remaining, price=order.price, ts_event=ts_event,
                              reason=reason, reason_code=code, filled_quantity=order.filled)

@@ -53,6 +53,7 @@ class BarHandler:
         self.clock = clock
         self.venues = frozenset(venues)
         self.batches = 0
+        self.reconciled_fills = 0  # fills an external broker reported after its answer, booked later
         self._input: Intake[BarBatch] = Intake(BarBatch, SERVICE, clock)
         self._lock = asyncio.Lock()
         self._tracer = tracer("qmp.execution")
@@ -87,6 +88,8 @@ class BarHandler:
                         await self.control.catch_up()
                     if self.risk is not None:
                         await self.risk.catch_up()
+                if self.adapter is not None:
+                    await self.reconcile(batch.ts_event)
                 try:
                     result = self.engine.process(batch)
                 except BatchRejected as error:
@@ -101,6 +104,30 @@ class BarHandler:
                 await self.publish(result)
                 self.batches += 1
             span.set_attribute("qmp.decisions", sum(len(r.decisions) for r in result.results.values()))
+
+    async def reconcile(self, ts_event: int) -> int:
+        """Ask the broker about every order it may still fill; book what it filled since. Return fills booked.
+
+        The fills go out with this batch's result. A broker that cannot say (no `status`) or cannot be
+        reached is asked again before the next batch: nothing is booked from a guess.
+        """
+        status = getattr(self.adapter, "status", None)
+        if not callable(status):
+            return 0
+        booked = 0
+        for sid in self.engine.strategies():
+            ids = self.engine.open_order_ids(sid)
+            if not ids:
+                continue
+            try:
+                acks = await asyncio.gather(*(status(order_id) for order_id in ids))
+            except BrokerUnavailable as error:
+                log.warning("reconciliation postponed: the broker is unavailable",
+                            extra={"strategy": sid, "orders": len(ids), "error": str(error)})
+                continue
+            booked += len(self.engine.reconcile(sid, acks, ts_event))
+        self.reconciled_fills += booked
+        return booked
 
     async def route(self, result: BatchResult) -> BatchResult:
         """Send new orders and cancels to the external broker (concurrently) and book its answers."""
