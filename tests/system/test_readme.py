@@ -15,9 +15,11 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.system
 
@@ -41,6 +43,12 @@ def first_hour_commands() -> list[list[str]]:
 def qmp(args: list[str], cwd: Path, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*QMP, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout_s,
                           env=_clean_env())
+
+
+def scrape(target: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = urllib.request.urlopen(f"http://{target}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def _ctrl_c_works() -> None:
@@ -84,6 +92,15 @@ def test_readme_first_hour_when_run_as_written_then_each_command_does_what_its_c
 
         shown = qmp(commands[3], tmp_path)
         assert re.search(r"strategy vol_target\s+.*HALTED", shown.stdout) and "first try" in shown.stdout
+
+        # Each service serves Prometheus metrics; `qmp up` lists them in a file_sd target file.
+        run_dir = Path(json.loads((tmp_path / ".qmp" / "connection.json").read_text())["run_dir"])
+        targets = json.loads((run_dir / "prometheus-targets.json").read_text())
+        scraped = {t["labels"]["service"]: scrape(t["targets"][0]) for t in targets}
+        assert sorted(scraped) == ["collector", "deployer", "execution", "risk"]
+        for service, samples in scraped.items():
+            assert samples[("qmp_service_status", (("service", service), ("status", "ok")))] == 1.0, service
+        assert scraped["deployer"][("qmp_control_requests_total", (("lane", "urgent"), ("outcome", "accepted")))] >= 1
 
         resumed = qmp(commands[4], tmp_path)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr

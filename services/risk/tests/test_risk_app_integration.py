@@ -8,6 +8,7 @@ import msgspec
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from prometheus_client import REGISTRY
 
 from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_HOUR
@@ -154,6 +155,17 @@ async def test_risk_app_when_bars_and_portfolios_flow_then_snapshots_rows_halt_a
     assert health.detail["snapshots_published"] >= len(EQUITY)
     assert health.detail["strategies_tracked"] >= 1 and health.detail["symbols_tracked"] >= 2
     assert (health.detail["drawdown_halt"], health.detail["stop_loss"]) == (settings.drawdown_halt, settings.stop_loss)
+
+    # What Prometheus scrapes: the last snapshot's measures, the trip, the messages handled, the dead letter.
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    assert sample("qmp_risk_var", strategy=strategy, measure="historical_99") == last.var["historical_99"]
+    assert sample("qmp_risk_es", strategy=strategy, measure="normal_95") == last.es["normal_95"]
+    assert sample("qmp_risk_drawdown", strategy=strategy, window="24h") == pytest.approx(last.drawdown_24h)
+    assert sample("qmp_breaker_trips_total", strategy=strategy, breaker="drawdown_24h") == 1.0
+    assert (sample("qmp_messages_handled_total", service="risk", what="portfolio snapshot") or 0) >= len(EQUITY)
+    assert (sample("qmp_dead_letters_total", service="risk") or 0) >= 1
 
 
 async def test_risk_app_when_nobody_answers_the_halt_then_snapshot_still_published_and_next_one_retries(

@@ -21,7 +21,7 @@ from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
-from qmp_core import subjects
+from qmp_core import metrics, subjects
 from qmp_core.clock import Clock
 from qmp_core.config import Retention
 from qmp_core.messages import CONTENT_TYPE_JSON, DeadLetter, wire
@@ -214,6 +214,7 @@ async def dead_letter(
     letter = DeadLetter(service=service, subject=subject, reason=reason, payload=text[:PAYLOAD_EXCERPT],
                         ts_event=clock.now_ns())
     log.warning("dead letter", extra={"service": service, "subject": subject, "reason": reason})
+    metrics.DEAD_LETTERS.labels(service).inc()
     await publish(js, subjects.dlq(service), letter, msg_id=msg_id)
 
 

@@ -86,6 +86,8 @@ class ServiceSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     run_dir: str = ".qmp/run"
     otlp_endpoint: str = ""
     log_level: str = "INFO"
+    metrics_port: int = 0  # serve Prometheus metrics on <metrics_host>:<port>/metrics; 0: not served
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from another host (a container)
 
     # Fields never shown: settings appear in logs and errors, secrets must not. A subclass adds its own.
     secret_fields: ClassVar[frozenset[str]] = frozenset({"nats_password"})

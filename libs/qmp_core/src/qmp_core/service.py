@@ -22,7 +22,7 @@ from faststream.security import BaseSecurity, SASLPlaintext
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from qmp_core import bus, subjects
+from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock
 from qmp_core.config import ServiceSettings
 from qmp_core.dedup import RecentIds
@@ -226,7 +226,10 @@ class Durable:
 
         def on_retry(error: BaseException | None) -> None:
             liveness.retry(what, error)
+            if error is not None:
+                metrics.RETRIES.labels(self.service, what).inc()
 
+        started = time.perf_counter()
         for failures, delay in enumerate(delays(), start=1):
             try:
                 await until_available(handle, what, on_retry, self._sleep)
@@ -243,6 +246,8 @@ class Durable:
                 continue
             liveness.retry(what, None)
             liveness.handled_one()
+            metrics.MESSAGES_HANDLED.labels(self.service, what).inc()
+            metrics.MESSAGE_HANDLING.labels(self.service, what).observe(time.perf_counter() - started)
             return
 
     async def _dead_letter(self, raw: Any, reason: str) -> None:
@@ -256,6 +261,14 @@ async def _heartbeat(raw: Any) -> None:
         await asyncio.sleep(HEARTBEAT_S)
         with contextlib.suppress(Exception):  # the connection may be reconnecting; the next beat tries again
             await raw.in_progress()
+
+
+def start_metrics(settings: ServiceSettings, name: str, liveness: Liveness) -> int | None:
+    """Export the service's health as metrics; serve /metrics on `metrics_port` when set. Return the port."""
+    metrics.track(name, lambda: liveness.status())
+    if settings.metrics_port <= 0:
+        return None
+    return metrics.serve(settings.metrics_port, settings.metrics_host)
 
 
 def register_health(broker: NatsBroker, name: str, detail: Callable[[], dict[str, Any]],

@@ -34,7 +34,7 @@ from qmp_core.config import ServiceSettings, load_settings
 from qmp_core.db import connect_pool
 from qmp_core.messages import BarBatch
 from qmp_core.retry import Unavailable
-from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health
+from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health, start_metrics
 from qmp_core.telemetry import extract_context, setup_logging, setup_tracing
 
 LOCKSTEP_LOOP = ("execution", "risk")  # the services between a batch and its risk snapshot
@@ -231,6 +231,7 @@ class CollectorService:
         ), name="collector-publish")
         self.task.add_done_callback(_log_failure)
         self.liveness.watch("publish loop", self.task, may_end=True)  # a source ends; a failure is a dead loop
+        start_metrics(self.settings, SERVICE, self.liveness)
         self.liveness.ready()
 
     async def start(self) -> None:

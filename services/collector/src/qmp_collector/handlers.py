@@ -18,7 +18,7 @@ from nats.js.errors import NotFoundError
 
 from qmp_collector.engine import CollectorEngine, Outcome, ResumePoint, chunk
 from qmp_collector.store import BarStore, Record
-from qmp_core import bus, subjects
+from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock, ReplayClock
 from qmp_core.lockstep import Progress
 from qmp_core.messages import BarBatch, RiskSnapshot, codec
@@ -185,6 +185,9 @@ class Collector:
         published = 0
         for part in parts:
             outcome = self.engine.process(part)
+            refused = len(part.symbols) if outcome.whole_batch_rejected else len(outcome.rejected)
+            if refused:
+                metrics.BAR_ROWS_REJECTED.labels(part.venue).inc(refused)
             if outcome.rejected or outcome.whole_batch_rejected:  # an empty batch has no rows to list
                 await self._dead_letter_rows(part, outcome, origin, dlq_id)
             if outcome.batch is None:
@@ -204,6 +207,7 @@ class Collector:
         with _tracer.start_as_current_span("collector.publish_batch", attributes=attributes):
             await bus.publish(self.js, subject, batch, msg_id=message_id(batch))
         self.published += 1
+        metrics.BARS_PUBLISHED.labels(batch.venue).inc()
         self._last_ts = batch.ts_event if self._last_ts is None else max(self._last_ts, batch.ts_event)
 
     async def _dead_letter_rows(self, batch: BarBatch, outcome: Outcome, origin: str, dlq_id: str | None) -> None:

@@ -26,7 +26,7 @@ from qmp_core.clock import LiveClock, make_clock
 from qmp_core.config import ServiceSettings, load_settings
 from qmp_core.db import connect_pool
 from qmp_core.messages import ControlReply, encode
-from qmp_core.service import Liveness, connect_nats, make_broker, register_health
+from qmp_core.service import Liveness, connect_nats, make_broker, register_health, start_metrics
 from qmp_core.telemetry import extract_context, setup_logging, setup_tracing
 from qmp_deployer.config import DeployerSettings
 from qmp_deployer.engine.plan import Plan, parse_plan, plan_digest
@@ -144,6 +144,7 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         holder["rollouts"] = rollouts
         holder["timer"] = asyncio.create_task(_run_timer(rollouts, settings))
         liveness.watch("rollout timer", holder["timer"])
+        start_metrics(settings, SERVICE, liveness)
         liveness.ready()
         log.info("deployer ready", extra={"entries": len(store.entries), "plans": sorted(plans),
                                           "leader": rollouts.lease.held(), "epoch": rollouts.lease.epoch})

@@ -23,7 +23,7 @@ from qmp_core.config import ServiceSettings, load_settings
 from qmp_core.db import connect_pool
 from qmp_core.messages import encode
 from qmp_core.retry import Unavailable
-from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health
+from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health, start_metrics
 from qmp_core.strategy import Strategy, load_strategy
 from qmp_execution.adapters import BrokerAdapter
 from qmp_execution.engine import DEFAULT_ES_KEYS, EngineConfig, ExecutionEngine
@@ -322,6 +322,7 @@ class ExecutionService:
         self.stop_loss = StopLossHandler(self.engine, js, self.clock, self.stop_acks)
         self.handler = BarHandler(self.engine, js, self.publisher, ExecutionStore(self._pool), self.clock,
                                   self.settings.venues, adapter, self.stop_acks, self.watch, self.risk_watch)
+        start_metrics(self.settings, SERVICE, self.liveness)
         self.liveness.ready()
         log.info("execution ready", extra={"strategies": self.engine.strategies(), "restored": restored,
                                            "consumer": self.consumer, "subject": bars_subject(self.settings),

@@ -19,7 +19,7 @@ from faststream.nats import NatsBroker, NatsMessage
 
 from qmp_core import bus, subjects
 from qmp_core.clock import Clock, ReplayClock, make_clock
-from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health
+from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health, start_metrics
 from qmp_risk.config import RiskSettings
 from qmp_risk.engine import RiskEngine
 from qmp_risk.handlers import SERVICE, RiskHandlers
@@ -94,6 +94,7 @@ class RiskService:
             self._checks = asyncio.get_running_loop().create_task(self.handlers.run_checks())
             # On a replay clock the checks run with each snapshot instead, and the loop ends at once.
             self.liveness.watch("timed checks", self._checks, may_end=isinstance(self.clock, ReplayClock))
+        start_metrics(self.settings, SERVICE, self.liveness)
         self.liveness.ready()
 
     async def stop_checks(self) -> None:

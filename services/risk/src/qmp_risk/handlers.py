@@ -28,7 +28,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
 
-from qmp_core import bus, subjects
+from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock, ReplayClock
 from qmp_core.db import connect_pool
 from qmp_core.lockstep import Progress
@@ -195,6 +195,8 @@ class RiskHandlers:
             await bus.publish(self.js, subjects.snapshot(snapshot.strategy), snapshot,
                               msg_id=f"{snapshot.strategy}:{snapshot.ts_event}")
             self.snapshots_published += 1
+            metrics.observe_snapshot(snapshot.strategy, snapshot.var, snapshot.es, snapshot.drawdown,
+                                     snapshot.drawdown_24h, snapshot.drawdown_max, snapshot.equity)
             log.debug("risk snapshot", extra={"strategy": snapshot.strategy, "ts_event": snapshot.ts_event,
                                               "status": snapshot.status, "var": snapshot.var,
                                               "drawdown_24h": snapshot.drawdown_24h})
@@ -273,6 +275,8 @@ class RiskHandlers:
         await self._store().write_breaker_event(event)
         await bus.publish(self.js, subjects.breaker_events(event.strategy), event,
                           msg_id=f"{event.strategy}:{event.breaker}:{kind}:{event.ts_event}")
+        if kind == "BreakerTripped":
+            metrics.BREAKER_TRIPS.labels(event.strategy, event.breaker).inc()
         log.warning("breaker event", extra={"event": kind, "strategy": event.strategy, "breaker": event.breaker,
                                             "value": event.value, "threshold": event.threshold,
                                             "action": event.action, "detail": event.detail})

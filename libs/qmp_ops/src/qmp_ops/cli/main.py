@@ -103,7 +103,7 @@ def up(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     options = StackOptions(home=HOME, clock="replay", pass_environment=True, operators=names, tls=not no_tls,
-                           warm_spares=not no_warm_spares,
+                           warm_spares=not no_warm_spares, metrics=True,
                            service_env={"collector": collector, "execution": {"QMP_STRATEGIES": strategies}})
     stack = Stack(options)
     if no_tls:
@@ -125,6 +125,9 @@ def up(
             console.print(f"TLS: servers verified against this run's CA, {connection.tls_ca}")
         for name in names:
             console.print(f"operator {name}: `qmp --as {name} <verb>` ({operator_connection_file(HOME, name)})")
+        console.print("metrics: " + ", ".join(f"{service} http://127.0.0.1:{port}/metrics"
+                                              for service, port in stack.metrics_ports.items())
+                      + f" (Prometheus file_sd targets: {stack.run_dir / 'prometheus-targets.json'})")
         console.print(f"logs and traces: {stack.run_dir}  —  Ctrl-C stops everything")
         # A service that dies or fails its health is restarted (with backoff); `qmp status` shows restarts.
         asyncio.run(_supervise(stack))

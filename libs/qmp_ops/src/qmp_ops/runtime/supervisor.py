@@ -27,7 +27,7 @@ from qmp_core.config import Retention, load_settings
 from qmp_core.db import migrate
 from qmp_ops.runtime.certificates import ServerCertificates
 from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
-from qmp_ops.runtime.ports import write_private
+from qmp_ops.runtime.ports import free_port, write_private
 from qmp_ops.runtime.postgres_server import EmbeddedPostgres
 from qmp_ops.runtime.roles import ADMIN
 
@@ -62,6 +62,9 @@ class StackOptions:
     # A warm spare per service (qmp_core.warm_spare): a crash is followed by a start that imports nothing.
     # Each spare holds a service's imports in memory (~100-200 MB); `qmp up --no-warm-spares` goes without.
     warm_spares: bool = False
+    # Each service serves Prometheus metrics on a loopback port of its own (`qmp up`); the ports are
+    # written to <run_dir>/prometheus-targets.json, a file_sd target list a Prometheus server can read.
+    metrics: bool = False
 
 
 def redacted(url: str) -> str:
@@ -162,6 +165,11 @@ class Stack:
         self.database_url = ""
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.spares: dict[str, subprocess.Popen[bytes]] = {}  # warm spares, by service
+        self.metrics_ports = {service: free_port() for service in options.services} if options.metrics else {}
+        if self.metrics_ports:
+            targets = [{"targets": [f"127.0.0.1:{port}"], "labels": {"job": "qmp", "service": service}}
+                       for service, port in self.metrics_ports.items()]
+            (self.run_dir / "prometheus-targets.json").write_text(json.dumps(targets, indent=2))
 
     @property
     def connection(self) -> Connection:
@@ -232,6 +240,8 @@ class Stack:
             QMP_RUN_DIR=str(self.run_dir), QMP_CLOCK=self.options.clock,
             PYTHONUNBUFFERED="1",
         )
+        if service in self.metrics_ports:  # the same port across restarts: the scrape target stays valid
+            env["QMP_METRICS_PORT"] = str(self.metrics_ports[service])
         env.update(self.options.service_env.get(service, {}))
         return env
 

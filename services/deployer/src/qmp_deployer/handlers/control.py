@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from qmp_core import bus, subjects
+from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock
 from qmp_core.messages import (
     ControlApplied,
@@ -191,10 +192,14 @@ class ControlHandler:
 
     async def handle(self, subject: str, data: bytes) -> bytes:
         arrival = next(self._arrivals)
+        started = time.perf_counter()
         with _tracer.start_as_current_span("deployer.control") as span:
             reply = await self._handle(subject, data, arrival)
             span.set_attribute("qmp.accepted", reply.accepted)
             span.set_attribute("qmp.command_id", reply.command_id)
+            lane = "urgent" if subjects.is_urgent(subject) else "normal"
+            metrics.CONTROL_REPLY.labels(lane).observe(time.perf_counter() - started)
+            metrics.CONTROL_REQUESTS.labels(lane, "accepted" if reply.accepted else "refused").inc()
             return encode(reply)
 
     async def _handle(self, subject: str, data: bytes, arrival: int) -> ControlReply:

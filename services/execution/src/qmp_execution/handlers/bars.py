@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping
 
 from nats.js import JetStreamContext
 
-from qmp_core import bus, subjects
+from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock, ReplayClock
 from qmp_core.messages import (
     BarBatch,
@@ -176,6 +176,8 @@ class BarHandler:
             if self.stop_acks is not None:
                 await self.stop_acks.release(strategy_result.snapshot, self.engine.stop_loss_ids(sid))
             self._log(strategy_result)
+            if not strategy_result.replayed:
+                _count(strategy_result)
 
     @staticmethod
     def _log(result: StrategyResult) -> None:
@@ -190,3 +192,14 @@ class BarHandler:
 
     async def _reject(self, subject: str, reason: str, data: bytes, delivery_id: str) -> None:
         await self._input.reject(self.js, subject, reason, data, letter_id(delivery_id))
+
+
+def _count(result: StrategyResult) -> None:
+    """Count a batch's decisions and fills, and set the equity, in the service's metrics."""
+    for event in result.decisions:
+        tag = str(event.__struct_config__.tag)
+        decision = {"OrderAccepted": "accepted", "OrderDenied": "denied", "OrderCanceled": "canceled"}.get(tag, tag)
+        metrics.ORDERS.labels(result.strategy, decision, getattr(event, "reason_code", "") or "").inc()
+    if result.fills:
+        metrics.FILLS.labels(result.strategy).inc(len(result.fills))
+    metrics.EQUITY.labels(result.strategy).set(result.snapshot.equity)
