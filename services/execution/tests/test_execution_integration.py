@@ -2,6 +2,8 @@
 budget from risk snapshots, books in the database, a REST broker on loopback."""
 
 import asyncio
+import os
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +21,8 @@ from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_DAY
 from qmp_core.messages import (
     BarBatch,
+    BrokerCommand,
+    BrokerReply,
     DeadLetter,
     Fill,
     HealthReply,
@@ -329,25 +333,53 @@ async def test_execution_when_alpaca_fills_after_its_answer_then_next_batch_book
             await publish_bars(collector_nc, bars(venue, day))
         sent = await receive(snapshots, codec(PortfolioSnapshot).decode, 2)
         fake.fill_all()  # the market fills both orders after Alpaca's first answer
+        filled_at_venue = {o.client_order_id for o in fake.orders.values() if o.status == "filled"}
         await publish_bars(collector_nc, bars(venue, 2))
         filled = await receive(fills, codec(Fill).decode, 2)
         last = (await receive(snapshots, codec(PortfolioSnapshot).decode, 1))[-1]
+        venue_positions = dict(fake.positions)
         await publish_bars(collector_nc, bars(venue, 3))  # asked again: nothing booked twice
         await receive(snapshots, codec(PortfolioSnapshot).decode, 1)
         health = msgspec.json.decode((await operator_nc.request(subjects.health("execution"), b"",
                                                                 timeout=WAIT_S)).data, type=HealthReply)
+        check = encode(BrokerCommand(command="check"))
+        agreed = codec(BrokerReply).decode((await operator_nc.request(subjects.broker(sid), check, WAIT_S)).data)
+        fake.fill_all()  # day 2's orders fill at the venue after the last batch
+        fake.set_position("TSLA", 3.0)  # and someone buys by hand at the broker
+        differs = codec(BrokerReply).decode((await operator_nc.request(subjects.broker(sid), check, WAIT_S)).data)
+        operator_says = await qmp_cli(nats_credentials, "venues", "--instance", sid)
     finally:
         await service.app.stop()
         await fake.stop()
 
+    # The check books the venue's late fills first, so only the position changed by hand differs.
+    assert agreed.accepted and agreed.broker == "alpaca" and agreed.differences == []
+    assert agreed.account["buying_power"] > 0 and agreed.account["latency_ms"] > 0
+    assert [(d.symbol, d.booked, d.venue) for d in differs.differences] == [("TSLA", 0.0, 3.0)]
+    code, text = operator_says  # `qmp venues` as an operator runs it: the difference, and exit 1
+    assert code == 1 and "alpaca answered" in text and "position differs TSLA: books 0, venue 3" in text, text
+
+
     first_orders = {w.order_id for w in sent[-1].working}
     assert len(first_orders) == 2 and all(q == 0 for q in sent[-1].quantities)  # working at the venue, unbooked
-    assert {o.client_order_id for o in fake.orders.values() if o.status == "filled"} == first_orders
+    assert filled_at_venue == first_orders
     assert sorted((f.symbol, f.price) for f in filled) == [("AAA", 50.05), ("BBB", 199.8)]
     assert {f.order_id for f in filled} == first_orders
-    assert dict(zip(last.symbols, last.quantities, strict=True)) == pytest.approx(fake.positions)
+    assert dict(zip(last.symbols, last.quantities, strict=True)) == pytest.approx(venue_positions)
     assert not first_orders & {w.order_id for w in last.working}
     assert health.detail["reconciled_fills"] == 2 and health.detail["broker"] == "alpaca"
+
+
+async def qmp_cli(credentials: NatsCredentials, *args: str) -> tuple[int, str]:
+    """Run the `qmp` command in a process of its own against this test's NATS; return (exit code, output)."""
+    user, password = credentials.for_user("operator")
+    flags = ["--nats-url", credentials.url] + (["--nats-user", user, "--nats-password", password] if user else [])
+    flags += ["--nats-tls-ca", credentials.tls_ca] if credentials.tls_ca else []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QMP_")} | {"COLUMNS": "200"}
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "qmp_ops.cli.main", *flags, *args, env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    return process.returncode or 0, output.decode()
 
 
 async def test_publisher_when_core_subscriber_answers_first_then_waits_for_stream_ack(

@@ -180,10 +180,10 @@ async def test_force_when_backup_pinned_then_used_until_auto(pair: Pair) -> None
 
 async def test_broker_command_when_use_endpoint_then_reply_reports_active_endpoint(pair: Pair) -> None:
     async with RestBrokerClient(pair.config()) as client:
-        commands = BrokerCommands(client, TestClock(5))
+        commands = BrokerCommands("rest", TestClock(5), client)
 
-        pinned = commands.handle(encode({"command": "use_endpoint", "endpoint": "backup", "command_id": "c1"}))
-        bad = commands.handle(b'{"command":"use_endpoint","endpoint":"moon"}')
+        pinned = await commands.handle(encode({"command": "use_endpoint", "endpoint": "backup", "command_id": "c1"}))
+        bad = await commands.handle(b'{"command":"use_endpoint","endpoint":"moon"}')
 
     assert isinstance(pinned, BrokerReply) and pinned.accepted and pinned.active == BACKUP and pinned.forced == BACKUP
     assert set(pinned.endpoints) == {PRIMARY, BACKUP}
@@ -192,7 +192,8 @@ async def test_broker_command_when_use_endpoint_then_reply_reports_active_endpoi
 
 async def test_broker_command_when_no_backup_configured_then_rejected(pair: Pair) -> None:
     async with RestBrokerClient(pair.config(backup_url="")) as client:
-        reply = BrokerCommands(client, TestClock(5)).handle(b'{"command":"use_endpoint","endpoint":"backup"}')
+        reply = await BrokerCommands("rest", TestClock(5), client).handle(
+            b'{"command":"use_endpoint","endpoint":"backup"}')
 
     assert not reply.accepted and "no backup endpoint" in reply.reason
 

@@ -748,14 +748,23 @@ class StopLossInForce(Struct, frozen=True, kw_only=True):
 
 
 class BrokerCommand(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A request on `qmp.broker.<instance>`: pin the broker to an endpoint (or `auto`), or ask its status."""
+    """A request on `qmp.broker.<instance>`: pin the broker to an endpoint (or `auto`), ask its status, or
+    `check` the venue: its account, and every position where the books and the venue disagree."""
 
-    command: Literal["use_endpoint", "status"] = "status"
+    command: Literal["use_endpoint", "status", "check"] = "status"
     endpoint: Literal["primary", "backup", "auto"] = "auto"
     issued_by: str = "operator"
     command_id: str = ""
     ts_event: int = 0
     schema: int = SCHEMA_VERSION
+
+
+class PositionDifference(Struct, frozen=True, kw_only=True):
+    """A symbol whose position at the venue is not the sum of the books of the strategies trading there."""
+
+    symbol: str
+    booked: float
+    venue: float
 
 
 class BrokerReply(Struct, frozen=True, kw_only=True):
@@ -766,6 +775,9 @@ class BrokerReply(Struct, frozen=True, kw_only=True):
     endpoints: dict[str, dict[str, float]] = {}  # name -> latency_p99_ms, errors, requests, healthy
     ts_event: int = 0
     schema: int = SCHEMA_VERSION
+    broker: str = ""  # paper, rest, alpaca
+    account: dict[str, float] = {}  # `check`: cash, equity, buying_power, latency_ms of the account call
+    differences: list[PositionDifference] = []  # `check`: positions where the books and the venue disagree
 
 
 PUBLIC_MESSAGES.update(OrderEvent=OrderEvent, BrokerCommand=BrokerCommand, BrokerReply=BrokerReply)

@@ -212,7 +212,7 @@ class AlpacaAdapter:
     async def account(self) -> Account:
         account = await self._call(self.client.get_account)
         return Account(cash=float(account.cash or 0.0), equity=float(account.equity or 0.0),
-                       currency=str(account.currency or "USD"))
+                       currency=str(account.currency or "USD"), buying_power=float(account.buying_power or 0.0))
 
 
 def _code(error: APIError) -> int | None:

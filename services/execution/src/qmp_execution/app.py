@@ -232,7 +232,8 @@ class ExecutionService:
         self.publisher: AckedPublisher | None = None
         if settings.broker == "rest":
             self.rest = RestBrokerClient(rest_config(settings))
-            self.broker_commands = BrokerCommands(self.rest, self.clock)
+        if settings.broker != "paper":
+            self.broker_commands = BrokerCommands(settings.broker, self.clock, self.rest, lambda: self.handler)
         self._pool: Any = None
         self._register()
         self.app = FastStream(self.broker, logger=log, on_startup=[self._start],
@@ -292,7 +293,7 @@ class ExecutionService:
 
             @self.broker.subscriber(subjects.broker(instance))
             async def on_broker_command(msg: NatsMessage) -> bytes:
-                return encode(commands.handle(msg.raw_message.data))
+                return encode(await commands.handle(msg.raw_message.data))
 
         register_health(self.broker, SERVICE, self.health, self.liveness)
 

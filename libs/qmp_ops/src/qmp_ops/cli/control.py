@@ -8,6 +8,7 @@ import msgspec
 import nats
 
 from qmp_core import bus, subjects
+from qmp_core.messages import BrokerCommand, BrokerReply, codec, encode
 from qmp_ops.runtime.supervisor import SERVICES, Connection, read_supervisor_record
 
 REQUEST_TIMEOUT_S = 5.0
@@ -73,3 +74,21 @@ async def _states(nc: nats.NATS) -> dict[str, dict[str, Any]]:
     """Return each strategy's effective state as the bucket holds it now (the same rule execution enforces)."""
     entries = await bus.read_control_entries(nc.jetstream())
     return {strategy: msgspec.to_builtins(entries.effective(strategy)) for strategy in sorted(entries.strategies())}
+
+
+class NoBrokerCommands(RuntimeError):
+    """Nobody answers broker commands for the instance: execution trades on the paper broker, or is down."""
+
+
+async def check_venue(connection: Connection, instance: str, timeout_s: float = 30.0) -> BrokerReply:
+    """Ask execution to check its venue: the account, and the positions where the books and the venue differ."""
+    nc = await connection.connect()
+    try:
+        reply = await nc.request(subjects.broker(instance), encode(BrokerCommand(command="check")), timeout=timeout_s)
+    except nats.errors.NoRespondersError:
+        raise NoBrokerCommands(
+            f"no execution instance {instance!r} answers broker commands: it trades on the paper broker "
+            f"(QMP_BROKER=paper), or it is not running (`qmp status`)") from None
+    finally:
+        await nc.close()
+    return codec(BrokerReply).decode(reply.data)

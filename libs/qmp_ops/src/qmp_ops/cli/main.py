@@ -1,4 +1,4 @@
-"""The `qmp` command: up, demo, halt, resume, status, contract; the rest registers on demand."""
+"""The `qmp` command: up, demo, halt, resume, status, venues, contract; the rest registers on demand."""
 
 import asyncio
 import json
@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import asyncpg
+import msgspec
 import nats
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qmp_core import subjects
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
-from qmp_ops.cli.control import gather_status, send_control
+from qmp_ops.cli.control import NoBrokerCommands, check_venue, gather_status, send_control
 from qmp_ops.cli.screen import watch as watch_screen
 from qmp_ops.runtime.roles import roles_with
 from qmp_ops.runtime.supervisor import (
@@ -205,6 +207,36 @@ def halt(
 
 
 @app.command()
+def venues(
+    instance: Annotated[str, typer.Option(help="the execution instance (QMP_EXECUTION_INSTANCE)")] = (
+        subjects.DEFAULT_EXECUTION_INSTANCE),
+    as_json: Annotated[bool, typer.Option("--json", help="print the reply as JSON")] = False,
+) -> None:
+    """Check the venue execution trades on: it answers, its account, and every position where the books and the
+    venue disagree (exit 1 when one does, or when the venue does not answer)."""
+    try:
+        reply = asyncio.run(check_venue(Connection.read(), instance))
+    except NoBrokerCommands as error:
+        _fail(str(error))
+    if as_json:
+        console.print_json(msgspec.json.encode(reply).decode())
+    elif not reply.accepted:
+        console.print(f"[red]{escape(reply.broker or 'broker')}[/]: {escape(reply.reason)}", highlight=False)
+    else:
+        account = reply.account
+        console.print(f"[green]✓[/] {escape(reply.broker)} answered in {account.get('latency_ms', 0):.0f} ms: cash "
+                      f"{account.get('cash', 0):,.2f}, equity {account.get('equity', 0):,.2f}, buying power "
+                      f"{account.get('buying_power', 0):,.2f}", highlight=False)
+        if not reply.differences:
+            console.print("positions: the books and the venue agree")
+        for difference in reply.differences:
+            console.print(f"[red]position differs[/] {escape(difference.symbol)}: books {difference.booked:g}, "
+                          f"venue {difference.venue:g}", highlight=False)
+    if not reply.accepted or reply.differences:
+        raise typer.Exit(1)
+
+
+@app.command()
 def resume(
     strategy: Annotated[str, typer.Argument(help="strategy id, or ALL")],
     safe: Annotated[bool, typer.Option("--safe", help="resume at half size until the next clean gate")] = False,
@@ -382,8 +414,8 @@ def _print_reply(reply: dict) -> None:
 
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
-FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "contract", "nats-config",
-                           "certificates"})
+FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "contract",
+                           "nats-config", "certificates"})
 
 
 def register_extensions() -> None:

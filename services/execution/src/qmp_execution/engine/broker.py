@@ -41,3 +41,4 @@ class Account(Struct, frozen=True, kw_only=True):
     cash: float
     equity: float
     currency: str = "USD"
+    buying_power: float = 0.0  # what the venue would let the account buy now (0: not reported)

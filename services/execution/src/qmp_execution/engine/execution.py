@@ -17,6 +17,7 @@ from qmp_core.messages import (
 from qmp_core.strategy import Strategy
 from qmp_core.trading_state import ControlEntries
 from qmp_core.validation import ValidatedBatch, merge_chunks, validate_batch
+from qmp_execution.engine.book import QTY_EPSILON
 from qmp_execution.engine.broker import OrderAck
 from qmp_execution.engine.codes import (
     CLOSE_IDS_KEPT,
@@ -115,6 +116,23 @@ class ExecutionEngine:
     def apply_acks(self, strategy: str, acks: Sequence[OrderAck]) -> StrategyResult:
         """Book an external broker's answers to a strategy's orders of the last batch."""
         return self.hosts[strategy].apply_acks(acks)
+
+    def position_differences(self, venue: Mapping[str, float]) -> list[tuple[str, float, float]]:
+        """Return (symbol, booked, venue) where the venue's positions differ from the sum of the books.
+
+        The books of every hosted strategy trade through the one broker: their sum is what the venue's
+        account should hold.
+        """
+        booked: dict[str, float] = {}
+        for host in self.hosts.values():
+            for symbol, quantity in host.portfolio.positions.items():
+                booked[symbol] = booked.get(symbol, 0.0) + quantity
+        out = []
+        for symbol in sorted(set(booked) | set(venue)):
+            mine, theirs = booked.get(symbol, 0.0), float(venue.get(symbol, 0.0))
+            if abs(mine - theirs) > QTY_EPSILON * max(1.0, abs(mine), abs(theirs)):
+                out.append((symbol, mine, theirs))
+        return out
 
     def open_order_ids(self, strategy: str) -> list[str]:
         """Return the strategy's orders an external broker may still fill (see `StrategyHost.reconcile`)."""

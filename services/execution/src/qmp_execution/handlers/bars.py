@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Collection, Mapping
 
 from nats.js import JetStreamContext
@@ -18,7 +19,7 @@ from qmp_core.telemetry import extract_context, tracer
 from qmp_core.validation import BatchRejected
 from qmp_execution.adapters import BrokerAdapter, submit_all
 from qmp_execution.engine import BatchResult, ExecutionEngine, StrategyResult
-from qmp_execution.engine.broker import BrokerOrder, OrderAck
+from qmp_execution.engine.broker import Account, BrokerOrder, OrderAck
 from qmp_execution.handlers.constants import (
     PUBLISH_TIMEOUT_S,
     SERVICE,
@@ -128,6 +129,19 @@ class BarHandler:
             booked += len(self.engine.reconcile(sid, acks, ts_event))
         self.reconciled_fills += booked
         return booked
+
+    async def check_venue(self) -> tuple[Account, float, list[tuple[str, float, float]]]:
+        """Return the venue's account, how long it took to answer (ms), and every position where the sum
+        of the books differs from the venue's. Fills the venue made since the last batch are booked first
+        (they would otherwise show as differences); batches wait meanwhile."""
+        assert self.adapter is not None
+        async with self._lock:
+            await self.reconcile(self.clock.now_ns())
+            started = time.perf_counter()
+            account = await self.adapter.account()
+            latency_ms = (time.perf_counter() - started) * 1e3
+            positions = await self.adapter.positions()
+            return account, latency_ms, self.engine.position_differences(positions)
 
     async def route(self, result: BatchResult) -> BatchResult:
         """Send new orders and cancels to the external broker (concurrently) and book its answers."""
