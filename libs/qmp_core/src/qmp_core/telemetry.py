@@ -1,7 +1,7 @@
 """OpenTelemetry setup, trace context over NATS headers, and structured JSON logs with trace ids.
 
 With no collector configured, finished spans go as JSON lines to `<run_dir>/traces/<service>.jsonl`, which
-`qmp incident` can read back; spans are linked across services through the W3C `traceparent` header.
+`qmp trace` reads back; spans are linked across services through the W3C `traceparent` header.
 """
 
 import json

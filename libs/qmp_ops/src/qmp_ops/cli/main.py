@@ -237,6 +237,44 @@ def venues(
 
 
 @app.command()
+def trace(
+    wanted: Annotated[str, typer.Argument(metavar="ID", help="a trace id, a span id, or an attribute's value "
+                                                            "(a control command id, a breaker, ...)")],
+    run_dir: Annotated[Path | None, typer.Option(help="the run whose traces to read (default: the running "
+                                                      "stack's, else the latest run under .qmp/runs)")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many traces, the latest first")] = 5,
+) -> None:
+    """Show a trace as a tree of spans across the services: when each started, how long it took, where."""
+    from qmp_ops.traces import find, render
+
+    directory = (run_dir or _current_run_dir()) / "traces"
+    if not directory.is_dir():
+        _fail(f"no traces in {directory}: spans are written there by services started with `qmp up` or "
+              "`qmp demo` (unless QMP_OTLP_ENDPOINT sends them to a collector)")
+    traces, matched = find(directory, wanted, limit)
+    if not traces:
+        _fail(f"no span in {directory} has the id or an attribute {wanted!r}")
+    for line in render(traces):
+        console.print(escape(line), highlight=False, soft_wrap=True)
+    if matched > len(traces):
+        console.print(f"{matched} traces match; the latest {len(traces)} are shown (--limit)")
+
+
+def _current_run_dir() -> Path:
+    """The running stack's run directory, else the latest one under .qmp/runs."""
+    try:
+        current = Connection.read().run_dir
+    except StackUnavailable:
+        current = ""
+    if current:
+        return Path(current)
+    runs = sorted((HOME / "runs").glob("*"))
+    if not runs:
+        _fail(f"no run under {HOME / 'runs'}: start one with `qmp up` or `qmp demo`, or pass --run-dir")
+    return runs[-1]
+
+
+@app.command()
 def resume(
     strategy: Annotated[str, typer.Argument(help="strategy id, or ALL")],
     safe: Annotated[bool, typer.Option("--safe", help="resume at half size until the next clean gate")] = False,
@@ -414,8 +452,8 @@ def _print_reply(reply: dict) -> None:
 
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
-FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "contract",
-                           "nats-config", "certificates"})
+FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "trace",
+                           "contract", "nats-config", "certificates"})
 
 
 def register_extensions() -> None:
