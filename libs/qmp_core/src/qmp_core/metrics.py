@@ -53,6 +53,8 @@ CONTROL_REQUESTS = Counter("qmp_control_requests_total", "Control requests answe
 CONTROL_REPLY = Histogram("qmp_control_reply_seconds", "From a control request's arrival to its reply",
                           ["lane"], buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
 
+ALERTS = Counter("qmp_alerts_total", "Alerts to people (QMP_ALERT_URLS), by level and outcome", ["level", "outcome"])
+
 # Collector.
 BARS_PUBLISHED = Counter("qmp_bars_published_total", "Bar batches published on qmp.md.<venue>.bars", ["venue"])
 BAR_ROWS_REJECTED = Counter("qmp_bar_rows_rejected_total", "Bar rows refused (invalid or held)", ["venue"])

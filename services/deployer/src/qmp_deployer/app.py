@@ -31,6 +31,7 @@ from qmp_core.telemetry import extract_context, setup_logging, setup_tracing
 from qmp_deployer.config import DeployerSettings
 from qmp_deployer.engine.plan import Plan, parse_plan, plan_digest
 from qmp_deployer.handlers import SERVICE, ControlHandler, ControlStore
+from qmp_deployer.handlers.alerts import Alerter
 from qmp_deployer.handlers.probes import Probes
 from qmp_deployer.handlers.rollout import RolloutOptions, RolloutService, default_instance_id
 
@@ -91,6 +92,8 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
             out["strategies"] = sorted(holder["store"].strategies())
         if "rollouts" in holder:
             out["rollouts"] = holder["rollouts"].detail()
+        if "alerter" in holder:
+            out["alerts"] = holder["alerter"].detail()
         return out
 
     liveness = Liveness()
@@ -144,6 +147,9 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         holder["rollouts"] = rollouts
         holder["timer"] = asyncio.create_task(_run_timer(rollouts, settings))
         liveness.watch("rollout timer", holder["timer"])
+        if settings.alert_urls:
+            holder["alerter"] = Alerter(settings.alert_urls, settings.alert_quiet_s)
+            await holder["alerter"].start(broker.connection)
         start_metrics(settings, SERVICE, liveness)
         liveness.ready()
         log.info("deployer ready", extra={"entries": len(store.entries), "plans": sorted(plans),
@@ -158,6 +164,8 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
                 await timer
         if "rollouts" in holder:
             await holder["rollouts"].stop()
+        if "alerter" in holder:
+            await holder["alerter"].stop()
         for lane in holder.pop("lanes", []):
             with contextlib.suppress(Exception):  # a connection already gone: nothing left to answer on it
                 await lane.drain()

@@ -26,3 +26,7 @@ class DeployerSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknow
     memory_services: list[str] = field(default_factory=lambda: ["execution", "risk", "collector"])
     replay_grace_s: Positive = 2.0  # replay: a strategy without snapshots this long (wall) is evaluated anyway
     deploy_strategies: list[str] = field(default_factory=list)  # strategies that may be deployed; empty: any
+    # Alerts to people: apprise URLs (slack://..., tgram://..., mailto://..., json://host/path), comma-separated
+    # or a JSON list; one alert per strategy and kind per `alert_quiet_s` (wall seconds).
+    alert_urls: list[str] = field(default_factory=list)
+    alert_quiet_s: Annotated[float, Meta(ge=0.0)] = 300.0

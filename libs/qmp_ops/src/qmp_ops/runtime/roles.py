@@ -82,8 +82,9 @@ ROLES: dict[str, Role] = {
         publish=("qmp.state.>", "qmp.audit.>", "qmp.deploy.>", control_of("deployer"), subjects.dlq("deployer"),
                  subjects.health("execution"), subjects.health("risk"), subjects.health("collector"),
                  "qmp.broker.*"),
+        # qmp.state.>: its own published states, read back by the alerter (halts and resumes to people).
         subscribe=("qmp.control.>", "qmp.deploy.>", "qmp.risk.>", "qmp.exec.*.fills", "qmp.exec.*.portfolio",
-                   subjects.health("deployer")),
+                   subjects.STATE_ALL, subjects.health("deployer")),
         watches=(KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, subjects.STREAM_AUDIT),
         buckets=(subjects.KV_CONTROL, subjects.KV_ROLLOUTS),
     ),
