@@ -275,6 +275,62 @@ def _current_run_dir() -> Path:
 
 
 @app.command()
+def backup(
+    out: Annotated[Path, typer.Option(help="a new, empty directory for the backup")],
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="restore it into a scratch database and "
+                                                                      "compare the row counts")] = True,
+) -> None:
+    """Back up the stack's database and its trading-state and rollout buckets (with a manifest of checksums)."""
+    from qmp_ops import backup as backups
+
+    connection = Connection.read()
+
+    async def run() -> dict:
+        nc = await connection.connect()
+        try:
+            return await backups.backup(nc, connection.database_url, out)
+        finally:
+            await nc.close()
+
+    try:
+        manifest = asyncio.run(run())
+        rows = sum(table["rows"] for table in manifest["tables"].values())
+        keys = sum(len(k) for k in manifest["buckets"].values())
+        console.print(f"backed up {len(manifest['tables'])} tables ({rows:,} rows) and {keys} bucket keys to "
+                      f"{escape(str(out))}", highlight=False)
+        if verify:
+            asyncio.run(backups.verify(out, connection.database_url))
+            console.print("[green]✓[/] verified: the dump restores into a scratch database with the same row counts")
+    except backups.BackupError as error:
+        _fail(str(error))
+
+
+@app.command()
+def restore(
+    directory: Annotated[Path, typer.Argument(help="a directory written by `qmp backup`")],
+    yes: Annotated[bool, typer.Option("--yes", help="replace the rows of every table of the stack (required)")] = False,
+) -> None:
+    """Put a backup's tables back into the stack's database (stop the services first: they would write meanwhile),
+    and show the trading states it held."""
+    from qmp_ops import backup as backups
+
+    if not yes:
+        _fail("restore replaces the rows of every table of the stack with the backup's: add --yes to do it")
+    connection = Connection.read()
+    try:
+        counts = asyncio.run(backups.restore(directory, connection.database_url))
+    except backups.BackupError as error:
+        _fail(str(error))
+    console.print(f"[green]✓[/] restored {len(counts)} tables ({sum(counts.values()):,} rows) from "
+                  f"{escape(str(directory))}", highlight=False)
+    for state in backups.held_states(directory):
+        console.print(f"at the backup, {escape(state['key'])} was {state['status']} (size "
+                      f"{state['size_multiplier']}, safe mode {state['safe_mode']}): {escape(str(state['reason']))} "
+                      "— the trading state is not restored; issue it again (`qmp halt ...`) if it still applies",
+                      highlight=False, soft_wrap=True)
+
+
+@app.command()
 def resume(
     strategy: Annotated[str, typer.Argument(help="strategy id, or ALL")],
     safe: Annotated[bool, typer.Option("--safe", help="resume at half size until the next clean gate")] = False,
@@ -453,7 +509,7 @@ def _print_reply(reply: dict) -> None:
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
 FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "trace",
-                           "contract", "nats-config", "certificates"})
+                           "backup", "restore", "contract", "nats-config", "certificates"})
 
 
 def register_extensions() -> None:
