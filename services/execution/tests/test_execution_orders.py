@@ -343,6 +343,24 @@ def test_apply_acks_when_external_broker_answers_then_fills_booked_and_rejection
     assert engine.process(bar(1, PRICES)).results[SID].fills == booked.fills  # a redelivery replays it
 
 
+def test_apply_acks_when_broker_answers_again_with_fills_already_booked_then_only_the_new_part_is_booked() -> None:
+    # A restart sends the order again; the broker finds it and answers with everything filled so far.
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3})}, config(broker="external"))
+    engine.process(bar(0, PRICES))
+    order_ = events_of(engine.process(bar(1, PRICES)).results[SID], OrderAccepted)[0]
+    part = 0.25 * order_.quantity
+    first = engine.apply_acks(SID, [OrderAck(order_id=order_.order_id, status="partially_filled",
+                                             fills=[BrokerFill(fill_id="v", quantity=part, price=50.0, fee=2.0)])])
+    again = engine.apply_acks(SID, [OrderAck(order_id=order_.order_id, status="filled", fills=[
+        BrokerFill(fill_id="v", quantity=order_.quantity, price=50.2, fee=8.0)])])
+
+    new = again.fills[len(first.fills):]
+    assert [f.quantity for f in new] == [pytest.approx(order_.quantity - part)]
+    assert new[0].price == pytest.approx((50.2 * order_.quantity - 50.0 * part) / (order_.quantity - part))
+    assert new[0].fee == pytest.approx(6.0) and first.fills[0].fee == pytest.approx(2.0)
+    assert math.fsum(f.quantity for f in again.fills) == pytest.approx(order_.quantity)
+
+
 def test_reconcile_when_venue_fills_after_its_answer_then_booked_once_at_exact_prices_with_next_batch() -> None:
     engine = engine_with({SID: FixedWeights({"AAA": 0.3})}, config(broker="external"))
     engine.process(bar(0, PRICES))

@@ -30,6 +30,9 @@ class BrokerFill(Struct, frozen=True, kw_only=True):
 
 
 class OrderAck(Struct, frozen=True, kw_only=True):
+    """A broker's answer about one order: its status, and everything filled on it so far (`fills`, which
+    the engine books only in the part it has not booked yet)."""
+
     order_id: str
     status: AckStatus
     fills: list[BrokerFill] = []

@@ -192,24 +192,22 @@ class StrategyHost:
     def apply_acks(self, acks: Sequence[OrderAck]) -> StrategyResult:
         """Book an external broker's answers to the last batch's orders; return (and cache) the new result.
 
-        Each fill in an answer is new (what the broker filled since it was sent). Fill ids stay
+        An answer holds everything the broker filled so far (`_book_missing`), so an order sent again after a
+        restart, which the broker answers with fills booked before it, books only what is new. Fill ids stay
         `<order_id>-f<n>`; an order the broker rejected is withdrawn (OrderCanceled).
         """
         last = self._last
         if last is None:
             raise RuntimeError(f"{self.strategy_id}: broker answers with no batch traded")
-        book = self.portfolio
-        by_id = {w.order_id: w for w in book.working.values()}
+        by_id = {w.order_id: w for w in self.portfolio.working.values()}
         events, fills = list(last.decisions), list(last.fills)
         for ack in acks:
             order = by_id.get(ack.order_id)
             if order is None:
                 continue
-            for answer in ack.fills:
-                fill = self._book_fill(order, min(answer.quantity, order.remaining), answer.price, answer.fee,
-                                       last.ts_event)
-                if fill is not None:
-                    fills.append(fill)
+            fill = self._book_missing(order, ack, last.ts_event)
+            if fill is not None:
+                fills.append(fill)
             events += self._settle(order, ack, last.ts_event)
         self._last = dataclasses.replace(last, decisions=events, fills=fills, snapshot=self.snapshot())
         return self._last
@@ -222,34 +220,39 @@ class StrategyHost:
     def reconcile(self, acks: Sequence[OrderAck], ts_event: int) -> list[Fill]:
         """Book what an external broker filled beyond what is booked; forget the orders it has ended.
 
-        Unlike `apply_acks`, an answer here holds everything filled so far (cumulative fills, as a venue's
-        order status reports them): the part not yet booked is booked, at the price that makes the booked
-        fills' value equal the venue's, so asking twice books nothing twice. The fills and the cancels
-        (orders the venue ended unfilled) go out with the next batch's result.
+        Asking twice books nothing twice (`_book_missing`). The fills, and the cancels of orders the venue
+        ended unfilled, go out with the next batch's result.
         """
-        book = self.portfolio
-        by_id = {w.order_id: w for w in book.working.values()}
+        by_id = {w.order_id: w for w in self.portfolio.working.values()}
         booked: list[Fill] = []
         for ack in acks:
             order = by_id.get(ack.order_id) or self._withdrawn.get(ack.order_id)
             if order is None:
                 continue
-            total = math.fsum(f.quantity for f in ack.fills)
-            value = math.fsum(f.quantity * f.price for f in ack.fills)
-            missing = min(total, order.quantity) - order.filled
-            if missing > QTY_EPSILON * max(1.0, order.quantity):
-                price = (value - order.filled_value) / missing if order.filled_value > 0.0 else value / total
-                if not (math.isfinite(price) and price > 0.0):  # a venue average that moved oddly: its mean
-                    price = value / total
-                fill = self._book_fill(order, missing, price, 0.0, ts_event)
-                if fill is not None:
-                    booked.append(fill)
+            fill = self._book_missing(order, ack, ts_event)
+            if fill is not None:
+                booked.append(fill)
             if order.order_id in by_id:
                 self._late_events += self._settle(order, ack, ts_event)
             elif ack.status in ("filled", "canceled", "rejected") or order.remaining <= QTY_EPSILON:
                 del self._withdrawn[order.order_id]
         self._late_fills += booked
         return booked
+
+    def _book_missing(self, order: Working, ack: OrderAck, ts_event: int) -> Fill | None:
+        """Book the part of the broker's fills (everything filled so far, as a venue's order status reports
+        it) not booked yet, at the price that makes the booked fills' value equal the broker's, with its share
+        of the broker's fees (or the configured fee rate when it reports none)."""
+        total = math.fsum(f.quantity for f in ack.fills)
+        missing = min(total, order.quantity) - order.filled
+        if missing <= QTY_EPSILON * max(1.0, order.quantity):
+            return None
+        value = math.fsum(f.quantity * f.price for f in ack.fills)
+        price = (value - order.filled_value) / missing if order.filled_value > 0.0 else value / total
+        if not (math.isfinite(price) and price > 0.0):  # a venue average that moved oddly: take its mean
+            price = value / total
+        fee = math.fsum(f.fee for f in ack.fills) * missing / total
+        return self._book_fill(order, missing, price, fee, ts_event)
 
     def _book_fill(self, order: Working, quantity: float, price: float, fee: float, ts_event: int) -> Fill | None:
         """Book one fill of an external broker's on the order and the book; None for a quantity of nothing."""
