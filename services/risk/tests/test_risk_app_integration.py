@@ -206,6 +206,55 @@ async def test_risk_app_when_nobody_answers_the_halt_then_snapshot_still_publish
     assert [seen[T0 + i * NS_PER_HOUR].breakers for i in range(3)] == [[], ["drawdown_24h"], ["drawdown_24h"]]
 
 
+async def test_risk_app_when_deployer_answers_retry_while_starting_then_the_halt_is_sent_again_and_applied(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, clients: dict[str, Client],
+    unique_id: str, tmp_path: object,
+) -> None:
+    # A deployer restarted from its warm spare answers before its handler exists: `retry`, not a refusal.
+    strategy = unique_id
+    base = settings_for(nats_credentials, "risk", database_url, run_dir=str(tmp_path))
+    settings = msgspec.convert({**msgspec.structs.asdict(base), "control_attempts": 3, "control_timeout_s": 1.0,
+                                "bar_wait_s": 0.0, "rebuild": False, "control_delivery": "before_snapshot"},
+                               RiskSettings)
+    received: list[str] = []
+
+    async def deployer(msg: Msg) -> None:
+        command = codec(ControlCommand).decode(msg.data)
+        received.append(command.command_id)
+        if len(received) == 1:
+            await msg.respond(encode(ControlReply(accepted=False, retry=True, reason="deployer is starting")))
+            return
+        state = TradingState(strategy=strategy, status="HALTED", issued_by="risk")
+        await msg.respond(encode(ControlReply(accepted=True, command_id=command.command_id, state=state)))
+
+    for urgent in (False, True):
+        await clients["deployer"].subscribe(subjects.control(strategy, "risk", urgent=urgent), cb=deployer)
+    await clients["deployer"].flush()
+    snapshots: asyncio.Queue[RiskSnapshot] = asyncio.Queue()
+
+    async def on_snapshot(msg: Msg) -> None:
+        await snapshots.put(codec(RiskSnapshot).decode(msg.data))
+
+    await operator_nc.subscribe(subjects.snapshot(strategy), cb=on_snapshot)
+    await operator_nc.flush()
+    service = RiskService(settings)
+    await service.start()
+    try:
+        execution_js = clients["execution"].jetstream()
+        for i, equity in enumerate((100.0, 80.0)):
+            ts = T0 + i * NS_PER_HOUR
+            await bus.publish(execution_js, subjects.portfolio(strategy), PortfolioSnapshot(
+                strategy=strategy, ts_event=ts, cash=equity, equity=equity, symbols=[], quantities=[], prices=[]),
+                msg_id=f"{strategy}:{ts}")
+        last = [await asyncio.wait_for(snapshots.get(), 20) for _ in range(2)][-1]
+        failed, sent = service.handlers.commands_failed, service.handlers.commands_sent
+    finally:
+        await service.stop()
+    assert last.breakers == ["drawdown_24h"]
+    assert len(received) == 2 and received[0] == received[1]  # the same command, sent again, applied once
+    assert failed == 0 and sent >= 2
+
+
 async def test_risk_app_when_restarted_mid_run_then_rebuilt_and_snapshots_equal_an_undisturbed_run(
     nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, clients: dict[str, Client],
     unique_id: str,

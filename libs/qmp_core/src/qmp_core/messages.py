@@ -156,6 +156,9 @@ class ControlReply(Struct, frozen=True, kw_only=True, gc=False):
     state: TradingState | None = None
     ts_event: int = 0
     schema: int = SCHEMA_VERSION
+    # Not decided, not refused: the deployer cannot decide yet (it is starting). Send the same command (same
+    # command_id) again shortly; it is applied once.
+    retry: bool = False
 
 
 class ControlApplied(Struct, frozen=True, kw_only=True, gc=False):

@@ -199,7 +199,8 @@ async def serve_control(nc: Client, subject: str, holder: dict[str, Any], main: 
         try:
             handler: ControlHandler | None = holder.get("handler")
             reply = (await handler.handle(msg.subject, msg.data) if handler is not None
-                     else encode(ControlReply(accepted=False, reason="deployer is starting; retry")))
+                     else encode(ControlReply(accepted=False, retry=True,
+                                              reason="deployer is starting; send the command again")))
             if msg.reply:  # a plain publish is applied and audited all the same, with no one to answer
                 await msg.respond(reply)
         except Exception:  # the sender gets no reply and retries with the same command id

@@ -210,7 +210,8 @@ class RiskHandlers:
                         extra={"ts_event": ts_event, "bar_watermark": self.engine.bar_watermark})
 
     async def _send_control(self, strategy: str, command: BreakerCommand, wait: bool = False) -> None:
-        """Send a breaker's command as a request and record the answer; retry a timeout a few times.
+        """Send a breaker's command as a request and record the answer; retry a timeout (or a reply saying
+        `retry`: a deployer that is starting) a few times.
 
         Unanswered after the attempts: with `wait`, raise `Unavailable`, so the portfolio snapshot is
         handled again (its result, commands included, is repeated: the deployer applies a command id once)
@@ -241,6 +242,12 @@ class RiskHandlers:
                     log.error("undecodable control reply", extra={
                         "strategy": strategy, "command_id": command.command.command_id, "error": str(error)})
                     return
+                if reply.retry:  # the deployer cannot decide yet (starting): as unanswered, send it again
+                    log.warning("control request deferred", extra={
+                        "strategy": strategy, "command_id": command.command.command_id, "attempt": attempt,
+                        "reason": reply.reason})
+                    await asyncio.sleep(RETRY_BACKOFF_S * attempt)
+                    continue
                 self.engine.on_control_reply(strategy, command, reply.accepted)
                 if reply.accepted:
                     log.info("breaker command accepted", extra={

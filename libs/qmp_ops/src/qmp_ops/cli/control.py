@@ -1,5 +1,6 @@
 """Operator verbs over the bus: halt, resume, status. Plain JSON requests, as in the README."""
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -13,14 +14,16 @@ from qmp_ops.runtime.supervisor import SERVICES, Connection, read_supervisor_rec
 
 REQUEST_TIMEOUT_S = 5.0
 ATTEMPTS = 3
+RETRY_WAIT_S = 0.5  # between attempts when the deployer answers `retry` (it is starting)
 
 
 async def send_control(connection: Connection, strategy: str, body: dict[str, Any],
                        timeout_s: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
     """Send one control command as a request and return the decoded reply.
 
-    A request that gets no reply in time is sent again with the same command id, so the deployer applies
-    it once however many times it arrives (the retry of a halt is never a second halt). A halt goes to
+    A request that gets no reply in time, or a reply saying `retry` (a deployer that is starting), is sent
+    again with the same command id, so the deployer applies it once however many times it arrives (the
+    retry of a halt is never a second halt). A halt goes to
     halts' own lane, answered ahead of any queue of other requests; where no one answers that lane (a
     deployer that is starting), to the main one.
     """
@@ -33,7 +36,11 @@ async def send_control(connection: Connection, strategy: str, body: dict[str, An
             try:
                 subject = subjects.control(strategy, connection.sender, urgent=urgent)
                 reply = await nc.request(subject, payload, timeout=timeout_s)
-                return json.loads(reply.data)
+                answer = json.loads(reply.data)
+                if answer.get("retry") and attempt < ATTEMPTS:  # a deployer that is starting: ask again
+                    await asyncio.sleep(RETRY_WAIT_S * attempt)
+                    continue
+                return answer
             except nats.errors.NoRespondersError:
                 if not urgent and attempt == ATTEMPTS:
                     raise
