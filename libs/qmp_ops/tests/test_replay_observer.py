@@ -2,8 +2,6 @@
 
 import asyncio
 
-from nats.aio.client import Client
-
 from qmp_core import subjects
 from qmp_core.messages import Fill, OrderAccepted, encode
 from qmp_ops.replay import RunObserver
@@ -12,11 +10,14 @@ from qmp_ops.testing import connect_as
 
 
 async def test_run_observer_when_message_republished_with_same_id_then_counted_once(
-    operator_nc: Client, nats_credentials: NatsCredentials, unique_id: str,
+    nats_credentials: NatsCredentials, unique_id: str,
 ) -> None:
     execution = await connect_as(nats_credentials, "execution")
+    # A connection of its own: the session's shared one carries every earlier test's subscriptions, and a
+    # message lost to it under the suite's load (a slow-consumer cut) was once a repeat not seen.
+    watcher = await connect_as(nats_credentials, "operator")
     observer = RunObserver(unique_id)
-    await observer.start(operator_nc)
+    await observer.start(watcher)
     order = OrderAccepted(strategy=unique_id, order_id=f"{unique_id}-1", symbol="AAPL", side="buy", quantity=10.0,
                           price=100.0, ts_event=1)
     fill = Fill(strategy=unique_id, order_id=order.order_id, fill_id=f"{order.order_id}-f", symbol="AAPL", side="buy",
@@ -36,5 +37,6 @@ async def test_run_observer_when_message_republished_with_same_id_then_counted_o
     finally:
         await observer.stop()
         await execution.close()
+        await watcher.close()
     assert (observer.accepted, observer.fills, observer.repeats) == (1, 2, 2)
     assert observer.slippage_bps == [1.5, 1.5]
