@@ -174,3 +174,16 @@ def test_config_and_settings_when_printed_then_secrets_masked() -> None:
 def test_settings_when_alpaca_chosen_without_credentials_then_start_fails_saying_what_to_set() -> None:
     with pytest.raises(CredentialsError, match="QMP_ALPACA_SECRETS_FILE"):
         alpaca_adapter(ExecutionSettings(strategies="m=a:B", broker="alpaca"))
+
+
+async def test_venue_check_when_the_venue_raises_anything_then_the_operator_gets_a_reply_saying_so() -> None:
+    from qmp_core.clock import TestClock
+    from qmp_execution.handlers.broker import BrokerCommands
+
+    class Failing:
+        async def check_venue(self) -> None:
+            raise RuntimeError("the SDK could not parse the account")
+
+    reply = await BrokerCommands("alpaca", TestClock(1), venue=lambda: Failing()).handle(b'{"command": "check"}')
+
+    assert not reply.accepted and "could not parse the account" in reply.reason and reply.broker == "alpaca"

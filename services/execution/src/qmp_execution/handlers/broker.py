@@ -53,6 +53,9 @@ class BrokerCommands:
                 account, latency_ms, differences = await venue.check_venue()
             except BrokerUnavailable as error:
                 return self._reply(False, f"the venue did not answer: {error}")
+            except Exception as error:  # a diagnostic: whatever the venue or its SDK raised is the answer
+                log.exception("venue check failed")
+                return self._reply(False, f"the venue check failed: {error!r}"[:500])
             reply = self._reply(True, "")
             return msgspec.structs.replace(
                 reply, account={"cash": account.cash, "equity": account.equity,
