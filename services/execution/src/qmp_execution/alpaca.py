@@ -100,7 +100,7 @@ def load_credentials(api_key: str, secret_key: str, secrets_file: str) -> tuple[
 
 def ack_of(order_id: str, order: Order) -> OrderAck:
     """Return QMP's answer for an Alpaca order as Alpaca reports it now."""
-    status = str(getattr(order.status, "value", order.status))
+    status = _status(order)
     filled = float(order.filled_qty or 0.0)
     fills = []
     if filled > 0.0 and order.filled_avg_price is not None:
@@ -172,31 +172,33 @@ class AlpacaAdapter:
     async def _settle(self, order: Order) -> Order:
         """Poll the order until it is no longer working, or `fill_wait_s` has passed."""
         deadline = time.monotonic() + self.config.fill_wait_s
-        while str(getattr(order.status, "value", order.status)) in WORKING and time.monotonic() < deadline:
+        while _status(order) in WORKING and time.monotonic() < deadline:
             await self._sleep(self.config.poll_s)
             order = await self._call(self.client.get_order_by_id, order.id)
         return order
 
+    async def _find(self, order_id: str) -> Order | None:
+        """Return the order Alpaca holds under QMP's order id (its client order id), or None if it has none."""
+        try:
+            return await self._call(self.client.get_order_by_client_id, order_id)
+        except APIError as error:
+            if error.status_code == 404:
+                return None
+            raise BrokerUnavailable(f"alpaca answered {error.status_code}: {_message(error)}") from error
+
+    def _unknown(self, order_id: str) -> OrderAck:
+        return OrderAck(order_id=order_id, status="unknown", reason="alpaca has no such order", endpoint=self.name)
+
     async def status(self, order_id: str) -> OrderAck:
         """Return the order as Alpaca reports it now: its fills so far (cumulative), or `unknown`."""
-        try:
-            order = await self._call(self.client.get_order_by_client_id, order_id)
-        except APIError as error:
-            if error.status_code == 404:
-                return OrderAck(order_id=order_id, status="unknown", reason="alpaca has no such order",
-                                endpoint=self.name)
-            raise BrokerUnavailable(f"alpaca answered {error.status_code}: {_message(error)}") from error
-        return ack_of(order_id, order)
+        order = await self._find(order_id)
+        return self._unknown(order_id) if order is None else ack_of(order_id, order)
 
     async def cancel(self, order_id: str) -> OrderAck:
-        try:
-            order = await self._call(self.client.get_order_by_client_id, order_id)
-        except APIError as error:
-            if error.status_code == 404:
-                return OrderAck(order_id=order_id, status="unknown", reason="alpaca has no such order",
-                                endpoint=self.name)
-            raise BrokerUnavailable(f"alpaca answered {error.status_code}: {_message(error)}") from error
-        if str(getattr(order.status, "value", order.status)) in WORKING:
+        order = await self._find(order_id)
+        if order is None:
+            return self._unknown(order_id)
+        if _status(order) in WORKING:
             try:
                 await self._call(self.client.cancel_order_by_id, order.id)
             except APIError as error:  # 422: no longer cancelable (it filled meanwhile): report what it is
@@ -213,6 +215,11 @@ class AlpacaAdapter:
         account = await self._call(self.client.get_account)
         return Account(cash=float(account.cash or 0.0), equity=float(account.equity or 0.0),
                        currency=str(account.currency or "USD"), buying_power=float(account.buying_power or 0.0))
+
+
+def _status(order: Order) -> str:
+    """An order's status as Alpaca's word for it (the SDK gives an enum, or the text for a status it lacks)."""
+    return str(getattr(order.status, "value", order.status))
 
 
 def _code(error: APIError) -> int | None:
