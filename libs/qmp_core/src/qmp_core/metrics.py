@@ -67,9 +67,9 @@ class _Health(Collector):
         self._services: dict[str, tuple[Callable[[], str], float]] = {}
         self._lock = threading.Lock()
 
-    def track(self, service: str, status: Callable[[], str]) -> None:
+    def track(self, service: str, status: Callable[[], str], started_s: float) -> None:
         with self._lock:
-            self._services[service] = (status, time.time())
+            self._services[service] = (status, started_s)
 
     def describe(self) -> list[Any]:
         return []  # names are fixed here; nothing to check against other collectors
@@ -99,9 +99,10 @@ REGISTRY.register(_HEALTH)
 _served: dict[int, int] = {}  # port asked for → port bound (one endpoint per process)
 
 
-def track(service: str, status: Callable[[], str]) -> None:
-    """Export the service's health status (`Liveness.status`) as `qmp_service_status`."""
-    _HEALTH.track(service, status)
+def track(service: str, status: Callable[[], str], started_s: float) -> None:
+    """Export the service's health status (`Liveness.status`) as `qmp_service_status`, and its uptime from
+    `started_s` (epoch seconds: `Liveness.started_ns`, which its health reports too)."""
+    _HEALTH.track(service, status, started_s)
 
 
 def serve(port: int, host: str = "127.0.0.1") -> int:

@@ -265,7 +265,7 @@ async def _heartbeat(raw: Any) -> None:
 
 def start_metrics(settings: ServiceSettings, name: str, liveness: Liveness) -> int | None:
     """Export the service's health as metrics; serve /metrics on `metrics_port` when set. Return the port."""
-    metrics.track(name, lambda: liveness.status())
+    metrics.track(name, liveness.status, liveness.started_ns / 1e9)
     if settings.metrics_port <= 0:
         return None
     return metrics.serve(settings.metrics_port, settings.metrics_host)
