@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import qmp_kernels as kernels
-from qmp_kernels import source_keyed_cache_dir
+from qmp_kernels.cache import source_keyed_cache_dir
 
 
 def test_cache_dir_when_a_source_changes_then_the_folder_changes(tmp_path: Path,

@@ -5,8 +5,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_execution_engine import PRICES, SID, FixedWeights, bar, config
-from test_execution_orders import engine_with, events_of
+from execution_testkit import (
+    PRICES,
+    SID,
+    FixedWeights,
+    bar,
+    config,
+    engine_with,
+    events_of,
+)
 
 from qmp_core.messages import OrderAccepted
 from qmp_execution.adapters import BrokerAdapter, submit_all

@@ -1,7 +1,23 @@
 """Pre-trade checks one by one: each returns a denial with its reason code, or lets the order through."""
 
 import pytest
+from execution_testkit import (
+    CAPITAL,
+    NO_COST,
+    PRICES,
+    SID,
+    FixedWeights,
+    bar,
+    config,
+    engine_with,
+    events_of,
+)
 
+from qmp_core.clock import NS_PER_SECOND, TestClock
+from qmp_core.messages import (
+    OrderAccepted,
+    OrderDenied,
+)
 from qmp_execution.engine import (
     CODE_INSUFFICIENT_CASH,
     CODE_MAX_GROSS_EXPOSURE,
@@ -150,3 +166,91 @@ def test_pre_trade_when_every_limit_on_then_all_run_in_order_and_cash_cut_is_jud
     candidate = order(100.0, 10.0)  # 1,000 wanted; cash cuts it to 500, under the 600 position limit
 
     assert pre_trade(candidate, ctx) is None and candidate.allowed == 50.0
+
+
+def test_process_when_order_notional_above_max_then_denied_with_code() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.5, "BBB": 0.01})}, config(max_order_notional=50_000.0))
+    engine.process(bar(0, PRICES))
+
+    result = engine.process(bar(1, PRICES)).results[SID]
+
+    by_symbol = {d.symbol: d for d in result.decisions}
+    assert isinstance(by_symbol["AAA"], OrderDenied) and by_symbol["AAA"].reason_code == CODE_MAX_NOTIONAL
+    assert isinstance(by_symbol["BBB"], OrderAccepted)
+
+
+def test_process_when_gross_exposure_limit_reached_then_later_orders_denied_and_held_positions_count() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3, "BBB": 0.3})}, config(max_gross_exposure=500_000.0))
+    engine.process(bar(0, PRICES))
+
+    first = {d.symbol: d for d in engine.process(bar(1, PRICES)).results[SID].decisions}
+    engine.process(bar(2, PRICES))  # AAA's order fills: 300,000 held
+    second = {d.symbol: d for d in engine.process(bar(3, PRICES)).results[SID].decisions}
+
+    assert isinstance(first["AAA"], OrderAccepted)  # 300,000 of 500,000
+    assert isinstance(first["BBB"], OrderDenied) and first["BBB"].reason_code == CODE_MAX_GROSS_EXPOSURE
+    assert isinstance(second["BBB"], OrderDenied) and second["BBB"].reason_code == CODE_MAX_GROSS_EXPOSURE
+
+
+def test_process_when_symbol_restricted_then_buy_denied_and_its_position_may_still_be_closed() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3, "BBB": 0.3})}, config(restricted_symbols=["BBB"]))
+    engine.process(bar(0, PRICES))
+
+    result = {d.symbol: d for d in engine.process(bar(1, PRICES)).results[SID].decisions}
+
+    assert isinstance(result["AAA"], OrderAccepted)
+    assert isinstance(result["BBB"], OrderDenied) and result["BBB"].reason_code == CODE_RESTRICTED
+    assert "only orders that reduce" in result["BBB"].reason
+
+
+def test_process_when_price_jumps_outside_band_then_denied() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3, "BBB": 0.3})}, config(price_band=0.2))
+    engine.process(bar(0, PRICES))
+
+    result = engine.process(bar(1, {"AAA": 50.0 * 1.3, "BBB": 200.0 * 1.1})).results[SID]
+
+    by_symbol = {d.symbol: d for d in result.decisions}
+    assert isinstance(by_symbol["AAA"], OrderDenied) and by_symbol["AAA"].reason_code == CODE_PRICE_BAND
+    assert isinstance(by_symbol["BBB"], OrderAccepted)
+
+
+def test_process_when_order_rate_exceeded_then_later_orders_denied_until_interval_passes() -> None:
+    clock = TestClock(0)
+    strategy = FixedWeights({"AAA": 0.2, "BBB": 0.2})
+    engine = engine_with({SID: strategy}, config(max_order_rate=1, order_rate_interval_s=1.0), clock)
+    engine.process(bar(0, PRICES))
+
+    first = engine.process(bar(1, PRICES)).results[SID]
+    clock.advance(2 * NS_PER_SECOND)
+    strategy.weights = {"AAA": 0.4, "BBB": 0.4}
+    second = engine.process(bar(2, PRICES)).results[SID]
+
+    assert [type(d).__name__ for d in first.decisions] == ["OrderAccepted", "OrderDenied"]
+    assert first.decisions[1].reason_code == CODE_RATE_LIMIT  # type: ignore[union-attr]
+    assert isinstance(second.decisions[0], OrderAccepted)
+
+
+def test_process_when_buys_exceed_cash_then_last_buy_cut_and_sells_free_cash_first() -> None:
+    strategy = FixedWeights({"AAA": 0.8, "BBB": 0.8}, leverage_limit=2.0)
+    engine = engine_with({SID: strategy}, config(paper={"slippage": NO_COST, "fee_bps": 0.0}))
+    engine.process(bar(0, PRICES))
+
+    result = engine.process(bar(1, PRICES)).results[SID]
+
+    accepted = {d.symbol: d for d in events_of(result, OrderAccepted)}
+    assert accepted["AAA"].quantity * 50.0 == pytest.approx(0.8 * CAPITAL)
+    assert accepted["BBB"].quantity * 200.0 == pytest.approx(0.2 * CAPITAL)
+    assert "available cash" in accepted["BBB"].reason
+    assert result.snapshot.cash == pytest.approx(0.0, abs=1e-6)
+
+
+def test_process_when_no_cash_left_then_buy_denied() -> None:
+    strategy = FixedWeights({"AAA": 1.0}, leverage_limit=2.0)
+    engine = engine_with({SID: strategy}, config(paper={"slippage": NO_COST, "fee_bps": 0.0}))
+    engine.process(bar(0, PRICES))
+    engine.process(bar(1, PRICES))
+    strategy.weights = {"AAA": 1.0, "BBB": 0.5}
+
+    result = engine.process(bar(2, PRICES)).results[SID]
+
+    assert [d.reason_code for d in events_of(result, OrderDenied)] == [CODE_INSUFFICIENT_CASH]

@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 
 from qmp_core.messages import OrderAccepted
-from qmp_execution.engine.book import Portfolio, Working
-from qmp_execution.engine.paper import Market, PaperBroker, PaperConfig
 from qmp_execution.engine.slippage import SlippageConfig, SlippageModel
 from qmp_kernels import impact
 from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
@@ -79,21 +77,6 @@ def test_cost_when_huge_order_then_clipped_at_max() -> None:
     model = SlippageModel(SlippageConfig(max_slippage_bps=50.0))
 
     assert model.cost(50 * ADV, 0.1, ADV) == pytest.approx(50e-4)
-
-
-def test_fill_when_buy_and_sell_of_same_size_then_costs_symmetric() -> None:
-    broker = PaperBroker("s", PaperConfig(max_bar_participation=0.0))
-    market = Market(ts_event=1, symbols=["A", "B"], close=np.array([100.0, 100.0]), volume=np.array([1e6, 1e6]),
-                    sigma=np.array([SIGMA, SIGMA]), adv=np.array([ADV, ADV]), exec_days=1.0, index={"A": 0, "B": 1})
-    book = Portfolio(strategy="s", cash=1e9, positions={"B": 50_000.0}, avg_prices={"B": 100.0})
-    book.working = {s: Working(order_id=f"o{s}", symbol=s, side=side, quantity=50_000.0, price=100.0, ts_event=1)
-                    for s, side in (("A", "BUY"), ("B", "SELL"))}
-
-    buy, sell = broker.execute(book, market)
-
-    assert buy.price > 100.0 > sell.price
-    assert buy.price - 100.0 == pytest.approx(100.0 - sell.price, rel=1e-12)
-    assert buy.slippage_bps == pytest.approx(sell.slippage_bps, rel=1e-12) and buy.slippage_bps > 0
 
 
 def test_costs_when_noise_seeded_then_reproducible_and_mean_preserving() -> None:

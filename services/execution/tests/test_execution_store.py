@@ -6,7 +6,7 @@ import dataclasses
 import asyncpg
 import msgspec
 import pytest
-from test_execution_calibration import RandomWeights, batches
+from execution_testkit import RandomWeights, batches
 
 from qmp_core.clock import TestClock
 from qmp_core.db import connect_pool

@@ -736,7 +736,7 @@ class WorkingOrder(Struct, frozen=True, kw_only=True):
     fills: int = 0
     bars_waited: int = 0
     schema: int = SCHEMA_VERSION
-    filled_value: float = 0.0  # Σ quantity × price of the fills booked (an external broker's; 0 for paper)
+    filled_value: float = 0.0  # Σ quantity × price of the fills booked (0 in books written before paper kept it)
 
 
 class StopLossInForce(Struct, frozen=True, kw_only=True):

@@ -26,7 +26,7 @@ class Working:
     filled: float = 0.0
     fills: int = 0
     bars_waited: int = 0
-    filled_value: float = 0.0  # Σ quantity × price of the fills booked (an external broker's fills only)
+    filled_value: float = 0.0  # Σ quantity × price of the fills booked
 
     @property
     def remaining(self) -> float:

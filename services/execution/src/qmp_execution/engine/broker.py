@@ -1,5 +1,5 @@
 """What the engine and a broker say to each other: an order as sent, the broker's answer, its fills, the
-account. The vocabulary of every `BrokerAdapter` (paper, REST, Alpaca); not bus messages."""
+account. The vocabulary of the paper broker and of every `BrokerAdapter` (REST, Alpaca); not bus messages."""
 
 from typing import Literal
 
@@ -27,6 +27,7 @@ class BrokerFill(Struct, frozen=True, kw_only=True):
     quantity: float
     price: float
     fee: float = 0.0
+    participation: float = 0.0  # the share of the bar's volume it took, where the broker knows (paper)
 
 
 class OrderAck(Struct, frozen=True, kw_only=True):

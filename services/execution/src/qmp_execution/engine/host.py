@@ -174,11 +174,12 @@ class StrategyHost:
         elif closes:  # a stopped or warming-up strategy still closes on a stop-loss
             decisions += self._check(closes, state, batch.ts_event, book.equity(), previous, "")
         decisions = self.denials.select(state, decisions)
+        self._last_market = market
         if self.config.broker == "paper":
-            fills = self.broker.execute(book, market)
+            fills, settled = self._book_answers(self.broker.execute(book.working, market), batch.ts_event)
+            decisions += settled
         else:
             fills, self._late_fills = self._late_fills, []
-        self._last_market = market
         book.last_ts, book.last_seq = batch.ts_event, seq
         self._batches += 1
         self._last = StrategyResult(self.strategy_id, batch.ts_event, decisions, fills, self.snapshot(),
@@ -192,24 +193,16 @@ class StrategyHost:
     def apply_acks(self, acks: Sequence[OrderAck]) -> StrategyResult:
         """Book an external broker's answers to the last batch's orders; return (and cache) the new result.
 
-        An answer holds everything the broker filled so far (`_book_missing`), so an order sent again after a
-        restart, which the broker answers with fills booked before it, books only what is new. Fill ids stay
-        `<order_id>-f<n>`; an order the broker rejected is withdrawn (OrderCanceled).
+        An answer holds everything the broker filled so far (`_book_answer`), so an order sent again after a
+        restart, which the broker answers with fills booked before it, books only what is new. An order the
+        broker rejected is withdrawn (OrderCanceled).
         """
         last = self._last
         if last is None:
             raise RuntimeError(f"{self.strategy_id}: broker answers with no batch traded")
-        by_id = {w.order_id: w for w in self.portfolio.working.values()}
-        events, fills = list(last.decisions), list(last.fills)
-        for ack in acks:
-            order = by_id.get(ack.order_id)
-            if order is None:
-                continue
-            fill = self._book_missing(order, ack, last.ts_event)
-            if fill is not None:
-                fills.append(fill)
-            events += self._settle(order, ack, last.ts_event)
-        self._last = dataclasses.replace(last, decisions=events, fills=fills, snapshot=self.snapshot())
+        fills, events = self._book_answers(acks, last.ts_event)
+        self._last = dataclasses.replace(last, decisions=list(last.decisions) + events,
+                                         fills=list(last.fills) + fills, snapshot=self.snapshot())
         return self._last
 
     def open_order_ids(self) -> list[str]:
@@ -220,7 +213,7 @@ class StrategyHost:
     def reconcile(self, acks: Sequence[OrderAck], ts_event: int) -> list[Fill]:
         """Book what an external broker filled beyond what is booked; forget the orders it has ended.
 
-        Asking twice books nothing twice (`_book_missing`). The fills, and the cancels of orders the venue
+        Asking twice books nothing twice (`_book_answer`). The fills, and the cancels of orders the venue
         ended unfilled, go out with the next batch's result.
         """
         by_id = {w.order_id: w for w in self.portfolio.working.values()}
@@ -229,9 +222,7 @@ class StrategyHost:
             order = by_id.get(ack.order_id) or self._withdrawn.get(ack.order_id)
             if order is None:
                 continue
-            fill = self._book_missing(order, ack, ts_event)
-            if fill is not None:
-                booked.append(fill)
+            booked += self._book_answer(order, ack, ts_event)
             if order.order_id in by_id:
                 self._late_events += self._settle(order, ack, ts_event)
             elif ack.status in ("filled", "canceled", "rejected") or order.remaining <= QTY_EPSILON:
@@ -239,38 +230,78 @@ class StrategyHost:
         self._late_fills += booked
         return booked
 
-    def _book_missing(self, order: Working, ack: OrderAck, ts_event: int) -> Fill | None:
-        """Book the part of the broker's fills (everything filled so far, as a venue's order status reports
-        it) not booked yet, at the price that makes the booked fills' value equal the broker's, with its share
-        of the broker's fees (or the configured fee rate when it reports none)."""
+    def _book_answers(self, acks: Sequence[OrderAck], ts_event: int) -> tuple[list[Fill], list[OrderEvent]]:
+        """Book a broker's answers about working orders (the paper broker's, an external broker's alike);
+        return the fills booked and the cancels of the orders it ended unfilled."""
+        by_id = {w.order_id: w for w in self.portfolio.working.values()}
+        fills: list[Fill] = []
+        events: list[OrderEvent] = []
+        for ack in acks:
+            order = by_id.get(ack.order_id)
+            if order is not None:
+                fills += self._book_answer(order, ack, ts_event)
+                events += self._settle(order, ack, ts_event)
+        return fills, events
+
+    def _book_answer(self, order: Working, ack: OrderAck, ts_event: int) -> list[Fill]:
+        """Book the part of a broker's answer not booked yet (an answer holds everything filled so far).
+
+        Where what is booked ends on one of the answer's fills (a broker that reports each execution, the
+        paper broker), each later fill is booked at its own price and fee. Otherwise (a venue that reports one
+        growing average) the rest is booked as one fill at the price that makes the booked fills' value equal
+        the broker's, with its share of the broker's fees.
+        """
+        tolerance = QTY_EPSILON * max(1.0, order.quantity)
+        seen = 0.0
+        for i, reported in enumerate(ack.fills):
+            if abs(seen - order.filled) <= tolerance:
+                booked = []
+                for later in ack.fills[i:]:
+                    quantity = min(later.quantity, order.remaining)  # never more than the order
+                    share = quantity / later.quantity if later.quantity > 0.0 else 0.0
+                    fill = self._book_fill(order, quantity, later.price, later.fee * share, ts_event,
+                                           later.participation)
+                    if fill is not None:
+                        booked.append(fill)
+                return booked
+            if seen > order.filled:
+                break
+            seen += reported.quantity
         total = math.fsum(f.quantity for f in ack.fills)
         missing = min(total, order.quantity) - order.filled
-        if missing <= QTY_EPSILON * max(1.0, order.quantity):
-            return None
+        if missing <= tolerance:
+            return []
         value = math.fsum(f.quantity * f.price for f in ack.fills)
         price = (value - order.filled_value) / missing if order.filled_value > 0.0 else value / total
         if not (math.isfinite(price) and price > 0.0):  # a venue average that moved oddly: take its mean
             price = value / total
         fee = math.fsum(f.fee for f in ack.fills) * missing / total
-        return self._book_fill(order, missing, price, fee, ts_event)
+        fill = self._book_fill(order, missing, price, fee, ts_event)
+        return [fill] if fill is not None else []
 
-    def _book_fill(self, order: Working, quantity: float, price: float, fee: float, ts_event: int) -> Fill | None:
-        """Book one fill of an external broker's on the order and the book; None for a quantity of nothing."""
+    def _book_fill(self, order: Working, quantity: float, price: float, fee: float, ts_event: int,
+                   participation: float = 0.0) -> Fill | None:
+        """Book one fill of a broker's on the order and the book; None for a quantity of nothing."""
         if quantity <= QTY_EPSILON:
             return None
         market = self._last_market
         row = market.index.get(order.symbol) if market is not None else None
+        sigma = float(market.sigma[row]) if market is not None and row is not None else 0.0
+        adv = float(market.adv[row]) if market is not None and row is not None else 0.0
         order.filled += quantity
         order.filled_value += quantity * price
         order.fills += 1
+        remaining = order.remaining
+        if remaining <= QTY_EPSILON * max(1.0, order.quantity):
+            remaining = 0.0
         direction = 1.0 if order.side == "BUY" else -1.0
         fill = Fill(
             strategy=self.strategy_id, order_id=order.order_id, fill_id=f"{order.order_id}-f{order.fills}",
             symbol=order.symbol, side=order.side, quantity=quantity, price=price, arrival_price=order.price,
             slippage_bps=direction * (price - order.price) / order.price / BPS,
             fee=fee or quantity * price * self.config.paper.fee_bps * BPS, ts_event=ts_event,
-            daily_vol=float(market.sigma[row]) if market is not None and row is not None else 0.0,
-            remaining=order.remaining,
+            participation=participation, daily_vol=sigma if math.isfinite(sigma) else 0.0,
+            adv=adv if math.isfinite(adv) else 0.0, remaining=remaining,
         )
         self.portfolio.apply(fill)
         return fill

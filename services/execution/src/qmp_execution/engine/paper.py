@@ -3,21 +3,23 @@
 Per bar, each working order whose latency has elapsed (`latency_bars` bars after its decision; 0 fills
 on the decision bar) and whose symbol is priced in the bar fills at most `max_bar_participation` of the
 bar's volume (all of it when the bar has no volume), at the close moved against it by the slippage
-model; the rest keeps working on the next bars. Fill ids are `<order_id>-f<n>`, n counting that order's
-fills from 1, so a recomputed bar gives the same ids. `slippage_bps` is measured against the arrival
-price (the close when the order was decided): over several bars it includes the price drift.
+model; the rest keeps working on the next bars. The broker answers with `OrderAck`s, as a venue does,
+and the host books them by the one rule every broker's answers go through (`StrategyHost`). Fill ids are
+`<order_id>-f<n>`, n counting that order's fills from 1, so a recomputed bar gives the same ids.
+`slippage_bps` is measured against the arrival price (the close when the order was decided): over
+several bars it includes the price drift.
 """
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
 from msgspec import Meta, Struct
 
-from qmp_core.messages import Fill
-from qmp_execution.engine.book import QTY_EPSILON, Portfolio, Working
+from qmp_execution.engine.book import QTY_EPSILON, Working
+from qmp_execution.engine.broker import BrokerFill, OrderAck
 from qmp_execution.engine.slippage import BPS, SlippageConfig, SlippageModel
 
 
@@ -45,19 +47,22 @@ class Market:
 
 
 class PaperBroker:
-    """Fills a book's working orders against bars; deterministic for the same bars and orders."""
+    """Fills working orders against bars and answers as a venue does (`OrderAck`s, booked by the host like
+    any broker's); deterministic for the same bars and orders."""
 
     def __init__(self, strategy_id: str, config: PaperConfig | None = None) -> None:
         self.strategy_id = strategy_id
         self.config = config or PaperConfig()
         self.model = SlippageModel(self.config.slippage)
 
-    def execute(self, book: Portfolio, market: Market) -> list[Fill]:
-        """Fill what the bar allows of every eligible working order; book the fills; return them."""
+    def execute(self, working: Mapping[str, Working], market: Market) -> list[OrderAck]:
+        """Fill what the bar allows of every eligible working order; answer for each order that filled.
+
+        The orders are left as they are (the host books the answers); only their latency count moves.
+        """
         c = self.config
-        eligible = [w for s, w in sorted(book.working.items())
-                    if w.bars_waited >= c.latency_bars and s in market.index]
-        fills: list[Fill] = []
+        eligible = [w for s, w in sorted(working.items()) if w.bars_waited >= c.latency_bars and s in market.index]
+        acks: list[OrderAck] = []
         if eligible:
             rows = np.fromiter((market.index[w.symbol] for w in eligible), dtype=np.int64, count=len(eligible))
             remaining = np.fromiter((w.remaining for w in eligible), dtype=np.float64, count=len(eligible))
@@ -71,37 +76,27 @@ class PaperBroker:
             key = zlib.crc32(f"{self.strategy_id}:{market.ts_event}".encode())
             cost, rate = self.model.costs(quantity, market.sigma[rows], market.adv[rows],
                                           np.full(len(eligible), market.exec_days), noise_key=key)
-            fills = self._fill(book, eligible, rows, quantity, cost, rate, market)
-        for order in book.working.values():
+            fee_rate = c.fee_bps * BPS
+            for order, qty, frac, part, close in zip(eligible, quantity.tolist(), cost.tolist(), rate.tolist(),
+                                                     market.close[rows].tolist(), strict=True):
+                if qty > QTY_EPSILON:
+                    price = close * (1.0 + (1.0 if order.side == "BUY" else -1.0) * frac)
+                    acks.append(_answer(order, BrokerFill(fill_id=f"{order.order_id}-f{order.fills + 1}",
+                                                          quantity=qty, price=price, fee=qty * price * fee_rate,
+                                                          participation=part)))
+        for order in working.values():
             order.bars_waited += 1
-        return fills
+        return acks
 
-    def _fill(self, book: Portfolio, orders: list[Working], rows: np.ndarray, quantity: np.ndarray,
-              cost: np.ndarray, rate: np.ndarray, market: Market) -> list[Fill]:
-        fee_rate = self.config.fee_bps * BPS
-        closes = market.close[rows].tolist()
-        sigmas = market.sigma[rows].tolist()
-        advs = market.adv[rows].tolist()
-        fills: list[Fill] = []
-        for order, qty, frac, part, close, sigma, adv in zip(orders, quantity.tolist(), cost.tolist(),
-                                                              rate.tolist(), closes, sigmas, advs, strict=True):
-            if qty <= QTY_EPSILON:
-                continue
-            direction = 1.0 if order.side == "BUY" else -1.0
-            price = close * (1.0 + direction * frac)
-            order.filled += qty
-            order.fills += 1
-            left = order.remaining
-            if left <= QTY_EPSILON * max(1.0, order.quantity):
-                left = 0.0
-                del book.working[order.symbol]
-            fill = Fill(
-                strategy=self.strategy_id, order_id=order.order_id, fill_id=f"{order.order_id}-f{order.fills}",
-                symbol=order.symbol, side=order.side, quantity=qty, price=price, arrival_price=order.price,
-                slippage_bps=direction * (price - order.price) / order.price / BPS, fee=qty * price * fee_rate,
-                ts_event=market.ts_event, participation=part, daily_vol=sigma if np.isfinite(sigma) else 0.0,
-                adv=adv if np.isfinite(adv) else 0.0, remaining=left,
-            )
-            book.apply(fill)
-            fills.append(fill)
-        return fills
+
+def _answer(order: Working, fill: BrokerFill) -> OrderAck:
+    """The paper broker's answer after a fill: everything filled so far, as a venue reports it (the fills
+    booked before, summed at their average price, then this one)."""
+    fills = [fill]
+    if order.filled > 0.0:
+        average = order.filled_value / order.filled if order.filled_value > 0.0 else order.price
+        fills.insert(0, BrokerFill(fill_id=f"{order.order_id}-f1-f{order.fills}", quantity=order.filled,
+                                   price=average))
+    done = order.filled + fill.quantity >= order.quantity - QTY_EPSILON * max(1.0, order.quantity)
+    return OrderAck(order_id=order.order_id, status="filled" if done else "partially_filled", fills=fills,
+                    endpoint="paper")

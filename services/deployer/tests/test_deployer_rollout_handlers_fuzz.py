@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_rollout_integration import PLAN, wait_lease_free
+from test_deployer_rollout_handlers import PLAN, wait_lease_free
 
 from qmp_core import bus, subjects
 from qmp_core.clock import LiveClock

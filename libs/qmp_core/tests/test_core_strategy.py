@@ -52,7 +52,6 @@ class NoWeights:
 def not_a_class() -> None:
     """A function, which load_strategy must refuse."""
 
-
 def test_load_strategy_when_path_valid_then_built_with_config() -> None:
     strategy = load_strategy(f"{HERE}:Configured", {"weight": 0.25})
 

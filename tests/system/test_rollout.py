@@ -19,7 +19,7 @@ from qmp_ops.runtime.supervisor import Stack, StackOptions
 
 pytestmark = pytest.mark.system
 
-SUPPORT = Path(__file__).resolve().parent / "support"
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
 PLAN = b"""
 name = "crisis"
 gate_interval_s = 60.0
@@ -63,7 +63,6 @@ per_allocation = true
 stale_after_s = 432000.0
 fail_closed = true
 """
-
 
 def year_month(ts_ns: int) -> tuple[int, int]:
     moment = datetime.fromtimestamp(ts_ns / 1e9, tz=UTC)
