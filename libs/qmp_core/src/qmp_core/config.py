@@ -4,10 +4,12 @@ A field `nats_url` of a settings Struct is read from `QMP_NATS_URL`. Unknown `QM
 ignored (several services share one environment); a value of the wrong type fails fast at start.
 """
 
+import json
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 from msgspec import Struct
@@ -112,6 +114,82 @@ def load_settings(type_: type[T], environ: Mapping[str, str] | None = None, **ov
         return msgspec.convert(values, type_, strict=False)
     except msgspec.ValidationError as error:
         raise ValueError(f"invalid {type_.__name__} from {PREFIX}* environment: {error}") from error
+
+
+class SettingInfo(Struct, frozen=True, kw_only=True):
+    """One setting a service reads: its variable, type, default and the value in force (secrets masked)."""
+
+    name: str
+    variable: str
+    type: str
+    default: Any
+    value: Any
+    secret: bool = False
+
+
+class SettingsReport(Struct, frozen=True, kw_only=True):
+    """What `python -m qmp_<service> --settings` prints: every setting, or why the environment is refused."""
+
+    settings_type: str
+    settings: list[SettingInfo]
+    error: str = ""
+
+
+def describe_settings(type_: type[ServiceSettings], environ: Mapping[str, str] | None = None) -> SettingsReport:
+    """Describe every setting of `type_` with the value the environment puts in force (or its error)."""
+    error, loaded = "", None
+    try:
+        loaded = load_settings(type_, environ)
+    except ValueError as failure:
+        error = str(failure)
+    infos = []
+    for field in msgspec.structs.fields(type_):
+        default = field.default if field.default is not msgspec.NODEFAULT else (
+            field.default_factory() if field.default_factory is not msgspec.NODEFAULT else None)
+        secret = field.name in type_.secret_fields
+        value = getattr(loaded, field.name) if loaded is not None else None
+        infos.append(SettingInfo(
+            name=field.name, variable=PREFIX + field.name.upper(), type=_type_name(field.type),
+            default=_shown(default), value="***" if secret and value else _shown(value), secret=secret))
+    return SettingsReport(settings_type=type_.__name__, settings=infos, error=error)
+
+
+def settings_main(type_: type[ServiceSettings], argv: list[str]) -> bool:
+    """Answer `--settings` on a service's command line (print the report as JSON); False if not asked.
+
+    The one place a service's settings are listed, for `qmp settings` and `qmp up --set`: a setting added
+    to a service's settings class is known to the CLI with no second list to keep.
+    """
+    if "--settings" not in argv:
+        return False
+    report = describe_settings(type_)
+    sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+    if report.error:
+        raise SystemExit(2)
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    """A type as a person reads it: `float ≥ 0 ≤ 1`, `list[float]`, `"paper" | "external"`."""
+    if get_origin(annotation) is Annotated:
+        base, *metadata = get_args(annotation)
+        bounds = [f"{sign} {getattr(meta, key)}" for meta in metadata if isinstance(meta, msgspec.Meta)
+                  for key, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<"))
+                  if getattr(meta, key) is not None]
+        return " ".join([_type_name(base), *bounds])
+    if get_origin(annotation) is Literal:
+        return " | ".join(json.dumps(choice) for choice in get_args(annotation))
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is not None and args:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(arg) for arg in args)}]"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _shown(value: Any) -> Any:
+    try:
+        return msgspec.to_builtins(value)
+    except TypeError:
+        return repr(value)
 
 
 def _parse(raw: str, annotation: Any) -> Any:

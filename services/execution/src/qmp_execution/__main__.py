@@ -1,8 +1,9 @@
 """`python -m qmp_execution`: run the execution service until SIGINT/SIGTERM."""
 
 import asyncio
+import sys
 
-from qmp_core.config import load_settings, run_dir
+from qmp_core.config import load_settings, run_dir, settings_main
 from qmp_core.telemetry import setup_logging, setup_tracing
 from qmp_execution.app import ExecutionService, ExecutionSettings
 from qmp_execution.handlers import SERVICE
@@ -10,6 +11,8 @@ from qmp_execution.handlers import SERVICE
 
 def main() -> None:
     """Read settings from the environment, then run the service; bad settings fail before connecting."""
+    if settings_main(ExecutionSettings, sys.argv[1:]):  # `--settings`: describe them, run nothing
+        return
     settings = load_settings(ExecutionSettings)
     setup_logging(SERVICE, settings.log_level)
     provider = setup_tracing(SERVICE, run_dir(settings))

@@ -1,8 +1,9 @@
 """`python -m qmp_risk`: run the risk service with settings from `QMP_*` environment variables."""
 
 import asyncio
+import sys
 
-from qmp_core.config import load_settings, run_dir
+from qmp_core.config import load_settings, run_dir, settings_main
 from qmp_core.telemetry import setup_logging, setup_tracing
 from qmp_risk.app import create_app
 from qmp_risk.config import RiskSettings
@@ -10,6 +11,8 @@ from qmp_risk.handlers import SERVICE
 
 
 def main() -> None:
+    if settings_main(RiskSettings, sys.argv[1:]):  # `--settings`: describe them, run nothing
+        return
     settings = load_settings(RiskSettings)
     setup_logging(SERVICE, settings.log_level)
     provider = setup_tracing(SERVICE, run_dir(settings))

@@ -21,6 +21,7 @@ from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.control import NoBrokerCommands, check_venue, gather_status, send_control
 from qmp_ops.cli.screen import watch as watch_screen
 from qmp_ops.runtime.roles import roles_with
+from qmp_ops.runtime.settings import STACK_OWNED, SettingsError, parse_sets, read_reports, service_sets
 from qmp_ops.runtime.supervisor import (
     CONNECTION_FILE,
     Connection,
@@ -86,6 +87,11 @@ def up(
     no_warm_spares: Annotated[bool, typer.Option(
         "--no-warm-spares", help="keep no imported spare process per service: about 500 MB less memory, "
                                  "and a crashed service takes seconds longer to come back")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="NAME=VALUE",
+        help="a service setting, repeatable: any setting `qmp settings` lists (e.g. --set initial_capital=250000 "
+             "--set drawdown_halt=0.08); checked by the services before anything starts. QMP_<NAME> variables "
+             "in the environment reach the services too")] = None,
 ) -> None:
     """Start NATS, PostgreSQL and the four services, with market data flowing; Ctrl-C stops all.
 
@@ -104,9 +110,11 @@ def up(
         roles_with(names)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
+    service_env = _checked_sets(set_ or [])
+    service_env["collector"] = service_env.get("collector", {}) | collector
+    service_env["execution"] = service_env.get("execution", {}) | {"QMP_STRATEGIES": strategies}
     options = StackOptions(home=HOME, clock="replay", pass_environment=True, operators=names, tls=not no_tls,
-                           warm_spares=not no_warm_spares, metrics=True,
-                           service_env={"collector": collector, "execution": {"QMP_STRATEGIES": strategies}})
+                           warm_spares=not no_warm_spares, metrics=True, service_env=service_env)
     stack = Stack(options)
     if no_tls:
         console.print("[bold yellow]TLS is off[/]: NATS and PostgreSQL speak plaintext on loopback. For debugging "
@@ -138,6 +146,60 @@ def up(
     finally:
         stack.stop()
         console.print("stopped")
+
+
+# Settings `qmp up` sets from its own flags: a --set of one names the flag instead.
+UP_FLAGS = {"source": "--source", "venue": "--source", "replay_rate": "--rate", "symbols": "--symbols",
+            "bar_seconds": "--bar-seconds", "start": "--start", "end": "--end", "strategies": "--strategies"}
+
+
+def _checked_sets(pairs: list[str]) -> dict[str, dict[str, str]]:
+    """Check `--set NAME=VALUE` with the services themselves; return service → its QMP_* variables."""
+    if not pairs:
+        return {}
+    try:
+        sets = parse_sets(pairs)
+        with console.status("checking the settings with the services…"):
+            reports = read_reports(os.environ | {f"QMP_{name.upper()}": value for name, value in sets.items()})
+        return service_sets(sets, reports, UP_FLAGS)
+    except SettingsError as error:
+        raise typer.BadParameter(str(error), param_hint="--set") from None
+
+
+@app.command()
+def settings(
+    service: Annotated[str | None, typer.Argument(help="one service (default: all)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List every setting of the services: its variable, default and the value this environment gives it.
+
+    Each service describes its own settings (`python -m qmp_<service> --settings`). `qmp up --set NAME=VALUE`
+    or a `QMP_<NAME>` variable sets one; on a running stack `qmp status` shows the main ones in force.
+    """
+    services = (service,) if service else ("collector", "risk", "execution", "deployer")
+    try:
+        with console.status("asking the services…"):
+            reports = read_reports(services=services)
+    except SettingsError as error:
+        _fail(str(error))
+    if as_json:
+        console.print_json(json.dumps({name: msgspec.to_builtins(report) for name, report in reports.items()}))
+        return
+    for name, report in reports.items():
+        table = Table(title=f"{name} ({report.settings_type})", title_justify="left",
+                      caption="each one is the variable QMP_<SETTING>, or `qmp up --set SETTING=VALUE`",
+                      caption_justify="left")
+        table.add_column("setting", no_wrap=True)
+        for column in ("type", "default", "in force"):
+            table.add_column(column)
+        for info in report.settings:
+            shown = "[dim]set by qmp up[/]" if info.name in STACK_OWNED else escape(json.dumps(info.value))
+            if info.value != info.default and info.name not in STACK_OWNED:
+                shown = f"[bold]{shown}[/]"
+            table.add_row(info.name, escape(info.type), escape(json.dumps(info.default)), shown)
+        console.print(table)
+        if report.error:
+            console.print(f"[red]{name}: {escape(report.error)}[/]")
 
 
 @app.command()
