@@ -1,4 +1,5 @@
-"""`qmp up --set NAME=VALUE`: a setting given on the command line is the one the running services use."""
+"""`qmp up --set NAME=VALUE`: a setting given on the command line is the one the running services use; and
+`qmp kill` on the stack it runs: the venue's answer comes back to the operator, the halt holds until a resume."""
 
 import json
 import os
@@ -13,7 +14,8 @@ from test_readme import QMP, START_TIMEOUT_S, clean_env, ctrl_c_works, qmp
 pytestmark = pytest.mark.system
 
 
-def test_up_when_settings_given_then_the_services_run_with_them_and_status_shows_them(tmp_path: Path) -> None:
+def test_up_when_settings_given_then_the_services_run_with_them_and_a_kill_is_confirmed_by_the_venue(
+        tmp_path: Path) -> None:
     log = (tmp_path / "up.log").open("w")
     up = subprocess.Popen([*QMP, "up", "--no-warm-spares", "--set", "initial_capital=250000",
                            "--set", "QMP_DRAWDOWN_HALT=0.2"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
@@ -28,6 +30,9 @@ def test_up_when_settings_given_then_the_services_run_with_them_and_status_shows
             if services and all(h.get("status") == "ok" for h in services.values()):
                 break
             time.sleep(1.0)
+        killed = qmp(["kill", "vol_target", "--flatten", "--reason", "kill test"], tmp_path)
+        after_kill = json.loads(qmp(["status", "--json"], tmp_path).stdout)["strategies"]["vol_target"]
+        resumed = qmp(["resume", "vol_target"], tmp_path)
     finally:
         os.killpg(up.pid, signal.SIGINT)
         up.wait(timeout=90)
@@ -35,3 +40,7 @@ def test_up_when_settings_given_then_the_services_run_with_them_and_status_shows
 
     assert services["execution"]["detail"]["initial_capital"] == 250000.0
     assert services["risk"]["detail"]["drawdown_halt"] == 0.2
+    assert killed.returncode == 0, killed.stdout + killed.stderr
+    assert "vol_target" in killed.stdout and "paper" in killed.stdout and "yes" in killed.stdout  # confirmed
+    assert (after_kill["status"], after_kill["reason"], after_kill["flatten"]) == ("HALTED", "kill test", True)
+    assert resumed.returncode == 0 and '"status": "ACTIVE"' in resumed.stdout

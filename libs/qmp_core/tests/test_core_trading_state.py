@@ -1,7 +1,7 @@
 """The effective trading state: one rule for every reader, most restrictive wins, corrupt entries fail safe."""
 
 from qmp_core import subjects
-from qmp_core.messages import Defensive, TradingState, encode
+from qmp_core.messages import Defensive, Halt, Kill, Resume, TradingState, encode
 from qmp_core.trading_state import ControlEntries, apply, combine, effective_state, grows_exposure
 
 
@@ -91,3 +91,27 @@ def test_grows_exposure_when_flat_or_same_side_then_true_and_other_side_false() 
     assert grows_exposure(5.0, 10.0) and grows_exposure(-5.0, -10.0)
     assert not grows_exposure(-5.0, 10.0) and not grows_exposure(5.0, -10.0)
     assert not grows_exposure(-50.0, 10.0)  # flips: the gate trims it to the position
+
+
+def test_apply_when_kill_then_halted_with_its_id_and_a_resume_or_plain_halt_clears_it() -> None:
+    entry = TradingState(strategy="s", issued_by="operator")
+
+    killed = apply(entry, Kill(command_id="k1", flatten=True), 10)
+    halted_again = apply(killed, Halt(reason="plain", command_id="h2"), 11)
+    resumed = apply(killed, Resume(command_id="r3"), 12)
+
+    assert (killed.status, killed.kill_id, killed.flatten, killed.reason) == ("HALTED", "k1", True, "kill switch")
+    assert (halted_again.status, halted_again.kill_id, halted_again.flatten) == ("HALTED", "", False)
+    assert (resumed.status, resumed.kill_id, resumed.flatten) == ("ACTIVE", "", False)
+
+
+def test_combine_when_two_sources_killed_then_the_latest_kill_in_force_and_any_flatten_flattens() -> None:
+    operator = TradingState(strategy="s", status="HALTED", kill_id="k-old", flatten=True, ts_event=5)
+    risk = TradingState(strategy="s", status="HALTED", kill_id="k-new", flatten=False, ts_event=9)
+    deployer = TradingState(strategy="s", status="ACTIVE", ts_event=20)
+
+    forward, backward = combine("s", [operator, risk, deployer]), combine("s", [deployer, risk, operator])
+
+    assert (forward.kill_id, forward.flatten, forward.status) == ("k-new", True, "HALTED")
+    assert (backward.kill_id, backward.flatten) == ("k-new", True)
+    assert combine("s", [deployer]).kill_id == ""

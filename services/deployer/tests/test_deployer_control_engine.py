@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qmp_core.messages import Halt, ReduceOrderSize, ReleaseSafeMode, Resume, SetAllocation, TradingState
+from qmp_core.messages import Halt, Kill, ReduceOrderSize, ReleaseSafeMode, Resume, SetAllocation, TradingState
 from qmp_core.trading_state import ControlEntries, effective_state
 from qmp_deployer.engine import ControlRequest, decide, decide_in_order
 
@@ -20,6 +20,16 @@ def test_decide_when_operator_halts_then_effective_state_is_halted_with_reason()
     state = effective_state("s1", entries)
     assert state.status == "HALTED"
     assert state.reason == "fat finger"
+
+
+def test_decide_when_killed_by_risk_and_operator_resumes_then_the_kill_is_lifted_everywhere():
+    entries = apply_all("s1", [Kill(reason="runaway", flatten=True, issued_by="risk", command_id="k1")])
+    killed = effective_state("s1", entries)
+    entries = apply_all("s1", [Resume(mode="normal")], entries)
+
+    assert (killed.status, killed.kill_id, killed.flatten, killed.reason) == ("HALTED", "k1", True, "runaway")
+    assert effective_state("s1", entries).status == "ACTIVE"
+    assert all(not e.kill_id and not e.flatten for e in entries.values())
 
 
 def test_decide_when_risk_halted_and_operator_resumes_then_every_latch_is_cleared():

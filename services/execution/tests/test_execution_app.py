@@ -30,9 +30,11 @@ from qmp_core.messages import (
     DeadLetter,
     Fill,
     HealthReply,
+    KillReport,
     OrderAccepted,
     OrderDecision,
     OrderDenied,
+    OrderEvent,
     PortfolioSnapshot,
     RiskSnapshot,
     TradingState,
@@ -366,8 +368,6 @@ async def test_execution_when_alpaca_fills_after_its_answer_then_next_batch_book
     assert [(d.symbol, d.booked, d.venue) for d in differs.differences] == [("TSLA", 0.0, 3.0)]
     code, text = operator_says  # `qmp venues` as an operator runs it: the difference, and exit 1
     assert code == 1 and "alpaca answered" in text and "position differs TSLA: books 0, venue 3" in text, text
-
-
     first_orders = {w.order_id for w in sent[-1].working}
     assert len(first_orders) == 2 and all(q == 0 for q in sent[-1].quantities)  # working at the venue, unbooked
     assert filled_at_venue == first_orders
@@ -376,6 +376,64 @@ async def test_execution_when_alpaca_fills_after_its_answer_then_next_batch_book
     assert dict(zip(last.symbols, last.quantities, strict=True)) == pytest.approx(venue_positions)
     assert not first_orders & {w.order_id for w in last.working}
     assert health.detail["reconciled_fills"] == 2 and health.detail["broker"] == "alpaca"
+
+
+async def test_execution_when_killed_with_flatten_then_the_venue_holds_no_open_order_of_it_and_no_position(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
+    deployer_nc: Client, unique_id: str,
+) -> None:
+    sid = venue = unique_id
+    fake = FakeAlpaca(prices={"AAA": 50.0, "BBB": 200.0})
+    fake.behaviour.fill_delay_s = 3600.0  # orders work at the venue until the test fills them
+    await fake.start()
+    orders = await operator_nc.subscribe(subjects.orders(sid))
+    snapshots = await operator_nc.subscribe(subjects.portfolio(sid))
+    reports = await operator_nc.subscribe(subjects.kill_reports(sid))
+    service = ExecutionService(settings_from(
+        settings_for(nats_credentials, "execution", database_url), strategies=f"{sid}={__name__}:TinyStrategy",
+        venues=[sid], execution_instance=sid, min_order_notional=0.0, broker="alpaca", alpaca_api_key=fake.key,
+        alpaca_secret_key=fake.secret, alpaca_url=fake.url, alpaca_fill_wait_s=0.05))
+    await service.app.start()
+    try:
+        for day in (0, 1):
+            await publish_bars(collector_nc, bars(venue, day))
+        await receive(snapshots, codec(PortfolioSnapshot).decode, 2)
+        fake.fill_all()  # day 1's orders filled: positions at the venue
+        await publish_bars(collector_nc, bars(venue, 2, {"AAA": 40.0, "BBB": 250.0}))  # new targets: new orders
+        working = (await receive(snapshots, codec(PortfolioSnapshot).decode, 1))[-1].working
+        fake.place(f"{sid}-by-hand", "CCC", 5.0)  # under the strategy's ids, unknown to its books
+        fake.place("another-system-1", "DDD", 7.0)  # not the strategy's: the kill leaves it alone
+        await deployer_nc.flush()
+        kv = await bus.control_bucket(deployer_nc.jetstream())
+        await kv.put(subjects.control_key(sid, "operator"), encode(TradingState(
+            strategy=sid, status="HALTED", reason="kill by test", kill_id="k-1", flatten=True,
+            issued_by="operator", command_id="k-1")))
+        report = (await receive(reports, codec(KillReport).decode, 1))[0]
+        open_after_kill = fake.open_orders()
+        status = {o.client_order_id: o.status for o in fake.orders.values()}
+        await receive(snapshots, codec(PortfolioSnapshot).decode, 1)  # the book right after the kill
+        fake.fill_all()  # the market takes the closing orders
+        await publish_bars(collector_nc, bars(venue, 3, {"AAA": 40.0, "BBB": 250.0}))  # halted: fills booked
+        last = (await receive(snapshots, codec(PortfolioSnapshot).decode, 1))[-1]
+        events = [codec(OrderEvent).decode(m.data) for m in await drain(orders)]
+        health = msgspec.json.decode((await operator_nc.request(subjects.health("execution"), b"",
+                                                                timeout=WAIT_S)).data, type=HealthReply)
+    finally:
+        await service.app.stop()
+        await fake.stop()
+
+    assert len(working) == 2 and report.confirmed and report.still_open == [] and report.errors == []
+    assert set(report.canceled) == {w.order_id for w in working} and len(report.flatten_orders) == 2
+    killed = [e for e in events if getattr(e, "reason_code", "") == "KILLED"]
+    assert {e.order_id for e in killed} == {w.order_id for w in working} | set(report.flatten_orders)
+    # The strategy's orders at the venue, known to its books or not, are ended; the closing orders work; an
+    # order of another system on the account is left alone.
+    assert open_after_kill == sorted([*report.flatten_orders, "another-system-1"])
+    assert status[f"{sid}-by-hand"] == "canceled" and {status[w.order_id] for w in working} == {"canceled"}
+    assert fake.positions.get("AAA", 0.0) == pytest.approx(0.0) and fake.positions.get("BBB", 0.0) == pytest.approx(0.0)
+    assert all(q == pytest.approx(0.0) for q in last.quantities) and last.working == []
+    assert not [e for e in events if isinstance(e, OrderAccepted) and e.ts_event == last.ts_event]  # halted
+    assert health.detail["kills"][0]["kill_id"] == "k-1"
 
 
 async def qmp_cli(credentials: NatsCredentials, *args: str) -> tuple[int, str]:

@@ -21,6 +21,7 @@ from execution_testkit import (
 )
 
 from qmp_core.messages import (
+    ClosePosition,
     OrderAccepted,
     OrderCanceled,
     OrderDenied,
@@ -31,6 +32,7 @@ from qmp_core.messages import (
 from qmp_execution.engine import (
     CODE_BROKER_REJECTED,
     CODE_HALTED,
+    CODE_KILLED,
     CODE_REDUCING,
     CODE_REPLACED,
     CODE_STRATEGY_ERROR,
@@ -403,3 +405,48 @@ def test_process_when_weights_exceed_leverage_limit_then_implied_orders_denied()
     denied = {d.symbol: d.quantity for d in result.decisions}
     assert denied == {s: pytest.approx(0.8 * CAPITAL / p) for s, p in PRICES.items()}
     assert result.snapshot.cash == CAPITAL
+
+
+def kill_state(flatten: bool) -> dict[str, object]:
+    return {"status": "HALTED", "reason": "kill by test", "kill_id": "k1", "flatten": flatten}
+
+
+def test_kill_when_orders_working_then_each_withdrawn_now_and_the_halt_denies_what_follows() -> None:
+    cfg = config(min_order_notional=100.0, paper={"max_bar_participation": 0.1})  # orders work several bars
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3, "BBB": 0.3})}, cfg)
+    engine.process(bar(0, PRICES, volume=1_000.0))
+    working = engine.process(bar(1, PRICES, volume=1_000.0)).results[SID].snapshot.working
+    set_state(engine, f"{SID}.operator", **kill_state(flatten=False))
+
+    [(sid, state)] = engine.kills_due(done=())
+    killed = engine.kill(sid, state)
+    after = engine.process(bar(2, PRICES, volume=1_000.0)).results[SID]
+
+    assert len(working) == 2 and engine.kills_due(done={f"{SID}:k1"}) == []
+    assert [(e.order_id, e.reason_code) for e in events_of(killed, OrderCanceled)] == [
+        (w.order_id, CODE_KILLED) for w in working]
+    assert killed.snapshot.working == [] and after.fills == []
+    assert {e.reason_code for e in events_of(after, OrderDenied)} == {CODE_HALTED}
+    assert not events_of(after, OrderAccepted)
+
+
+def test_kill_when_flatten_then_closing_orders_work_under_the_halt_until_every_position_is_closed() -> None:
+    cfg = config(min_order_notional=100.0, paper={"max_bar_participation": 0.1})
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3, "BBB": 0.3})}, cfg)
+    for day in range(6):  # positions built over several bars, with orders still working
+        engine.process(bar(day, PRICES, volume=1_000.0))
+    held = dict(engine.hosts[SID].portfolio.positions)
+    set_state(engine, f"{SID}.operator", **kill_state(flatten=True))
+
+    killed = engine.kill(*engine.kills_due(done=())[0])
+    ignored = engine.on_close_position(ClosePosition(strategy=SID, symbol="AAA", quantity=-held["AAA"],
+                                                     command_id="sl-1", ts_event=1, reason="stop-loss", price=50.0,
+                                                     entry_price=60.0, loss=0.16))
+    results = [engine.process(bar(day, PRICES, volume=10_000.0)).results[SID] for day in range(6, 12)]
+
+    closing = events_of(killed, OrderAccepted)
+    assert {(c.symbol, c.side, c.quantity) for c in closing} == {(s, "SELL", q) for s, q in held.items()}
+    assert all(c.reason_code == CODE_KILLED for c in closing) and not ignored
+    assert not any(events_of(r, OrderCanceled) for r in results)  # the halt does not withdraw them
+    assert engine.hosts[SID].portfolio.positions == {} and results[-1].snapshot.working == []
+    assert {f.order_id for r in results for f in r.fills} == {c.order_id for c in closing}

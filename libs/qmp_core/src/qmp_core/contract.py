@@ -48,6 +48,8 @@ CHANNELS: tuple[Channel, ...] = (
     Channel("qmp.exec.<strategy>.fills", "Fill", "execution", _stream(subjects.STREAM_EXEC)),
     Channel("qmp.exec.<strategy>.portfolio", "PortfolioSnapshot", "execution", _stream(subjects.STREAM_EXEC),
             "after every batch; a restart recovers the book from the last one"),
+    Channel("qmp.exec.<strategy>.kill", "KillReport", "execution", _stream(subjects.STREAM_EXEC),
+            "what a kill did at the venue: orders withdrawn, still open, the closing orders"),
     Channel("qmp.risk.<strategy>.snapshot", "RiskSnapshot", "risk", _stream(subjects.STREAM_RISK)),
     Channel("qmp.risk.<strategy>.breaker", "BreakerEvent", "risk", _stream(subjects.STREAM_RISK)),
     Channel("qmp.risk.<strategy>.stoploss", "ClosePosition", "risk", _stream(subjects.STREAM_RISK),

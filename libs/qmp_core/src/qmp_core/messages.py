@@ -85,6 +85,15 @@ class Halt(ControlCommandBase, tag="halt"):
     reason: Annotated[str, Meta(min_length=1, max_length=1_000)] = "unspecified"
 
 
+class Kill(Halt, tag="kill"):
+    """The kill switch: a halt (latched until a resume) that also withdraws every working order of the
+    strategy at its venue at once, not at the next batch, and with `flatten` closes every position with
+    orders that only reduce it. Execution reports what the venue confirmed in a `KillReport`."""
+
+    reason: Annotated[str, Meta(min_length=1, max_length=1_000)] = "kill switch"
+    flatten: bool = False
+
+
 class Resume(ControlCommandBase, tag="resume"):
     """Lift a halt: `safe` at half size until the next clean evaluation, `normal` fully."""
 
@@ -123,7 +132,7 @@ class ReleaseSafeMode(ControlCommandBase, tag="release_safe_mode"):
     """Sent after a clean evaluation: a `resume --safe` returns to full size."""
 
 
-ControlCommand = Halt | Resume | SetAllocation | ReduceOrderSize | Defensive | ReleaseSafeMode
+ControlCommand = Halt | Kill | Resume | SetAllocation | ReduceOrderSize | Defensive | ReleaseSafeMode
 
 
 class TradingState(Struct, frozen=True, kw_only=True, gc=False):
@@ -142,6 +151,9 @@ class TradingState(Struct, frozen=True, kw_only=True, gc=False):
     ts_event: int = 0
     schema: int = SCHEMA_VERSION
     issued_by: str = ""  # who last changed it (a source); `updated_by` is its first name, still read and written
+    # A kill in force (its command id; "" if none) and whether it flattens: execution acts on each kill once.
+    kill_id: str = ""
+    flatten: bool = False
 
     def __post_init__(self) -> None:
         _keep_first_name(self, "issued_by", "updated_by")
@@ -783,4 +795,25 @@ class BrokerReply(Struct, frozen=True, kw_only=True):
     differences: list[PositionDifference] = []  # `check`: positions where the books and the venue disagree
 
 
-PUBLIC_MESSAGES.update(OrderEvent=OrderEvent, BrokerCommand=BrokerCommand, BrokerReply=BrokerReply)
+class KillReport(Struct, frozen=True, kw_only=True):
+    """What a kill did, published by execution on `qmp.exec.<strategy>.kill` once the venue has answered.
+
+    `confirmed` is true when the venue showed no open order of the strategy after the cancels (and, with
+    `flatten`, every closing order was taken); `still_open` and `errors` say what was not, and why.
+    """
+
+    strategy: str
+    kill_id: str  # the Kill command's id
+    venue: str  # the broker: paper, rest, alpaca
+    canceled: list[str] = []  # order ids withdrawn
+    still_open: list[str] = []  # order ids the venue still shows open after the cancels
+    flatten_orders: list[str] = []  # the closing orders sent (flatten)
+    errors: list[str] = []
+    confirmed: bool = False
+    elapsed_ms: float = 0.0  # from the kill reaching execution to the venue's confirmation
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+PUBLIC_MESSAGES.update(OrderEvent=OrderEvent, BrokerCommand=BrokerCommand, BrokerReply=BrokerReply,
+                       KillReport=KillReport)

@@ -92,6 +92,11 @@ def portfolio(strategy: str) -> str:
     return f"qmp.exec.{strategy}.portfolio"
 
 
+def kill_reports(strategy: str) -> str:
+    """Where execution reports what a kill did (KillReport); `*` for every strategy."""
+    return f"qmp.exec.{strategy}.kill"
+
+
 def snapshot(strategy: str) -> str:
     return f"qmp.risk.{strategy}.snapshot"
 

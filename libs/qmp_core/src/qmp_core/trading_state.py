@@ -22,6 +22,7 @@ from qmp_core.messages import (
     ControlCommand,
     Defensive,
     Halt,
+    Kill,
     ReduceOrderSize,
     ReleaseSafeMode,
     Resume,
@@ -48,6 +49,7 @@ def source_of(sender: str) -> str:
 def combine(strategy: str, entries: Iterable[TradingState]) -> TradingState:
     """Return the effective state of a strategy from its sources' entries (and the ALL entries)."""
     effective = TradingState(strategy=strategy)
+    kill_ts = 0
     for entry in entries:
         worse = SEVERITY[entry.status] > SEVERITY[effective.status]
         effective = msgspec.structs.replace(
@@ -63,6 +65,13 @@ def combine(strategy: str, entries: Iterable[TradingState]) -> TradingState:
             command_id=entry.command_id if entry.ts_event >= effective.ts_event else effective.command_id,
             ts_event=max(effective.ts_event, entry.ts_event),
         )
+        if entry.kill_id and entry.status == "HALTED" and (not effective.kill_id or entry.ts_event >= kill_ts):
+            # The latest kill in force is the one execution acts on; any of them asking to flatten flattens.
+            effective = msgspec.structs.replace(effective, kill_id=entry.kill_id,
+                                                flatten=effective.flatten or entry.flatten)
+            kill_ts = entry.ts_event
+        elif entry.kill_id and entry.status == "HALTED":
+            effective = msgspec.structs.replace(effective, flatten=effective.flatten or entry.flatten)
     if effective.safe_mode and effective.size_multiplier > SAFE_MODE_SIZE:
         # Safe mode is a state of its own, not a value written over a source's size cut: the cut outlives it.
         effective = msgspec.structs.replace(effective, size_multiplier=SAFE_MODE_SIZE)
@@ -170,13 +179,18 @@ def apply(entry: TradingState, command: ControlCommand, ts_event: int) -> Tradin
     """Return a source's entry after a command. Resume is applied across sources by the caller."""
     common = {"issued_by": command.issued_by, "command_id": command.command_id, "ts_event": ts_event}
     match command:
+        case Kill(reason=reason, flatten=flatten):
+            return msgspec.structs.replace(entry, status="HALTED", reason=reason, kill_id=command.command_id,
+                                           flatten=flatten, **common)
         case Halt(reason=reason):
-            return msgspec.structs.replace(entry, status="HALTED", reason=reason, **common)
+            return msgspec.structs.replace(entry, status="HALTED", reason=reason, kill_id="", flatten=False,
+                                           **common)
         case Resume(mode=mode):
             safe = mode == "safe"
             # A resume lifts the halt, never the source's order-size cut (that takes a reduce_order_size).
             return msgspec.structs.replace(
-                entry, status="ACTIVE", reason="resumed (safe mode)" if safe else "", safe_mode=safe, **common,
+                entry, status="ACTIVE", reason="resumed (safe mode)" if safe else "", safe_mode=safe, kill_id="",
+                flatten=False, **common,
             )
         case ReleaseSafeMode():
             if not entry.safe_mode:

@@ -40,9 +40,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from alpaca.common.exceptions import APIError
     from alpaca.trading.client import TradingClient
-    from alpaca.trading.enums import OrderSide, TimeInForce
+    from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
     from alpaca.trading.models import Order
-    from alpaca.trading.requests import MarketOrderRequest
+    from alpaca.trading.requests import GetOrdersRequest, MarketOrderRequest
 
 from qmp_execution.engine.broker import Account, AckStatus, BrokerFill, BrokerOrder, OrderAck
 from qmp_execution.rest import BrokerUnavailable
@@ -206,6 +206,13 @@ class AlpacaAdapter:
                     raise BrokerUnavailable(f"alpaca answered {error.status_code}: {_message(error)}") from error
             order = await self._call(self.client.get_order_by_id, order.id)
         return ack_of(order_id, order)
+
+    async def open_orders(self, prefix: str = "") -> list[str]:
+        """Return the client order ids of the account's open orders that start with `prefix` (QMP's order ids
+        start with the strategy's id, so a kill withdraws exactly that strategy's orders)."""
+        request = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500)
+        orders = await self._call(self.client.get_orders, request)
+        return [str(o.client_order_id) for o in orders if str(o.client_order_id or "").startswith(prefix)]
 
     async def positions(self) -> dict[str, float]:
         positions = await self._call(self.client.get_all_positions)

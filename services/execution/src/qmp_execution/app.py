@@ -34,6 +34,7 @@ from qmp_execution.handlers import (
     BarHandler,
     BrokerCommands,
     ControlWatch,
+    KillSwitch,
     RiskWatch,
     StopLossAcks,
     StopLossHandler,
@@ -221,6 +222,7 @@ class ExecutionService:
         self.stop_loss_consumer = stop_loss_consumer_name(settings)
         self.broker: NatsBroker = make_broker(settings, SERVICE)
         self.handler: BarHandler | None = None
+        self.kill_switch: KillSwitch | None = None
         self.stop_loss: StopLossHandler | None = None
         self.stop_acks = StopLossAcks()
         self.liveness = Liveness()
@@ -323,6 +325,9 @@ class ExecutionService:
         self.stop_loss = StopLossHandler(self.engine, js, self.clock, self.stop_acks)
         self.handler = BarHandler(self.engine, js, self.publisher, ExecutionStore(self._pool), self.clock,
                                   self.settings.venues, adapter, self.stop_acks, self.watch, self.risk_watch)
+        self.kill_switch = KillSwitch(self.handler, self.settings.broker)
+        self.watch.on_change = self.kill_switch.check
+        self.kill_switch.check()  # a kill in force before this start is acted on again (see handlers.kill)
         start_metrics(self.settings, SERVICE, self.liveness)
         self.liveness.ready()
         log.info("execution ready", extra={"strategies": self.engine.strategies(), "restored": restored,
@@ -352,6 +357,7 @@ class ExecutionService:
             "batches": handler.batches if handler else 0,
             "dead_letters": handler.dead_letters if handler else 0,
             "reconciled_fills": handler.reconciled_fills if handler else 0,
+            "kills": [msgspec.to_builtins(r) for r in self.kill_switch.reports] if self.kill_switch else [],
             "control_updates": self.watch.updates if self.watch else 0,
             "control_catch_up_timeouts": self.watch.catch_up_timeouts if self.watch else 0,
             "risk_snapshots": self.risk_watch.received if self.risk_watch else 0,

@@ -157,6 +157,18 @@ class FakeAlpaca:
         """Change a position at the venue by hand (as a person at the broker would)."""
         self.positions[symbol] = quantity
 
+    def place(self, client_order_id: str, symbol: str, qty: float, side: str = "buy") -> None:
+        """Place an order at the venue by hand (a person at the broker, or another system on the account)."""
+        order = _Order(id=str(uuid.uuid4()), client_order_id=client_order_id, symbol=symbol, qty=qty, side=side,
+                       created=datetime.now(UTC))
+        self.orders[order.id] = order
+        self.by_client_id[client_order_id] = order.id
+
+    def open_orders(self) -> list[str]:
+        """The client order ids of the orders still open (working) at the venue."""
+        return sorted(o.client_order_id for o in self.orders.values()
+                      if o.status in ("accepted", "new", "partially_filled"))
+
     # ------------------------------------------------------------ handlers
     async def _post_order(self, request: web.Request) -> web.Response:
         self.order_posts += 1

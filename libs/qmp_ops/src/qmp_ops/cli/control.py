@@ -1,6 +1,7 @@
-"""Operator verbs over the bus: halt, resume, status. Plain JSON requests, as in the README."""
+"""Operator verbs over the bus: halt, kill, resume, status. Plain JSON requests, as in the README."""
 
 import asyncio
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -9,7 +10,7 @@ import msgspec
 import nats
 
 from qmp_core import bus, subjects
-from qmp_core.messages import BrokerCommand, BrokerReply, codec, encode
+from qmp_core.messages import BrokerCommand, BrokerReply, KillReport, codec, encode
 from qmp_ops.runtime.supervisor import SERVICES, Connection, read_supervisor_record
 
 REQUEST_TIMEOUT_S = 5.0
@@ -29,7 +30,7 @@ async def send_control(connection: Connection, strategy: str, body: dict[str, An
     """
     body = {"issued_by": "operator", "command_id": uuid.uuid4().hex, **body}
     payload = json.dumps(body).encode()
-    urgent = body.get("command") == "halt"
+    urgent = body.get("command") in ("halt", "kill")  # a kill is a halt too
     nc = await connection.connect()
     try:
         for attempt in range(1, ATTEMPTS + 1):
@@ -51,6 +52,60 @@ async def send_control(connection: Connection, strategy: str, body: dict[str, An
     finally:
         await nc.close()
     raise AssertionError("unreachable")
+
+
+KILL_TIMEOUT_S = 30.0
+
+
+async def kill_and_report(connection: Connection, strategy: str, flatten: bool, reason: str,
+               timeout_s: float = KILL_TIMEOUT_S) -> tuple[dict[str, Any], list[KillReport], list[str]]:
+    """Send a kill and wait for execution's report of each strategy it covers.
+
+    Return the deployer's reply, the reports, and the strategies execution hosts that sent none in time.
+    The reports are listened for before the command goes, so none can be missed.
+    """
+    command_id = uuid.uuid4().hex
+    reports: dict[str, KillReport] = {}
+    arrived = asyncio.Event()
+    decode = codec(KillReport)
+
+    async def on_report(msg: Any) -> None:
+        report = decode.decode(msg.data)
+        if report.kill_id == command_id:
+            reports[report.strategy] = report
+            arrived.set()
+
+    nc = await connection.connect()
+    try:
+        await nc.subscribe(subjects.kill_reports("*" if strategy == subjects.ALL_STRATEGIES else strategy),
+                           cb=on_report)
+        await nc.flush()
+        hosted = await _hosted_strategies(nc)
+        reply = await send_control(connection, strategy, {"command": "kill", "reason": reason, "flatten": flatten,
+                                                          "command_id": command_id})
+        if not reply.get("accepted"):
+            return reply, [], []
+        expected = hosted if strategy == subjects.ALL_STRATEGIES else hosted & {strategy}
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not expected <= set(reports):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), left)
+        return reply, [reports[s] for s in sorted(reports)], sorted(expected - set(reports))
+    finally:
+        await nc.close()
+
+
+async def _hosted_strategies(nc: nats.NATS) -> set[str]:
+    """The strategies the execution service hosts (its health says), empty if it does not answer."""
+    try:
+        reply = await nc.request(subjects.health("execution"), b"", timeout=REQUEST_TIMEOUT_S)
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        return set()
+    return set(json.loads(reply.data).get("detail", {}).get("strategies", {}))
 
 
 async def gather_status(connection: Connection) -> dict[str, Any]:

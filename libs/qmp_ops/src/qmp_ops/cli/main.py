@@ -18,7 +18,7 @@ from rich.table import Table
 
 from qmp_core import subjects
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
-from qmp_ops.cli.control import NoBrokerCommands, check_venue, gather_status, send_control
+from qmp_ops.cli.control import NoBrokerCommands, check_venue, gather_status, kill_and_report, send_control
 from qmp_ops.cli.screen import watch as watch_screen
 from qmp_ops.runtime.roles import roles_with
 from qmp_ops.runtime.settings import STACK_OWNED, SettingsError, parse_sets, read_reports, service_sets
@@ -266,6 +266,41 @@ def halt(
 ) -> None:
     """Halt a strategy's new orders (latched until `qmp resume`)."""
     _print_reply(asyncio.run(send_control(Connection.read(), strategy, {"command": "halt", "reason": reason})))
+
+
+@app.command()
+def kill(
+    strategy: Annotated[str, typer.Argument(help="strategy id, or ALL")],
+    flatten: Annotated[bool, typer.Option("--flatten", help="also close every position, with orders that only "
+                                                            "reduce it")] = False,
+    reason: Annotated[str, typer.Option(help="why; recorded in the audit trail")] = "kill switch",
+    timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the venues' answer")] = 30.0,
+) -> None:
+    """The kill switch: halt, withdraw every working order at the venue now, optionally flatten; wait for
+    the venue's confirmation that nothing is left open (exit 1 if it did not come, saying what is left)."""
+    reply, reports, silent = asyncio.run(kill_and_report(Connection.read(), strategy, flatten, reason, timeout))
+    console.print_json(json.dumps(reply))
+    if not reply.get("accepted"):
+        raise typer.Exit(1)
+    table = Table(title=f"kill {reply.get('command_id', '')}", title_justify="left")
+    for column in ("strategy", "venue", "withdrawn", "closing orders", "still open", "confirmed", "ms"):
+        table.add_column(column)
+    for report in reports:
+        left = ", ".join(report.still_open) or "-"
+        table.add_row(report.strategy, report.venue, str(len(report.canceled)), str(len(report.flatten_orders)),
+                      escape(left), "[green]yes[/]" if report.confirmed else "[red]no[/]",
+                      f"{report.elapsed_ms:.1f}")
+    console.print(table)
+    for report in reports:
+        for error in report.errors:
+            console.print(f"[red]{report.strategy}[/]: {escape(error)}")
+    for sid in silent:
+        console.print(f"[red]{sid}[/]: no report from execution within {timeout:.0f} s (the halt holds; "
+                      f"`qmp status` shows its working orders)")
+    if not reports and not silent:
+        console.print("no execution instance hosts it: the halt is in force, there was nothing to withdraw")
+    if silent or not all(report.confirmed for report in reports):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -57,6 +57,8 @@ def decide(
                     entry,
                     status="ACTIVE" if halted else entry.status,
                     reason="" if halted else entry.reason,
+                    kill_id="" if halted else entry.kill_id,
+                    flatten=False if halted else entry.flatten,
                     safe_mode=False,
                     issued_by=source, command_id=command.command_id, ts_event=ts_event,
                 )

@@ -50,6 +50,7 @@ from qmp_execution.engine.codes import (
     CODE_BROKER_REJECTED,
     CODE_HALTED,
     CODE_INSUFFICIENT_CASH,
+    CODE_KILLED,
     CODE_MAX_GROSS_EXPOSURE,
     CODE_MAX_NOTIONAL,
     CODE_MAX_POSITION,
@@ -68,7 +69,8 @@ from qmp_execution.engine.execution import ExecutionEngine
 from qmp_execution.engine.host import StrategyHost
 
 __all__ = [
-    "CODE_BROKER_REJECTED", "CODE_HALTED", "CODE_INSUFFICIENT_CASH", "CODE_MAX_GROSS_EXPOSURE", "CODE_MAX_NOTIONAL",
+    "CODE_BROKER_REJECTED", "CODE_HALTED", "CODE_INSUFFICIENT_CASH", "CODE_KILLED", "CODE_MAX_GROSS_EXPOSURE",
+    "CODE_MAX_NOTIONAL",
     "CODE_MAX_POSITION", "CODE_MAX_QUANTITY", "CODE_PRICE_BAND", "CODE_RATE_LIMIT", "CODE_REDUCING", "CODE_REPLACED",
     "CODE_RESTRICTED", "CODE_STOP_LOSS", "CODE_STRATEGY_ERROR",
     "DEFAULT_ES_KEYS", "BatchResult", "EngineConfig", "ExecutionEngine", "StrategyHost", "StrategyResult",

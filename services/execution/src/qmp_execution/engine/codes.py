@@ -16,6 +16,7 @@ CODE_INSUFFICIENT_CASH = "INSUFFICIENT_CASH"
 CODE_REPLACED = "REPLACED"
 CODE_BROKER_REJECTED = "BROKER_REJECTED"
 CODE_STOP_LOSS = "STOP_LOSS"
+CODE_KILLED = "KILLED"  # withdrawn by the kill switch, or a closing order of its flatten
 
 # How many ClosePosition command ids are remembered to recognise a redelivery.
 CLOSE_IDS_KEPT = 4096

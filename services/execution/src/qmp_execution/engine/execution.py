@@ -2,7 +2,7 @@
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from qmp_core.clock import Clock
@@ -116,6 +116,24 @@ class ExecutionEngine:
     def apply_acks(self, strategy: str, acks: Sequence[OrderAck]) -> StrategyResult:
         """Book an external broker's answers to a strategy's orders of the last batch."""
         return self.hosts[strategy].apply_acks(acks)
+
+    def kills_due(self, done: Collection[str]) -> list[tuple[str, TradingState]]:
+        """Return (strategy, state) for every hosted strategy under a kill not in `done` (kill ids acted on)."""
+        due = []
+        for sid in self.strategies():
+            state = self.state(sid)
+            if state.kill_id and f"{sid}:{state.kill_id}" not in done:
+                due.append((sid, state))
+        return due
+
+    def kill(self, strategy: str, state: TradingState) -> StrategyResult:
+        """Apply the kill in force on a strategy now (see `StrategyHost.kill`)."""
+        return self.hosts[strategy].kill(state.kill_id, state.flatten, state.reason or "kill switch",
+                                         self.clock.now_ns())
+
+    def settle(self, strategy: str, result: StrategyResult, acks: Sequence[OrderAck]) -> StrategyResult:
+        """Book a broker's answers to the orders of `result` (a kill's closing orders)."""
+        return self.hosts[strategy].settle(result, acks)
 
     def position_differences(self, venue: Mapping[str, float]) -> list[tuple[str, float, float]]:
         """Return (symbol, booked, venue) where the venue's positions differ from the sum of the books.

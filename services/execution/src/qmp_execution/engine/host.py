@@ -32,6 +32,7 @@ from qmp_execution.engine.broker import OrderAck
 from qmp_execution.engine.codes import (
     CODE_BROKER_REJECTED,
     CODE_HALTED,
+    CODE_KILLED,
     CODE_REDUCING,
     CODE_REPLACED,
     CODE_STOP_LOSS,
@@ -90,6 +91,8 @@ class StrategyHost:
         self._withdrawn: dict[str, Working] = {}
         self._late_fills: list[Fill] = []
         self._late_events: list[OrderEvent] = []
+        # The kill switch's closing orders (symbol -> order id): they work under the halt until filled.
+        self._flattening: dict[str, str] = {}
 
     @property
     def venue(self) -> str:
@@ -143,6 +146,9 @@ class StrategyHost:
             # Risk asks to sell a long (buy a short): the same sign means the position it saw is gone.
             log.info("stop-loss ignored: the position has changed side since", extra=about)
             return False
+        if symbol in self._flattening:
+            log.info("stop-loss ignored: the kill switch is closing the position", extra=about)
+            return False
         if symbol in self.stop_losses:
             log.info("stop-loss ignored: the symbol is already being closed",
                      extra=about | {"closing_for": self.stop_losses[symbol].command_id})
@@ -166,8 +172,11 @@ class StrategyHost:
         self.window.append(batch.ts_event, batch.symbols, batch.close, batch.volume)
         book.mark(batch.symbols, batch.close)
         market = self._market(batch)
+        self._flattening = {s: i for s, i in self._flattening.items()
+                            if s in book.working and book.working[s].order_id == i}
         decisions, self._late_events = self._late_events + self._cancel_for_state(state, batch.ts_event), []
         closing, replaced, closes = self._stop_loss_orders(batch, market)
+        closing |= frozenset(self._flattening)  # their target is 0 until the closing order has filled
         decisions += replaced
         if self.running and len(self.window) > self.strategy.lookback:
             decisions += self._trade(batch, state, market, previous, closing, closes)
@@ -200,10 +209,42 @@ class StrategyHost:
         last = self._last
         if last is None:
             raise RuntimeError(f"{self.strategy_id}: broker answers with no batch traded")
-        fills, events = self._book_answers(acks, last.ts_event)
-        self._last = dataclasses.replace(last, decisions=list(last.decisions) + events,
-                                         fills=list(last.fills) + fills, snapshot=self.snapshot())
+        self._last = self.settle(last, acks)
         return self._last
+
+    def settle(self, result: StrategyResult, acks: Sequence[OrderAck]) -> StrategyResult:
+        """Return `result` with a broker's answers to its orders booked (fills, and withdrawals)."""
+        fills, events = self._book_answers(acks, result.ts_event)
+        return dataclasses.replace(result, decisions=list(result.decisions) + events,
+                                   fills=list(result.fills) + fills, snapshot=self.snapshot())
+
+    def kill(self, kill_id: str, flatten: bool, reason: str, ts_event: int) -> StrategyResult:
+        """The kill switch, now rather than at the next batch: withdraw every working order; with `flatten`,
+        send an order closing each position (it only reduces exposure, so it works under the halt until
+        filled; a stop-loss in force gives way to it). Return what it did as a result of its own."""
+        book = self.portfolio
+        why = f"{CODE_KILLED}: {reason}"
+        events: list[OrderEvent] = [self._cancel(book.working[symbol], ts_event, why, CODE_KILLED)
+                                    for symbol in sorted(book.working)]
+        if flatten:
+            self.stop_losses.clear()
+            for symbol in sorted(book.positions):
+                position, price = book.positions[symbol], book.prices.get(symbol, 0.0)
+                if abs(position) <= QTY_EPSILON or not price > 0.0:
+                    continue
+                order_id = f"{self.strategy_id}-kill-{kill_id}-{symbol}"
+                side = _side(-position)
+                book.working[symbol] = Working(order_id=order_id, symbol=symbol, side=side, quantity=abs(position),
+                                               price=price, ts_event=ts_event)
+                self._flattening[symbol] = order_id
+                book.orders_total += 1
+                events.append(OrderAccepted(strategy=self.strategy_id, order_id=order_id, symbol=symbol, side=side,
+                                            quantity=abs(position), price=price, ts_event=ts_event,
+                                            reason=f"{why} (flatten)", reason_code=CODE_KILLED))
+        log.warning("kill switch", extra={"strategy": self.strategy_id, "kill_id": kill_id, "flatten": flatten,
+                                          "events": len(events)})
+        return StrategyResult(self.strategy_id, ts_event, events, [], self.snapshot(), self.error,
+                              es_scale=self.es_scale)
 
     def open_order_ids(self) -> list[str]:
         """Orders an external broker may still fill: those working here, and those withdrawn here that the
@@ -337,6 +378,8 @@ class StrategyHost:
             order = book.working[symbol]
             position = book.positions.get(symbol, 0.0)
             stop = self.stop_losses.get(symbol)
+            if self._flattening.get(symbol) == order.order_id:
+                continue  # the kill switch's closing order: it reduces exposure, and works until filled
             if not self.running and not (stop is not None and stop.order_id == order.order_id):
                 code, why = CODE_STRATEGY_ERROR, f"{CODE_STRATEGY_ERROR}: {self.error}"
             elif state.status == "HALTED":

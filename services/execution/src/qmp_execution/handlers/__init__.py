@@ -13,15 +13,19 @@ No decisions are taken here. What every handler guarantees:
 Risk's stop-loss commands (`ClosePosition` on `qmp.risk.<strategy>.stoploss`) come through a durable pull
 consumer on the risk stream (JetStream API and inbox only: no subscription right on `qmp.risk.>`); the
 engine marks the position to close on the next batch, and applies a command id once.
+
+A kill in the control bucket is acted on at once, between batches (`kill.KillSwitch`): working orders
+withdrawn at the venue, positions optionally closed, and a `KillReport` published when the venue answered.
 """
 
 from qmp_execution.handlers.bars import BarHandler
 from qmp_execution.handlers.broker import BrokerCommands
 from qmp_execution.handlers.constants import SERVICE
 from qmp_execution.handlers.control_watch import ControlWatch
+from qmp_execution.handlers.kill import KillSwitch
 from qmp_execution.handlers.recovery import recover
 from qmp_execution.handlers.risk_watch import RiskWatch
 from qmp_execution.handlers.stop_loss import StopLossAcks, StopLossHandler
 
-__all__ = ["SERVICE", "BarHandler", "BrokerCommands", "ControlWatch", "RiskWatch", "StopLossAcks", "StopLossHandler",
-           "recover"]
+__all__ = ["SERVICE", "BarHandler", "BrokerCommands", "ControlWatch", "KillSwitch", "RiskWatch", "StopLossAcks",
+           "StopLossHandler", "recover"]

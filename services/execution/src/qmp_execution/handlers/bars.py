@@ -56,7 +56,7 @@ class BarHandler:
         self.batches = 0
         self.reconciled_fills = 0  # fills an external broker reported after its answer, booked later
         self._input: Intake[BarBatch] = Intake(BarBatch, SERVICE, clock)
-        self._lock = asyncio.Lock()
+        self.trading = asyncio.Lock()  # one engine timeline: batches, venue checks and kills take turns
         self._tracer = tracer("qmp.execution")
 
     @property
@@ -79,7 +79,7 @@ class BarHandler:
                                    delivery_id)
                 return
             span.set_attribute("qmp.ts_event", batch.ts_event)
-            async with self._lock:  # the engine's timeline is one: keep batches in arrival order
+            async with self.trading:  # the engine's timeline is one: keep batches in arrival order
                 if not self.engine.follows(venue):  # no strategy here trades it: its time is not ours
                     return
                 if isinstance(self.clock, ReplayClock):
@@ -135,7 +135,7 @@ class BarHandler:
         of the books differs from the venue's. Fills the venue made since the last batch are booked first
         (they would otherwise show as differences); batches wait meanwhile."""
         assert self.adapter is not None
-        async with self._lock:
+        async with self.trading:
             await self.reconcile(self.clock.now_ns())
             started = time.perf_counter()
             account = await self.adapter.account()

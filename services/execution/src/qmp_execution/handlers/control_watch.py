@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -38,6 +39,7 @@ class ControlWatch:
         self._letters: set[asyncio.Task[None]] = set()
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
+        self.on_change: Callable[[], None] | None = None  # called after each change (the kill switch looks)
 
     async def start(self, timeout_s: float = INITIAL_STATE_TIMEOUT_S) -> None:
         self._watcher = await self.kv.watchall()
@@ -57,6 +59,8 @@ class ControlWatch:
                 self.loaded.set()
                 continue
             invalid = self.apply(entry.key, entry.value or b"", entry.operation, entry.revision or 0)
+            if self.on_change is not None and self.loaded.is_set():
+                self.on_change()
             if invalid and self.js is not None:
                 bus.dead_letter_later(self._letters, self.js, SERVICE, f"$KV.{subjects.KV_CONTROL}.{entry.key}",
                                       invalid, entry.value or b"", self.engine.clock)
