@@ -49,3 +49,13 @@ class InstrumentMomentum(BaseStrategy):
             rising = (values[self.lookback :] > past) & (past > 0)
             weights[self.lookback :] = np.where(rising, self.gross / max(values.shape[1], 1), 0.0)
         return pd.DataFrame(weights, index=prices.index, columns=prices.columns)
+
+
+class EveryBarHolder(BaseStrategy):
+    """Hold half the equity spread evenly over every symbol: from flat, each bar orders every symbol."""
+
+    lookback = 1
+    leverage_limit = 1.0
+
+    def target_weights(self, prices: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(0.5 / max(prices.shape[1], 1), index=prices.index, columns=prices.columns)

@@ -116,6 +116,29 @@ async def test_cancel_when_order_still_working_then_canceled_and_when_filled_the
     assert (await adapter.cancel("never-sent")).status == "unknown"
 
 
+async def test_cancel_many_when_some_open_some_ended_then_open_ones_canceled_in_one_listing(
+        venue: FakeAlpaca) -> None:
+    venue.behaviour.fill_delay_s = 60.0
+    adapter = adapter_for(venue, fill_wait_s=0.0)
+    for order_id in ("mom-1", "mom-2", "mom-3"):
+        await adapter.submit(order(order_id))
+    venue.place("other-1", "MSFT", 1.0)
+    venue.fill_all()  # everything open fills...
+    venue.behaviour.fill_delay_s = 60.0
+    await adapter.submit(order("mom-4"))  # ...but this one, sent after
+    await adapter.submit(order("mom-5"))
+    before = venue.requests
+
+    listed = await adapter.open_orders("mom-")
+    answers = await adapter.cancel_many(["mom-4", "mom-1", "mom-5"])
+
+    assert listed == ["mom-4", "mom-5"]
+    assert [(a.order_id, a.status) for a in answers] == [("mom-4", "canceled"), ("mom-1", "unknown"),
+                                                          ("mom-5", "canceled")]
+    assert venue.requests - before == 1 + 1 + 2  # a listing each, then one DELETE per open order
+    assert venue.open_orders() == []
+
+
 async def test_positions_and_account_when_venue_holds_long_and_short_then_signed_quantities_and_equity(
         venue: FakeAlpaca) -> None:
     adapter = adapter_for(venue)

@@ -207,12 +207,35 @@ class AlpacaAdapter:
             order = await self._call(self.client.get_order_by_id, order.id)
         return ack_of(order_id, order)
 
+    async def _open(self) -> dict[str, Order]:
+        """The account's open orders by client order id (Alpaca lists at most 500 a call)."""
+        orders = await self._call(self.client.get_orders, GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500))
+        return {str(o.client_order_id): o for o in orders if o.client_order_id}
+
     async def open_orders(self, prefix: str = "") -> list[str]:
         """Return the client order ids of the account's open orders that start with `prefix` (QMP's order ids
         start with the strategy's id, so a kill withdraws exactly that strategy's orders)."""
-        request = GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500)
-        orders = await self._call(self.client.get_orders, request)
-        return [str(o.client_order_id) for o in orders if str(o.client_order_id or "").startswith(prefix)]
+        return sorted(client_id for client_id in await self._open() if client_id.startswith(prefix))
+
+    async def cancel_many(self, order_ids: Sequence[str]) -> list[OrderAck]:
+        """Cancel many orders in one listing and one call each (the kill switch): those the venue lists as open
+        are cancelled by Alpaca's own id; the others have ended already (what they filled is booked by the
+        next reconciliation). Answers in the order of `order_ids`."""
+        listed = await self._open()
+
+        async def one(order_id: str) -> OrderAck:
+            order = listed.get(order_id)
+            if order is None:
+                return OrderAck(order_id=order_id, status="unknown", reason="not open at alpaca", endpoint=self.name)
+            try:
+                await self._call(self.client.cancel_order_by_id, order.id)
+            except APIError as error:  # 422: no longer cancelable (it filled meanwhile)
+                if error.status_code != 422:
+                    raise BrokerUnavailable(f"alpaca answered {error.status_code}: {_message(error)}") from error
+                return await self.status(order_id)
+            return OrderAck(order_id=order_id, status="canceled", endpoint=self.name)
+
+        return list(await asyncio.gather(*(one(order_id) for order_id in order_ids)))
 
     async def positions(self) -> dict[str, float]:
         positions = await self._call(self.client.get_all_positions)

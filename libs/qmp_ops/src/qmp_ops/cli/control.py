@@ -80,9 +80,12 @@ async def kill_and_report(connection: Connection, strategy: str, flatten: bool, 
         await nc.subscribe(subjects.kill_reports("*" if strategy == subjects.ALL_STRATEGIES else strategy),
                            cb=on_report)
         await nc.flush()
-        hosted = await _hosted_strategies(nc)
+        # Which strategies execution hosts is asked while the kill goes (the replies of every instance are
+        # waited for a moment; that wait overlaps the kill's own time).
+        asked = asyncio.ensure_future(_hosted_strategies(nc))
         reply = await send_control(connection, strategy, {"command": "kill", "reason": reason, "flatten": flatten,
                                                           "command_id": command_id})
+        hosted = await asked
         if not reply.get("accepted"):
             return reply, [], []
         expected = hosted if strategy == subjects.ALL_STRATEGIES else hosted & {strategy}
@@ -99,13 +102,35 @@ async def kill_and_report(connection: Connection, strategy: str, flatten: bool, 
         await nc.close()
 
 
+OTHER_INSTANCES_S = 0.25  # after the first execution instance answers, how long the others get
+
+
 async def _hosted_strategies(nc: nats.NATS) -> set[str]:
-    """The strategies the execution service hosts (its health says), empty if it does not answer."""
+    """The strategies every execution instance hosts (their health replies say); empty if none answers.
+
+    Each instance answers the same health subject (one per venue or account), so the request is published
+    with an inbox of its own and every reply that comes is read, not only the first.
+    """
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def collect(msg: Any) -> None:
+        replies.put_nowait(msg.data)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=collect)
+    hosted: set[str] = set()
     try:
-        reply = await nc.request(subjects.health("execution"), b"", timeout=REQUEST_TIMEOUT_S)
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-        return set()
-    return set(json.loads(reply.data).get("detail", {}).get("strategies", {}))
+        await nc.publish(subjects.health("execution"), b"", reply=inbox)
+        timeout = REQUEST_TIMEOUT_S
+        while True:
+            try:
+                data = await asyncio.wait_for(replies.get(), timeout)
+            except TimeoutError:
+                return hosted
+            hosted |= set(json.loads(data).get("detail", {}).get("strategies", {}))
+            timeout = OTHER_INSTANCES_S
+    finally:
+        await sub.unsubscribe()
 
 
 async def gather_status(connection: Connection) -> dict[str, Any]:

@@ -105,7 +105,7 @@ class KillSwitch:
         listed = await self._listed(sid, errors)
         # Withdrawn here, or held at the venue under the strategy's order ids: the venue must end them all.
         targets = sorted((canceled | set(self.engine.open_order_ids(sid)) | set(listed or ())) - flatten_ids)
-        answers = await asyncio.gather(*(self._ask(adapter.cancel, order_id, errors) for order_id in targets))
+        answers = await self._cancel_all(targets, errors)
         if closing:
             orders = [BrokerOrder(order_id=e.order_id, strategy=sid, symbol=e.symbol, side=e.side,
                                   quantity=e.quantity, price=e.price, ts_event=e.ts_event) for e in closing]
@@ -137,11 +137,24 @@ class KillSwitch:
             errors.append(f"open orders not listed: {error}")
             return None
 
-    @staticmethod
-    async def _ask(cancel: Callable[[str], Awaitable[OrderAck]], order_id: str,
-                   errors: list[str]) -> OrderAck | None:
-        try:
-            return await cancel(order_id)
-        except (BrokerRejected, BrokerUnavailable) as error:
-            errors.append(f"cancel {order_id}: {error}")
-            return None
+    async def _cancel_all(self, order_ids: list[str], errors: list[str]) -> list[OrderAck | None]:
+        """Cancel every order at the venue: at once where the adapter can (`cancel_many`), else one by one,
+        concurrently. None for an order whose cancel got no answer (said in `errors`)."""
+        adapter = self.bars.adapter
+        assert adapter is not None
+        many: Callable[[list[str]], Awaitable[list[OrderAck]]] | None = getattr(adapter, "cancel_many", None)
+        if many is not None and order_ids:
+            try:
+                return list(await many(order_ids))
+            except (BrokerRejected, BrokerUnavailable) as error:
+                errors.append(f"cancels not answered: {error}")
+                return [None] * len(order_ids)
+
+        async def one(order_id: str) -> OrderAck | None:
+            try:
+                return await adapter.cancel(order_id)
+            except (BrokerRejected, BrokerUnavailable) as error:
+                errors.append(f"cancel {order_id}: {error}")
+                return None
+
+        return list(await asyncio.gather(*(one(order_id) for order_id in order_ids)))
