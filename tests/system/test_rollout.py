@@ -112,7 +112,8 @@ async def test_replay_when_2007_to_2009_then_promoted_to_full_in_2007_and_rolled
         reply = await nc.request(subjects.deploy_commands(strategy), json.dumps(body).encode(), timeout=10)
         return json.loads(reply.data)
 
-    deployed = await command({"verb": "deploy", "plan": "crisis", "env": "paper", "command_id": "sys-deploy"})
+    deployed = await command({"verb": "deploy", "plan": "crisis", "env": "paper", "confirm_live": True,
+                              "command_id": "sys-deploy"})
     assert deployed["accepted"], deployed
     approved = await command({"verb": "promote", "full": True, "expected_phase": "paper", "command_id": "sys-ok"})
     assert approved["accepted"], approved

@@ -1,12 +1,17 @@
 """`qmp rollout status` and `qmp history`: what the tables say about a rollout's phase and soak."""
 
+import uuid
+from pathlib import Path
+
 import pytest
 from nats.aio.client import Client
 from rich.console import Console
+from typer.testing import CliRunner
 
 from qmp_core.clock import NS_PER_HOUR
 from qmp_core.messages import DeploymentEvent, RolloutPhase, RolloutState
 from qmp_ops.cli.deploy import _soak_text, history_table, read_history, rollout_table
+from qmp_ops.cli.main import app
 from qmp_ops.emergency import publish_alert, publish_unlock
 from qmp_ops.runtime.nats_server import NatsCredentials
 from qmp_ops.testing import operator_connection
@@ -69,3 +74,18 @@ async def test_read_history_when_a_verification_alert_and_an_unlock_were_publish
 
 def test_rollout_table_when_no_rollouts_then_it_says_so_in_words() -> None:
     assert "no rollouts yet" in render(rollout_table({}, 0))
+
+
+def test_deploy_when_live_confirmed_but_execution_trades_on_paper_then_refused_saying_a_venue_is_needed(
+        nats_credentials: NatsCredentials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    user, password = nats_credentials.for_user("operator")
+    flags = ["--nats-url", nats_credentials.url, "--nats-user", user, "--nats-password", password,
+             "--nats-tls-ca", nats_credentials.tls_ca]
+    instance = "nobroker" + uuid.uuid4().hex[:6]  # no execution instance of that name answers broker commands
+
+    result = CliRunner().invoke(app, [*flags, "deploy", "s1", "--env", "paper", "--confirm-live",
+                                      "--skip-verification", "--instance", instance], env={"COLUMNS": "300"})
+
+    assert result.exit_code == 1, result.output
+    assert "live trading needs a venue with credentials" in result.output and "paper broker" in result.output

@@ -37,9 +37,10 @@ def allocations(bench: Bench) -> list[float]:
     return [c.allocation for c in bench.controls if isinstance(c, SetAllocation)]
 
 
-def deployed(auto: bool = True, **plan_changes: object) -> Bench:
+def deployed(auto: bool = True, confirm_live: bool = True, **plan_changes: object) -> Bench:
     bench = Bench(make_plan(**plan_changes) if plan_changes else None)
-    outcome = bench.send(Deploy(plan="test", env="paper", auto=auto, command_id="c-deploy"))
+    outcome = bench.send(Deploy(plan="test", confirm_live=confirm_live, env="paper", auto=auto,
+                                command_id="c-deploy"))
     assert outcome.accepted, outcome.reason
     return bench
 
@@ -55,7 +56,7 @@ def test_deploy_when_no_rollout_then_soaking_in_paper_with_its_allocation_set():
     assert (bench.phase, bench.state.status, bench.state.allocation) == ("paper", "SOAKING", 0.1)
     assert allocations(bench) == [0.1]
     assert all(c.issued_by == "deployer" and c.command_id.endswith("-e1") for c in bench.controls)
-    assert bench.kinds() == ["deployed"]
+    assert bench.kinds() == ["deployed", "live_confirmed"]  # deployed() confirms live trading up front
     assert bench.events[0].command_id == "c-deploy"
 
 
@@ -64,7 +65,7 @@ def test_deploy_when_the_strategy_is_all_then_refused_because_all_names_every_st
     # every strategy at once (ALL is the every-strategy token of control commands).
     bench = Bench(strategy="ALL")
 
-    outcome = bench.send(Deploy(plan="test", env="paper", command_id="c-all"))
+    outcome = bench.send(Deploy(plan="test", confirm_live=True, env="paper", command_id="c-all"))
 
     assert not outcome.accepted and "names every strategy" in outcome.reason
     assert bench.state is None and bench.controls == []
@@ -131,6 +132,32 @@ def test_manual_rollout_when_soaked_then_ready_and_promote_moves_exactly_one_pha
     assert bench.phase == "live_10"
 
 
+def test_walk_when_live_not_confirmed_then_waits_before_the_first_live_phase_until_the_operator_confirms():
+    bench = deployed(confirm_live=False)
+    bench.run_until(lambda b: b.state.status == "AWAITING_APPROVAL")
+    waiting = bench.state
+    plain = bench.send(Promote(expected_phase="paper", command_id="p-1"))
+    confirmed = bench.send(Promote(expected_phase="paper", confirm_live=True, command_id="p-2"))
+
+    assert waiting.phases[waiting.phase_index].env == "paper" and not waiting.live_confirmed
+    assert waiting.hold_reason.endswith("--confirm-live")  # what `qmp rollout status` shows
+    assert [e.reason for e in bench.events if e.kind == "awaiting_approval"] == [
+        "live_10 is the first live phase: live trading needs the operator's confirmation: --confirm-live"]
+    assert not plain.accepted and "--confirm-live" in plain.reason
+    assert confirmed.accepted and bench.phase == "live_10" and bench.state.live_confirmed
+    assert bench.kinds()[-2:] == ["live_confirmed", "promoted"]
+    walk_to(bench, "live_50")  # later live phases do not ask again
+
+
+def test_confirm_live_when_given_during_the_paper_soak_then_recorded_and_the_walk_goes_on_unattended():
+    bench = deployed(confirm_live=False)
+    recorded = bench.send(Promote(expected_phase="paper", confirm_live=True, command_id="p-early"))
+
+    assert recorded.accepted and "confirmed" in recorded.reason and bench.phase == "paper"
+    walk_to(bench, "live_10")
+    assert bench.state.live_confirmed and "live_confirmed" in bench.kinds()
+
+
 def test_deploy_when_env_live_with_allocation_after_paper_soaked_then_moves_to_live_10_only():
     bench = deployed(auto=False)
     early = bench.send(Deploy(plan="test", env="live", allocation=0.1, command_id="d-early"))
@@ -145,7 +172,7 @@ def test_deploy_when_env_live_with_allocation_after_paper_soaked_then_moves_to_l
 
 def test_deploy_when_live_first_then_rejected_because_a_rollout_starts_in_paper():
     bench = Bench()
-    outcome = bench.send(Deploy(plan="test", env="live", allocation=0.1, command_id="x"))
+    outcome = bench.send(Deploy(plan="test", confirm_live=True, env="live", allocation=0.1, command_id="x"))
     assert not outcome.accepted and "paper" in outcome.reason
     assert bench.state is None and bench.controls == []
 
@@ -153,9 +180,9 @@ def test_deploy_when_live_first_then_rejected_because_a_rollout_starts_in_paper(
 def test_deploy_when_allocation_overrides_next_phase_outside_neighbours_then_rejected():
     bench = deployed(auto=False)
     bench.run_until(lambda b: b.state.status == "READY")
-    outcome = bench.send(Deploy(plan="test", env="live", allocation=0.7, command_id="d"))
+    outcome = bench.send(Deploy(plan="test", confirm_live=True, env="live", allocation=0.7, command_id="d"))
     assert not outcome.accepted and "within" in outcome.reason
-    inside = bench.send(Deploy(plan="test", env="live", allocation=0.2, command_id="d2"))
+    inside = bench.send(Deploy(plan="test", confirm_live=True, env="live", allocation=0.2, command_id="d2"))
     assert inside.accepted and bench.state.allocation == 0.2 and allocations(bench)[-1] == 0.2
 
 
@@ -163,7 +190,7 @@ def test_deploy_when_plan_unknown_or_strategy_not_known_then_rejected():
     bench = Bench()
     assert "unknown plan" in bench.send(Deploy(plan="nope", command_id="a")).reason
     bench.known = frozenset({"other"})
-    assert "unknown strategy" in bench.send(Deploy(plan="test", command_id="b")).reason
+    assert "unknown strategy" in bench.send(Deploy(plan="test", confirm_live=True, command_id="b")).reason
     assert bench.state is None
 
 
@@ -282,7 +309,7 @@ def test_evaluate_when_advisory_action_breached_then_recorded_once_per_level_cha
         {"source": "memory_mb", "warning": 2048, "critical": 4096, "action": "restart_service"},
         type(text["drawdown"]))})
     bench = Bench(plan)
-    bench.send(Deploy(plan="test", command_id="d"))
+    bench.send(Deploy(plan="test", confirm_live=True, command_id="d"))
     for _ in range(3):
         bench.monitor.on_probe("memory_mb", 3000.0, bench.clock.now_ns() + MINUTE)
         bench.step()
@@ -296,7 +323,7 @@ def test_evaluate_when_api_latency_breached_then_backup_endpoint_pinned_until_cl
     latency = msgspec.convert({"source": "latency_ms", "warning": 500, "critical": 1000, "action": "switch_endpoint",
                                "failure_limit": 3}, type(metrics["drawdown"]))
     bench = Bench(make_plan(metrics={**metrics, "api_latency": latency}))
-    bench.send(Deploy(plan="test", command_id="d"))
+    bench.send(Deploy(plan="test", confirm_live=True, command_id="d"))
     for value in (120.0, 700.0, 800.0, 90.0):
         bench.monitor.on_probe("latency_ms", value, bench.clock.now_ns() + MINUTE)
         bench.step()
@@ -383,7 +410,7 @@ def test_promotion_when_in_calendar_blackout_then_blocked_until_it_ends():
     end_ns = (1_700_000_000 + 3 * 3600)
     blackout = Blackout(start=start, end=datetime.fromtimestamp(end_ns, tz=UTC), reason="FOMC")
     bench = Bench(msgspec.structs.replace(plan, blackouts=[blackout]))
-    bench.send(Deploy(plan="test", command_id="d"))
+    bench.send(Deploy(plan="test", confirm_live=True, command_id="d"))
     for _ in range(120):
         bench.step()
     assert bench.phase == "paper"
@@ -417,7 +444,7 @@ def test_soak_when_exposure_required_then_waits_for_notional_hours():
     phases = list(plan.phases)
     phases[0] = msgspec.structs.replace(phases[0], min_notional_hours=2_000_000.0)
     bench = Bench(msgspec.structs.replace(plan, phases=phases))
-    bench.send(Deploy(plan="test", command_id="d"))
+    bench.send(Deploy(plan="test", confirm_live=True, command_id="d"))
     for _ in range(90):
         bench.step(exposure=0.0)
     assert bench.phase == "paper"
@@ -464,7 +491,7 @@ def test_abort_when_rolling_then_halted_allocation_zero_and_deploy_starts_a_new_
     assert isinstance(bench.controls[-2], Halt) and allocations(bench)[-1] == 0.0
     bench.step(drawdown=0.5)
     assert bench.state.status == "ABORTED"
-    again = bench.send(Deploy(plan="test", command_id="d2"))
+    again = bench.send(Deploy(plan="test", confirm_live=True, command_id="d2"))
     assert again.accepted and bench.state.rollout_id != first_id and bench.phase == "paper"
 
 
@@ -532,7 +559,7 @@ ACCEPTED = {
 
 def command_for(verb: str, phase: str):
     return {
-        "deploy": Deploy(plan="test", command_id="v"),
+        "deploy": Deploy(plan="test", confirm_live=True, command_id="v"),
         "promote": Promote(expected_phase=phase, command_id="v"),
         "promote_full": Promote(expected_phase=phase, full=True, command_id="v"),
         "pause": Pause(expected_phase=phase, command_id="v"),

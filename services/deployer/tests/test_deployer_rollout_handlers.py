@@ -216,7 +216,8 @@ async def test_deploy_when_command_id_repeated_then_applied_once(deployer, opera
 ])
 async def test_command_when_invalid_then_rejected_with_reason_and_nothing_changes(
         deployer, operator_nc, unique_id, body, reason):
-    await request(operator_nc, unique_id, {"verb": "deploy", "plan": "itest", "command_id": "start"})
+    await request(operator_nc, unique_id, {"verb": "deploy", "plan": "itest", "confirm_live": True,
+                                           "command_id": "start"})
     _, revision = await rollout_of(operator_nc, unique_id)
     _, control_revision = await control_entry(operator_nc, unique_id)
     reply = await request(operator_nc, unique_id, body)
@@ -259,7 +260,8 @@ async def test_deploy_command_when_published_by_execution_then_never_arrives(dep
 # ---------------------------------------------------------------- event time soak, rollback, history
 async def test_rollout_when_snapshots_advance_event_time_then_promotes_after_soak_and_rolls_back_on_critical(
         deployer, operator_nc, risk_nc, unique_id, nats_credentials, database_url):
-    reply = await request(operator_nc, unique_id, {"verb": "deploy", "plan": "itest", "command_id": "go"})
+    reply = await request(operator_nc, unique_id, {"verb": "deploy", "plan": "itest", "confirm_live": True,
+                                                   "command_id": "go"})
     assert reply["accepted"], reply
     ts = T0
     state = await publish_snapshot(risk_nc, operator_nc, unique_id, ts)  # anchors the soak clock
@@ -334,7 +336,8 @@ async def test_lease_when_two_instances_then_one_acts_and_a_takeover_fences_the_
         subject = subjects.deploy_commands(unique_id)
         refused = json.loads(await second.handle_command(subject, b'{"verb":"deploy","plan":"itest"}'))
         assert refused["accepted"] is False and "lease" in refused["reason"]
-        accepted = json.loads(await first.handle_command(subject, b'{"verb":"deploy","plan":"itest"}'))
+        accepted = json.loads(await first.handle_command(subject,
+                                                         b'{"verb":"deploy","plan":"itest","confirm_live":true}'))
         assert accepted["accepted"] is True
         epoch = first.lease.epoch
         await asyncio.sleep(1.05)  # the first stops renewing (a stall): its lease expires
@@ -387,7 +390,8 @@ async def test_crash_when_killed_mid_soak_then_resumes_same_phase_same_remaining
     first, nc1 = await make_service(nats_credentials, pool, "a-" + unique_id, clock)
     await lead(first)
     subject = subjects.deploy_commands(unique_id)
-    reply = json.loads(await first.handle_command(subject, b'{"verb":"deploy","plan":"itest","command_id":"d"}'))
+    reply = json.loads(await first.handle_command(
+        subject, b'{"verb":"deploy","plan":"itest","confirm_live":true,"command_id":"d"}'))
     assert reply["accepted"]
 
     async def evaluate(service: RolloutService, drawdown: float = 0.01) -> None:
@@ -527,7 +531,8 @@ async def test_deployer_when_sigkilled_mid_soak_then_restart_resumes_same_phase_
     process = start_deployer(nats_credentials, database_url, tmp_path, plan, instance)
     try:
         await wait_leader(operator_nc, process, tmp_path)
-        reply = await request(operator_nc, unique_id, {"verb": "deploy", "plan": "itest", "command_id": "k1"})
+        reply = await request(operator_nc, unique_id, {"verb": "deploy", "plan": "itest", "confirm_live": True,
+                                                            "command_id": "k1"})
         assert reply["accepted"], reply
         ts = T0
         await publish_snapshot(risk_nc, operator_nc, unique_id, ts)
@@ -580,8 +585,8 @@ async def test_replay_when_another_strategy_moves_event_time_first_then_this_one
     try:
         await lead(service)
         for strategy in (a, b):
-            reply = json.loads(await service.handle_command(subjects.deploy_commands(strategy),
-                                                            b'{"verb":"deploy","plan":"itest"}'))
+            reply = json.loads(await service.handle_command(
+                subjects.deploy_commands(strategy), b'{"verb":"deploy","plan":"itest","confirm_live":true}'))
             assert reply["accepted"], reply
             await service.on_snapshot(snapshot(strategy, T0))
         await service.on_snapshot(snapshot(a, T0 + day))  # a's next bar arrives before b's

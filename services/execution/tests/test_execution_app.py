@@ -358,6 +358,12 @@ async def test_execution_when_alpaca_fills_after_its_answer_then_next_batch_book
         fake.set_position("TSLA", 3.0)  # and someone buys by hand at the broker
         differs = codec(BrokerReply).decode((await operator_nc.request(subjects.broker(sid), check, WAIT_S)).data)
         operator_says = await qmp_cli(nats_credentials, "venues", "--instance", sid)
+        # The venue answers with the account: a live deploy passes the venue gate (no deployer runs here).
+        live = await qmp_cli(nats_credentials, "deploy", sid, "--env", "live", "--confirm-live",
+                             "--skip-verification", "--instance", sid)
+        fake.key = "revoked"  # the venue now refuses execution's credentials
+        refused = await qmp_cli(nats_credentials, "rollout", "promote", sid, "--confirm-live", "--skip-verification",
+                                "--instance", sid)
     finally:
         await service.app.stop()
         await fake.stop()
@@ -368,6 +374,8 @@ async def test_execution_when_alpaca_fills_after_its_answer_then_next_batch_book
     assert [(d.symbol, d.booked, d.venue) for d in differs.differences] == [("TSLA", 0.0, 3.0)]
     code, text = operator_says  # `qmp venues` as an operator runs it: the difference, and exit 1
     assert code == 1 and "alpaca answered" in text and "position differs TSLA: books 0, venue 3" in text, text
+    assert "venue alpaca: account answers" in live[1] and "no deployer is answering" in live[1], live[1]
+    assert refused[0] == 1 and "refused" in refused[1] and "401" in refused[1], refused[1]
     first_orders = {w.order_id for w in sent[-1].working}
     assert len(first_orders) == 2 and all(q == 0 for q in sent[-1].quantities)  # working at the venue, unbooked
     assert filled_at_venue == first_orders

@@ -562,12 +562,15 @@ class Deploy(DeployCommandBase, tag="deploy"):
     env: Literal["paper", "live", ""] = ""
     allocation: Fraction | None = None
     auto: bool = True
+    confirm_live: bool = False  # the operator's confirmation that the rollout may enter its first live phase
 
 
 class Promote(DeployCommandBase, tag="promote"):
-    """Move one phase on; `full` is the explicit approval the last promotion (to 100%) waits for."""
+    """Move one phase on; `full` is the explicit approval the last promotion (to 100%) waits for, and
+    `confirm_live` the confirmation the first live phase waits for."""
 
     full: bool = False
+    confirm_live: bool = False
 
 
 class Pause(DeployCommandBase, tag="pause"):
@@ -674,6 +677,7 @@ class RolloutState(Struct, frozen=True, kw_only=True):
     size_multiplier: float = msgspec.field(default=1.0, name="size_factor")
     auto: bool = True
     approved_full: bool = False
+    live_confirmed: bool = False  # an operator confirmed live trading (the first live phase waits for it)
     soak_elapsed_ns: int = 0
     soak_anchor_ns: int = 0  # time of the last soak accrual; 0 = anchor at the next evaluation
     fills: int = 0

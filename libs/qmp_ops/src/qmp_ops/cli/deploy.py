@@ -27,6 +27,7 @@ from qmp_core.clock import to_datetime
 from qmp_core.messages import DeploymentEvent, RolloutState, codec
 from qmp_core.rollout_state import is_active, phase_name, soak_remaining
 from qmp_lab.verify.gate import check_deployable
+from qmp_ops.cli.control import NoBrokerCommands, check_venue
 from qmp_ops.cli.screen import watch as watch_screen
 from qmp_ops.runtime.supervisor import Connection
 
@@ -161,6 +162,29 @@ async def _expected_phase(connection: Connection, strategy: str, expect: str) ->
 
 SkipVerification = Annotated[bool, typer.Option(
     "--skip-verification", help="start the phase without a passing `qmp verify` (said in the audit trail)")]
+ConfirmLive = Annotated[bool, typer.Option(
+    "--confirm-live", help="confirm live trading: the rollout's first live phase waits for it (recorded in the "
+                           "audit trail); refused unless execution trades at a venue that accepts its credentials")]
+Instance = Annotated[str, typer.Option(help="the execution instance whose venue a live phase trades on")]
+
+
+def _live_venue_gate(instance: str) -> None:
+    """Refuse live trading unless execution trades at a venue that answers with its account (credentials
+    present and accepted); say which venue and account otherwise."""
+    try:
+        reply = asyncio.run(check_venue(Connection.read(), instance))
+    except NoBrokerCommands as error:
+        console.print(f"[red]refused[/]: live trading needs a venue with credentials; {error}")
+        raise typer.Exit(1) from None
+    except nats.errors.TimeoutError:
+        console.print(f"[red]refused[/]: execution instance {instance!r} did not answer its venue check in time")
+        raise typer.Exit(1) from None
+    if not reply.accepted or reply.broker == "paper":
+        console.print(f"[red]refused[/]: live trading needs a venue that accepts execution's credentials; "
+                      f"{reply.broker or 'the venue'} answered: {reply.reason or 'no account'}")
+        raise typer.Exit(1)
+    console.print(f"venue {reply.broker}: account answers (equity {reply.account.get('equity', 0.0):,.0f}, "
+                  f"buying power {reply.account.get('buying_power', 0.0):,.0f})")
 
 
 def _verification_gate(strategy: str, skip: bool) -> str:
@@ -201,12 +225,20 @@ def deploy(
     expect: Expect = "",
     reason: Reason = "",
     skip_verification: SkipVerification = False,
+    confirm_live: ConfirmLive = False,
+    instance: Instance = subjects.DEFAULT_EXECUTION_INSTANCE,
 ) -> None:
-    """Start a phased rollout (paper → live 10% → 50% → 100%), or move it to the next phase."""
+    """Start a phased rollout (paper → live 10% → 50% → 100%), or move it to the next phase.
+
+    The first live phase waits for `--confirm-live` (given here or to `qmp rollout promote`), which is
+    refused unless execution trades at a venue that accepts its credentials."""
     if env not in ("", "paper", "live"):
         raise typer.BadParameter(f"env must be paper or live, got {env!r}")
     reason += _verification_gate(strategy, skip_verification)
-    body: dict[str, Any] = {"verb": "deploy", "plan": plan, "env": env, "auto": not manual, "reason": reason}
+    if confirm_live or env == "live":
+        _live_venue_gate(instance)
+    body: dict[str, Any] = {"verb": "deploy", "plan": plan, "env": env, "auto": not manual, "reason": reason,
+                            "confirm_live": confirm_live}
     if allocation is not None:
         body["allocation"] = allocation
     if expect:
@@ -221,10 +253,15 @@ def promote(
     expect: Expect = "",
     reason: Reason = "",
     skip_verification: SkipVerification = False,
+    confirm_live: ConfirmLive = False,
+    instance: Instance = subjects.DEFAULT_EXECUTION_INSTANCE,
 ) -> None:
-    """Move one phase on; --full also gives the approval the last promotion waits for."""
+    """Move one phase on; --full also gives the approval the last promotion waits for, --confirm-live the
+    confirmation the first live phase waits for."""
     reason += _verification_gate(strategy, skip_verification)
-    _send(strategy, {"verb": "promote", "full": full, "reason": reason}, expect)
+    if confirm_live:
+        _live_venue_gate(instance)
+    _send(strategy, {"verb": "promote", "full": full, "reason": reason, "confirm_live": confirm_live}, expect)
 
 
 @rollout_app.command()

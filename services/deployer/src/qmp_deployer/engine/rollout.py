@@ -226,8 +226,8 @@ def handle_command(strategy: str, state: RolloutState | None, command: DeployCom
                 return _reject(state, "already below the first phase: nothing to roll back")
             _rollback(draft, trigger="operator", reason=reason or "operator rollback")
             return draft.outcome()
-        case Promote(full=full):
-            return _operator_promote(draft, full=full, explicit_approval=full)
+        case Promote(full=full, confirm_live=confirm_live):
+            return _operator_promote(draft, full=full, explicit_approval=full, confirm_live=confirm_live)
     raise TypeError(f"unknown deploy command {type(command).__name__}")
 
 
@@ -250,6 +250,8 @@ def _deploy(strategy: str, state: RolloutState | None, command: Deploy, ctx: Con
     if command.env and command.env != first.env:
         return _reject(state, f"a rollout of plan {plan.name!r} starts in {first.name!r} ({first.env}): "
                               f"deploy with --env {first.env} first")
+    if first.env == "live" and not command.confirm_live:
+        return _reject(state, f"plan {plan.name!r} starts live ({first.name!r}): {LIVE_CONFIRMATION}")
     if command.allocation is not None:
         limit = phases[1].allocation if len(phases) > 1 else 1.0
         if command.allocation > limit:
@@ -277,6 +279,8 @@ def _deploy(strategy: str, state: RolloutState | None, command: Deploy, ctx: Con
     draft.set_controls(defensive=False, size_multiplier=1.0)
     draft.event("deployed", trigger="operator", phase_from=NO_PHASE, allocation_before=before,
                 reason=command.reason or f"plan {plan.name}, {len(phases)} phases, auto={command.auto}")
+    if command.confirm_live:
+        _confirm_live(draft)
     note = ""
     if ctx.trading is not None and ctx.trading.status == "HALTED":
         note = f"deployed, but {strategy} is HALTED ({ctx.trading.reason}): `qmp resume {strategy}` lifts it"
@@ -311,10 +315,11 @@ def _deploy_next(state: RolloutState, command: Deploy, ctx: Context) -> Outcome:
         phases[index] = msgspec.structs.replace(target, allocation=command.allocation)
         draft.set(phases=phases)
     # Naming the allocation of an approval phase is the explicit approval it waits for.
-    return _operator_promote(draft, full=False, explicit_approval=command.allocation is not None)
+    return _operator_promote(draft, full=False, explicit_approval=command.allocation is not None,
+                             confirm_live=command.confirm_live)
 
 
-def _operator_promote(draft: _Draft, *, full: bool, explicit_approval: bool) -> Outcome:
+def _operator_promote(draft: _Draft, *, full: bool, explicit_approval: bool, confirm_live: bool = False) -> Outcome:
     state = draft.state
     status = state.status
     if status in ("PAUSED", "HALTED", "ROLLED_BACK", "ABORTED"):
@@ -323,15 +328,21 @@ def _operator_promote(draft: _Draft, *, full: bool, explicit_approval: bool) -> 
         return _reject(state, f"already in the last phase {phase_name(state)!r}")
     target = state.phases[state.phase_index + 1]
     approved = state.approved_full or explicit_approval
+    if confirm_live and not state.live_confirmed:
+        _confirm_live(draft)
     if status == "HOLDING" or not _soak_done(state):
         if full:
             draft.set(approved_full=True, auto=True)
             draft.event("approval_recorded", trigger="operator",
                         reason="promotion to the last phase approved; phases and soaks still apply")
             return draft.outcome("approval recorded: the rollout walks on as gates and soaks allow")
+        if confirm_live:
+            return draft.outcome("live trading confirmed: the rollout walks on as gates and soaks allow")
         if status == "HOLDING":
             return _reject(state, f"gates not clean: {state.hold_reason}")
         return _reject(state, f"soak of {phase_name(state)!r} incomplete: {_remaining_text(state)}")
+    if target.env == "live" and not draft.state.live_confirmed:
+        return _reject(state, f"{target.name!r} is the first live phase: {LIVE_CONFIRMATION}")
     if target.approval and not approved:
         return _reject(state, f"promotion to {target.name!r} waits for an explicit approval: promote --full")
     blocker = _promotion_blocker(draft)
@@ -341,6 +352,16 @@ def _operator_promote(draft: _Draft, *, full: bool, explicit_approval: bool) -> 
         draft.set(approved_full=True, auto=True)
     _promote(draft, trigger="operator")
     return draft.outcome()
+
+
+LIVE_CONFIRMATION = "live trading needs the operator's confirmation: --confirm-live"
+
+
+def _confirm_live(draft: _Draft) -> None:
+    """Record the operator's confirmation of live trading (in the audit trail, as a deployment event)."""
+    draft.set(live_confirmed=True)
+    draft.event("live_confirmed", trigger="operator",
+                reason="live trading confirmed by the operator (--confirm-live)")
 
 
 def _halt(draft: _Draft, reason: str) -> Outcome:
@@ -600,6 +621,11 @@ def _advance(draft: _Draft) -> None:
             draft.set(hold_reason=blocker)
             draft.event("promotion_blocked", trigger="soak", reason=blocker)
         draft.set(hold_reason=blocker)
+        return
+    if target.env == "live" and not state.live_confirmed:
+        draft.set(status="AWAITING_APPROVAL", hold_reason=f"{target.name}: {LIVE_CONFIRMATION}")
+        draft.event("awaiting_approval", trigger="soak",
+                    reason=f"{target.name} is the first live phase: {LIVE_CONFIRMATION}")
         return
     if target.approval and not state.approved_full:
         draft.set(status="AWAITING_APPROVAL", hold_reason="")
