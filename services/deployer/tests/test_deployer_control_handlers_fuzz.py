@@ -71,4 +71,4 @@ def test_control_when_anything_arrives_then_answered_with_a_reason_and_state_rea
     accepted = [(sender, payload, urgent) for (sender, payload, urgent), reply in zip(messages, replies, strict=True)
                 if reply.accepted]
     assert {sender for sender, _, _ in accepted} <= {"operator", "risk", "deployer", "alice"}  # a bad subject: no
-    assert all(json.loads(payload)["command"] == "halt" for _, payload, urgent in accepted if urgent)
+    assert all(json.loads(payload)["command"] in ("halt", "kill") for _, payload, urgent in accepted if urgent)

@@ -36,6 +36,7 @@ from qmp_core.messages import (
     OrderDenied,
     OrderEvent,
     PortfolioSnapshot,
+    ReconciliationReport,
     RiskSnapshot,
     TradingState,
     codec,
@@ -442,6 +443,44 @@ async def test_execution_when_killed_with_flatten_then_the_venue_holds_no_open_o
     assert all(q == pytest.approx(0.0) for q in last.quantities) and last.working == []
     assert not [e for e in events if isinstance(e, OrderAccepted) and e.ts_event == last.ts_event]  # halted
     assert health.detail["kills"][0]["kill_id"] == "k-1"
+
+
+async def test_execution_when_the_venue_differs_from_the_books_then_adopts_what_has_an_owner_and_asks_to_halt(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
+    unique_id: str,
+) -> None:
+    sid = venue = unique_id
+    fake = FakeAlpaca(prices=dict(PRICES))
+    await fake.start()
+    reports = await operator_nc.subscribe(subjects.reconciliation_reports(sid))
+    snapshots = await operator_nc.subscribe(subjects.portfolio(sid))
+    service = ExecutionService(settings_from(
+        settings_for(nats_credentials, "execution", database_url), strategies=f"{sid}={__name__}:TinyStrategy",
+        venues=[sid], execution_instance=sid, min_order_notional=0.0, broker="alpaca", alpaca_api_key=fake.key,
+        alpaca_secret_key=fake.secret, alpaca_url=fake.url, alpaca_fill_wait_s=1.0, reconcile_policy="adopt",
+        reconcile_interval_s=0.2))
+    await service.app.start()
+    try:
+        at_start = (await receive(reports, codec(ReconciliationReport).decode, 1))[0]
+        for day in (0, 1):
+            await publish_bars(collector_nc, bars(venue, day))
+        booked = (await receive(snapshots, codec(PortfolioSnapshot).decode, 2))[-1]
+        held = dict(zip(booked.symbols, booked.quantities, strict=True))
+        fake.set_position("AAA", held["AAA"] + 3.0)  # bought by hand at the broker: the strategy's symbol
+        fake.set_position("TSLA", 2.0)  # a symbol the strategy has never priced
+        report = (await receive(reports, codec(ReconciliationReport).decode, 1))[0]
+        adopted = (await receive(snapshots, codec(PortfolioSnapshot).decode, 1))[-1]
+        health = msgspec.json.decode((await operator_nc.request(subjects.health("execution"), b"",
+                                                                timeout=WAIT_S)).data, type=HealthReply)
+    finally:
+        await service.app.stop()
+        await fake.stop()
+
+    assert (at_start.action, at_start.differences) == ("clean", [])
+    assert sorted((d.symbol, d.venue) for d in report.differences) == [("AAA", held["AAA"] + 3.0), ("TSLA", 2.0)]
+    assert [d.symbol for d in report.adopted] == ["AAA"] and report.action == "halt" and "TSLA" in report.reason
+    assert dict(zip(adopted.symbols, adopted.quantities, strict=True))["AAA"] == pytest.approx(held["AAA"] + 3.0)
+    assert health.detail["reconciliation"][sid]["action"] == "halt"
 
 
 async def qmp_cli(credentials: NatsCredentials, *args: str) -> tuple[int, str]:

@@ -148,3 +148,34 @@ def test_restore_when_snapshot_names_venue_then_strategy_stays_bound_to_it() -> 
 def test_engine_when_capital_names_unhosted_strategy_then_fails_fast() -> None:
     with pytest.raises(ValueError, match="not hosted"):
         engine_with({SID: FixedWeights({})}, config(capital={"ghost": 1.0}))
+
+
+def test_adopt_when_a_difference_has_one_owner_then_booked_at_its_last_price_and_the_rest_left() -> None:
+    engine = engine_with({"a": FixedWeights({"AAA": 0.3}), "b": FixedWeights({"AAA": 0.2, "BBB": 0.3})},
+                         config(broker="paper"))
+    for day in range(2):
+        engine.process(bar(day, PRICES))
+    a, b = engine.hosts["a"].portfolio, engine.hosts["b"].portfolio
+    held_bbb = b.positions["BBB"]
+    differences = [("AAA", a.positions["AAA"] + b.positions["AAA"], 1.0),  # held by both: whose?
+                   ("BBB", held_bbb, held_bbb + 7.0),  # held by b only
+                   ("TSLA", 0.0, 3.0)]  # held by nobody, with two strategies on the account: whose?
+
+    results, left = engine.adopt(differences, ts_event=99)
+
+    assert list(results) == ["b"] and [d[0] for d in left] == ["AAA", "TSLA"]
+    [fill] = results["b"].fills
+    assert (fill.symbol, fill.side, fill.quantity, fill.price, fill.fee) == ("BBB", "BUY", 7.0, 200.0, 0.0)
+    assert b.positions["BBB"] == held_bbb + 7.0 and fill.order_id == "b-adopted-99-BBB"
+    assert results["b"].snapshot.equity == pytest.approx(b.equity())
+
+
+def test_adopt_when_one_strategy_on_the_account_then_a_symbol_it_never_priced_is_left() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3})}, config(broker="paper"))
+    for day in range(2):
+        engine.process(bar(day, PRICES))
+
+    results, left = engine.adopt([("BBB", 0.0, -4.0), ("ZZZ", 0.0, 2.0)], ts_event=5)
+
+    assert engine.hosts[SID].portfolio.positions["BBB"] == -4.0 and [d[0] for d in left] == ["ZZZ"]
+    assert [(f.symbol, f.side, f.quantity) for f in results[SID].fills] == [("BBB", "SELL", 4.0)]

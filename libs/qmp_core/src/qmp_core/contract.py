@@ -50,6 +50,8 @@ CHANNELS: tuple[Channel, ...] = (
             "after every batch; a restart recovers the book from the last one"),
     Channel("qmp.exec.<strategy>.kill", "KillReport", "execution", _stream(subjects.STREAM_EXEC),
             "what a kill did at the venue: orders withdrawn, still open, the closing orders"),
+    Channel("qmp.exec.<strategy>.reconciliation", "ReconciliationReport", "execution",
+            _stream(subjects.STREAM_EXEC), "the books against the venue's account: differences, the policy's action"),
     Channel("qmp.risk.<strategy>.snapshot", "RiskSnapshot", "risk", _stream(subjects.STREAM_RISK)),
     Channel("qmp.risk.<strategy>.breaker", "BreakerEvent", "risk", _stream(subjects.STREAM_RISK)),
     Channel("qmp.risk.<strategy>.stoploss", "ClosePosition", "risk", _stream(subjects.STREAM_RISK),

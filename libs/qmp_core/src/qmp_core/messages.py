@@ -819,5 +819,29 @@ class KillReport(Struct, frozen=True, kw_only=True):
     schema: int = SCHEMA_VERSION
 
 
+ReconciliationPolicy = Literal["halt", "adopt", "report"]
+
+
+class ReconciliationReport(Struct, frozen=True, kw_only=True):
+    """Execution's books against the venue's account, published on `qmp.exec.<strategy>.reconciliation` when
+    they disagree (and once at start): every position difference, and what the configured policy did.
+
+    `adopt`: a difference the strategy's book can take (one strategy holds the symbol, or it is the only one
+    on the account, and the symbol has a price) is booked at the last price (`adopted`); what cannot be
+    adopted falls back to halt. `halt`: the deployer halts the strategy (latched, audited) until a person
+    resumes it. `report`: nothing is changed. `action` says what happened to this strategy.
+    """
+
+    strategy: str
+    venue: str  # the broker: rest, alpaca
+    differences: list[PositionDifference] = []
+    adopted: list[PositionDifference] = []
+    policy: ReconciliationPolicy = "halt"
+    action: Literal["clean", "adopted", "halt", "reported"] = "clean"
+    reason: str = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
 PUBLIC_MESSAGES.update(OrderEvent=OrderEvent, BrokerCommand=BrokerCommand, BrokerReply=BrokerReply,
-                       KillReport=KillReport)
+                       KillReport=KillReport, ReconciliationReport=ReconciliationReport)

@@ -18,6 +18,7 @@ EXEC_ALL = "qmp.exec.>"
 ORDERS_ALL = "qmp.exec.*.orders"
 FILLS_ALL = "qmp.exec.*.fills"
 PORTFOLIO_ALL = "qmp.exec.*.portfolio"
+RECONCILIATION_ALL = "qmp.exec.*.reconciliation"
 
 # Risk
 RISK_ALL = "qmp.risk.>"
@@ -95,6 +96,11 @@ def portfolio(strategy: str) -> str:
 def kill_reports(strategy: str) -> str:
     """Where execution reports what a kill did (KillReport); `*` for every strategy."""
     return f"qmp.exec.{strategy}.kill"
+
+
+def reconciliation_reports(strategy: str) -> str:
+    """Where execution reports its books against the venue (ReconciliationReport); `*` for every strategy."""
+    return f"qmp.exec.{strategy}.reconciliation"
 
 
 def snapshot(strategy: str) -> str:

@@ -21,7 +21,7 @@ from qmp_core import bus, subjects
 from qmp_core.clock import Clock, make_clock
 from qmp_core.config import ServiceSettings, load_settings
 from qmp_core.db import connect_pool
-from qmp_core.messages import encode
+from qmp_core.messages import ReconciliationPolicy, encode
 from qmp_core.retry import Unavailable
 from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health, start_metrics
 from qmp_core.strategy import Strategy, load_strategy
@@ -35,6 +35,7 @@ from qmp_execution.handlers import (
     BrokerCommands,
     ControlWatch,
     KillSwitch,
+    Reconciler,
     RiskWatch,
     StopLossAcks,
     StopLossHandler,
@@ -104,6 +105,10 @@ class ExecutionSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unkno
     alpaca_paper: bool = True  # Alpaca's paper endpoint; false: its live endpoint, real money
     alpaca_url: str = ""  # another base URL for Alpaca's trading API (a fake venue in tests)
     alpaca_fill_wait_s: Annotated[float, Meta(ge=0.0)] = 2.0
+    # Positions against an external venue's account: at start and every interval (0: at start only); what
+    # differs is adopted, halts the strategy (through the deployer) or is only reported (handlers.reconciliation).
+    reconcile_interval_s: Annotated[float, Meta(ge=0.0)] = 60.0
+    reconcile_policy: ReconciliationPolicy = "halt"
 
     secret_fields: ClassVar[frozenset[str]] = ServiceSettings.secret_fields | {
         "broker_api_key", "alpaca_api_key", "alpaca_secret_key"}
@@ -223,6 +228,7 @@ class ExecutionService:
         self.broker: NatsBroker = make_broker(settings, SERVICE)
         self.handler: BarHandler | None = None
         self.kill_switch: KillSwitch | None = None
+        self.reconciler: Reconciler | None = None
         self.stop_loss: StopLossHandler | None = None
         self.stop_acks = StopLossAcks()
         self.liveness = Liveness()
@@ -328,6 +334,10 @@ class ExecutionService:
         self.kill_switch = KillSwitch(self.handler, self.settings.broker)
         self.watch.on_change = self.kill_switch.check
         self.kill_switch.check()  # a kill in force before this start is acted on again (see handlers.kill)
+        if adapter is not None:
+            self.reconciler = Reconciler(self.handler, self.settings.broker, self.settings.reconcile_policy,
+                                         self.settings.reconcile_interval_s)
+            self.reconciler.start()
         start_metrics(self.settings, SERVICE, self.liveness)
         self.liveness.ready()
         log.info("execution ready", extra={"strategies": self.engine.strategies(), "restored": restored,
@@ -335,6 +345,8 @@ class ExecutionService:
                                            "broker": self.settings.broker, "calibration": calibration})
 
     async def _stop_watch(self) -> None:
+        if self.reconciler is not None:
+            await self.reconciler.stop()
         if self.watch is not None:
             await self.watch.stop()
         if self.risk_watch is not None:
@@ -358,6 +370,8 @@ class ExecutionService:
             "dead_letters": handler.dead_letters if handler else 0,
             "reconciled_fills": handler.reconciled_fills if handler else 0,
             "kills": [msgspec.to_builtins(r) for r in self.kill_switch.reports] if self.kill_switch else [],
+            "reconciliation": {sid: {"action": r.action, "differences": len(r.differences), "reason": r.reason}
+                               for sid, r in self.reconciler.reports.items()} if self.reconciler else {},
             "control_updates": self.watch.updates if self.watch else 0,
             "control_catch_up_timeouts": self.watch.catch_up_timeouts if self.watch else 0,
             "risk_snapshots": self.risk_watch.received if self.risk_watch else 0,

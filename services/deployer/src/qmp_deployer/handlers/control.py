@@ -217,8 +217,8 @@ class ControlHandler:
             return ControlReply(accepted=False, reason=invalid, ts_event=now)
         if subjects.is_urgent(subject) and not isinstance(command, Halt):
             return ControlReply(accepted=False, command_id=command.command_id, ts_event=now,
-                                reason=f"only halts travel the urgent lane: send {command.__struct_config__.tag} to "
-                                       f"{subjects.control(strategy, sender)}")
+                                reason=f"only halts travel the urgent lane (a kill is one): send "
+                                       f"{command.__struct_config__.tag} to {subjects.control(strategy, sender)}")
         source = source_of(sender)
         if command.issued_by != source:
             if _names_issuer(data):  # a sender claiming another's entry: refused, and on the record

@@ -152,6 +152,30 @@ class ExecutionEngine:
                 out.append((symbol, mine, theirs))
         return out
 
+    def adopt(self, differences: Sequence[tuple[str, float, float]], ts_event: int) -> tuple[
+        dict[str, StrategyResult], list[tuple[str, float, float]]
+    ]:
+        """Take the venue's positions into the books where a difference has one owner; return the results of
+        the strategies that took some (their adjustment fills) and the differences no book could take.
+
+        A symbol's difference belongs to the one strategy whose book holds it, or to the only strategy on the
+        account; it is booked at that book's last price for the symbol. Several holders, no holder among
+        several strategies, or no price: nobody can say whose it is, so it is not adopted.
+        """
+        taken: dict[str, list[tuple[str, float, float]]] = {}
+        left: list[tuple[str, float, float]] = []
+        for symbol, booked, venue in differences:
+            holders = [sid for sid, host in self.hosts.items() if symbol in host.portfolio.positions]
+            owner = holders[0] if len(holders) == 1 else (self.strategies()[0] if not holders and len(
+                self.hosts) == 1 else None)
+            if owner is None or not self.hosts[owner].portfolio.prices.get(symbol, 0.0) > 0.0:
+                left.append((symbol, booked, venue))
+                continue
+            taken.setdefault(owner, []).append((symbol, booked, venue))
+        results = {sid: self.hosts[sid].adopt([(s, v - b) for s, b, v in diffs], ts_event)
+                   for sid, diffs in taken.items()}
+        return results, left
+
     def open_order_ids(self, strategy: str) -> list[str]:
         """Return the strategy's orders an external broker may still fill (see `StrategyHost.reconcile`)."""
         return self.hosts[strategy].open_order_ids()

@@ -218,6 +218,23 @@ class StrategyHost:
         return dataclasses.replace(result, decisions=list(result.decisions) + events,
                                    fills=list(result.fills) + fills, snapshot=self.snapshot())
 
+    def adopt(self, changes: Sequence[tuple[str, float]], ts_event: int) -> StrategyResult:
+        """Book positions found at the venue and not here (symbol, quantity to add), each as a fill at the
+        book's last price with no fee: what reconciliation adopts. Its order id says where it came from."""
+        fills = []
+        for symbol, quantity in changes:
+            price = self.portfolio.prices[symbol]
+            order_id = f"{self.strategy_id}-adopted-{ts_event}-{symbol}"
+            fill = Fill(strategy=self.strategy_id, order_id=order_id, fill_id=f"{order_id}-f1", symbol=symbol,
+                        side=_side(quantity), quantity=abs(quantity), price=price, arrival_price=price,
+                        slippage_bps=0.0, fee=0.0, ts_event=ts_event)
+            self.portfolio.apply(fill)
+            fills.append(fill)
+        log.warning("positions adopted from the venue", extra={"strategy": self.strategy_id,
+                                                                "changes": dict(changes)})
+        return StrategyResult(self.strategy_id, ts_event, [], fills, self.snapshot(), self.error,
+                              es_scale=self.es_scale)
+
     def kill(self, kill_id: str, flatten: bool, reason: str, ts_event: int) -> StrategyResult:
         """The kill switch, now rather than at the next batch: withdraw every working order; with `flatten`,
         send an order closing each position (it only reduces exposure, so it works under the halt until

@@ -23,9 +23,10 @@ from qmp_execution.handlers.broker import BrokerCommands
 from qmp_execution.handlers.constants import SERVICE
 from qmp_execution.handlers.control_watch import ControlWatch
 from qmp_execution.handlers.kill import KillSwitch
+from qmp_execution.handlers.reconciliation import Reconciler
 from qmp_execution.handlers.recovery import recover
 from qmp_execution.handlers.risk_watch import RiskWatch
 from qmp_execution.handlers.stop_loss import StopLossAcks, StopLossHandler
 
-__all__ = ["SERVICE", "BarHandler", "BrokerCommands", "ControlWatch", "KillSwitch", "RiskWatch", "StopLossAcks",
-           "StopLossHandler", "recover"]
+__all__ = ["SERVICE", "BarHandler", "BrokerCommands", "ControlWatch", "KillSwitch", "Reconciler", "RiskWatch",
+           "StopLossAcks", "StopLossHandler", "recover"]

@@ -134,14 +134,18 @@ class BarHandler:
         """Return the venue's account, how long it took to answer (ms), and every position where the sum
         of the books differs from the venue's. Fills the venue made since the last batch are booked first
         (they would otherwise show as differences); batches wait meanwhile."""
-        assert self.adapter is not None
         async with self.trading:
-            await self.reconcile(self.clock.now_ns())
-            started = time.perf_counter()
-            account = await self.adapter.account()
-            latency_ms = (time.perf_counter() - started) * 1e3
-            positions = await self.adapter.positions()
-            return account, latency_ms, self.engine.position_differences(positions)
+            return await self.venue_differences()
+
+    async def venue_differences(self) -> tuple[Account, float, list[tuple[str, float, float]]]:
+        """`check_venue` for a caller that holds `trading` already."""
+        assert self.adapter is not None
+        await self.reconcile(self.clock.now_ns())
+        started = time.perf_counter()
+        account = await self.adapter.account()
+        latency_ms = (time.perf_counter() - started) * 1e3
+        positions = await self.adapter.positions()
+        return account, latency_ms, self.engine.position_differences(positions)
 
     async def route(self, result: BatchResult) -> BatchResult:
         """Send new orders and cancels to the external broker (concurrently) and book its answers."""
