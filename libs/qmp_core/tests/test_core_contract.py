@@ -29,6 +29,7 @@ def test_channels_when_listed_then_every_contract_message_travels_somewhere_and_
     ("qmp.exec.<strategy>.portfolio", subjects.portfolio("vol_target")),
     ("qmp.exec.<strategy>.kill", subjects.kill_reports("vol_target")),
     ("qmp.exec.<strategy>.reconciliation", subjects.reconciliation_reports("vol_target")),
+    ("qmp.exec.<strategy>.halt_request", subjects.halt_requests("vol_target")),
     ("qmp.risk.<strategy>.snapshot", subjects.snapshot("vol_target")),
     ("qmp.risk.<strategy>.breaker", subjects.breaker_events("vol_target")),
     ("qmp.risk.<strategy>.stoploss", subjects.stop_loss("vol_target")),

@@ -29,6 +29,7 @@ from qmp_core.messages import (
     BrokerReply,
     DeadLetter,
     Fill,
+    HaltRequest,
     HealthReply,
     KillReport,
     OrderAccepted,
@@ -481,6 +482,34 @@ async def test_execution_when_the_venue_differs_from_the_books_then_adopts_what_
     assert [d.symbol for d in report.adopted] == ["AAA"] and report.action == "halt" and "TSLA" in report.reason
     assert dict(zip(adopted.symbols, adopted.quantities, strict=True))["AAA"] == pytest.approx(held["AAA"] + 3.0)
     assert health.detail["reconciliation"][sid]["action"] == "halt"
+
+
+async def test_execution_when_the_throttle_trips_then_it_asks_the_deployer_for_a_halt_and_trades_as_halted(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
+    unique_id: str,
+) -> None:
+    sid = venue = unique_id
+    requests = await operator_nc.subscribe(subjects.halt_requests(sid))
+    snapshots = await operator_nc.subscribe(subjects.portfolio(sid))
+    orders = await operator_nc.subscribe(subjects.orders(sid))
+    service = ExecutionService(settings_from(
+        settings_for(nats_credentials, "execution", database_url), strategies=f"{sid}={__name__}:TinyStrategy",
+        venues=[sid], execution_instance=sid, min_order_notional=0.0, max_repeated_fills=1))
+    await service.app.start()
+    try:
+        for day in range(3):
+            await publish_bars(collector_nc, bars(venue, day, {"AAA": 50.0 + day, "BBB": 200.0 - day}))
+        await receive(snapshots, codec(PortfolioSnapshot).decode, 3)
+        request = (await receive(requests, codec(HaltRequest).decode, 1))[0]
+        events = [codec(OrderEvent).decode(m.data) for m in await drain(orders)]
+    finally:
+        await service.app.stop()
+
+    assert request.reason_code == "REPEATED_EXECUTION" and "fills of" in request.reason
+    first_fill_day = bars(venue, 1).ts_event  # day 1's orders fill: the throttle trips
+    assert request.ts_event == first_fill_day
+    assert not [e for e in events if isinstance(e, OrderAccepted) and e.ts_event > first_fill_day]
+    assert [e for e in events if isinstance(e, OrderDenied) and e.ts_event > first_fill_day]
 
 
 async def qmp_cli(credentials: NatsCredentials, *args: str) -> tuple[int, str]:

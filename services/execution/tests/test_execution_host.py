@@ -4,6 +4,7 @@ every broker answer booked once (submit and reconciliation); model refits."""
 
 import math
 
+import msgspec
 import pandas as pd
 import pytest
 from execution_testkit import (
@@ -21,6 +22,7 @@ from execution_testkit import (
 )
 
 from qmp_core.messages import (
+    BarBatch,
     ClosePosition,
     OrderAccepted,
     OrderCanceled,
@@ -34,6 +36,7 @@ from qmp_execution.engine import (
     CODE_HALTED,
     CODE_KILLED,
     CODE_REDUCING,
+    CODE_REPEATED_EXECUTION,
     CODE_REPLACED,
     CODE_STRATEGY_ERROR,
 )
@@ -450,3 +453,28 @@ def test_kill_when_flatten_then_closing_orders_work_under_the_halt_until_every_p
     assert not any(events_of(r, OrderCanceled) for r in results)  # the halt does not withdraw them
     assert engine.hosts[SID].portfolio.positions == {} and results[-1].snapshot.working == []
     assert {f.order_id for r in results for f in r.fills} == {c.order_id for c in closing}
+
+
+def test_throttle_when_a_symbol_and_side_fill_too_often_then_halted_until_halted_and_resumed() -> None:
+    # An order filled 10% of the bar's volume a bar: one fill of AAA BUY per bar, one bar a minute.
+    cfg = config(min_order_notional=100.0, max_repeated_fills=3, repeated_fills_window_s=180.0,
+                 paper={"max_bar_participation": 0.1})
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3})}, cfg)
+    minute = 60 * 1_000_000_000
+
+    def minute_bar(i: int) -> BarBatch:
+        return msgspec.structs.replace(bar(0, PRICES, volume=1_000.0), ts_event=(i + 1) * minute, seq=i)
+
+    results = [engine.process(minute_bar(i)).results[SID] for i in range(5)]
+    tripped = next(i for i, r in enumerate(results) if r.halt_request)
+    after = results[tripped + 1]
+    set_state(engine, f"{SID}.deployer", status="HALTED", reason=results[tripped].halt_request)
+    halted = engine.process(minute_bar(5)).results[SID]
+    set_state(engine, f"{SID}.deployer", status="ACTIVE")
+    resumed = engine.process(minute_bar(6)).results[SID]
+
+    assert [len(r.fills) for r in results[1:tripped + 1]] == [1, 1, 1]  # the third fill within 3 minutes
+    assert results[tripped].halt_request.startswith(f"{CODE_REPEATED_EXECUTION}: 3 fills of AAA BUY")
+    assert after.fills == [] and not events_of(after, OrderAccepted) and not after.halt_request
+    assert events_of(after, OrderCanceled)[0].reason.startswith(f"HALTED: {CODE_REPEATED_EXECUTION}")
+    assert not events_of(halted, OrderAccepted) and events_of(resumed, OrderAccepted)

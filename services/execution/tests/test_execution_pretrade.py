@@ -25,6 +25,7 @@ from qmp_execution.engine import (
     CODE_MAX_POSITION,
     CODE_MAX_QUANTITY,
     CODE_PRICE_BAND,
+    CODE_PRICE_COLLAR,
     CODE_RATE_LIMIT,
     CODE_RESTRICTED,
 )
@@ -42,6 +43,7 @@ from qmp_execution.engine.pretrade import (
     order_rate,
     pre_trade,
     price_band,
+    price_collar,
     restricted,
 )
 
@@ -212,6 +214,36 @@ def test_process_when_price_jumps_outside_band_then_denied() -> None:
     by_symbol = {d.symbol: d for d in result.decisions}
     assert isinstance(by_symbol["AAA"], OrderDenied) and by_symbol["AAA"].reason_code == CODE_PRICE_BAND
     assert isinstance(by_symbol["BBB"], OrderAccepted)
+
+
+def test_process_when_price_drifts_outside_the_rolling_collar_bar_by_bar_then_denied_though_each_bar_passes_the_band(
+) -> None:
+    # AAA climbs 9% a bar: each bar within the 10% band, but after four bars 19%+ above its 4-bar mean.
+    cfg = config(price_band=0.1, price_collar=0.15, price_collar_bars=4)
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3, "BBB": 0.3})}, cfg)
+    results = [engine.process(bar(day, {"AAA": 50.0 * 1.09 ** day, "BBB": 200.0})).results[SID]
+               for day in range(6)]
+
+    codes = [{d.symbol: getattr(d, "reason_code", "") or type(d).__name__ for d in r.decisions} for r in results]
+    assert codes[1]["AAA"] == "OrderAccepted" and codes[-1]["AAA"] == CODE_PRICE_COLLAR
+    assert all(c.get("AAA") != CODE_PRICE_BAND for c in codes)  # the one-bar band never saw it
+    assert all(c.get("BBB") in (None, "OrderAccepted") for c in codes)  # a flat price stays within the collar
+    denial = next(d for d in results[-1].decisions if d.symbol == "AAA")
+    assert "mean close of the last 4 bars" in denial.reason
+
+
+def test_price_collar_when_at_the_threshold_then_allowed_and_just_above_then_denied() -> None:
+    ctx = context(price_collar=0.25)
+    ctx.reference = {"AAA": 8.0}
+
+    at, above = order(price=10.0), order(price=10.001)  # exactly 25% above, and just above
+    for candidate in (at, above):
+        candidate.allowed = candidate.quantity
+
+    assert price_collar(at, ctx) is None
+    denial = price_collar(above, ctx)
+    assert denial is not None and denial.code == CODE_PRICE_COLLAR
+    assert price_collar(order(price=50.0, symbol="ZZZ"), ctx) is None  # no reference: not judged
 
 
 def test_process_when_order_rate_exceeded_then_later_orders_denied_until_interval_passes() -> None:

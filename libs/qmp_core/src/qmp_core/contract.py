@@ -52,6 +52,8 @@ CHANNELS: tuple[Channel, ...] = (
             "what a kill did at the venue: orders withdrawn, still open, the closing orders"),
     Channel("qmp.exec.<strategy>.reconciliation", "ReconciliationReport", "execution",
             _stream(subjects.STREAM_EXEC), "the books against the venue's account: differences, the policy's action"),
+    Channel("qmp.exec.<strategy>.halt_request", "HaltRequest", "execution", _stream(subjects.STREAM_EXEC),
+            "execution asks the deployer to halt the strategy (the repeated-execution throttle)"),
     Channel("qmp.risk.<strategy>.snapshot", "RiskSnapshot", "risk", _stream(subjects.STREAM_RISK)),
     Channel("qmp.risk.<strategy>.breaker", "BreakerEvent", "risk", _stream(subjects.STREAM_RISK)),
     Channel("qmp.risk.<strategy>.stoploss", "ClosePosition", "risk", _stream(subjects.STREAM_RISK),

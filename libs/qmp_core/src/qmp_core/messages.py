@@ -819,6 +819,18 @@ class KillReport(Struct, frozen=True, kw_only=True):
     schema: int = SCHEMA_VERSION
 
 
+class HaltRequest(Struct, frozen=True, kw_only=True):
+    """Execution asks for its strategy to be halted (it may not write control state itself), on
+    `qmp.exec.<strategy>.halt_request`: the deployer halts it, latched and audited, until a person resumes.
+    Sent when the repeated-execution throttle trips; the strategy trades as halted from then on."""
+
+    strategy: str
+    reason: str
+    reason_code: str = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
 ReconciliationPolicy = Literal["halt", "adopt", "report"]
 
 
@@ -844,4 +856,4 @@ class ReconciliationReport(Struct, frozen=True, kw_only=True):
 
 
 PUBLIC_MESSAGES.update(OrderEvent=OrderEvent, BrokerCommand=BrokerCommand, BrokerReply=BrokerReply,
-                       KillReport=KillReport, ReconciliationReport=ReconciliationReport)
+                       KillReport=KillReport, ReconciliationReport=ReconciliationReport, HaltRequest=HaltRequest)

@@ -19,6 +19,7 @@ ORDERS_ALL = "qmp.exec.*.orders"
 FILLS_ALL = "qmp.exec.*.fills"
 PORTFOLIO_ALL = "qmp.exec.*.portfolio"
 RECONCILIATION_ALL = "qmp.exec.*.reconciliation"
+HALT_REQUESTS_ALL = "qmp.exec.*.halt_request"
 
 # Risk
 RISK_ALL = "qmp.risk.>"
@@ -96,6 +97,11 @@ def portfolio(strategy: str) -> str:
 def kill_reports(strategy: str) -> str:
     """Where execution reports what a kill did (KillReport); `*` for every strategy."""
     return f"qmp.exec.{strategy}.kill"
+
+
+def halt_requests(strategy: str) -> str:
+    """Where execution asks the deployer to halt a strategy (HaltRequest); `*` for every strategy."""
+    return f"qmp.exec.{strategy}.halt_request"
 
 
 def reconciliation_reports(strategy: str) -> str:

@@ -32,8 +32,8 @@ from qmp_deployer.config import DeployerSettings
 from qmp_deployer.engine.plan import Plan, parse_plan, plan_digest
 from qmp_deployer.handlers import SERVICE, ControlHandler, ControlStore
 from qmp_deployer.handlers.alerts import Alerter
+from qmp_deployer.handlers.execution_halts import ExecutionHalts
 from qmp_deployer.handlers.probes import Probes
-from qmp_deployer.handlers.reconciliation import ReconciliationHalts
 from qmp_deployer.handlers.rollout import RolloutOptions, RolloutService, default_instance_id
 
 log = logging.getLogger(__name__)
@@ -145,11 +145,13 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         for subject, reading in ((subjects.SNAPSHOT_ALL, rollouts.on_snapshot), (subjects.FILLS_ALL, rollouts.on_fill),
                                  (subjects.PORTFOLIO_ALL, rollouts.on_portfolio)):
             holder["lanes"].append(await broker.connection.subscribe(subject, cb=_reader(subject, reading)))
-        # Execution's reconciliation asks for a halt when its books and the venue disagree (one deployer acts).
-        halts = ReconciliationHalts(handler)
-        holder["lanes"].append(await broker.connection.subscribe(
-            subjects.RECONCILIATION_ALL, queue="deployer-reconciliation",
-            cb=_reader(subjects.RECONCILIATION_ALL, halts.on_report)))
+        # Execution asks for halts it may not write itself: its books and the venue disagree, or the
+        # repeated-execution throttle tripped (one deployer of the queue group acts).
+        halts = ExecutionHalts(handler)
+        for subject, reading in ((subjects.RECONCILIATION_ALL, halts.on_reconciliation),
+                                 (subjects.HALT_REQUESTS_ALL, halts.on_halt_request)):
+            holder["lanes"].append(await broker.connection.subscribe(subject, queue="deployer-execution-halts",
+                                                                     cb=_reader(subject, reading)))
         holder["rollouts"] = rollouts
         holder["timer"] = asyncio.create_task(_run_timer(rollouts, settings))
         liveness.watch("rollout timer", holder["timer"])

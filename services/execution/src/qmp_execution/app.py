@@ -81,6 +81,11 @@ class ExecutionSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unkno
     max_position_notional: Annotated[float, Meta(ge=0.0)] = 0.0
     max_gross_exposure: Annotated[float, Meta(ge=0.0)] = 0.0  # the credit limit, in the account's currency
     restricted_symbols: list[str] = msgspec.field(default_factory=list)
+    # Price collar over a rolling window (0: off), and the repeated-execution throttle (0: off): see EngineConfig.
+    price_collar: Annotated[float, Meta(ge=0.0)] = 0.0
+    price_collar_bars: Annotated[int, Meta(ge=1)] = 20
+    max_repeated_fills: Annotated[int, Meta(ge=0)] = 0
+    repeated_fills_window_s: Annotated[float, Meta(gt=0.0)] = 60.0
     # Paper broker.
     half_spread_bps: Annotated[float, Meta(ge=0.0)] = 2.0
     fee_bps: Annotated[float, Meta(ge=0.0)] = 0.5
@@ -178,6 +183,8 @@ def engine_config(settings: ExecutionSettings) -> EngineConfig:
         price_band=settings.price_band, cash_borrow_limit=settings.cash_borrow_limit,
         max_order_quantity=settings.max_order_quantity, max_position_notional=settings.max_position_notional,
         max_gross_exposure=settings.max_gross_exposure, restricted_symbols=frozenset(settings.restricted_symbols),
+        price_collar=settings.price_collar, price_collar_bars=settings.price_collar_bars,
+        max_repeated_fills=settings.max_repeated_fills, repeated_fills_window_s=settings.repeated_fills_window_s,
         paper=PaperConfig(fee_bps=settings.fee_bps, max_bar_participation=settings.max_bar_participation,
                           latency_bars=settings.latency_bars, slippage=slippage_config(settings)),
         broker="paper" if settings.broker == "paper" else "external",

@@ -84,7 +84,8 @@ ROLES: dict[str, Role] = {
                  "qmp.broker.*"),
         # qmp.state.>: its own published states, read back by the alerter (halts and resumes to people).
         subscribe=("qmp.control.>", "qmp.deploy.>", "qmp.risk.>", "qmp.exec.*.fills", "qmp.exec.*.portfolio",
-                   subjects.RECONCILIATION_ALL, subjects.STATE_ALL, subjects.health("deployer")),
+                   subjects.RECONCILIATION_ALL, subjects.HALT_REQUESTS_ALL, subjects.STATE_ALL,
+                   subjects.health("deployer")),
         watches=(KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, subjects.STREAM_AUDIT),
         buckets=(subjects.KV_CONTROL, subjects.KV_ROLLOUTS),
     ),

@@ -44,6 +44,14 @@ class EngineConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     max_gross_exposure: Annotated[float, Meta(ge=0.0)] = 0.0  # Σ|position| × price with working orders: credit limit
     # Orders on these symbols may only reduce |position| (a held position can still be closed).
     restricted_symbols: frozenset[str] = frozenset()
+    # Price collar over a rolling window: an order priced more than this fraction from the mean close of the
+    # symbol's last `price_collar_bars` bars is denied (0: off). `price_band` judges against one bar only.
+    price_collar: Annotated[float, Meta(ge=0.0)] = 0.0
+    price_collar_bars: Annotated[int, Meta(ge=1)] = 20
+    # Repeated-execution throttle: this many fills of one symbol and side within `repeated_fills_window_s`
+    # (event time) halt the strategy until a person resumes it (0: off).
+    max_repeated_fills: Annotated[int, Meta(ge=0)] = 0
+    repeated_fills_window_s: Annotated[float, Meta(gt=0.0)] = 60.0
     paper: PaperConfig = PaperConfig()
     # The venue every hosted strategy trades; "" binds each strategy to the venue of the first batch it
     # trades (kept in its snapshot). A strategy's book is marked with its venue's prices only.
@@ -64,6 +72,7 @@ class StrategyResult:
     error: str | None = None
     replayed: bool = False
     es_scale: float = 1.0
+    halt_request: str = ""  # why the strategy must be halted (the repeated-execution throttle), "" if not
 
 
 @dataclass(frozen=True)

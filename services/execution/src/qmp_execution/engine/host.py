@@ -3,6 +3,8 @@
 import dataclasses
 import logging
 import math
+import warnings
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +36,7 @@ from qmp_execution.engine.codes import (
     CODE_HALTED,
     CODE_KILLED,
     CODE_REDUCING,
+    CODE_REPEATED_EXECUTION,
     CODE_REPLACED,
     CODE_STOP_LOSS,
     CODE_STRATEGY_ERROR,
@@ -71,7 +74,8 @@ class StrategyHost:
         self.clock = clock
         self.capital = config.capital.get(strategy_id, config.initial_capital)
         self.es_budget = config.es_budgets.get(strategy_id, config.es_budget)
-        self.window = PriceWindow(max(strategy.lookback, config.vol_window, config.adv_window) + 1)
+        collar_rows = config.price_collar_bars + 1 if config.price_collar > 0.0 else 0
+        self.window = PriceWindow(max(strategy.lookback, config.vol_window, config.adv_window, collar_rows) + 1)
         self.portfolio = Portfolio(strategy=strategy_id, cash=self.capital, venue=config.venue)
         self.broker = PaperBroker(strategy_id, config.paper)
         self.rate = RateLimiter(config.max_order_rate, round(config.order_rate_interval_s * NS_PER_SECOND))
@@ -93,6 +97,12 @@ class StrategyHost:
         self._late_events: list[OrderEvent] = []
         # The kill switch's closing orders (symbol -> order id): they work under the halt until filled.
         self._flattening: dict[str, str] = {}
+        # The repeated-execution throttle: fill times per (symbol, side); once tripped (`throttled` says why)
+        # the strategy trades as halted, and asks for a halt, until it has been halted and resumed.
+        self._fill_times: dict[tuple[str, str], deque[int]] = {}
+        self.throttled = ""
+        self._throttle_halted = False
+        self._halt_request = ""
 
     @property
     def venue(self) -> str:
@@ -168,6 +178,7 @@ class StrategyHost:
                 return StrategyResult(last.strategy, last.ts_event, last.decisions, last.fills, last.snapshot,
                                       last.error, replayed=True, es_scale=last.es_scale)
             return None
+        state = self._under_throttle(state)
         previous = {s: book.prices[s] for s in batch.symbols if s in book.prices}
         self.window.append(batch.ts_event, batch.symbols, batch.close, batch.volume)
         book.mark(batch.symbols, batch.close)
@@ -192,7 +203,7 @@ class StrategyHost:
         book.last_ts, book.last_seq = batch.ts_event, seq
         self._batches += 1
         self._last = StrategyResult(self.strategy_id, batch.ts_event, decisions, fills, self.snapshot(),
-                                    self.error, es_scale=self.es_scale)
+                                    self.error, es_scale=self.es_scale, halt_request=self._take_halt_request())
         return self._last
 
     def use_slippage(self, config: SlippageConfig) -> None:
@@ -216,7 +227,8 @@ class StrategyHost:
         """Return `result` with a broker's answers to its orders booked (fills, and withdrawals)."""
         fills, events = self._book_answers(acks, result.ts_event)
         return dataclasses.replace(result, decisions=list(result.decisions) + events,
-                                   fills=list(result.fills) + fills, snapshot=self.snapshot())
+                                   fills=list(result.fills) + fills, snapshot=self.snapshot(),
+                                   halt_request=result.halt_request or self._take_halt_request())
 
     def adopt(self, changes: Sequence[tuple[str, float]], ts_event: int) -> StrategyResult:
         """Book positions found at the venue and not here (symbol, quantity to add), each as a fill at the
@@ -362,7 +374,44 @@ class StrategyHost:
             adv=adv if math.isfinite(adv) else 0.0, remaining=remaining,
         )
         self.portfolio.apply(fill)
+        self._count_fill(fill)
         return fill
+
+    # ------------------------------------------------------------ the repeated-execution throttle
+    def _count_fill(self, fill: Fill) -> None:
+        """Trip the throttle when a symbol and side fill `max_repeated_fills` times within the window."""
+        limit = self.config.max_repeated_fills
+        if limit <= 0:
+            return
+        window_ns = round(self.config.repeated_fills_window_s * NS_PER_SECOND)
+        times = self._fill_times.setdefault((fill.symbol, fill.side), deque())
+        times.append(fill.ts_event)
+        while times and times[0] < fill.ts_event - window_ns:
+            times.popleft()
+        if len(times) >= limit and not self.throttled:
+            self.throttled = (f"{CODE_REPEATED_EXECUTION}: {len(times)} fills of {fill.symbol} {fill.side} within "
+                              f"{self.config.repeated_fills_window_s:g}s")
+            self._halt_request = self.throttled
+            log.error("repeated executions: the strategy stops until a person resumes it",
+                      extra={"strategy": self.strategy_id, "reason": self.throttled})
+
+    def _under_throttle(self, state: TradingState) -> TradingState:
+        """The state to trade under: halted while the throttle holds; it holds until the strategy has been
+        halted (by the deployer, on this host's request) and then resumed."""
+        if not self.throttled:
+            return state
+        if state.status == "HALTED":
+            self._throttle_halted = True
+            return state
+        if self._throttle_halted:  # halted, then resumed by a person: the throttle is lifted
+            self.throttled, self._throttle_halted = "", False
+            self._fill_times.clear()
+            return state
+        return msgspec.structs.replace(state, status="HALTED", reason=self.throttled)
+
+    def _take_halt_request(self) -> str:
+        request, self._halt_request = self._halt_request, ""
+        return request
 
     def _settle(self, order: Working, ack: OrderAck, ts_event: int) -> list[OrderEvent]:
         """Withdraw a working order the broker ended unfilled (OrderCanceled); drop one filled to the end."""
@@ -562,9 +611,11 @@ class StrategyHost:
             exposure, marks = dict(book.positions), dict(book.prices)
             for working in book.working.values():
                 exposure[working.symbol] = exposure.get(working.symbol, 0.0) + working.signed_remaining
+        reference = self._collar_reference([c.symbol for c in candidates]) if config.price_collar > 0.0 else {}
         ctx = PreTrade(config=config, previous=previous,
                        available=book.cash - committed + config.cash_borrow_limit * max(equity, 0.0), fee=fee,
-                       now_ns=self.clock.now_ns(), rate=self.rate, exposure=exposure, marks=marks)
+                       now_ns=self.clock.now_ns(), rate=self.rate, exposure=exposure, marks=marks,
+                       reference=reference)
         decisions: list[OrderEvent] = []
         # Stop-loss closes first (the rate limit must not hold them back), then sells (they free cash).
         for c in sorted(candidates, key=lambda c: (c.stop is None, c.quantity > 0.0, c.symbol)):
@@ -579,6 +630,18 @@ class StrategyHost:
             ctx.commit(c)
             decisions.append(self._accept(ts_event, c, c.allowed, context))
         return decisions
+
+    def _collar_reference(self, symbols: Sequence[str]) -> dict[str, float]:
+        """The price collar's reference: each symbol's mean close over the bars before this one."""
+        if not symbols:
+            return {}
+        rows = self.window.closes(self.config.price_collar_bars + 1)[:-1]
+        if rows.shape[0] == 0:
+            return {}
+        with warnings.catch_warnings():  # a symbol with no close in the window has no reference: NaN, no warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means = np.nanmean(rows[:, self.window.columns(symbols)], axis=0)
+        return {s: float(m) for s, m in zip(symbols, means.tolist(), strict=True) if math.isfinite(m) and m > 0.0}
 
     def _accept(self, ts_event: int, c: Candidate, quantity: float, context: str) -> OrderAccepted:
         order_id = self._order_id(ts_event, c.symbol)

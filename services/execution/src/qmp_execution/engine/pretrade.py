@@ -1,13 +1,14 @@
 """What an order must pass before it is sent: the trading-state gate, weight checks, pre-trade checks.
 
 The pre-trade checks are `PRE_TRADE_CHECKS`, in order: max notional and max quantity per order, price
-band against the previous close, restricted symbols (only orders that reduce |position|), available cash
-(a buy it cannot afford is cut to what it affords, or denied below the minimum notional), max position per
-symbol and max gross exposure (both judged on the order as cash left it, with the orders already accepted
-counted: RTS 6 Art. 15, SEC 15c3-5's credit limit), order rate. Each is a function of the candidate order
-and the batch's `PreTrade` context that returns a `Denial` (reason and reason code) or None; the first
-denial wins. The rate check comes last because passing it spends a token. A limit of 0 is off and its
-check is not run. Adding a check is adding a function to the tuple.
+band against the previous close, price collar against the mean close of a rolling window, restricted
+symbols (only orders that reduce |position|), available cash (a buy it cannot afford is cut to what it
+affords, or denied below the minimum notional), max position per symbol and max gross exposure (both
+judged on the order as cash left it, with the orders already accepted counted: RTS 6 Art. 15, SEC
+15c3-5's credit limit), order rate. Each is a function of the candidate order and the batch's `PreTrade`
+context that returns a `Denial` (reason and reason code) or None; the first denial wins. The rate check
+comes last because passing it spends a token. A limit of 0 is off and its check is not run. Adding a
+check is adding a function to the tuple.
 """
 
 import math
@@ -33,6 +34,7 @@ from qmp_execution.engine.codes import (
     CODE_MAX_POSITION,
     CODE_MAX_QUANTITY,
     CODE_PRICE_BAND,
+    CODE_PRICE_COLLAR,
     CODE_RATE_LIMIT,
     CODE_REDUCING,
     CODE_RESTRICTED,
@@ -132,6 +134,7 @@ class PreTrade:
     exposure: dict[str, float] = field(default_factory=dict)
     marks: dict[str, float] = field(default_factory=dict)
     gross: float = 0.0  # Σ |exposure| × mark
+    reference: Mapping[str, float] = field(default_factory=dict)  # the price collar's mean close per symbol
     checks: tuple["PreTradeCheck", ...] = ()  # the checks this config turns on, in order (set after init)
     tracking: bool = False  # a check judges exposure: accepted orders are added to it
 
@@ -212,6 +215,15 @@ def price_band(order: Candidate, ctx: PreTrade) -> Denial | None:
     return None
 
 
+def price_collar(order: Candidate, ctx: PreTrade) -> Denial | None:
+    collar, reference = ctx.config.price_collar, ctx.reference.get(order.symbol)
+    if reference and abs(order.price / reference - 1.0) > collar:
+        return Denial(f"{CODE_PRICE_COLLAR}: price {order.price:g} is {order.price / reference - 1.0:+.1%} from the "
+                      f"mean close of the last {ctx.config.price_collar_bars} bars {reference:g}, outside "
+                      f"±{collar:.0%}", CODE_PRICE_COLLAR)
+    return None
+
+
 def available_cash(order: Candidate, ctx: PreTrade) -> Denial | None:
     if order.allowed <= 0.0:
         return None  # sells free cash
@@ -238,13 +250,14 @@ def order_rate(order: Candidate, ctx: PreTrade) -> Denial | None:
 
 
 PreTradeCheck = Callable[[Candidate, PreTrade], Denial | None]
-PRE_TRADE_CHECKS: tuple[PreTradeCheck, ...] = (max_notional, max_quantity, price_band, restricted, available_cash,
-                                                max_position, max_gross_exposure, order_rate)
+PRE_TRADE_CHECKS: tuple[PreTradeCheck, ...] = (max_notional, max_quantity, price_band, price_collar, restricted,
+                                                available_cash, max_position, max_gross_exposure, order_rate)
 
 
 def _enabled(check: PreTradeCheck, config: EngineConfig) -> bool:
     limits = {max_notional: config.max_order_notional, max_quantity: config.max_order_quantity,
-              price_band: config.price_band, restricted: len(config.restricted_symbols),
+              price_band: config.price_band, price_collar: config.price_collar,
+              restricted: len(config.restricted_symbols),
               max_position: config.max_position_notional, max_gross_exposure: config.max_gross_exposure,
               order_rate: config.max_order_rate}
     return limits.get(check, 1) > 0

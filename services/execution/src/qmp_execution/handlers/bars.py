@@ -12,6 +12,7 @@ from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock, ReplayClock
 from qmp_core.messages import (
     BarBatch,
+    HaltRequest,
     encode,
 )
 from qmp_core.service import Intake
@@ -196,6 +197,13 @@ class BarHandler:
             self._log(strategy_result)
             if not strategy_result.replayed:
                 _count(strategy_result)
+            if strategy_result.halt_request:  # the deployer halts it (execution may not write control state)
+                request = HaltRequest(strategy=sid, reason=strategy_result.halt_request,
+                                      reason_code=strategy_result.halt_request.split(":", 1)[0],
+                                      ts_event=strategy_result.ts_event)
+                await send(subjects.halt_requests(sid), encode(request),
+                           {"Nats-Msg-Id": f"{sid}:{strategy_result.ts_event}:halt_request"})
+                await self.publisher.confirm(PUBLISH_TIMEOUT_S)
 
     @staticmethod
     def _log(result: StrategyResult) -> None:

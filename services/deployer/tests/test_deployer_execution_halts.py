@@ -1,5 +1,6 @@
-"""Execution's reconciliation reports reach the deployer: one asking for a halt halts the strategy (latched,
-audited; a report heard twice has one command id), the others change nothing."""
+"""What execution asks the deployer to halt: a reconciliation report whose action is halt, or a HaltRequest
+(the repeated-execution throttle), halts the strategy (latched, audited; a message heard twice has one
+command id); other reports change nothing."""
 
 import asyncio
 import json
@@ -7,7 +8,7 @@ import json
 import pytest
 
 from qmp_core import bus, subjects
-from qmp_core.messages import PositionDifference, ReconciliationReport, encode
+from qmp_core.messages import HaltRequest, PositionDifference, ReconciliationReport, encode
 from qmp_deployer.app import create_app
 from qmp_ops.testing import connect_as, settings_for
 
@@ -55,3 +56,24 @@ async def test_report_when_action_is_halt_then_the_deployer_halts_the_strategy_a
     assert entry is not None and entry["status"] == "HALTED" and "TSLA: books 0, venue 3" in entry["reason"]
     assert entry["command_id"] == f"reconciliation-{unique_id}-42" and entry["issued_by"] == "deployer"
     assert untouched is None
+
+
+async def test_halt_request_when_the_throttle_tripped_then_the_deployer_halts_the_strategy_with_its_reason(
+        deployer, nats_credentials, operator_nc, unique_id):
+    execution = await connect_as(nats_credentials, "execution")
+    try:
+        request = HaltRequest(strategy=unique_id, reason="REPEATED_EXECUTION: 5 fills of AAA BUY within 60s",
+                              reason_code="REPEATED_EXECUTION", ts_event=7)
+        await execution.publish(subjects.halt_requests(unique_id), encode(request))
+        await execution.flush()
+        entry = None
+        for _ in range(100):
+            entry = await operator_entry(operator_nc, unique_id)
+            if entry is not None:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await execution.close()
+
+    assert entry is not None and entry["status"] == "HALTED" and entry["reason"].startswith("REPEATED_EXECUTION")
+    assert entry["command_id"] == f"halt-request-{unique_id}-7"
