@@ -22,8 +22,8 @@ from qmp_execution.engine.config import EngineConfig
 from qmp_execution.engine.pretrade import Candidate, PreTrade, RateLimiter, pre_trade
 
 EVERY_LIMIT = {"max_order_notional": 50_000.0, "max_order_quantity": 5_000.0, "price_band": 0.5,
-               "restricted_symbols": frozenset({"S0007", "S0013"}), "max_position_notional": 200_000.0,
-               "max_gross_exposure": 1e9, "max_order_rate": 1_000_000}
+               "price_collar": 0.3, "restricted_symbols": frozenset({"S0007", "S0013"}),
+               "max_position_notional": 200_000.0, "max_gross_exposure": 1e9, "max_order_rate": 1_000_000}
 NO_LIMIT = {"max_order_notional": 0.0, "max_order_quantity": 0.0, "price_band": 0.0,
             "restricted_symbols": frozenset(), "max_position_notional": 0.0, "max_gross_exposure": 0.0,
             "max_order_rate": 0}
@@ -48,7 +48,8 @@ def run(limits: dict, orders: list[tuple[str, float, float]], held: dict[str, fl
                   for symbol, quantity, price in orders]
     start = time.perf_counter()
     ctx = PreTrade(config=config, previous=marks, available=1e12, fee=0.0001, now_ns=1,
-                   rate=RateLimiter(config.max_order_rate, 1_000_000_000), exposure=dict(held), marks=dict(marks))
+                   rate=RateLimiter(config.max_order_rate, 1_000_000_000), exposure=dict(held), marks=dict(marks),
+                   reference=marks if config.price_collar else {})
     passed = 0
     for candidate in candidates:
         if pre_trade(candidate, ctx) is None:

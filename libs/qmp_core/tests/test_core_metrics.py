@@ -1,6 +1,7 @@
 """Metrics: served over HTTP in Prometheus' text format, health read at scrape time, messages counted."""
 
 import asyncio
+import socket
 import urllib.request
 
 from prometheus_client import REGISTRY
@@ -47,6 +48,18 @@ class _Raw:
 
 class _Message:
     raw_message = _Raw()
+
+
+def test_start_metrics_when_the_port_is_taken_then_no_endpoint_and_the_service_goes_on(caplog) -> None:
+    with socket.socket() as taken:  # another process holds the port the supervisor gave this service
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        served = start_metrics(ServiceSettings(metrics_port=port), "svc-taken", Liveness())
+
+    assert served is None
+    assert any("metrics not served" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
 
 
 async def test_durable_when_message_handled_after_a_retry_then_counted_timed_and_retry_counted() -> None:

@@ -264,11 +264,22 @@ async def _heartbeat(raw: Any) -> None:
 
 
 def start_metrics(settings: ServiceSettings, name: str, liveness: Liveness) -> int | None:
-    """Export the service's health as metrics; serve /metrics on `metrics_port` when set. Return the port."""
+    """Export the service's health as metrics; serve /metrics on `metrics_port` when set. Return the port,
+    or None when none is served.
+
+    A port that cannot be bound (another process took it) leaves the service without its metrics endpoint,
+    said in an error log, rather than stopping a service that trades because its observability could not
+    start: the scrape fails, which is what Prometheus alerts on.
+    """
     metrics.track(name, liveness.status, liveness.started_ns / 1e9)
     if settings.metrics_port <= 0:
         return None
-    return metrics.serve(settings.metrics_port, settings.metrics_host)
+    try:
+        return metrics.serve(settings.metrics_port, settings.metrics_host)
+    except OSError as error:
+        log.error("metrics not served: the port cannot be bound", extra={
+            "host": settings.metrics_host, "port": settings.metrics_port, "error": str(error)})
+        return None
 
 
 def register_health(broker: NatsBroker, name: str, detail: Callable[[], dict[str, Any]],
