@@ -162,7 +162,7 @@ def test_restricted_symbol_when_order_would_grow_position_then_denied_and_reduct
 
 def test_pre_trade_when_every_limit_on_then_all_run_in_order_and_cash_cut_is_judged_by_position() -> None:
     ctx = context(available=500.0, exposure={}, marks={}, max_order_notional=1e6, max_order_quantity=1e6,
-                  price_band=0.5, restricted_symbols=frozenset({"ZZZ"}), max_position_notional=600.0,
+                  price_band=0.5, price_collar=0.5, restricted_symbols=frozenset({"ZZZ"}), max_position_notional=600.0,
                   max_gross_exposure=1e6, rate=10)
     assert ctx.checks == PRE_TRADE_CHECKS
     candidate = order(100.0, 10.0)  # 1,000 wanted; cash cuts it to 500, under the 600 position limit
