@@ -193,7 +193,7 @@ def settings(
         for column in ("type", "default", "in force"):
             table.add_column(column)
         for info in report.settings:
-            shown = "[dim]set by qmp up[/]" if info.name in STACK_OWNED else escape(json.dumps(info.value))
+            shown = "[dim]the stack's own[/]" if info.name in STACK_OWNED else escape(json.dumps(info.value))
             if info.value != info.default and info.name not in STACK_OWNED:
                 shown = f"[bold]{shown}[/]"
             table.add_row(info.name, escape(info.type), escape(json.dumps(info.default)), shown)
