@@ -8,7 +8,7 @@ from nats.aio.client import Client
 
 from qmp_core import bus, subjects
 from qmp_core.messages import TradingState, encode
-from qmp_ops.cli.control import gather_status, send_control
+from qmp_ops.cli.control import gather_status, kill_and_report, send_control
 from qmp_ops.runtime.nats_server import NatsCredentials
 from qmp_ops.runtime.supervisor import SERVICES
 from qmp_ops.testing import operator_connection
@@ -64,3 +64,24 @@ async def test_gather_status_when_entries_in_bucket_then_every_service_listed_an
     control = next(s for s in status["streams"] if s["stream"] == f"KV_{subjects.KV_CONTROL}")
     assert control["messages"] >= 3 and 0 < control["bytes"] < control["max_bytes"]
     assert control["share_of_limit"] > 0 and control["bytes_per_hour"] is not None and control["bytes_per_hour"] > 0
+
+
+async def test_kill_when_no_execution_answers_then_the_halt_is_applied_and_no_report_is_awaited(
+        nats_credentials: NatsCredentials, operator_nc: Client, unique_id: str) -> None:
+    # A deployer answers control; no execution instance runs on this server's health subject.
+    async def deployer(msg) -> None:
+        body = json.loads(msg.data)
+        await msg.respond(json.dumps({"accepted": True, "command_id": body["command_id"],
+                                      "state": {"strategy": unique_id, "status": "HALTED"}}).encode())
+
+    sub = await operator_nc.subscribe(subjects.control(unique_id, "operator", urgent=True), cb=deployer)
+    try:
+        started = asyncio.get_running_loop().time()
+        reply, reports, silent = await kill_and_report(operator_connection(nats_credentials), unique_id, False,
+                                                       "test", timeout_s=5.0)
+        elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        await sub.unsubscribe()
+
+    assert reply["accepted"] is True and reports == [] and silent == []
+    assert elapsed < 2.0  # nobody hosts it: nothing to wait for

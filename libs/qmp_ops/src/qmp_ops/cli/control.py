@@ -103,6 +103,7 @@ async def kill_and_report(connection: Connection, strategy: str, flatten: bool, 
 
 
 OTHER_INSTANCES_S = 0.25  # after the first execution instance answers, how long the others get
+NO_RESPONDERS = "503"
 
 
 async def _hosted_strategies(nc: nats.NATS) -> set[str]:
@@ -111,10 +112,12 @@ async def _hosted_strategies(nc: nats.NATS) -> set[str]:
     Each instance answers the same health subject (one per venue or account), so the request is published
     with an inbox of its own and every reply that comes is read, not only the first.
     """
-    replies: asyncio.Queue[bytes] = asyncio.Queue()
+    replies: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     async def collect(msg: Any) -> None:
-        replies.put_nowait(msg.data)
+        # The server answers a publish nobody is subscribed to with a "no responders" status (503, no body).
+        no_responders = (msg.headers or {}).get("Status") == NO_RESPONDERS
+        replies.put_nowait(None if no_responders else msg.data)
 
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=collect)
@@ -127,7 +130,10 @@ async def _hosted_strategies(nc: nats.NATS) -> set[str]:
                 data = await asyncio.wait_for(replies.get(), timeout)
             except TimeoutError:
                 return hosted
-            hosted |= set(json.loads(data).get("detail", {}).get("strategies", {}))
+            if data is None:  # no execution instance runs: nothing to wait for
+                return hosted
+            with contextlib.suppress(ValueError, AttributeError):  # an unreadable reply names no strategy
+                hosted |= set(json.loads(data).get("detail", {}).get("strategies", {}))
             timeout = OTHER_INSTANCES_S
     finally:
         await sub.unsubscribe()
