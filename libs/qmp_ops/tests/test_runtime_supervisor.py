@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from qmp_ops.runtime.nats_server import NatsCredentials
-from qmp_ops.runtime.supervisor import Stack, StackOptions, Supervisor
+from qmp_ops.runtime.supervisor import STACK_OWNED, Stack, StackOptions, Supervisor
 
 
 def stack_with(tmp_path: Path, **options: object) -> Stack:
@@ -117,3 +117,16 @@ def test_warm_spare_when_started_then_imported_ahead_and_run_only_on_the_word(
     stack.stop()  # a spare never woken is ended with the stack, without running
     assert stack.spares == {}
     assert (tmp_path / "ran").read_text() == "sparetest"
+
+
+def test_service_environment_when_the_operator_sets_every_setting_then_the_stack_owned_ones_are_the_stacks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # STACK_OWNED is what `qmp up --set` refuses: exactly the settings this environment always overrides.
+    for name in STACK_OWNED:
+        monkeypatch.setenv(f"QMP_{name.upper()}", "operator's")
+    stack = stack_with(tmp_path, pass_environment=True)
+    stack.metrics_ports = {"execution": 9999}
+
+    env = stack.service_environment("execution")
+
+    assert {name for name in STACK_OWNED if env[f"QMP_{name.upper()}"] == "operator's"} == set()

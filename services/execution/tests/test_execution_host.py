@@ -425,7 +425,7 @@ def test_kill_when_orders_working_then_each_withdrawn_now_and_the_halt_denies_wh
     killed = engine.kill(sid, state)
     after = engine.process(bar(2, PRICES, volume=1_000.0)).results[SID]
 
-    assert len(working) == 2 and engine.kills_due(done={f"{SID}:k1"}) == []
+    assert len(working) == 2 and engine.kills_due(done={(SID, "k1")}) == []
     assert [(e.order_id, e.reason_code) for e in events_of(killed, OrderCanceled)] == [
         (w.order_id, CODE_KILLED) for w in working]
     assert killed.snapshot.working == [] and after.fills == []

@@ -15,12 +15,7 @@ from difflib import get_close_matches
 import msgspec
 
 from qmp_core.config import PREFIX, SettingsReport
-from qmp_ops.runtime.supervisor import SERVICES
-
-# Settings the stack decides for itself: the connection, identity, run directory, clock and metrics port of
-# each service (`Stack.service_environment`). Setting them would be overridden, so they are refused.
-STACK_OWNED = frozenset({"nats_url", "nats_user", "nats_password", "nats_tls_ca", "database_url", "run_dir",
-                         "clock", "metrics_port"})
+from qmp_ops.runtime.supervisor import SERVICES, STACK_OWNED  # set by the stack: a --set of one is refused
 
 
 class SettingsError(ValueError):

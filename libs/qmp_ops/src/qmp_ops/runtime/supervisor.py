@@ -34,6 +34,9 @@ from qmp_ops.runtime.roles import ADMIN
 log = logging.getLogger(__name__)
 
 SERVICES = ("deployer", "risk", "execution", "collector")  # start order; stop in reverse
+# The settings `Stack.service_environment` writes for every service, over whatever the operator gave.
+STACK_OWNED = frozenset({"nats_url", "nats_user", "nats_password", "nats_tls_ca", "database_url", "run_dir",
+                         "clock", "metrics_port"})
 CONNECTION_FILE = Path(".qmp") / "connection.json"
 STOP_TIMEOUT_S = 15.0
 CONNECT_TIMEOUT_S = 3.0
@@ -230,6 +233,8 @@ class Stack:
             await nc.close()
 
     def service_environment(self, service: str) -> dict[str, str]:
+        """The environment a service starts with: the operator's settings (when passed on), under the stack's
+        own connection, identity, run directory, clock and metrics port (`STACK_OWNED`), which always win."""
         assert self.credentials is not None
         user, password = self.credentials.for_user(service)
         env = {key: value for key, value in os.environ.items()

@@ -25,7 +25,6 @@ class ExecutionHalts:
 
     def __init__(self, control: ControlHandler) -> None:
         self.control = control
-        self.halts = 0
         self._reports = codec(ReconciliationReport)
         self._requests = codec(HaltRequest)
 
@@ -52,6 +51,5 @@ class ExecutionHalts:
     async def _halt(self, strategy: str, reason: str, command_id: str) -> None:
         command = Halt(reason=reason[:REASON_MAX], issued_by=SERVICE, command_id=command_id)
         reply = await self.control.apply(strategy, command)
-        self.halts += int(reply.accepted and not reply.duplicate)
         log.warning("strategy halted at execution's request", extra={
             "strategy": strategy, "reason": reason, "accepted": reply.accepted, "command_id": command_id})

@@ -117,12 +117,13 @@ class ExecutionEngine:
         """Book an external broker's answers to a strategy's orders of the last batch."""
         return self.hosts[strategy].apply_acks(acks)
 
-    def kills_due(self, done: Collection[str]) -> list[tuple[str, TradingState]]:
-        """Return (strategy, state) for every hosted strategy under a kill not in `done` (kill ids acted on)."""
+    def kills_due(self, done: Collection[tuple[str, str]]) -> list[tuple[str, TradingState]]:
+        """Return (strategy, state) for every hosted strategy under a kill not in `done` ((strategy, kill id)
+        pairs acted on)."""
         due = []
         for sid in self.strategies():
             state = self.state(sid)
-            if state.kill_id and f"{sid}:{state.kill_id}" not in done:
+            if state.kill_id and (sid, state.kill_id) not in done:
                 due.append((sid, state))
         return due
 

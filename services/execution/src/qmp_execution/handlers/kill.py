@@ -41,14 +41,14 @@ class KillSwitch:
         self.bars = bars
         self.engine: ExecutionEngine = bars.engine
         self.broker = broker
-        self.done: dict[str, None] = {}  # "<strategy>:<kill id>" acted on (insertion-ordered, bounded)
+        self.done: dict[tuple[str, str], None] = {}  # (strategy, kill id) acted on (insertion-ordered, bounded)
         self.reports: list[KillReport] = []  # the latest few, for health
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def check(self) -> None:
         """Start acting on every kill now in force that has not been acted on (called on each bucket change)."""
         for sid, state in self.engine.kills_due(self.done):
-            self._remember(f"{sid}:{state.kill_id}")
+            self._remember((sid, state.kill_id))
             task = asyncio.create_task(self.kill(sid, state), name=f"execution-kill-{sid}")
             self._tasks.add(task)
             task.add_done_callback(self._finished)
@@ -58,15 +58,10 @@ class KillSwitch:
         if not task.cancelled() and task.exception() is not None:
             log.error("kill failed", exc_info=task.exception())
 
-    def _remember(self, key: str) -> None:
+    def _remember(self, key: tuple[str, str]) -> None:
         self.done[key] = None
         while len(self.done) > KILLS_KEPT:
             del self.done[next(iter(self.done))]
-
-    async def wait(self) -> None:
-        """Wait for the kills under way (tests, and a clean stop)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def kill(self, sid: str, state: TradingState) -> KillReport:
         started = time.perf_counter()
