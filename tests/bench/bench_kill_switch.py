@@ -1,7 +1,9 @@
 """The kill switch: from `qmp kill ALL` to both venues' confirmation, with working orders at two venues.
 
-Real parts on loopback: embedded NATS and PostgreSQL, the deployer, and two execution services (one per
-venue, each trading through alpaca-py against a fake Alpaca server that keeps every order working). Each
+Real parts on loopback: embedded NATS and PostgreSQL, the deployer, and two execution services, one per
+venue: one trades through alpaca-py against a fake Alpaca server, the other through ccxt against a fake
+Binance Spot API; both venues keep every order working. ccxt spaces its requests to the exchange's published
+rate (Binance: 50 ms) unless `--exchange-rate-limit-ms` says otherwise. Each
 round publishes a bar to both venues, waits until every order is working at its venue (`--orders` in all,
 split over the two), then runs what `qmp kill ALL` runs (`kill_and_report`): the command, the deployer's
 halt, each execution's withdrawal and cancels at its venue, and the wait for both KillReports. It then
@@ -10,41 +12,33 @@ resumes and goes again.
 Baseline in the same run: a plain halt of the same stack (the command to the deployer's reply), so the
 ratio says what withdrawing the orders at the venues adds to stopping new ones.
 
-    .venv/bin/python tests/bench/bench_kill_switch.py [--orders 100] [--rounds 20] [--json]
+    .venv/bin/python tests/bench/bench_kill_switch.py [--orders 100] [--rounds 20] [--exchange-rate-limit-ms 0]
+        [--json]
 """
 
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-import psutil
-
 from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_DAY
-from qmp_core.db.migrate import migrate
 from qmp_core.messages import BarBatch, wire
 from qmp_deployer.app import create_app as create_deployer
 from qmp_execution.app import ExecutionService, settings_from
 from qmp_execution.fake_alpaca import FakeAlpaca
+from qmp_execution.fake_exchange import FakeExchange
 from qmp_ops.cli.control import kill_and_report, send_control
-from qmp_ops.runtime.certificates import ServerCertificates
-from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
-from qmp_ops.runtime.postgres_server import EmbeddedPostgres
+from qmp_ops.runtime.nats_server import NatsCredentials
 from qmp_ops.testing import operator_connection, settings_for
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "support"))
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
+sys.path.insert(0, str(HERE))
+from embedded_stack import embedded_stack, machine, summary  # noqa: E402
 
 
 def bar(venue: str, day: int, symbols: list[str]) -> BarBatch:
@@ -61,10 +55,15 @@ async def wait_for(condition: object, what: str, timeout_s: float = 60.0) -> Non
         await asyncio.sleep(0.01)
 
 
-async def run(credentials: NatsCredentials, database_url: str, orders: int, rounds: int) -> dict:
+async def run(credentials: NatsCredentials, database_url: str, orders: int, rounds: int,
+              rate_limit_ms: float) -> dict:
     per_venue = orders // 2
     symbols = [f"S{i:03d}" for i in range(per_venue)]
-    fakes = {venue: FakeAlpaca(prices=dict.fromkeys(symbols, 100.0), cash=1e12) for venue in ("venue-a", "venue-b")}
+    alpaca = FakeAlpaca(prices=dict.fromkeys(symbols, 100.0), cash=1e12)
+    exchange = FakeExchange(markets={f"{s}USDT": (s, "USDT") for s in symbols}, balances={"USDT": 1e12},
+                            prices={f"{s}USDT": 100.0 for s in symbols})
+    fakes = {"venue-a": alpaca, "venue-b": exchange}
+    universes = {"venue-a": symbols, "venue-b": [f"{s}/USDT" for s in symbols]}  # ccxt's symbols
     for fake in fakes.values():
         fake.behaviour.fill_delay_s = 1e9  # every order works until withdrawn
         await fake.start()
@@ -73,13 +72,17 @@ async def run(credentials: NatsCredentials, database_url: str, orders: int, roun
     deployer = create_deployer(settings_for(credentials, "deployer", database_url))
     await deployer.start()
     services = []
-    for venue, fake in fakes.items():
+    venues = {"venue-a": {"broker": "alpaca", "alpaca_api_key": alpaca.key, "alpaca_secret_key": alpaca.secret,
+                          "alpaca_url": alpaca.url, "alpaca_fill_wait_s": 0.0},
+              "venue-b": {"broker": "exchange", "exchange_api_key": exchange.key,
+                          "exchange_secret_key": exchange.secret, "exchange_url": exchange.url,
+                          "exchange_fill_wait_s": 0.0, "exchange_rate_limit_ms": rate_limit_ms}}
+    for venue, broker in venues.items():
         strategy = f"k{venue[-1]}-{uuid.uuid4().hex[:6]}"
         service = ExecutionService(settings_from(
             settings_for(credentials, "execution", database_url), clock="live", venues=[venue],
             strategies=f"{strategy}=qmp_test_strategies:EveryBarHolder", execution_instance=venue.replace("-", ""),
-            min_order_notional=0.0, participation_limit=0.0, es_budget=0.0, price_band=0.0, broker="alpaca",
-            alpaca_api_key=fake.key, alpaca_secret_key=fake.secret, alpaca_url=fake.url, alpaca_fill_wait_s=0.0))
+            min_order_notional=0.0, participation_limit=0.0, es_budget=0.0, price_band=0.0, **broker))
         await service.app.start()
         services.append(service)
     collector = await credentials.connect("collector")
@@ -88,7 +91,7 @@ async def run(credentials: NatsCredentials, database_url: str, orders: int, roun
     try:
         for day in range(rounds + 1):
             for venue in fakes:
-                data, content_type = wire(bar(venue, day, symbols))
+                data, content_type = wire(bar(venue, day, universes[venue]))
                 await collector.jetstream().publish(subjects.bars(venue), data,
                                                     headers={"Content-Type": content_type})
             if day == 0:
@@ -120,41 +123,28 @@ async def run(credentials: NatsCredentials, database_url: str, orders: int, roun
     return {"kill_ms": kills, "halt_ms": halts, "venue_ms": venue_ms}
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=100, help="working orders in all, over two venues")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--exchange-rate-limit-ms", type=float, default=0.0,
+                        help="ccxt's spacing of requests to the exchange (0: the exchange's published rate)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="qmp-bench-kill-") as tmp:
-        run_dir = Path(tmp)
-        certificates = ServerCertificates.issue(run_dir / "tls")
-        nats = EmbeddedNats(run_dir / "nats", durable_names="any", certificates=certificates)
-        postgres = EmbeddedPostgres(run_dir / "postgres", certificates=certificates)
-        credentials = nats.start()
-        try:
-            database_url = postgres.start()
-            asyncio.run(migrate(database_url))
-            os.environ.pop("QMP_NATS_URL", None)
-            figures = asyncio.run(run(credentials, database_url, args.orders, args.rounds))
-        finally:
-            postgres.stop()
-            nats.stop()
+    with embedded_stack("qmp-bench-kill-") as (credentials, database_url):
+        figures = asyncio.run(run(credentials, database_url, args.orders, args.rounds, args.exchange_rate_limit_ms))
     kill, halt, venue = summary(figures["kill_ms"]), summary(figures["halt_ms"]), summary(figures["venue_ms"])
     result = {
-        "orders": args.orders, "venues": 2, "rounds": args.rounds,
+        "orders": args.orders, "venues": ["alpaca", "binance"], "rounds": args.rounds,
+        "exchange_rate_limit_ms": args.exchange_rate_limit_ms or "binance's own (50)",
         "kill_ms": kill, "venue_ms": venue, "halt_ms": halt,
         "ratio_p50_kill_over_halt": kill["p50"] / halt["p50"],
-        "load_1m": os.getloadavg()[0], "cpus": psutil.cpu_count(),
+        **machine(),
     }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"kill switch, {args.orders} working orders over 2 venues, {args.rounds} rounds "
+    print(f"kill switch, {args.orders} working orders over Alpaca and Binance (fakes), {args.rounds} rounds "
           f"(load {result['load_1m']:.2f} on {result['cpus']} CPUs)")
     for name, figures_ in (("qmp kill ALL → both venues confirmed", kill),
                            ("  of which execution at its venue", venue), ("baseline: halt → deployer reply", halt)):

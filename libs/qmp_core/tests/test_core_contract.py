@@ -37,6 +37,8 @@ def test_channels_when_listed_then_every_contract_message_travels_somewhere_and_
     ("qmp.control.<sender>.<strategy>.urgent", subjects.control("vol_target", "alice", urgent=True)),
     ("qmp.state.<strategy>", subjects.state("vol_target")),
     ("qmp.audit.control.<strategy>", subjects.audit_control("vol_target")),
+    ("qmp.limits.<sender>.<strategy>", subjects.limits("vol_target", "alice")),
+    ("qmp.audit.limits.<strategy>", subjects.audit_limits("vol_target")),
     ("qmp.deploy.<strategy>.cmd", subjects.deploy_commands("vol_target")),
     ("qmp.deploy.<strategy>.events", subjects.deploy_events("vol_target")),
     ("qmp.dlq.<service>", subjects.dlq("risk")),

@@ -1,8 +1,8 @@
 """The Alpaca adapter: the real alpaca-py SDK against a fake Alpaca trading API on loopback."""
 
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from execution_testkit import (
@@ -17,9 +17,10 @@ from execution_testkit import (
 
 from qmp_core.messages import OrderAccepted
 from qmp_execution.adapters import BrokerAdapter, submit_all
-from qmp_execution.alpaca import AlpacaAdapter, AlpacaConfig, CredentialsError, load_credentials
+from qmp_execution.alpaca import AlpacaAdapter, AlpacaConfig
 from qmp_execution.app import ExecutionSettings, alpaca_adapter
-from qmp_execution.engine.broker import BrokerOrder
+from qmp_execution.credentials import CredentialsError
+from qmp_execution.engine.broker import BrokerOrder, OrderAck, broker_order
 from qmp_execution.fake_alpaca import FakeAlpaca
 from qmp_execution.rest import BrokerUnavailable
 
@@ -34,7 +35,7 @@ async def venue() -> AsyncIterator[FakeAlpaca]:
         await fake.stop()
 
 
-def adapter_for(fake: FakeAlpaca, **changes: float) -> AlpacaAdapter:
+def adapter_for(fake: FakeAlpaca, **changes: float | str) -> AlpacaAdapter:
     quick = {"fill_wait_s": 1.0, "poll_s": 0.01, "retries": 2, "retry_wait_s": 0}
     return AlpacaAdapter(AlpacaConfig(api_key=fake.key, secret_key=fake.secret, url=fake.url, **{**quick, **changes}))
 
@@ -108,12 +109,12 @@ async def test_cancel_when_order_still_working_then_canceled_and_when_filled_the
     working = await adapter.submit(order("w-1"))
     assert working.status == "accepted" and working.fills == []
 
-    assert (await adapter.cancel("w-1")).status == "canceled"
+    assert (await adapter.cancel(order("w-1"))).status == "canceled"
     await adapter.submit(order("w-2"))
     venue.fill_all()
-    late = await adapter.cancel("w-2")  # filled meanwhile: Alpaca says not cancelable
+    late = await adapter.cancel(order("w-2"))  # filled meanwhile: Alpaca says not cancelable
     assert late.status == "filled" and late.fills[0].quantity == 10.0
-    assert (await adapter.cancel("never-sent")).status == "unknown"
+    assert (await adapter.cancel(order("never-sent"))).status == "unknown"
 
 
 async def test_cancel_many_when_some_open_some_ended_then_open_ones_canceled_in_one_listing(
@@ -129,14 +130,79 @@ async def test_cancel_many_when_some_open_some_ended_then_open_ones_canceled_in_
     await adapter.submit(order("mom-5"))
     before = venue.requests
 
-    listed = await adapter.open_orders("mom-")
-    answers = await adapter.cancel_many(["mom-4", "mom-1", "mom-5"])
+    listed = await adapter.open_orders("mom")
+    answers = await adapter.cancel_many([order("mom-4"), order("mom-1"), order("mom-5")])
 
-    assert listed == ["mom-4", "mom-5"]
+    assert [(o.order_id, o.strategy, o.symbol, o.side, o.quantity) for o in listed] == [
+        ("mom-4", "mom", "AAPL", "BUY", 10.0), ("mom-5", "mom", "AAPL", "BUY", 10.0)]
     assert [(a.order_id, a.status) for a in answers] == [("mom-4", "canceled"), ("mom-1", "unknown"),
                                                           ("mom-5", "canceled")]
     assert venue.requests - before == 1 + 1 + 2  # a listing each, then one DELETE per open order
     assert venue.open_orders() == []
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.02)
+
+
+async def test_trade_updates_when_orders_fill_and_cancel_then_each_answer_arrives_and_after_a_disconnect_too(
+        venue: FakeAlpaca) -> None:
+    venue.behaviour.fill_delay_s = 3600.0
+    adapter = adapter_for(venue, fill_wait_s=0.0, stream_url=venue.stream_url)
+    for order_id in ("u-1", "u-2", "u-3"):
+        await adapter.submit(order(order_id))
+    answers: list[OrderAck] = []
+
+    async def on_answer(answer: OrderAck) -> None:
+        answers.append(answer)
+
+    following = asyncio.create_task(adapter.trade_updates(on_answer))
+    try:
+        await wait_until(lambda: len(venue._listeners) == 1)
+        venue.behaviour.fill_ratio = 0.4
+        venue.fill_all()  # partial fills of all three
+        await wait_until(lambda: len(answers) == 3)
+        await adapter.cancel(order("u-3"))
+        await wait_until(lambda: len(answers) == 4)
+        await venue.drop_streams()  # a disconnect: the SDK connects again by itself
+        await wait_until(lambda: len(venue._listeners) == 1)
+        venue.behaviour.fill_ratio = 1.0
+        venue.fill_all()
+        await wait_until(lambda: len(answers) == 6)
+    finally:
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+
+    assert [(a.order_id, a.status) for a in answers[:3]] == [(f"u-{i}", "partially_filled") for i in (1, 2, 3)]
+    assert all(sum(f.quantity for f in a.fills) == pytest.approx(4.0) for a in answers[:3])
+    assert (answers[3].order_id, answers[3].status) == ("u-3", "canceled")  # the rest of a partly filled one
+    assert sum(f.quantity for f in answers[3].fills) == pytest.approx(4.0)
+    assert sorted((a.order_id, a.status, a.fills[0].quantity) for a in answers[4:]) == [
+        ("u-1", "filled", 10.0), ("u-2", "filled", 10.0)]
+
+
+async def test_trade_updates_when_credentials_wrong_then_nothing_arrives_and_cancel_ends_it(
+        venue: FakeAlpaca) -> None:
+    wrong = AlpacaAdapter(AlpacaConfig(api_key=venue.key, secret_key="nope", url=venue.url,
+                                       stream_url=venue.stream_url))
+    answers: list[OrderAck] = []
+
+    async def on_answer(answer: OrderAck) -> None:
+        answers.append(answer)
+
+    following = asyncio.create_task(wrong.trade_updates(on_answer))
+    await asyncio.sleep(0.5)
+    await adapter_for(venue).submit(order())  # fills at once: pushed to nobody
+    following.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await following
+
+    assert answers == [] and venue._listeners == set()
 
 
 async def test_positions_and_account_when_venue_holds_long_and_short_then_signed_quantities_and_equity(
@@ -167,8 +233,7 @@ async def test_engine_when_orders_routed_to_alpaca_then_fills_booked_at_venue_pr
     engine.process(bar(0, PRICES))
     result = engine.process(bar(1, PRICES)).results[SID]
     accepted = events_of(result, OrderAccepted)
-    orders = [BrokerOrder(order_id=e.order_id, strategy=SID, symbol=e.symbol, side=e.side, quantity=e.quantity,
-                          price=e.price, ts_event=e.ts_event) for e in accepted]
+    orders = [broker_order(SID, e) for e in accepted]
     adapter = adapter_for(venue)
 
     booked = engine.apply_acks(SID, await submit_all(adapter, orders))
@@ -177,18 +242,6 @@ async def test_engine_when_orders_routed_to_alpaca_then_fills_booked_at_venue_pr
     assert booked.snapshot.working == []
     book = dict(zip(booked.snapshot.symbols, booked.snapshot.quantities, strict=True))
     assert {s: q for s, q in book.items() if q} == pytest.approx(await adapter.positions())
-
-
-def test_credentials_when_secrets_file_readable_by_others_then_refused_with_the_fix(tmp_path: Path) -> None:
-    secrets = tmp_path / "alpaca.json"
-    secrets.write_text('{"api_key": "k", "secret_key": "s"}')
-    os.chmod(secrets, 0o644)
-    with pytest.raises(CredentialsError, match="chmod 600"):
-        load_credentials("", "", str(secrets))
-    os.chmod(secrets, 0o600)
-    assert load_credentials("", "", str(secrets)) == ("k", "s")
-    with pytest.raises(CredentialsError, match="QMP_ALPACA_API_KEY"):
-        load_credentials("", "", "")
 
 
 def test_config_and_settings_when_printed_then_secrets_masked() -> None:

@@ -1,6 +1,6 @@
 """Execution as a service against real NATS and PostgreSQL (app.py): control state from KV, orders, fills,
-DLQ, restart, the risk budget from risk snapshots, books in the database, a REST broker and Alpaca on
-loopback, and the slippage calibration recorded fills feed back into the paper broker."""
+DLQ, restart, the risk budget from risk snapshots, books in the database, a REST broker, Alpaca and a crypto
+exchange on loopback, and the slippage calibration recorded fills feed back into the paper broker."""
 
 import asyncio
 import os
@@ -32,11 +32,13 @@ from qmp_core.messages import (
     HaltRequest,
     HealthReply,
     KillReport,
+    LimitsEntry,
     OrderAccepted,
     OrderDecision,
     OrderDenied,
     OrderEvent,
     PortfolioSnapshot,
+    PreTradeLimits,
     ReconciliationReport,
     RiskSnapshot,
     TradingState,
@@ -45,8 +47,11 @@ from qmp_core.messages import (
 )
 from qmp_execution.app import ExecutionService, load_calibration, settings_from
 from qmp_execution.engine import EngineConfig, ExecutionEngine
+from qmp_execution.engine.broker import BrokerOrder
+from qmp_execution.exchange import client_order_id
 from qmp_execution.fake_alpaca import FakeAlpaca
 from qmp_execution.fake_broker import Behaviour, FakeBrokerBook, FakeBrokerServer
+from qmp_execution.fake_exchange import FakeExchange
 from qmp_execution.publisher import AckedPublisher, PublishFailed
 from qmp_execution.store import ExecutionStore
 from qmp_ops.cli.main import app as qmp
@@ -388,6 +393,42 @@ async def test_execution_when_alpaca_fills_after_its_answer_then_next_batch_book
     assert health.detail["reconciled_fills"] == 2 and health.detail["broker"] == "alpaca"
 
 
+async def test_execution_when_alpaca_streams_fills_between_batches_then_booked_at_once_and_published_once(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
+    unique_id: str,
+) -> None:
+    sid = venue = unique_id
+    fake = FakeAlpaca(prices={"AAA": 50.05, "BBB": 199.8})
+    fake.behaviour.fill_delay_s = 3600.0
+    await fake.start()
+    fills = await operator_nc.subscribe(subjects.fills(sid))
+    snapshots = await operator_nc.subscribe(subjects.portfolio(sid))
+    service = ExecutionService(settings_from(
+        settings_for(nats_credentials, "execution", database_url), strategies=f"{sid}={__name__}:TinyStrategy",
+        venues=[sid], execution_instance=sid, min_order_notional=0.0, broker="alpaca", alpaca_api_key=fake.key,
+        alpaca_secret_key=fake.secret, alpaca_url=fake.url, alpaca_stream_url=fake.stream_url,
+        alpaca_fill_wait_s=0.0))
+    await service.app.start()
+    try:
+        for day in (0, 1):
+            await publish_bars(collector_nc, bars(venue, day))
+        await receive(snapshots, codec(PortfolioSnapshot).decode, 2)
+        await eventually(lambda: len(fake._listeners) == 1, "the stream listening")
+        fake.fill_all()  # pushed on the stream: booked now, not at the next batch's questions
+        await eventually(lambda: service.venue_updates is not None and service.venue_updates.fills == 2,
+                         "the streamed fills booked")
+        await publish_bars(collector_nc, bars(venue, 2))
+        await receive(snapshots, codec(PortfolioSnapshot).decode, 1)
+        published = [codec(Fill).decode(m.data) for m in await drain(fills)]
+    finally:
+        await service.app.stop()
+        await fake.stop()
+        for sub in (fills, snapshots):
+            await sub.unsubscribe()
+
+    assert sorted((f.symbol, f.price) for f in published) == [("AAA", 50.05), ("BBB", 199.8)]  # once each
+
+
 async def test_execution_when_killed_with_flatten_then_the_venue_holds_no_open_order_of_it_and_no_position(
     nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
     deployer_nc: Client, unique_id: str,
@@ -446,6 +487,102 @@ async def test_execution_when_killed_with_flatten_then_the_venue_holds_no_open_o
     assert health.detail["kills"][0]["kill_id"] == "k-1"
 
 
+async def test_execution_when_an_operator_limits_the_strategy_then_orders_judged_by_the_limits_from_the_bucket(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
+    deployer_nc: Client, unique_id: str,
+) -> None:
+    sid = venue = unique_id
+    kv = await deployer_nc.jetstream().key_value(subjects.KV_LIMITS)  # the deployer writes it; execution reads
+    await kv.put(sid, encode(LimitsEntry(strategy=sid, limits=PreTradeLimits(max_order_notional=100_000.0),
+                                         sender="alice", command_id="l-1")))  # in force before execution starts
+    orders = await operator_nc.subscribe(subjects.orders(sid))
+    dead = await operator_nc.subscribe(subjects.dlq("execution"))
+    service = service_for(nats_credentials, database_url, sid)
+    await service.app.start()
+    try:
+        for day in (0, 1):
+            await publish_bars(collector_nc, bars(venue, day))
+        limited = await receive(orders, codec(OrderEvent).decode, 2)  # 0.4 of 1,000,000 per symbol: too big
+        await kv.put(sid, b'{"strategy": "x", "limits": {"max_order_notional": "a lot"}}')  # refused, kept out
+        letter = codec(DeadLetter).decode((await dead.next_msg(timeout=WAIT_S)).data)
+        while letter.subject != f"$KV.{subjects.KV_LIMITS}.{sid}":  # other tests' entries may be dead-lettered too
+            letter = codec(DeadLetter).decode((await dead.next_msg(timeout=WAIT_S)).data)
+        await kv.delete(sid)
+        await eventually(lambda: sid not in service.engine.limits, "the removal applied")
+        await publish_bars(collector_nc, bars(venue, 2))
+        freed = await receive(orders, codec(OrderEvent).decode, 2)
+        health = msgspec.json.decode((await operator_nc.request(subjects.health("execution"), b"",
+                                                                timeout=WAIT_S)).data, type=HealthReply)
+    finally:
+        await service.app.stop()
+        for sub in (orders, dead):
+            await sub.unsubscribe()
+
+    assert {(e.symbol, getattr(e, "reason_code", "")) for e in limited} == {("AAA", "MAX_NOTIONAL"),
+                                                                             ("BBB", "MAX_NOTIONAL")}
+    assert "invalid LimitsEntry" in letter.reason and "max_order_notional" in letter.reason
+    assert all(isinstance(e, OrderAccepted) for e in freed)
+    assert health.detail["strategies"][sid]["limits"]["max_order_notional"] == 0.0  # the setting again
+    assert health.detail["limits_updates"] >= 2  # the one in force at start, its removal
+
+
+async def test_execution_when_killed_on_two_venues_then_each_confirms_and_neither_holds_an_order_of_its_strategy(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
+    deployer_nc: Client, unique_id: str,
+) -> None:
+    stocks, coins = f"{unique_id}-s", f"{unique_id}-c"  # one strategy on Alpaca, one on a crypto exchange
+    alpaca = FakeAlpaca(prices={"AAA": 50.0, "BBB": 200.0})
+    exchange = FakeExchange(balances={"USDT": 2_000_000.0}, prices={"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0})
+    for fake in (alpaca, exchange):
+        fake.behaviour.fill_delay_s = 3600.0  # orders work at the venues until the kill
+        await fake.start()
+    base = settings_for(nats_credentials, "execution", database_url)
+    services = [
+        ExecutionService(settings_from(
+            base, strategies=f"{stocks}={__name__}:TinyStrategy", venues=[stocks], execution_instance=stocks,
+            min_order_notional=0.0, broker="alpaca", alpaca_api_key=alpaca.key, alpaca_secret_key=alpaca.secret,
+            alpaca_url=alpaca.url, alpaca_fill_wait_s=0.0)),
+        ExecutionService(settings_from(
+            base, strategies=f"{coins}={__name__}:TinyStrategy", venues=[coins], execution_instance=coins,
+            min_order_notional=0.0, broker="exchange", exchange_api_key=exchange.key,
+            exchange_secret_key=exchange.secret, exchange_url=exchange.url, exchange_fill_wait_s=0.0,
+            exchange_rate_limit_ms=1.0)),
+    ]
+    reports = {sid: await operator_nc.subscribe(subjects.kill_reports(sid)) for sid in (stocks, coins)}
+    snapshots = {sid: await operator_nc.subscribe(subjects.portfolio(sid)) for sid in (stocks, coins)}
+    for service in services:
+        await service.app.start()
+    try:
+        for day in (0, 1):
+            await publish_bars(collector_nc, bars(stocks, day))
+            await publish_bars(collector_nc, bars(coins, day, {"BTC/USDT": 60_000.0, "ETH/USDT": 3_000.0}))
+        working = {sid: (await receive(snapshots[sid], codec(PortfolioSnapshot).decode, 2))[-1].working
+                   for sid in (stocks, coins)}
+        open_before = (alpaca.open_orders(), exchange.open_orders())
+        kv = await bus.control_bucket(deployer_nc.jetstream())
+        for sid in (stocks, coins):
+            await kv.put(subjects.control_key(sid, "operator"), encode(TradingState(
+                strategy=sid, status="HALTED", reason="kill by test", kill_id="k-2", issued_by="operator",
+                command_id="k-2")))
+        killed = {sid: (await receive(reports[sid], codec(KillReport).decode, 1))[0] for sid in (stocks, coins)}
+    finally:
+        for service in services:
+            await service.app.stop()
+        for fake in (alpaca, exchange):
+            await fake.stop()
+        for sub in (*reports.values(), *snapshots.values()):
+            await sub.unsubscribe()  # messages left unread would hold the connection's drain
+
+    assert {sid: len(w) for sid, w in working.items()} == {stocks: 2, coins: 2}
+    assert len(open_before[0]) == 2 and len(open_before[1]) == 2
+    assert {sid: (r.venue, r.confirmed, r.still_open, r.errors) for sid, r in killed.items()} == {
+        stocks: ("alpaca", True, [], []), coins: ("binance", True, [], [])}
+    assert {sid: set(r.canceled) for sid, r in killed.items()} == {
+        sid: {o.order_id for o in w} for sid, w in working.items()}
+    assert alpaca.open_orders() == [] and exchange.open_orders() == []
+    assert {o.status for o in exchange.orders.values()} == {"CANCELED"}
+
+
 async def test_execution_when_the_venue_differs_from_the_books_then_adopts_what_has_an_owner_and_asks_to_halt(
     nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
     unique_id: str,
@@ -482,6 +619,52 @@ async def test_execution_when_the_venue_differs_from_the_books_then_adopts_what_
     assert [d.symbol for d in report.adopted] == ["AAA"] and report.action == "halt" and "TSLA" in report.reason
     assert dict(zip(adopted.symbols, adopted.quantities, strict=True))["AAA"] == pytest.approx(held["AAA"] + 3.0)
     assert health.detail["reconciliation"][sid]["action"] == "halt"
+
+
+@pytest.mark.parametrize("policy", ["adopt", "halt"])
+async def test_execution_when_it_starts_with_an_open_order_its_books_do_not_know_then_adopted_or_halted(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
+    unique_id: str, policy: str,
+) -> None:
+    sid = venue = unique_id
+    exchange = FakeExchange(balances={"USDT": 2_000_000.0}, prices={"BTCUSDT": 60_000.0, "ETHUSDT": 3_000.0})
+    exchange.behaviour.fill_delay_s = 3600.0
+    await exchange.start()
+    # Sent before a crash and never recorded: at the exchange under the strategy's client order id.
+    lost = client_order_id(BrokerOrder(order_id=f"{sid}-1-BTC/USDT", strategy=sid, symbol="BTC/USDT", side="BUY",
+                                       quantity=0.5, price=60_000.0, ts_event=1))
+    exchange.place(lost, "BTCUSDT", 0.5)
+    exchange.place("someone-else-1", "ETHUSDT", 1.0)  # not the strategy's: never adopted, never reported
+    reports = await operator_nc.subscribe(subjects.reconciliation_reports(sid))
+    fills = await operator_nc.subscribe(subjects.fills(sid))
+    service = ExecutionService(settings_from(
+        settings_for(nats_credentials, "execution", database_url), strategies=f"{sid}={__name__}:TinyStrategy",
+        venues=[sid], execution_instance=sid, min_order_notional=0.0, broker="exchange",
+        exchange_api_key=exchange.key, exchange_secret_key=exchange.secret, exchange_url=exchange.url,
+        exchange_fill_wait_s=0.0, exchange_rate_limit_ms=1.0, reconcile_policy=policy, reconcile_interval_s=0.0))
+    await service.app.start()
+    try:
+        at_start = (await receive(reports, codec(ReconciliationReport).decode, 1))[0]
+        if policy == "adopt":
+            await publish_bars(collector_nc, bars(venue, 0, {"BTC/USDT": 60_000.0, "ETH/USDT": 3_000.0}))
+            exchange.fill_all()  # the market fills the adopted order
+            await publish_bars(collector_nc, bars(venue, 1, {"BTC/USDT": 60_000.0, "ETH/USDT": 3_000.0}))
+            booked = [codec(Fill).decode(m.data) for m in [await fills.next_msg(timeout=WAIT_S)]]
+        venue_open = exchange.open_orders()
+    finally:
+        await service.app.stop()
+        await exchange.stop()
+        for sub in (reports, fills):
+            await sub.unsubscribe()
+
+    assert at_start.unknown_orders == [lost]
+    if policy == "adopt":
+        assert (at_start.action, at_start.adopted_orders) == ("adopted", [lost])
+        assert [(f.order_id, f.symbol, f.quantity) for f in booked] == [(lost, "BTC/USDT", 0.5)]
+    else:
+        assert (at_start.action, at_start.adopted_orders) == ("halt", [])
+        assert "open orders at the venue the books do not know" in at_start.reason
+        assert sorted(venue_open) == sorted([lost, "someone-else-1"])  # nothing is closed at start
 
 
 async def test_execution_when_the_throttle_trips_then_it_asks_the_deployer_for_a_halt_and_trades_as_halted(

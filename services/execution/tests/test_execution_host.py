@@ -39,9 +39,13 @@ from qmp_execution.engine import (
     CODE_REPEATED_EXECUTION,
     CODE_REPLACED,
     CODE_STRATEGY_ERROR,
+    ExecutionEngine,
 )
-from qmp_execution.engine.broker import BrokerFill, OrderAck
+from qmp_execution.engine.broker import BrokerFill, BrokerOrder, OrderAck
 
+
+def open_ids(engine: ExecutionEngine) -> list[str]:
+    return [o.order_id for o in engine.open_orders(SID)]
 
 def test_process_when_strategies_have_own_capital_then_each_sized_on_its_own_book() -> None:
     weights = {"AAA": 0.5}
@@ -173,7 +177,7 @@ def test_reconcile_when_venue_fills_after_its_answer_then_booked_once_at_exact_p
     engine.process(bar(0, PRICES))
     order_ = events_of(engine.process(bar(1, PRICES)).results[SID], OrderAccepted)[0]
     engine.apply_acks(SID, [OrderAck(order_id=order_.order_id, status="accepted")])  # working at the venue
-    assert engine.open_order_ids(SID) == [order_.order_id]
+    assert open_ids(engine) == [order_.order_id]
     part = 0.4 * order_.quantity
 
     # The venue reports cumulative fills: 40% at 50.0, then everything at an average of 50.3.
@@ -189,7 +193,7 @@ def test_reconcile_when_venue_fills_after_its_answer_then_booked_once_at_exact_p
     assert rest[0].quantity == pytest.approx(order_.quantity - part)
     assert rest[0].price == pytest.approx((50.3 * order_.quantity - 50.0 * part) / (order_.quantity - part))
     assert [f.fill_id for f in result.fills] == [f"{order_.order_id}-f1", f"{order_.order_id}-f2"]
-    assert order_.order_id not in [w.order_id for w in result.snapshot.working] + engine.open_order_ids(SID)
+    assert order_.order_id not in [w.order_id for w in result.snapshot.working] + open_ids(engine)
     spent = math.fsum(f.quantity * f.price + f.fee for f in result.fills)
     assert result.snapshot.cash == pytest.approx(CAPITAL - spent)
     assert spent - math.fsum(f.fee for f in result.fills) == pytest.approx(50.3 * order_.quantity)
@@ -203,15 +207,58 @@ def test_reconcile_when_a_withdrawn_order_filled_at_the_venue_then_its_fill_is_s
     set_state(engine, SID, status="HALTED")
     halted = engine.process(bar(2, PRICES)).results[SID]  # the halt withdraws the working order
     assert [c.order_id for c in events_of(halted, OrderCanceled)] == [order_.order_id]
-    assert engine.open_order_ids(SID) == [order_.order_id]  # the venue may still fill it
+    assert open_ids(engine) == [order_.order_id]  # the venue may still fill it
 
     booked = engine.reconcile(SID, [OrderAck(order_id=order_.order_id, status="filled", fills=[
         BrokerFill(fill_id="v", quantity=order_.quantity, price=50.1)])], 12)
     result = engine.process(bar(3, PRICES)).results[SID]
 
-    assert [f.quantity for f in booked] == [pytest.approx(order_.quantity)] and engine.open_order_ids(SID) == []
+    assert [f.quantity for f in booked] == [pytest.approx(order_.quantity)] and open_ids(engine) == []
     assert dict(zip(result.snapshot.symbols, result.snapshot.quantities, strict=True))["AAA"] == pytest.approx(
         order_.quantity)
+
+
+def test_restore_when_a_withdrawn_order_may_still_fill_then_a_restart_still_asks_about_it_and_books_it_once(
+) -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.3})}, config(broker="external"))
+    engine.process(bar(0, PRICES))
+    order_ = events_of(engine.process(bar(1, PRICES)).results[SID], OrderAccepted)[0]
+    engine.apply_acks(SID, [OrderAck(order_id=order_.order_id, status="accepted")])
+    set_state(engine, SID, status="HALTED")
+    snapshot = engine.process(bar(2, PRICES)).results[SID].snapshot  # withdrawn by the halt
+    restarted = engine_with({SID: FixedWeights({"AAA": 0.3})}, config(broker="external"))
+    restarted.restore(snapshot)
+
+    asked = open_ids(restarted)
+    filled = [OrderAck(order_id=order_.order_id, status="filled",
+                       fills=[BrokerFill(fill_id="v", quantity=order_.quantity, price=50.1)])]
+    booked = restarted.reconcile(SID, filled, 12)
+    again = restarted.reconcile(SID, filled, 13)
+
+    assert [w.order_id for w in snapshot.withdrawn] == [order_.order_id] and snapshot.working == []
+    assert asked == [order_.order_id]
+    assert [f.quantity for f in booked] == [pytest.approx(order_.quantity)] and again == []
+    assert open_ids(restarted) == [] and restarted.hosts[SID].snapshot().withdrawn == []
+
+
+def test_adopt_orders_when_the_venue_holds_unknown_ones_then_working_here_priced_by_the_first_close_and_booked(
+) -> None:
+    engine = engine_with({SID: FixedWeights({})}, config(broker="external"))
+    found = [BrokerOrder(order_id=f"{SID}-lost-{s}", strategy=SID, symbol=s, side="BUY", quantity=10.0, price=0.0,
+                         ts_event=1) for s in ("AAA", "BBB")]
+    engine.process(bar(0, {"BBB": 200.0}))  # BBB is priced, AAA is not yet
+
+    taken, refused = engine.adopt_orders(SID, found, 5)
+    again = engine.adopt_orders(SID, [found[0]], 6)  # a second order on a symbol with one working: not taken
+    priced_before = {w.symbol: w.price for w in engine.hosts[SID].portfolio.working.values()}
+    engine.process(bar(1, PRICES))
+    booked = engine.reconcile(SID, [OrderAck(order_id=found[0].order_id, status="filled",
+                                             fills=[BrokerFill(fill_id="v", quantity=10.0, price=50.5)])], 7)
+
+    assert (taken, refused, again) == ([o.order_id for o in found], [], ([], [found[0].order_id]))
+    assert priced_before == {"AAA": 0.0, "BBB": 200.0}
+    assert [(f.symbol, f.arrival_price, f.price) for f in booked] == [("AAA", 50.0, 50.5)]
+    assert open_ids(engine) == [found[1].order_id]
 
 
 def test_reconcile_when_venue_ended_a_working_order_unfilled_then_it_is_withdrawn_with_the_next_batch() -> None:
@@ -225,7 +272,7 @@ def test_reconcile_when_venue_ended_a_working_order_unfilled_then_it_is_withdraw
 
     canceled = events_of(result, OrderCanceled)
     assert [(c.order_id, c.reason_code) for c in canceled] == [(order_.order_id, CODE_BROKER_REJECTED)]
-    assert engine.open_order_ids(SID) == [e.order_id for e in events_of(result, OrderAccepted)]  # a new order
+    assert open_ids(engine) == [e.order_id for e in events_of(result, OrderAccepted)]  # a new order
 
 
 class UnknownSymbols:

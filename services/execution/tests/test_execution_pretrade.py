@@ -16,9 +16,11 @@ from execution_testkit import (
 from qmp_core.clock import NS_PER_SECOND, TestClock
 from qmp_core.messages import (
     OrderAccepted,
+    OrderCanceled,
     OrderDenied,
 )
 from qmp_execution.engine import (
+    CODE_CANCEL_RATE_LIMIT,
     CODE_INSUFFICIENT_CASH,
     CODE_MAX_GROSS_EXPOSURE,
     CODE_MAX_NOTIONAL,
@@ -27,6 +29,7 @@ from qmp_execution.engine import (
     CODE_PRICE_BAND,
     CODE_PRICE_COLLAR,
     CODE_RATE_LIMIT,
+    CODE_REPLACED,
     CODE_RESTRICTED,
 )
 from qmp_execution.engine.config import EngineConfig
@@ -260,6 +263,28 @@ def test_process_when_order_rate_exceeded_then_later_orders_denied_until_interva
     assert [type(d).__name__ for d in first.decisions] == ["OrderAccepted", "OrderDenied"]
     assert first.decisions[1].reason_code == CODE_RATE_LIMIT  # type: ignore[union-attr]
     assert isinstance(second.decisions[0], OrderAccepted)
+
+
+def test_process_when_cancel_rate_exceeded_then_working_order_stays_and_new_one_denied_until_interval_passes(
+) -> None:
+    clock = TestClock(0)
+    strategy = FixedWeights({"AAA": 0.005, "BBB": 0.02})  # 100 units each, of which a bar fills 40
+    engine = engine_with({SID: strategy}, config(paper={"max_bar_participation": 0.1}, max_cancel_rate=1,
+                                                 cancel_rate_interval_s=1.0), clock)
+    engine.process(bar(0, PRICES, volume=400.0))
+    working = {e.symbol: e.order_id for e in events_of(engine.process(bar(1, PRICES, volume=400.0)).results[SID],
+                                                       OrderAccepted)}
+    strategy.weights = {"AAA": 0.0, "BBB": 0.0}  # both working orders now overshoot: both want replacing
+
+    held = engine.process(bar(2, PRICES, volume=400.0)).results[SID]
+    clock.advance(2 * NS_PER_SECOND)
+    later = engine.process(bar(3, PRICES, volume=400.0)).results[SID]
+
+    assert [(e.symbol, e.reason_code) for e in events_of(held, OrderCanceled)] == [("AAA", CODE_REPLACED)]
+    denied = events_of(held, OrderDenied)
+    assert [(d.symbol, d.reason_code) for d in denied] == [("BBB", CODE_CANCEL_RATE_LIMIT)]
+    assert working["BBB"] in denied[0].reason and working["BBB"] in {w.order_id for w in held.snapshot.working}
+    assert [(e.symbol, e.order_id) for e in events_of(later, OrderCanceled)] == [("BBB", working["BBB"])]
 
 
 def test_process_when_buys_exceed_cash_then_last_buy_cut_and_sells_free_cash_first() -> None:

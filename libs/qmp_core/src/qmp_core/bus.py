@@ -88,11 +88,13 @@ STREAMS = streams()
 
 
 def buckets(retention: Retention = DEFAULT_RETENTION) -> tuple[KeyValueConfig, ...]:
-    """Return the KV buckets' configurations (trading state, rollouts) with their size limits."""
+    """Return the KV buckets' configurations (trading state, rollouts, pre-trade limits) with their size limits."""
     return (
         KeyValueConfig(bucket=subjects.KV_CONTROL, history=retention.retention_control_history,
                        storage=StorageType.FILE, max_bytes=retention.retention_control_mb * MB),
         KeyValueConfig(bucket=subjects.KV_ROLLOUTS, history=16, storage=StorageType.FILE,
+                       max_bytes=retention.retention_rollouts_mb * MB),
+        KeyValueConfig(bucket=subjects.KV_LIMITS, history=16, storage=StorageType.FILE,
                        max_bytes=retention.retention_rollouts_mb * MB),
     )
 

@@ -12,13 +12,14 @@ from typing import Any
 import msgspec
 
 from qmp_core import subjects
-from qmp_core.messages import PUBLIC_MESSAGES, ControlApplied, HealthReply
+from qmp_core.messages import PUBLIC_MESSAGES, ControlApplied, HealthReply, LimitsChanged
 
 # Every message a client can meet on a public subject or in a public KV bucket.
 # OrderDecision (accepted | denied) is left out: the orders subject carries OrderEvent, which adds cancels.
 CONTRACT_MESSAGES: dict[str, Any] = {
     **{name: type_ for name, type_ in PUBLIC_MESSAGES.items() if name != "OrderDecision"},
     "ControlApplied": ControlApplied,
+    "LimitsChanged": LimitsChanged,
     "HealthReply": HealthReply,
 }
 
@@ -74,6 +75,14 @@ CHANNELS: tuple[Channel, ...] = (
             "the effective state after every change"),
     Channel("qmp.audit.control.<strategy>", "ControlApplied", "deployer", _stream(subjects.STREAM_AUDIT),
             "every accepted control command with the state it produced"),
+    Channel("qmp.limits.<sender>.<strategy>", "SetLimits", "operators", "request/reply",
+            "the strategy's pre-trade limits become these (`<strategy>` = `ALL`: every strategy's, under its own); "
+            "the reply is a LimitsReply"),
+    Channel("qmp.limits.<sender>.<strategy>", "LimitsReply", "deployer", "request/reply", "the reply to a request"),
+    Channel("<strategy>", "LimitsEntry", "deployer", f"KV {subjects.KV_LIMITS}",
+            "a strategy's pre-trade limits (or `ALL`'s), with who set them; execution trades under them"),
+    Channel("qmp.audit.limits.<strategy>", "LimitsChanged", "deployer", _stream(subjects.STREAM_AUDIT),
+            "every change of a strategy's limits: before, after, who"),
     Channel("qmp.deploy.<strategy>.cmd", "DeployCommand", "operator", "request/reply",
             "the reply is a DeployReply"),
     Channel("qmp.deploy.<strategy>.cmd", "DeployReply", "deployer", "request/reply", "the reply to a command"),

@@ -184,6 +184,79 @@ class ControlApplied(Struct, frozen=True, kw_only=True, gc=False):
     sender: str = ""  # the NATS user that sent it (authenticated by the server); command.issued_by is its entry
 
 
+# ---------------------------------------------------------------- pre-trade limits
+Amount = Annotated[float, Meta(ge=0.0)]
+Count = Annotated[int, Meta(ge=0)]
+MAX_RESTRICTED_SYMBOLS = 10_000
+
+
+class PreTradeLimits(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Pre-trade limits an operator sets for a strategy, or for every strategy (`ALL`), over execution's
+    settings. A field left out keeps the level below: a strategy's limits over `ALL`'s over the settings
+    (`QMP_MAX_ORDER_NOTIONAL`, ...). 0 turns a check off; what each one checks: docs/OPERATIONS.md."""
+
+    max_order_notional: Amount | None = None
+    max_order_quantity: Amount | None = None
+    price_band: Amount | None = None
+    price_collar: Amount | None = None
+    max_position_notional: Amount | None = None
+    max_gross_exposure: Amount | None = None
+    cash_borrow_limit: Amount | None = None
+    restricted_symbols: Annotated[list[Symbol], Meta(max_length=MAX_RESTRICTED_SYMBOLS)] | None = None
+    max_order_rate: Count | None = None  # orders per second
+    max_cancel_rate: Count | None = None  # cancels of working orders for a new target, per second
+    max_repeated_fills: Count | None = None
+    repeated_fills_window_s: Annotated[float, Meta(gt=0.0)] | None = None
+
+
+class SetLimits(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An operator's request on `qmp.limits.<sender>.<strategy>`: the strategy's limits become `limits`, all
+    of them (a field not given goes back to the level below; none given: the strategy has no limits of its
+    own). Sent again with the same `command_id`, it is applied once."""
+
+    limits: PreTradeLimits = PreTradeLimits()
+    command_id: CommandId = ""
+    reason: Reason = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class LimitsEntry(Struct, frozen=True, kw_only=True):
+    """A strategy's limits (or `ALL`'s) in the `qmp_limits` bucket, under the strategy's key."""
+
+    strategy: str
+    limits: PreTradeLimits
+    sender: str  # the operator who set them (the NATS user of the request)
+    command_id: str = ""
+    reason: str = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class LimitsChanged(Struct, frozen=True, kw_only=True):
+    """The audit record of a change of a strategy's limits, on `qmp.audit.limits.<strategy>`."""
+
+    strategy: str
+    before: PreTradeLimits
+    after: PreTradeLimits
+    changed: list[str]  # the limits whose value changed
+    sender: str
+    command_id: str = ""
+    reason: str = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class LimitsReply(Struct, frozen=True, kw_only=True):
+    accepted: bool
+    reason: str = ""
+    changed: list[str] = []  # the limits whose value changed (none: they were already so)
+    entry: LimitsEntry | None = None  # the strategy's limits now (None: none of its own)
+    duplicate: bool = False  # a request already applied (same command_id): nothing done again
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
 # ---------------------------------------------------------------- execution
 class OrderDecisionBase(Struct, frozen=True, kw_only=True, tag_field="event"):
     strategy: str
@@ -252,6 +325,9 @@ class PortfolioSnapshot(Struct, frozen=True, kw_only=True):
     working: list["WorkingOrder"] = []  # accepted orders not yet completely filled
     stop_losses: list["StopLossInForce"] = []  # risk stop-losses still closing their positions
     venue: str = ""  # the venue whose prices mark this book ("" before its first batch)
+    # Orders withdrawn here that an external venue has not been seen to end (a cancel can cross a fill):
+    # a restart keeps asking the venue about them, so a fill that crossed the cancel is booked once.
+    withdrawn: list["WorkingOrder"] = []
 
 
 # ---------------------------------------------------------------- risk
@@ -510,6 +586,9 @@ PUBLIC_MESSAGES: dict[str, Any] = {
     "ControlCommand": ControlCommand,
     "ControlReply": ControlReply,
     "TradingState": TradingState,
+    "SetLimits": SetLimits,
+    "LimitsReply": LimitsReply,
+    "LimitsEntry": LimitsEntry,
     "OrderDecision": OrderDecision,
     "Fill": Fill,
     "PortfolioSnapshot": PortfolioSnapshot,
@@ -839,13 +918,15 @@ class ReconciliationReport(Struct, frozen=True, kw_only=True):
     they disagree (and once at start): every position difference, and what the configured policy did.
 
     `adopt`: a difference the strategy's book can take (one strategy holds the symbol, or it is the only one
-    on the account, and the symbol has a price) is booked at the last price (`adopted`); what cannot be
-    adopted falls back to halt. `halt`: the deployer halts the strategy (latched, audited) until a person
-    resumes it. `report`: nothing is changed. `action` says what happened to this strategy.
+    on the account, and the symbol has a price) is booked at the last price (`adopted`), and an open order of
+    the strategy's the books do not know becomes a working order (`adopted_orders`: what it filled is then
+    booked from the venue's answer, once); what cannot be adopted falls back to halt. `halt`: the deployer
+    halts the strategy (latched, audited) until a person resumes it. `report`: nothing is changed. `action`
+    says what happened to this strategy.
     """
 
     strategy: str
-    venue: str  # the broker: rest, alpaca
+    venue: str  # the broker: rest, alpaca, an exchange's ccxt id
     differences: list[PositionDifference] = []
     adopted: list[PositionDifference] = []
     policy: ReconciliationPolicy = "halt"
@@ -853,6 +934,10 @@ class ReconciliationReport(Struct, frozen=True, kw_only=True):
     reason: str = ""
     ts_event: int = 0
     schema: int = SCHEMA_VERSION
+    # Open orders at the venue under the strategy's ids that its books do not know (sent before a crash
+    # and never recorded, or placed by hand), and those of them taken into the book as working orders.
+    unknown_orders: list[str] = []
+    adopted_orders: list[str] = []
 
 
 PUBLIC_MESSAGES.update(OrderEvent=OrderEvent, BrokerCommand=BrokerCommand, BrokerReply=BrokerReply,

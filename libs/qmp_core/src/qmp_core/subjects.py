@@ -39,6 +39,8 @@ URGENT = "urgent"
 CONTROL_URGENT_ANY = f"qmp.control.*.*.{URGENT}"
 STATE_ALL = "qmp.state.>"
 AUDIT_ALL = "qmp.audit.>"
+# Pre-trade limits: an operator's request qmp.limits.<sender>.<strategy>, answered by the deployer
+LIMITS_ANY = "qmp.limits.*.*"
 
 # Deployment
 DEPLOY_COMMANDS_ALL = "qmp.deploy.*.cmd"
@@ -60,6 +62,7 @@ STREAM_INGEST = "QMP_INGEST"
 
 # KV buckets
 KV_CONTROL = "qmp_control"
+KV_LIMITS = "qmp_limits"  # key: the strategy, or ALL; value: LimitsEntry
 
 # Durable consumers
 CONSUMER_EXECUTION_BARS = "execution-bars"
@@ -144,6 +147,24 @@ def is_urgent(subject: str) -> bool:
     """Whether a control subject is halts' lane (qmp.control.<sender>.<strategy>.urgent)."""
     tokens = subject.split(".")
     return len(tokens) == 5 and tokens[4] == URGENT  # a strategy named "urgent" on the main lane is not
+
+
+def limits(strategy: str, sender: str = "operator") -> str:
+    """Return where `sender` (its NATS user) asks for `strategy`'s pre-trade limits to change (as for control,
+    the sender is the subject's, authenticated by the server)."""
+    return f"qmp.limits.{sender}.{strategy}"
+
+
+def limits_sender_and_strategy(subject: str) -> tuple[str, str]:
+    """Return (sender, strategy) of a subject qmp.limits.<sender>.<strategy>."""
+    tokens = subject.split(".")
+    if len(tokens) != 4 or tokens[:2] != ["qmp", "limits"]:
+        raise ValueError(f"not a limits subject qmp.limits.<sender>.<strategy>: {subject!r}")
+    return tokens[2], tokens[3]
+
+
+def audit_limits(strategy: str) -> str:
+    return f"qmp.audit.limits.{strategy}"
 
 
 def state(strategy: str) -> str:

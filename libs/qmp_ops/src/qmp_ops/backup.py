@@ -27,7 +27,7 @@ from nats.js.errors import BucketNotFoundError
 from qmp_core import subjects
 from qmp_core.db import migrate
 
-BUCKETS = (subjects.KV_CONTROL, subjects.KV_ROLLOUTS)
+BUCKETS = (subjects.KV_CONTROL, subjects.KV_ROLLOUTS, subjects.KV_LIMITS)
 WATCH_TIMEOUT_S = 10.0
 SERIAL_COLUMNS = (
     "SELECT table_name, column_name, pg_get_serial_sequence(quote_ident(table_name), column_name) AS seq "

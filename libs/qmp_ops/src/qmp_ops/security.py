@@ -47,13 +47,17 @@ class Attempt:
 
 
 def attempts(service: str) -> list[Attempt]:
-    """What `service` must be refused: the attacks of issue 13, and sending control as someone else."""
+    """What `service` must be refused: the attacks of issue 13, sending control as someone else, and changing
+    the pre-trade limits (an operator's alone)."""
     victim = subjects.CONSUMER_EXECUTION_BARS if service == "risk" else "risk-bars"  # another's consumer
     others = [source for source in ("operator", "risk", "deployer") if source != service]
     return [
         Attempt("create a stream", f"$JS.API.STREAM.CREATE.{PROBE.upper().replace('-', '_')}"),
         Attempt("change a stream (republish rules, limits)", f"$JS.API.STREAM.UPDATE.{subjects.STREAM_EXEC}"),
         Attempt("change the control bucket", f"$JS.API.STREAM.UPDATE.KV_{subjects.KV_CONTROL}"),
+        *([Attempt("write the pre-trade limits", f"$KV.{subjects.KV_LIMITS}.{PROBE}")]
+          if service != "deployer" else []),  # the deployer writes them, on an operator's request
+        Attempt("ask for other pre-trade limits as the operator", subjects.limits(PROBE, "operator")),
         Attempt("delete a stream", f"$JS.API.STREAM.DELETE.{subjects.STREAM_AUDIT}"),
         Attempt("purge a stream", f"$JS.API.STREAM.PURGE.{subjects.STREAM_AUDIT}"),
         Attempt(f"delete another service's consumer ({victim})",

@@ -33,6 +33,7 @@ from qmp_deployer.engine.plan import Plan, parse_plan, plan_digest
 from qmp_deployer.handlers import SERVICE, ControlHandler, ControlStore
 from qmp_deployer.handlers.alerts import Alerter
 from qmp_deployer.handlers.execution_halts import ExecutionHalts
+from qmp_deployer.handlers.limits import LimitsHandler
 from qmp_deployer.handlers.probes import Probes
 from qmp_deployer.handlers.rollout import RolloutOptions, RolloutService, default_instance_id
 
@@ -152,6 +153,10 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
                                  (subjects.HALT_REQUESTS_ALL, halts.on_halt_request)):
             holder["lanes"].append(await broker.connection.subscribe(subject, queue="deployer-execution-halts",
                                                                      cb=_reader(subject, reading)))
+        # Pre-trade limits: operators' requests, one deployer of the queue group answers each.
+        limits = LimitsHandler(js, await js.key_value(subjects.KV_LIMITS), wall, holder["pool"])
+        holder["lanes"].append(await broker.connection.subscribe(subjects.LIMITS_ANY, queue=subjects.DEPLOY_QUEUE,
+                                                                 cb=_answer(limits.handle)))
         holder["rollouts"] = rollouts
         holder["timer"] = asyncio.create_task(_run_timer(rollouts, settings))
         liveness.watch("rollout timer", holder["timer"])
@@ -226,6 +231,20 @@ async def serve_control(nc: Client, subject: str, holder: dict[str, Any], main: 
         task.add_done_callback(answering.discard)
 
     return await nc.subscribe(subject, queue=subjects.DEPLOY_QUEUE, cb=on_request)
+
+
+def _answer(handle: Callable[[str, bytes], Awaitable[bytes]]) -> Callable[[Msg], Awaitable[None]]:
+    """Return a subscription callback that answers each request with what `handle` returns (a failure is
+    logged; the sender gets no reply and may send the same request again)."""
+    async def on_request(msg: Msg) -> None:
+        try:
+            reply = await handle(msg.subject, msg.data)
+            if msg.reply:
+                await msg.respond(reply)
+        except Exception:
+            log.exception("request failed", extra={"subject": msg.subject})
+
+    return on_request
 
 
 def _reader(subject: str, reading: Callable[[bytes], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:

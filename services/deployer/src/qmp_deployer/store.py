@@ -1,9 +1,9 @@
-"""The deployer's SQL: the deployment audit trail and the control audit, both idempotent on replay."""
+"""The deployer's SQL: the deployment audit trail, the control audit and the limits audit, idempotent on replay."""
 
 import asyncpg
 
 from qmp_core.clock import to_datetime
-from qmp_core.messages import ControlApplied, DeploymentEvent, encode
+from qmp_core.messages import ControlApplied, DeploymentEvent, LimitsChanged, encode
 
 INSERT_EVENT = (
     "INSERT INTO deployment_events (ts, strategy, rollout_id, seq, kind, phase_from, phase_to, status, trigger, "
@@ -12,6 +12,11 @@ INSERT_EVENT = (
     "ON CONFLICT DO NOTHING"
 )
 SEEN_COMMAND = "SELECT 1 FROM deployment_events WHERE strategy = $1 AND command_id = $2 LIMIT 1"
+INSERT_LIMITS_AUDIT = (
+    "INSERT INTO limits_audit (strategy, command_id, sender, reason, changed, before, after) "
+    "VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb) ON CONFLICT DO NOTHING"
+)
+SEEN_LIMITS = "SELECT 1 FROM limits_audit WHERE strategy = $1 AND command_id = $2"
 INSERT_CONTROL_AUDIT = (
     "INSERT INTO control_audit (strategy, command_id, command, state, sender) VALUES ($1, $2, $3, $4, $5) "
     "ON CONFLICT DO NOTHING"
@@ -38,3 +43,14 @@ async def write_control_audit(pool: asyncpg.Pool, records: list[ControlApplied])
         [(r.strategy, r.command.command_id, encode(r.command).decode(), encode(r.state).decode(), r.sender)
          for r in records],
     )
+
+
+async def write_limits_change(pool: asyncpg.Pool, record: LimitsChanged) -> None:
+    await pool.execute(INSERT_LIMITS_AUDIT, record.strategy, record.command_id or f"ts-{record.ts_event}",
+                       record.sender, record.reason, record.changed, encode(record.before).decode(),
+                       encode(record.after).decode())
+
+
+async def limits_change_seen(pool: asyncpg.Pool, strategy: str, command_id: str) -> bool:
+    """Return True when the limits audit already holds this request (applied once)."""
+    return await pool.fetchval(SEEN_LIMITS, strategy, command_id) is not None

@@ -12,6 +12,10 @@ canceled, expired, done_for_day, replaced â†’ canceled; rejected and suspended â
 `status` answers with an order's fills so far, for reconciliation: before each batch, execution asks for
 every order still working in its book, and every order it withdrew that Alpaca has not been seen to end
 (a cancel can cross a fill), and books what Alpaca filled beyond what is booked (`StrategyHost.reconcile`).
+Between batches, `trade_updates` follows Alpaca's trade-updates stream (the SDK's TradingStream, in a
+thread of its own): each fill, partial fill, cancel, expiry or rejection is the order's answer as Alpaca
+has it then, booked at once the same way. The SDK reconnects by itself; what happened while it was away
+is booked by the status questions above, so nothing depends on the stream being whole.
 
 Errors: a 4xx other than 401 and 429 is Alpaca refusing the order (an OrderAck `rejected` with Alpaca's
 message: buying power, an unknown symbol, a closed market); refused credentials (401), a rate limit (429),
@@ -24,12 +28,12 @@ never logged.
 """
 
 import asyncio
+import contextlib
 import json
-import stat
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import requests
@@ -43,7 +47,9 @@ with warnings.catch_warnings():
     from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
     from alpaca.trading.models import Order
     from alpaca.trading.requests import GetOrdersRequest, MarketOrderRequest
+    from alpaca.trading.stream import TradingStream
 
+from qmp_execution.credentials import load_credentials
 from qmp_execution.engine.broker import Account, AckStatus, BrokerFill, BrokerOrder, OrderAck
 from qmp_execution.rest import BrokerUnavailable
 
@@ -54,6 +60,7 @@ WORKING = {"new", "accepted", "pending_new", "accepted_for_bidding", "calculated
            "pending_replace", "held", "stopped"}
 CANCELED = {"canceled", "expired", "done_for_day", "replaced"}
 REJECTED = {"rejected", "suspended"}
+UPDATES = {"fill", "partial_fill", "canceled", "expired", "rejected", "done_for_day", "replaced"}  # answers to book
 
 
 class AlpacaConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -61,6 +68,7 @@ class AlpacaConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     secret_key: str
     paper: bool = True  # Alpaca's paper endpoint (the rollout's paper phase); False: the live endpoint
     url: str = ""  # another base URL for the trading API (a fake venue in tests)
+    stream_url: str = ""  # another URL for the trade-updates stream (a fake venue in tests)
     fill_wait_s: Annotated[float, Meta(ge=0.0)] = 2.0
     poll_s: Annotated[float, Meta(gt=0.0)] = 0.05
     max_concurrency: Annotated[int, Meta(ge=1)] = 8
@@ -69,33 +77,6 @@ class AlpacaConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
     def __repr__(self) -> str:  # never print the secret, whoever prints the settings
         return f"AlpacaConfig(paper={self.paper}, url={self.url!r}, api_key=***, secret_key=***)"
-
-
-class CredentialsError(ValueError):
-    """Credentials missing, or a secrets file others may read; the message says which and what to do."""
-
-
-def load_credentials(api_key: str, secret_key: str, secrets_file: str) -> tuple[str, str]:
-    """Return (api key, secret) from settings, or from a JSON secrets file readable by its owner only."""
-    if secrets_file:
-        path = Path(secrets_file)
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError as error:
-            raise CredentialsError(f"the Alpaca secrets file {path} does not exist") from error
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise CredentialsError(f"the Alpaca secrets file {path} is readable by others "
-                                   f"(mode {stat.filemode(mode)}); run: chmod 600 {path}")
-        try:
-            values = json.loads(path.read_text())
-            api_key, secret_key = str(values["api_key"]), str(values["secret_key"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise CredentialsError(f"the Alpaca secrets file {path} must be a JSON object with "
-                                   f"'api_key' and 'secret_key'") from error
-    if not api_key or not secret_key:
-        raise CredentialsError("Alpaca needs an API key and secret: QMP_ALPACA_API_KEY and QMP_ALPACA_SECRET_KEY, "
-                               "or QMP_ALPACA_SECRETS_FILE (a JSON file, mode 0600)")
-    return api_key, secret_key
 
 
 def ack_of(order_id: str, order: Order) -> OrderAck:
@@ -189,16 +170,18 @@ class AlpacaAdapter:
     def _unknown(self, order_id: str) -> OrderAck:
         return OrderAck(order_id=order_id, status="unknown", reason="alpaca has no such order", endpoint=self.name)
 
-    async def status(self, order_id: str) -> OrderAck:
+    async def status(self, sent: BrokerOrder) -> OrderAck:
         """Return the order as Alpaca reports it now: its fills so far (cumulative), or `unknown`."""
+        order_id = sent.order_id
         order = await self._find(order_id)
         return self._unknown(order_id) if order is None else ack_of(order_id, order)
 
-    async def cancel(self, order_id: str) -> OrderAck:
+    async def cancel(self, sent: BrokerOrder) -> OrderAck:
+        order_id = sent.order_id
         order = await self._find(order_id)
         if order is None:
             return self._unknown(order_id)
-        if _status(order) in WORKING:
+        if _status(order) in WORKING or _status(order) == "partially_filled":  # open: the rest can still fill
             try:
                 await self._call(self.client.cancel_order_by_id, order.id)
             except APIError as error:  # 422: no longer cancelable (it filled meanwhile): report what it is
@@ -212,18 +195,22 @@ class AlpacaAdapter:
         orders = await self._call(self.client.get_orders, GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500))
         return {str(o.client_order_id): o for o in orders if o.client_order_id}
 
-    async def open_orders(self, prefix: str = "") -> list[str]:
-        """Return the client order ids of the account's open orders that start with `prefix` (QMP's order ids
-        start with the strategy's id, so a kill withdraws exactly that strategy's orders)."""
-        return sorted(client_id for client_id in await self._open() if client_id.startswith(prefix))
+    async def open_orders(self, strategy: str) -> list[BrokerOrder]:
+        """Return the account's open orders of `strategy`: QMP's order ids (Alpaca's client order ids) start
+        with the strategy's id, so a kill withdraws exactly that strategy's orders."""
+        return [BrokerOrder(order_id=client_id, strategy=strategy, symbol=str(o.symbol),
+                            side="BUY" if _text(o.side) == "buy" else "SELL", quantity=float(o.qty or 0.0),
+                            price=0.0, ts_event=int(o.created_at.timestamp() * 1e9))
+                for client_id, o in sorted((await self._open()).items()) if client_id.startswith(f"{strategy}-")]
 
-    async def cancel_many(self, order_ids: Sequence[str]) -> list[OrderAck]:
+    async def cancel_many(self, orders: Sequence[BrokerOrder]) -> list[OrderAck]:
         """Cancel many orders in one listing and one call each (the kill switch): those the venue lists as open
         are cancelled by Alpaca's own id; the others have ended already (what they filled is booked by the
-        next reconciliation). Answers in the order of `order_ids`."""
+        next reconciliation). Answers in the order of `orders`."""
         listed = await self._open()
 
-        async def one(order_id: str) -> OrderAck:
+        async def one(sent: BrokerOrder) -> OrderAck:
+            order_id = sent.order_id
             order = listed.get(order_id)
             if order is None:
                 return OrderAck(order_id=order_id, status="unknown", reason="not open at alpaca", endpoint=self.name)
@@ -232,10 +219,42 @@ class AlpacaAdapter:
             except APIError as error:  # 422: no longer cancelable (it filled meanwhile)
                 if error.status_code != 422:
                     raise BrokerUnavailable(f"alpaca answered {error.status_code}: {_message(error)}") from error
-                return await self.status(order_id)
+                return await self.status(sent)
             return OrderAck(order_id=order_id, status="canceled", endpoint=self.name)
 
-        return list(await asyncio.gather(*(one(order_id) for order_id in order_ids)))
+        return list(await asyncio.gather(*(one(order) for order in orders)))
+
+    async def trade_updates(self, on_answer: Callable[[OrderAck], Awaitable[None]]) -> None:
+        """Follow the trade-updates stream until cancelled, handing each order's answer to `on_answer`."""
+        loop = asyncio.get_running_loop()
+        stream = TradingStream(self.config.api_key, self.config.secret_key, paper=self.config.paper,
+                               url_override=self.config.stream_url or None)
+
+        async def on_update(update: Any) -> None:  # in the stream's thread and loop
+            event = _text(update.event)
+            order = update.order
+            if event in UPDATES and order.client_order_id:
+                answer = ack_of(str(order.client_order_id), order)
+                asyncio.run_coroutine_threadsafe(on_answer(answer), loop)
+
+        stream.subscribe_trade_updates(on_update)
+        ended = asyncio.Event()
+
+        def run() -> None:
+            try:
+                stream.run()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the service's loop closed first
+                    loop.call_soon_threadsafe(ended.set)
+
+        # A daemon thread: the SDK's loop notices a stop within its 5 s receive timeout, and a service that
+        # stops does not wait for it.
+        threading.Thread(target=run, name="alpaca-trade-updates", daemon=True).start()
+        try:
+            await ended.wait()
+        finally:
+            with contextlib.suppress(AttributeError, RuntimeError):  # never connected: nothing to stop
+                stream.stop()
 
     async def positions(self) -> dict[str, float]:
         positions = await self._call(self.client.get_all_positions)
@@ -249,7 +268,11 @@ class AlpacaAdapter:
 
 def _status(order: Order) -> str:
     """An order's status as Alpaca's word for it (the SDK gives an enum, or the text for a status it lacks)."""
-    return str(getattr(order.status, "value", order.status))
+    return _text(order.status)
+
+
+def _text(value: object) -> str:
+    return str(getattr(value, "value", value))
 
 
 def _code(error: APIError) -> int | None:
@@ -267,7 +290,8 @@ def _message(error: APIError) -> str:
 
 
 def config_from(api_key: str, secret_key: str, secrets_file: str, paper: bool, url: str,
-                fill_wait_s: float) -> AlpacaConfig:
+                fill_wait_s: float, stream_url: str = "") -> AlpacaConfig:
     """Return the adapter's configuration from execution's settings (credentials checked here, at start)."""
-    key, secret = load_credentials(api_key, secret_key, secrets_file)
-    return AlpacaConfig(api_key=key, secret_key=secret, paper=paper, url=url, fill_wait_s=fill_wait_s)
+    key, secret = load_credentials("Alpaca", "QMP_ALPACA", api_key, secret_key, secrets_file)
+    return AlpacaConfig(api_key=key, secret_key=secret, paper=paper, url=url, fill_wait_s=fill_wait_s,
+                        stream_url=stream_url)

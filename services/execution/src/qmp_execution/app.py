@@ -35,10 +35,12 @@ from qmp_execution.handlers import (
     BrokerCommands,
     ControlWatch,
     KillSwitch,
+    LimitsWatch,
     Reconciler,
     RiskWatch,
     StopLossAcks,
     StopLossHandler,
+    VenueUpdates,
     recover,
 )
 from qmp_execution.publisher import AckedPublisher
@@ -74,7 +76,8 @@ class ExecutionSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unkno
     es_keys: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ES_KEYS))
     # Pre-trade checks (0 turns one off).
     max_order_notional: Annotated[float, Meta(ge=0.0)] = 0.0
-    max_order_rate: Annotated[int, Meta(ge=0)] = 10_000
+    max_order_rate: Annotated[int, Meta(ge=0)] = 10_000  # orders per second
+    max_cancel_rate: Annotated[int, Meta(ge=0)] = 0  # cancels of working orders for a new target, per second
     price_band: Annotated[float, Meta(ge=0.0)] = 0.5
     cash_borrow_limit: Annotated[float, Meta(ge=0.0)] = 0.0
     max_order_quantity: Annotated[float, Meta(ge=0.0)] = 0.0
@@ -96,8 +99,9 @@ class ExecutionSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unkno
     slippage_calibrated: bool = False
     max_bar_participation: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.1
     latency_bars: Annotated[int, Meta(ge=0)] = 0
-    # Broker: the paper broker, a REST broker (primary and optional backup endpoint), or Alpaca.
-    broker: Literal["paper", "rest", "alpaca"] = "paper"
+    # Broker: the paper broker, a REST broker (primary and optional backup endpoint), Alpaca, or a crypto
+    # exchange through ccxt.
+    broker: Literal["paper", "rest", "alpaca", "exchange"] = "paper"
     broker_primary_url: str = ""
     broker_backup_url: str = ""
     broker_api_key: str = ""
@@ -109,14 +113,26 @@ class ExecutionSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unkno
     alpaca_secrets_file: str = ""
     alpaca_paper: bool = True  # Alpaca's paper endpoint; false: its live endpoint, real money
     alpaca_url: str = ""  # another base URL for Alpaca's trading API (a fake venue in tests)
+    alpaca_stream_url: str = ""  # another URL for its trade-updates stream (a fake venue in tests)
     alpaca_fill_wait_s: Annotated[float, Meta(ge=0.0)] = 2.0
+    # A crypto exchange (QMP_BROKER=exchange): ccxt's id of it, the key and secret (or a JSON secrets file,
+    # mode 0600), its testnet (the paper phase) or the live exchange, the account's cash currency.
+    exchange_id: str = "binance"
+    exchange_api_key: str = ""
+    exchange_secret_key: str = ""
+    exchange_secrets_file: str = ""
+    exchange_sandbox: bool = True  # the exchange's testnet; false: the live exchange, real money
+    exchange_url: str = ""  # another base URL for every API of the exchange (a fake exchange in tests)
+    exchange_quote: str = "USDT"
+    exchange_fill_wait_s: Annotated[float, Meta(ge=0.0)] = 2.0
+    exchange_rate_limit_ms: Annotated[float, Meta(ge=0.0)] = 0.0  # 0: the exchange's published rate
     # Positions against an external venue's account: at start and every interval (0: at start only); what
     # differs is adopted, halts the strategy (through the deployer) or is only reported (handlers.reconciliation).
     reconcile_interval_s: Annotated[float, Meta(ge=0.0)] = 60.0
     reconcile_policy: ReconciliationPolicy = "halt"
 
     secret_fields: ClassVar[frozenset[str]] = ServiceSettings.secret_fields | {
-        "broker_api_key", "alpaca_api_key", "alpaca_secret_key"}
+        "broker_api_key", "alpaca_api_key", "alpaca_secret_key", "exchange_api_key", "exchange_secret_key"}
 
 
 def parse_strategies(spec: str) -> dict[str, str]:
@@ -180,6 +196,7 @@ def engine_config(settings: ExecutionSettings) -> EngineConfig:
         min_order_notional=settings.min_order_notional, participation_limit=settings.participation_limit,
         es_budget=settings.es_budget, es_budgets=settings.es_budgets, es_keys=settings.es_keys,
         max_order_notional=settings.max_order_notional, max_order_rate=settings.max_order_rate,
+        max_cancel_rate=settings.max_cancel_rate,
         price_band=settings.price_band, cash_borrow_limit=settings.cash_borrow_limit,
         max_order_quantity=settings.max_order_quantity, max_position_notional=settings.max_position_notional,
         max_gross_exposure=settings.max_gross_exposure, restricted_symbols=frozenset(settings.restricted_symbols),
@@ -198,7 +215,17 @@ def alpaca_adapter(settings: ExecutionSettings) -> BrokerAdapter:
 
     return AlpacaAdapter(config_from(settings.alpaca_api_key, settings.alpaca_secret_key,
                                      settings.alpaca_secrets_file, settings.alpaca_paper, settings.alpaca_url,
-                                     settings.alpaca_fill_wait_s))
+                                     settings.alpaca_fill_wait_s, settings.alpaca_stream_url))
+
+
+def exchange_adapter(settings: ExecutionSettings) -> BrokerAdapter:
+    """Return the ccxt exchange adapter (ccxt is imported only when a strategy trades on an exchange)."""
+    from qmp_execution.exchange import ExchangeAdapter, config_from
+
+    return ExchangeAdapter(config_from(settings.exchange_id, settings.exchange_api_key, settings.exchange_secret_key,
+                                       settings.exchange_secrets_file, settings.exchange_sandbox,
+                                       settings.exchange_url, settings.exchange_quote, settings.exchange_fill_wait_s,
+                                       settings.exchange_rate_limit_ms))
 
 
 def rest_config(settings: ExecutionSettings) -> RestBrokerConfig:
@@ -241,9 +268,12 @@ class ExecutionService:
         self.liveness = Liveness()
         self.durable = Durable(SERVICE, self.clock, self.liveness, lambda: self.broker.connection.jetstream())
         self.watch: ControlWatch | None = None
+        self.limits_watch: LimitsWatch | None = None
+        self.venue_updates: VenueUpdates | None = None
         self.risk_watch: RiskWatch | None = None
         self.rest: RestBrokerClient | None = None
         self.broker_commands: BrokerCommands | None = None
+        self.adapter: BrokerAdapter | None = None
         self.publisher: AckedPublisher | None = None
         if settings.broker == "rest":
             self.rest = RestBrokerClient(rest_config(settings))
@@ -319,6 +349,8 @@ class ExecutionService:
         self.watch = ControlWatch(await bus.control_bucket(js), self.engine, js)
         await self.watch.start()
         try:
+            self.limits_watch = LimitsWatch(await js.key_value(subjects.KV_LIMITS), self.engine, js)
+            await self.limits_watch.start()
             restored = await recover(self.engine, js, self.consumer, self.settings.venues)
             self.risk_watch = RiskWatch(js, self.engine)
             await self.risk_watch.start()
@@ -330,6 +362,9 @@ class ExecutionService:
                 adapter = RestBrokerAdapter(self.rest)
             elif self.settings.broker == "alpaca":
                 adapter = alpaca_adapter(self.settings)
+            elif self.settings.broker == "exchange":
+                adapter = exchange_adapter(self.settings)
+            self.adapter = adapter
         except BaseException:
             await self._stop_watch()
             raise
@@ -338,11 +373,14 @@ class ExecutionService:
         self.stop_loss = StopLossHandler(self.engine, js, self.clock, self.stop_acks)
         self.handler = BarHandler(self.engine, js, self.publisher, ExecutionStore(self._pool), self.clock,
                                   self.settings.venues, adapter, self.stop_acks, self.watch, self.risk_watch)
-        self.kill_switch = KillSwitch(self.handler, self.settings.broker)
+        venue = adapter.name if adapter is not None else self.settings.broker  # e.g. alpaca, binance, paper
+        self.kill_switch = KillSwitch(self.handler, venue)
         self.watch.on_change = self.kill_switch.check
         self.kill_switch.check()  # a kill in force before this start is acted on again (see handlers.kill)
         if adapter is not None:
-            self.reconciler = Reconciler(self.handler, self.settings.broker, self.settings.reconcile_policy,
+            self.venue_updates = VenueUpdates(self.handler)
+            self.venue_updates.start()
+            self.reconciler = Reconciler(self.handler, venue, self.settings.reconcile_policy,
                                          self.settings.reconcile_interval_s)
             self.reconciler.start()
         start_metrics(self.settings, SERVICE, self.liveness)
@@ -352,14 +390,22 @@ class ExecutionService:
                                            "broker": self.settings.broker, "calibration": calibration})
 
     async def _stop_watch(self) -> None:
+        if self.venue_updates is not None:
+            await self.venue_updates.stop()
         if self.reconciler is not None:
             await self.reconciler.stop()
         if self.watch is not None:
             await self.watch.stop()
+        if self.limits_watch is not None:
+            await self.limits_watch.stop()
         if self.risk_watch is not None:
             await self.risk_watch.stop()
         if self.rest is not None:
             await self.rest.close()
+        close = getattr(self.adapter, "close", None)
+        if close is not None:  # an adapter holding connections of its own (ccxt's HTTP session)
+            await close()
+        self.adapter = None
 
     async def _close_pool(self) -> None:
         """Close the database pool once the broker has stopped, so no handler still holds it."""
@@ -376,10 +422,13 @@ class ExecutionService:
             "batches": handler.batches if handler else 0,
             "dead_letters": handler.dead_letters if handler else 0,
             "reconciled_fills": handler.reconciled_fills if handler else 0,
+            "venue_updates": {"answers": self.venue_updates.answers, "fills": self.venue_updates.fills}
+            if self.venue_updates else {},
             "kills": [msgspec.to_builtins(r) for r in self.kill_switch.reports] if self.kill_switch else [],
             "reconciliation": {sid: {"action": r.action, "differences": len(r.differences), "reason": r.reason}
                                for sid, r in self.reconciler.reports.items()} if self.reconciler else {},
             "control_updates": self.watch.updates if self.watch else 0,
+            "limits_updates": self.limits_watch.updates if self.limits_watch else 0,
             "control_catch_up_timeouts": self.watch.catch_up_timeouts if self.watch else 0,
             "risk_snapshots": self.risk_watch.received if self.risk_watch else 0,
             "risk_catch_up_timeouts": self.risk_watch.catch_up_timeouts if self.risk_watch else 0,

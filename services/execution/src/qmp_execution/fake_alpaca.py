@@ -5,18 +5,24 @@ The real SDK is pointed at it by URL (`TradingClient(..., url_override=fake.url)
 talking. What it implements: `POST /v2/orders` (market orders; 422 code 40010001 on a client_order_id it has
 seen), `GET /v2/orders/{id}`, `GET /v2/orders:by_client_order_id`, `GET /v2/orders` (open ones),
 `DELETE /v2/orders/{id}` (204; 422 once the order is no longer cancelable), `GET /v2/positions`,
-`GET /v2/account`. Requests without the key headers get 401. Orders fill at `prices[symbol]` after
-`fill_delay_s` (of wall time, checked when the order is read), up to `fill_ratio` of their quantity.
+`GET /v2/account`, and the trade-updates stream (`/stream`, a websocket: `authenticate`, then `listen` to
+`trade_updates`; each fill, partial fill and cancel is pushed as a binary JSON frame, as Alpaca's streaming
+documentation shows). Requests without the key headers get 401; a stream that authenticates with the wrong
+ones is told `unauthorized` and closed. Orders fill at `prices[symbol]` after `fill_delay_s` (of wall time,
+checked when the order is read), up to `fill_ratio` of their quantity. `drop_streams` cuts every stream (a
+disconnect): what happens meanwhile is not pushed, as at Alpaca.
 """
 
 import asyncio
-import socket
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+
+from qmp_execution.fake_venue import LoopbackServer
 
 
 @dataclass
@@ -49,6 +55,11 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
+def _number(value: float) -> str:
+    """A quantity or an amount as Alpaca writes it: a decimal string, fractional shares to 9 places."""
+    return f"{value:.9f}".rstrip("0").rstrip(".") or "0"
+
+
 def _error(status: int, code: int, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message}, status=status)
 
@@ -68,8 +79,11 @@ class FakeAlpaca:
         self.cost: dict[str, float] = {}
         self.requests = 0
         self.order_posts = 0  # POST /v2/orders received, duplicates included
-        self._runner: web.AppRunner | None = None
+        self._server = LoopbackServer()
         self.url = ""
+        self._listeners: set[web.WebSocketResponse] = set()
+        self._sends: set[asyncio.Task[None]] = set()
+        self.pushed = 0  # trade updates pushed on the stream
 
     # ------------------------------------------------------------ server
     async def start(self) -> str:
@@ -81,23 +95,29 @@ class FakeAlpaca:
         app.router.add_delete("/v2/orders/{order_id}", self._cancel)
         app.router.add_get("/v2/positions", self._positions)
         app.router.add_get("/v2/account", self._account)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        site = web.SockSite(self._runner, sock)
-        await site.start()
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        app.router.add_get("/stream", self._stream)
+        self.url = await self._server.serve(app)
         return self.url
 
+    @property
+    def stream_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/stream"
+
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.drop_streams()
+        await self._server.stop()
+
+    async def drop_streams(self) -> None:
+        """Close every trade-updates stream (the venue's side of a disconnect)."""
+        for ws in list(self._listeners):
+            await ws.close()
+        self._listeners.clear()
 
     @web.middleware
     async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests += 1
+        if request.path == "/stream":  # the stream authenticates in its first message
+            return await handler(request)
         if request.headers.get("APCA-API-KEY-ID") != self.key or \
                 request.headers.get("APCA-API-SECRET-KEY") != self.secret:
             return _error(401, 40110000, "request is not authorized")
@@ -128,18 +148,59 @@ class FakeAlpaca:
             order.status, order.filled_at = "filled", datetime.now(UTC)
         else:
             order.status = "partially_filled"
+        self._push(order, "fill" if order.status == "filled" else "partial_fill", quantity, price)
+
+    def _push(self, order: _Order, event: str, quantity: float | None = None, price: float | None = None) -> None:
+        """Send a trade update to every stream listening (Alpaca's `trade_updates` message)."""
+        if not self._listeners:
+            return
+        data: dict[str, Any] = {"event": event, "order": self._order_json(order),
+                                "timestamp": _iso(datetime.now(UTC))}
+        if quantity is not None:
+            data |= {"execution_id": str(uuid.uuid4()), "qty": _number(quantity), "price": _number(price or 0.0),
+                     "position_qty": _number(self.positions.get(order.symbol, 0.0))}
+        frame = json.dumps({"stream": "trade_updates", "data": data}).encode()
+        for ws in list(self._listeners):
+            task = asyncio.get_running_loop().create_task(ws.send_bytes(frame))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+        self.pushed += 1
+
+    async def _stream(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            body = json.loads(message.data)
+            if body.get("action") in ("auth", "authenticate"):
+                data = body.get("data", {})
+                ok = (data.get("key_id"), data.get("secret_key")) == (self.key, self.secret)
+                reply = {"stream": "authorization", "data": {"action": "authenticate",
+                                                             "status": "authorized" if ok else "unauthorized"}}
+                await ws.send_bytes(json.dumps(reply).encode())
+                if not ok:
+                    await ws.close()
+            elif body.get("action") == "listen":
+                streams = [s for s in body.get("data", {}).get("streams", []) if s == "trade_updates"]
+                await ws.send_bytes(json.dumps({"stream": "listening", "data": {"streams": streams}}).encode())
+                if streams:
+                    self._listeners.add(ws)
+        self._listeners.discard(ws)
+        return ws
 
     def _json(self, order: _Order) -> dict[str, Any]:
         self._advance(order)
+        return self._order_json(order)
+
+    def _order_json(self, order: _Order) -> dict[str, Any]:
         created = _iso(order.created)
         return {
             "id": order.id, "client_order_id": order.client_order_id, "created_at": created,
             "updated_at": created, "submitted_at": created, "filled_at": _iso(order.filled_at),
             "expired_at": None, "canceled_at": _iso(order.canceled_at), "failed_at": None, "replaced_at": None,
             "replaced_by": None, "replaces": None, "asset_id": str(uuid.uuid5(uuid.NAMESPACE_DNS, order.symbol)),
-            "symbol": order.symbol, "asset_class": "us_equity", "notional": None, "qty": f"{order.qty:g}",
-            "filled_qty": f"{order.filled_qty:g}",
-            "filled_avg_price": None if order.filled_avg_price is None else f"{order.filled_avg_price:g}",
+            "symbol": order.symbol, "asset_class": "us_equity", "notional": None, "qty": _number(order.qty),
+            "filled_qty": _number(order.filled_qty),
+            "filled_avg_price": None if order.filled_avg_price is None else _number(order.filled_avg_price),
             "order_class": "", "order_type": "market", "type": "market", "side": order.side,
             "time_in_force": "day", "limit_price": None, "stop_price": None, "status": order.status,
             "extended_hours": False, "legs": None, "trail_percent": None, "trail_price": None, "hwm": None,
@@ -216,6 +277,7 @@ class FakeAlpaca:
         if order.status not in ("accepted", "new", "partially_filled"):
             return _error(422, 42210000, "order is not cancelable")
         order.status, order.canceled_at = "canceled", datetime.now(UTC)
+        self._push(order, "canceled")
         return web.Response(status=204)
 
     async def _positions(self, request: web.Request) -> web.Response:
@@ -227,12 +289,12 @@ class FakeAlpaca:
             entry = abs(self.cost.get(symbol, qty * price) / qty)
             rows.append({
                 "asset_id": str(uuid.uuid5(uuid.NAMESPACE_DNS, symbol)), "symbol": symbol, "exchange": "NASDAQ",
-                "asset_class": "us_equity", "avg_entry_price": f"{entry:g}", "qty": f"{qty:g}",
-                "qty_available": f"{qty:g}", "side": "long" if qty > 0 else "short",
-                "market_value": f"{qty * price:g}", "cost_basis": f"{qty * entry:g}",
-                "unrealized_pl": f"{qty * (price - entry):g}", "unrealized_plpc": "0",
-                "unrealized_intraday_pl": "0", "unrealized_intraday_plpc": "0", "current_price": f"{price:g}",
-                "lastday_price": f"{price:g}", "change_today": "0", "asset_marginable": True,
+                "asset_class": "us_equity", "avg_entry_price": _number(entry), "qty": _number(qty),
+                "qty_available": _number(qty), "side": "long" if qty > 0 else "short",
+                "market_value": _number(qty * price), "cost_basis": _number(qty * entry),
+                "unrealized_pl": _number(qty * (price - entry)), "unrealized_plpc": "0",
+                "unrealized_intraday_pl": "0", "unrealized_intraday_plpc": "0", "current_price": _number(price),
+                "lastday_price": _number(price), "change_today": "0", "asset_marginable": True,
             })
         return web.json_response(rows)
 
@@ -242,14 +304,14 @@ class FakeAlpaca:
         equity = self.cash + long_value + short_value
         return web.json_response({
             "id": "e6fe16f3-64a4-4921-8928-cadf02f92f98", "account_number": "PA0FAKE0001", "status": "ACTIVE",
-            "crypto_status": "ACTIVE", "currency": "USD", "buying_power": f"{max(equity, 0.0) * 2:g}",
-            "regt_buying_power": f"{max(equity, 0.0) * 2:g}", "daytrading_buying_power": "0",
-            "non_marginable_buying_power": f"{max(self.cash, 0.0):g}", "cash": f"{self.cash:g}",
-            "accrued_fees": "0", "pending_transfer_in": "0", "portfolio_value": f"{equity:g}",
+            "crypto_status": "ACTIVE", "currency": "USD", "buying_power": _number(max(equity, 0.0) * 2),
+            "regt_buying_power": _number(max(equity, 0.0) * 2), "daytrading_buying_power": "0",
+            "non_marginable_buying_power": _number(max(self.cash, 0.0)), "cash": _number(self.cash),
+            "accrued_fees": "0", "pending_transfer_in": "0", "portfolio_value": _number(equity),
             "pattern_day_trader": False, "trading_blocked": False, "transfers_blocked": False,
             "account_blocked": False, "created_at": "2024-01-02T15:00:00Z", "trade_suspended_by_user": False,
-            "multiplier": "2", "shorting_enabled": True, "equity": f"{equity:g}", "last_equity": f"{equity:g}",
-            "long_market_value": f"{long_value:g}", "short_market_value": f"{short_value:g}",
+            "multiplier": "2", "shorting_enabled": True, "equity": _number(equity), "last_equity": _number(equity),
+            "long_market_value": _number(long_value), "short_market_value": _number(short_value),
             "initial_margin": "0", "maintenance_margin": "0", "last_maintenance_margin": "0", "sma": "0",
             "daytrade_count": 0,
         })

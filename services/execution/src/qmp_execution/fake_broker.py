@@ -9,11 +9,12 @@ requests the endpoint switches between healthy and `flap_mode`). Orders fill at 
 
 import asyncio
 import multiprocessing
-import socket
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
+
+from qmp_execution.fake_venue import LoopbackServer
 
 FlapMode = Literal["slow", "fail"]
 
@@ -84,30 +85,23 @@ class FakeBrokerServer:
         self.behaviour = behaviour or Behaviour()
         self.name = name
         self.port = port
-        self._runner: web.AppRunner | None = None
+        self._server = LoopbackServer(port)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._server.url
 
     async def start(self) -> "FakeBrokerServer":
         app = web.Application()
         app.add_routes([web.post("/v1/orders", self._submit), web.delete("/v1/orders/{order_id}", self._cancel),
                         web.get("/v1/positions", self._positions), web.get("/v1/account", self._account),
                         web.get("/v1/health", self._health)])
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock, backlog=1024).start()
+        await self._server.serve(app)
+        self.port = self._server.port
         return self
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._server.stop()
 
     async def _gate(self) -> web.Response | None:
         delay, fail = self.behaviour.plan()

@@ -284,7 +284,8 @@ class RestBrokerAdapter:
 
         return list(await asyncio.gather(*(one(order) for order in orders)))
 
-    async def cancel(self, order_id: str) -> OrderAck:
+    async def cancel(self, order: BrokerOrder) -> OrderAck:
+        order_id = order.order_id
         body = await self.client.request("DELETE", f"/v1/orders/{order_id}", idempotency_key=f"cancel-{order_id}")
         return self._ack.decode(body)
 

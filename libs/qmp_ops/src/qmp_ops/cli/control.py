@@ -107,7 +107,12 @@ NO_RESPONDERS = "503"
 
 
 async def _hosted_strategies(nc: nats.NATS) -> set[str]:
-    """The strategies every execution instance hosts (their health replies say); empty if none answers.
+    """The strategies every execution instance hosts (their health replies say); empty if none answers."""
+    return {sid for detail in await execution_health(nc) for sid in detail.get("strategies", {})}
+
+
+async def execution_health(nc: nats.NATS) -> list[dict[str, Any]]:
+    """The health detail of every execution instance that answers; empty if none does.
 
     Each instance answers the same health subject (one per venue or account), so the request is published
     with an inbox of its own and every reply that comes is read, not only the first.
@@ -121,7 +126,7 @@ async def _hosted_strategies(nc: nats.NATS) -> set[str]:
 
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=collect)
-    hosted: set[str] = set()
+    details: list[dict[str, Any]] = []
     try:
         await nc.publish(subjects.health("execution"), b"", reply=inbox)
         timeout = REQUEST_TIMEOUT_S
@@ -129,11 +134,13 @@ async def _hosted_strategies(nc: nats.NATS) -> set[str]:
             try:
                 data = await asyncio.wait_for(replies.get(), timeout)
             except TimeoutError:
-                return hosted
+                return details
             if data is None:  # no execution instance runs: nothing to wait for
-                return hosted
-            with contextlib.suppress(ValueError, AttributeError):  # an unreadable reply names no strategy
-                hosted |= set(json.loads(data).get("detail", {}).get("strategies", {}))
+                return details
+            with contextlib.suppress(ValueError, AttributeError):  # an unreadable reply is left out
+                detail = json.loads(data).get("detail", {})
+                if isinstance(detail, dict):
+                    details.append(detail)
             timeout = OTHER_INSTANCES_S
     finally:
         await sub.unsubscribe()

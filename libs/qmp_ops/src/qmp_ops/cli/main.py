@@ -19,6 +19,7 @@ from rich.table import Table
 from qmp_core import subjects
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.control import NoBrokerCommands, check_venue, gather_status, kill_and_report, send_control
+from qmp_ops.cli.limits import app as limits_app
 from qmp_ops.cli.screen import watch as watch_screen
 from qmp_ops.runtime.roles import roles_with
 from qmp_ops.runtime.settings import STACK_OWNED, SettingsError, parse_sets, read_reports, service_sets
@@ -35,6 +36,7 @@ from qmp_ops.runtime.supervisor import (
 
 app = typer.Typer(help="QMP: take a trading strategy from paper to full capital without blowing up.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(limits_app, name="limits")  # limits show | apply: an operator's verb, light to load
 console = Console()
 HOME = Path(".qmp")
 # What names a running stack to every verb; the global flags write them (kept in this order).
@@ -605,7 +607,7 @@ def _print_reply(reply: dict) -> None:
 
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
-FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "trace",
+FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "limits", "trace",
                            "backup", "restore", "contract", "nats-config", "certificates"})
 
 

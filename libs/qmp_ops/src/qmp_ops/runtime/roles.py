@@ -24,12 +24,18 @@ ADMIN = "operator"
 INBOX = "_INBOX.>"
 KV_CONTROL_STREAM = f"KV_{subjects.KV_CONTROL}"
 KV_ROLLOUTS_STREAM = f"KV_{subjects.KV_ROLLOUTS}"
+KV_LIMITS_STREAM = f"KV_{subjects.KV_LIMITS}"
 DurableNames = Literal["exact", "any"]
 
 
 def control_of(sender: str) -> str:
     """The control subjects `sender` may publish: its own, so the deployer knows who sent each command."""
     return subjects.control(">", sender)
+
+
+def limits_of(sender: str) -> str:
+    """The limits requests an operator may send: under their own name, as for control."""
+    return subjects.limits(">", sender)
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,8 @@ class Role:
 
 ROLES: dict[str, Role] = {
     ADMIN: Role(
-        publish=(control_of(ADMIN), "qmp.deploy.>", "qmp.ingest.>", "qmp.health.>", "qmp.broker.>", "$JS.API.>",
-                 "$JS.ACK.>", INBOX),
+        publish=(control_of(ADMIN), limits_of(ADMIN), "qmp.deploy.>", "qmp.ingest.>", "qmp.health.>",
+                 "qmp.broker.>", "$JS.API.>", "$JS.ACK.>", INBOX),
         subscribe=(">",),
         admin=True,
     ),
@@ -76,25 +82,25 @@ ROLES: dict[str, Role] = {
         durables=((subjects.STREAM_MARKET_DATA, subjects.CONSUMER_EXECUTION_BARS),
                   (subjects.STREAM_RISK, subjects.CONSUMER_EXECUTION_STOP_LOSS)),
         reads=(subjects.STREAM_EXEC, subjects.STREAM_MARKET_DATA),
-        watches=(KV_CONTROL_STREAM, subjects.STREAM_RISK),
+        watches=(KV_CONTROL_STREAM, KV_LIMITS_STREAM, subjects.STREAM_RISK),
     ),
     "deployer": Role(
         publish=("qmp.state.>", "qmp.audit.>", "qmp.deploy.>", control_of("deployer"), subjects.dlq("deployer"),
                  subjects.health("execution"), subjects.health("risk"), subjects.health("collector"),
                  "qmp.broker.*"),
         # qmp.state.>: its own published states, read back by the alerter (halts and resumes to people).
-        subscribe=("qmp.control.>", "qmp.deploy.>", "qmp.risk.>", "qmp.exec.*.fills", "qmp.exec.*.portfolio",
-                   subjects.RECONCILIATION_ALL, subjects.HALT_REQUESTS_ALL, subjects.STATE_ALL,
+        subscribe=("qmp.control.>", "qmp.limits.>", "qmp.deploy.>", "qmp.risk.>", "qmp.exec.*.fills",
+                   "qmp.exec.*.portfolio", subjects.RECONCILIATION_ALL, subjects.HALT_REQUESTS_ALL, subjects.STATE_ALL,
                    subjects.health("deployer")),
-        watches=(KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, subjects.STREAM_AUDIT),
-        buckets=(subjects.KV_CONTROL, subjects.KV_ROLLOUTS),
+        watches=(KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, KV_LIMITS_STREAM, subjects.STREAM_AUDIT),
+        buckets=(subjects.KV_CONTROL, subjects.KV_ROLLOUTS, subjects.KV_LIMITS),
     ),
 }
 
 
 # Streams an operator's tools read with ephemeral consumers (status, history): none holds a durable.
-OPERATOR_WATCHES = (KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, subjects.STREAM_AUDIT, subjects.STREAM_DEPLOY,
-                    subjects.STREAM_DLQ)
+OPERATOR_WATCHES = (KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, KV_LIMITS_STREAM, subjects.STREAM_AUDIT,
+                    subjects.STREAM_DEPLOY, subjects.STREAM_DLQ)
 
 
 def operator(name: str) -> Role:
@@ -103,7 +109,7 @@ def operator(name: str) -> Role:
         raise ValueError(f"operator name {name!r} is taken by a role")
     subjects.check_token(name, "operator name")
     return Role(
-        publish=(control_of(name), "qmp.deploy.>", "qmp.health.>", "qmp.broker.>"),
+        publish=(control_of(name), limits_of(name), "qmp.deploy.>", "qmp.health.>", "qmp.broker.>"),
         subscribe=(">",),
         reads=tuple(name for name in DECLARED if not name.startswith("KV_")),
         watches=OPERATOR_WATCHES,

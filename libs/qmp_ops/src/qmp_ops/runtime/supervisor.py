@@ -359,13 +359,13 @@ class Stack:
 
 
 async def reset_bus(js: nats.js.JetStreamContext) -> None:
-    """Delete QMP streams and the control and rollout buckets on a running server, for a fresh demo run."""
+    """Delete QMP streams and buckets (control, rollouts, limits) on a running server, for a fresh demo run."""
     for config in bus.STREAMS:
         try:
             await js.delete_stream(config.name)
         except nats.js.errors.NotFoundError:
             pass
-    for bucket in (subjects.KV_CONTROL, subjects.KV_ROLLOUTS):
+    for bucket in (subjects.KV_CONTROL, subjects.KV_ROLLOUTS, subjects.KV_LIMITS):
         try:
             await js.delete_key_value(bucket)
         except nats.js.errors.NotFoundError:

@@ -48,6 +48,7 @@ them, the control entries).
 
 from qmp_execution.engine.codes import (
     CODE_BROKER_REJECTED,
+    CODE_CANCEL_RATE_LIMIT,
     CODE_HALTED,
     CODE_INSUFFICIENT_CASH,
     CODE_KILLED,
@@ -71,9 +72,28 @@ from qmp_execution.engine.execution import ExecutionEngine
 from qmp_execution.engine.host import StrategyHost
 
 __all__ = [
-    "CODE_BROKER_REJECTED", "CODE_HALTED", "CODE_INSUFFICIENT_CASH", "CODE_KILLED", "CODE_MAX_GROSS_EXPOSURE",
-    "CODE_MAX_NOTIONAL", "CODE_MAX_POSITION", "CODE_MAX_QUANTITY", "CODE_PRICE_BAND", "CODE_PRICE_COLLAR",
-    "CODE_RATE_LIMIT", "CODE_REDUCING", "CODE_REPEATED_EXECUTION", "CODE_REPLACED", "CODE_RESTRICTED",
-    "CODE_STOP_LOSS", "CODE_STRATEGY_ERROR", "DEFAULT_ES_KEYS", "BatchResult", "EngineConfig", "ExecutionEngine",
-    "StrategyHost", "StrategyResult",
+    "CODE_BROKER_REJECTED",
+    "CODE_CANCEL_RATE_LIMIT",
+    "CODE_HALTED",
+    "CODE_INSUFFICIENT_CASH",
+    "CODE_KILLED",
+    "CODE_MAX_GROSS_EXPOSURE",
+    "CODE_MAX_NOTIONAL",
+    "CODE_MAX_POSITION",
+    "CODE_MAX_QUANTITY",
+    "CODE_PRICE_BAND",
+    "CODE_PRICE_COLLAR",
+    "CODE_RATE_LIMIT",
+    "CODE_REDUCING",
+    "CODE_REPEATED_EXECUTION",
+    "CODE_REPLACED",
+    "CODE_RESTRICTED",
+    "CODE_STOP_LOSS",
+    "CODE_STRATEGY_ERROR",
+    "DEFAULT_ES_KEYS",
+    "BatchResult",
+    "EngineConfig",
+    "ExecutionEngine",
+    "StrategyHost",
+    "StrategyResult",
 ]

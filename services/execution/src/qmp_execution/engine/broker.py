@@ -1,7 +1,7 @@
 """What the engine and a broker say to each other: an order as sent, the broker's answer, its fills, the
 account. The vocabulary of the paper broker and of every `BrokerAdapter` (REST, Alpaca); not bus messages."""
 
-from typing import Literal
+from typing import Literal, Protocol
 
 from msgspec import Struct
 
@@ -20,6 +20,23 @@ class BrokerOrder(Struct, frozen=True, kw_only=True):
     quantity: float
     price: float  # arrival price: a marketable limit for brokers that need one
     ts_event: int
+
+
+class OrderLike(Protocol):
+    """What an accepted order, a withdrawn one and a working one all say of the order."""
+
+    order_id: str
+    symbol: str
+    side: Side
+    quantity: float
+    price: float
+    ts_event: int
+
+
+def broker_order(strategy: str, order: OrderLike) -> BrokerOrder:
+    """The order as sent (or to be asked about) at the broker."""
+    return BrokerOrder(order_id=order.order_id, strategy=strategy, symbol=order.symbol, side=order.side,
+                       quantity=order.quantity, price=order.price, ts_event=order.ts_event)
 
 
 class BrokerFill(Struct, frozen=True, kw_only=True):

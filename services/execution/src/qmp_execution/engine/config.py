@@ -1,7 +1,7 @@
 """The execution engine's settings and what one batch produces."""
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -10,6 +10,7 @@ from qmp_core.messages import (
     Fill,
     OrderEvent,
     PortfolioSnapshot,
+    PreTradeLimits,
 )
 from qmp_execution.engine.codes import (
     DEFAULT_ES_KEYS,
@@ -37,6 +38,11 @@ class EngineConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     max_order_notional: Annotated[float, Meta(ge=0.0)] = 0.0
     max_order_rate: Annotated[int, Meta(ge=0)] = 10_000
     order_rate_interval_s: Annotated[float, Meta(gt=0.0)] = 1.0
+    # Cancels of working orders for a new target (replacements) per interval (0: no limit). Over it, the
+    # working order stays and the new order is denied; cancels that a halt, a kill or a stop-loss makes are
+    # never held back.
+    max_cancel_rate: Annotated[int, Meta(ge=0)] = 0
+    cancel_rate_interval_s: Annotated[float, Meta(gt=0.0)] = 1.0
     price_band: Annotated[float, Meta(ge=0.0)] = 0.5
     cash_borrow_limit: Annotated[float, Meta(ge=0.0)] = 0.0  # fraction of equity cash may go below zero
     max_order_quantity: Annotated[float, Meta(ge=0.0)] = 0.0  # units per order
@@ -58,6 +64,27 @@ class EngineConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     venue: str = ""
     # "paper" fills against bars here; "external" leaves accepted orders working until `apply_acks`.
     broker: Literal["paper", "external"] = "paper"
+
+
+LIMIT_NAMES = tuple(PreTradeLimits.__struct_fields__)  # each is an EngineConfig field of the same name
+
+
+def with_limits(config: EngineConfig, *levels: PreTradeLimits | None) -> EngineConfig:
+    """Return `config` with each level's limits over it, in order (`ALL`'s, then the strategy's): a limit a
+    level leaves out keeps the one below it."""
+    changes: dict[str, Any] = {}
+    for level in levels:
+        for name in LIMIT_NAMES if level is not None else ():
+            value = getattr(level, name)
+            if value is not None:
+                changes[name] = frozenset(value) if name == "restricted_symbols" else value
+    return msgspec.structs.replace(config, **changes) if changes else config
+
+
+def limit_values(config: EngineConfig) -> dict[str, Any]:
+    """The pre-trade limits in force in `config`, by name (as `qmp limits show` prints them)."""
+    return {name: sorted(value) if isinstance(value := getattr(config, name), frozenset) else value
+            for name in LIMIT_NAMES}
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,14 @@ from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from qmp_core import subjects
 from qmp_core.clock import Clock
 from qmp_core.messages import (
     BarBatch,
     ClosePosition,
     Fill,
     PortfolioSnapshot,
+    PreTradeLimits,
     RiskSnapshot,
     TradingState,
 )
@@ -18,11 +20,11 @@ from qmp_core.strategy import Strategy
 from qmp_core.trading_state import ControlEntries
 from qmp_core.validation import ValidatedBatch, merge_chunks, validate_batch
 from qmp_execution.engine.book import QTY_EPSILON
-from qmp_execution.engine.broker import OrderAck
+from qmp_execution.engine.broker import BrokerOrder, OrderAck
 from qmp_execution.engine.codes import (
     CLOSE_IDS_KEPT,
 )
-from qmp_execution.engine.config import BatchResult, EngineConfig, StrategyResult
+from qmp_execution.engine.config import BatchResult, EngineConfig, StrategyResult, with_limits
 from qmp_execution.engine.host import StrategyHost
 from qmp_execution.engine.slippage import SlippageConfig
 
@@ -42,6 +44,7 @@ class ExecutionEngine:
         self.clock = clock
         self.controls = controls or ControlEntries()
         self.hosts = {sid: StrategyHost(sid, strategy, config, clock) for sid, strategy in strategies.items()}
+        self.limits: dict[str, PreTradeLimits] = {}  # operators' limits by strategy (or ALL), over `config`
         self._pending: dict[tuple[str, int], dict[int, ValidatedBatch]] = {}
         self._close_ids: set[str] = set()
         self._close_order: deque[str] = deque()
@@ -71,6 +74,19 @@ class ExecutionEngine:
 
     def state(self, strategy: str) -> TradingState:
         return self.controls.effective(strategy)
+
+    def set_limits(self, key: str, limits: PreTradeLimits | None) -> list[str]:
+        """Take an operator's limits for a strategy or for every one (`ALL`; None: removed); the strategies
+        they reach trade under them from the next order on. Return those strategies."""
+        if limits is None:
+            self.limits.pop(key, None)
+        else:
+            self.limits[key] = limits
+        reached = sorted(self.hosts) if key == subjects.ALL_STRATEGIES else sorted({key} & set(self.hosts))
+        for sid in reached:
+            self.hosts[sid].configure(with_limits(self.config, self.limits.get(subjects.ALL_STRATEGIES),
+                                                  self.limits.get(sid)))
+        return reached
 
     def window_rows(self) -> int:
         """Return how many past batches rebuild every strategy's window after a restart."""
@@ -177,9 +193,15 @@ class ExecutionEngine:
                    for sid, diffs in taken.items()}
         return results, left
 
-    def open_order_ids(self, strategy: str) -> list[str]:
+    def adopt_orders(self, strategy: str, orders: Sequence[BrokerOrder], ts_event: int) -> tuple[list[str],
+                                                                                                 list[str]]:
+        """Take the strategy's open orders the venue holds and its book does not (see `StrategyHost`): the
+        order ids taken, and those not taken. The book with them goes out with the next batch."""
+        return self.hosts[strategy].adopt_orders(orders, ts_event)
+
+    def open_orders(self, strategy: str) -> list[BrokerOrder]:
         """Return the strategy's orders an external broker may still fill (see `StrategyHost.reconcile`)."""
-        return self.hosts[strategy].open_order_ids()
+        return self.hosts[strategy].open_orders()
 
     def reconcile(self, strategy: str, acks: Sequence[OrderAck], ts_event: int) -> list[Fill]:
         """Book the fills an external broker reports beyond what is booked (cumulative answers)."""

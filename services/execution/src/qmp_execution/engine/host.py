@@ -30,9 +30,10 @@ from qmp_core.strategy import Strategy
 from qmp_core.trading_state import grows_exposure
 from qmp_core.validation import ValidatedBatch
 from qmp_execution.engine.book import QTY_EPSILON, Portfolio, Working
-from qmp_execution.engine.broker import OrderAck
+from qmp_execution.engine.broker import BrokerOrder, OrderAck, broker_order
 from qmp_execution.engine.codes import (
     CODE_BROKER_REJECTED,
+    CODE_CANCEL_RATE_LIMIT,
     CODE_HALTED,
     CODE_KILLED,
     CODE_REDUCING,
@@ -41,7 +42,7 @@ from qmp_execution.engine.codes import (
     CODE_STOP_LOSS,
     CODE_STRATEGY_ERROR,
 )
-from qmp_execution.engine.config import EngineConfig, StrategyResult
+from qmp_execution.engine.config import EngineConfig, StrategyResult, limit_values
 from qmp_execution.engine.denials import RepeatedDenials
 from qmp_execution.engine.paper import Market, PaperBroker
 from qmp_execution.engine.pretrade import (
@@ -74,11 +75,13 @@ class StrategyHost:
         self.clock = clock
         self.capital = config.capital.get(strategy_id, config.initial_capital)
         self.es_budget = config.es_budgets.get(strategy_id, config.es_budget)
-        collar_rows = config.price_collar_bars + 1 if config.price_collar > 0.0 else 0
+        # Room for the price collar's bars even while it is off: an operator may turn it on (`configure`).
+        collar_rows = config.price_collar_bars + 1
         self.window = PriceWindow(max(strategy.lookback, config.vol_window, config.adv_window, collar_rows) + 1)
         self.portfolio = Portfolio(strategy=strategy_id, cash=self.capital, venue=config.venue)
         self.broker = PaperBroker(strategy_id, config.paper)
         self.rate = RateLimiter(config.max_order_rate, round(config.order_rate_interval_s * NS_PER_SECOND))
+        self.cancel_rate = RateLimiter(config.max_cancel_rate, round(config.cancel_rate_interval_s * NS_PER_SECOND))
         self.risk: RiskSnapshot | None = None
         self.es_scale = 1.0
         self.es_key = ""  # the risk snapshot's ES key (method_level) that scaled the last batch down, "" if none
@@ -93,6 +96,7 @@ class StrategyHost:
         # An external broker's: orders withdrawn here that it may still fill, and what `reconcile` booked
         # between batches (published with the next batch's result).
         self._withdrawn: dict[str, Working] = {}
+        self._unpriced: set[str] = set()  # symbols of adopted working orders that have no arrival price yet
         self._late_fills: list[Fill] = []
         self._late_events: list[OrderEvent] = []
         # The kill switch's closing orders (symbol -> order id): they work under the halt until filled.
@@ -127,12 +131,15 @@ class StrategyHost:
         if not self.portfolio.venue:  # a snapshot written before books knew their venue
             self.portfolio.venue = self.config.venue
         self.stop_losses = {stop.symbol: StopLoss.from_message(stop) for stop in snapshot.stop_losses}
+        self._withdrawn = {w.order_id: Working.from_message(w) for w in snapshot.withdrawn}
         self._last = None
 
     def snapshot(self) -> PortfolioSnapshot:
-        """Return the book with the stop-losses in force (what recovery after a restart needs)."""
+        """Return the book with the stop-losses in force and the withdrawn orders the venue may still fill (what
+        recovery after a restart needs)."""
         stops = [self.stop_losses[symbol].to_message() for symbol in sorted(self.stop_losses)]
-        return msgspec.structs.replace(self.portfolio.to_snapshot(), stop_losses=stops)
+        withdrawn = [order.to_message() for order in self._withdrawn.values()]
+        return msgspec.structs.replace(self.portfolio.to_snapshot(), stop_losses=stops, withdrawn=withdrawn)
 
     def warm(self, batch: ValidatedBatch) -> None:
         """Feed the window with a batch already traded before a restart; no orders, no book change."""
@@ -182,6 +189,8 @@ class StrategyHost:
         previous = {s: book.prices[s] for s in batch.symbols if s in book.prices}
         self.window.append(batch.ts_event, batch.symbols, batch.close, batch.volume)
         book.mark(batch.symbols, batch.close)
+        if self._unpriced:  # adopted orders with no arrival price: the first close seen stands for it
+            self._price_adopted()
         market = self._market(batch)
         self._flattening = {s: i for s, i in self._flattening.items()
                             if s in book.working and book.working[s].order_id == i}
@@ -247,6 +256,38 @@ class StrategyHost:
         return StrategyResult(self.strategy_id, ts_event, [], fills, self.snapshot(), self.error,
                               es_scale=self.es_scale)
 
+    def adopt_orders(self, orders: Sequence[BrokerOrder], ts_event: int) -> tuple[list[str], list[str]]:
+        """Take open orders found at the venue under this strategy's ids, unknown to the book, as working
+        orders (what they filled is booked by the next reconciliation, from the venue's answer). Their
+        arrival price is the order's, else the book's last price, else the first close seen. An order on a
+        symbol that already has a working order here is not taken. Return (ids taken, ids not taken)."""
+        taken: list[str] = []
+        refused: list[str] = []
+        book = self.portfolio
+        for order in orders:
+            if order.symbol in book.working or order.quantity <= QTY_EPSILON:
+                refused.append(order.order_id)
+                continue
+            price = order.price if order.price > 0.0 else book.prices.get(order.symbol, 0.0)
+            book.working[order.symbol] = Working(order_id=order.order_id, symbol=order.symbol, side=order.side,
+                                                 quantity=order.quantity, price=price, ts_event=ts_event)
+            if not price > 0.0:
+                self._unpriced.add(order.symbol)
+            taken.append(order.order_id)
+        if taken:
+            log.warning("open orders adopted from the venue", extra={"strategy": self.strategy_id, "orders": taken})
+        return taken, refused
+
+    def _price_adopted(self) -> None:
+        book = self.portfolio
+        for symbol in list(self._unpriced):
+            order, price = book.working.get(symbol), book.prices.get(symbol, 0.0)
+            if order is None or order.price > 0.0:
+                self._unpriced.discard(symbol)
+            elif price > 0.0:
+                order.price = price
+                self._unpriced.discard(symbol)
+
     def kill(self, kill_id: str, flatten: bool, reason: str, ts_event: int) -> StrategyResult:
         """The kill switch, now rather than at the next batch: withdraw every working order; with `flatten`,
         send an order closing each position (it only reduces exposure, so it works under the halt until
@@ -275,10 +316,11 @@ class StrategyHost:
         return StrategyResult(self.strategy_id, ts_event, events, [], self.snapshot(), self.error,
                               es_scale=self.es_scale)
 
-    def open_order_ids(self) -> list[str]:
+    def open_orders(self) -> list[BrokerOrder]:
         """Orders an external broker may still fill: those working here, and those withdrawn here that the
         broker has not yet been seen to end (a cancel can cross a fill at the venue)."""
-        return [w.order_id for w in self.portfolio.working.values()] + list(self._withdrawn)
+        return [broker_order(self.strategy_id, w)
+                for w in (*self.portfolio.working.values(), *self._withdrawn.values())]
 
     def reconcile(self, acks: Sequence[OrderAck], ts_event: int) -> list[Fill]:
         """Book what an external broker filled beyond what is booked; forget the orders it has ended.
@@ -365,10 +407,11 @@ class StrategyHost:
         if remaining <= QTY_EPSILON * max(1.0, order.quantity):
             remaining = 0.0
         direction = 1.0 if order.side == "BUY" else -1.0
+        arrival = order.price if order.price > 0.0 else price  # an adopted order no bar has priced yet
         fill = Fill(
             strategy=self.strategy_id, order_id=order.order_id, fill_id=f"{order.order_id}-f{order.fills}",
-            symbol=order.symbol, side=order.side, quantity=quantity, price=price, arrival_price=order.price,
-            slippage_bps=direction * (price - order.price) / order.price / BPS,
+            symbol=order.symbol, side=order.side, quantity=quantity, price=price, arrival_price=arrival,
+            slippage_bps=direction * (price - arrival) / arrival / BPS,
             fee=fee or quantity * price * self.config.paper.fee_bps * BPS, ts_event=ts_event,
             participation=participation, daily_vol=sigma if math.isfinite(sigma) else 0.0,
             adv=adv if math.isfinite(adv) else 0.0, remaining=remaining,
@@ -568,9 +611,19 @@ class StrategyHost:
                       | ((np.sign(need) == np.sign(working)) & (np.abs(need) > np.abs(working))))
         replace = has & ~keep
         events: list[OrderEvent] = []
+        now_ns = self.clock.now_ns()
         for i in np.flatnonzero(replace).tolist():
-            events.append(self._cancel(book.working[symbols[i]], batch.ts_event,
-                                       "REPLACED: the working order overshoots the new target", CODE_REPLACED))
+            order = book.working[symbols[i]]
+            if not self.cancel_rate.allow(now_ns):  # the working order stays; the new order is not sent
+                keep[i] = True
+                events.append(self._denied(
+                    batch.ts_event, symbols[i], float(need[i]), float(price[i]),
+                    f"{CODE_CANCEL_RATE_LIMIT}: more than {config.max_cancel_rate} cancels in "
+                    f"{config.cancel_rate_interval_s:g}s; the working order {order.order_id} stays",
+                    CODE_CANCEL_RATE_LIMIT))
+                continue
+            events.append(self._cancel(order, batch.ts_event, "REPLACED: the working order overshoots the new target",
+                                       CODE_REPLACED))
         quantity = np.where(keep, 0.0, need)
         cap_fraction = state.max_order_fraction * max(equity, 0.0) / price
         cap_volume = np.full(n, np.inf)
@@ -699,6 +752,17 @@ class StrategyHost:
     def _order_id(self, ts_event: int, symbol: str) -> str:
         return f"{self.strategy_id}-{ts_event}-{symbol}"
 
+    def configure(self, config: EngineConfig) -> None:
+        """Trade under `config` from the next order on (an operator's pre-trade limits changed)."""
+        if (config.max_order_rate, config.order_rate_interval_s) != (self.config.max_order_rate,
+                                                                     self.config.order_rate_interval_s):
+            self.rate = RateLimiter(config.max_order_rate, round(config.order_rate_interval_s * NS_PER_SECOND))
+        if (config.max_cancel_rate, config.cancel_rate_interval_s) != (self.config.max_cancel_rate,
+                                                                       self.config.cancel_rate_interval_s):
+            self.cancel_rate = RateLimiter(config.max_cancel_rate,
+                                           round(config.cancel_rate_interval_s * NS_PER_SECOND))
+        self.config = config
+
     def status(self, state: TradingState) -> dict[str, Any]:
         book = self.portfolio
         return {
@@ -707,7 +771,7 @@ class StrategyHost:
             "orders": book.orders_total, "denied": book.denied_total, "fills": book.fills_total,
             "working": len(book.working), "capital": self.capital, "equity": book.equity(),
             "realized_pnl": book.realized_pnl, "unrealized_pnl": book.unrealized_pnl(), "fees": book.fees,
-            "es_budget": self.es_budget, "es_scale": self.es_scale,
+            "es_budget": self.es_budget, "es_scale": self.es_scale, "limits": limit_values(self.config),
             "risk_ts": self.risk.ts_event if self.risk else 0, "last_ts": book.last_ts, "last_seq": book.last_seq,
             "window_rows": len(self.window), "lookback": self.strategy.lookback,
             "stop_losses": sorted(self.stop_losses),

@@ -14,7 +14,9 @@ Risk's stop-loss commands (`ClosePosition` on `qmp.risk.<strategy>.stoploss`) co
 consumer on the risk stream (JetStream API and inbox only: no subscription right on `qmp.risk.>`); the
 engine marks the position to close on the next batch, and applies a command id once.
 
-A kill in the control bucket is acted on at once, between batches (`kill.KillSwitch`): working orders
+What a venue pushes between batches (Alpaca's trade updates) is booked as it comes (`venue_updates`).
+Operators' pre-trade limits come from the `qmp_limits` bucket (`limits_watch.LimitsWatch`), loaded before
+the first batch. A kill in the control bucket is acted on at once, between batches (`kill.KillSwitch`): working orders
 withdrawn at the venue, positions optionally closed, and a `KillReport` published when the venue answered.
 """
 
@@ -23,10 +25,12 @@ from qmp_execution.handlers.broker import BrokerCommands
 from qmp_execution.handlers.constants import SERVICE
 from qmp_execution.handlers.control_watch import ControlWatch
 from qmp_execution.handlers.kill import KillSwitch
+from qmp_execution.handlers.limits_watch import LimitsWatch
 from qmp_execution.handlers.reconciliation import Reconciler
 from qmp_execution.handlers.recovery import recover
 from qmp_execution.handlers.risk_watch import RiskWatch
 from qmp_execution.handlers.stop_loss import StopLossAcks, StopLossHandler
+from qmp_execution.handlers.venue_updates import VenueUpdates
 
-__all__ = ["SERVICE", "BarHandler", "BrokerCommands", "ControlWatch", "KillSwitch", "Reconciler", "RiskWatch",
-           "StopLossAcks", "StopLossHandler", "recover"]
+__all__ = ["SERVICE", "BarHandler", "BrokerCommands", "ControlWatch", "KillSwitch", "LimitsWatch", "Reconciler",
+           "RiskWatch", "StopLossAcks", "StopLossHandler", "VenueUpdates", "recover"]

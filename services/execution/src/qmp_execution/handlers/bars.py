@@ -20,7 +20,7 @@ from qmp_core.telemetry import extract_context, tracer
 from qmp_core.validation import BatchRejected
 from qmp_execution.adapters import BrokerAdapter, submit_all
 from qmp_execution.engine import BatchResult, ExecutionEngine, StrategyResult
-from qmp_execution.engine.broker import Account, BrokerOrder, OrderAck
+from qmp_execution.engine.broker import Account, OrderAck, broker_order
 from qmp_execution.handlers.constants import (
     PUBLISH_TIMEOUT_S,
     SERVICE,
@@ -118,14 +118,14 @@ class BarHandler:
             return 0
         booked = 0
         for sid in self.engine.strategies():
-            ids = self.engine.open_order_ids(sid)
-            if not ids:
+            orders = self.engine.open_orders(sid)
+            if not orders:
                 continue
             try:
-                acks = await asyncio.gather(*(status(order_id) for order_id in ids))
+                acks = await asyncio.gather(*(status(order) for order in orders))
             except BrokerUnavailable as error:
                 log.warning("reconciliation postponed: the broker is unavailable",
-                            extra={"strategy": sid, "orders": len(ids), "error": str(error)})
+                            extra={"strategy": sid, "orders": len(orders), "error": str(error)})
                 continue
             booked += len(self.engine.reconcile(sid, acks, ts_event))
         self.reconciled_fills += booked
@@ -156,13 +156,12 @@ class BarHandler:
             if strategy_result.replayed:  # sent before: the broker has it under the same idempotency keys
                 routed[sid] = strategy_result
                 continue
-            orders = [BrokerOrder(order_id=e.order_id, strategy=sid, symbol=e.symbol, side=e.side, quantity=e.quantity,
-                                  price=e.price, ts_event=e.ts_event)
-                      for e in strategy_result.decisions if e.__struct_config__.tag == "OrderAccepted"]
+            orders = [broker_order(sid, e) for e in strategy_result.decisions
+                      if e.__struct_config__.tag == "OrderAccepted"]
             for event in strategy_result.decisions:
                 if event.__struct_config__.tag == "OrderCanceled":
                     with contextlib.suppress(BrokerRejected, BrokerUnavailable):
-                        await self.adapter.cancel(event.order_id)
+                        await self.adapter.cancel(broker_order(sid, event))
             try:
                 acks = await submit_all(self.adapter, orders)
             except (BrokerRejected, BrokerUnavailable) as error:

@@ -23,7 +23,7 @@ from qmp_core import subjects
 from qmp_core.messages import KillReport, OrderAccepted, OrderCanceled, TradingState, encode
 from qmp_execution.adapters import submit_all
 from qmp_execution.engine import BatchResult, ExecutionEngine, StrategyResult
-from qmp_execution.engine.broker import BrokerOrder, OrderAck
+from qmp_execution.engine.broker import BrokerOrder, OrderAck, broker_order
 from qmp_execution.handlers.bars import BarHandler
 from qmp_execution.handlers.constants import PUBLISH_TIMEOUT_S
 from qmp_execution.rest import BrokerRejected, BrokerUnavailable
@@ -94,62 +94,63 @@ class KillSwitch:
         adapter = self.bars.adapter
         assert adapter is not None
         errors: list[str] = []
-        canceled = {e.order_id for e in result.decisions if isinstance(e, OrderCanceled)}
-        closing = [e for e in result.decisions if isinstance(e, OrderAccepted)]
-        flatten_ids = {e.order_id for e in closing}
+        closing = [broker_order(sid, e) for e in result.decisions if isinstance(e, OrderAccepted)]
+        flatten_ids = {o.order_id for o in closing}
         listed = await self._listed(sid, errors)
         # Withdrawn here, or held at the venue under the strategy's order ids: the venue must end them all.
-        targets = sorted((canceled | set(self.engine.open_order_ids(sid)) | set(listed or ())) - flatten_ids)
-        answers = await self._cancel_all(targets, errors)
+        targets = {o.order_id: o for o in [*(listed or []), *self.engine.open_orders(sid)]}
+        targets |= {e.order_id: broker_order(sid, e) for e in result.decisions if isinstance(e, OrderCanceled)}
+        orders = [targets[order_id] for order_id in sorted(targets.keys() - flatten_ids)]
+        answers = await self._cancel_all(orders, errors)
         if closing:
-            orders = [BrokerOrder(order_id=e.order_id, strategy=sid, symbol=e.symbol, side=e.side,
-                                  quantity=e.quantity, price=e.price, ts_event=e.ts_event) for e in closing]
             try:
-                acks = await submit_all(adapter, orders)
+                acks = await submit_all(adapter, closing)
             except (BrokerRejected, BrokerUnavailable) as error:
                 errors.append(f"closing orders not sent: {error}")
-                acks = [OrderAck(order_id=o.order_id, status="rejected", reason=str(error)) for o in orders]
+                acks = [OrderAck(order_id=o.order_id, status="rejected", reason=str(error)) for o in closing]
             errors += [f"closing order {a.order_id} {a.status}: {a.reason}" for a in acks if a.status == "rejected"]
             result = self.engine.settle(sid, result, acks)
         # Fills that crossed the cancels are booked (reconciliation), then the venue is asked what is open.
         self.engine.reconcile(sid, [a for a in answers if a is not None], result.ts_event)
         after = await self._listed(sid, errors)
         if after is not None:
-            still_open = sorted(set(after) - flatten_ids)
+            still_open = sorted({o.order_id for o in after} - flatten_ids)
         else:  # a venue that cannot list its orders: each cancel's own answer says whether it ended
             still_open = sorted(a.order_id for a in answers if a is not None and a.status not in ENDED)
-            still_open += sorted(t for t, a in zip(targets, answers, strict=True) if a is None)
+            still_open += sorted(o.order_id for o, a in zip(orders, answers, strict=True) if a is None)
         return result, still_open, errors
 
-    async def _listed(self, sid: str, errors: list[str]) -> list[str] | None:
+    async def _listed(self, sid: str, errors: list[str]) -> list[BrokerOrder] | None:
         """The venue's open orders of this strategy, or None when it cannot list them (or did not answer)."""
-        listing: Callable[[str], Awaitable[list[str]]] | None = getattr(self.bars.adapter, "open_orders", None)
+        listing: Callable[[str], Awaitable[list[BrokerOrder]]] | None = getattr(self.bars.adapter, "open_orders",
+                                                                               None)
         if listing is None:
             return None
         try:
-            return await listing(f"{sid}-")
+            return await listing(sid)
         except (BrokerRejected, BrokerUnavailable) as error:
             errors.append(f"open orders not listed: {error}")
             return None
 
-    async def _cancel_all(self, order_ids: list[str], errors: list[str]) -> list[OrderAck | None]:
+    async def _cancel_all(self, orders: list[BrokerOrder], errors: list[str]) -> list[OrderAck | None]:
         """Cancel every order at the venue: at once where the adapter can (`cancel_many`), else one by one,
         concurrently. None for an order whose cancel got no answer (said in `errors`)."""
         adapter = self.bars.adapter
         assert adapter is not None
-        many: Callable[[list[str]], Awaitable[list[OrderAck]]] | None = getattr(adapter, "cancel_many", None)
-        if many is not None and order_ids:
+        many: Callable[[list[BrokerOrder]], Awaitable[list[OrderAck]]] | None = getattr(adapter, "cancel_many",
+                                                                                          None)
+        if many is not None and orders:
             try:
-                return list(await many(order_ids))
+                return list(await many(orders))
             except (BrokerRejected, BrokerUnavailable) as error:
                 errors.append(f"cancels not answered: {error}")
-                return [None] * len(order_ids)
+                return [None] * len(orders)
 
-        async def one(order_id: str) -> OrderAck | None:
+        async def one(order: BrokerOrder) -> OrderAck | None:
             try:
-                return await adapter.cancel(order_id)
+                return await adapter.cancel(order)
             except (BrokerRejected, BrokerUnavailable) as error:
-                errors.append(f"cancel {order_id}: {error}")
+                errors.append(f"cancel {order.order_id}: {error}")
                 return None
 
-        return list(await asyncio.gather(*(one(order_id) for order_id in order_ids)))
+        return list(await asyncio.gather(*(one(order) for order in orders)))
