@@ -16,6 +16,7 @@ COPY libs/qmp_core/pyproject.toml libs/qmp_core/pyproject.toml
 COPY libs/qmp_kernels/pyproject.toml libs/qmp_kernels/pyproject.toml
 COPY libs/qmp_lab/pyproject.toml libs/qmp_lab/pyproject.toml
 COPY libs/qmp_ops/pyproject.toml libs/qmp_ops/pyproject.toml
+COPY libs/qmp_venues/pyproject.toml libs/qmp_venues/pyproject.toml
 COPY services/collector/pyproject.toml services/collector/pyproject.toml
 COPY services/risk/pyproject.toml services/risk/pyproject.toml
 COPY services/execution/pyproject.toml services/execution/pyproject.toml

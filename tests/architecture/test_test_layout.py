@@ -12,6 +12,7 @@ PACKAGES = {
     "libs/qmp_kernels/tests": ("libs/qmp_kernels/src/qmp_kernels", "kernel"),
     "libs/qmp_lab/tests": ("libs/qmp_lab/src/qmp_lab", ""),
     "libs/qmp_ops/tests": ("libs/qmp_ops/src/qmp_ops", ""),
+    "libs/qmp_venues/tests": ("libs/qmp_venues/src/qmp_venues", "venues"),
     **{f"services/{name}/tests": (f"services/{name}/src/qmp_{name}", name)
        for name in ("collector", "risk", "execution", "deployer")},
 }

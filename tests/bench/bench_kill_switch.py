@@ -29,11 +29,11 @@ from qmp_core.clock import NS_PER_DAY
 from qmp_core.messages import BarBatch, wire
 from qmp_deployer.app import create_app as create_deployer
 from qmp_execution.app import ExecutionService, settings_from
-from qmp_execution.fake_alpaca import FakeAlpaca
-from qmp_execution.fake_exchange import FakeExchange
 from qmp_ops.cli.control import kill_and_report, send_control
 from qmp_ops.runtime.nats_server import NatsCredentials
 from qmp_ops.testing import operator_connection, settings_for
+from qmp_venues.fake_alpaca import FakeAlpaca
+from qmp_venues.fake_exchange import FakeExchange
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "support"))

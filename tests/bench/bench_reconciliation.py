@@ -27,9 +27,9 @@ from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_DAY
 from qmp_core.messages import BarBatch, ReconciliationReport, codec, wire
 from qmp_execution.app import ExecutionService, settings_from
-from qmp_execution.fake_alpaca import FakeAlpaca
 from qmp_ops.runtime.nats_server import NatsCredentials
 from qmp_ops.testing import settings_for
+from qmp_venues.fake_alpaca import FakeAlpaca
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "support"))

@@ -62,9 +62,9 @@ async def test_dead_letter_when_payload_long_and_binary_then_excerpt_with_reason
 
     await bus.dead_letter(risk_nc.jetstream(), "risk", unique_id, "bad price", payload, TestClock(42))
 
-    letter = codec(DeadLetter).decode((await letters.next_msg(timeout=5)).data)
+    letter = codec(DeadLetter).decode((await letters.next_msg(timeout=15)).data)
     while letter.subject != unique_id:  # other tests' letters on the same subject
-        letter = codec(DeadLetter).decode((await letters.next_msg(timeout=5)).data)
+        letter = codec(DeadLetter).decode((await letters.next_msg(timeout=15)).data)
     assert (letter.service, letter.reason, letter.ts_event) == ("risk", "bad price", 42)
     # Not UTF-8: the excerpt is base64, so the bytes can be read back as they came.
     assert len(letter.payload) == bus.PAYLOAD_EXCERPT and letter.payload.startswith("base64:")

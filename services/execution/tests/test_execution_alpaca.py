@@ -19,10 +19,10 @@ from qmp_core.messages import OrderAccepted
 from qmp_execution.adapters import BrokerAdapter, submit_all
 from qmp_execution.alpaca import AlpacaAdapter, AlpacaConfig
 from qmp_execution.app import ExecutionSettings, alpaca_adapter
-from qmp_execution.credentials import CredentialsError
 from qmp_execution.engine.broker import BrokerOrder, OrderAck, broker_order
-from qmp_execution.fake_alpaca import FakeAlpaca
 from qmp_execution.rest import BrokerUnavailable
+from qmp_venues.credentials import CredentialsError
+from qmp_venues.fake_alpaca import FakeAlpaca
 
 
 @pytest.fixture

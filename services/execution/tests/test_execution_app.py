@@ -49,15 +49,15 @@ from qmp_execution.app import ExecutionService, load_calibration, settings_from
 from qmp_execution.engine import EngineConfig, ExecutionEngine
 from qmp_execution.engine.broker import BrokerOrder
 from qmp_execution.exchange import client_order_id
-from qmp_execution.fake_alpaca import FakeAlpaca
 from qmp_execution.fake_broker import Behaviour, FakeBrokerBook, FakeBrokerServer
-from qmp_execution.fake_exchange import FakeExchange
 from qmp_execution.publisher import AckedPublisher, PublishFailed
 from qmp_execution.store import ExecutionStore
 from qmp_ops.cli.main import app as qmp
 from qmp_ops.cli.slippage import calibrate, load_records
 from qmp_ops.runtime.nats_server import NatsCredentials
 from qmp_ops.testing import connect_as, settings_for
+from qmp_venues.fake_alpaca import FakeAlpaca
+from qmp_venues.fake_exchange import FakeExchange
 
 pytestmark = pytest.mark.integration
 
@@ -559,6 +559,7 @@ async def test_execution_when_killed_on_two_venues_then_each_confirms_and_neithe
         working = {sid: (await receive(snapshots[sid], codec(PortfolioSnapshot).decode, 2))[-1].working
                    for sid in (stocks, coins)}
         open_before = (alpaca.open_orders(), exchange.open_orders())
+        listed = await qmp_cli(nats_credentials, "venues")  # every instance, each venue asked
         kv = await bus.control_bucket(deployer_nc.jetstream())
         for sid in (stocks, coins):
             await kv.put(subjects.control_key(sid, "operator"), encode(TradingState(
@@ -581,6 +582,10 @@ async def test_execution_when_killed_on_two_venues_then_each_confirms_and_neithe
         sid: {o.order_id for o in w} for sid, w in working.items()}
     assert alpaca.open_orders() == [] and exchange.open_orders() == []
     assert {o.status for o in exchange.orders.values()} == {"CANCELED"}
+    code, output = listed
+    assert code == 0, output
+    assert f"{stocks} (alpaca: {stocks})" in output and f"{coins} (binance: {coins})" in output
+    assert output.count("the books and the venue agree") == 2
 
 
 async def test_execution_when_the_venue_differs_from_the_books_then_adopts_what_has_an_owner_and_asks_to_halt(

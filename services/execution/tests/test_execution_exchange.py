@@ -9,11 +9,11 @@ from execution_testkit import SID, FixedWeights, bar, config, engine_with, event
 from qmp_core.messages import OrderAccepted
 from qmp_execution.adapters import BrokerAdapter, submit_all
 from qmp_execution.app import ExecutionSettings, exchange_adapter
-from qmp_execution.credentials import CredentialsError
 from qmp_execution.engine.broker import BrokerOrder, broker_order
 from qmp_execution.exchange import ExchangeAdapter, ExchangeConfig, client_order_id, is_client_order_id
-from qmp_execution.fake_exchange import FakeExchange
 from qmp_execution.rest import BrokerUnavailable
+from qmp_venues.credentials import CredentialsError
+from qmp_venues.fake_exchange import FakeExchange
 
 BTC, ETH = "BTC/USDT", "ETH/USDT"
 

@@ -9,9 +9,10 @@ stream already holds.
 import asyncio
 import logging
 import time
+import warnings
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import asyncpg
 import msgspec
@@ -28,6 +29,7 @@ from qmp_collector.engine import CollectorEngine, InputBounds
 from qmp_collector.handlers import SERVICE, Collector, LockstepGate
 from qmp_collector.sources import FileSource, HistorySource, SyntheticLiveAdapter, SyntheticSource
 from qmp_collector.store import BarStore
+from qmp_collector.venue_sources import AlpacaBars, CcxtBars, VenueBars
 from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_DAY, LiveClock, ReplayClock, make_clock
 from qmp_core.config import ServiceSettings, load_settings
@@ -41,13 +43,13 @@ LOCKSTEP_LOOP = ("execution", "risk")  # the services between a batch and its ri
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VENUES = {"synthetic": "synth", "history": "sp500", "file": "file"}
+DEFAULT_VENUES = {"synthetic": "synth", "history": "sp500", "file": "file", "exchange": "", "alpaca": "alpaca"}
 
 
 class CollectorSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Collector settings; each field `x` is read from `QMP_X`."""
 
-    source: Literal["synthetic", "history", "file"] = "synthetic"
+    source: Literal["synthetic", "history", "file", "exchange", "alpaca"] = "synthetic"
     venue: str = ""  # empty: synth, sp500 or file after the source
     symbols: Annotated[int, Meta(ge=1)] = 50  # synthetic universe size
     seed: int = 7
@@ -66,10 +68,31 @@ class CollectorSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unkno
     # clock; the factor from a symbol's last accepted close beyond which a price is held (0: never held).
     future_tolerance: Annotated[float, Meta(ge=0)] = 300.0
     max_price_jump: Annotated[float, Meta(ge=0)] = 5.0
+    # A venue's bars, live (QMP_SOURCE=exchange or alpaca): the symbols (the venue's own: BTC/USDT, AAPL),
+    # how many closed bars to start back, how often to ask.
+    venue_symbols: list[str] = msgspec.field(default_factory=list)
+    venue_backfill_bars: Annotated[int, Meta(ge=0)] = 0
+    venue_poll_s: Annotated[float, Meta(gt=0)] = 10.0
+    # A crypto exchange through ccxt: its id, the bar timeframe, its testnet unless false, another base URL
+    # for its API (a fake exchange in tests). Its bars are public: no keys.
+    exchange_id: str = "binance"
+    exchange_timeframe: str = "1m"
+    exchange_sandbox: bool = True
+    exchange_url: str = ""
+    # Alpaca's market data: the key and secret (or a JSON secrets file, mode 0600), the feed (iex: free; sip:
+    # every exchange, a subscription), minutes per bar, another base URL (a fake venue in tests).
+    alpaca_api_key: str = ""
+    alpaca_secret_key: str = ""
+    alpaca_secrets_file: str = ""
+    alpaca_feed: Literal["iex", "sip"] = "iex"
+    alpaca_bar_minutes: Annotated[int, Meta(ge=1)] = 1
+    alpaca_data_url: str = ""
+
+    secret_fields: ClassVar[frozenset[str]] = ServiceSettings.secret_fields | {"alpaca_api_key", "alpaca_secret_key"}
 
     @property
     def venue_id(self) -> str:
-        return self.venue or DEFAULT_VENUES[self.source]
+        return self.venue or DEFAULT_VENUES[self.source] or self.exchange_id
 
 
 def check_settings(settings: CollectorSettings) -> None:
@@ -79,6 +102,12 @@ def check_settings(settings: CollectorSettings) -> None:
         subjects.check_token(settings.lockstep_strategy, "QMP_LOCKSTEP_STRATEGY")
     if settings.source == "file" and not settings.file:
         raise ValueError("QMP_SOURCE=file needs QMP_FILE, the path of a CSV or Parquet file")
+    if settings.source in ("exchange", "alpaca"):
+        if not settings.venue_symbols:
+            raise ValueError(f"QMP_SOURCE={settings.source} needs QMP_VENUE_SYMBOLS: the venue's symbols, e.g. "
+                             + ("BTC/USDT,ETH/USDT" if settings.source == "exchange" else "AAPL,MSFT"))
+        if settings.clock != "live":
+            raise ValueError(f"QMP_SOURCE={settings.source} is a live feed: it needs QMP_CLOCK=live")
     for name in ("start", "end"):
         try:
             pd.Timestamp(getattr(settings, name))
@@ -101,6 +130,25 @@ def _utc(day: str) -> pd.Timestamp:
     return stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
 
 
+def venue_fetcher(settings: CollectorSettings) -> CcxtBars | AlpacaBars:
+    """How to ask the venue for its bars (its client library is imported only for a venue source)."""
+    if settings.source == "exchange":
+        from qmp_venues.ccxt_exchange import make_exchange
+
+        exchange = make_exchange(settings.exchange_id, sandbox=settings.exchange_sandbox, url=settings.exchange_url)
+        return CcxtBars(exchange, settings.venue_symbols, settings.exchange_timeframe)
+    with warnings.catch_warnings():  # alpaca-py's streams import `websockets.legacy`, which warns on import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from alpaca.data.historical import StockHistoricalDataClient
+
+    from qmp_venues.credentials import load_credentials
+
+    key, secret = load_credentials("Alpaca", "QMP_ALPACA", settings.alpaca_api_key, settings.alpaca_secret_key,
+                                   settings.alpaca_secrets_file)
+    client = StockHistoricalDataClient(key, secret, url_override=settings.alpaca_data_url or None)
+    return AlpacaBars(client, settings.venue_symbols, settings.alpaca_bar_minutes, settings.alpaca_feed)
+
+
 def build_source(
     settings: CollectorSettings, clock: LiveClock | ReplayClock, sleep: Callable[[float], Awaitable[None]],
 ) -> Iterable[BarBatch] | AsyncIterable[BarBatch]:
@@ -110,6 +158,9 @@ def build_source(
         return HistorySource(settings.start, settings.end, venue=venue)
     if settings.source == "file":
         return FileSource(settings.file, venue)
+    if settings.source in ("exchange", "alpaca"):
+        return VenueBars(venue_fetcher(settings), settings.venue_symbols, venue, clock, sleep,
+                         settings.venue_backfill_bars, settings.venue_poll_s)
     start_ns = int(_utc(settings.start).value)
     synthetic = SyntheticSource(settings.symbols, settings.seed, start_ns, settings.bar_seconds, venue)
     if isinstance(clock, LiveClock):

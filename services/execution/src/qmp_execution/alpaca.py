@@ -49,9 +49,9 @@ with warnings.catch_warnings():
     from alpaca.trading.requests import GetOrdersRequest, MarketOrderRequest
     from alpaca.trading.stream import TradingStream
 
-from qmp_execution.credentials import load_credentials
 from qmp_execution.engine.broker import Account, AckStatus, BrokerFill, BrokerOrder, OrderAck
 from qmp_execution.rest import BrokerUnavailable
+from qmp_venues.credentials import load_credentials
 
 T = TypeVar("T")
 

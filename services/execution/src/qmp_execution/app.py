@@ -417,6 +417,8 @@ class ExecutionService:
         handler = self.handler
         return {
             "ready": handler is not None,
+            "instance": self.settings.execution_instance or subjects.DEFAULT_EXECUTION_INSTANCE,
+            "venue": self.adapter.name if self.adapter is not None else self.settings.broker,
             "initial_capital": self.settings.initial_capital,  # a setting in force, shown by `qmp status`
             "strategies": self.engine.status(),
             "batches": handler.batches if handler else 0,

@@ -27,17 +27,17 @@ import asyncio
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
 
-import ccxt.async_support as ccxt_async
 from ccxt.base import errors
 from msgspec import Meta, Struct
 
-from qmp_execution.credentials import load_credentials
 from qmp_execution.engine.broker import Account, AckStatus, BrokerFill, BrokerOrder, OrderAck
 from qmp_execution.rest import BrokerUnavailable
+from qmp_venues.ccxt_exchange import make_exchange
+from qmp_venues.credentials import load_credentials
 
 T = TypeVar("T")
 
@@ -45,13 +45,9 @@ REFUSALS = (errors.InvalidOrder, errors.InsufficientFunds, errors.BadSymbol, err
             errors.PermissionDenied)
 RATE_LIMITED = (errors.RateLimitExceeded, errors.DDoSProtection)
 ENDED = (errors.OrderNotFound, errors.OperationRejected, errors.InvalidOrder)  # a cancel of an order that ended
+KNOWN_KEPT = 65_536  # QMP orders remembered by client order id (to name the exchange's open orders after QMP's)
 STRATEGY_TAG = 6  # hex characters of a client order id that name the strategy
 ORDER_TAG = 24  # and those that name the order
-# Options an exchange needs to work as a spot account with QMP (merged under the configured ones).
-EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
-    "binance": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False, "defaultType": "spot",
-                "warnOnFetchOpenOrdersWithoutSymbol": False, "newOrderRespType": {"market": "FULL"}},
-}
 
 
 class ExchangeConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -94,31 +90,9 @@ def _digest(text: str, length: int) -> str:
     return hashlib.blake2b(text.encode(), digest_size=length // 2).hexdigest()
 
 
-def make_exchange(config: ExchangeConfig) -> Any:
-    """Return the ccxt exchange, in sandbox mode unless live, pointed at `url` when given."""
-    try:
-        cls = getattr(ccxt_async, config.exchange)
-    except AttributeError as error:
-        raise ValueError(f"ccxt knows no exchange {config.exchange!r} (ccxt.exchanges lists them)") from error
-    params: dict[str, Any] = {"apiKey": config.api_key, "secret": config.secret_key, "enableRateLimit": True,
-                              "options": {**EXCHANGE_OPTIONS.get(config.exchange, {}), **config.options}}
-    if config.rate_limit_ms > 0:
-        params["rateLimit"] = config.rate_limit_ms
-    exchange = cls(params)
-    if config.sandbox:
-        exchange.set_sandbox_mode(True)  # raises NotSupported for an exchange without a testnet
-    if config.url:
-        exchange.urls["api"] = _rebased(exchange.urls["api"], config.url)
-    return exchange
-
-
-def _rebased(urls: Any, base: str) -> Any:
-    """Every API URL of the exchange with its scheme and host replaced by `base` (the paths kept)."""
-    if isinstance(urls, dict):
-        return {key: _rebased(value, base) for key, value in urls.items()}
-    if isinstance(urls, str):
-        return base.rstrip("/") + urlsplit(urls).path
-    return urls
+def exchange_of(config: ExchangeConfig) -> Any:
+    return make_exchange(config.exchange, config.api_key, config.secret_key, config.sandbox, config.url,
+                         config.options, config.rate_limit_ms)
 
 
 def ack_of(order_id: str, order: dict[str, Any], market: dict[str, Any] | None = None) -> OrderAck:
@@ -167,10 +141,10 @@ class ExchangeAdapter:
     def __init__(self, config: ExchangeConfig, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.config = config
         self.name = config.exchange
-        self.exchange = make_exchange(config)
+        self.exchange = exchange_of(config)
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._sleep = sleep
-        self._known: dict[str, BrokerOrder] = {}  # client order id → QMP's order, for the orders seen
+        self._known: OrderedDict[str, BrokerOrder] = OrderedDict()  # client order id → QMP's order (bounded)
         self.sent = 0  # orders the exchange took
         self.found = 0  # orders the exchange already had (a retry or a restart): not sent twice
 
@@ -216,9 +190,15 @@ class ExchangeAdapter:
     def _ack(self, order: BrokerOrder, placed: dict[str, Any], market: dict[str, Any]) -> OrderAck:
         return ack_of(order.order_id, {**placed, "_exchange": self.name}, market)
 
+    def _remember(self, client_id: str, order: BrokerOrder) -> None:
+        self._known[client_id] = order
+        self._known.move_to_end(client_id)
+        while len(self._known) > KNOWN_KEPT:
+            self._known.popitem(last=False)
+
     async def submit(self, order: BrokerOrder) -> OrderAck:
         client_id = client_order_id(order)
-        self._known[client_id] = order
+        self._remember(client_id, order)
         market = await self._market(order.symbol)
         if not market:
             return OrderAck(order_id=order.order_id, status="rejected", endpoint=self.name,
@@ -263,7 +243,7 @@ class ExchangeAdapter:
     async def status(self, order: BrokerOrder) -> OrderAck:
         """Return the order as the exchange reports it now: its fills so far (cumulative), or `unknown`."""
         client_id = client_order_id(order)
-        self._known.setdefault(client_id, order)
+        self._remember(client_id, order)
         placed = await self._lookup(client_id, order.symbol)
         if placed is None:
             return self._unknown(order, f"{self.name} has no such order")
@@ -304,7 +284,7 @@ class ExchangeAdapter:
                                     quantity=float(placed.get("amount") or 0.0),
                                     price=float(placed.get("price") or 0.0),
                                     ts_event=int(placed.get("timestamp") or 0) * 1_000_000)
-                self._known[client_id] = known
+                self._remember(client_id, known)
             listed.append(known)
         return sorted(listed, key=lambda o: o.order_id)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from qmp_execution.fake_venue import LoopbackServer
+from qmp_venues.fake_venue import LoopbackServer
 
 FlapMode = Literal["slow", "fail"]
 

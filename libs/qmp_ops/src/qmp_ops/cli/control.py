@@ -180,6 +180,23 @@ class NoBrokerCommands(RuntimeError):
     """Nobody answers broker commands for the instance: execution trades on the paper broker, or is down."""
 
 
+async def check_every_venue(connection: Connection) -> list[tuple[str, str, list[str], BrokerReply | None]]:
+    """Every execution instance that answers: (instance, venue, strategies, its venue check; None on the
+    paper broker, which has no venue to ask)."""
+    nc = await connection.connect()
+    try:
+        healths = await execution_health(nc)
+    finally:
+        await nc.close()
+    rows: list[tuple[str, str, list[str], BrokerReply | None]] = []
+    for health in sorted(healths, key=lambda h: str(h.get("instance", ""))):
+        instance = str(health.get("instance") or subjects.DEFAULT_EXECUTION_INSTANCE)
+        venue, strategies = str(health.get("venue") or "?"), sorted(health.get("strategies", {}))
+        reply = None if health.get("broker") == "paper" else await check_venue(connection, instance)
+        rows.append((instance, venue, strategies, reply))
+    return rows
+
+
 async def check_venue(connection: Connection, instance: str, timeout_s: float = 30.0) -> BrokerReply:
     """Ask execution to check its venue: the account, and the positions where the books and the venue differ."""
     nc = await connection.connect()

@@ -16,9 +16,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qmp_core import subjects
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
-from qmp_ops.cli.control import NoBrokerCommands, check_venue, gather_status, kill_and_report, send_control
+from qmp_ops.cli.control import (
+    NoBrokerCommands,
+    check_every_venue,
+    check_venue,
+    gather_status,
+    kill_and_report,
+    send_control,
+)
 from qmp_ops.cli.limits import app as limits_app
 from qmp_ops.cli.screen import watch as watch_screen
 from qmp_ops.runtime.roles import roles_with
@@ -74,7 +80,9 @@ def stack_options(
 
 @app.command()
 def up(
-    source: Annotated[str, typer.Option(help="market data: synthetic | history")] = "synthetic",
+    source: Annotated[str, typer.Option(help="market data: synthetic | history | exchange (a crypto exchange's "
+                                              "bars through ccxt) | alpaca (its stock bars); the last two live, "
+                                              "with --set venue_symbols=...")] = "synthetic",
     symbols: Annotated[int, typer.Option(help="synthetic universe size")] = 50,
     bar_seconds: Annotated[int, typer.Option(help="synthetic bar length in event time")] = 60,
     rate: Annotated[float, typer.Option(help="batches per second (0 = as fast as possible)")] = 10.0,
@@ -101,12 +109,15 @@ def up(
     `<run>/tls/ca.pem`; every client of the stack verifies the servers against it).
     """
     collector = {"QMP_SOURCE": source, "QMP_REPLAY_RATE": str(rate)}
+    clock = "replay"
     if source == "synthetic":
         collector |= {"QMP_VENUE": "synth", "QMP_SYMBOLS": str(symbols), "QMP_BAR_SECONDS": str(bar_seconds)}
     elif source == "history":
         collector |= {"QMP_VENUE": "sp500", "QMP_START": start, "QMP_END": end}
+    elif source in ("exchange", "alpaca"):  # a live feed: the whole stack runs on wall time
+        clock, collector = "live", {"QMP_SOURCE": source}
     else:
-        raise typer.BadParameter(f"source must be synthetic or history, got {source!r}")
+        raise typer.BadParameter(f"source must be synthetic, history, exchange or alpaca, got {source!r}")
     names = tuple(name.strip() for name in operators.split(",") if name.strip())
     try:
         roles_with(names)
@@ -115,7 +126,7 @@ def up(
     service_env = _checked_sets(set_ or [])
     service_env["collector"] = service_env.get("collector", {}) | collector
     service_env["execution"] = service_env.get("execution", {}) | {"QMP_STRATEGIES": strategies}
-    options = StackOptions(home=HOME, clock="replay", pass_environment=True, operators=names, tls=not no_tls,
+    options = StackOptions(home=HOME, clock=clock, pass_environment=True, operators=names, tls=not no_tls,
                            warm_spares=not no_warm_spares, metrics=True, service_env=service_env)
     stack = Stack(options)
     if no_tls:
@@ -307,31 +318,45 @@ def kill(
 
 @app.command()
 def venues(
-    instance: Annotated[str, typer.Option(help="the execution instance (QMP_EXECUTION_INSTANCE)")] = (
-        subjects.DEFAULT_EXECUTION_INSTANCE),
-    as_json: Annotated[bool, typer.Option("--json", help="print the reply as JSON")] = False,
+    instance: Annotated[str | None, typer.Option(help="one execution instance (QMP_EXECUTION_INSTANCE); default: "
+                                                     "every one that answers")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the replies as JSON")] = False,
 ) -> None:
-    """Check the venue execution trades on: it answers, its account, and every position where the books and the
-    venue disagree (exit 1 when one does, or when the venue does not answer)."""
+    """Check the venues execution trades on: for each execution instance, its venue and strategies, whether the
+    venue answers and how fast, its cash, equity and buying power, and every position where the books and the
+    venue disagree (exit 1 when one does, or when a venue does not answer)."""
+    connection = Connection.read()
     try:
-        reply = asyncio.run(check_venue(Connection.read(), instance))
+        if instance is not None:
+            rows = [(instance, "", [], asyncio.run(check_venue(connection, instance)))]
+        else:
+            rows = asyncio.run(check_every_venue(connection))
     except NoBrokerCommands as error:
         _fail(str(error))
     if as_json:
-        console.print_json(msgspec.json.encode(reply).decode())
-    elif not reply.accepted:
-        console.print(f"[red]{escape(reply.broker or 'broker')}[/]: {escape(reply.reason)}", highlight=False)
-    else:
-        account = reply.account
-        console.print(f"[green]✓[/] {escape(reply.broker)} answered in {account.get('latency_ms', 0):.0f} ms: cash "
-                      f"{account.get('cash', 0):,.2f}, equity {account.get('equity', 0):,.2f}, buying power "
-                      f"{account.get('buying_power', 0):,.2f}", highlight=False)
-        if not reply.differences:
-            console.print("positions: the books and the venue agree")
-        for difference in reply.differences:
-            console.print(f"[red]position differs[/] {escape(difference.symbol)}: books {difference.booked:g}, "
-                          f"venue {difference.venue:g}", highlight=False)
-    if not reply.accepted or reply.differences:
+        console.print_json(json.dumps([{"instance": i, "venue": v, "strategies": s,
+                                        "check": msgspec.to_builtins(r) if r is not None else None}
+                                       for i, v, s, r in rows]))
+    elif not rows:
+        console.print("no execution instance answered: `qmp status` shows which services run")
+    for name, venue, strategies, reply in rows if not as_json else []:
+        where = f"{escape(name)}" + (f" ({escape(venue)}: {escape(', '.join(strategies))})" if venue else "")
+        if reply is None:
+            console.print(f"{where}: the paper broker, no venue to check", highlight=False)
+        elif not reply.accepted:
+            console.print(f"[red]✗[/] {where}: {escape(reply.reason)}", highlight=False)
+        else:
+            account = reply.account
+            console.print(f"[green]✓[/] {where}: {escape(reply.broker)} answered in "
+                          f"{account.get('latency_ms', 0):.0f} ms: cash {account.get('cash', 0):,.2f}, equity "
+                          f"{account.get('equity', 0):,.2f}, buying power {account.get('buying_power', 0):,.2f}",
+                          highlight=False)
+            if not reply.differences:
+                console.print("  positions: the books and the venue agree")
+            for difference in reply.differences:
+                console.print(f"  [red]position differs[/] {escape(difference.symbol)}: books "
+                              f"{difference.booked:g}, venue {difference.venue:g}", highlight=False)
+    if any(r is not None and (not r.accepted or r.differences) for _, _, _, r in rows):
         raise typer.Exit(1)
 
 

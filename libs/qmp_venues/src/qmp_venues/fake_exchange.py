@@ -5,7 +5,8 @@ ccxt's `binance` is pointed at it by URL (`exchange.CcxtAdapter` with `url=fake.
 What it implements: `GET exchangeInfo` (the markets), `POST order` (MARKET orders; `newClientOrderId` unique
 among open orders, as Binance has it: -2010 "Duplicate order sent."), `GET order` and `DELETE order` (by
 `orderId` or `origClientOrderId`; -2013 / -2011 for an order it does not know or that is no longer open),
-`GET openOrders`, `GET account` (balances), `GET myTrades`, `GET ticker/price`. A request
+`GET openOrders`, `GET account` (balances), `GET myTrades`, `GET ticker/price`, `GET klines` (the bars
+`add_bars` gave it: [open time, open, high, low, close, volume, close time, ...] with prices as strings). A request
 without the API key header gets 401 -2015, a bad signature 400 -1022; `rate_limited` answers 429 -1003 with
 `Retry-After`; `lose_answers` takes an order and answers 503 -1007 (Binance: "execution status unknown").
 
@@ -24,7 +25,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from qmp_execution.fake_venue import LoopbackServer
+from qmp_venues.fake_venue import LoopbackServer
 
 OPEN = ("NEW", "PARTIALLY_FILLED")
 
@@ -93,6 +94,8 @@ class FakeExchange:
         self.orders: dict[int, _Order] = {}
         self.order_posts = 0  # POST /api/v3/order received, refused ones included
         self.requests = 0
+        self.bars: dict[str, list[tuple[int, float, float, float, float, float]]] = {}  # market → klines
+        self.interval_ms = 60_000  # the klines' interval
         self._ids = itertools.count(1_000_001)
         self._trade_ids = itertools.count(5_000_001)
         self._server = LoopbackServer()
@@ -112,6 +115,7 @@ class FakeExchange:
         app.router.add_get("/api/v3/account", self._account)
         app.router.add_get("/api/v3/myTrades", self._my_trades)
         app.router.add_get("/api/v3/ticker/price", self._ticker_price)
+        app.router.add_get("/api/v3/klines", self._klines)
         return await self._server.serve(app)
 
     async def stop(self) -> None:
@@ -125,7 +129,7 @@ class FakeExchange:
             return _error(429, -1003, "Too much request weight used; current limit is 6000 request weight per "
                           "1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
                           headers={"Retry-After": "1"})
-        public = request.path in ("/api/v3/exchangeInfo", "/api/v3/ticker/price")
+        public = request.path in ("/api/v3/exchangeInfo", "/api/v3/ticker/price", "/api/v3/klines")
         if not public:
             if request.headers.get("X-MBX-APIKEY") != self.key:
                 return _error(401, -2015, "Invalid API-key, IP, or permissions for action.")
@@ -197,6 +201,15 @@ class FakeExchange:
     def open_orders(self) -> list[str]:
         """The client order ids of the orders still open."""
         return sorted(o.client_order_id for o in self.orders.values() if o.status in OPEN)
+
+    def add_bars(self, symbol: str, start_ms: int, closes: list[float], volume: float = 10.0) -> None:
+        """Give a market one-interval bars from `start_ms` on (open = the previous close)."""
+        rows = self.bars.setdefault(symbol, [])
+        previous = rows[-1][4] if rows else closes[0]
+        for i, close in enumerate(closes):
+            open_ms = start_ms + i * self.interval_ms
+            rows.append((open_ms, previous, max(previous, close), min(previous, close), close, volume))
+            previous = close
 
     def position(self, symbol: str) -> float:
         return self.balances.get(self.markets[symbol][0], 0.0)
@@ -323,3 +336,15 @@ class FakeExchange:
                 return _error(400, -1121, "Invalid symbol.")
             return web.json_response({"symbol": symbol, "price": f"{self.prices[symbol]:.8f}"})
         return web.json_response([{"symbol": s, "price": f"{p:.8f}"} for s, p in self.prices.items()])
+
+    async def _klines(self, request: web.Request) -> web.Response:
+        symbol = request.query.get("symbol", "")
+        if symbol not in self.markets:
+            return _error(400, -1121, "Invalid symbol.")
+        start = int(request.query.get("startTime", "0"))
+        end = int(request.query.get("endTime", str(2**62)))
+        limit = min(int(request.query.get("limit", "500")), 1000)
+        rows = [r for r in self.bars.get(symbol, []) if start <= r[0] <= end][:limit]
+        return web.json_response([
+            [t, f"{o:.8f}", f"{h:.8f}", f"{lo:.8f}", f"{c:.8f}", f"{v:.8f}", t + self.interval_ms - 1,
+             f"{v * c:.8f}", 1, f"{v / 2:.8f}", f"{v * c / 2:.8f}", "0"] for t, o, h, lo, c, v in rows])

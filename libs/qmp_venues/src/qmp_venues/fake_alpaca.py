@@ -5,7 +5,8 @@ The real SDK is pointed at it by URL (`TradingClient(..., url_override=fake.url)
 talking. What it implements: `POST /v2/orders` (market orders; 422 code 40010001 on a client_order_id it has
 seen), `GET /v2/orders/{id}`, `GET /v2/orders:by_client_order_id`, `GET /v2/orders` (open ones),
 `DELETE /v2/orders/{id}` (204; 422 once the order is no longer cancelable), `GET /v2/positions`,
-`GET /v2/account`, and the trade-updates stream (`/stream`, a websocket: `authenticate`, then `listen` to
+`GET /v2/account`, the market-data API's `GET /v2/stocks/bars` (the bars `add_bars` gave it, one page), and
+the trade-updates stream (`/stream`, a websocket: `authenticate`, then `listen` to
 `trade_updates`; each fill, partial fill and cancel is pushed as a binary JSON frame, as Alpaca's streaming
 documentation shows). Requests without the key headers get 401; a stream that authenticates with the wrong
 ones is told `unauthorized` and closed. Orders fill at `prices[symbol]` after `fill_delay_s` (of wall time,
@@ -22,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from qmp_execution.fake_venue import LoopbackServer
+from qmp_venues.fake_venue import LoopbackServer
 
 
 @dataclass
@@ -81,6 +82,7 @@ class FakeAlpaca:
         self.order_posts = 0  # POST /v2/orders received, duplicates included
         self._server = LoopbackServer()
         self.url = ""
+        self.bars: dict[str, list[tuple[int, float, float, float, float, float]]] = {}  # one-minute bars
         self._listeners: set[web.WebSocketResponse] = set()
         self._sends: set[asyncio.Task[None]] = set()
         self.pushed = 0  # trade updates pushed on the stream
@@ -96,6 +98,7 @@ class FakeAlpaca:
         app.router.add_get("/v2/positions", self._positions)
         app.router.add_get("/v2/account", self._account)
         app.router.add_get("/stream", self._stream)
+        app.router.add_get("/v2/stocks/bars", self._stock_bars)
         self.url = await self._server.serve(app)
         return self.url
 
@@ -214,6 +217,14 @@ class FakeAlpaca:
             self._advance(order)
         self.behaviour.fill_delay_s = delay
 
+    def add_bars(self, symbol: str, start_ms: int, closes: list[float], volume: float = 1_000.0) -> None:
+        """Give a symbol one-minute bars from `start_ms` on (open = the previous close)."""
+        rows = self.bars.setdefault(symbol, [])
+        previous = rows[-1][4] if rows else closes[0]
+        for i, close in enumerate(closes):
+            rows.append((start_ms + i * 60_000, previous, max(previous, close), min(previous, close), close, volume))
+            previous = close
+
     def set_position(self, symbol: str, quantity: float) -> None:
         """Change a position at the venue by hand (as a person at the broker would)."""
         self.positions[symbol] = quantity
@@ -315,3 +326,21 @@ class FakeAlpaca:
             "initial_margin": "0", "maintenance_margin": "0", "last_maintenance_margin": "0", "sma": "0",
             "daytrade_count": 0,
         })
+
+    async def _stock_bars(self, request: web.Request) -> web.Response:
+        if request.query.get("timeframe") not in ("1Min", "1T"):
+            return _error(422, 42210000, "this fake serves one-minute bars")
+        start = datetime.fromisoformat(request.query.get("start", "1970-01-01T00:00:00Z").replace("Z", "+00:00"))
+        start_ms = int(start.timestamp() * 1000)
+        limit = int(request.query.get("limit", "1000"))
+        bars: dict[str, list[dict[str, Any]]] = {}
+        for symbol in request.query.get("symbols", "").split(","):
+            rows = [r for r in self.bars.get(symbol, []) if r[0] >= start_ms]
+            if rows:
+                bars[symbol] = [{"t": _iso(datetime.fromtimestamp(t / 1000, UTC)), "o": o, "h": h, "l": lo, "c": c,
+                                 "v": v, "n": 10, "vw": c} for t, o, h, lo, c, v in rows]
+        flat = [(s, b) for s, rows in bars.items() for b in rows][:limit]
+        page: dict[str, list[dict[str, Any]]] = {}
+        for symbol, bar in flat:
+            page.setdefault(symbol, []).append(bar)
+        return web.json_response({"bars": page, "next_page_token": None})

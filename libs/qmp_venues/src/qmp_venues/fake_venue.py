@@ -1,7 +1,8 @@
 """What every fake venue shares: an aiohttp application served on a loopback port (free, or the one asked for).
 
-The fakes (`fake_broker`, `fake_alpaca`, `fake_exchange`) answer with the shapes their vendors document, so the
-real client libraries can be pointed at them by URL in tests, benchmarks and the demo.
+The fakes (`fake_alpaca`, `fake_exchange`, and execution's `fake_broker` of QMP's own REST protocol) answer
+with the shapes their vendors document, so the real client libraries can be pointed at them by URL in tests,
+benchmarks and the demo.
 """
 
 import socket

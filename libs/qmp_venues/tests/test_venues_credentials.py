@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qmp_execution.credentials import CredentialsError, load_credentials
+from qmp_venues.credentials import CredentialsError, load_credentials
 
 
 def test_credentials_when_secrets_file_readable_by_others_then_refused_with_the_fix(tmp_path: Path) -> None:
