@@ -172,9 +172,13 @@ class ExchangeAdapter:
             wait *= 2
         raise AssertionError("unreachable")
 
-    async def _market(self, symbol: str) -> dict[str, Any]:
+    async def _load_markets(self) -> None:
+        """ccxt needs the exchange's markets to name symbols and parse orders: asked for once."""
         if not self.exchange.markets:
             await self._call(self.exchange.load_markets)
+
+    async def _market(self, symbol: str) -> dict[str, Any]:
+        await self._load_markets()
         try:
             return dict(self.exchange.market(symbol))
         except errors.BadSymbol:
@@ -265,7 +269,7 @@ class ExchangeAdapter:
         return self._ack(order, placed, market)
 
     async def _open(self) -> list[dict[str, Any]]:
-        await self._market("")  # markets loaded: ccxt needs them to parse the orders
+        await self._load_markets()
         return list(await self._call(self.exchange.fetch_open_orders))
 
     async def open_orders(self, strategy: str) -> list[BrokerOrder]:
@@ -312,15 +316,16 @@ class ExchangeAdapter:
                 if m.get("spot") and m.get("quote") == self.config.quote}
 
     async def positions(self) -> dict[str, float]:
-        await self._market("")
+        await self._load_markets()
         total, _ = await self._balances()
         by_base = self._spot_symbols()
         return {by_base[c]: q for c, q in total.items() if c in by_base and q != 0.0}
 
     async def account(self) -> Account:
-        await self._market("")
+        await self._load_markets()
         total, free = await self._balances()
-        held = {symbol: q for c, q in total.items() if (symbol := self._spot_symbols().get(c)) and q != 0.0}
+        by_base = self._spot_symbols()
+        held = {by_base[c]: q for c, q in total.items() if c in by_base and q != 0.0}
         value = 0.0
         if held:
             prices = await self._call(self.exchange.fetch_last_prices, list(held))

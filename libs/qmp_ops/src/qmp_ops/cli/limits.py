@@ -30,13 +30,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from qmp_core import subjects
+from qmp_core.limits import LIMIT_NAMES, changed_limits
 from qmp_core.messages import LimitsEntry, LimitsReply, PreTradeLimits, SetLimits, codec, encode
 from qmp_ops.cli.control import REQUEST_TIMEOUT_S, execution_health
 from qmp_ops.runtime.supervisor import Connection
 
 app = typer.Typer(help="Pre-trade limits: `qmp limits show`, `qmp limits apply FILE`.", no_args_is_help=True)
 console = Console()
-LIMIT_NAMES = tuple(PreTradeLimits.__struct_fields__)
 
 
 class LimitsFileError(ValueError):
@@ -150,25 +150,19 @@ async def _apply(connection: Connection, wanted: dict[str, PreTradeLimits], reas
         replies: dict[str, LimitsReply | None] = {}
         for strategy, limits in sorted(targets.items()):
             current = entries[strategy].limits if strategy in entries else PreTradeLimits()
-            if current == _sorted(limits) or dry_run:
-                replies[strategy] = None if current == _sorted(limits) else LimitsReply(
-                    accepted=True, reason="dry run", changed=[n for n in LIMIT_NAMES
-                                                              if getattr(current, n) != getattr(_sorted(limits), n)])
-                continue
-            request = SetLimits(limits=limits, command_id=uuid.uuid4().hex, reason=reason)
-            reply = await nc.request(subjects.limits(strategy, connection.sender), encode(request),
-                                     timeout=REQUEST_TIMEOUT_S)
-            replies[strategy] = decoder.decode(reply.data)
+            changed = list(changed_limits(current, limits))
+            if not changed:
+                replies[strategy] = None
+            elif dry_run:
+                replies[strategy] = LimitsReply(accepted=True, reason="dry run", changed=changed)
+            else:
+                request = SetLimits(limits=limits, command_id=uuid.uuid4().hex, reason=reason)
+                reply = await nc.request(subjects.limits(strategy, connection.sender), encode(request),
+                                         timeout=REQUEST_TIMEOUT_S)
+                replies[strategy] = decoder.decode(reply.data)
         return replies
     finally:
         await nc.close()
-
-
-def _sorted(limits: PreTradeLimits) -> PreTradeLimits:
-    """The limits as the deployer keeps them (restricted symbols sorted, once each)."""
-    if limits.restricted_symbols is None:
-        return limits
-    return msgspec.structs.replace(limits, restricted_symbols=sorted(set(limits.restricted_symbols)))
 
 
 @app.command()

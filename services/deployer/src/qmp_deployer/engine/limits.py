@@ -8,13 +8,11 @@ if the server's permissions were to let one through.
 
 from dataclasses import dataclass
 
-import msgspec
-
 from qmp_core import subjects
+from qmp_core.limits import changed_limits, normalized
 from qmp_core.messages import LimitsChanged, LimitsEntry, PreTradeLimits, SetLimits
 
 SERVICE_USERS = frozenset({"collector", "risk", "execution", "deployer"})
-LIMIT_NAMES = tuple(PreTradeLimits.__struct_fields__)
 
 
 @dataclass(frozen=True)
@@ -24,10 +22,6 @@ class LimitsDecision:
     entry: LimitsEntry | None = None  # the strategy's entry after the request (None: it has none)
     changed: tuple[str, ...] = ()  # the limits whose value changed: nothing to write when empty
     record: LimitsChanged | None = None  # the audit record of the change
-
-
-def changed_limits(before: PreTradeLimits, after: PreTradeLimits) -> tuple[str, ...]:
-    return tuple(name for name in LIMIT_NAMES if getattr(before, name) != getattr(after, name))
 
 
 def decide_limits(strategy: str, sender: str, request: SetLimits, current: LimitsEntry | None,
@@ -40,9 +34,7 @@ def decide_limits(strategy: str, sender: str, request: SetLimits, current: Limit
     except ValueError as error:
         return LimitsDecision(False, str(error))
     before = current.limits if current is not None else PreTradeLimits()
-    after = request.limits
-    if after.restricted_symbols is not None:  # one order of symbols, so an equal list is no change
-        after = msgspec.structs.replace(after, restricted_symbols=sorted(set(after.restricted_symbols)))
+    after = normalized(request.limits)
     changed = changed_limits(before, after)
     if not changed:
         return LimitsDecision(True, "the limits are already so", current)

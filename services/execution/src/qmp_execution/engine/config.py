@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from qmp_core.limits import LIMIT_NAMES
 from qmp_core.messages import (
     Fill,
     OrderEvent,
@@ -64,9 +65,6 @@ class EngineConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     venue: str = ""
     # "paper" fills against bars here; "external" leaves accepted orders working until `apply_acks`.
     broker: Literal["paper", "external"] = "paper"
-
-
-LIMIT_NAMES = tuple(PreTradeLimits.__struct_fields__)  # each is an EngineConfig field of the same name
 
 
 def with_limits(config: EngineConfig, *levels: PreTradeLimits | None) -> EngineConfig:
