@@ -15,6 +15,15 @@ from qmp_ops.runtime.nats_server import NatsCredentials
 from qmp_ops.testing import operator_connection, settings_for
 
 
+def test_read_limits_file_when_the_example_is_read_then_every_limit_in_it_is_one_execution_knows() -> None:
+    example = Path(__file__).resolve().parents[3] / "examples" / "limits.toml"
+
+    limits = read_limits_file(example)
+
+    assert sorted(limits) == ["ALL", "vol_target"]
+    assert limits["ALL"].restricted_symbols == ["GME", "AMC"] and limits["vol_target"].price_collar == 0.2
+
+
 def test_read_limits_file_when_valid_then_limits_by_strategy(tmp_path: Path) -> None:
     path = tmp_path / "limits.toml"
     path.write_text('[ALL]\nmax_order_notional = 250_000\nrestricted_symbols = ["GME"]\n\n'

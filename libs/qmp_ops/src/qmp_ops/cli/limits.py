@@ -134,9 +134,17 @@ def show(
         origin = sources(sid, entries)
         for name in LIMIT_NAMES:
             value = limits.get(name)
-            table.add_row(name, escape(", ".join(value) if isinstance(value, list) else f"{value:g}"
-                                       if isinstance(value, float) else str(value)), escape(origin[name]))
+            table.add_row(name, escape(_shown(value)), escape(origin[name]))
         console.print(table)
+
+
+def _shown(value: Any) -> str:
+    """A limit as a person reads it: 1,500,000 rather than 1.5e+06; symbols listed."""
+    if isinstance(value, list):
+        return ", ".join(value) or "(none)"
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return f"{value:,.10g}"
+    return str(value)
 
 
 async def _apply(connection: Connection, wanted: dict[str, PreTradeLimits], reason: str,
