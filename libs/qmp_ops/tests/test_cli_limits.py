@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from qmp_core.messages import PreTradeLimits
 from qmp_deployer.app import create_app
 from qmp_execution.app import ExecutionService, settings_from
-from qmp_ops.cli.limits import LimitsFileError, _apply, _show, read_limits_file, sources
+from qmp_ops.cli.limits import LimitsFileError, _apply, _show, read_history, read_limits_file, sources
 from qmp_ops.cli.main import app as qmp
 from qmp_ops.runtime.nats_server import NatsCredentials
 from qmp_ops.testing import operator_connection, settings_for
@@ -79,6 +79,7 @@ async def test_apply_then_show_when_deployer_and_execution_run_then_limits_in_fo
         try:
             applied = await _apply(alice, read_limits_file(path), "launch", dry_run=False)
             entries, in_force = await _show(alice)
+            audited = await read_history(alice, sid, 10)
             again = await _apply(alice, read_limits_file(path), "", dry_run=False)
             path.write_text(f"[{sid}]\nmax_order_notional = 50_000\n")
             dry = await _apply(alice, read_limits_file(path), "", dry_run=True)
@@ -97,6 +98,9 @@ async def test_apply_then_show_when_deployer_and_execution_run_then_limits_in_fo
     origin = sources(sid, entries)
     assert origin["max_order_notional"] == f"{sid} (set by alice)" and origin["max_order_rate"] == "ALL (set by alice)"
     assert origin["price_band"] == "setting QMP_PRICE_BAND"
+    assert [(c.sender, c.reason, c.changed) for c in audited] == [
+        ("alice", "launch", ["max_order_notional", "restricted_symbols"])]
+    assert audited[0].after.restricted_symbols == ["AAA", "BBB"] and audited[0].before == PreTradeLimits()
     assert again == {"ALL": None, sid: None}
     assert dry[sid] is not None and dry[sid].changed == ["max_order_notional", "restricted_symbols"]
     assert dry["ALL"] is not None and dry["ALL"].changed == ["max_order_rate"]  # not in the file: it would go

@@ -1,4 +1,5 @@
-"""`qmp limits show | apply`: the pre-trade limits in force, and the operators' file of them.
+"""`qmp limits show | apply | history`: the pre-trade limits in force, the operators' file of them, and
+every change made (the audit trail on `qmp.audit.limits.<strategy>`).
 
 The file is TOML: a table per strategy, and `[ALL]` for every strategy (a strategy's own limits win over
 ALL's, ALL's over execution's settings). `apply` makes the deployer's limits equal to the file: each table
@@ -30,12 +31,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from qmp_core import subjects
+from qmp_core.clock import to_datetime
 from qmp_core.limits import LIMIT_NAMES, changed_limits
-from qmp_core.messages import LimitsEntry, LimitsReply, PreTradeLimits, SetLimits, codec, encode
+from qmp_core.messages import LimitsChanged, LimitsEntry, LimitsReply, PreTradeLimits, SetLimits, codec, encode
 from qmp_ops.cli.control import REQUEST_TIMEOUT_S, execution_health
 from qmp_ops.runtime.supervisor import Connection
 
-app = typer.Typer(help="Pre-trade limits: `qmp limits show`, `qmp limits apply FILE`.", no_args_is_help=True)
+app = typer.Typer(help="Pre-trade limits: `qmp limits show`, `qmp limits apply FILE`, `qmp limits history`.",
+                  no_args_is_help=True)
 console = Console()
 
 
@@ -201,3 +204,53 @@ def apply(
                           highlight=False)
     if refused:
         raise typer.Exit(1)
+
+
+async def read_history(connection: Connection, strategy: str | None, limit: int) -> list[LimitsChanged]:
+    """The latest `limit` changes of a strategy's limits (every strategy's when None), oldest first."""
+    subject = subjects.audit_limits(strategy or "*")
+    nc = await connection.connect()
+    decoder = codec(LimitsChanged)
+    changes: list[LimitsChanged] = []
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(subjects.STREAM_AUDIT, subjects_filter=subject)
+        count = sum((info.state.subjects or {}).values())
+        if count:
+            sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=nats.js.api.DeliverPolicy.ALL)
+            try:
+                for _ in range(count):
+                    changes.append(decoder.decode((await sub.next_msg(timeout=5)).data))
+            finally:
+                await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return changes[-limit:]
+
+
+@app.command()
+def history(
+    strategy: Annotated[str | None, typer.Argument(help="one strategy, or ALL (default: every one)")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="the latest this many changes")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """Show who changed which limits, when and why, with the values before and after (the audit trail)."""
+    changes = asyncio.run(read_history(Connection.read(), strategy, limit))
+    if as_json:
+        console.print_json(json.dumps([msgspec.to_builtins(change) for change in changes]))
+        return
+    if not changes:
+        console.print("no change of pre-trade limits recorded")
+        return
+    table = Table(title="pre-trade limits: changes, oldest first", title_justify="left")
+    for column in ("when (UTC)", "strategy", "who", "limit", "before", "after", "why"):
+        table.add_column(column)
+    for change in changes:
+        when = to_datetime(change.ts_event).strftime("%Y-%m-%d %H:%M:%S")
+        for i, name in enumerate(change.changed):
+            before, after = getattr(change.before, name), getattr(change.after, name)
+            table.add_row(when if i == 0 else "", change.strategy if i == 0 else "", change.sender if i == 0 else "",
+                          name, escape(_shown(before) if before is not None else "(not set)"),
+                          escape(_shown(after) if after is not None else "(not set)"),
+                          escape(change.reason) if i == 0 else "")
+    console.print(table)
