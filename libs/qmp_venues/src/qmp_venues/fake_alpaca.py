@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from qmp_venues.fake_venue import LoopbackServer
+from qmp_venues.fake_venue import Bar, LoopbackServer, append_bars
 
 
 @dataclass
@@ -82,7 +82,7 @@ class FakeAlpaca:
         self.order_posts = 0  # POST /v2/orders received, duplicates included
         self._server = LoopbackServer()
         self.url = ""
-        self.bars: dict[str, list[tuple[int, float, float, float, float, float]]] = {}  # one-minute bars
+        self.bars: dict[str, list[Bar]] = {}  # one-minute bars
         self._listeners: set[web.WebSocketResponse] = set()
         self._sends: set[asyncio.Task[None]] = set()
         self.pushed = 0  # trade updates pushed on the stream
@@ -219,11 +219,7 @@ class FakeAlpaca:
 
     def add_bars(self, symbol: str, start_ms: int, closes: list[float], volume: float = 1_000.0) -> None:
         """Give a symbol one-minute bars from `start_ms` on (open = the previous close)."""
-        rows = self.bars.setdefault(symbol, [])
-        previous = rows[-1][4] if rows else closes[0]
-        for i, close in enumerate(closes):
-            rows.append((start_ms + i * 60_000, previous, max(previous, close), min(previous, close), close, volume))
-            previous = close
+        append_bars(self.bars.setdefault(symbol, []), start_ms, 60_000, closes, volume)
 
     def set_position(self, symbol: str, quantity: float) -> None:
         """Change a position at the venue by hand (as a person at the broker would)."""

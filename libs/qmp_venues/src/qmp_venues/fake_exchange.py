@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from qmp_venues.fake_venue import LoopbackServer
+from qmp_venues.fake_venue import Bar, LoopbackServer, append_bars
 
 OPEN = ("NEW", "PARTIALLY_FILLED")
 
@@ -94,7 +94,7 @@ class FakeExchange:
         self.orders: dict[int, _Order] = {}
         self.order_posts = 0  # POST /api/v3/order received, refused ones included
         self.requests = 0
-        self.bars: dict[str, list[tuple[int, float, float, float, float, float]]] = {}  # market → klines
+        self.bars: dict[str, list[Bar]] = {}  # market → klines
         self.interval_ms = 60_000  # the klines' interval
         self._ids = itertools.count(1_000_001)
         self._trade_ids = itertools.count(5_000_001)
@@ -204,12 +204,7 @@ class FakeExchange:
 
     def add_bars(self, symbol: str, start_ms: int, closes: list[float], volume: float = 10.0) -> None:
         """Give a market one-interval bars from `start_ms` on (open = the previous close)."""
-        rows = self.bars.setdefault(symbol, [])
-        previous = rows[-1][4] if rows else closes[0]
-        for i, close in enumerate(closes):
-            open_ms = start_ms + i * self.interval_ms
-            rows.append((open_ms, previous, max(previous, close), min(previous, close), close, volume))
-            previous = close
+        append_bars(self.bars.setdefault(symbol, []), start_ms, self.interval_ms, closes, volume)
 
     def position(self, symbol: str) -> float:
         return self.balances.get(self.markets[symbol][0], 0.0)

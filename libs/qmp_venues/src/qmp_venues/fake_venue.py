@@ -35,3 +35,14 @@ class LoopbackServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+Bar = tuple[int, float, float, float, float, float]  # open time (ms), open, high, low, close, volume
+
+
+def append_bars(rows: list[Bar], start_ms: int, interval_ms: int, closes: list[float], volume: float) -> None:
+    """Add a bar per close from `start_ms` on, each opening at the previous close (a fake's price history)."""
+    previous = rows[-1][4] if rows else closes[0]
+    for i, close in enumerate(closes):
+        rows.append((start_ms + i * interval_ms, previous, max(previous, close), min(previous, close), close, volume))
+        previous = close

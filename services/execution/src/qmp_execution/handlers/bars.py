@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from nats.js import JetStreamContext
 
@@ -20,7 +20,7 @@ from qmp_core.telemetry import extract_context, tracer
 from qmp_core.validation import BatchRejected
 from qmp_execution.adapters import BrokerAdapter, submit_all
 from qmp_execution.engine import BatchResult, ExecutionEngine, StrategyResult
-from qmp_execution.engine.broker import Account, OrderAck, broker_order
+from qmp_execution.engine.broker import Account, BrokerOrder, OrderAck, broker_order
 from qmp_execution.handlers.constants import (
     PUBLISH_TIMEOUT_S,
     SERVICE,
@@ -130,6 +130,12 @@ class BarHandler:
             booked += len(self.engine.reconcile(sid, acks, ts_event))
         self.reconciled_fills += booked
         return booked
+
+    async def venue_open_orders(self, strategy: str) -> list[BrokerOrder] | None:
+        """The venue's open orders of `strategy`, or None when its adapter cannot list them (the kill switch and
+        reconciliation ask; a venue that does not answer raises BrokerUnavailable)."""
+        listing: Callable[[str], Awaitable[list[BrokerOrder]]] | None = getattr(self.adapter, "open_orders", None)
+        return None if listing is None else await listing(strategy)
 
     async def check_venue(self) -> tuple[Account, float, list[tuple[str, float, float]]]:
         """Return the venue's account, how long it took to answer (ms), and every position where the sum

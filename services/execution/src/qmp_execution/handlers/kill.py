@@ -122,12 +122,8 @@ class KillSwitch:
 
     async def _listed(self, sid: str, errors: list[str]) -> list[BrokerOrder] | None:
         """The venue's open orders of this strategy, or None when it cannot list them (or did not answer)."""
-        listing: Callable[[str], Awaitable[list[BrokerOrder]]] | None = getattr(self.bars.adapter, "open_orders",
-                                                                               None)
-        if listing is None:
-            return None
         try:
-            return await listing(sid)
+            return await self.bars.venue_open_orders(sid)
         except (BrokerRejected, BrokerUnavailable) as error:
             errors.append(f"open orders not listed: {error}")
             return None

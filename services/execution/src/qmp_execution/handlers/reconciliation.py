@@ -18,7 +18,6 @@ next interval; nothing is concluded from a failed call.
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 
 from qmp_core import subjects
 from qmp_core.messages import PositionDifference, ReconciliationPolicy, ReconciliationReport, encode
@@ -105,14 +104,13 @@ class Reconciler:
     async def _unknown_orders(self) -> dict[str, list[BrokerOrder]]:
         """Each strategy's open orders at the venue that its books do not know (a venue that cannot list its
         orders has none to show)."""
-        listing: Callable[[str], Awaitable[list[BrokerOrder]]] | None = getattr(self.bars.adapter, "open_orders",
-                                                                               None)
-        if listing is None:
-            return {}
         found: dict[str, list[BrokerOrder]] = {}
         for sid in self.bars.engine.strategies():
+            listed = await self.bars.venue_open_orders(sid)
+            if listed is None:
+                return {}
             known = {o.order_id for o in self.bars.engine.open_orders(sid)}
-            unknown = [o for o in await listing(sid) if o.order_id not in known]
+            unknown = [o for o in listed if o.order_id not in known]
             if unknown:
                 found[sid] = unknown
         return found
