@@ -305,27 +305,22 @@ class ExchangeAdapter:
 
         return list(await asyncio.gather(*(one(order) for order in orders)))
 
-    async def _balances(self) -> tuple[dict[str, float], dict[str, float]]:
+    async def _holdings(self) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        """The account's balances by currency (total, free) and its positions by symbol: a position is the balance
+        of the base currency of a spot market against the cash currency."""
+        await self._load_markets()
         balance = await self._call(self.exchange.fetch_balance)
-        return ({k: float(v or 0.0) for k, v in (balance.get("total") or {}).items()},
-                {k: float(v or 0.0) for k, v in (balance.get("free") or {}).items()})
-
-    def _spot_symbols(self) -> dict[str, str]:
-        """Base currency → the spot market that trades it against the account's cash currency."""
-        return {m["base"]: symbol for symbol, m in self.exchange.markets.items()
-                if m.get("spot") and m.get("quote") == self.config.quote}
+        total = {k: float(v or 0.0) for k, v in (balance.get("total") or {}).items()}
+        free = {k: float(v or 0.0) for k, v in (balance.get("free") or {}).items()}
+        by_base = {m["base"]: symbol for symbol, m in self.exchange.markets.items()
+                   if m.get("spot") and m.get("quote") == self.config.quote}
+        return total, free, {by_base[c]: q for c, q in total.items() if c in by_base and q != 0.0}
 
     async def positions(self) -> dict[str, float]:
-        await self._load_markets()
-        total, _ = await self._balances()
-        by_base = self._spot_symbols()
-        return {by_base[c]: q for c, q in total.items() if c in by_base and q != 0.0}
+        return (await self._holdings())[2]
 
     async def account(self) -> Account:
-        await self._load_markets()
-        total, free = await self._balances()
-        by_base = self._spot_symbols()
-        held = {by_base[c]: q for c, q in total.items() if c in by_base and q != 0.0}
+        total, free, held = await self._holdings()
         value = 0.0
         if held:
             prices = await self._call(self.exchange.fetch_last_prices, list(held))
