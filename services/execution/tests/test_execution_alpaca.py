@@ -17,7 +17,7 @@ from execution_testkit import (
 
 from qmp_core.messages import OrderAccepted
 from qmp_execution.adapters import BrokerAdapter, submit_all
-from qmp_execution.alpaca import AlpacaAdapter, AlpacaConfig
+from qmp_execution.alpaca import AlpacaAdapter, AlpacaConfig, config_from
 from qmp_execution.app import ExecutionSettings, alpaca_adapter
 from qmp_execution.engine.broker import BrokerOrder, OrderAck, broker_order
 from qmp_execution.rest import BrokerUnavailable
@@ -252,6 +252,16 @@ def test_config_and_settings_when_printed_then_secrets_masked() -> None:
     shown = f"{settings!r} {settings}"
     assert "very-secret" not in shown and "AKXXXX" not in shown and "pw-123" not in shown
     assert "alpaca_secret_key=***" in shown and "broker='alpaca'" in shown
+
+
+def test_config_when_another_trading_url_then_the_stream_moves_with_it_unless_given_its_own() -> None:
+    def stream(url: str, stream_url: str = "") -> str:
+        return config_from("k", "s", "", True, url, 1.0, stream_url).stream_url
+
+    assert stream("") == ""  # the SDK's own: Alpaca's paper or live host
+    assert stream("https://proxy.example:8443/") == "wss://proxy.example:8443/stream"
+    assert stream("http://127.0.0.1:5001") == "ws://127.0.0.1:5001/stream"
+    assert stream("http://127.0.0.1:5001", "ws://127.0.0.1:6001/stream") == "ws://127.0.0.1:6001/stream"
 
 
 def test_settings_when_alpaca_chosen_without_credentials_then_start_fails_saying_what_to_set() -> None:

@@ -3,6 +3,7 @@ DLQ, restart, the risk budget from risk snapshots, books in the database, a REST
 exchange on loopback, and the slippage calibration recorded fills feed back into the paper broker."""
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -41,6 +42,8 @@ from qmp_core.messages import (
     PreTradeLimits,
     ReconciliationReport,
     RiskSnapshot,
+    RolloutPhase,
+    RolloutState,
     TradingState,
     codec,
     encode,
@@ -584,8 +587,73 @@ async def test_execution_when_killed_on_two_venues_then_each_confirms_and_neithe
     assert {o.status for o in exchange.orders.values()} == {"CANCELED"}
     code, output = listed
     assert code == 0, output
-    assert f"{stocks} (alpaca: {stocks})" in output and f"{coins} (binance: {coins})" in output
+    assert f"{stocks} (alpaca, any phases)" in output and f"{coins} (binance, any phases)" in output
+    assert f"  {stocks}: trades here" in output and f"  {coins}: trades here" in output
     assert output.count("the books and the venue agree") == 2
+
+
+async def test_execution_when_promoted_from_paper_to_live_then_wound_down_at_the_paper_venue_and_trades_at_the_live(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
+    deployer_nc: Client, unique_id: str,
+) -> None:
+    """The venue per phase: an instance on Alpaca's paper endpoint for the paper phase, one on its live endpoint
+    for the live phases, one after the other (a strategy has one book, so one instance trades it at a time)."""
+    sid = venue = unique_id
+    paper, live = FakeAlpaca(prices=dict(PRICES)), FakeAlpaca(key="live-key", secret="live-secret",
+                                                              prices=dict(PRICES))
+    for fake in (paper, live):
+        await fake.start()
+    phases = [RolloutPhase(name="paper", env="paper", allocation=0.1, min_soak_s=0.0),
+              RolloutPhase(name="live_10", env="live", allocation=0.1, min_soak_s=0.0)]
+    rollouts = await deployer_nc.jetstream().key_value(subjects.KV_ROLLOUTS)
+    await rollouts.put(subjects.rollout_key(sid), encode(RolloutState(
+        strategy=sid, rollout_id="r-1", plan="test", phases=phases, phase_index=0)))
+    snapshots = await operator_nc.subscribe(subjects.portfolio(sid))
+    fills = await operator_nc.subscribe(subjects.fills(sid))
+    base = settings_from(settings_for(nats_credentials, "execution", database_url),
+                         strategies=f"{sid}={__name__}:TinyStrategy", venues=[sid], execution_instance=sid,
+                         min_order_notional=0.0, broker="alpaca", alpaca_fill_wait_s=0.5)
+    on_paper = ExecutionService(msgspec.structs.replace(
+        base, phase_env="paper", alpaca_api_key=paper.key, alpaca_secret_key=paper.secret, alpaca_url=paper.url,
+        alpaca_stream_url=paper.stream_url))
+    on_live = ExecutionService(msgspec.structs.replace(
+        base, phase_env="live", alpaca_paper=False, alpaca_api_key=live.key, alpaca_secret_key=live.secret,
+        alpaca_url=live.url, alpaca_stream_url=live.stream_url))
+    try:
+        await on_paper.app.start()
+        for day in (0, 1):
+            await publish_bars(collector_nc, bars(venue, day))
+        await receive(snapshots, codec(PortfolioSnapshot).decode, 2)
+        held_in_paper = dict(paper.positions)
+        await rollouts.put(subjects.rollout_key(sid), encode(RolloutState(
+            strategy=sid, rollout_id="r-1", plan="test", phases=phases, phase_index=1)))  # promoted
+        await eventually(lambda: sid in on_paper.engine.elsewhere, "the paper instance to follow the promotion")
+        await publish_bars(collector_nc, bars(venue, 2))
+        wound_down = (await receive(snapshots, codec(PortfolioSnapshot).decode, 1))[-1]
+        await on_paper.app.stop()
+
+        await on_live.app.start()  # the operator's switch: the same instance on the live endpoint
+        await publish_bars(collector_nc, bars(venue, 3))
+        trading_live = (await receive(snapshots, codec(PortfolioSnapshot).decode, 1))[-1]
+        listed = await qmp_cli(nats_credentials, "venues", "--json")
+        booked = [codec(Fill).decode(m.data) for m in await drain(fills)]
+    finally:
+        for service in (on_paper, on_live):
+            await service.app.stop()
+        for fake in (paper, live):
+            await fake.stop()
+        for sub in (snapshots, fills):
+            await sub.unsubscribe()
+
+    assert set(held_in_paper) == {"AAA", "BBB"} and all(q > 0 for q in held_in_paper.values())
+    assert all(q == 0.0 for q in wound_down.quantities) and all(q == 0.0 for q in paper.positions.values())
+    assert set(live.positions) == {"AAA", "BBB"} and all(q > 0 for q in live.positions.values())
+    assert dict(zip(trading_live.symbols, trading_live.quantities, strict=True)) == pytest.approx(live.positions)
+    assert booked and {f.deployment_id for f in booked} == {"r-1"}  # every fill, at either venue
+    code, output = listed
+    row = next(r for r in json.loads(output) if r["instance"] == sid)
+    assert (code, row["venue"], row["phase_env"], row["strategies"], row["deployments"]) == (
+        0, "alpaca", "live", {sid: ""}, {sid: "r-1"})
 
 
 async def test_execution_when_the_venue_differs_from_the_books_then_adopts_what_has_an_owner_and_asks_to_halt(

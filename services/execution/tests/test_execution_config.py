@@ -1,8 +1,10 @@
 """The engine's settings under operators' pre-trade limits: a strategy's own over ALL's over the settings."""
 
+import pytest
 from execution_testkit import PRICES, SID, FixedWeights, bar, config, engine_with, events_of
 
 from qmp_core.messages import OrderAccepted, OrderDenied, PreTradeLimits
+from qmp_execution.app import ExecutionSettings, check_phase_env
 from qmp_execution.engine import CODE_MAX_NOTIONAL, CODE_RESTRICTED, EngineConfig
 from qmp_execution.engine.config import LIMIT_NAMES, limit_values, with_limits
 
@@ -51,3 +53,14 @@ def test_set_limits_when_the_order_rate_changes_then_the_new_rate_counts_from_th
     result = engine.process(bar(1, PRICES)).results[SID]
 
     assert [type(d).__name__ for d in result.decisions] == ["OrderAccepted", "OrderDenied"]
+
+
+def test_check_phase_env_when_the_paper_phase_instance_points_at_a_live_endpoint_then_refused() -> None:
+    check_phase_env(ExecutionSettings(strategies="m=a:B", broker="alpaca", phase_env="live", alpaca_paper=False))
+    check_phase_env(ExecutionSettings(strategies="m=a:B", broker="exchange", phase_env="paper"))
+
+    with pytest.raises(ValueError, match="QMP_ALPACA_PAPER=false"):
+        check_phase_env(ExecutionSettings(strategies="m=a:B", broker="alpaca", phase_env="paper", alpaca_paper=False))
+    with pytest.raises(ValueError, match="QMP_EXCHANGE_SANDBOX=false"):
+        check_phase_env(ExecutionSettings(strategies="m=a:B", broker="exchange", phase_env="paper",
+                                          exchange_sandbox=False))

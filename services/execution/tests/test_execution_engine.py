@@ -20,6 +20,8 @@ from execution_testkit import (
 from qmp_core.clock import NS_PER_DAY
 from qmp_core.messages import (
     PortfolioSnapshot,
+    RolloutPhase,
+    RolloutState,
     codec,
     encode,
 )
@@ -179,3 +181,78 @@ def test_adopt_when_one_strategy_on_the_account_then_a_symbol_it_never_priced_is
 
     assert engine.hosts[SID].portfolio.positions["BBB"] == -4.0 and [d[0] for d in left] == ["ZZZ"]
     assert [(f.symbol, f.side, f.quantity) for f in results[SID].fills] == [("BBB", "SELL", 4.0)]
+
+
+# ---------------------------------------------------------------- rollouts: deployment ids, venue per phase
+def rollout(rollout_id: str, phase_index: int, sid: str = SID) -> RolloutState:
+    """A rollout on the default plan's shape: paper, then two live phases."""
+    phases = [RolloutPhase(name="paper", env="paper", allocation=0.1, min_soak_s=0.0),
+              RolloutPhase(name="live_10", env="live", allocation=0.1, min_soak_s=0.0),
+              RolloutPhase(name="live_100", env="live", allocation=1.0, min_soak_s=0.0)]
+    return RolloutState(strategy=sid, rollout_id=rollout_id, plan="test", phases=phases, phase_index=phase_index)
+
+
+def test_follow_rollout_when_orders_decided_then_each_order_and_fill_carries_the_rollout_id() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.5, "BBB": -0.3})})
+    engine.follow_rollout(SID, rollout("r-1", 0))
+    engine.process(bar(0, PRICES))
+
+    result = engine.process(bar(1, PRICES)).results[SID]
+
+    assert result.decisions and {d.deployment_id for d in result.decisions} == {"r-1"}
+    assert result.fills and {f.deployment_id for f in result.fills} == {"r-1"}
+
+
+def test_follow_rollout_when_redeployed_while_an_order_works_then_its_fills_keep_the_rollout_it_was_sent_in() -> None:
+    # 1% of a bar's volume per bar: the order works over many bars.
+    strategy = FixedWeights({"AAA": 0.5})
+    engine = engine_with({SID: strategy}, config(paper={"max_bar_participation": 0.01}))
+    engine.follow_rollout(SID, rollout("r-1", 0))
+    engine.process(bar(0, {"AAA": 100.0}, volume=1e4))
+    first = engine.process(bar(1, {"AAA": 100.0}, volume=1e4)).results[SID]
+    assert first.snapshot.working and first.snapshot.working[0].deployment_id == "r-1"
+    engine.follow_rollout(SID, rollout("r-2", 0))
+    strategy.weights["AAA"] = 0.6  # wants more: the working order keeps working, not replaced
+
+    later = engine.process(bar(2, {"AAA": 100.0}, volume=1e4)).results[SID]
+
+    assert later.fills and {f.deployment_id for f in later.fills} == {"r-1"}
+    restored = engine_with({SID: FixedWeights({"AAA": 0.5})})
+    restored.restore(later.snapshot)  # a restart keeps it too
+    assert restored.hosts[SID].portfolio.working["AAA"].deployment_id == "r-1"
+
+
+def test_follow_rollout_when_instance_trades_live_phases_then_a_paper_phase_gets_no_capital_here() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.5})}, config(phase_env="live"))
+    assert engine.state(SID).allocation == 0.0  # no rollout yet: nothing at the live venue
+    engine.process(bar(0, PRICES))
+    assert not orders(engine.process(bar(1, PRICES)).results[SID])
+
+    engine.follow_rollout(SID, rollout("r-1", 1))  # promoted to live_10
+    bought = engine.process(bar(2, PRICES)).results[SID]
+    assert orders(bought)["AAA"] > 0 and engine.status()[SID]["elsewhere"] == ""
+
+    engine.follow_rollout(SID, rollout("r-1", 0))  # rolled back to paper: wound down here
+    sold = engine.process(bar(3, PRICES)).results[SID]
+    assert orders(sold)["AAA"] == pytest.approx(-orders(bought)["AAA"])
+    assert "paper phase" in engine.status()[SID]["elsewhere"]
+
+
+def test_follow_rollout_when_instance_trades_paper_phases_then_promotion_to_live_winds_it_down() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.5})}, config(phase_env="paper"))
+    engine.process(bar(0, PRICES))
+    bought = engine.process(bar(1, PRICES)).results[SID]  # no rollout: paper trading
+    assert orders(bought)["AAA"] > 0
+
+    engine.follow_rollout(SID, rollout("r-1", 1))
+    sold = engine.process(bar(2, PRICES)).results[SID]
+
+    assert orders(sold)["AAA"] == pytest.approx(-orders(bought)["AAA"])
+    assert engine.follow_rollout("not-hosted", rollout("r-9", 1, "not-hosted")) is False
+
+
+def test_follow_rollout_when_instance_trades_any_phase_then_allocation_is_the_control_entries_alone() -> None:
+    engine = engine_with({SID: FixedWeights({"AAA": 0.5})})
+    for index in (-1, 0, 1, 2):
+        engine.follow_rollout(SID, rollout("r-1", index))
+        assert engine.state(SID).allocation == 1.0

@@ -10,6 +10,7 @@ from execution_testkit import RandomWeights, batches
 
 from qmp_core.clock import TestClock
 from qmp_core.db import connect_pool
+from qmp_core.messages import RolloutState
 from qmp_execution.engine import EngineConfig, ExecutionEngine
 from qmp_execution.store import ExecutionStore
 
@@ -27,6 +28,7 @@ async def test_store_when_batches_repeat_and_one_is_refused_then_each_row_once_a
     config = msgspec.convert({"es_budget": 0.0, "participation_limit": 0.0, "min_order_notional": 0.0,
                               "price_band": 0.0}, EngineConfig)
     engine = ExecutionEngine({unique_id: RandomWeights()}, config, TestClock(0))
+    engine.follow_rollout(unique_id, RolloutState(strategy=unique_id, rollout_id="r-7", plan="test", phases=[]))
     results = [list(engine.process(batch).results.values()) for batch in batches(6, 5, seed=9)]
     pool = await connect_pool(database_url, max_size=1)  # one session: the staging tables' own
     try:
@@ -41,9 +43,11 @@ async def test_store_when_batches_repeat_and_one_is_refused_then_each_row_once_a
             await store.write(batch_results)
             await store.write(batch_results)  # a redelivered batch
         final = await counts(pool, unique_id)
+        deployments = await pool.fetch("SELECT DISTINCT deployment_id FROM fills WHERE strategy = $1", unique_id)
     finally:
         await pool.close()
 
     fills = sum(len(r.fills) for batch_results in results for r in batch_results)
     assert fills > 0
     assert final == (fills, 6, sum(len(r.snapshot.symbols) for b in results for r in b))
+    assert [row["deployment_id"] for row in deployments] == ["r-7"]  # each fill tied to its rollout

@@ -267,6 +267,7 @@ class OrderDecisionBase(Struct, frozen=True, kw_only=True, tag_field="event"):
     price: float
     ts_event: int
     schema: int = SCHEMA_VERSION
+    deployment_id: str = ""  # the rollout the order belongs to (its rollout_id); "" when the strategy has none
 
 
 class OrderAccepted(OrderDecisionBase, tag="OrderAccepted"):
@@ -301,6 +302,7 @@ class Fill(Struct, frozen=True, kw_only=True):
     daily_vol: float = 0.0  # the symbol's daily volatility the slippage model used
     adv: float = 0.0  # average daily volume in shares (0: unknown)
     remaining: float = 0.0  # the order's quantity still working after this fill
+    deployment_id: str = ""  # the rollout of the order it fills (its rollout_id); "" when none
 
 
 class PortfolioSnapshot(Struct, frozen=True, kw_only=True):
@@ -832,6 +834,7 @@ class WorkingOrder(Struct, frozen=True, kw_only=True):
     bars_waited: int = 0
     schema: int = SCHEMA_VERSION
     filled_value: float = 0.0  # Σ quantity × price of the fills booked (0 in books written before paper kept it)
+    deployment_id: str = ""  # the rollout it was sent under: its fills carry it after a redeploy too
 
 
 class StopLossInForce(Struct, frozen=True, kw_only=True):

@@ -291,7 +291,14 @@ def _message(error: APIError) -> str:
 
 def config_from(api_key: str, secret_key: str, secrets_file: str, paper: bool, url: str,
                 fill_wait_s: float, stream_url: str = "") -> AlpacaConfig:
-    """Return the adapter's configuration from execution's settings (credentials checked here, at start)."""
+    """Return the adapter's configuration from execution's settings (credentials checked here, at start).
+
+    Alpaca serves the trade-updates stream on the trading API's host (`wss://<host>/stream`), so another
+    trading URL moves the stream with it unless a stream URL of its own is given: an execution pointed at a
+    proxy or a fake venue never opens a stream to Alpaca itself.
+    """
     key, secret = load_credentials("Alpaca", "QMP_ALPACA", api_key, secret_key, secrets_file)
+    if url and not stream_url:
+        stream_url = url.rstrip("/").replace("https://", "wss://", 1).replace("http://", "ws://", 1) + "/stream"
     return AlpacaConfig(api_key=key, secret_key=secret, paper=paper, url=url, fill_wait_s=fill_wait_s,
                         stream_url=stream_url)

@@ -38,6 +38,7 @@ from qmp_execution.handlers import (
     LimitsWatch,
     Reconciler,
     RiskWatch,
+    RolloutWatch,
     StopLossAcks,
     StopLossHandler,
     VenueUpdates,
@@ -130,6 +131,10 @@ class ExecutionSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unkno
     # differs is adopted, halts the strategy (through the deployer) or is only reported (handlers.reconciliation).
     reconcile_interval_s: Annotated[float, Meta(ge=0.0)] = 60.0
     reconcile_policy: ReconciliationPolicy = "halt"
+    # The rollout phases this instance trades: "paper" (its venue's paper endpoint: the paper phase), "live"
+    # (its live endpoint: the live phases) or "any". Two instances, one of each, give every strategy its
+    # venue per phase; a strategy in the other environment's phase has no capital here (engine.follow_rollout).
+    phase_env: Literal["paper", "live", "any"] = "any"
 
     secret_fields: ClassVar[frozenset[str]] = ServiceSettings.secret_fields | {
         "broker_api_key", "alpaca_api_key", "alpaca_secret_key", "exchange_api_key", "exchange_secret_key"}
@@ -206,7 +211,18 @@ def engine_config(settings: ExecutionSettings) -> EngineConfig:
                           latency_bars=settings.latency_bars, slippage=slippage_config(settings)),
         broker="paper" if settings.broker == "paper" else "external",
         venue=settings.venues[0] if len(settings.venues) == 1 else "",
+        phase_env=settings.phase_env,
     )
+
+
+def check_phase_env(settings: ExecutionSettings) -> None:
+    """Refuse an instance for the paper phase that points at a venue's live endpoint: real money for a
+    strategy nobody has confirmed live."""
+    live = {"alpaca": not settings.alpaca_paper, "exchange": not settings.exchange_sandbox}.get(settings.broker)
+    if settings.phase_env == "paper" and live:
+        endpoint = "QMP_ALPACA_PAPER=false" if settings.broker == "alpaca" else "QMP_EXCHANGE_SANDBOX=false"
+        raise ValueError(f"QMP_PHASE_ENV=paper trades the paper phase, but {endpoint} points at the live "
+                         "endpoint (real money)")
 
 
 def alpaca_adapter(settings: ExecutionSettings) -> BrokerAdapter:
@@ -254,6 +270,7 @@ class ExecutionService:
     """The execution service: a FastStream app (`.app`) around one engine."""
 
     def __init__(self, settings: ExecutionSettings, clock: Clock | None = None) -> None:
+        check_phase_env(settings)
         self.settings = settings
         self.clock = clock or make_clock(settings.clock)
         self.engine = ExecutionEngine(load_strategies(settings), engine_config(settings), self.clock)
@@ -269,6 +286,7 @@ class ExecutionService:
         self.durable = Durable(SERVICE, self.clock, self.liveness, lambda: self.broker.connection.jetstream())
         self.watch: ControlWatch | None = None
         self.limits_watch: LimitsWatch | None = None
+        self.rollout_watch: RolloutWatch | None = None
         self.venue_updates: VenueUpdates | None = None
         self.risk_watch: RiskWatch | None = None
         self.rest: RestBrokerClient | None = None
@@ -351,6 +369,8 @@ class ExecutionService:
         try:
             self.limits_watch = LimitsWatch(await js.key_value(subjects.KV_LIMITS), self.engine, js)
             await self.limits_watch.start()
+            self.rollout_watch = RolloutWatch(await js.key_value(subjects.KV_ROLLOUTS), self.engine, js)
+            await self.rollout_watch.start()
             restored = await recover(self.engine, js, self.consumer, self.settings.venues)
             self.risk_watch = RiskWatch(js, self.engine)
             await self.risk_watch.start()
@@ -398,6 +418,8 @@ class ExecutionService:
             await self.watch.stop()
         if self.limits_watch is not None:
             await self.limits_watch.stop()
+        if self.rollout_watch is not None:
+            await self.rollout_watch.stop()
         if self.risk_watch is not None:
             await self.risk_watch.stop()
         if self.rest is not None:
@@ -419,6 +441,7 @@ class ExecutionService:
             "ready": handler is not None,
             "instance": self.settings.execution_instance or subjects.DEFAULT_EXECUTION_INSTANCE,
             "venue": self.adapter.name if self.adapter is not None else self.settings.broker,
+            "phase_env": self.settings.phase_env,  # the rollout phases it trades: paper, live or any
             "initial_capital": self.settings.initial_capital,  # a setting in force, shown by `qmp status`
             "strategies": self.engine.status(),
             "batches": handler.batches if handler else 0,
@@ -431,6 +454,7 @@ class ExecutionService:
                                for sid, r in self.reconciler.reports.items()} if self.reconciler else {},
             "control_updates": self.watch.updates if self.watch else 0,
             "limits_updates": self.limits_watch.updates if self.limits_watch else 0,
+            "rollout_updates": self.rollout_watch.updates if self.rollout_watch else 0,
             "control_catch_up_timeouts": self.watch.catch_up_timeouts if self.watch else 0,
             "risk_snapshots": self.risk_watch.received if self.risk_watch else 0,
             "risk_catch_up_timeouts": self.risk_watch.catch_up_timeouts if self.risk_watch else 0,

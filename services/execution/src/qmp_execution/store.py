@@ -15,7 +15,7 @@ from qmp_core.clock import to_datetime
 from qmp_execution.engine import StrategyResult
 
 FILL_COLUMNS = ("ts", "strategy", "fill_id", "order_id", "symbol", "side", "quantity", "price", "arrival_price",
-                "slippage_bps", "fee", "participation", "daily_vol", "adv", "remaining")
+                "slippage_bps", "fee", "participation", "daily_vol", "adv", "remaining", "deployment_id")
 EQUITY_COLUMNS = ("ts", "strategy", "cash", "equity", "realized_pnl", "unrealized_pnl", "fees", "gross_exposure",
                   "net_exposure", "positions", "working")
 POSITION_COLUMNS = ("ts", "strategy", "symbol", "quantity", "price", "avg_price", "unrealized_pnl")
@@ -30,7 +30,8 @@ def rows_of(results: Sequence[StrategyResult]) -> dict[str, list[tuple[Any, ...]
     for result in results:
         ts = to_datetime(result.ts_event)
         fills.extend((to_datetime(f.ts_event), f.strategy, f.fill_id, f.order_id, f.symbol, f.side, f.quantity, f.price,
-                      f.arrival_price, f.slippage_bps, f.fee, f.participation, f.daily_vol, f.adv, f.remaining)
+                      f.arrival_price, f.slippage_bps, f.fee, f.participation, f.daily_vol, f.adv, f.remaining,
+                      f.deployment_id)
                      for f in result.fills)
         s = result.snapshot
         exposures = [q * p for q, p in zip(s.quantities, s.prices, strict=True)]

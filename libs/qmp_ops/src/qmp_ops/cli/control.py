@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -180,20 +181,34 @@ class NoBrokerCommands(RuntimeError):
     """Nobody answers broker commands for the instance: execution trades on the paper broker, or is down."""
 
 
-async def check_every_venue(connection: Connection) -> list[tuple[str, str, list[str], BrokerReply | None]]:
-    """Every execution instance that answers: (instance, venue, strategies, its venue check; None on the
-    paper broker, which has no venue to ask)."""
+@dataclass(frozen=True)
+class VenueRow:
+    """One execution instance as `qmp venues` shows it."""
+
+    instance: str
+    venue: str
+    phase_env: str  # the rollout phases it trades: paper, live or any
+    strategies: dict[str, str]  # strategy -> "" when it trades here now, else why not (its phase is elsewhere)
+    deployments: dict[str, str]  # strategy -> the rollout its new orders go out under ("" if none)
+    check: BrokerReply | None  # the venue's answer; None on the paper broker, which has no venue to ask
+
+
+async def check_every_venue(connection: Connection) -> list[VenueRow]:
+    """Every execution instance that answers, with its venue's answer."""
     nc = await connection.connect()
     try:
         healths = await execution_health(nc)
     finally:
         await nc.close()
-    rows: list[tuple[str, str, list[str], BrokerReply | None]] = []
+    rows: list[VenueRow] = []
     for health in sorted(healths, key=lambda h: str(h.get("instance", ""))):
         instance = str(health.get("instance") or subjects.DEFAULT_EXECUTION_INSTANCE)
-        venue, strategies = str(health.get("venue") or "?"), sorted(health.get("strategies", {}))
+        strategies: dict[str, dict[str, Any]] = health.get("strategies", {})
         reply = None if health.get("broker") == "paper" else await check_venue(connection, instance)
-        rows.append((instance, venue, strategies, reply))
+        rows.append(VenueRow(instance, str(health.get("venue") or "?"), str(health.get("phase_env") or "any"),
+                             {sid: str(s.get("elsewhere") or "") for sid, s in sorted(strategies.items())},
+                             {sid: str(s.get("deployment_id") or "") for sid, s in sorted(strategies.items())},
+                             reply))
     return rows
 
 

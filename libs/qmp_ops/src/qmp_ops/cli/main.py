@@ -1,6 +1,7 @@
 """The `qmp` command: up, demo, halt, resume, status, venues, contract; the rest registers on demand."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from rich.table import Table
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.control import (
     NoBrokerCommands,
+    VenueRow,
     check_every_venue,
     check_venue,
     gather_status,
@@ -328,19 +330,19 @@ def venues(
     connection = Connection.read()
     try:
         if instance is not None:
-            rows = [(instance, "", [], asyncio.run(check_venue(connection, instance)))]
+            rows = [VenueRow(instance, "", "", {}, {}, asyncio.run(check_venue(connection, instance)))]
         else:
             rows = asyncio.run(check_every_venue(connection))
     except NoBrokerCommands as error:
         _fail(str(error))
     if as_json:
-        console.print_json(json.dumps([{"instance": i, "venue": v, "strategies": s,
-                                        "check": msgspec.to_builtins(r) if r is not None else None}
-                                       for i, v, s, r in rows]))
+        console.print_json(json.dumps([dataclasses.asdict(row) | {"check": msgspec.to_builtins(row.check)}
+                                       for row in rows]))
     elif not rows:
         console.print("no execution instance answered: `qmp status` shows which services run")
-    for name, venue, strategies, reply in rows if not as_json else []:
-        where = f"{escape(name)}" + (f" ({escape(venue)}: {escape(', '.join(strategies))})" if venue else "")
+    for row in rows if not as_json else []:
+        where = escape(row.instance) + (f" ({escape(row.venue)}, {escape(row.phase_env)} phases)" if row.venue else "")
+        reply = row.check
         if reply is None:
             console.print(f"{where}: the paper broker, no venue to check", highlight=False)
         elif not reply.accepted:
@@ -351,12 +353,18 @@ def venues(
                           f"{account.get('latency_ms', 0):.0f} ms: cash {account.get('cash', 0):,.2f}, equity "
                           f"{account.get('equity', 0):,.2f}, buying power {account.get('buying_power', 0):,.2f}",
                           highlight=False)
+        for sid, elsewhere in row.strategies.items():
+            deployment = f", rollout {row.deployments[sid]}" if row.deployments.get(sid) else ""
+            console.print(f"  {escape(sid)}{escape(deployment)}: "
+                          + (f"[yellow]not here[/]: {escape(elsewhere)}" if elsewhere else "trades here"),
+                          highlight=False)
+        if reply is not None and reply.accepted:
             if not reply.differences:
                 console.print("  positions: the books and the venue agree")
             for difference in reply.differences:
                 console.print(f"  [red]position differs[/] {escape(difference.symbol)}: books "
                               f"{difference.booked:g}, venue {difference.venue:g}", highlight=False)
-    if any(r is not None and (not r.accepted or r.differences) for _, _, _, r in rows):
+    if any(row.check is not None and (not row.check.accepted or row.check.differences) for row in rows):
         raise typer.Exit(1)
 
 

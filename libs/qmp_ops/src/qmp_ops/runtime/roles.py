@@ -82,7 +82,7 @@ ROLES: dict[str, Role] = {
         durables=((subjects.STREAM_MARKET_DATA, subjects.CONSUMER_EXECUTION_BARS),
                   (subjects.STREAM_RISK, subjects.CONSUMER_EXECUTION_STOP_LOSS)),
         reads=(subjects.STREAM_EXEC, subjects.STREAM_MARKET_DATA),
-        watches=(KV_CONTROL_STREAM, KV_LIMITS_STREAM, subjects.STREAM_RISK),
+        watches=(KV_CONTROL_STREAM, KV_LIMITS_STREAM, KV_ROLLOUTS_STREAM, subjects.STREAM_RISK),
     ),
     "deployer": Role(
         publish=("qmp.state.>", "qmp.audit.>", "qmp.deploy.>", control_of("deployer"), subjects.dlq("deployer"),

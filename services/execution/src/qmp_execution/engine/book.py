@@ -27,6 +27,7 @@ class Working:
     fills: int = 0
     bars_waited: int = 0
     filled_value: float = 0.0  # Σ quantity × price of the fills booked
+    deployment_id: str = ""  # the rollout it was sent under
 
     @property
     def remaining(self) -> float:
@@ -39,13 +40,15 @@ class Working:
     def to_message(self) -> WorkingOrder:
         return WorkingOrder(order_id=self.order_id, symbol=self.symbol, side=self.side, quantity=self.quantity,
                             price=self.price, ts_event=self.ts_event, filled=self.filled, fills=self.fills,
-                            bars_waited=self.bars_waited, filled_value=self.filled_value)
+                            bars_waited=self.bars_waited, filled_value=self.filled_value,
+                            deployment_id=self.deployment_id)
 
     @classmethod
     def from_message(cls, order: WorkingOrder) -> "Working":
         return cls(order_id=order.order_id, symbol=order.symbol, side=order.side, quantity=order.quantity,
                    price=order.price, ts_event=order.ts_event, filled=order.filled, fills=order.fills,
-                   bars_waited=order.bars_waited, filled_value=order.filled_value)
+                   bars_waited=order.bars_waited, filled_value=order.filled_value,
+                   deployment_id=order.deployment_id)
 
 
 @dataclass

@@ -20,6 +20,9 @@ class BrokerOrder(Struct, frozen=True, kw_only=True):
     quantity: float
     price: float  # arrival price: a marketable limit for brokers that need one
     ts_event: int
+    # The rollout it belongs to. Not part of a venue's client order id: an order sent under one rollout
+    # must still be found under the same id after a redeploy.
+    deployment_id: str = ""
 
 
 class OrderLike(Protocol):
@@ -31,12 +34,14 @@ class OrderLike(Protocol):
     quantity: float
     price: float
     ts_event: int
+    deployment_id: str
 
 
 def broker_order(strategy: str, order: OrderLike) -> BrokerOrder:
     """The order as sent (or to be asked about) at the broker."""
     return BrokerOrder(order_id=order.order_id, strategy=strategy, symbol=order.symbol, side=order.side,
-                       quantity=order.quantity, price=order.price, ts_event=order.ts_event)
+                       quantity=order.quantity, price=order.price, ts_event=order.ts_event,
+                       deployment_id=order.deployment_id)
 
 
 class BrokerFill(Struct, frozen=True, kw_only=True):

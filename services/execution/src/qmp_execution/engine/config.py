@@ -65,6 +65,8 @@ class EngineConfig(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     venue: str = ""
     # "paper" fills against bars here; "external" leaves accepted orders working until `apply_acks`.
     broker: Literal["paper", "external"] = "paper"
+    # The rollout phases this instance trades: one environment's (its venue's paper or live endpoint), or any.
+    phase_env: Literal["paper", "live", "any"] = "any"
 
 
 def with_limits(config: EngineConfig, *levels: PreTradeLimits | None) -> EngineConfig:

@@ -5,15 +5,19 @@ from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from qmp_core import subjects
 from qmp_core.clock import Clock
 from qmp_core.messages import (
     BarBatch,
     ClosePosition,
+    Env,
     Fill,
     PortfolioSnapshot,
     PreTradeLimits,
     RiskSnapshot,
+    RolloutState,
     TradingState,
 )
 from qmp_core.strategy import Strategy
@@ -30,6 +34,15 @@ from qmp_execution.engine.slippage import SlippageConfig
 
 log = logging.getLogger(__name__)
 
+
+def phase_env(rollout: RolloutState | None) -> Env:
+    """The environment a strategy trades in now: its rollout phase's; paper with no rollout, or rolled back
+    below the first phase (no capital anywhere)."""
+    if rollout is None or not 0 <= rollout.phase_index < len(rollout.phases):
+        return "paper"
+    return rollout.phases[rollout.phase_index].env
+
+
 class ExecutionEngine:
     """Hosts strategies and turns bar batches into gated orders, paper fills and portfolio snapshots."""
 
@@ -45,6 +58,10 @@ class ExecutionEngine:
         self.controls = controls or ControlEntries()
         self.hosts = {sid: StrategyHost(sid, strategy, config, clock) for sid, strategy in strategies.items()}
         self.limits: dict[str, PreTradeLimits] = {}  # operators' limits by strategy (or ALL), over `config`
+        # Strategies whose rollout phase trades at another instance's venue (why), wound down here.
+        self.elsewhere: dict[str, str] = {}
+        for sid in self.hosts:
+            self.follow_rollout(sid, None)
         self._pending: dict[tuple[str, int], dict[int, ValidatedBatch]] = {}
         self._close_ids: set[str] = set()
         self._close_order: deque[str] = deque()
@@ -73,7 +90,32 @@ class ExecutionEngine:
         self.hosts[strategy].use_slippage(config)
 
     def state(self, strategy: str) -> TradingState:
-        return self.controls.effective(strategy)
+        state = self.controls.effective(strategy)
+        if strategy in self.elsewhere:  # no capital here: what it holds is closed by its normal orders
+            return msgspec.structs.replace(state, allocation=0.0)
+        return state
+
+    def follow_rollout(self, strategy: str, rollout: RolloutState | None) -> bool:
+        """Take a strategy's rollout (None: it has none); False if the strategy is not hosted here.
+
+        Its id goes on every new order (`deployment_id`). An instance that trades one environment's phases
+        (`config.phase_env`: its venue's paper endpoint, or its live one) gives a strategy whose phase is
+        of the other environment no capital: it trades at the other instance's venue now, and whatever it
+        still holds here is closed by normal orders (a promotion from paper, a rollback from live).
+        """
+        host = self.hosts.get(strategy)
+        if host is None:
+            return False
+        host.deployment_id = rollout.rollout_id if rollout is not None else ""
+        env = phase_env(rollout)
+        if self.config.phase_env in ("any", env):
+            self.elsewhere.pop(strategy, None)
+        else:
+            phase = (rollout.phases[rollout.phase_index].name
+                     if rollout is not None and 0 <= rollout.phase_index < len(rollout.phases) else "no rollout")
+            self.elsewhere[strategy] = (f"{phase} is a {env} phase, traded at another venue: this instance "
+                                        f"trades {self.config.phase_env} phases")
+        return True
 
     def set_limits(self, key: str, limits: PreTradeLimits | None) -> list[str]:
         """Take an operator's limits for a strategy or for every one (`ALL`; None: removed); the strategies
@@ -262,4 +304,5 @@ class ExecutionEngine:
         return merge_chunks([parts[c] for c in sorted(parts)])
 
     def status(self) -> dict[str, Any]:
-        return {sid: host.status(self.state(sid)) for sid, host in self.hosts.items()}
+        return {sid: host.status(self.state(sid)) | {"elsewhere": self.elsewhere.get(sid, "")}
+                for sid, host in self.hosts.items()}

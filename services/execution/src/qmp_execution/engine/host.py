@@ -85,6 +85,7 @@ class StrategyHost:
         self.risk: RiskSnapshot | None = None
         self.es_scale = 1.0
         self.es_key = ""  # the risk snapshot's ES key (method_level) that scaled the last batch down, "" if none
+        self.deployment_id = ""  # the strategy's rollout (rollout_id) new orders go out under; "" if none
         self.stop_losses: dict[str, StopLoss] = {}
         self.error: str | None = None
         self.error_at: int = 0
@@ -248,7 +249,7 @@ class StrategyHost:
             order_id = f"{self.strategy_id}-adopted-{ts_event}-{symbol}"
             fill = Fill(strategy=self.strategy_id, order_id=order_id, fill_id=f"{order_id}-f1", symbol=symbol,
                         side=_side(quantity), quantity=abs(quantity), price=price, arrival_price=price,
-                        slippage_bps=0.0, fee=0.0, ts_event=ts_event)
+                        slippage_bps=0.0, fee=0.0, ts_event=ts_event, deployment_id=self.deployment_id)
             self.portfolio.apply(fill)
             fills.append(fill)
         log.warning("positions adopted from the venue", extra={"strategy": self.strategy_id,
@@ -270,7 +271,8 @@ class StrategyHost:
                 continue
             price = order.price if order.price > 0.0 else book.prices.get(order.symbol, 0.0)
             book.working[order.symbol] = Working(order_id=order.order_id, symbol=order.symbol, side=order.side,
-                                                 quantity=order.quantity, price=price, ts_event=ts_event)
+                                                 quantity=order.quantity, price=price, ts_event=ts_event,
+                                                 deployment_id=self.deployment_id)
             if not price > 0.0:
                 self._unpriced.add(order.symbol)
             taken.append(order.order_id)
@@ -305,12 +307,13 @@ class StrategyHost:
                 order_id = f"{self.strategy_id}-kill-{kill_id}-{symbol}"
                 side = _side(-position)
                 book.working[symbol] = Working(order_id=order_id, symbol=symbol, side=side, quantity=abs(position),
-                                               price=price, ts_event=ts_event)
+                                               price=price, ts_event=ts_event, deployment_id=self.deployment_id)
                 self._flattening[symbol] = order_id
                 book.orders_total += 1
                 events.append(OrderAccepted(strategy=self.strategy_id, order_id=order_id, symbol=symbol, side=side,
                                             quantity=abs(position), price=price, ts_event=ts_event,
-                                            reason=f"{why} (flatten)", reason_code=CODE_KILLED))
+                                            reason=f"{why} (flatten)", reason_code=CODE_KILLED,
+                                            deployment_id=self.deployment_id))
         log.warning("kill switch", extra={"strategy": self.strategy_id, "kill_id": kill_id, "flatten": flatten,
                                           "events": len(events)})
         return StrategyResult(self.strategy_id, ts_event, events, [], self.snapshot(), self.error,
@@ -414,7 +417,7 @@ class StrategyHost:
             slippage_bps=direction * (price - arrival) / arrival / BPS,
             fee=fee or quantity * price * self.config.paper.fee_bps * BPS, ts_event=ts_event,
             participation=participation, daily_vol=sigma if math.isfinite(sigma) else 0.0,
-            adv=adv if math.isfinite(adv) else 0.0, remaining=remaining,
+            adv=adv if math.isfinite(adv) else 0.0, remaining=remaining, deployment_id=order.deployment_id,
         )
         self.portfolio.apply(fill)
         self._count_fill(fill)
@@ -509,7 +512,8 @@ class StrategyHost:
                 del self._withdrawn[next(iter(self._withdrawn))]
         return OrderCanceled(strategy=self.strategy_id, order_id=order.order_id, symbol=order.symbol,
                              side=order.side, quantity=order.remaining, price=order.price, ts_event=ts_event,
-                             reason=reason, reason_code=code, filled_quantity=order.filled)
+                             reason=reason, reason_code=code, filled_quantity=order.filled,
+                             deployment_id=order.deployment_id)
 
     # ------------------------------------------------------------ stop-loss closes
     def _stop_loss_orders(self, batch: ValidatedBatch, market: Market) -> tuple[
@@ -700,17 +704,20 @@ class StrategyHost:
         order_id = self._order_id(ts_event, c.symbol)
         side = _side(quantity)
         self.portfolio.working[c.symbol] = Working(order_id=order_id, symbol=c.symbol, side=side,
-                                                   quantity=abs(quantity), price=c.price, ts_event=ts_event)
+                                                   quantity=abs(quantity), price=c.price, ts_event=ts_event,
+                                                   deployment_id=self.deployment_id)
         self.portfolio.orders_total += 1
         caps = f"; capped by {', '.join(c.caps)}" if c.caps else ""
         if c.stop is not None:
             c.stop.order_id = order_id
             return OrderAccepted(strategy=self.strategy_id, order_id=order_id, symbol=c.symbol, side=side,
                                  quantity=abs(quantity), price=c.price, ts_event=ts_event,
-                                 reason=c.stop.reason + caps, reason_code=CODE_STOP_LOSS)
+                                 reason=c.stop.reason + caps, reason_code=CODE_STOP_LOSS,
+                                 deployment_id=self.deployment_id)
         return OrderAccepted(strategy=self.strategy_id, order_id=order_id, symbol=c.symbol, side=side,
                              quantity=abs(quantity), price=c.price, ts_event=ts_event,
-                             reason=context.format(w=c.weight) + caps, es_key=self.es_key)
+                             reason=context.format(w=c.weight) + caps, es_key=self.es_key,
+                             deployment_id=self.deployment_id)
 
     def _stop(self, batch: ValidatedBatch, state: TradingState, error: BaseException, row: np.ndarray | None,
               columns: pd.Index, closing: frozenset[str] = frozenset()) -> list[OrderEvent]:
@@ -746,7 +753,7 @@ class StrategyHost:
         return OrderDenied(
             strategy=self.strategy_id, order_id=self._order_id(ts_event, symbol), symbol=symbol,
             side=_side(quantity), quantity=abs(quantity), price=price, ts_event=ts_event, reason=reason,
-            reason_code=code,
+            reason_code=code, deployment_id=self.deployment_id,
         )
 
     def _order_id(self, ts_event: int, symbol: str) -> str:
@@ -774,7 +781,7 @@ class StrategyHost:
             "es_budget": self.es_budget, "es_scale": self.es_scale, "limits": limit_values(self.config),
             "risk_ts": self.risk.ts_event if self.risk else 0, "last_ts": book.last_ts, "last_seq": book.last_seq,
             "window_rows": len(self.window), "lookback": self.strategy.lookback,
-            "stop_losses": sorted(self.stop_losses),
+            "stop_losses": sorted(self.stop_losses), "deployment_id": self.deployment_id,
         }
 
 

@@ -16,8 +16,10 @@ engine marks the position to close on the next batch, and applies a command id o
 
 What a venue pushes between batches (Alpaca's trade updates) is booked as it comes (`venue_updates`).
 Operators' pre-trade limits come from the `qmp_limits` bucket (`limits_watch.LimitsWatch`), loaded before
-the first batch. A kill in the control bucket is acted on at once, between batches (`kill.KillSwitch`): working orders
-withdrawn at the venue, positions optionally closed, and a `KillReport` published when the venue answered.
+the first batch; each strategy's rollout from the `qmp_rollouts` bucket (`rollout_watch.RolloutWatch`: the
+deployment id on its orders, and whether its phase trades at this instance's venue). A kill in the control
+bucket is acted on at once, between batches (`kill.KillSwitch`): working orders withdrawn at the venue,
+positions optionally closed, and a `KillReport` published when the venue answered.
 """
 
 from qmp_execution.handlers.bars import BarHandler
@@ -29,8 +31,9 @@ from qmp_execution.handlers.limits_watch import LimitsWatch
 from qmp_execution.handlers.reconciliation import Reconciler
 from qmp_execution.handlers.recovery import recover
 from qmp_execution.handlers.risk_watch import RiskWatch
+from qmp_execution.handlers.rollout_watch import RolloutWatch
 from qmp_execution.handlers.stop_loss import StopLossAcks, StopLossHandler
 from qmp_execution.handlers.venue_updates import VenueUpdates
 
 __all__ = ["SERVICE", "BarHandler", "BrokerCommands", "ControlWatch", "KillSwitch", "LimitsWatch", "Reconciler",
-           "RiskWatch", "StopLossAcks", "StopLossHandler", "VenueUpdates", "recover"]
+           "RiskWatch", "RolloutWatch", "StopLossAcks", "StopLossHandler", "VenueUpdates", "recover"]
