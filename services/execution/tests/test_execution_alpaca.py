@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
+import msgspec
 import pytest
 from execution_testkit import (
     PRICES,
@@ -17,7 +18,7 @@ from execution_testkit import (
 
 from qmp_core.messages import OrderAccepted
 from qmp_execution.adapters import BrokerAdapter, submit_all
-from qmp_execution.alpaca import AlpacaAdapter, AlpacaConfig, config_from
+from qmp_execution.alpaca import AlpacaAdapter, AlpacaConfig, config_from, order_id_of
 from qmp_execution.app import ExecutionSettings, alpaca_adapter
 from qmp_execution.engine.broker import BrokerOrder, OrderAck, broker_order
 from qmp_execution.rest import BrokerUnavailable
@@ -46,7 +47,7 @@ def order(order_id: str = "mom-1700000000-AAPL-1", symbol: str = "AAPL", side: s
                        quantity=quantity, price=190.0, ts_event=1)
 
 
-async def test_submit_when_market_order_fills_then_ack_carries_the_fill_and_qmp_id_is_the_client_order_id(
+async def test_submit_when_market_order_fills_then_ack_carries_the_fill_and_the_client_order_id_is_qmps(
         venue: FakeAlpaca) -> None:
     adapter = adapter_for(venue)
     assert isinstance(adapter, BrokerAdapter)
@@ -55,7 +56,8 @@ async def test_submit_when_market_order_fills_then_ack_carries_the_fill_and_qmp_
 
     assert (ack.status, ack.order_id, ack.endpoint) == ("filled", "mom-1700000000-AAPL-1", "alpaca")
     assert [(f.quantity, f.price) for f in ack.fills] == [(10.0, 190.5)]
-    assert list(venue.by_client_id) == ["mom-1700000000-AAPL-1"]
+    assert list(venue.by_client_id) == ["mom.1700000000-AAPL-1"]  # the strategy, a dot, the rest of QMP's id
+    assert order_id_of("mom.1700000000-AAPL-1") == "mom-1700000000-AAPL-1"
 
 
 async def test_submit_when_sent_again_after_a_restart_then_venue_keeps_one_order(venue: FakeAlpaca) -> None:
@@ -128,6 +130,7 @@ async def test_cancel_many_when_some_open_some_ended_then_open_ones_canceled_in_
     venue.behaviour.fill_delay_s = 60.0
     await adapter.submit(order("mom-4"))  # ...but this one, sent after
     await adapter.submit(order("mom-5"))
+    await adapter.submit(msgspec.structs.replace(order("mom-2-7-AAPL"), strategy="mom-2"))  # another strategy's
     before = venue.requests
 
     listed = await adapter.open_orders("mom")
@@ -138,7 +141,7 @@ async def test_cancel_many_when_some_open_some_ended_then_open_ones_canceled_in_
     assert [(a.order_id, a.status) for a in answers] == [("mom-4", "canceled"), ("mom-1", "unknown"),
                                                           ("mom-5", "canceled")]
     assert venue.requests - before == 1 + 1 + 2  # a listing each, then one DELETE per open order
-    assert venue.open_orders() == []
+    assert venue.open_orders() == ["mom-2.7-AAPL"]  # `mom-2`'s order is not `mom`'s, dash or not
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:

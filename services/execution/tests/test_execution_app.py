@@ -48,6 +48,7 @@ from qmp_core.messages import (
     codec,
     encode,
 )
+from qmp_execution.alpaca import order_id_of
 from qmp_execution.app import ExecutionService, load_calibration, settings_from
 from qmp_execution.engine import EngineConfig, ExecutionEngine
 from qmp_execution.engine.broker import BrokerOrder
@@ -353,7 +354,7 @@ async def test_execution_when_alpaca_fills_after_its_answer_then_next_batch_book
             await publish_bars(collector_nc, bars(venue, day))
         sent = await receive(snapshots, codec(PortfolioSnapshot).decode, 2)
         fake.fill_all()  # the market fills both orders after Alpaca's first answer
-        filled_at_venue = {o.client_order_id for o in fake.orders.values() if o.status == "filled"}
+        filled_at_venue = {order_id_of(o.client_order_id) for o in fake.orders.values() if o.status == "filled"}
         await publish_bars(collector_nc, bars(venue, 2))
         filled = await receive(fills, codec(Fill).decode, 2)
         last = (await receive(snapshots, codec(PortfolioSnapshot).decode, 1))[-1]
@@ -455,7 +456,8 @@ async def test_execution_when_killed_with_flatten_then_the_venue_holds_no_open_o
         fake.fill_all()  # day 1's orders filled: positions at the venue
         await publish_bars(collector_nc, bars(venue, 2, {"AAA": 40.0, "BBB": 250.0}))  # new targets: new orders
         working = (await receive(snapshots, codec(PortfolioSnapshot).decode, 1))[-1].working
-        fake.place(f"{sid}-by-hand", "CCC", 5.0)  # under the strategy's ids, unknown to its books
+        fake.place(f"{sid}.by-hand", "CCC", 5.0)  # under the strategy's ids, unknown to its books
+        fake.place(f"{sid}-2.1-EEE", "EEE", 3.0)  # strategy `<sid>-2`'s order: the kill of `<sid>` leaves it
         fake.place("another-system-1", "DDD", 7.0)  # not the strategy's: the kill leaves it alone
         await deployer_nc.flush()
         kv = await bus.control_bucket(deployer_nc.jetstream())
@@ -463,8 +465,8 @@ async def test_execution_when_killed_with_flatten_then_the_venue_holds_no_open_o
             strategy=sid, status="HALTED", reason="kill by test", kill_id="k-1", flatten=True,
             issued_by="operator", command_id="k-1")))
         report = (await receive(reports, codec(KillReport).decode, 1))[0]
-        open_after_kill = fake.open_orders()
-        status = {o.client_order_id: o.status for o in fake.orders.values()}
+        open_after_kill = [order_id_of(client_id) for client_id in fake.open_orders()]
+        status = {order_id_of(o.client_order_id): o.status for o in fake.orders.values()}
         await receive(snapshots, codec(PortfolioSnapshot).decode, 1)  # the book right after the kill
         fake.fill_all()  # the market takes the closing orders
         await publish_bars(collector_nc, bars(venue, 3, {"AAA": 40.0, "BBB": 250.0}))  # halted: fills booked
@@ -482,7 +484,7 @@ async def test_execution_when_killed_with_flatten_then_the_venue_holds_no_open_o
     assert {e.order_id for e in killed} == {w.order_id for w in working} | set(report.flatten_orders)
     # The strategy's orders at the venue, known to its books or not, are ended; the closing orders work; an
     # order of another system on the account is left alone.
-    assert open_after_kill == sorted([*report.flatten_orders, "another-system-1"])
+    assert sorted(open_after_kill) == sorted([*report.flatten_orders, "another-system-1", f"{sid}-2-1-EEE"])
     assert status[f"{sid}-by-hand"] == "canceled" and {status[w.order_id] for w in working} == {"canceled"}
     assert fake.positions.get("AAA", 0.0) == pytest.approx(0.0) and fake.positions.get("BBB", 0.0) == pytest.approx(0.0)
     assert all(q == pytest.approx(0.0) for q in last.quantities) and last.working == []

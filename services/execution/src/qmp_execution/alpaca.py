@@ -1,7 +1,8 @@
 """Alpaca behind `BrokerAdapter`, through Alpaca's official SDK (alpaca-py).
 
-Orders go out as market orders, day orders, with QMP's order id as Alpaca's `client_order_id`: Alpaca
-refuses a second order with the same one, so a retry, or a restart that sends an order again, finds the
+Orders go out as market orders, day orders, under a `client_order_id` made of QMP's order id
+(`client_order_id`: the strategy's id, a dot, the rest of the order id). Alpaca refuses a second order with
+the same one, so a retry, or a restart that sends an order again, finds the
 order it already has (by client order id) instead of making a second one. A submit waits up to
 `fill_wait_s` for the order to fill (polling its status) and answers with what Alpaca reports then: the
 filled quantity at its average price, or the order still working (what fills later is booked by
@@ -134,7 +135,7 @@ class AlpacaAdapter:
     async def submit(self, order: BrokerOrder) -> OrderAck:
         request = MarketOrderRequest(symbol=order.symbol, qty=abs(order.quantity),
                                      side=OrderSide.BUY if order.side == "BUY" else OrderSide.SELL,
-                                     time_in_force=TimeInForce.DAY, client_order_id=order.order_id)
+                                     time_in_force=TimeInForce.DAY, client_order_id=client_order_id(order))
         try:
             placed = await self._call(self.client.submit_order, request)
             self.sent += 1
@@ -142,7 +143,7 @@ class AlpacaAdapter:
             if _code(error) != DUPLICATE_CLIENT_ORDER_ID:
                 return OrderAck(order_id=order.order_id, status="rejected", endpoint=self.name,
                                 reason=f"alpaca refused the order ({error.status_code}): {_message(error)}")
-            placed = await self._call(self.client.get_order_by_client_id, order.order_id)
+            placed = await self._call(self.client.get_order_by_client_id, client_order_id(order))
             self.found += 1
         return ack_of(order.order_id, await self._settle(placed))
 
@@ -158,10 +159,10 @@ class AlpacaAdapter:
             order = await self._call(self.client.get_order_by_id, order.id)
         return order
 
-    async def _find(self, order_id: str) -> Order | None:
-        """Return the order Alpaca holds under QMP's order id (its client order id), or None if it has none."""
+    async def _find(self, sent: BrokerOrder) -> Order | None:
+        """Return the order Alpaca holds under the order's client order id, or None if it has none."""
         try:
-            return await self._call(self.client.get_order_by_client_id, order_id)
+            return await self._call(self.client.get_order_by_client_id, client_order_id(sent))
         except APIError as error:
             if error.status_code == 404:
                 return None
@@ -173,12 +174,12 @@ class AlpacaAdapter:
     async def status(self, sent: BrokerOrder) -> OrderAck:
         """Return the order as Alpaca reports it now: its fills so far (cumulative), or `unknown`."""
         order_id = sent.order_id
-        order = await self._find(order_id)
+        order = await self._find(sent)
         return self._unknown(order_id) if order is None else ack_of(order_id, order)
 
     async def cancel(self, sent: BrokerOrder) -> OrderAck:
         order_id = sent.order_id
-        order = await self._find(order_id)
+        order = await self._find(sent)
         if order is None:
             return self._unknown(order_id)
         if _status(order) in WORKING or _status(order) == "partially_filled":  # open: the rest can still fill
@@ -196,12 +197,13 @@ class AlpacaAdapter:
         return {str(o.client_order_id): o for o in orders if o.client_order_id}
 
     async def open_orders(self, strategy: str) -> list[BrokerOrder]:
-        """Return the account's open orders of `strategy`: QMP's order ids (Alpaca's client order ids) start
-        with the strategy's id, so a kill withdraws exactly that strategy's orders."""
-        return [BrokerOrder(order_id=client_id, strategy=strategy, symbol=str(o.symbol),
+        """Return the account's open orders of `strategy`: those whose client order id starts with the
+        strategy's id and a dot (`client_order_id`), so a kill withdraws exactly that strategy's orders."""
+        mine = f"{strategy}."
+        return [BrokerOrder(order_id=order_id_of(client_id), strategy=strategy, symbol=str(o.symbol),
                             side="BUY" if _text(o.side) == "buy" else "SELL", quantity=float(o.qty or 0.0),
                             price=0.0, ts_event=int(o.created_at.timestamp() * 1e9))
-                for client_id, o in sorted((await self._open()).items()) if client_id.startswith(f"{strategy}-")]
+                for client_id, o in sorted((await self._open()).items()) if client_id.startswith(mine)]
 
     async def cancel_many(self, orders: Sequence[BrokerOrder]) -> list[OrderAck]:
         """Cancel many orders in one listing and one call each (the kill switch): those the venue lists as open
@@ -211,7 +213,7 @@ class AlpacaAdapter:
 
         async def one(sent: BrokerOrder) -> OrderAck:
             order_id = sent.order_id
-            order = listed.get(order_id)
+            order = listed.get(client_order_id(sent))
             if order is None:
                 return OrderAck(order_id=order_id, status="unknown", reason="not open at alpaca", endpoint=self.name)
             try:
@@ -234,7 +236,7 @@ class AlpacaAdapter:
             event = _text(update.event)
             order = update.order
             if event in UPDATES and order.client_order_id:
-                answer = ack_of(str(order.client_order_id), order)
+                answer = ack_of(order_id_of(str(order.client_order_id)), order)
                 asyncio.run_coroutine_threadsafe(on_answer(answer), loop)
 
         stream.subscribe_trade_updates(on_update)
@@ -287,6 +289,25 @@ def _message(error: APIError) -> str:
         return str(json.loads(str(error)).get("message", error))
     except (ValueError, TypeError, AttributeError):
         return str(error)[:300]
+
+
+def client_order_id(order: BrokerOrder) -> str:
+    """Alpaca's client order id for QMP's order: the strategy's id, a dot, the rest of the order id.
+
+    QMP's order ids start with `<strategy>-`, and a strategy's id may hold a dash (`mom-2`), so by them
+    alone `mom`'s orders could not be told from `mom-2`'s. A strategy's id never holds a dot (it is a
+    subject token): the orders of `mom` are exactly those whose client order id starts with `mom.`.
+    """
+    head = f"{order.strategy}-"
+    if order.order_id.startswith(head):
+        return f"{order.strategy}.{order.order_id.removeprefix(head)}"
+    return order.order_id
+
+
+def order_id_of(client_id: str) -> str:
+    """QMP's order id for an Alpaca client order id (`client_order_id` read back)."""
+    strategy, dot, rest = client_id.partition(".")
+    return f"{strategy}-{rest}" if dot else client_id
 
 
 def config_from(api_key: str, secret_key: str, secrets_file: str, paper: bool, url: str,
