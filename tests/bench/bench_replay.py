@@ -95,15 +95,20 @@ class Sampler:
         return out
 
     def cpu(self) -> float:
-        total = 0.0
-        for group in self.processes().values():
+        return sum(self.cpu_by_process().values())
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds so far of each process (PostgreSQL: with its backends)."""
+        out: dict[str, float] = {}
+        for name, group in self.processes().items():
+            out[name] = 0.0
             for process in group:
                 try:
                     times = process.cpu_times()
-                    total += times.user + times.system
+                    out[name] += times.user + times.system
                 except psutil.NoSuchProcess:
                     pass
-        return total
+        return out
 
     def sample(self) -> None:
         for name, group in self.processes().items():
@@ -134,7 +139,7 @@ async def follow(stack: Stack, days: int) -> dict[str, float]:
     await stack.start_services()
     sampler = Sampler(stack)
     first = last = None
-    cpu_first = 0.0
+    cpu_first: dict[str, float] = {}
     seen, moved = 0, time.monotonic()
     while seen < days:
         sampler.sample()
@@ -143,19 +148,20 @@ async def follow(stack: Stack, days: int) -> dict[str, float]:
         if now_seen > seen:
             seen, moved = now_seen, now
             if first is None:
-                first, cpu_first = time.perf_counter(), sampler.cpu()
+                first, cpu_first = time.perf_counter(), sampler.cpu_by_process()
             last = time.perf_counter()
             print(f"\r{seen}/{days} days", end="", file=sys.stderr, flush=True)
         if now - moved > STALL_S:
             raise RuntimeError(f"the replay stalled at {seen} of {days} days; logs in {stack.run_dir}")
         await asyncio.sleep(SAMPLE_S if seen < days - 5 else 0.02)
     print(file=sys.stderr)
-    cpu = sampler.cpu() - cpu_first
+    cpu = {name: seconds - cpu_first.get(name, 0.0) for name, seconds in sampler.cpu_by_process().items()}
     orders = await count(js, subjects.STREAM_EXEC, subjects.orders(STRATEGY))
     fills = await count(js, subjects.STREAM_EXEC, subjects.fills(STRATEGY))
     await nc.close()
     assert first is not None and last is not None
-    return {"seconds": last - first, "cpu_seconds": cpu, "orders": orders, "fills": fills,
+    return {"seconds": last - first, "cpu_seconds": sum(cpu.values()), "cpu_by_process": cpu, "orders": orders,
+            "fills": fills,
             "peak_rss_mb": sampler.peak_mb}
 
 
@@ -194,6 +200,8 @@ def run(symbols: int, days: int, nautilus_python: str = "") -> dict:
                   "orders": measured["orders"], "fills": measured["fills"],
                   "orders_per_s": round(measured["orders"] / measured["seconds"], 1),
                   "cpu_us_per_bar": round(measured["cpu_seconds"] / bars * 1e6, 1),
+                  "cpu_us_per_bar_by_process": {name: round(seconds / bars * 1e6, 1)
+                                                for name, seconds in sorted(measured["cpu_by_process"].items())},
                   "peak_rss_mb": measured["peak_rss_mb"],
                   "services_peak_rss_mb": round(sum(services.values()), 1)},
         "engine_alone": alone,

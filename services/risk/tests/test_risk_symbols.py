@@ -196,3 +196,16 @@ def test_on_closes_when_prices_arrive_then_returns_are_against_each_symbols_prev
     assert risk.rings[inc.RING_RAW, b, 0] == pytest.approx(0.10)
     assert risk.measures("A")["historical_99"] == pytest.approx(0.01)
     assert risk.measures("nope") == {}
+
+
+def test_measures_when_es_left_out_then_the_same_var_keys_vol_and_ratio_without_any_es() -> None:
+    risk = SymbolRisk(params(window=20))
+    rng = np.random.default_rng(3)
+    for t, price in enumerate(100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, 30)))):
+        risk.on_closes(t + 1, ["A"], np.array([price]), key="v")
+
+    full, lean = risk.measures("A"), risk.measures("A", with_es=False)
+
+    assert any(key.startswith("es_") for key in full) and "vol" in full
+    assert lean == {key: value for key, value in full.items() if not key.startswith("es_")}
+    assert list(lean) == [key for key in full if not key.startswith("es_")]  # the same order

@@ -572,8 +572,7 @@ class RiskEngine:
         largest = sorted(positions, key=lambda p: -abs(p.weight))[: self.settings.symbol_risk_positions]
         out: dict[str, dict[str, float]] = {}
         for position in largest:
-            measures = {k: v for k, v in self.symbols.measures(listing(venue, position.symbol)).items()
-                        if not k.startswith("es_")}
+            measures = self.symbols.measures(listing(venue, position.symbol), with_es=False)
             if measures:
                 out[position.symbol] = measures
         return out

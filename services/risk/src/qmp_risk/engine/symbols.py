@@ -163,22 +163,31 @@ class SymbolRisk:
         self.refits += int(rows.shape[0])
         return codes
 
-    def measures(self, symbol: str) -> dict[str, float]:
-        """Return a symbol's VaR keys (`<method>_<level>`), `es_<key>`, `vol` and `vol_ratio`; {} if unknown."""
+    def measures(self, symbol: str, with_es: bool = True) -> dict[str, float]:
+        """Return a symbol's VaR keys (`<method>_<level>`), `es_<key>` (unless not `with_es`), `vol` and
+        `vol_ratio`; {} if unknown. Non-finite values are left out."""
         j = self._columns.get(symbol)
         if j is None:
             return {}
+        # One conversion of the symbol's row, then plain floats: a snapshot asks this for many positions.
         out: dict[str, float] = {}
-        for m, name in enumerate(METHOD_NAMES):
-            for level, alpha in enumerate(self.params.alphas):
-                var, es = float(self.var[j, m, level]), float(self.es[j, m, level])
-                if math.isfinite(var):
-                    out[f"{name}_{level_key(alpha)}"] = var
-                if math.isfinite(es):
-                    out[f"es_{name}_{level_key(alpha)}"] = es
-        for name, value in (("vol", self.vol[j, 0]), ("vol_ratio", self.vol[j, 1])):
-            if math.isfinite(value):
-                out[name] = float(value)
+        var = self.var[j].ravel().tolist()  # method-major, level-minor: the order of `keys`
+        if with_es:
+            es = self.es[j].ravel().tolist()
+            for key, value, shortfall in zip(self.keys, var, es, strict=True):
+                if math.isfinite(value):
+                    out[key] = value
+                if math.isfinite(shortfall):
+                    out[f"es_{key}"] = shortfall
+        else:
+            for key, value in zip(self.keys, var, strict=True):
+                if math.isfinite(value):
+                    out[key] = value
+        vol, vol_ratio = self.vol[j, :2].tolist()
+        if math.isfinite(vol):
+            out["vol"] = vol
+        if math.isfinite(vol_ratio):
+            out["vol_ratio"] = vol_ratio
         return out
 
     def riskiest(self, count: int, method: int = 0, level: int = -1) -> list[tuple[str, float]]:
