@@ -1,5 +1,5 @@
 """Execution's database writes: a batch written twice is stored once, and a batch the database refuses
-(rolled back) leaves the session able to write the next one."""
+is refused whole and leaves the session able to write the next one."""
 
 import dataclasses
 
@@ -35,8 +35,8 @@ async def test_store_when_batches_repeat_and_one_is_refused_then_each_row_once_a
         store = ExecutionStore(pool)
         trading = next(r for batch_results in results for r in batch_results if r.fills)
         refused = [dataclasses.replace(trading, fills=[msgspec.structs.replace(trading.fills[0], symbol="A\x00B")])]
-        with pytest.raises(asyncpg.PostgresError):  # a NUL no text column takes: the session's first batch
-            await store.write(refused)              # rolls back, and must not take the staging tables along
+        with pytest.raises(asyncpg.PostgresError):  # a NUL no text column takes: the whole batch is refused,
+            await store.write(refused)              # and the session writes on
         assert await counts(pool, unique_id) == (0, 0, 0)
 
         for batch_results in results:

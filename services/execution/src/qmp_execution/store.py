@@ -1,11 +1,11 @@
 """Execution's database writes: fills (with their cost records), the equity curve and positions per batch.
 
-Bulk rows go through COPY into a session-local staging table, then one INSERT ... ON CONFLICT DO NOTHING
-into the real table, in one transaction per batch: COPY's speed with the idempotency a redelivered batch
-needs (COPY alone would fail on the first duplicate key).
+A batch is one call of the `execution_write_batch` function (migration 0009) with each column as an array:
+one round trip and one statement, so the batch lands whole or not at all, and a redelivered batch is a
+no-op (its INSERTs skip rows that exist). This sits on a replay's critical path, once per batch, where
+COPY through staging tables would cost six round trips (begin, three COPYs, the moves, commit).
 """
 
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +19,6 @@ FILL_COLUMNS = ("ts", "strategy", "fill_id", "order_id", "symbol", "side", "quan
 EQUITY_COLUMNS = ("ts", "strategy", "cash", "equity", "realized_pnl", "unrealized_pnl", "fees", "gross_exposure",
                   "net_exposure", "positions", "working")
 POSITION_COLUMNS = ("ts", "strategy", "symbol", "quantity", "price", "avg_price", "unrealized_pnl")
-
 
 
 def rows_of(results: Sequence[StrategyResult]) -> dict[str, list[tuple[Any, ...]]]:
@@ -44,42 +43,35 @@ def rows_of(results: Sequence[StrategyResult]) -> dict[str, list[tuple[Any, ...]
 
 
 COLUMNS = {"fills": FILL_COLUMNS, "equity_curve": EQUITY_COLUMNS, "positions": POSITION_COLUMNS}
+# The function's parameters: every column of every table, in COLUMNS' order.
+WRITE_BATCH = ("SELECT execution_write_batch("
+               + ", ".join(f"${i}" for i in range(1, sum(len(c) for c in COLUMNS.values()) + 1)) + ")")
+
+
+def columns_of(rows: dict[str, list[tuple[Any, ...]]]) -> list[list[Any]]:
+    """Return the function's arguments: each table's rows turned into one list per column."""
+    arguments: list[list[Any]] = []
+    for table, names in COLUMNS.items():
+        table_rows = rows[table]
+        arguments += [list(column) for column in zip(*table_rows, strict=True)] if table_rows else [
+            [] for _ in names]
+    return arguments
 
 
 class ExecutionStore:
-    """Writes a batch's fills and books in one transaction; safe to repeat for the same batch.
-
-    A batch costs few round trips: the staging tables are created once per connection (temporary tables
-    live as long as the session, and `ON COMMIT DELETE ROWS` empties them), and the three moves from
-    staging into the real tables go as one multi-statement query.
-    """
+    """Writes a batch's fills and books in one statement; safe to repeat for the same batch."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.rows_written = 0
-        self._staged: weakref.WeakSet[Any] = weakref.WeakSet()  # connections that have the staging tables
 
     async def write(self, results: Sequence[StrategyResult]) -> None:
-        tables = {table: rows for table, rows in rows_of(results).items() if rows}
-        if not tables:
+        rows = rows_of(results)
+        written = sum(len(table_rows) for table_rows in rows.values())
+        if not written:
             return
-        async with self.pool.acquire() as connection:
-            session = getattr(connection, "_con", connection)  # the pool hands out a proxy of the session
-            if session not in self._staged:
-                # Outside the batch's transaction, so that a batch rolled back cannot take the tables with it.
-                # Table and column names are constants of this module, never input: no injection path.
-                await connection.execute("; ".join(
-                    f"CREATE TEMP TABLE IF NOT EXISTS staging_{table} (LIKE {table}) ON COMMIT DELETE ROWS"
-                    for table in COLUMNS))
-                self._staged.add(session)
-            async with connection.transaction():
-                for table, rows in tables.items():
-                    await connection.copy_records_to_table(f"staging_{table}", records=rows,
-                                                           columns=list(COLUMNS[table]))
-                await connection.execute("; ".join(
-                    f"INSERT INTO {table} ({', '.join(COLUMNS[table])}) SELECT {', '.join(COLUMNS[table])} "
-                    f"FROM staging_{table} ON CONFLICT DO NOTHING" for table in tables))
-        self.rows_written += sum(len(rows) for rows in tables.values())
+        await self.pool.execute(WRITE_BATCH, *columns_of(rows))
+        self.rows_written += written
 
 
 LATEST_CALIBRATION = (

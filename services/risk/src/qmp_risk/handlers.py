@@ -2,11 +2,15 @@
 
 Order of side effects for one portfolio snapshot, fixed so that replays are deterministic:
 control requests (await each reply) → stop-loss ClosePosition orders (stream) → breaker events (stream,
-table) → risk_snapshots row → snapshot on the stream. The collector in lockstep mode waits for the
+table) → snapshot on the stream → risk_snapshots row. The collector in lockstep mode waits for the
 snapshot before it sends the next batch, so by then the halt has been applied and the monitoring table is
-up to date. On a live clock a timer (`run_checks`) evaluates the breakers that change without input (stale
-data, news windows) every `check_interval_s`; in replay every snapshot does, at its own timestamp. News
-calendar entries come from a file at start (`news_calendar`) and from `qmp.md.news.events`.
+up to date. The row comes after the snapshot so that its write (one round trip with the positions as
+JSON) is off a replay's critical path: it overlaps the next batch's work. The message is acknowledged
+only once the row is written, so a crash or a database outage in between redelivers it: the snapshot is
+published again under the same Msg-Id (dropped as a duplicate) and the row written then. On a live clock
+a timer (`run_checks`) evaluates the breakers that change without input (stale data, news windows) every
+`check_interval_s`; in replay every snapshot does, at its own timestamp. News calendar entries come from a
+file at start (`news_calendar`) and from `qmp.md.news.events`.
 
 Bad input (undecodable, invalid, out of order) is dead-lettered with its reason and acknowledged; only
 transient failures (database, stream publish) raise, so the message is redelivered.
@@ -191,9 +195,9 @@ class RiskHandlers:
                 await self._publish_close(close)
             for event in result.events:
                 await self._publish_event(event)
-            await self._write_snapshot(snapshot)
             await bus.publish(self.js, subjects.snapshot(snapshot.strategy), snapshot,
                               msg_id=f"{snapshot.strategy}:{snapshot.ts_event}")
+            await self._write_snapshot(snapshot)
             self.snapshots_published += 1
             metrics.observe_snapshot(snapshot.strategy, snapshot.var, snapshot.es, snapshot.drawdown,
                                      snapshot.drawdown_24h, snapshot.drawdown_max, snapshot.equity)

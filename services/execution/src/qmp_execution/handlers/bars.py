@@ -189,9 +189,13 @@ class BarHandler:
                 await send(orders, encode(event), {**trace, "Nats-Msg-Id": f"{event.order_id}:{kind}"})
             for fill in strategy_result.fills:
                 await send(fills, encode(fill), {**trace, "Nats-Msg-Id": fill.fill_id})
-        await self.publisher.confirm(PUBLISH_TIMEOUT_S)
-        if self.store is not None and results:
-            await self.store.write(results)
+        # The rows go to the database while the bus confirms the events: both must be done before the
+        # snapshot goes out, neither has to wait for the other (one round trip each on a replay's critical path).
+        writes = [self.store.write(results)] if self.store is not None and results else []
+        outcomes = await asyncio.gather(self.publisher.confirm(PUBLISH_TIMEOUT_S), *writes, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         for strategy_result in results:
             sid = strategy_result.strategy
             await send(subjects.portfolio(sid), encode(strategy_result.snapshot),
