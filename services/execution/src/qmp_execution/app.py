@@ -43,6 +43,7 @@ from qmp_execution.handlers import (
     StopLossHandler,
     VenueUpdates,
     recover,
+    write_missing_rows,
 )
 from qmp_execution.publisher import AckedPublisher
 from qmp_execution.rest import RestBrokerAdapter, RestBrokerClient, RestBrokerConfig
@@ -375,6 +376,7 @@ class ExecutionService:
             self.risk_watch = RiskWatch(js, self.engine)
             await self.risk_watch.start()
             self._pool = await connect_pool(self.settings.database_url)
+            rewritten = await write_missing_rows(js, ExecutionStore(self._pool), self.engine.strategies())
             calibration = await load_calibration(self._pool, self.engine) if self.settings.slippage_calibrated else {}
             adapter: BrokerAdapter | None = None
             if self.rest is not None:
@@ -407,7 +409,8 @@ class ExecutionService:
         self.liveness.ready()
         log.info("execution ready", extra={"strategies": self.engine.strategies(), "restored": restored,
                                            "consumer": self.consumer, "subject": bars_subject(self.settings),
-                                           "broker": self.settings.broker, "calibration": calibration})
+                                           "broker": self.settings.broker, "calibration": calibration,
+                                           "rows_written_at_start": rewritten})
 
     async def _stop_watch(self) -> None:
         if self.venue_updates is not None:

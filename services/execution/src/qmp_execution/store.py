@@ -58,12 +58,19 @@ def columns_of(rows: dict[str, list[tuple[Any, ...]]]) -> list[list[Any]]:
     return arguments
 
 
+HAS_BATCH = "SELECT EXISTS (SELECT 1 FROM equity_curve WHERE strategy = $1 AND ts = $2)"
+
+
 class ExecutionStore:
     """Writes a batch's fills and books in one statement; safe to repeat for the same batch."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.rows_written = 0
+
+    async def has_batch(self, strategy: str, ts_event: int) -> bool:
+        """Whether the rows of the strategy's batch at ts_event are stored (each batch writes an equity row)."""
+        return bool(await self.pool.fetchval(HAS_BATCH, strategy, to_datetime(ts_event)))
 
     async def write(self, results: Sequence[StrategyResult]) -> None:
         rows = rows_of(results)

@@ -3,10 +3,13 @@
 No decisions are taken here. What every handler guarantees:
 - input that cannot be used (undecodable, invalid batch, invalid rows) goes to `qmp.dlq.execution` with its
   reason and is acknowledged; only transient failures (bus, database) raise, so the message is redelivered;
-- order events are published before fills (without waiting per message; all acks confirmed together,
-  `publisher.py`), then fills, equity curve and positions are written to the database (COPY), and the
-  PortfolioSnapshot goes last, acknowledged: a snapshot on the bus means everything before it is on the
-  bus too, which is what recovery after a restart relies on;
+- order events are published before fills, and the PortfolioSnapshot right after them on the same
+  connection, so the stream stores it after them (without waiting per message; all acks confirmed
+  together, `publisher.py`): a snapshot on the bus means everything before it is on the bus too, which
+  is what recovery after a restart relies on. The fills, equity curve and positions are written to the
+  database meanwhile (one statement), and the bars message is acknowledged once the acks and the write
+  are both done; a restart writes the rows of the last snapshot's batch from the bus if they are missing
+  (`recovery.write_missing_rows`);
 - every publish carries a deterministic Nats-Msg-Id, so a redelivered batch (for which the engine returns
   its cached result) publishes nothing new.
 
@@ -29,11 +32,12 @@ from qmp_execution.handlers.control_watch import ControlWatch
 from qmp_execution.handlers.kill import KillSwitch
 from qmp_execution.handlers.limits_watch import LimitsWatch
 from qmp_execution.handlers.reconciliation import Reconciler
-from qmp_execution.handlers.recovery import recover
+from qmp_execution.handlers.recovery import recover, write_missing_rows
 from qmp_execution.handlers.risk_watch import RiskWatch
 from qmp_execution.handlers.rollout_watch import RolloutWatch
 from qmp_execution.handlers.stop_loss import StopLossAcks, StopLossHandler
 from qmp_execution.handlers.venue_updates import VenueUpdates
 
 __all__ = ["SERVICE", "BarHandler", "BrokerCommands", "ControlWatch", "KillSwitch", "LimitsWatch", "Reconciler",
-           "RiskWatch", "RolloutWatch", "StopLossAcks", "StopLossHandler", "VenueUpdates", "recover"]
+           "RiskWatch", "RolloutWatch", "StopLossAcks", "StopLossHandler", "VenueUpdates", "recover",
+           "write_missing_rows"]

@@ -177,7 +177,12 @@ class BarHandler:
         return BatchResult(result.ts_event, routed, result.rejected, result.complete)
 
     async def publish(self, result: BatchResult) -> None:
-        """Publish every strategy's order events and fills, write the rows, then publish the snapshots."""
+        """Publish every strategy's order events, fills and snapshot, write the rows, then confirm both.
+
+        The snapshot goes out on the same connection right after the batch's events, so the stream stores
+        it after them; risk can start on it while the bus confirms the events and the database takes the
+        rows (both awaited before the bars message is acknowledged; see `recovery` for a crash in between).
+        """
         results = list(result.results.values())
         send = self.publisher.send
         trace = bus.headers_for(None)  # one span per batch: inject its context once, not per message
@@ -189,18 +194,18 @@ class BarHandler:
                 await send(orders, encode(event), {**trace, "Nats-Msg-Id": f"{event.order_id}:{kind}"})
             for fill in strategy_result.fills:
                 await send(fills, encode(fill), {**trace, "Nats-Msg-Id": fill.fill_id})
-        # The rows go to the database while the bus confirms the events: both must be done before the
-        # snapshot goes out, neither has to wait for the other (one round trip each on a replay's critical path).
+        for strategy_result in results:
+            sid = strategy_result.strategy
+            await send(subjects.portfolio(sid), encode(strategy_result.snapshot),
+                       {**trace, "Nats-Msg-Id": f"{sid}:{strategy_result.ts_event}"})
         writes = [self.store.write(results)] if self.store is not None and results else []
         outcomes = await asyncio.gather(self.publisher.confirm(PUBLISH_TIMEOUT_S), *writes, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+        halts = False
         for strategy_result in results:
             sid = strategy_result.strategy
-            await send(subjects.portfolio(sid), encode(strategy_result.snapshot),
-                       {**trace, "Nats-Msg-Id": f"{sid}:{strategy_result.ts_event}"})
-            await self.publisher.confirm(PUBLISH_TIMEOUT_S)
             if self.stop_acks is not None:
                 await self.stop_acks.release(strategy_result.snapshot, self.engine.stop_loss_ids(sid))
             self._log(strategy_result)
@@ -212,7 +217,9 @@ class BarHandler:
                                       ts_event=strategy_result.ts_event)
                 await send(subjects.halt_requests(sid), encode(request),
                            {"Nats-Msg-Id": f"{sid}:{strategy_result.ts_event}:halt_request"})
-                await self.publisher.confirm(PUBLISH_TIMEOUT_S)
+                halts = True
+        if halts:
+            await self.publisher.confirm(PUBLISH_TIMEOUT_S)
 
     @staticmethod
     def _log(result: StrategyResult) -> None:

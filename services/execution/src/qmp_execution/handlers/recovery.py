@@ -1,4 +1,12 @@
-"""After a restart: each strategy's book from its last PortfolioSnapshot, its window from the market-data stream."""
+"""After a restart: each strategy's book from its last PortfolioSnapshot, its window from the market-data stream,
+and the database rows of that last batch if the process stopped before writing them.
+
+A batch's snapshot goes out before its rows are written (the write is off a replay's critical path, and
+the bars message is acknowledged only once both are done). A crash in between leaves the snapshot on the
+bus and its rows nowhere, and the redelivered batch is not traded again (the book already holds it): so
+at start the rows of each strategy's last snapshot are looked for, and written from the bus when missing
+(the snapshot, and the fills published between the strategy's previous snapshot and it).
+"""
 
 import contextlib
 import logging
@@ -11,14 +19,16 @@ from nats.js.errors import NotFoundError
 from qmp_core import subjects
 from qmp_core.messages import (
     BarBatch,
+    Fill,
     PortfolioSnapshot,
     codec,
 )
-from qmp_execution.engine import ExecutionEngine
+from qmp_execution.engine import ExecutionEngine, StrategyResult
 from qmp_execution.handlers.constants import (
     SCAN_PER_ROW,
     venue_of,
 )
+from qmp_execution.store import ExecutionStore
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,44 @@ async def recover(engine: ExecutionEngine, js: JetStreamContext, consumer: str,
         used = engine.warm(batches)
         log.info("recovered", extra={"restored": restored, "window_batches": used})
     return restored
+
+
+async def write_missing_rows(js: JetStreamContext, store: ExecutionStore, strategies: Collection[str],
+                             scan_limit: int = 1_000_000) -> dict[str, int]:
+    """Write the rows of each strategy's last snapshot from the bus where the database lacks them; return
+    strategy → fills written for the strategies that needed it (see the module docstring)."""
+    snapshots, fills_of = codec(PortfolioSnapshot), codec(Fill)
+    written: dict[str, int] = {}
+    for strategy in strategies:
+        try:
+            raw = await js.get_last_msg(subjects.STREAM_EXEC, subjects.portfolio(strategy))
+        except NotFoundError:
+            continue
+        snapshot = snapshots.decode(raw.data or b"")
+        if await store.has_batch(strategy, snapshot.ts_event):
+            continue
+        fills: list[Fill] = []
+        portfolio, fills_subject = subjects.portfolio(strategy), subjects.fills(strategy)
+        seq = (raw.seq or 0) - 1
+        first = (await js.stream_info(subjects.STREAM_EXEC)).state.first_seq
+        while seq >= first and scan_limit > 0:  # back to the strategy's previous snapshot
+            scan_limit -= 1
+            try:
+                message = await js.get_msg(subjects.STREAM_EXEC, seq)
+            except NotFoundError:
+                seq -= 1
+                continue
+            seq -= 1
+            if message.subject == portfolio:
+                break
+            if message.subject == fills_subject:
+                fills.append(fills_of.decode(message.data or b""))
+        fills.reverse()
+        await store.write([StrategyResult(strategy, snapshot.ts_event, [], fills, snapshot)])
+        written[strategy] = len(fills)
+        log.warning("rows of the last batch written from the bus", extra={
+            "strategy": strategy, "ts_event": snapshot.ts_event, "fills": len(fills)})
+    return written
 
 
 async def recent_bars(js: JetStreamContext, consumer: str, upto_ts: int, rows: int,
