@@ -153,13 +153,13 @@ async def collect(stack: Stack, nc: nats.NATS, recovery: float | None,
     assert len({r.ts_event for r in risks}) == len(risks), "a risk snapshot published twice"
     connection = await asyncpg.connect(stack.database_url)
     try:
-        in_table = await connection.fetchval("SELECT count(*) FROM fills WHERE strategy = $1", STRATEGY)
-        # Risk writes a snapshot's row just after publishing it (off the critical path): give the last one
-        # its moment; a row that never comes still fails the comparison.
+        # Execution and risk write a batch's rows just after publishing its snapshot (off the critical path):
+        # give the last ones their moment; a row that never comes still fails the comparison.
         for _ in range(200):
+            in_table = await connection.fetchval("SELECT count(*) FROM fills WHERE strategy = $1", STRATEGY)
             risk_rows = await connection.fetchval("SELECT count(*) FROM risk_snapshots WHERE strategy = $1",
                                                   STRATEGY)
-            if risk_rows >= len(risks):
+            if in_table >= len(fills) and risk_rows >= len(risks):
                 break
             await asyncio.sleep(0.05)
     finally:

@@ -1,4 +1,5 @@
-"""The whole stack as processes: fills, risk snapshots, the halt contract, a restart with nothing lost or doubled.
+"""The whole stack as processes: fills, risk snapshots, the halt contract, a restart with nothing lost or doubled,
+and every service's spans at an OTLP receiver.
 
 Replays the first half of 2008 (bundled S&P 500 data) in lockstep through collector → execution → risk,
 with a strategy that trades on every bar.
@@ -18,12 +19,18 @@ import asyncpg
 import msgspec
 import nats
 import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 from qmp_core import bus, subjects
 from qmp_core.datasets import load_sp500_index
 from qmp_core.messages import Fill, PortfolioSnapshot
 from qmp_ops.replay import RunObserver
-from qmp_ops.runtime.supervisor import Stack, StackOptions
+from qmp_ops.runtime.supervisor import SERVICES, Stack, StackOptions
+from qmp_venues.fake_venue import LoopbackServer
 
 pytestmark = pytest.mark.system
 
@@ -42,6 +49,31 @@ async def wait_for(predicate, what: str, timeout_s: float = WAIT_S) -> None:
 
 async def read_all(nc: nats.NATS, stream: str, subject: str) -> list[bytes]:
     return [message.data async for message in bus.read_stream(nc, stream, subject)]
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP trace receiver on loopback: what each service exported, as (service, trace id, span)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, str]] = []
+        self._server = LoopbackServer()
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/traces", self._export)
+        return await self._server.serve(app)
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+    async def _export(self, request: web.Request) -> web.Response:
+        export = ExportTraceServiceRequest.FromString(await request.read())
+        for resource_spans in export.resource_spans:
+            names = [a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"]
+            for scope in resource_spans.scope_spans:
+                self.spans += [(names[0] if names else "", span.trace_id.hex(), span.name) for span in scope.spans]
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
 
 
 @pytest.fixture
@@ -78,6 +110,10 @@ async def test_stack_when_halted_restarted_and_resumed_then_contract_holds_and_n
         decisions.append((time.monotonic(), json.loads(msg.data)))
 
     await nc.subscribe(subjects.orders(strategy), cb=on_decision, pending_msgs_limit=-1)
+    receiver = OtlpReceiver()
+    endpoint = await receiver.start()
+    for service in SERVICES:  # every service sends its spans to the receiver (QMP_OTLP_ENDPOINT)
+        stack.options.service_env.setdefault(service, {})["QMP_OTLP_ENDPOINT"] = endpoint
     await stack.start_services()
 
     # 1. Trading flows: fills and risk snapshots.
@@ -143,8 +179,12 @@ async def test_stack_when_halted_restarted_and_resumed_then_contract_holds_and_n
                                                                         subjects.fills(strategy))]
     assert len({f.fill_id for f in fills}) == len(fills) > 0
     connection = await asyncpg.connect(stack.database_url)
-    try:
-        stored = await connection.fetchval("SELECT count(*) FROM fills WHERE strategy = $1", strategy)
+    stored = 0
+    try:  # the last batch's rows follow its snapshot by a moment (written off the critical path)
+        deadline = time.monotonic() + 10.0
+        while stored < len(fills) and time.monotonic() < deadline:
+            stored = await connection.fetchval("SELECT count(*) FROM fills WHERE strategy = $1", strategy)
+            await asyncio.sleep(0.05)
     finally:
         await connection.close()
     assert stored == len(fills)
@@ -159,4 +199,13 @@ async def test_stack_when_halted_restarted_and_resumed_then_contract_holds_and_n
         assert current.cash == pytest.approx(expected_cash, rel=1e-9, abs=1e-6), current.ts_event
 
     assert stack.dead_services() == []
+
+    # 7. Every service's spans reached the OTLP receiver, and one batch is one trace across the data services.
+    await wait_for(lambda: {f"qmp-{s}" for s in SERVICES} <= {service for service, _, _ in receiver.spans},
+                   "spans of every service at the OTLP receiver", timeout_s=30)
+    by_trace: dict[str, set[str]] = {}
+    for service, trace_id, _ in receiver.spans:
+        by_trace.setdefault(trace_id, set()).add(service)
+    assert any({"qmp-collector", "qmp-execution", "qmp-risk"} <= services for services in by_trace.values())
+    await receiver.stop()
     await nc.close()

@@ -129,11 +129,18 @@ def service_for(nats_credentials: NatsCredentials, database_url: str, sid: str) 
     ))
 
 
-async def fill_rows(database_url: str, sid: str) -> list[asyncpg.Record]:
+async def fill_rows(database_url: str, sid: str, expected: int) -> list[asyncpg.Record]:
+    """The strategy's fill rows once `expected` are stored: execution writes a batch's rows just after its
+    snapshot goes out (off the critical path), so the rows may follow the snapshot by a moment."""
     connection = await asyncpg.connect(database_url)
     try:
-        return await connection.fetch("SELECT fill_id, quantity, price FROM fills WHERE strategy = $1 "
-                                      "ORDER BY fill_id", sid)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            rows = await connection.fetch("SELECT fill_id, quantity, price FROM fills WHERE strategy = $1 "
+                                          "ORDER BY fill_id", sid)
+            if len(rows) >= expected or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.02)
     finally:
         await connection.close()
 
@@ -178,7 +185,7 @@ async def test_execution_when_halted_before_start_then_denies_until_resumed_and_
         assert {d.symbol: d.quantity for d in accepted} == pytest.approx(expected)
         assert {f.order_id for f in filled} == {d.order_id for d in accepted}
         assert dict(zip(last.symbols, last.quantities, strict=True)) == pytest.approx(expected)
-        rows = await fill_rows(database_url, sid)
+        rows = await fill_rows(database_url, sid, len(filled))
         assert sorted(r["fill_id"] for r in rows) == sorted(f.fill_id for f in filled)
 
         await collector_nc.jetstream().publish(subjects.bars(venue), b"{this is not a BarBatch")
@@ -235,7 +242,7 @@ async def test_execution_when_restarted_then_book_recovered_and_fills_neither_lo
     equity = before.cash + sum(q * moved[s] for s, q in zip(before.symbols, before.quantities, strict=True))
     targets = {s: WEIGHT * equity / p for s, p in moved.items()}
     assert dict(zip(after.symbols, after.quantities, strict=True)) == pytest.approx(targets)
-    rows = await fill_rows(database_url, sid)
+    rows = await fill_rows(database_url, sid, 4)
     assert len(rows) == after.fills_total == 4
 
 

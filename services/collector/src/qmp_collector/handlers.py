@@ -202,8 +202,9 @@ class Collector:
 
     async def _publish(self, batch: BarBatch) -> None:
         subject = subjects.bars(batch.venue)
-        attributes = {"venue": batch.venue, "ts_event": batch.ts_event, "chunk": batch.chunk,
-                      "symbols": len(batch.symbols), "seq": batch.seq}
+        # Named as every service names them (`qmp.ts_event`, ...): a batch's spans are found by one attribute.
+        attributes = {"messaging.destination": subject, "qmp.venue": batch.venue, "qmp.ts_event": batch.ts_event,
+                      "qmp.chunk": batch.chunk, "qmp.symbols": len(batch.symbols), "qmp.seq": batch.seq}
         with _tracer.start_as_current_span("collector.publish_batch", attributes=attributes):
             await bus.publish(self.js, subject, batch, msg_id=message_id(batch))
         self.published += 1

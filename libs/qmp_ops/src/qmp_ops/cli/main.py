@@ -28,6 +28,7 @@ from qmp_ops.cli.control import (
     send_control,
 )
 from qmp_ops.cli.limits import app as limits_app
+from qmp_ops.cli.monitor import monitor as monitor_command
 from qmp_ops.cli.screen import watch as watch_screen
 from qmp_ops.runtime.roles import roles_with
 from qmp_ops.runtime.settings import STACK_OWNED, SettingsError, parse_sets, read_reports, service_sets
@@ -45,6 +46,7 @@ from qmp_ops.runtime.supervisor import (
 app = typer.Typer(help="QMP: take a trading strategy from paper to full capital without blowing up.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(limits_app, name="limits")  # limits show | apply: an operator's verb, light to load
+app.command(name="monitor")(monitor_command)  # the running stack sampled: light to load as well
 console = Console()
 HOME = Path(".qmp")
 # What names a running stack to every verb; the global flags write them (kept in this order).
@@ -641,7 +643,7 @@ def _print_reply(reply: dict) -> None:
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
 FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "limits", "trace",
-                           "backup", "restore", "contract", "nats-config", "certificates"})
+                           "monitor", "backup", "restore", "contract", "nats-config", "certificates"})
 
 
 def register_extensions() -> None:
