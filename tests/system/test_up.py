@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from test_readme import QMP, START_TIMEOUT_S, clean_env, ctrl_c_works, qmp
 
@@ -42,10 +43,17 @@ def test_up_when_settings_given_then_the_services_run_with_them_and_a_kill_is_co
         after_kill = json.loads(qmp(["status", "--json"], tmp_path).stdout)["strategies"]["vol_target"]
         resumed = qmp(["resume", "vol_target"], tmp_path)
     finally:
+        # Ctrl-C as `./dev up` gets it: the terminal's, then the launcher's copy while the stack is stopping.
+        os.killpg(up.pid, signal.SIGINT)
+        time.sleep(0.5)
         os.killpg(up.pid, signal.SIGINT)
         up.wait(timeout=90)
         log.close()
+    left = [p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+            if any(str(tmp_path) in part for part in p.info["cmdline"] or [])]
 
+    assert left == [], f"still running after qmp up stopped: {left}"  # no service, nats-server, PostgreSQL
+    assert "stopped" in (tmp_path / "up.log").read_text()
     assert services["execution"]["detail"]["initial_capital"] == 250000.0
     assert services["risk"]["detail"]["drawdown_halt"] == 0.2
     assert killed.returncode == 0, killed.stdout + killed.stderr

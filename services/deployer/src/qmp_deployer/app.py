@@ -157,13 +157,13 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         limits = LimitsHandler(js, await js.key_value(subjects.KV_LIMITS), wall, holder["pool"])
         holder["lanes"].append(await broker.connection.subscribe(subjects.LIMITS_ANY, queue=subjects.DEPLOY_QUEUE,
                                                                  cb=_answer(limits.handle)))
-        await broker.connection.flush()  # the server knows every subscription before "ready" is said
         holder["rollouts"] = rollouts
         holder["timer"] = asyncio.create_task(_run_timer(rollouts, settings))
         liveness.watch("rollout timer", holder["timer"])
         if settings.alert_urls:
             holder["alerter"] = Alerter(settings.alert_urls, settings.alert_quiet_s)
             await holder["alerter"].start(broker.connection)
+        await broker.connection.flush()  # the server knows every subscription (the alerter's too) before "ready"
         start_metrics(settings, SERVICE, liveness)
         liveness.ready()
         log.info("deployer ready", extra={"entries": len(store.entries), "plans": sorted(plans),

@@ -1,6 +1,7 @@
 """The `qmp` command: up, demo, halt, resume, status, venues, contract; the rest registers on demand."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -161,7 +162,8 @@ def up(
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
-        stack.stop()
+        with contextlib.suppress(KeyboardInterrupt):  # another Ctrl-C while stopping: the stop finishes first
+            stack.stop()
         console.print("stopped")
 
 

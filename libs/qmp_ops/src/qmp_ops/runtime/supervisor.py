@@ -14,7 +14,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,16 +336,23 @@ class Stack:
             process.wait()
 
     def stop(self) -> None:
-        for spare in self.spares.values():
-            self._end_spare(spare)
-        self.spares.clear()
-        for service in reversed(self.options.services):
-            self.stop_service(service)
-        self._withdraw_connection()
-        if self.postgres is not None:
-            self.postgres.stop()
-        if self.nats is not None:
-            self.nats.stop()
+        """Stop the services, then PostgreSQL and NATS; an interrupt meanwhile waits until all are stopped.
+
+        A terminal's Ctrl-C reaches `qmp up` twice when it runs under a launcher that passes signals on
+        (`./dev up`: uv forwards the one its process group got as well). Cut short by the second, the stop
+        would leave services and servers running with nobody left to stop them.
+        """
+        with interrupts_held():
+            for spare in self.spares.values():
+                self._end_spare(spare)
+            self.spares.clear()
+            for service in reversed(self.options.services):
+                self.stop_service(service)
+            self._withdraw_connection()
+            if self.postgres is not None:
+                self.postgres.stop()
+            if self.nats is not None:
+                self.nats.stop()
 
     def _withdraw_connection(self) -> None:
         """Remove the shared connection file if it still points at this run, so clients fail fast."""
@@ -356,6 +365,25 @@ class Stack:
 
     def dead_services(self) -> list[str]:
         return [name for name, process in self.processes.items() if process.poll() is not None]
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for the block (main thread only): one that comes is raised as
+    KeyboardInterrupt once the block is done, so what it does is done whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _frame: held.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 async def reset_bus(js: nats.js.JetStreamContext) -> None:
