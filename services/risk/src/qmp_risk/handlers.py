@@ -197,8 +197,8 @@ class RiskHandlers:
                 await self._publish_event(event)
             await bus.publish(self.js, subjects.snapshot(snapshot.strategy), snapshot,
                               msg_id=f"{snapshot.strategy}:{snapshot.ts_event}")
+            self.snapshots_published += 1  # counted when on the bus, where readers see it (the row follows)
             await self._write_snapshot(snapshot)
-            self.snapshots_published += 1
             metrics.observe_snapshot(snapshot.strategy, snapshot.var, snapshot.es, snapshot.drawdown,
                                      snapshot.drawdown_24h, snapshot.drawdown_max, snapshot.equity)
             log.debug("risk snapshot", extra={"strategy": snapshot.strategy, "ts_event": snapshot.ts_event,
