@@ -2,7 +2,7 @@
 (which moves the rollout) and the CLI (which shows it and pins `expected_phase` on a command)."""
 
 from qmp_core.clock import NS_PER_SECOND
-from qmp_core.messages import NO_PHASE, RolloutState
+from qmp_core.messages import NO_PHASE, Env, RolloutState
 
 
 def is_active(state: RolloutState | None) -> bool:
@@ -15,6 +15,14 @@ def phase_name(state: RolloutState | None) -> str:
     if state is None or not is_active(state):
         return NO_PHASE
     return state.phases[state.phase_index].name
+
+
+def phase_env(state: RolloutState | None) -> Env:
+    """Return the environment the strategy trades in now: its current phase's; paper without an active phase
+    (no rollout, rolled back below the first phase, aborted: no live capital anywhere)."""
+    if state is None or not is_active(state):
+        return "paper"
+    return state.phases[state.phase_index].env
 
 
 def soak_remaining(state: RolloutState) -> tuple[float, int, float]:

@@ -12,7 +12,6 @@ from qmp_core.clock import Clock
 from qmp_core.messages import (
     BarBatch,
     ClosePosition,
-    Env,
     Fill,
     PortfolioSnapshot,
     PreTradeLimits,
@@ -20,6 +19,7 @@ from qmp_core.messages import (
     RolloutState,
     TradingState,
 )
+from qmp_core.rollout_state import is_active, phase_env, phase_name
 from qmp_core.strategy import Strategy
 from qmp_core.trading_state import ControlEntries
 from qmp_core.validation import ValidatedBatch, merge_chunks, validate_batch
@@ -33,14 +33,6 @@ from qmp_execution.engine.host import StrategyHost
 from qmp_execution.engine.slippage import SlippageConfig
 
 log = logging.getLogger(__name__)
-
-
-def phase_env(rollout: RolloutState | None) -> Env:
-    """The environment a strategy trades in now: its rollout phase's; paper with no rollout, or rolled back
-    below the first phase (no capital anywhere)."""
-    if rollout is None or not 0 <= rollout.phase_index < len(rollout.phases):
-        return "paper"
-    return rollout.phases[rollout.phase_index].env
 
 
 class ExecutionEngine:
@@ -111,8 +103,7 @@ class ExecutionEngine:
         if self.config.phase_env in ("any", env):
             self.elsewhere.pop(strategy, None)
         else:
-            phase = (rollout.phases[rollout.phase_index].name
-                     if rollout is not None and 0 <= rollout.phase_index < len(rollout.phases) else "no rollout")
+            phase = phase_name(rollout) if is_active(rollout) else "no rollout"
             self.elsewhere[strategy] = (f"{phase} is a {env} phase, traded at another venue: this instance "
                                         f"trades {self.config.phase_env} phases")
         return True

@@ -45,7 +45,9 @@ class SymbolRisk:
             raise ValueError(f"vol_window must not exceed the window, got {params.vol_window} > {params.window}")
         self.params = params
         self.alphas = np.array(params.alphas, dtype=np.float64)
+        # Method-major, level-minor: the order of a symbol's row of `var` and `es`.
         self.keys = [f"{name}_{level_key(alpha)}" for name in METHOD_NAMES for alpha in params.alphas]
+        self.es_keys = [f"es_{key}" for key in self.keys]
         self._table = inc.t_table_nb(self.alphas, inc.T_TABLE_NODES)
         self._evt_log = inc.evt_log_table_nb(params.window, self.alphas, params.evt_threshold)
         self._kernel_params = np.zeros(inc.P_FIELDS)
@@ -170,19 +172,11 @@ class SymbolRisk:
         if j is None:
             return {}
         # One conversion of the symbol's row, then plain floats: a snapshot asks this for many positions.
-        out: dict[str, float] = {}
-        var = self.var[j].ravel().tolist()  # method-major, level-minor: the order of `keys`
+        out = {key: value for key, value in zip(self.keys, self.var[j].ravel().tolist(), strict=True)
+               if math.isfinite(value)}
         if with_es:
-            es = self.es[j].ravel().tolist()
-            for key, value, shortfall in zip(self.keys, var, es, strict=True):
-                if math.isfinite(value):
-                    out[key] = value
-                if math.isfinite(shortfall):
-                    out[f"es_{key}"] = shortfall
-        else:
-            for key, value in zip(self.keys, var, strict=True):
-                if math.isfinite(value):
-                    out[key] = value
+            out |= {key: value for key, value in zip(self.es_keys, self.es[j].ravel().tolist(), strict=True)
+                    if math.isfinite(value)}
         vol, vol_ratio = self.vol[j, :2].tolist()
         if math.isfinite(vol):
             out["vol"] = vol
