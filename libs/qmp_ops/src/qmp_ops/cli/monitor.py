@@ -123,7 +123,7 @@ class Sampler:
         found = {strategy for strategy in entries.strategies() if strategy != subjects.ALL_STRATEGIES}
         try:
             info = await self.js.stream_info(subjects.STREAM_EXEC, subjects_filter=subjects.PORTFOLIO_ALL)
-            found |= {subject.split(".")[2] for subject in (info.state.subjects or {})}
+            found |= {subjects.strategy_of(subject) for subject in (info.state.subjects or {})}
         except NotFoundError:
             pass
         return sorted(found)
