@@ -115,3 +115,17 @@ def test_combine_when_two_sources_killed_then_the_latest_kill_in_force_and_any_f
     assert (forward.kill_id, forward.flatten, forward.status) == ("k-new", True, "HALTED")
     assert (backward.kill_id, backward.flatten) == ("k-new", True)
     assert combine("s", [deployer]).kill_id == ""
+
+
+def test_combine_when_a_halt_carries_its_trace_then_the_effective_state_names_that_trace_not_a_later_change() -> None:
+    halt_trace = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    size_trace = "00-" + "c" * 32 + "-" + "d" * 16 + "-01"
+    risk = apply(TradingState(strategy="s", issued_by="risk"), Halt(reason="drawdown", issued_by="risk"), 1,
+                 halt_trace)
+    operator = apply(TradingState(strategy="s", issued_by="operator"),
+                     Defensive(on=True, max_order_fraction=0.5, issued_by="operator"), 2, size_trace)
+    assert risk.traceparent == halt_trace
+    effective = combine("s", [risk, operator])
+    assert effective.status == "HALTED"
+    assert effective.traceparent == halt_trace  # the trace of what made it HALTED, though the cap came later
+    assert combine("s", [operator]).traceparent == size_trace  # REDUCING: the defensive command's trace

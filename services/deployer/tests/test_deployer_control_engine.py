@@ -147,3 +147,20 @@ def test_decide_in_order_when_commands_are_batched_then_same_replies_and_entries
         assert effective_state(strategy, one_at_a_time) == batched.effective
     assert {key: one_at_a_time[key] for key in batch.changed} == batch.changed
     assert set(batch.changed) == set(one_at_a_time)
+
+
+def test_decide_in_order_when_requests_carry_traces_then_each_changed_entry_records_its_command_trace() -> None:
+    halt_trace = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    resume_trace = "00-" + "3" * 32 + "-" + "4" * 16 + "-01"
+    entries = ControlEntries()
+    halted = decide_in_order([ControlRequest("s1", Halt(reason="breaker", issued_by="risk"), 1, halt_trace)],
+                             entries, {}, 10)
+    assert [entry.traceparent for entry in halted.changed.values()] == [halt_trace]
+    assert halted.decisions[0].effective is not None and halted.decisions[0].effective.traceparent == halt_trace
+    for key, entry in halted.changed.items():
+        entries.set_entry(key, entry)
+    resumed = decide_in_order([ControlRequest("s1", Resume(issued_by="operator"), 2, resume_trace)],
+                              entries, {}, 20)
+    # the resume rewrites risk's latched entry too: both name the resume's trace, none the halt's
+    assert {entry.traceparent for entry in resumed.changed.values()} == {resume_trace}
+    assert len(resumed.changed) == 2

@@ -154,6 +154,9 @@ class TradingState(Struct, frozen=True, kw_only=True, gc=False):
     # A kill in force (its command id; "" if none) and whether it flattens: execution acts on each kill once.
     kill_id: str = ""
     flatten: bool = False
+    # The W3C trace context of the command that set this entry (a bucket entry carries no headers): the
+    # orders execution denies under the state join that command's trace, so a halt's trace ends in them.
+    traceparent: str = ""
 
     def __post_init__(self) -> None:
         _keep_first_name(self, "issued_by", "updated_by")

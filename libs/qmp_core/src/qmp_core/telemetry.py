@@ -112,6 +112,19 @@ def extract_context(headers: Mapping[str, str] | None) -> context.Context:
     return propagate.extract(dict(headers or {}))
 
 
+def current_traceparent() -> str:
+    """Return the current span's W3C `traceparent` ("" outside a span), to keep with a record that carries no
+    headers (a bucket entry), so whatever the record causes later can join the trace."""
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers.get("traceparent", "")
+
+
+def context_of(traceparent: str) -> context.Context:
+    """Return the trace context a `traceparent` names (empty for "")."""
+    return propagate.extract({"traceparent": traceparent} if traceparent else {})
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line with the service, the trace id of the current span and any extras."""
 

@@ -50,12 +50,16 @@ def combine(strategy: str, entries: Iterable[TradingState]) -> TradingState:
     """Return the effective state of a strategy from its sources' entries (and the ALL entries)."""
     effective = TradingState(strategy=strategy)
     kill_ts = 0
+    defensive_trace, defensive_ts = "", -1  # the trace of the latest command that made a source defensive
     for entry in entries:
+        if entry.defensive and entry.ts_event >= defensive_ts:
+            defensive_trace, defensive_ts = entry.traceparent, entry.ts_event
         worse = SEVERITY[entry.status] > SEVERITY[effective.status]
         effective = msgspec.structs.replace(
             effective,
             status=entry.status if worse else effective.status,
             reason=entry.reason if worse else effective.reason,
+            traceparent=entry.traceparent if worse else effective.traceparent,
             allocation=min(effective.allocation, entry.allocation),
             size_multiplier=min(effective.size_multiplier, entry.size_multiplier),
             max_order_fraction=min(effective.max_order_fraction, entry.max_order_fraction),
@@ -76,7 +80,8 @@ def combine(strategy: str, entries: Iterable[TradingState]) -> TradingState:
         # Safe mode is a state of its own, not a value written over a source's size cut: the cut outlives it.
         effective = msgspec.structs.replace(effective, size_multiplier=SAFE_MODE_SIZE)
     if effective.defensive and effective.status == "ACTIVE":
-        effective = msgspec.structs.replace(effective, status="REDUCING", reason="defensive mode")
+        effective = msgspec.structs.replace(effective, status="REDUCING", reason="defensive mode",
+                                            traceparent=defensive_trace)
     return effective
 
 
@@ -175,9 +180,11 @@ class ControlEntries(Mapping[str, TradingState]):
         return len(self._entries)
 
 
-def apply(entry: TradingState, command: ControlCommand, ts_event: int) -> TradingState:
-    """Return a source's entry after a command. Resume is applied across sources by the caller."""
-    common = {"issued_by": command.issued_by, "command_id": command.command_id, "ts_event": ts_event}
+def apply(entry: TradingState, command: ControlCommand, ts_event: int, traceparent: str = "") -> TradingState:
+    """Return a source's entry after a command (sent in the trace `traceparent`). Resume is applied across
+    sources by the caller."""
+    common = {"issued_by": command.issued_by, "command_id": command.command_id, "ts_event": ts_event,
+              "traceparent": traceparent}
     match command:
         case Kill(reason=reason, flatten=flatten):
             return msgspec.structs.replace(entry, status="HALTED", reason=reason, kill_id=command.command_id,

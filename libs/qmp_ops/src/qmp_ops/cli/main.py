@@ -28,6 +28,7 @@ from qmp_ops.cli.control import (
     kill_and_report,
     send_control,
 )
+from qmp_ops.cli.incident import incident as incident_command
 from qmp_ops.cli.limits import app as limits_app
 from qmp_ops.cli.monitor import monitor as monitor_command
 from qmp_ops.cli.screen import watch as watch_screen
@@ -40,6 +41,7 @@ from qmp_ops.runtime.supervisor import (
     StackOptions,
     StackUnavailable,
     Supervisor,
+    current_run_dir,
     operator_connection_file,
     redacted,
 )
@@ -48,6 +50,7 @@ app = typer.Typer(help="QMP: take a trading strategy from paper to full capital 
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(limits_app, name="limits")  # limits show | apply: an operator's verb, light to load
 app.command(name="monitor")(monitor_command)  # the running stack sampled: light to load as well
+app.command(name="incident")(incident_command)
 console = Console()
 HOME = Path(".qmp")
 # What names a running stack to every verb; the global flags write them (kept in this order).
@@ -397,17 +400,10 @@ def trace(
 
 
 def _current_run_dir() -> Path:
-    """The running stack's run directory, else the latest one under .qmp/runs."""
-    try:
-        current = Connection.read().run_dir
-    except StackUnavailable:
-        current = ""
-    if current:
-        return Path(current)
-    runs = sorted((HOME / "runs").glob("*"))
-    if not runs:
+    run = current_run_dir(HOME)
+    if run is None:
         _fail(f"no run under {HOME / 'runs'}: start one with `qmp up` or `qmp demo`, or pass --run-dir")
-    return runs[-1]
+    return run
 
 
 @app.command()
@@ -645,7 +641,7 @@ def _print_reply(reply: dict) -> None:
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
 FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "limits", "trace",
-                           "monitor", "backup", "restore", "contract", "nats-config", "certificates"})
+                           "incident", "monitor", "backup", "restore", "contract", "nats-config", "certificates"})
 
 
 def register_extensions() -> None:

@@ -50,8 +50,8 @@ from qmp_ops.runtime.supervisor import SERVICES, Connection
 
 GROUPS = ("risk", "performance", "latency", "gates")
 HEALTH_TIMEOUT_S = 1.0
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 console = Console()
 
 
@@ -73,10 +73,10 @@ COLUMNS = tuple(field.name for field in fields(Reading))
 
 
 def seconds(text: str) -> float:
-    """Parse `5`, `5s`, `250ms`, `10m`, `1h` into seconds; ValueError otherwise."""
+    """Parse `5`, `5s`, `250ms`, `10m`, `1h`, `5d` into seconds; ValueError otherwise."""
     match = DURATION.match(text)
     if match is None:
-        raise ValueError(f"not a duration: {text!r} (write 5s, 250ms, 10m or 1h)")
+        raise ValueError(f"not a duration: {text!r} (write 5s, 250ms, 10m, 1h or 5d)")
     return float(match.group(1)) * UNIT_S[match.group(2) or "s"]
 
 

@@ -155,6 +155,19 @@ async def _quiet(error: Exception) -> None:
     """nats-py logs every connection error itself; the caller reports the one that matters."""
 
 
+
+def current_run_dir(home: Path) -> Path | None:
+    """The running stack's run directory, else the latest one under `<home>/runs` (None if there is none)."""
+    try:
+        current = Connection.read().run_dir
+    except StackUnavailable:
+        current = ""
+    if current:
+        return Path(current)
+    runs = sorted((home / "runs").glob("*"))
+    return runs[-1] if runs else None
+
+
 class Stack:
     """Servers and services of one run."""
 

@@ -34,9 +34,11 @@ def entry_keys(strategy: str) -> list[str]:
 
 
 def decide(
-    strategy: str, command: ControlCommand, entries: Mapping[str, TradingState], ts_event: int
+    strategy: str, command: ControlCommand, entries: Mapping[str, TradingState], ts_event: int,
+    traceparent: str = "",
 ) -> ControlDecision:
-    """Return the entries a command changes and the effective state after it, or a rejection."""
+    """Return the entries a command changes and the effective state after it, or a rejection; each changed
+    entry records the command's trace context."""
     source = command.issued_by
     if isinstance(command, Resume | ReleaseSafeMode) and source not in RESUMERS:
         return ControlDecision(False, f"{type(command).__name__} may be issued by {sorted(RESUMERS)}, "
@@ -60,9 +62,9 @@ def decide(
                     kill_id="" if halted else entry.kill_id,
                     flatten=False if halted else entry.flatten,
                     safe_mode=False,
-                    issued_by=source, command_id=command.command_id, ts_event=ts_event,
+                    issued_by=source, command_id=command.command_id, ts_event=ts_event, traceparent=traceparent,
                 )
-    changed[own_key] = trading_state.apply(own, command, ts_event)
+    changed[own_key] = trading_state.apply(own, command, ts_event, traceparent)
     merged = {**entries, **changed}
     return ControlDecision(True, "", changed, trading_state.effective_state(strategy, merged))
 
@@ -74,6 +76,7 @@ class ControlRequest:
     strategy: str
     command: ControlCommand
     arrival: int | None = None
+    traceparent: str = ""  # the W3C trace context the command came in (recorded in the entries it changes)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def decide_in_order(requests: Sequence[ControlRequest], entries: ControlEntries,
         strategy, command = request.strategy, request.command
         overtaken = overtaken_by_halt(request, arrivals)
         decision = (ControlDecision(False, overtaken) if overtaken
-                    else decide(strategy, command, view.relevant(strategy), ts_event))
+                    else decide(strategy, command, view.relevant(strategy), ts_event, request.traceparent))
         if not decision.accepted:
             decisions.append(ControlDecision(False, decision.reason, effective=view.effective(strategy)))
             continue

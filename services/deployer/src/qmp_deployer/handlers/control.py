@@ -31,7 +31,7 @@ from qmp_core.messages import (
     encode,
 )
 from qmp_core.service import Intake
-from qmp_core.telemetry import tracer
+from qmp_core.telemetry import current_traceparent, tracer
 from qmp_core.trading_state import ControlEntries, source_of
 from qmp_deployer.engine import ControlRequest, decide_in_order
 from qmp_deployer.store import write_control_audit
@@ -195,8 +195,11 @@ class ControlHandler:
         started = time.perf_counter()
         with _tracer.start_as_current_span("deployer.control") as span:
             reply = await self._handle(subject, data, arrival)
-            span.set_attribute("qmp.accepted", reply.accepted)
-            span.set_attribute("qmp.command_id", reply.command_id)
+            span.set_attributes({"messaging.system": "nats", "messaging.destination.name": subject,
+                                 "messaging.operation": "process", "qmp.accepted": reply.accepted,
+                                 "qmp.command_id": reply.command_id})
+            if reply.state is not None:
+                span.set_attributes({"qmp.strategy": reply.state.strategy, "qmp.status": reply.state.status})
             lane = "urgent" if subjects.is_urgent(subject) else "normal"
             metrics.CONTROL_REPLY.labels(lane).observe(time.perf_counter() - started)
             metrics.CONTROL_REQUESTS.labels(lane, "accepted" if reply.accepted else "refused").inc()
@@ -249,7 +252,8 @@ class ControlHandler:
         reply: asyncio.Future[ControlReply] = asyncio.get_running_loop().create_future()
         self._in_flight[seen_key] = reply
         lane = 0 if isinstance(command, Halt | Resume | ReleaseSafeMode) else 1
-        self._waiting[lane].append(_Waiting(ControlRequest(strategy, command, arrival), sender, reply))
+        request = ControlRequest(strategy, command, arrival, current_traceparent())
+        self._waiting[lane].append(_Waiting(request, sender, reply))
         committer = self._committers[lane]
         if committer is None or committer.done():
             self._committers[lane] = asyncio.create_task(self._commit_waiting(lane), name=f"deployer-commit-{lane}")

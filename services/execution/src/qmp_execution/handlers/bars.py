@@ -7,16 +7,18 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from nats.js import JetStreamContext
+from opentelemetry import trace as otel
 
 from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock, ReplayClock
 from qmp_core.messages import (
     BarBatch,
     HaltRequest,
+    OrderDenied,
     encode,
 )
 from qmp_core.service import Intake
-from qmp_core.telemetry import extract_context, tracer
+from qmp_core.telemetry import context_of, extract_context, tracer
 from qmp_core.validation import BatchRejected
 from qmp_execution.adapters import BrokerAdapter, submit_all
 from qmp_execution.engine import BatchResult, ExecutionEngine, StrategyResult
@@ -176,6 +178,27 @@ class BarHandler:
             routed[sid] = self.engine.apply_acks(sid, acks)
         return BatchResult(result.ts_event, routed, result.rejected, result.complete)
 
+    def _trace_denial(self, denied: OrderDenied) -> None:
+        """Record a denied order in the trace of the command whose state denied it, linked to this batch's.
+
+        The state came through the control bucket, which carries no headers: its entry keeps the command's
+        trace context (`TradingState.traceparent`), so a breaker's halt and the orders it stopped are one
+        trace (collector → risk → deployer → execution), found from the order id as from the command id.
+        """
+        state = self.engine.state(denied.strategy)
+        if not state.traceparent:
+            return
+        batch = otel.get_current_span().get_span_context()
+        with self._tracer.start_as_current_span(
+            "execution.denied", context=context_of(state.traceparent),
+            links=[otel.Link(batch)] if batch.is_valid else None,
+            attributes={"qmp.strategy": denied.strategy, "qmp.order_id": denied.order_id,
+                        "qmp.symbol": denied.symbol, "qmp.reason_code": denied.reason_code,
+                        "qmp.command_id": state.command_id, "qmp.status": state.status,
+                        "qmp.ts_event": denied.ts_event, "qmp.count": denied.count},
+        ):
+            pass
+
     async def publish(self, result: BatchResult) -> None:
         """Publish every strategy's order events, fills and snapshot, write the rows, then confirm both.
 
@@ -191,6 +214,8 @@ class BarHandler:
             orders, fills = subjects.orders(strategy), subjects.fills(strategy)
             for event in strategy_result.decisions:
                 kind = "canceled" if event.__struct_config__.tag == "OrderCanceled" else "decision"
+                if event.__struct_config__.tag == "OrderDenied":
+                    self._trace_denial(event)
                 await send(orders, encode(event), {**trace, "Nats-Msg-Id": f"{event.order_id}:{kind}"})
             for fill in strategy_result.fills:
                 await send(fills, encode(fill), {**trace, "Nats-Msg-Id": fill.fill_id})
