@@ -1,6 +1,8 @@
 """Spans in the run directory: one JSON line each, laid out as OpenTelemetry's own `to_json` lays them out."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from opentelemetry import trace
@@ -44,3 +46,22 @@ def test_span_file_when_spans_have_parents_events_links_and_errors_then_each_lin
     assert lines[0]["parent_id"] == lines[1]["context"]["span_id"]
     assert lines[0]["status"] == {"status_code": "ERROR", "description": "database down"}
     assert trace.format_trace_id(outer.get_span_context().trace_id) in lines[0]["context"]["trace_id"]
+
+
+def test_setup_tracing_when_disabled_then_spans_record_nothing_and_no_file_is_written(tmp_path: Path) -> None:
+    # In a process of its own: the tracer provider is global, set once, and this one must not be the suite's.
+    script = (
+        "import sys; from pathlib import Path; from opentelemetry import trace\n"
+        "from qmp_core.telemetry import current_traceparent, setup_tracing\n"
+        "enabled = sys.argv[2] == 'on'\n"
+        "provider = setup_tracing('probe', Path(sys.argv[1]), enabled=enabled)\n"
+        "with trace.get_tracer('probe').start_as_current_span('probe.span') as span:\n"
+        "    print(span.is_recording(), bool(current_traceparent()))\n"
+        "provider.shutdown()\n"
+    )
+    for mode, expected in (("off", "False False"), ("on", "True True")):
+        run = subprocess.run([sys.executable, "-c", script, str(tmp_path / mode), mode], capture_output=True,
+                             text=True, timeout=60, check=True)
+        assert run.stdout.split("\n")[0] == expected, (mode, run.stdout, run.stderr)
+    assert not (tmp_path / "off" / "traces").exists()
+    assert (tmp_path / "on" / "traces" / "probe.jsonl").read_text().count("probe.span") == 1

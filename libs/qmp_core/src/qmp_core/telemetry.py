@@ -82,9 +82,15 @@ class JsonLinesSpanExporter(SpanExporter):
             self._file.close()
 
 
-def setup_tracing(service: str, run_dir: Path | None, otlp_endpoint: str = "") -> TracerProvider:
-    """Install a tracer provider: OTLP/HTTP when an endpoint is configured, else a file under run_dir."""
+def setup_tracing(service: str, run_dir: Path | None, otlp_endpoint: str = "", enabled: bool = True) -> TracerProvider:
+    """Install a tracer provider: OTLP/HTTP when an endpoint is configured, else a file under run_dir.
+
+    Not `enabled`: the provider is returned (for the caller's shutdown) but not installed, so every span is
+    OpenTelemetry's no-op one and nothing is recorded, propagated or exported.
+    """
     provider = TracerProvider(resource=Resource.create({"service.name": f"qmp-{service}"}))
+    if not enabled:
+        return provider
     if otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -338,7 +338,7 @@ def create_app(settings: CollectorSettings | None = None) -> FastStream:
     @app.on_startup
     async def prepare() -> None:
         setup_logging(SERVICE, settings.log_level)
-        setup_tracing(SERVICE, Path(settings.run_dir), settings.otlp_endpoint)
+        setup_tracing(SERVICE, Path(settings.run_dir), settings.otlp_endpoint, settings.tracing)
         await service.prepare()
 
     @app.after_startup

@@ -15,7 +15,7 @@ def main() -> None:
         return
     settings = load_settings(ExecutionSettings)
     setup_logging(SERVICE, settings.log_level)
-    provider = setup_tracing(SERVICE, run_dir(settings), settings.otlp_endpoint)
+    provider = setup_tracing(SERVICE, run_dir(settings), settings.otlp_endpoint, settings.tracing)
     service = ExecutionService(settings)
     try:
         asyncio.run(service.app.run())
