@@ -27,6 +27,19 @@ pytestmark = pytest.mark.system
 ROOT = Path(__file__).resolve().parents[2]
 QMP = [sys.executable, "-m", "qmp_ops.cli.main"]
 START_TIMEOUT_S = 180.0
+EVERY_SERVICE = {"qmp_service_status", "qmp_service_uptime_seconds", "process_resident_memory_bytes",
+                 "qmp_messages_published_total"}
+# What each service's metrics endpoint holds once data flows and vol_target is halted (sample names).
+EXPORTED = {
+    "collector": EVERY_SERVICE | {"qmp_bars_published_total"},
+    "risk": EVERY_SERVICE | {"qmp_risk_var", "qmp_risk_es", "qmp_risk_drawdown", "qmp_risk_volatility_ratio",
+                             "qmp_risk_equity", "qmp_batch_to_snapshot_seconds_bucket",
+                             "qmp_consumer_pending_messages", "qmp_message_handling_seconds_bucket"},
+    "execution": EVERY_SERVICE | {"qmp_orders_total", "qmp_fills_total", "qmp_equity", "qmp_allocation",
+                                  "qmp_size_multiplier", "qmp_trading_status", "qmp_slippage_bps_bucket",
+                                  "qmp_halt_to_denial_seconds_bucket", "qmp_consumer_pending_messages"},
+    "deployer": EVERY_SERVICE | {"qmp_control_requests_total", "qmp_control_reply_seconds_bucket"},
+}
 VERIFY_TIMEOUT_S = 3600.0
 
 
@@ -100,11 +113,24 @@ def test_readme_first_hour_when_run_as_written_then_each_command_does_what_its_c
         # Each service serves Prometheus metrics; `qmp up` lists them in a file_sd target file.
         run_dir = Path(json.loads((tmp_path / ".qmp" / "connection.json").read_text())["run_dir"])
         targets = json.loads((run_dir / "prometheus-targets.json").read_text())
-        scraped = {t["labels"]["service"]: scrape(t["targets"][0]) for t in targets}
+        # Each endpoint parses with prometheus-client's own parser and holds what an operator watches; a halted
+        # strategy's first denied order (the next bar) is timed from the halt.
+        deadline = time.monotonic() + 60
+        while True:
+            scraped = {t["labels"]["service"]: scrape(t["targets"][0]) for t in targets}
+            missing = {service: sorted(names - {name for name, _ in scraped.get(service, {})})
+                       for service, names in EXPORTED.items()}
+            if not any(missing.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
         assert sorted(scraped) == ["collector", "deployer", "execution", "risk"]
+        assert not any(missing.values()), missing
         for service, samples in scraped.items():
             assert samples[("qmp_service_status", (("service", service), ("status", "ok")))] == 1.0, service
         assert scraped["deployer"][("qmp_control_requests_total", (("lane", "urgent"), ("outcome", "accepted")))] >= 1
+        execution = scraped["execution"]
+        assert execution[("qmp_trading_status", (("status", "HALTED"), ("strategy", "vol_target")))] == 1.0
+        assert execution[("qmp_halt_to_denial_seconds_count", (("strategy", "vol_target"),))] >= 1
 
         resumed = qmp(commands[4], tmp_path)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -80,3 +80,19 @@ async def test_durable_when_message_handled_after_a_retry_then_counted_timed_and
     assert REGISTRY.get_sample_value("qmp_messages_handled_total", labels) == 1.0
     assert REGISTRY.get_sample_value("qmp_message_handling_seconds_count", labels) == 1.0
     assert REGISTRY.get_sample_value("qmp_dependency_retries_total", labels) == 1.0
+
+
+def test_observe_breakers_when_a_breaker_is_released_then_its_state_drops_to_zero_and_others_stay() -> None:
+    def state(breaker: str) -> float | None:
+        return REGISTRY.get_sample_value("qmp_breaker_state", {"strategy": "brk-test", "breaker": breaker})
+
+    metrics.observe_breakers("brk-test", ["drawdown_24h", "stop_loss:AAA"])
+    assert (state("drawdown_24h"), state("stop_loss:AAA")) == (1.0, 1.0)
+    metrics.observe_breakers("brk-test", ["drawdown_24h"])
+    assert (state("drawdown_24h"), state("stop_loss:AAA")) == (1.0, 0.0)
+
+
+def test_subject_kind_when_strategies_or_venues_differ_then_one_label_value_per_kind_of_message() -> None:
+    assert metrics.subject_kind("qmp.exec.mom.orders") == metrics.subject_kind("qmp.exec.mom-2.orders") == "exec.orders"
+    assert metrics.subject_kind("qmp.md.binance.bars") == "md.bars"
+    assert metrics.subject_kind("qmp.dlq") == "qmp.dlq"  # too short to have a middle token: kept whole

@@ -19,6 +19,7 @@ import pytest
 from execution_testkit import RandomWeights, batches
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner, Result
 
 from qmp_core import bus, subjects
@@ -127,6 +128,13 @@ def service_for(nats_credentials: NatsCredentials, database_url: str, sid: str) 
         base, strategies=f"{sid}={__name__}:TinyStrategy", venues=[sid], execution_instance=sid,
         min_order_notional=0.0,
     ))
+
+
+def venue_calls(endpoint: str, venue: str = "alpaca") -> float:
+    """How many calls of an endpoint to the venue this process has timed (`qmp_venue_request_seconds`)."""
+    return sum(REGISTRY.get_sample_value("qmp_venue_request_seconds_count",
+                                         {"venue": venue, "endpoint": name, "outcome": outcome}) or 0.0
+               for name in (endpoint, f"{endpoint}_many") for outcome in ("ok", "error"))
 
 
 async def fill_rows(database_url: str, sid: str, expected: int) -> list[asyncpg.Record]:
@@ -347,6 +355,7 @@ async def test_execution_when_alpaca_fills_after_its_answer_then_next_batch_book
     fake = FakeAlpaca(prices={"AAA": 50.05, "BBB": 199.8})
     fake.behaviour.fill_delay_s = 3600.0  # nothing fills while execution waits for its answer
     await fake.start()
+    calls_before = {endpoint: venue_calls(endpoint) for endpoint in ("submit", "status", "account", "positions")}
     fills = await operator_nc.subscribe(subjects.fills(sid))
     snapshots = await operator_nc.subscribe(subjects.portfolio(sid))
     base = settings_for(nats_credentials, "execution", database_url)
@@ -402,6 +411,8 @@ async def test_execution_when_alpaca_fills_after_its_answer_then_next_batch_book
     assert dict(zip(last.symbols, last.quantities, strict=True)) == pytest.approx(venue_positions)
     assert not first_orders & {w.order_id for w in last.working}
     assert health.detail["reconciled_fills"] == 2 and health.detail["broker"] == "alpaca"
+    # every call to the venue is timed by endpoint: orders sent, asked about, the account and positions checked
+    assert all(venue_calls(endpoint) > before for endpoint, before in calls_before.items()), calls_before
 
 
 async def test_execution_when_alpaca_streams_fills_between_batches_then_booked_at_once_and_published_once(
@@ -637,6 +648,10 @@ async def test_execution_when_promoted_from_paper_to_live_then_wound_down_at_the
         await rollouts.put(subjects.rollout_key(sid), encode(RolloutState(
             strategy=sid, rollout_id="r-1", plan="test", phases=phases, phase_index=1)))  # promoted
         await eventually(lambda: sid in on_paper.engine.elsewhere, "the paper instance to follow the promotion")
+        promoted = {(phase, env): REGISTRY.get_sample_value("qmp_rollout_phase", {"strategy": sid, "phase": phase,
+                                                                                  "env": env})
+                    for phase, env in (("paper", "paper"), ("live_10", "live"))}
+        allocation_here = REGISTRY.get_sample_value("qmp_allocation", {"strategy": sid})
         await publish_bars(collector_nc, bars(venue, 2))
         wound_down = (await receive(snapshots, codec(PortfolioSnapshot).decode, 1))[-1]
         await on_paper.app.stop()
@@ -659,6 +674,8 @@ async def test_execution_when_promoted_from_paper_to_live_then_wound_down_at_the
     assert set(live.positions) == {"AAA", "BBB"} and all(q > 0 for q in live.positions.values())
     assert dict(zip(trading_live.symbols, trading_live.quantities, strict=True)) == pytest.approx(live.positions)
     assert booked and {f.deployment_id for f in booked} == {"r-1"}  # every fill, at either venue
+    # the metrics follow the rollout: live_10 is the phase, and the paper instance gives it no capital
+    assert promoted == {("paper", "paper"): 0.0, ("live_10", "live"): 1.0} and allocation_here == 0.0
     code, output = listed
     row = next(r for r in json.loads(output) if r["instance"] == sid)
     assert (code, row["venue"], row["phase_env"], row["strategies"], row["deployments"]) == (

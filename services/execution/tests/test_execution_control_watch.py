@@ -31,8 +31,9 @@ class Flat:
 class SlowWatch(ControlWatch):
     """A watch that applies each change late, as in a loaded process (where the demo saw the race)."""
 
-    def apply(self, key: str, value: bytes, operation: str | None, revision: int = 0) -> None:
-        asyncio.get_running_loop().call_later(0.05, super().apply, key, value, operation, revision)
+    def apply(self, key: str, value: bytes, operation: str | None, revision: int = 0,
+              written_s: float | None = None) -> None:
+        asyncio.get_running_loop().call_later(0.05, super().apply, key, value, operation, revision, written_s)
 
 
 @pytest.fixture

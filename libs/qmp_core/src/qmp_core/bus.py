@@ -199,6 +199,7 @@ async def publish(js: JetStreamContext, subject: str, message: Any, msg_id: str 
     payload, content_type = wire(message)
     extra = None if content_type == CONTENT_TYPE_JSON else {"Content-Type": content_type}
     await js.publish(subject, payload, headers=headers_for(msg_id, extra))
+    metrics.MESSAGES_PUBLISHED.labels(metrics.subject_kind(subject)).inc()
 
 
 async def dead_letter(

@@ -7,7 +7,12 @@ share each metric, told apart by the `service` label. Every service exports:
 - `qmp_dependency_retries_total` (a database or the bus down, retried),
 - `qmp_service_status` (1 for the status health reports: starting, ok, degraded, failing) and
   `qmp_service_uptime_seconds`, read from its health when scraped.
-Each service adds its own beside (`qmp_risk_*`, `qmp_orders_total`, `qmp_control_*`, `qmp_bars_*`).
+- `qmp_messages_published_total` (by kind of subject) and `qmp_consumer_pending_messages` (each durable
+  consumer's lag, read off the message it just handled),
+- `process_resident_memory_bytes` and the rest of prometheus-client's process metrics.
+Each service adds its own beside (`qmp_risk_*`, `qmp_breaker_*`, `qmp_batch_to_snapshot_seconds`,
+`qmp_orders_total`, `qmp_allocation`, `qmp_trading_status`, `qmp_rollout_phase`, `qmp_halt_to_denial_seconds`,
+`qmp_slippage_bps`, `qmp_venue_request_seconds`, `qmp_control_*`, `qmp_bars_*`).
 `QMP_METRICS_PORT` turns the endpoint on (`serve`); `qmp up` gives each service a port.
 """
 
@@ -34,6 +39,10 @@ DEAD_LETTERS = Counter("qmp_dead_letters_total", "Input dead-lettered with its r
                        ["service"])
 RETRIES = Counter("qmp_dependency_retries_total", "Tries that failed because a dependency was down",
                   ["service", "what"])
+MESSAGES_PUBLISHED = Counter("qmp_messages_published_total", "Messages published to a stream, by kind of subject "
+                             "(its second and last tokens: exec.orders, md.bars, risk.snapshot, ...)", ["kind"])
+CONSUMER_PENDING = Gauge("qmp_consumer_pending_messages", "Messages waiting behind the one a durable consumer "
+                         "just handled: its lag", ["service", "what"])
 
 # Risk: the latest snapshot of each strategy.
 RISK_VAR = Gauge("qmp_risk_var", "Value at Risk, a loss fraction of equity", ["strategy", "measure"])
@@ -41,11 +50,31 @@ RISK_ES = Gauge("qmp_risk_es", "Expected Shortfall, a loss fraction of equity", 
 RISK_DRAWDOWN = Gauge("qmp_risk_drawdown", "Drawdown from the peak, a fraction", ["strategy", "window"])
 RISK_EQUITY = Gauge("qmp_risk_equity", "Equity risk last valued", ["strategy"])
 BREAKER_TRIPS = Counter("qmp_breaker_trips_total", "Circuit breakers tripped", ["strategy", "breaker"])
+BREAKER_STATE = Gauge("qmp_breaker_state", "1 while a breaker is in force, 0 once released", ["strategy", "breaker"])
+RISK_VOLATILITY_RATIO = Gauge("qmp_risk_volatility_ratio", "Realized volatility over its average", ["strategy"])
+BATCH_TO_SNAPSHOT = Histogram("qmp_batch_to_snapshot_seconds", "From a bar batch stored on the stream to risk's "
+                              "snapshot of the portfolio that traded it (wall clock)", ["strategy"],
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
 
 # Execution.
 ORDERS = Counter("qmp_orders_total", "Order decisions", ["strategy", "decision", "reason_code"])
 FILLS = Counter("qmp_fills_total", "Fills booked", ["strategy"])
 EQUITY = Gauge("qmp_equity", "Equity of the strategy's book after its last batch", ["strategy"])
+ALLOCATION = Gauge("qmp_allocation", "Share of the capital the strategy trades with here (0: it trades elsewhere)",
+                   ["strategy"])
+SIZE_MULTIPLIER = Gauge("qmp_size_multiplier", "The trading state's order-size multiplier", ["strategy"])
+TRADING_STATUS = Gauge("qmp_trading_status", "1 for the strategy's trading state (ACTIVE, REDUCING, HALTED)",
+                       ["strategy", "status"])
+ROLLOUT_PHASE = Gauge("qmp_rollout_phase", "1 for the phase the strategy's rollout is in, by environment",
+                      ["strategy", "phase", "env"])
+HALT_TO_DENIAL = Histogram("qmp_halt_to_denial_seconds", "From a halt written to the control bucket to the first "
+                           "order execution denied under it (wall clock)", ["strategy"],
+                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 60.0))
+SLIPPAGE_BPS = Histogram("qmp_slippage_bps", "Each fill's price against its arrival price, basis points (cost > 0)",
+                         ["strategy"], buckets=(-20, -5, -1, 0, 1, 2, 5, 10, 20, 50, 100))
+VENUE_REQUEST = Histogram("qmp_venue_request_seconds", "A call to the venue's API, by endpoint and outcome",
+                          ["venue", "endpoint", "outcome"],
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0))
 
 # Deployer.
 CONTROL_REQUESTS = Counter("qmp_control_requests_total", "Control requests answered (accepted or refused)",
@@ -114,6 +143,26 @@ def serve(port: int, host: str = "127.0.0.1") -> int:
     _served[port] = bound
     log.info("metrics served", extra={"url": f"http://{host}:{bound}/metrics"})
     return bound
+
+
+def subject_kind(subject: str) -> str:
+    """A subject's kind for a label: its second and last tokens (`qmp.exec.mom.orders` → `exec.orders`), so a
+    label's values are as few as the kinds of message, whatever the strategies and venues."""
+    parts = subject.split(".")
+    return f"{parts[1]}.{parts[-1]}" if len(parts) > 2 else subject
+
+
+_breakers_in_force: dict[str, set[str]] = {}
+
+
+def observe_breakers(strategy: str, in_force: list[str]) -> None:
+    """Set `qmp_breaker_state`: 1 for the breakers a snapshot lists, 0 for the ones it no longer does."""
+    now, before = set(in_force), _breakers_in_force.get(strategy, set())
+    for breaker in now:
+        BREAKER_STATE.labels(strategy, breaker).set(1.0)
+    for breaker in before - now:
+        BREAKER_STATE.labels(strategy, breaker).set(0.0)
+    _breakers_in_force[strategy] = now
 
 
 def observe_snapshot(strategy: str, var: dict[str, float], es: dict[str, float], drawdown: float,

@@ -248,6 +248,9 @@ class Durable:
             liveness.handled_one()
             metrics.MESSAGES_HANDLED.labels(self.service, what).inc()
             metrics.MESSAGE_HANDLING.labels(self.service, what).observe(time.perf_counter() - started)
+            pending = getattr(getattr(raw, "metadata", None), "num_pending", None)
+            if pending is not None:
+                metrics.CONSUMER_PENDING.labels(self.service, what).set(pending)
             return
 
     async def _dead_letter(self, raw: Any, reason: str) -> None:

@@ -7,10 +7,16 @@ the same vocabulary (`engine.broker`: orders, answers, fills, the account), and 
 external, is booked by one rule (`StrategyHost`).
 """
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
+from qmp_core import metrics
 from qmp_execution.engine.broker import Account, BrokerOrder, OrderAck
+
+# The calls to a venue's API that are timed (`qmp_venue_request_seconds`), by the adapter method that makes them.
+TIMED_CALLS = frozenset({"submit", "submit_many", "cancel", "cancel_many", "positions", "account", "status",
+                         "open_orders"})
 
 
 @runtime_checkable
@@ -36,3 +42,33 @@ async def submit_all(adapter: BrokerAdapter, orders: Sequence[BrokerOrder]) -> l
     if callable(many):
         return list(await many(orders))
     return [await adapter.submit(order) for order in orders]
+
+
+class TimedAdapter:
+    """An adapter whose calls to the venue are timed, by endpoint (the adapter's method) and outcome.
+
+    Everything else (its name, its optional methods, the stream of updates) is the adapter's own, so code that
+    asks `getattr(adapter, "status", None)` sees exactly what the wrapped adapter has.
+    """
+
+    def __init__(self, adapter: BrokerAdapter) -> None:
+        self.wrapped = adapter
+        self.name = adapter.name
+
+    def __getattr__(self, attribute: str) -> Any:
+        value = getattr(self.wrapped, attribute)
+        if attribute not in TIMED_CALLS or not callable(value):
+            return value
+        return self._timed(attribute, value)
+
+    def _timed(self, endpoint: str, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started, outcome = time.perf_counter(), "error"
+            try:
+                result = await call(*args, **kwargs)
+                outcome = "ok"
+                return result
+            finally:
+                metrics.VENUE_REQUEST.labels(self.name, endpoint, outcome).observe(time.perf_counter() - started)
+
+        return timed

@@ -17,7 +17,7 @@ from faststream.nats import NatsBroker, NatsMessage
 from msgspec import Meta
 from nats.js.api import DeliverPolicy
 
-from qmp_core import bus, subjects
+from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock, make_clock
 from qmp_core.config import ServiceSettings, load_settings
 from qmp_core.db import connect_pool
@@ -25,7 +25,7 @@ from qmp_core.messages import ReconciliationPolicy, encode
 from qmp_core.retry import Unavailable
 from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health, start_metrics
 from qmp_core.strategy import Strategy, load_strategy
-from qmp_execution.adapters import BrokerAdapter
+from qmp_execution.adapters import BrokerAdapter, TimedAdapter
 from qmp_execution.engine import DEFAULT_ES_KEYS, EngineConfig, ExecutionEngine
 from qmp_execution.engine.paper import PaperConfig
 from qmp_execution.engine.slippage import SlippageConfig
@@ -365,6 +365,9 @@ class ExecutionService:
         await self.broker.connect()
         js = self.broker.connection.jetstream()
         await bus.wait_declared(js, SERVICE)
+        for sid in self.engine.strategies():  # every series exists from the start, at 0 (none appear late)
+            for series in (metrics.FILLS, metrics.SLIPPAGE_BPS, metrics.HALT_TO_DENIAL):
+                series.labels(sid)
         self.watch = ControlWatch(await bus.control_bucket(js), self.engine, js)
         await self.watch.start()
         try:
@@ -386,6 +389,7 @@ class ExecutionService:
                 adapter = alpaca_adapter(self.settings)
             elif self.settings.broker == "exchange":
                 adapter = exchange_adapter(self.settings)
+            adapter = TimedAdapter(adapter) if adapter is not None else None
             self.adapter = adapter
         except BaseException:
             await self._stop_watch()

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from qmp_core import metrics
 from qmp_core.retry import Unavailable
 
 STATUS_HEADER = "Status"
@@ -65,6 +66,7 @@ class AckedPublisher:
         self._done.clear()
         await self.nc.publish(subject, payload, reply=f"{self._prefix}.{self._next}", headers=dict(headers))
         self.published += 1
+        metrics.MESSAGES_PUBLISHED.labels(metrics.subject_kind(subject)).inc()
 
     async def confirm(self, timeout_s: float) -> None:
         """Wait until every message sent so far is acknowledged; raise PublishFailed otherwise."""

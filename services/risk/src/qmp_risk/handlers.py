@@ -19,6 +19,7 @@ transient failures (database, stream publish) raise, so the message is redeliver
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -60,11 +61,20 @@ from qmp_risk.store import RiskStore
 SERVICE = "risk"
 MAX_REJECTED_ROWS_REPORTED = 50
 RETRY_BACKOFF_S = 0.2
+BARS_STORED_KEPT = 4096  # event times whose bars' store time is remembered for the batch-to-snapshot latency
 
 log = logging.getLogger("qmp_risk")
 _tracer = tracer("qmp_risk")
 
 
+
+
+def _stored_s(msg: NatsMessage) -> float | None:
+    """When the stream stored a JetStream message (epoch seconds); None for a core NATS message."""
+    try:
+        return msg.raw_message.metadata.timestamp.timestamp()
+    except (NatsError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def _source_id(msg: NatsMessage) -> str | None:
@@ -93,6 +103,9 @@ class RiskHandlers:
         self._state_in: Intake[TradingState] = Intake(TradingState, SERVICE, clock)
         self._news_in: Intake[NewsEvent] = Intake(NewsEvent, SERVICE, clock)
         self._reply_codec = codec(ControlReply)
+        # When each bar batch was stored, by event time: a snapshot of that time reports how long it took
+        # from the market data to risk (`qmp_batch_to_snapshot_seconds`). Only the latest few are kept.
+        self._bars_stored: OrderedDict[int, float] = OrderedDict()
         self.snapshots_published = 0
         self.stop_losses_sent = 0
         self.commands_sent = 0
@@ -156,6 +169,11 @@ class RiskHandlers:
             except BatchRejected as error:
                 await self._reject(msg, f"rejected batch from {batch.venue}: {error}")
                 return
+            stored = _stored_s(msg)
+            if stored is not None and batch.ts_event not in self._bars_stored:
+                self._bars_stored[batch.ts_event] = stored
+                if len(self._bars_stored) > BARS_STORED_KEPT:
+                    self._bars_stored.popitem(last=False)
             if validated is None:
                 log.debug("redelivered bar batch ignored", extra={"venue": batch.venue, "ts_event": batch.ts_event})
                 return
@@ -201,6 +219,11 @@ class RiskHandlers:
             await self._write_snapshot(snapshot)
             metrics.observe_snapshot(snapshot.strategy, snapshot.var, snapshot.es, snapshot.drawdown,
                                      snapshot.drawdown_24h, snapshot.drawdown_max, snapshot.equity)
+            metrics.RISK_VOLATILITY_RATIO.labels(snapshot.strategy).set(snapshot.volatility_ratio)
+            metrics.observe_breakers(snapshot.strategy, snapshot.breakers)
+            stored = self._bars_stored.get(snapshot.ts_event)
+            if stored is not None and not result.duplicate:
+                metrics.BATCH_TO_SNAPSHOT.labels(snapshot.strategy).observe(max(0.0, time.time() - stored))
             log.debug("risk snapshot", extra={"strategy": snapshot.strategy, "ts_event": snapshot.ts_event,
                                               "status": snapshot.status, "var": snapshot.var,
                                               "drawdown_24h": snapshot.drawdown_24h})

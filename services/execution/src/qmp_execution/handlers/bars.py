@@ -23,6 +23,7 @@ from qmp_core.validation import BatchRejected
 from qmp_execution.adapters import BrokerAdapter, submit_all
 from qmp_execution.engine import BatchResult, ExecutionEngine, StrategyResult
 from qmp_execution.engine.broker import Account, BrokerOrder, OrderAck, broker_order
+from qmp_execution.engine.codes import CODE_HALTED, CODE_KILLED
 from qmp_execution.handlers.constants import (
     PUBLISH_TIMEOUT_S,
     SERVICE,
@@ -36,6 +37,7 @@ from qmp_execution.publisher import AckedPublisher
 from qmp_execution.rest import BrokerRejected, BrokerUnavailable
 from qmp_execution.store import ExecutionStore
 
+HALT_CODES = frozenset({CODE_HALTED, CODE_KILLED})  # a denial that a halt (or a kill) made
 log = logging.getLogger(__name__)
 
 
@@ -235,7 +237,7 @@ class BarHandler:
                 await self.stop_acks.release(strategy_result.snapshot, self.engine.stop_loss_ids(sid))
             self._log(strategy_result)
             if not strategy_result.replayed:
-                _count(strategy_result)
+                self._count(strategy_result)
             if strategy_result.halt_request:  # the deployer halts it (execution may not write control state)
                 request = HaltRequest(strategy=sid, reason=strategy_result.halt_request,
                                       reason_code=strategy_result.halt_request.split(":", 1)[0],
@@ -245,6 +247,25 @@ class BarHandler:
                 halts = True
         if halts:
             await self.publisher.confirm(PUBLISH_TIMEOUT_S)
+
+    def _count(self, result: StrategyResult) -> None:
+        """Count a batch's decisions and fills in the service's metrics: equity, slippage, and the time from a
+        halt to its first denied order."""
+        for event in result.decisions:
+            tag = str(event.__struct_config__.tag)
+            decision = {"OrderAccepted": "accepted", "OrderDenied": "denied", "OrderCanceled": "canceled"}.get(tag, tag)
+            code = getattr(event, "reason_code", "") or ""
+            metrics.ORDERS.labels(result.strategy, decision, code).inc()
+            if decision == "denied" and code in HALT_CODES and self.control is not None:
+                halted = self.control.halted_at.pop(result.strategy, None)
+                if halted is not None:
+                    metrics.HALT_TO_DENIAL.labels(result.strategy).observe(max(0.0, time.time() - halted))
+        if result.fills:
+            metrics.FILLS.labels(result.strategy).inc(len(result.fills))
+            slippage = metrics.SLIPPAGE_BPS.labels(result.strategy)
+            for fill in result.fills:
+                slippage.observe(fill.slippage_bps)
+        metrics.EQUITY.labels(result.strategy).set(result.snapshot.equity)
 
     @staticmethod
     def _log(result: StrategyResult) -> None:
@@ -259,14 +280,3 @@ class BarHandler:
 
     async def _reject(self, subject: str, reason: str, data: bytes, delivery_id: str) -> None:
         await self._input.reject(self.js, subject, reason, data, letter_id(delivery_id))
-
-
-def _count(result: StrategyResult) -> None:
-    """Count a batch's decisions and fills, and set the equity, in the service's metrics."""
-    for event in result.decisions:
-        tag = str(event.__struct_config__.tag)
-        decision = {"OrderAccepted": "accepted", "OrderDenied": "denied", "OrderCanceled": "canceled"}.get(tag, tag)
-        metrics.ORDERS.labels(result.strategy, decision, getattr(event, "reason_code", "") or "").inc()
-    if result.fills:
-        metrics.FILLS.labels(result.strategy).inc(len(result.fills))
-    metrics.EQUITY.labels(result.strategy).set(result.snapshot.equity)

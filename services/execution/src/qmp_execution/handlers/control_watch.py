@@ -2,15 +2,17 @@
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from qmp_core import bus, subjects
+from qmp_core import bus, metrics, subjects
 from qmp_core.lockstep import Progress
-from qmp_core.trading_state import strategy_of
+from qmp_core.trading_state import SEVERITY, strategy_of
 from qmp_execution.engine import ExecutionEngine
 from qmp_execution.handlers.constants import (
     CATCH_UP_TIMEOUT_S,
@@ -40,6 +42,8 @@ class ControlWatch:
         self._watcher: Any = None
         self._task: asyncio.Task[None] | None = None
         self.on_change: Callable[[], None] | None = None  # called after each change (the kill switch looks)
+        self.halted_at: dict[str, float] = {}  # strategy -> when its halt was written, until an order is denied
+        self._status: dict[str, str] = {}
 
     async def start(self, timeout_s: float = INITIAL_STATE_TIMEOUT_S) -> None:
         self._watcher = await self.kv.watchall()
@@ -58,7 +62,8 @@ class ControlWatch:
             if entry is None:  # the watcher's marker: every current value has been delivered
                 self.loaded.set()
                 continue
-            invalid = self.apply(entry.key, entry.value or b"", entry.operation, entry.revision or 0)
+            written_s = entry.created.timestamp() if isinstance(entry.created, datetime) else None
+            invalid = self.apply(entry.key, entry.value or b"", entry.operation, entry.revision or 0, written_s)
             if self.on_change is not None and self.loaded.is_set():
                 self.on_change()
             if invalid and self.js is not None:
@@ -103,8 +108,13 @@ class ControlWatch:
     def catch_up_timeouts(self) -> int:
         return self._writes.timeouts
 
-    def apply(self, key: str, value: bytes, operation: str | None, revision: int = 0) -> str | None:
-        """Apply one KV change to the engine's entries, log the effective state; return why a value is invalid."""
+    def apply(self, key: str, value: bytes, operation: str | None, revision: int = 0,
+              written_s: float | None = None) -> str | None:
+        """Apply one KV change to the engine's entries, log the effective state; return why a value is invalid.
+
+        `written_s` is when the bucket stored the change (epoch s): a halt's is kept in `halted_at` until the
+        first order denied under it, which reports the time between (`qmp_halt_to_denial_seconds`).
+        """
         controls = self.engine.controls
         invalid = None
         if operation in KV_DELETES:
@@ -119,6 +129,15 @@ class ControlWatch:
         affected = hosted if strategy == subjects.ALL_STRATEGIES else ([strategy] if strategy in hosted else [])
         for sid in affected:
             state = self.engine.state(sid)
+            if state.status == "HALTED" and self._status.get(sid) != "HALTED":
+                self.halted_at[sid] = written_s if written_s is not None else time.time()
+            elif state.status != "HALTED":
+                self.halted_at.pop(sid, None)
+            self._status[sid] = state.status
+            metrics.ALLOCATION.labels(sid).set(state.allocation)
+            metrics.SIZE_MULTIPLIER.labels(sid).set(state.size_multiplier)
+            for status in SEVERITY:
+                metrics.TRADING_STATUS.labels(sid, status).set(1.0 if status == state.status else 0.0)
             log.info("trading state", extra={"strategy": sid, "key": key, "operation": operation or "PUT",
                                              "status": state.status, "reason": state.reason,
                                              "allocation": state.allocation,

@@ -14,8 +14,9 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from qmp_core import subjects
+from qmp_core import metrics, subjects
 from qmp_core.messages import RolloutState, codec
+from qmp_core.rollout_state import is_active, phase_env, phase_name
 from qmp_execution.engine import ExecutionEngine
 from qmp_execution.handlers.bucket_watch import BucketWatch
 from qmp_execution.handlers.constants import KV_DELETES
@@ -32,6 +33,17 @@ class RolloutWatch(BucketWatch):
         super().__init__(kv, engine, js)
         self._decoder = codec(RolloutState)
         self._prefix = subjects.rollout_key("")
+        self._phases: dict[str, tuple[str, str]] = {}  # strategy -> (phase, env) exported as 1
+
+    def _export(self, strategy: str, rollout: RolloutState | None) -> None:
+        """Set the rollout's phase and the allocation it leaves here in the service's metrics."""
+        previous = self._phases.pop(strategy, None)
+        if previous is not None:
+            metrics.ROLLOUT_PHASE.labels(strategy, *previous).set(0.0)
+        if rollout is not None and is_active(rollout):
+            self._phases[strategy] = (phase_name(rollout), phase_env(rollout))
+            metrics.ROLLOUT_PHASE.labels(strategy, *self._phases[strategy]).set(1.0)
+        metrics.ALLOCATION.labels(strategy).set(self.engine.state(strategy).allocation)
 
     def apply(self, key: str, value: bytes, operation: str | None) -> str | None:
         """Apply one change of the bucket; return why a value is invalid (the strategy then stays as it was)."""
@@ -51,6 +63,7 @@ class RolloutWatch(BucketWatch):
         if not self.engine.follow_rollout(strategy, rollout):
             return None
         self.updates += 1
+        self._export(strategy, rollout)
         log.info("rollout followed", extra={
             "strategy": strategy, "deployment_id": rollout.rollout_id if rollout else "",
             "phase_index": rollout.phase_index if rollout else -1,
