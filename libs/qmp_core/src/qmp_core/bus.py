@@ -65,12 +65,12 @@ def streams(retention: Retention = DEFAULT_RETENTION) -> tuple[StreamConfig, ...
     """Return every stream's configuration: its subjects, and its age and size limits from `retention`."""
     r = retention
 
-    def stream(name: str, subject: str, days: float, mb: int) -> StreamConfig:
+    def stream(name: str, subject: str | list[str], days: float, mb: int) -> StreamConfig:
         # allow_direct: services read stored messages with direct gets (`read_stream`), which needs no
         # consumer, so no service is granted the consumer API on another's stream.
-        return StreamConfig(name=name, subjects=[subject], max_age=days * DAY_S, max_bytes=mb * MB,
-                            discard=DiscardPolicy.OLD, storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S,
-                            allow_direct=True)
+        return StreamConfig(name=name, subjects=subject if isinstance(subject, list) else [subject],
+                            max_age=days * DAY_S, max_bytes=mb * MB, discard=DiscardPolicy.OLD,
+                            storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S, allow_direct=True)
 
     return (
         stream(subjects.STREAM_MARKET_DATA, subjects.MARKET_DATA_ALL, r.retention_market_data_days,
@@ -78,7 +78,8 @@ def streams(retention: Retention = DEFAULT_RETENTION) -> tuple[StreamConfig, ...
         stream(subjects.STREAM_INGEST, subjects.INGEST_ALL, r.retention_ingest_days, r.retention_ingest_mb),
         stream(subjects.STREAM_EXEC, subjects.EXEC_ALL, r.retention_exec_days, r.retention_exec_mb),
         stream(subjects.STREAM_RISK, subjects.RISK_ALL, r.retention_risk_days, r.retention_risk_mb),
-        stream(subjects.STREAM_AUDIT, subjects.AUDIT_ALL, r.retention_audit_days, r.retention_audit_mb),
+        stream(subjects.STREAM_AUDIT, [subjects.AUDIT_ALL, subjects.ALERTS_ALL], r.retention_audit_days,
+               r.retention_audit_mb),
         stream(subjects.STREAM_DEPLOY, subjects.DEPLOY_EVENTS_ALL, r.retention_deploy_days, r.retention_deploy_mb),
         stream(subjects.STREAM_DLQ, subjects.DLQ_ALL, r.retention_dlq_days, r.retention_dlq_mb),
     )

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from qmp_core import subjects
-from qmp_core.messages import PUBLIC_MESSAGES, ControlApplied, HealthReply, LimitsChanged
+from qmp_core.messages import PUBLIC_MESSAGES, Alert, ControlApplied, HealthReply, LimitsChanged
 
 # Every message a client can meet on a public subject or in a public KV bucket.
 # OrderDecision (accepted | denied) is left out: the orders subject carries OrderEvent, which adds cancels.
@@ -20,6 +20,7 @@ CONTRACT_MESSAGES: dict[str, Any] = {
     **{name: type_ for name, type_ in PUBLIC_MESSAGES.items() if name != "OrderDecision"},
     "ControlApplied": ControlApplied,
     "LimitsChanged": LimitsChanged,
+    "Alert": Alert,
     "HealthReply": HealthReply,
 }
 
@@ -90,6 +91,9 @@ CHANNELS: tuple[Channel, ...] = (
             "the rollout's phase, soak and gates"),
     Channel("qmp.deploy.<strategy>.events", "DeploymentEvent", "deployer", _stream(subjects.STREAM_DEPLOY),
             "the rollout's audit trail"),
+    Channel("qmp.alert.<strategy>", "Alert", "deployer", _stream(subjects.STREAM_AUDIT),
+            "alerts to people (breakers, halts, gates crossing their levels and clearing, rollbacks, failed "
+            "verifications), rate-limited per key; `qmp alerts` prints them"),
     Channel("qmp.dlq.<service>", "DeadLetter", "every service", _stream(subjects.STREAM_DLQ),
             "rejected input with the reason"),
     Channel("qmp.health.<service>", "HealthReply", "every service", "request/reply"),

@@ -904,6 +904,25 @@ class KillReport(Struct, frozen=True, kw_only=True):
     schema: int = SCHEMA_VERSION
 
 
+AlertLevel = Literal["info", "warning", "critical"]
+
+
+class Alert(Struct, frozen=True, kw_only=True):
+    """An alert to people, on `qmp.alert.<strategy>` (kept in the audit stream): a breaker that tripped, a
+    halt and a resume, a gate of the monitoring table crossing its warning or critical level and clearing, a
+    rollout rolled back, a failed verification. `key` names what it is about (one alert per key per quiet
+    window); `held_back` counts the alerts of that key not sent in the window before it."""
+
+    strategy: str
+    level: AlertLevel
+    title: str
+    body: str = ""
+    key: str = ""
+    held_back: int = 0
+    ts_event: int = 0  # when it was raised (wall clock, ns)
+    schema: int = SCHEMA_VERSION
+
+
 class HaltRequest(Struct, frozen=True, kw_only=True):
     """Execution asks for its strategy to be halted (it may not write control state itself), on
     `qmp.exec.<strategy>.halt_request`: the deployer halts it, latched and audited, until a person resumes.

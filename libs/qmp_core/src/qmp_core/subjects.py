@@ -39,6 +39,7 @@ URGENT = "urgent"
 CONTROL_URGENT_ANY = f"qmp.control.*.*.{URGENT}"
 STATE_ALL = "qmp.state.>"
 AUDIT_ALL = "qmp.audit.>"
+ALERTS_ALL = "qmp.alert.*"  # qmp.alert.<strategy>: alerts to people, kept in the audit stream
 # Pre-trade limits: an operator's request qmp.limits.<sender>.<strategy>, answered by the deployer
 LIMITS_ANY = "qmp.limits.*.*"
 
@@ -169,6 +170,10 @@ def audit_limits(strategy: str) -> str:
 
 def state(strategy: str) -> str:
     return f"qmp.state.{strategy}"
+
+
+def alert(strategy: str) -> str:
+    return f"qmp.alert.{strategy}"
 
 
 def audit_control(strategy: str) -> str:

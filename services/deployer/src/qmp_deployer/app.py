@@ -160,9 +160,9 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         holder["rollouts"] = rollouts
         holder["timer"] = asyncio.create_task(_run_timer(rollouts, settings))
         liveness.watch("rollout timer", holder["timer"])
-        if settings.alert_urls:
-            holder["alerter"] = Alerter(settings.alert_urls, settings.alert_quiet_s)
-            await holder["alerter"].start(broker.connection)
+        # Alerts go on the bus (and in the log) always; to people's channels when QMP_ALERT_URLS names some.
+        holder["alerter"] = Alerter(settings.alert_urls, settings.alert_quiet_s)
+        await holder["alerter"].start(broker.connection)
         await broker.connection.flush()  # the server knows every subscription (the alerter's too) before "ready"
         start_metrics(settings, SERVICE, liveness)
         liveness.ready()

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
+from qmp_ops.cli.alerts import alerts as alerts_command
 from qmp_ops.cli.control import (
     NoBrokerCommands,
     VenueRow,
@@ -51,6 +52,7 @@ app = typer.Typer(help="QMP: take a trading strategy from paper to full capital 
 app.add_typer(limits_app, name="limits")  # limits show | apply: an operator's verb, light to load
 app.command(name="monitor")(monitor_command)  # the running stack sampled: light to load as well
 app.command(name="incident")(incident_command)
+app.command(name="alerts")(alerts_command)
 console = Console()
 HOME = Path(".qmp")
 # What names a running stack to every verb; the global flags write them (kept in this order).
@@ -641,7 +643,8 @@ def _print_reply(reply: dict) -> None:
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
 FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "limits", "trace",
-                           "incident", "monitor", "backup", "restore", "contract", "nats-config", "certificates"})
+                           "incident", "alerts", "monitor", "backup", "restore", "contract", "nats-config",
+                           "certificates"})
 
 
 def register_extensions() -> None:

@@ -85,9 +85,9 @@ ROLES: dict[str, Role] = {
         watches=(KV_CONTROL_STREAM, KV_LIMITS_STREAM, KV_ROLLOUTS_STREAM, subjects.STREAM_RISK),
     ),
     "deployer": Role(
-        publish=("qmp.state.>", "qmp.audit.>", "qmp.deploy.>", control_of("deployer"), subjects.dlq("deployer"),
-                 subjects.health("execution"), subjects.health("risk"), subjects.health("collector"),
-                 "qmp.broker.*"),
+        publish=("qmp.state.>", "qmp.audit.>", "qmp.alert.>", "qmp.deploy.>", control_of("deployer"),
+                 subjects.dlq("deployer"), subjects.health("execution"), subjects.health("risk"),
+                 subjects.health("collector"), "qmp.broker.*"),
         # qmp.state.>: its own published states, read back by the alerter (halts and resumes to people).
         subscribe=("qmp.control.>", "qmp.limits.>", "qmp.deploy.>", "qmp.risk.>", "qmp.exec.*.fills",
                    "qmp.exec.*.portfolio", subjects.RECONCILIATION_ALL, subjects.HALT_REQUESTS_ALL, subjects.STATE_ALL,

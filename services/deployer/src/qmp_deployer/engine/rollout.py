@@ -553,7 +553,8 @@ def _gate_event(draft: _Draft, gate: GateResult, before: GateResult | None) -> N
     text = f"{gate.metric} {was} → {gate.level}: {value} (warning {gate.warning:g}, critical {gate.critical:g})"
     if gate.detail:
         text += f"; {gate.detail}"
-    draft.event("gate_cleared" if gate.level == "ok" else "alert", trigger=f"gate {gate.metric}", reason=text)
+    draft.event("gate_cleared" if gate.level == "ok" else "alert", trigger=f"gate {gate.metric} {gate.level}",
+                reason=text)
 
 
 def _take_actions(draft: _Draft, gates: list[GateResult], previous: Mapping[str, GateResult]) -> None:

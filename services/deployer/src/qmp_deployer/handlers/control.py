@@ -362,6 +362,9 @@ class ControlHandler:
         info = await self.js.stream_info(subjects.STREAM_AUDIT)
         if info.state.messages == 0:
             return 0
+        # The stream holds alerts too (qmp.alert.*): is there any audit record at all to wait for?
+        if not (await self.js.stream_info(subjects.STREAM_AUDIT, subjects_filter=subjects.AUDIT_ALL)).state.subjects:
+            return 0
         first = max(info.state.first_seq, info.state.last_seq - limit + 1)
         subscription = await self.js.subscribe(
             subjects.AUDIT_ALL, ordered_consumer=True,
@@ -374,7 +377,8 @@ class ControlHandler:
                 message = await subscription.next_msg(timeout=2.0)
                 with contextlib.suppress(msgspec.DecodeError):
                     applied.append(decoder.decode(message.data))
-                if message.metadata.sequence.stream >= info.state.last_seq:
+                # The stream holds alerts too: the last of its own subjects is the one with none pending after.
+                if message.metadata.num_pending == 0 or message.metadata.sequence.stream >= info.state.last_seq:
                     break
         finally:
             await subscription.unsubscribe()
