@@ -1,5 +1,6 @@
 """Spans in the run directory: one JSON line each, laid out as OpenTelemetry's own `to_json` lays them out."""
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -65,3 +66,40 @@ def test_setup_tracing_when_disabled_then_spans_record_nothing_and_no_file_is_wr
         assert run.stdout.split("\n")[0] == expected, (mode, run.stdout, run.stderr)
     assert not (tmp_path / "off" / "traces").exists()
     assert (tmp_path / "on" / "traces" / "probe.jsonl").read_text().count("probe.span") == 1
+
+
+async def test_setup_tracing_when_otlp_protocol_grpc_then_a_grpc_collector_receives_the_spans(tmp_path: Path) -> None:
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[tuple[str, str]] = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        async def Export(self, request, context):  # the name the gRPC service gives it
+            for resource_spans in request.resource_spans:
+                service = next(a.value.string_value for a in resource_spans.resource.attributes
+                               if a.key == "service.name")
+                received.extend((service, span.name) for scope in resource_spans.scope_spans for span in scope.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    script = (
+        "import sys; from opentelemetry import trace\n"
+        "from qmp_core.telemetry import setup_tracing\n"
+        "provider = setup_tracing('probe', None, sys.argv[1], otlp_protocol='grpc')\n"
+        "with trace.get_tracer('probe').start_as_current_span('probe.grpc'):\n"
+        "    pass\n"
+        "provider.shutdown()\n"  # flushes the batch to the collector before the process ends
+    )
+    try:
+        process = await asyncio.create_subprocess_exec(sys.executable, "-c", script, f"http://127.0.0.1:{port}",
+                                                       stderr=asyncio.subprocess.PIPE)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        await server.stop(None)
+    assert process.returncode == 0, stderr.decode()
+    assert received == [("qmp-probe", "probe.grpc")]
+    assert not (tmp_path / "traces").exists()

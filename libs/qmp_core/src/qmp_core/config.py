@@ -87,6 +87,7 @@ class ServiceSettings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     clock: str = "replay"
     run_dir: str = ".qmp/run"
     otlp_endpoint: str = ""
+    otlp_protocol: Literal["http", "grpc"] = "http"  # OTLP over HTTP (<endpoint>/v1/traces) or gRPC (<endpoint>)
     tracing: bool = True  # record spans (to otlp_endpoint, else the run directory); false: none at all
     log_level: str = "INFO"
     metrics_port: int = 0  # serve Prometheus metrics on <metrics_host>:<port>/metrics; 0: not served

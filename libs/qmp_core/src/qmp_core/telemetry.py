@@ -82,8 +82,10 @@ class JsonLinesSpanExporter(SpanExporter):
             self._file.close()
 
 
-def setup_tracing(service: str, run_dir: Path | None, otlp_endpoint: str = "", enabled: bool = True) -> TracerProvider:
-    """Install a tracer provider: OTLP/HTTP when an endpoint is configured, else a file under run_dir.
+def setup_tracing(service: str, run_dir: Path | None, otlp_endpoint: str = "", enabled: bool = True,
+                  otlp_protocol: str = "http") -> TracerProvider:
+    """Install a tracer provider: OTLP when an endpoint is configured (over HTTP to `<endpoint>/v1/traces`, or
+    gRPC to `<endpoint>` with `otlp_protocol="grpc"`), else a file under run_dir.
 
     Not `enabled`: the provider is returned (for the caller's shutdown) but not installed, so every span is
     OpenTelemetry's no-op one and nothing is recorded, propagated or exported.
@@ -91,7 +93,12 @@ def setup_tracing(service: str, run_dir: Path | None, otlp_endpoint: str = "", e
     provider = TracerProvider(resource=Resource.create({"service.name": f"qmp-{service}"}))
     if not enabled:
         return provider
-    if otlp_endpoint:
+    if otlp_endpoint and otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        # http:// is a plaintext channel, https:// a TLS one (the exporter reads the scheme)
+        provider.add_span_processor(BatchSpanProcessor(GrpcExporter(endpoint=otlp_endpoint)))
+    elif otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(f"{otlp_endpoint}/v1/traces")))

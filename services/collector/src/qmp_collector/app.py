@@ -338,7 +338,8 @@ def create_app(settings: CollectorSettings | None = None) -> FastStream:
     @app.on_startup
     async def prepare() -> None:
         setup_logging(SERVICE, settings.log_level)
-        setup_tracing(SERVICE, Path(settings.run_dir), settings.otlp_endpoint, settings.tracing)
+        setup_tracing(SERVICE, Path(settings.run_dir), settings.otlp_endpoint, settings.tracing,
+                      settings.otlp_protocol)
         await service.prepare()
 
     @app.after_startup

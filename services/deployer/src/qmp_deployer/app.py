@@ -104,7 +104,8 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
     @app.on_startup
     async def connect_database() -> None:
         setup_logging(SERVICE, settings.log_level)
-        setup_tracing(SERVICE, Path(settings.run_dir), settings.otlp_endpoint, settings.tracing)
+        setup_tracing(SERVICE, Path(settings.run_dir), settings.otlp_endpoint, settings.tracing,
+                      settings.otlp_protocol)
         holder["pool"] = await connect_pool(settings.database_url) if settings.database_url else None
 
     @app.after_startup

@@ -15,7 +15,8 @@ def main() -> None:
         return
     settings = load_settings(RiskSettings)
     setup_logging(SERVICE, settings.log_level)
-    provider = setup_tracing(SERVICE, run_dir(settings), settings.otlp_endpoint, settings.tracing)
+    provider = setup_tracing(SERVICE, run_dir(settings), settings.otlp_endpoint, settings.tracing,
+                             settings.otlp_protocol)
     try:
         asyncio.run(create_app(settings).run())
     finally:
