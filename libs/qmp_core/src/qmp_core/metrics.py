@@ -60,6 +60,8 @@ BATCH_TO_SNAPSHOT = Histogram("qmp_batch_to_snapshot_seconds", "From a bar batch
 ORDERS = Counter("qmp_orders_total", "Order decisions", ["strategy", "decision", "reason_code"])
 FILLS = Counter("qmp_fills_total", "Fills booked", ["strategy"])
 EQUITY = Gauge("qmp_equity", "Equity of the strategy's book after its last batch", ["strategy"])
+GROSS_EXPOSURE = Gauge("qmp_gross_exposure", "Sum of |quantity x price| of the strategy's positions after its last "
+                       "batch", ["strategy"])
 ALLOCATION = Gauge("qmp_allocation", "Share of the capital the strategy trades with here (0: it trades elsewhere)",
                    ["strategy"])
 SIZE_MULTIPLIER = Gauge("qmp_size_multiplier", "The trading state's order-size multiplier", ["strategy"])
