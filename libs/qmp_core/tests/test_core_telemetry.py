@@ -103,3 +103,12 @@ async def test_setup_tracing_when_otlp_protocol_grpc_then_a_grpc_collector_recei
     assert process.returncode == 0, stderr.decode()
     assert received == [("qmp-probe", "probe.grpc")]
     assert not (tmp_path / "traces").exists()
+
+
+def test_messaging_when_a_consumer_group_is_named_then_attributes_follow_the_messaging_conventions() -> None:
+    from qmp_core.telemetry import messaging
+
+    assert messaging("qmp.md.x.bars", "process", "risk-bars") == {
+        "messaging.system": "nats", "messaging.destination.name": "qmp.md.x.bars",
+        "messaging.operation.type": "process", "messaging.consumer.group.name": "risk-bars"}
+    assert "messaging.consumer.group.name" not in messaging("qmp.control.risk.s", "publish")

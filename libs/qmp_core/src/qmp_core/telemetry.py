@@ -125,6 +125,16 @@ def extract_context(headers: Mapping[str, str] | None) -> context.Context:
     return propagate.extract(dict(headers or {}))
 
 
+def messaging(subject: str, operation: str, consumer_group: str = "") -> dict[str, str]:
+    """A span's attributes after OpenTelemetry's messaging conventions: the system, the subject as the
+    destination, the operation (`publish`, `receive`, `process`) and the durable consumer that took it."""
+    attributes = {"messaging.system": "nats", "messaging.destination.name": subject,
+                  "messaging.operation.type": operation}
+    if consumer_group:
+        attributes["messaging.consumer.group.name"] = consumer_group
+    return attributes
+
+
 def current_traceparent() -> str:
     """Return the current span's W3C `traceparent` ("" outside a span), to keep with a record that carries no
     headers (a bucket entry), so whatever the record causes later can join the trace."""

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind
 
 from qmp_collector.engine import CollectorEngine, Outcome, ResumePoint, chunk
 from qmp_collector.store import BarStore, Record
@@ -23,7 +24,7 @@ from qmp_core.clock import Clock, ReplayClock
 from qmp_core.lockstep import Progress
 from qmp_core.messages import BarBatch, RiskSnapshot, codec
 from qmp_core.service import Intake
-from qmp_core.telemetry import tracer
+from qmp_core.telemetry import messaging, tracer
 
 SERVICE = "collector"
 REASON_EXCERPT = 1_000
@@ -203,9 +204,9 @@ class Collector:
     async def _publish(self, batch: BarBatch) -> None:
         subject = subjects.bars(batch.venue)
         # Named as every service names them (`qmp.ts_event`, ...): a batch's spans are found by one attribute.
-        attributes = {"messaging.destination": subject, "qmp.venue": batch.venue, "qmp.ts_event": batch.ts_event,
+        attributes = {**messaging(subject, "publish"), "qmp.venue": batch.venue, "qmp.ts_event": batch.ts_event,
                       "qmp.chunk": batch.chunk, "qmp.symbols": len(batch.symbols), "qmp.seq": batch.seq}
-        with _tracer.start_as_current_span("collector.publish_batch", attributes=attributes):
+        with _tracer.start_as_current_span("collector.publish_batch", kind=SpanKind.PRODUCER, attributes=attributes):
             await bus.publish(self.js, subject, batch, msg_id=message_id(batch))
         self.published += 1
         metrics.BARS_PUBLISHED.labels(batch.venue).inc()

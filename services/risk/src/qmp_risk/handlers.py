@@ -52,7 +52,7 @@ from qmp_core.messages import (
 )
 from qmp_core.retry import Unavailable
 from qmp_core.service import Intake
-from qmp_core.telemetry import extract_context, tracer
+from qmp_core.telemetry import extract_context, messaging, tracer
 from qmp_risk.config import RiskSettings
 from qmp_risk.engine import BatchRejected, BreakerCommand, RiskEngine, SnapshotRejected
 from qmp_risk.news import load_calendar
@@ -75,6 +75,14 @@ def _stored_s(msg: NatsMessage) -> float | None:
         return msg.raw_message.metadata.timestamp.timestamp()
     except (NatsError, ValueError, IndexError, AttributeError):
         return None
+
+
+def _consumer(msg: NatsMessage) -> str:
+    """The durable consumer a JetStream message came through ("" for a core NATS message)."""
+    try:
+        return msg.raw_message.metadata.consumer or ""
+    except (NatsError, ValueError, IndexError, AttributeError):
+        return ""
 
 
 def _source_id(msg: NatsMessage) -> str | None:
@@ -157,8 +165,8 @@ class RiskHandlers:
     async def on_bars(self, msg: NatsMessage) -> None:
         """Decode and validate a bar batch into the price history; dead-letter what cannot be used."""
         subject = msg.raw_message.subject
-        with _tracer.start_as_current_span("risk.bars", context=extract_context(msg.headers),
-                                           kind=SpanKind.CONSUMER, attributes={"messaging.subject": subject}):
+        with _tracer.start_as_current_span("risk.bars", context=extract_context(msg.headers), kind=SpanKind.CONSUMER,
+                                           attributes=messaging(subject, "process", _consumer(msg))):
             batch = await self._bars_in.decode(self.js, subject, msg.body, _source_id(msg),
                                                bus.content_type(msg.headers))
             if batch is None:
@@ -192,7 +200,7 @@ class RiskHandlers:
         subject = msg.raw_message.subject
         with _tracer.start_as_current_span("risk.portfolio", context=extract_context(msg.headers),
                                            kind=SpanKind.CONSUMER,
-                                           attributes={"messaging.subject": subject}) as span:
+                                           attributes=messaging(subject, "process", _consumer(msg))) as span:
             portfolio = await self._portfolio_in.decode(self.js, subject, msg.body, _source_id(msg))
             if portfolio is None:
                 return
@@ -246,13 +254,15 @@ class RiskHandlers:
         the command again.
         """
         payload = encode(command.command)
+        urgent = isinstance(command.command, Halt)
         with _tracer.start_as_current_span("risk.control", kind=SpanKind.PRODUCER, attributes={
+            **messaging(subjects.control(strategy, SERVICE, urgent=urgent), "publish"),
             "qmp.strategy": strategy, "qmp.breaker": command.breaker,
             "qmp.command_id": command.command.command_id,
         }):
             for attempt in range(1, self.settings.control_attempts + 1):
                 try:
-                    subject = subjects.control(strategy, SERVICE, urgent=isinstance(command.command, Halt))
+                    subject = subjects.control(strategy, SERVICE, urgent=urgent)
                     reply_msg = await self.nc.request(subject, payload,
                                                       timeout=self.settings.control_timeout_s,
                                                       headers=bus.headers_for(None))
@@ -297,7 +307,8 @@ class RiskHandlers:
     async def _publish_close(self, close: ClosePosition) -> None:
         """Publish a stop-loss order on qmp.risk.<strategy>.stoploss (execution may act on it)."""
         with _tracer.start_as_current_span("risk.stop_loss", kind=SpanKind.PRODUCER, attributes={
-            "qmp.strategy": close.strategy, "qmp.symbol": close.symbol, "qmp.command_id": close.command_id,
+            **messaging(subjects.stop_loss(close.strategy), "publish"), "qmp.strategy": close.strategy,
+            "qmp.symbol": close.symbol, "qmp.command_id": close.command_id,
         }):
             await bus.publish(self.js, subjects.stop_loss(close.strategy), close, msg_id=close.command_id)
             self.stop_losses_sent += 1
@@ -327,7 +338,8 @@ class RiskHandlers:
     async def on_state(self, msg: NatsMessage) -> None:
         """Track a strategy's effective trading state; a resume after a halt releases the drawdown latch."""
         with _tracer.start_as_current_span("risk.state", context=extract_context(msg.headers),
-                                           kind=SpanKind.CONSUMER):
+                                           kind=SpanKind.CONSUMER,
+                                           attributes=messaging(msg.raw_message.subject, "process")):
             state = await self._state_in.decode(self.js, msg.raw_message.subject, msg.body, _source_id(msg))
             if state is None:
                 return
@@ -338,7 +350,8 @@ class RiskHandlers:
     async def on_news(self, msg: NatsMessage) -> None:
         """Add a NewsEvent to the calendar; dead-letter one that does not decode or has an empty window."""
         with _tracer.start_as_current_span("risk.news", context=extract_context(msg.headers),
-                                           kind=SpanKind.CONSUMER):
+                                           kind=SpanKind.CONSUMER,
+                                           attributes=messaging(msg.raw_message.subject, "process", _consumer(msg))):
             event = await self._news_in.decode(self.js, msg.raw_message.subject, msg.body, _source_id(msg))
             if event is None:
                 return

@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
+from opentelemetry.trace import SpanKind
 
 from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock
@@ -31,7 +32,7 @@ from qmp_core.messages import (
     encode,
 )
 from qmp_core.service import Intake
-from qmp_core.telemetry import current_traceparent, tracer
+from qmp_core.telemetry import current_traceparent, messaging, tracer
 from qmp_core.trading_state import ControlEntries, source_of
 from qmp_deployer.engine import ControlRequest, decide_in_order
 from qmp_deployer.store import write_control_audit
@@ -193,10 +194,9 @@ class ControlHandler:
     async def handle(self, subject: str, data: bytes) -> bytes:
         arrival = next(self._arrivals)
         started = time.perf_counter()
-        with _tracer.start_as_current_span("deployer.control") as span:
+        with _tracer.start_as_current_span("deployer.control", kind=SpanKind.SERVER) as span:
             reply = await self._handle(subject, data, arrival)
-            span.set_attributes({"messaging.system": "nats", "messaging.destination.name": subject,
-                                 "messaging.operation": "process", "qmp.accepted": reply.accepted,
+            span.set_attributes({**messaging(subject, "process"), "qmp.accepted": reply.accepted,
                                  "qmp.command_id": reply.command_id})
             if reply.state is not None:
                 span.set_attributes({"qmp.strategy": reply.state.strategy, "qmp.status": reply.state.status})

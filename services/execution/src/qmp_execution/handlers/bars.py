@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 
 from nats.js import JetStreamContext
 from opentelemetry import trace as otel
+from opentelemetry.trace import SpanKind
 
 from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock, ReplayClock
@@ -18,7 +19,7 @@ from qmp_core.messages import (
     encode,
 )
 from qmp_core.service import Intake
-from qmp_core.telemetry import context_of, extract_context, tracer
+from qmp_core.telemetry import context_of, extract_context, messaging, tracer
 from qmp_core.validation import BatchRejected
 from qmp_execution.adapters import BrokerAdapter, submit_all
 from qmp_execution.engine import BatchResult, ExecutionEngine, StrategyResult
@@ -74,8 +75,9 @@ class BarHandler:
         venue = venue_of(subject)
         if self.venues and venue not in self.venues:
             return
-        with self._tracer.start_as_current_span("execution.bars", context=extract_context(headers)) as span:
-            span.set_attribute("messaging.destination", subject)
+        with self._tracer.start_as_current_span("execution.bars", context=extract_context(headers),
+                                                 kind=SpanKind.CONSUMER) as span:
+            span.set_attributes(messaging(subject, "process"))
             batch = await self._input.decode(self.js, subject, data, letter_id(delivery_id), bus.content_type(headers))
             if batch is None:
                 return

@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from opentelemetry.trace import SpanKind
 
 from qmp_core import subjects
 from qmp_core.clock import Clock
@@ -14,7 +15,7 @@ from qmp_core.messages import (
     PortfolioSnapshot,
 )
 from qmp_core.service import Intake
-from qmp_core.telemetry import extract_context, tracer
+from qmp_core.telemetry import extract_context, messaging, tracer
 from qmp_execution.engine import ExecutionEngine
 from qmp_execution.handlers.constants import (
     SERVICE,
@@ -87,8 +88,9 @@ class StopLossHandler:
         With `message` and `acks`, an applied command's delivery (or a redelivery of one still held) is held
         for acknowledgement after the next snapshot; the caller acknowledges what is not `acks.is_held`.
         """
-        with self._tracer.start_as_current_span("execution.stop_loss", context=extract_context(headers)) as span:
-            span.set_attribute("messaging.destination", subject)
+        with self._tracer.start_as_current_span("execution.stop_loss", context=extract_context(headers),
+                                                 kind=SpanKind.CONSUMER) as span:
+            span.set_attributes(messaging(subject, "process"))
             self.received += 1
             command = await self._input.decode(self.js, subject, data, letter_id(delivery_id))
             if command is None:
