@@ -12,7 +12,8 @@ the stack costs. With `--nautilus PYTHON` (a Python that has `nautilus_trader` i
 dependency of the stack) NautilusTrader's BacktestEngine runs the same file and rule in the same run
 (`nautilus_replay.py`), and the stack's rate is given against its run-only rate.
 
-    .venv/bin/python tests/bench/bench_replay.py [SYMBOLS] [DAYS] [--nautilus PYTHON] [--json]
+    .venv/bin/python tests/bench/bench_replay.py [SYMBOLS] [DAYS] [--nautilus PYTHON] [--order-events per_order]
+                                                 [--json]
 """
 
 import argparse
@@ -29,8 +30,9 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from qmp_core import subjects
+from qmp_core import bus, subjects
 from qmp_core.clock import ReplayClock
+from qmp_core.messages import BatchEvents, codec
 from qmp_ops.runtime.supervisor import Stack, StackOptions
 
 HERE = Path(__file__).resolve().parent
@@ -92,6 +94,9 @@ class Sampler:
         if self.stack.postgres is not None and self.stack.postgres.process is not None:
             root = psutil.Process(self.stack.postgres.process.pid)
             out["postgres"] = [root, *root.children(recursive=True)]
+            front = getattr(self.stack.postgres, "front", None)
+            if front is not None:  # the TLS front the services' connections go through (qmp up's default)
+                out["postgres-tls"] = [psutil.Process(front.pid)]
         return out
 
     def cpu(self) -> float:
@@ -158,6 +163,10 @@ async def follow(stack: Stack, days: int) -> dict[str, float]:
     cpu = {name: seconds - cpu_first.get(name, 0.0) for name, seconds in sampler.cpu_by_process().items()}
     orders = await count(js, subjects.STREAM_EXEC, subjects.orders(STRATEGY))
     fills = await count(js, subjects.STREAM_EXEC, subjects.fills(STRATEGY))
+    batches = codec(BatchEvents)
+    async for stored in bus.read_stream(nc, subjects.STREAM_EXEC, subjects.batch_events(STRATEGY)):
+        events = batches.decode(stored.data)  # `order_events = per_batch`: a batch's orders and fills in one
+        orders, fills = orders + len(events.decisions), fills + len(events.fills)
     await nc.close()
     assert first is not None and last is not None
     return {"seconds": last - first, "cpu_seconds": sum(cpu.values()), "cpu_by_process": cpu, "orders": orders,
@@ -174,7 +183,7 @@ def nautilus(python: str, path: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(symbols: int, days: int, nautilus_python: str = "") -> dict:
+def run(symbols: int, days: int, nautilus_python: str = "", order_events: str = "per_batch") -> dict:
     home = Path(tempfile.mkdtemp(prefix="qmp-bench-replay-"))
     path = home / "market.csv"
     market(symbols, days).to_csv(path, index=False)
@@ -184,7 +193,7 @@ def run(symbols: int, days: int, nautilus_python: str = "") -> dict:
         "collector": {"QMP_SOURCE": "file", "QMP_FILE": str(path), "QMP_VENUE": VENUE, "QMP_REPLAY_RATE": "0",
                       "QMP_LOCKSTEP_STRATEGY": STRATEGY},
         "execution": {"QMP_STRATEGIES": f"{STRATEGY}=qmp_test_strategies:InstrumentMomentum",
-                      "PYTHONPATH": str(SUPPORT)},
+                      "PYTHONPATH": str(SUPPORT), "QMP_ORDER_EVENTS": order_events},
     }))
     try:
         stack.start_servers()
@@ -193,9 +202,11 @@ def run(symbols: int, days: int, nautilus_python: str = "") -> dict:
         stack.stop()
     bars = symbols * (days - 1)  # timed from the first snapshot: the first day's bars are before it
     stack_rate = bars / measured["seconds"]
-    services = {k: v for k, v in measured["peak_rss_mb"].items() if k not in ("nats-server", "postgres")}
+    services = {k: v for k, v in measured["peak_rss_mb"].items()
+                if k not in ("nats-server", "postgres", "postgres-tls")}
     result = {
-        "symbols": symbols, "days": days, "load_average": [round(x, 2) for x in psutil.getloadavg()],
+        "symbols": symbols, "days": days, "order_events": order_events,
+        "load_average": [round(x, 2) for x in psutil.getloadavg()],
         "stack": {"seconds": round(measured["seconds"], 2), "bars_per_s": round(stack_rate, 1),
                   "orders": measured["orders"], "fills": measured["fills"],
                   "orders_per_s": round(measured["orders"] / measured["seconds"], 1),
@@ -219,11 +230,13 @@ def main() -> None:
     parser.add_argument("days", type=int, nargs="?", default=2520)
     parser.add_argument("--nautilus", metavar="PYTHON", default="",
                         help="a Python with nautilus_trader installed: run its BacktestEngine on the same data")
+    parser.add_argument("--order-events", choices=("per_batch", "per_order"), default="per_batch",
+                        help="execution's orders and fills as one message per batch (as the demo replays) or one each")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.days < 30 or args.symbols < 1:
         parser.error("at least 1 symbol and 30 days (the strategy looks back 20)")
-    result = run(args.symbols, args.days, args.nautilus)
+    result = run(args.symbols, args.days, args.nautilus, args.order_events)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()

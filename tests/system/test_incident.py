@@ -39,8 +39,9 @@ def stack(tmp_path: Path):
         service_env={
             "collector": {"QMP_SOURCE": "history", "QMP_VENUE": strategy + "v", "QMP_START": "2008-08-01",
                           "QMP_END": "2008-10-31", "QMP_REPLAY_RATE": "0", "QMP_LOCKSTEP_STRATEGY": strategy},
+            # as the demo replays: a batch's orders and fills in one message, which `qmp incident` reads too
             "execution": {"QMP_STRATEGIES": f"{strategy}=qmp_rollout_strategies:EqualWeight",
-                          "PYTHONPATH": str(SUPPORT)},
+                          "PYTHONPATH": str(SUPPORT), "QMP_ORDER_EVENTS": "per_batch"},
             "risk": {"QMP_DRAWDOWN_HALT": str(DRAWDOWN_HALT), "QMP_VOL_RATIO_LIMIT": "1000",
                      "QMP_VOL_RATIO_RELEASE": "999"},
             "deployer": {"QMP_MEMORY_PROBE": "off"},

@@ -20,7 +20,17 @@ from nats.js.errors import KeyNotFoundError
 from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_SECOND, LiveClock, ReplayClock, TestClock
 from qmp_core.db import connect_pool
-from qmp_core.messages import BrokerCommand, BrokerReply, RiskSnapshot, RolloutState, TradingState, codec, encode
+from qmp_core.messages import (
+    BatchEvents,
+    BrokerCommand,
+    BrokerReply,
+    Fill,
+    RiskSnapshot,
+    RolloutState,
+    TradingState,
+    codec,
+    encode,
+)
 from qmp_core.rollout_state import soak_remaining
 from qmp_deployer.app import create_app
 from qmp_deployer.engine.plan import parse_plan
@@ -687,3 +697,25 @@ failure_limit = 3
         await subscription.unsubscribe()
         await service.stop()
         await nc.close()
+
+
+async def test_fills_when_a_replay_sends_them_per_batch_then_each_counts_once_as_one_by_one(
+        nats_credentials, pool, unique_id):
+    await wait_lease_free(nats_credentials)
+    service, nc = await make_service(nats_credentials, pool, "fills-" + unique_id, TestClock(T0))
+    try:
+        await lead(service)
+        reply = json.loads(await service.handle_command(
+            subjects.deploy_commands(unique_id), b'{"verb":"deploy","plan":"itest","confirm_live":true}'))
+        assert reply["accepted"]
+        fills = [Fill(strategy=unique_id, order_id=f"o{n}", fill_id=f"f{n}", symbol="A", side="BUY", quantity=1.0,
+                      price=10.0, arrival_price=10.0, slippage_bps=float(n), fee=0.0, ts_event=T0) for n in range(3)]
+        await service.on_batch_events(encode(BatchEvents(strategy=unique_id, ts_event=T0, fills=fills[:2])))
+        await service.on_fill(encode(fills[1]))  # the same fill once more, one by one: already counted
+        await service.on_fill(encode(fills[2]))
+        await service.on_batch_events(b"{not events")  # ignored, logged
+    finally:
+        await service.stop()
+        await nc.close()
+
+    assert service.states[unique_id].status == "SOAKING" and service.states[unique_id].fills == 3

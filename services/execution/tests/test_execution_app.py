@@ -27,6 +27,7 @@ from qmp_core.clock import NS_PER_DAY, TestClock
 from qmp_core.db import connect_pool
 from qmp_core.messages import (
     BarBatch,
+    BatchEvents,
     BrokerCommand,
     BrokerReply,
     DeadLetter,
@@ -210,6 +211,40 @@ async def test_execution_when_halted_before_start_then_denies_until_resumed_and_
         assert health.detail["initial_capital"] == service.settings.initial_capital
     finally:
         await service.app.stop()
+
+
+async def test_execution_when_orders_go_per_batch_then_one_message_holds_what_per_order_messages_would(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, collector_nc: Client,
+    unique_id: str,
+) -> None:
+    sid = venue = unique_id
+    one_by_one = [await operator_nc.subscribe(subject) for subject in (subjects.orders(sid), subjects.fills(sid))]
+    per_batch = await operator_nc.subscribe(subjects.batch_events(sid))
+    service = ExecutionService(settings_from(
+        settings_for(nats_credentials, "execution", database_url), strategies=f"{sid}={__name__}:TinyStrategy",
+        venues=[sid], execution_instance=sid, min_order_notional=0.0, order_events="per_batch"))
+    await service.app.start()
+    try:
+        for day in (0, 1, 2):
+            await publish_bars(collector_nc, bars(venue, day))
+        events = await receive(per_batch, codec(BatchEvents).decode, 2)  # day 0 warms up: no order, no message
+        rows = await fill_rows(database_url, sid, sum(len(e.fills) for e in events))
+    finally:
+        await service.app.stop()
+        await per_batch.unsubscribe()
+
+    batch = events[0]
+    assert (batch.strategy, batch.ts_event) == (sid, 2 * NS_PER_DAY)
+    assert [type(d).__name__ for d in batch.decisions] == ["OrderAccepted", "OrderAccepted"]
+    expected = {s: WEIGHT * 1_000_000.0 / p for s, p in PRICES.items()}
+    assert {d.symbol: d.quantity for d in batch.decisions} == pytest.approx(expected)
+    assert {f.order_id for f in batch.fills} == {d.order_id for d in batch.decisions}
+    assert sorted(r["fill_id"] for r in rows) == sorted(f.fill_id for e in events for f in e.fills)
+    assert [e.ts_event for e in events] == [2 * NS_PER_DAY, 3 * NS_PER_DAY]
+    for subscription in one_by_one:  # nothing went out one by one
+        with pytest.raises(nats.errors.TimeoutError):
+            await subscription.next_msg(timeout=0.2)
+        await subscription.unsubscribe()
 
 
 async def test_execution_when_restarted_then_book_recovered_and_fills_neither_lost_nor_doubled(

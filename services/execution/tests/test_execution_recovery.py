@@ -7,7 +7,7 @@ from nats.aio.client import Client
 
 from qmp_core import bus, subjects
 from qmp_core.db import connect_pool
-from qmp_core.messages import Fill, PortfolioSnapshot
+from qmp_core.messages import BatchEvents, Fill, PortfolioSnapshot
 from qmp_execution.handlers import write_missing_rows
 from qmp_execution.store import ExecutionStore
 from qmp_ops.runtime.nats_server import NatsCredentials
@@ -72,3 +72,27 @@ async def test_has_batch_when_asked_of_a_written_batch_then_true(database_url: s
         assert not await ExecutionStore(pool).has_batch(unique_id, 2 * DAY)
     finally:
         await pool.close()
+
+
+async def test_write_missing_rows_when_a_replay_published_the_batch_as_one_message_then_its_fills_written(
+        nats_credentials: NatsCredentials, operator_nc: Client, database_url: str, unique_id: str) -> None:
+    sid = unique_id
+    nc = await connect_as(nats_credentials, "execution")
+    js = nc.jetstream()
+    pool = await connect_pool(database_url, max_size=1)
+    store = ExecutionStore(pool)
+    try:
+        await bus.publish(js, subjects.portfolio(sid), book(sid, DAY, 0.0), msg_id=f"{sid}:d1")
+        events = BatchEvents(strategy=sid, ts_event=2 * DAY, fills=[fill(sid, 2 * DAY, n) for n in (1, 2)])
+        await bus.publish(js, subjects.batch_events(sid), events, msg_id=f"{sid}:d2:events")
+        await bus.publish(js, subjects.portfolio(sid), book(sid, 2 * DAY, 2.0), msg_id=f"{sid}:d2")
+
+        written = await write_missing_rows(js, store, [sid])
+
+        rows = await pool.fetch("SELECT fill_id FROM fills WHERE strategy = $1 ORDER BY fill_id", sid)
+    finally:
+        await pool.close()
+        await nc.drain()
+
+    assert written == {sid: 2}
+    assert [r["fill_id"] for r in rows] == [f"{sid}-{2 * DAY}-A-f1", f"{sid}-{2 * DAY}-A-f2"]

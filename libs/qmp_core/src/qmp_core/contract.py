@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from qmp_core import subjects
-from qmp_core.messages import PUBLIC_MESSAGES, Alert, ControlApplied, HealthReply, LimitsChanged
+from qmp_core.messages import PUBLIC_MESSAGES, Alert, BatchEvents, ControlApplied, HealthReply, LimitsChanged
 
 # Every message a client can meet on a public subject or in a public KV bucket.
 # OrderDecision (accepted | denied) is left out: the orders subject carries OrderEvent, which adds cancels.
@@ -21,6 +21,7 @@ CONTRACT_MESSAGES: dict[str, Any] = {
     "ControlApplied": ControlApplied,
     "LimitsChanged": LimitsChanged,
     "Alert": Alert,
+    "BatchEvents": BatchEvents,
     "HealthReply": HealthReply,
 }
 
@@ -48,6 +49,9 @@ CHANNELS: tuple[Channel, ...] = (
     Channel("qmp.exec.<strategy>.orders", "OrderEvent", "execution", _stream(subjects.STREAM_EXEC),
             "OrderAccepted / OrderDenied (with `reason_code`) / OrderCanceled"),
     Channel("qmp.exec.<strategy>.fills", "Fill", "execution", _stream(subjects.STREAM_EXEC)),
+    Channel("qmp.exec.<strategy>.batch_events", "BatchEvents", "execution", _stream(subjects.STREAM_EXEC),
+            "instead of the two above when execution runs with `order_events = per_batch` (the demo and "
+            "verification replays): one batch's order events and fills in one message, in the same order"),
     Channel("qmp.exec.<strategy>.portfolio", "PortfolioSnapshot", "execution", _stream(subjects.STREAM_EXEC),
             "after every batch; a restart recovers the book from the last one"),
     Channel("qmp.exec.<strategy>.kill", "KillReport", "execution", _stream(subjects.STREAM_EXEC),

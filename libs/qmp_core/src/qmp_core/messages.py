@@ -823,6 +823,19 @@ class OrderCanceled(OrderDecisionBase, tag="OrderCanceled"):
 OrderEvent = OrderAccepted | OrderDenied | OrderCanceled
 
 
+class BatchEvents(Struct, frozen=True, kw_only=True, gc=False):
+    """One strategy's order events and fills of one market-data batch, in one message on
+    `qmp.exec.<strategy>.batch_events`: what execution publishes in a replay instead of a message per order
+    and per fill (`order_events`), in the same order as those would go. Live trading publishes each order
+    event and fill on its own subject, for plain clients."""
+
+    strategy: str
+    ts_event: int
+    decisions: list[OrderEvent] = []
+    fills: list[Fill] = []
+    schema: int = SCHEMA_VERSION
+
+
 class WorkingOrder(Struct, frozen=True, kw_only=True):
     """An accepted order not yet completely filled; kept in the PortfolioSnapshot so a restart resumes it."""
 

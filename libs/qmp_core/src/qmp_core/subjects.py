@@ -17,6 +17,7 @@ MARKET_DATA_BARS_ALL = "qmp.md.*.bars"
 EXEC_ALL = "qmp.exec.>"
 ORDERS_ALL = "qmp.exec.*.orders"
 FILLS_ALL = "qmp.exec.*.fills"
+BATCH_EVENTS_ALL = "qmp.exec.*.batch_events"  # a replay's orders and fills, one message per strategy and batch
 PORTFOLIO_ALL = "qmp.exec.*.portfolio"
 RECONCILIATION_ALL = "qmp.exec.*.reconciliation"
 HALT_REQUESTS_ALL = "qmp.exec.*.halt_request"
@@ -92,6 +93,10 @@ def orders(strategy: str) -> str:
 
 def fills(strategy: str) -> str:
     return f"qmp.exec.{strategy}.fills"
+
+
+def batch_events(strategy: str) -> str:
+    return f"qmp.exec.{strategy}.batch_events"
 
 
 def portfolio(strategy: str) -> str:

@@ -59,6 +59,7 @@ class RunObserver:
             await nc.subscribe(subjects.snapshot(self.strategy), cb=self._on_snapshot, pending_msgs_limit=-1),
             await nc.subscribe(subjects.orders(self.strategy), cb=self._on_order, pending_msgs_limit=-1),
             await nc.subscribe(subjects.fills(self.strategy), cb=self._on_fill, pending_msgs_limit=-1),
+            await nc.subscribe(subjects.batch_events(self.strategy), cb=self._on_batch_events, pending_msgs_limit=-1),
             await nc.subscribe(subjects.breaker_events(self.strategy), cb=self._on_breaker),
         ]
         await nc.flush()  # the server holds the subscriptions when start returns: nothing published after is missed
@@ -85,9 +86,24 @@ class RunObserver:
         self.snapshots.append(json.loads(msg.data))
 
     async def _on_order(self, msg: Any) -> None:
+        if self._first_time(msg):
+            self._count_order(json.loads(msg.data))
+
+    async def _on_fill(self, msg: Any) -> None:
+        if self._first_time(msg):
+            self._count_fill(json.loads(msg.data))
+
+    async def _on_batch_events(self, msg: Any) -> None:
+        """A replay's orders and fills of a batch in one message (execution's `order_events = per_batch`)."""
         if not self._first_time(msg):
             return
-        decision = json.loads(msg.data)
+        events = json.loads(msg.data)
+        for decision in events.get("decisions", []):
+            self._count_order(decision)
+        for fill in events.get("fills", []):
+            self._count_fill(fill)
+
+    def _count_order(self, decision: dict[str, Any]) -> None:
         event = decision.get("event")
         if event == "OrderDenied":
             count = int(decision.get("count", 1))  # repeats under one trading state come as one, counted
@@ -102,10 +118,7 @@ class RunObserver:
             return
         self.decisions.append((decision["ts_event"], event == "OrderAccepted"))
 
-    async def _on_fill(self, msg: Any) -> None:
-        if not self._first_time(msg):
-            return
-        fill = json.loads(msg.data)
+    def _count_fill(self, fill: dict[str, Any]) -> None:
         self.fills += 1
         self.slippage_bps.append(float(fill.get("slippage_bps", 0.0)))
         self.fill_records.append((fill["ts_event"], float(fill.get("slippage_bps", 0.0))))
@@ -141,6 +154,8 @@ def stack_replay(strategy_id: str, service_env: dict[str, dict[str, str]], home:
 
     This is the `StackReplay` the verification suite's black_swan test runs its crises with.
     """
+    # A replay's orders and fills go as one message per batch (the observer reads either way).
+    service_env = {**service_env, "execution": {"QMP_ORDER_EVENTS": "per_batch", **service_env.get("execution", {})}}
     stack = Stack(StackOptions(home=home, clock="replay", fresh=True, service_env=service_env))
 
     def reached(observer: RunObserver) -> bool:

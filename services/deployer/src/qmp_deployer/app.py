@@ -145,6 +145,7 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         # publishes a fill per order, and FastStream's handler chain (decoding each body as JSON) cost the
         # deployer more CPU than the gates do, on a machine whose cores the replay's critical path needs.
         for subject, reading in ((subjects.SNAPSHOT_ALL, rollouts.on_snapshot), (subjects.FILLS_ALL, rollouts.on_fill),
+                                 (subjects.BATCH_EVENTS_ALL, rollouts.on_batch_events),
                                  (subjects.PORTFOLIO_ALL, rollouts.on_portfolio)):
             holder["lanes"].append(await broker.connection.subscribe(subject, cb=_reader(subject, reading)))
         # Execution asks for halts it may not write itself: its books and the venue disagree, or the

@@ -1,9 +1,9 @@
 """`python -m qmp_execution`: run the execution service until SIGINT/SIGTERM."""
 
-import asyncio
 import sys
 
 from qmp_core.config import load_settings, run_dir, settings_main
+from qmp_core.service import run_service
 from qmp_core.telemetry import setup_logging, setup_tracing
 from qmp_execution.app import ExecutionService, ExecutionSettings
 from qmp_execution.handlers import SERVICE
@@ -19,7 +19,7 @@ def main() -> None:
                              settings.otlp_protocol)
     service = ExecutionService(settings)
     try:
-        asyncio.run(service.app.run())
+        run_service(service.app.run())
     finally:
         provider.shutdown()
 

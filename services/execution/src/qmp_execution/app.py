@@ -136,6 +136,10 @@ class ExecutionSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unkno
     # (its live endpoint: the live phases) or "any". Two instances, one of each, give every strategy its
     # venue per phase; a strategy in the other environment's phase has no capital here (engine.follow_rollout).
     phase_env: Literal["paper", "live", "any"] = "any"
+    # How order events and fills go out: a message each on qmp.exec.<strategy>.orders / .fills (plain clients,
+    # live trading), or one BatchEvents per strategy and batch on .batch_events (a replay: 2 messages a batch
+    # instead of one per order and per fill).
+    order_events: Literal["per_order", "per_batch"] = "per_order"
 
     secret_fields: ClassVar[frozenset[str]] = ServiceSettings.secret_fields | {
         "broker_api_key", "alpaca_api_key", "alpaca_secret_key", "exchange_api_key", "exchange_secret_key"}
@@ -398,7 +402,8 @@ class ExecutionService:
         await self.publisher.start()
         self.stop_loss = StopLossHandler(self.engine, js, self.clock, self.stop_acks)
         self.handler = BarHandler(self.engine, js, self.publisher, ExecutionStore(self._pool), self.clock,
-                                  self.settings.venues, adapter, self.stop_acks, self.watch, self.risk_watch)
+                                  self.settings.venues, adapter, self.stop_acks, self.watch, self.risk_watch,
+                                  per_batch=self.settings.order_events == "per_batch")
         venue = adapter.name if adapter is not None else self.settings.broker  # e.g. alpaca, binance, paper
         self.kill_switch = KillSwitch(self.handler, venue)
         self.watch.on_change = self.kill_switch.check

@@ -1,9 +1,9 @@
 """`python -m qmp_risk`: run the risk service with settings from `QMP_*` environment variables."""
 
-import asyncio
 import sys
 
 from qmp_core.config import load_settings, run_dir, settings_main
+from qmp_core.service import run_service
 from qmp_core.telemetry import setup_logging, setup_tracing
 from qmp_risk.app import create_app
 from qmp_risk.config import RiskSettings
@@ -18,7 +18,7 @@ def main() -> None:
     provider = setup_tracing(SERVICE, run_dir(settings), settings.otlp_endpoint, settings.tracing,
                              settings.otlp_protocol)
     try:
-        asyncio.run(create_app(settings).run())
+        run_service(create_app(settings).run())
     finally:
         provider.shutdown()
 

@@ -36,7 +36,8 @@ def demo_options(start: str, end: str, home: Path) -> StackOptions:
         service_env={
             "collector": {"QMP_SOURCE": "history", "QMP_VENUE": "sp500", "QMP_START": start, "QMP_END": end,
                           "QMP_REPLAY_RATE": "0", "QMP_LOCKSTEP_STRATEGY": DEMO_STRATEGY},
-            "execution": {"QMP_STRATEGIES": f"{DEMO_STRATEGY}={DEMO_STRATEGY_PATH}"},
+            # one message per batch for its orders and fills: a replay has no plain client reading each
+            "execution": {"QMP_STRATEGIES": f"{DEMO_STRATEGY}={DEMO_STRATEGY_PATH}", "QMP_ORDER_EVENTS": "per_batch"},
         },
     )
 

@@ -15,7 +15,7 @@ import msgspec
 
 from qmp_core import bus, subjects
 from qmp_core.clock import to_datetime
-from qmp_core.messages import OrderDecision, codec
+from qmp_core.messages import BatchEvents, OrderEvent, codec
 
 # The latest command that halted (a halt or a kill), of one strategy or of any, up to `until`.
 LATEST_HALT = """
@@ -119,14 +119,20 @@ async def records(connection: asyncpg.Connection, nc: Any, strategy: str, start_
 
 
 async def denied_orders(nc: Any, strategy: str, start_ns: int, end_ns: int) -> list[dict[str, Any]]:
-    """The strategy's denied orders between two event times, from the execution stream (they have no table)."""
-    decoder = codec(OrderDecision)
+    """The strategy's denied orders between two event times, from the execution stream (they have no table):
+    one message each, or a replay's BatchEvents."""
+    decisions, batches = codec(OrderEvent), codec(BatchEvents)
     denied: list[dict[str, Any]] = []
-    async for stored in bus.read_stream(nc, subjects.STREAM_EXEC, subjects.orders(strategy)):
+    subject = f"qmp.exec.{strategy}.*"
+    wanted = {subjects.orders(strategy), subjects.batch_events(strategy)}
+    async for stored in bus.read_stream(nc, subjects.STREAM_EXEC, subject):
+        if stored.subject not in wanted:
+            continue
         try:
-            decision = decoder.decode(stored.data)
+            events = ([decisions.decode(stored.data)] if stored.subject == subjects.orders(strategy)
+                      else batches.decode(stored.data).decisions)
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue  # execution dead-letters what it cannot read; nothing undecodable is its own decision
-        if decision.__struct_config__.tag == "OrderDenied" and start_ns <= decision.ts_event <= end_ns:
-            denied.append(msgspec.to_builtins(decision))
+        denied += [msgspec.to_builtins(event) for event in events
+                   if event.__struct_config__.tag == "OrderDenied" and start_ns <= event.ts_event <= end_ns]
     return denied

@@ -17,6 +17,7 @@ import signal
 import ssl
 import struct
 
+from qmp_core.service import run_service
 from qmp_core.telemetry import quiet_tls_upgrade_warning
 
 log = logging.getLogger("qmp.postgres_tls")
@@ -121,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("asyncio").addFilter(quiet_tls_upgrade_warning)
-    asyncio.run(serve(args.port, args.socket, args.cert, args.key))
+    run_service(serve(args.port, args.socket, args.cert, args.key))  # uvloop: the relay's TLS in C
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ ROLES: dict[str, Role] = {
                  subjects.health("collector"), "qmp.broker.*"),
         # qmp.state.>: its own published states, read back by the alerter (halts and resumes to people).
         subscribe=("qmp.control.>", "qmp.limits.>", "qmp.deploy.>", "qmp.risk.>", "qmp.exec.*.fills",
+                   subjects.BATCH_EVENTS_ALL,
                    "qmp.exec.*.portfolio", subjects.RECONCILIATION_ALL, subjects.HALT_REQUESTS_ALL, subjects.STATE_ALL,
                    subjects.health("deployer")),
         watches=(KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, KV_LIMITS_STREAM, subjects.STREAM_AUDIT),

@@ -37,6 +37,7 @@ from nats.js.kv import KeyValue
 from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_SECOND, Clock, ReplayClock
 from qmp_core.messages import (
+    BatchEvents,
     BrokerCommand,
     BrokerReply,
     DeployCommand,
@@ -233,7 +234,8 @@ class RolloutService:
         self._last_probe_wall = 0
         self._probe_cache: dict[str, tuple[float | None, str]] = {}
         self._input: Intake[DeployCommand] = Intake(DeployCommand, SERVICE, clock, what="deploy command")
-        self._decoders = {"snapshot": codec(RiskSnapshot), "fill": codec(Fill), "portfolio": codec(PortfolioSnapshot)}
+        self._decoders = {"snapshot": codec(RiskSnapshot), "fill": codec(Fill), "portfolio": codec(PortfolioSnapshot),
+                          "batch_events": codec(BatchEvents)}
         self.evaluations = 0
         self._unplanned: set[str] = set()  # rollouts whose plan is not loaded (logged once)
         self._endpoint_sent = ""  # the last broker endpoint choice the broker accepted from this instance
@@ -292,14 +294,23 @@ class RolloutService:
 
     async def on_fill(self, data: bytes) -> None:
         fill = self._decode("fill", data)
-        if fill is None:
-            return
-        self._observe(fill.ts_event)
-        if self.monitor.on_fill(fill):
-            async with self._lock:
-                state = self.states.get(fill.strategy)
-                if state is not None:
-                    self.states[fill.strategy] = record_fill(state)
+        if fill is not None:
+            await self._on_fills([fill])
+
+    async def on_batch_events(self, data: bytes) -> None:
+        """A replay's order events and fills of one batch (BatchEvents): the fills count as they would one by one."""
+        events = self._decode("batch_events", data)
+        if events is not None and events.fills:
+            await self._on_fills(events.fills)
+
+    async def _on_fills(self, fills: list[Fill]) -> None:
+        for fill in fills:
+            self._observe(fill.ts_event)
+            if self.monitor.on_fill(fill):
+                async with self._lock:
+                    state = self.states.get(fill.strategy)
+                    if state is not None:
+                        self.states[fill.strategy] = record_fill(state)
 
     async def on_portfolio(self, data: bytes) -> None:
         portfolio = self._decode("portfolio", data)

@@ -14,6 +14,7 @@ from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock, ReplayClock
 from qmp_core.messages import (
     BarBatch,
+    BatchEvents,
     HaltRequest,
     OrderDenied,
     encode,
@@ -48,8 +49,10 @@ class BarHandler:
     def __init__(self, engine: ExecutionEngine, js: JetStreamContext, publisher: AckedPublisher,
                  store: ExecutionStore | None, clock: Clock, venues: Collection[str] = (),
                  adapter: BrokerAdapter | None = None, stop_acks: StopLossAcks | None = None,
-                 control: "ControlWatch | None" = None, risk: "RiskWatch | None" = None) -> None:
+                 control: "ControlWatch | None" = None, risk: "RiskWatch | None" = None,
+                 per_batch: bool = False) -> None:
         self.engine = engine
+        self.per_batch = per_batch  # one BatchEvents per strategy and batch, not a message per order and fill
         self.stop_acks = stop_acks
         self.control = control
         self.risk = risk
@@ -215,11 +218,19 @@ class BarHandler:
         trace = bus.headers_for(None)  # one span per batch: inject its context once, not per message
         for strategy_result in results:
             strategy = strategy_result.strategy
+            for event in strategy_result.decisions:
+                if event.__struct_config__.tag == "OrderDenied":
+                    self._trace_denial(event)
+            if self.per_batch:
+                if strategy_result.decisions or strategy_result.fills:
+                    events = BatchEvents(strategy=strategy, ts_event=strategy_result.ts_event,
+                                         decisions=strategy_result.decisions, fills=strategy_result.fills)
+                    await send(subjects.batch_events(strategy), encode(events),
+                               {**trace, "Nats-Msg-Id": f"{strategy}:{strategy_result.ts_event}:events"})
+                continue
             orders, fills = subjects.orders(strategy), subjects.fills(strategy)
             for event in strategy_result.decisions:
                 kind = "canceled" if event.__struct_config__.tag == "OrderCanceled" else "decision"
-                if event.__struct_config__.tag == "OrderDenied":
-                    self._trace_denial(event)
                 await send(orders, encode(event), {**trace, "Nats-Msg-Id": f"{event.order_id}:{kind}"})
             for fill in strategy_result.fills:
                 await send(fills, encode(fill), {**trace, "Nats-Msg-Id": fill.fill_id})

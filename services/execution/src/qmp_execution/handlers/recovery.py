@@ -19,6 +19,7 @@ from nats.js.errors import NotFoundError
 from qmp_core import subjects
 from qmp_core.messages import (
     BarBatch,
+    BatchEvents,
     Fill,
     PortfolioSnapshot,
     codec,
@@ -61,7 +62,7 @@ async def write_missing_rows(js: JetStreamContext, store: ExecutionStore, strate
                              scan_limit: int = 1_000_000) -> dict[str, int]:
     """Write the rows of each strategy's last snapshot from the bus where the database lacks them; return
     strategy → fills written for the strategies that needed it (see the module docstring)."""
-    snapshots, fills_of = codec(PortfolioSnapshot), codec(Fill)
+    snapshots, fills_of, events_of = codec(PortfolioSnapshot), codec(Fill), codec(BatchEvents)
     written: dict[str, int] = {}
     for strategy in strategies:
         try:
@@ -73,6 +74,7 @@ async def write_missing_rows(js: JetStreamContext, store: ExecutionStore, strate
             continue
         fills: list[Fill] = []
         portfolio, fills_subject = subjects.portfolio(strategy), subjects.fills(strategy)
+        events_subject = subjects.batch_events(strategy)
         seq = (raw.seq or 0) - 1
         first = (await js.stream_info(subjects.STREAM_EXEC)).state.first_seq
         while seq >= first and scan_limit > 0:  # back to the strategy's previous snapshot
@@ -87,6 +89,8 @@ async def write_missing_rows(js: JetStreamContext, store: ExecutionStore, strate
                 break
             if message.subject == fills_subject:
                 fills.append(fills_of.decode(message.data or b""))
+            elif message.subject == events_subject:  # a replay's fills of the batch, in one message
+                fills.extend(reversed(events_of.decode(message.data or b"").fills))
         fills.reverse()
         await store.write([StrategyResult(strategy, snapshot.ts_event, [], fills, snapshot)])
         written[strategy] = len(fills)
