@@ -38,3 +38,15 @@ def test_kernels_when_imported_then_cached_in_the_source_keyed_folder_and_numba_
     expected = source_keyed_cache_dir(Path(kernels.__file__).parent)
     assert expected is not None and cache_path.startswith(expected)
     assert default == "''"  # other libraries' kernels keep numba's own default
+
+
+def test_kernels_when_one_module_is_asked_for_then_only_it_loads_and_it_caches_in_the_kernels_folder() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    code = ("import sys, numba; from qmp_kernels import impact; "
+            "print(sorted(m for m in sys.modules if m.startswith('qmp_kernels.'))); "
+            "print(impact.impact_cost_nb._cache._cache_path); print(repr(numba.config.CACHE_DIR))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    loaded, cache_path, default = out.stdout.splitlines()
+    assert loaded == "['qmp_kernels.cache', 'qmp_kernels.impact', 'qmp_kernels.status']"  # not the risk models
+    expected = source_keyed_cache_dir(Path(kernels.__file__).parent)
+    assert expected is not None and cache_path.startswith(expected) and default == "''"

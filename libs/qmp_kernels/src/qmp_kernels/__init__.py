@@ -16,36 +16,23 @@ instead of raising, and there is no per-division zero test in the generated code
 - drawdown, vol: drawdowns and realized volatility
 - stress: path drawdowns, GARCH-t-with-jumps Monte Carlo
 - threads: column blocks of GIL-releasing kernels on a thread pool
-- cache: the Numba cache folder, keyed by the kernels' sources
+- impact: the market-impact (slippage) model and its fit
+- cache: the Numba cache folder, keyed by the kernels' sources, and the `njit` every module decorates with
+
+A module is imported when first asked for (`from qmp_kernels import var`, or `qmp_kernels.var`), not with the
+package.
 """
 
-from pathlib import Path
+import importlib
+from types import ModuleType
 
-import numba
+__all__ = ["backtest", "drawdown", "evt", "fhs", "impact", "incremental", "methods", "special", "status", "stress",
+           "student_t", "threads", "var", "vol"]
 
-from qmp_kernels.cache import source_keyed_cache_dir
 
-_default_cache_dir = numba.config.CACHE_DIR
-# read when @njit(cache=True) decorates, so it must be set before the kernel modules load
-numba.config.CACHE_DIR = source_keyed_cache_dir(Path(__file__).parent) or _default_cache_dir
-try:
-    from qmp_kernels import (
-        backtest,
-        drawdown,
-        evt,
-        fhs,
-        incremental,
-        methods,
-        special,
-        status,
-        stress,
-        student_t,
-        threads,
-        var,
-        vol,
-    )
-finally:
-    numba.config.CACHE_DIR = _default_cache_dir  # other libraries' kernels keep numba's default
-
-__all__ = ["backtest", "drawdown", "evt", "fhs", "incremental", "methods", "special", "status", "stress", "student_t",
-           "threads", "var", "vol"]
+def __getattr__(name: str) -> ModuleType:
+    """Import a kernel module when it is first asked for: a service loads (and keeps in memory) only the
+    kernels it runs; execution's slippage needs `impact`, not the risk models."""
+    if name in __all__:
+        return importlib.import_module(f"qmp_kernels.{name}")
+    raise AttributeError(f"module 'qmp_kernels' has no attribute {name!r}")

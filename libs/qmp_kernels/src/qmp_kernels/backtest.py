@@ -28,8 +28,8 @@ Tests (x exceptions -r_t > VaR_t among n rows)
 import math
 
 import numpy as np
-from numba import njit
 
+from qmp_kernels.cache import njit
 from qmp_kernels.special import binom_cdf_nb, chi2_sf_nb
 from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
 

@@ -16,8 +16,8 @@ Input contract
 """
 
 import numpy as np
-from numba import njit
 
+from qmp_kernels.cache import njit
 from qmp_kernels.status import INVALID_ARGUMENT, INVALID_INPUT, OK
 
 

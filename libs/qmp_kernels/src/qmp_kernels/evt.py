@@ -25,8 +25,8 @@ Tail estimator (Smith 1987), r = (n / m)(1 - alpha):
 import math
 
 import numpy as np
-from numba import njit
 
+from qmp_kernels.cache import njit
 from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK, UNBOUNDED
 
 EVT_MIN_PEAKS = 8

@@ -29,8 +29,8 @@ A sigma_t of 0 (all returns before t were 0) standardizes a 0 return to 0 and le
 import math
 
 import numpy as np
-from numba import njit
 
+from qmp_kernels.cache import njit
 from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
 from qmp_kernels.var import historical_var_es_levels_nb
 

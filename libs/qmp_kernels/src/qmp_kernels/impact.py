@@ -30,8 +30,8 @@ squares over [beta_lo, beta_hi] (coarse grid, then golden-section search in the 
 import math
 
 import numpy as np
-from numba import njit
 
+from qmp_kernels.cache import njit
 from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
 
 # Almgren, Thum, Hauptmann & Li (2005), table 3.

@@ -32,8 +32,8 @@ Input contract
 import math
 
 import numpy as np
-from numba import njit
 
+from qmp_kernels.cache import njit
 from qmp_kernels.evt import evt_log_ratio_nb, evt_peaks_nb, evt_tail_into_nb
 from qmp_kernels.fhs import EWMA_WARMUP, garch_fit_nb
 from qmp_kernels.methods import (

@@ -16,8 +16,8 @@ Formulas: `var.py` (historical, normal, Cornish-Fisher), `student_t.py` (maximum
 import math
 
 import numpy as np
-from numba import njit
 
+from qmp_kernels.cache import njit
 from qmp_kernels.evt import evt_var_es_ascending_nb
 from qmp_kernels.fhs import (
     ewma_variance_nb,

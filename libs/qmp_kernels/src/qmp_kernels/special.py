@@ -26,7 +26,8 @@ Methods (each checked against scipy.special / scipy.stats in the tests)
 import math
 
 import numpy as np
-from numba import njit
+
+from qmp_kernels.cache import njit
 
 SQRT_2 = math.sqrt(2.0)
 SQRT_2PI = math.sqrt(2.0 * math.pi)

@@ -23,8 +23,8 @@ filtered variance forecast for the next day.
 import math
 
 import numpy as np
-from numba import njit
 
+from qmp_kernels.cache import njit
 from qmp_kernels.fhs import finite_nb, garch_fit_nb, garch_variance_nb
 from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
 from qmp_kernels.var import moments_nb, student_t_nu_nb

@@ -29,8 +29,8 @@ sd = s sqrt(nu / (nu - 2)) the fitted distribution's standard deviation: VaR = s
 import math
 
 import numpy as np
-from numba import njit
 
+from qmp_kernels.cache import njit
 from qmp_kernels.special import t_standardized_var_es_nb
 from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
 

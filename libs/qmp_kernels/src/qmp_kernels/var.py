@@ -55,8 +55,8 @@ so that every read and write is contiguous; blocks of columns run on threads (`t
 import math
 
 import numpy as np
-from numba import njit
 
+from qmp_kernels.cache import njit
 from qmp_kernels.special import norm_pdf_nb, norm_ppf_nb
 from qmp_kernels.status import INSUFFICIENT_DATA, INVALID_ARGUMENT, OK
 from qmp_kernels.student_t import student_t_mle_var_es_nb

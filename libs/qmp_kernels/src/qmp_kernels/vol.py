@@ -16,8 +16,8 @@ a standard deviation of exactly 0, not a rounding residue that would make a rati
 import math
 
 import numpy as np
-from numba import njit
 
+from qmp_kernels.cache import njit
 from qmp_kernels.status import INVALID_ARGUMENT, OK
 
 
