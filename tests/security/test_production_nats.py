@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,13 +31,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PASSWORDS = {f"QMP_{user.upper()}_PASSWORD": "p" + secrets.token_urlsafe(12) for user in ROLES}
 
 
-def node_config(directory: Path, port: int) -> Path:
+def node_config(directory: Path, port: int, monitor_port: int = 0) -> Path:
     """Write the committed server.conf with this node's client port and store; return its path."""
     committed = (ROOT / "infra" / "nats" / "server.conf").read_text()
     assert "listen: 0.0.0.0:4222" in committed and "store_dir: /data/jetstream" in committed
+    assert "http: 127.0.0.1:8222" in committed  # monitoring on the container's loopback (its health check)
+    monitor_port = monitor_port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "server.conf"
     path.write_text(committed.replace("listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{port}")
+                    .replace("http: 127.0.0.1:8222", f"http: 127.0.0.1:{monitor_port}")
                     .replace("store_dir: /data/jetstream", f"store_dir: {json.dumps(str(directory / 'js'))}"))
     return path
 
@@ -77,9 +81,13 @@ def nodes() -> Iterator[list[Node]]:
 async def test_server_conf_when_started_as_committed_then_clients_must_speak_tls_and_verify_the_server(
         tmp_path: Path, nodes: list[Node]) -> None:
     certificates = ServerCertificates.issue(tmp_path / "tls")
-    port = free_port()
-    nodes.append(Node("qmp-1", node_config(tmp_path / "node", port), port, certificates))
+    port, monitor = free_port(), free_port()
+    nodes.append(Node("qmp-1", node_config(tmp_path / "node", port, monitor), port, certificates))
 
+    # What docker-compose's health check asks: healthy, JetStream included, on the monitoring loopback.
+    health = await asyncio.to_thread(urllib.request.urlopen,
+                                     f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true", timeout=10)
+    assert health.status == 200 and json.loads(health.read())["status"] == "ok"
     with socket.create_connection(("127.0.0.1", port)) as sock:  # the server speaks first: INFO {...}
         info = json.loads(sock.makefile("rb").readline().partition(b" ")[2])
     assert info["tls_required"] is True

@@ -82,6 +82,8 @@ listen: 0.0.0.0:4222
 server_name: $NATS_SERVER_NAME
 max_payload: 8MB
 jetstream { store_dir: /data/jetstream, max_file_store: 20GB, max_memory_store: 1GB }
+# Monitoring (no authentication) on the container's own loopback only: its health check asks /healthz there.
+http: 127.0.0.1:8222
 # Clients must speak TLS; the server presents QMP_NATS_TLS_CERT (clients verify it against their CA file).
 tls { cert_file: $QMP_NATS_TLS_CERT, key_file: $QMP_NATS_TLS_KEY, timeout: 2 }
 """
