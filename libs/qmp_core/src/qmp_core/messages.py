@@ -11,6 +11,7 @@ A message without a Content-Type header is JSON; a reader that ignores headers c
 first byte (a JSON object starts with `{`, the MessagePack array with 0x9d).
 """
 
+import math
 import re
 from functools import cache
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -333,6 +334,11 @@ class PortfolioSnapshot(Struct, frozen=True, kw_only=True):
     # Orders withdrawn here that an external venue has not been seen to end (a cancel can cross a fill):
     # a restart keeps asking the venue about them, so a fill that crossed the cancel is booked once.
     withdrawn: list["WorkingOrder"] = []
+
+    def gross_exposure(self) -> float:
+        """The sum of |quantity × price| over the positions (0 when a price or quantity is not finite)."""
+        gross = math.fsum(abs(q * p) for q, p in zip(self.quantities, self.prices, strict=False))
+        return gross if math.isfinite(gross) else 0.0
 
 
 # ---------------------------------------------------------------- risk

@@ -169,7 +169,7 @@ class Sampler:
         data = await self._last(subjects.STREAM_EXEC, subjects.portfolio(strategy))
         if data is not None:
             book = self._portfolio.decode(data)
-            gross = math.fsum(abs(q * p) for q, p in zip(book.quantities, book.prices, strict=True))
+            gross = book.gross_exposure()
             values = {"equity": book.equity, "cash": book.cash, "realized_pnl": book.realized_pnl,
                       "unrealized_pnl": book.unrealized_pnl, "fees": book.fees, "gross_exposure": gross,
                       "positions": float(sum(1 for q in book.quantities if q)), "orders": float(book.orders_total),

@@ -61,8 +61,7 @@ class Monitor:
         return True
 
     def on_portfolio(self, portfolio: PortfolioSnapshot) -> None:
-        gross = math.fsum(abs(q * p) for q, p in zip(portfolio.quantities, portfolio.prices, strict=False))
-        self._of(portfolio.strategy).gross_exposure = gross if math.isfinite(gross) else 0.0
+        self._of(portfolio.strategy).gross_exposure = portfolio.gross_exposure()
 
     def on_probe(self, source: str, value: float | None, ts_ns: int, detail: str = "") -> None:
         """Record a service-wide probe (latency_ms, memory_mb); None when the probe failed."""

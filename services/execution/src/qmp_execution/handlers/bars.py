@@ -278,10 +278,8 @@ class BarHandler:
             slippage = metrics.SLIPPAGE_BPS.labels(result.strategy)
             for fill in result.fills:
                 slippage.observe(fill.slippage_bps)
-        snapshot = result.snapshot
-        metrics.EQUITY.labels(result.strategy).set(snapshot.equity)
-        metrics.GROSS_EXPOSURE.labels(result.strategy).set(
-            sum(abs(quantity * price) for quantity, price in zip(snapshot.quantities, snapshot.prices, strict=False)))
+        metrics.EQUITY.labels(result.strategy).set(result.snapshot.equity)
+        metrics.GROSS_EXPOSURE.labels(result.strategy).set(result.snapshot.gross_exposure())
 
     @staticmethod
     def _log(result: StrategyResult) -> None:
