@@ -26,7 +26,12 @@ RUN uv sync --no-dev --no-install-workspace --package "qmp-$SERVICE" \
 COPY libs libs
 COPY services services
 RUN uv sync --no-dev --package "qmp-$SERVICE" $(for p in $WITH_PACKAGES; do printf -- '--package %s ' "$p"; done)
-RUN useradd --system --no-create-home qmp && mkdir -p /var/cache/numba && chown qmp /var/cache/numba
+# The kernels compiled now, into the image's Numba cache (a build that cannot compile them fails): a service
+# starts without compiling, and with a read-only root filesystem (docker-compose.yml) it could not cache.
+RUN mkdir -p /var/cache/numba && case "$SERVICE" in \
+        risk|execution) /app/.venv/bin/python -m "qmp_$SERVICE" --warm-kernels ;; \
+    esac
+RUN useradd --system --no-create-home qmp && chown -R qmp /var/cache/numba
 USER qmp
 ENV SERVICE=$SERVICE
 CMD ["sh", "-c", "exec /app/.venv/bin/python -m qmp_$SERVICE"]

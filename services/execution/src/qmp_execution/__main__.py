@@ -13,6 +13,12 @@ def main() -> None:
     """Read settings from the environment, then run the service; bad settings fail before connecting."""
     if settings_main(ExecutionSettings, sys.argv[1:]):  # `--settings`: describe them, run nothing
         return
+    if "--warm-kernels" in sys.argv[1:]:  # an image's build: compile the slippage kernels into the Numba cache
+        from qmp_execution.engine.slippage import SlippageConfig, SlippageModel
+
+        for model in ("almgren", "sqrt"):
+            SlippageModel(SlippageConfig(model=model)).cost(1_000.0, 0.02, 1e6)
+        return
     settings = load_settings(ExecutionSettings)
     setup_logging(SERVICE, settings.log_level)
     provider = setup_tracing(SERVICE, run_dir(settings), settings.otlp_endpoint, settings.tracing,

@@ -13,6 +13,13 @@ from qmp_risk.handlers import SERVICE
 def main() -> None:
     if settings_main(RiskSettings, sys.argv[1:]):  # `--settings`: describe them, run nothing
         return
+    if "--warm-kernels" in sys.argv[1:]:  # an image's build: compile every kernel into the Numba cache, or fail
+        from qmp_core.clock import make_clock
+        from qmp_risk.engine import RiskEngine
+
+        settings = RiskSettings()
+        RiskEngine(settings, make_clock(settings.clock)).warm_up()
+        return
     settings = load_settings(RiskSettings)
     setup_logging(SERVICE, settings.log_level)
     provider = setup_tracing(SERVICE, run_dir(settings), settings.otlp_endpoint, settings.tracing,
