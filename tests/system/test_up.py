@@ -42,6 +42,10 @@ def test_up_when_settings_given_then_the_services_run_with_them_and_a_kill_is_co
         killed = qmp(["kill", "vol_target", "--flatten", "--reason", "kill test"], tmp_path)
         after_kill = json.loads(qmp(["status", "--json"], tmp_path).stdout)["strategies"]["vol_target"]
         resumed = qmp(["resume", "vol_target"], tmp_path)
+        # The rollback procedure's first step: everything stopped and the state kept, then a safe resume.
+        stopped = qmp(["emergency-stop", "--reason", "drill", "--out", str(tmp_path / "emergency")], tmp_path)
+        after_stop = json.loads(qmp(["status", "--json"], tmp_path).stdout)["strategies"]["vol_target"]
+        safe = qmp(["resume", "vol_target", "--safe"], tmp_path)
     finally:
         # Ctrl-C as `./dev up` gets it: the terminal's, then the launcher's copy while the stack is stopping.
         os.killpg(up.pid, signal.SIGINT)
@@ -60,6 +64,14 @@ def test_up_when_settings_given_then_the_services_run_with_them_and_a_kill_is_co
     assert "vol_target" in killed.stdout and "paper" in killed.stdout and "yes" in killed.stdout  # confirmed
     assert (after_kill["status"], after_kill["reason"], after_kill["flatten"]) == ("HALTED", "kill test", True)
     assert resumed.returncode == 0 and '"status": "ACTIVE"' in resumed.stdout
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert (after_stop["status"], after_stop["reason"], after_stop["flatten"]) == ("HALTED", "drill", True)
+    state = json.loads((tmp_path / "emergency" / "state.json").read_text())
+    assert state["confirmed"] is True and state["kill"]["accepted"] is True
+    assert [(r["strategy"], r["confirmed"]) for r in state["reports"]] == [("vol_target", True)]
+    assert state["buckets"]["qmp_control"]["ALL.operator"]["status"] == "HALTED"  # the stop, as it was saved
+    assert "vol_target" in state["books"] and "equity" in state["books"]["vol_target"]
+    assert safe.returncode == 0 and '"safe_mode": true' in safe.stdout
 
 
 @contextmanager

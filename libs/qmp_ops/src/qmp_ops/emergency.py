@@ -1,4 +1,5 @@
-"""The emergency protocol: a running strategy whose verification failed is halted, locked and reported.
+"""The emergency protocols: a running strategy whose verification failed is halted, locked and reported;
+and an emergency stop (`qmp emergency-stop`) keeps a snapshot of the state it stopped (`state_snapshot`).
 
 1. halt: a `halt` ControlCommand with the reason, sent as a request on `qmp.control.<strategy>` over the
    running stack's connection (the reply says whether the owner of control state accepted it);
@@ -168,3 +169,23 @@ def _process_environment(pid: int) -> dict[str, str]:
                                 f"pass the strategy's import path instead") from error
     pairs = (item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
     return dict(pairs)
+
+
+async def state_snapshot(connection: Connection) -> dict[str, Any]:
+    """What holds now: every entry of the buckets (trading states, rollouts, pre-trade limits) and each
+    strategy's last book (its latest PortfolioSnapshot on the execution stream)."""
+    from qmp_ops.backup import export_buckets
+
+    nc = await connection.connect()
+    try:
+        buckets = {bucket: {key: json.loads(value) for key, value in entries.items()}
+                   for bucket, entries in (await export_buckets(nc)).items()}
+        js = nc.jetstream()
+        info = await js.stream_info(subjects.STREAM_EXEC, subjects_filter=subjects.PORTFOLIO_ALL)
+        books: dict[str, Any] = {}
+        for subject in sorted(info.state.subjects or {}):
+            stored = await js.get_last_msg(subjects.STREAM_EXEC, subject)
+            books[subjects.strategy_of(subject, 2)] = json.loads(stored.data or b"{}")
+    finally:
+        await nc.close()
+    return {"buckets": buckets, "books": books}

@@ -303,9 +303,15 @@ def kill(
     """The kill switch: halt, withdraw every working order at the venue now, optionally flatten; wait for
     the venue's confirmation that nothing is left open (exit 1 if it did not come, saying what is left)."""
     reply, reports, silent = asyncio.run(kill_and_report(Connection.read(), strategy, flatten, reason, timeout))
+    if not _show_kill(reply, reports, silent, timeout):
+        raise typer.Exit(1)
+
+
+def _show_kill(reply: dict, reports: list, silent: list[str], timeout: float) -> bool:
+    """Print a kill's reply and each venue's report; return whether every venue confirmed."""
     console.print_json(json.dumps(reply))
     if not reply.get("accepted"):
-        raise typer.Exit(1)
+        return False
     table = Table(title=f"kill {reply.get('command_id', '')}", title_justify="left")
     for column in ("strategy", "venue", "withdrawn", "closing orders", "still open", "confirmed", "ms"):
         table.add_column(column)
@@ -323,7 +329,37 @@ def kill(
                       f"`qmp status` shows its working orders)")
     if not reports and not silent:
         console.print("no execution instance hosts it: the halt is in force, there was nothing to withdraw")
-    if silent or not all(report.confirmed for report in reports):
+    return not silent and all(report.confirmed for report in reports)
+
+
+@app.command(name="emergency-stop")
+def emergency_stop(
+    reason: Annotated[str, typer.Option(help="why; recorded in the audit trail")] = "emergency stop",
+    no_flatten: Annotated[bool, typer.Option("--no-flatten", help="keep the positions (withdraw the working "
+                                                                  "orders only)")] = False,
+    timeout: Annotated[float, typer.Option(min=1.0, help="seconds to wait for the venues' answer")] = 30.0,
+    out: Annotated[Path | None, typer.Option(help="folder for state.json (default: reports/emergency-<time>)")] = None,
+) -> None:
+    """Stop all trading now: the kill switch for every strategy (halt, withdraw every working order at its
+    venue, close every position unless --no-flatten), wait for the venues' confirmation, then save what holds
+    (trading states, rollouts, limits, each strategy's last book) to state.json. Exit 1 if a venue did not
+    confirm. After review, `qmp resume <strategy> --safe` trades again at half size."""
+    from datetime import UTC, datetime
+
+    from qmp_ops.emergency import state_snapshot
+
+    connection = Connection.read()
+    reply, reports, silent = asyncio.run(kill_and_report(connection, "ALL", not no_flatten, reason, timeout))
+    confirmed = _show_kill(reply, reports, silent, timeout)
+    stamp = datetime.now(UTC)
+    folder = out or Path("reports") / f"emergency-{stamp.strftime('%Y%m%dT%H%M%S')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"at": stamp.isoformat(), "reason": reason, "flatten": not no_flatten, "kill": reply,
+              "reports": [msgspec.to_builtins(report) for report in reports], "silent": silent,
+              "confirmed": confirmed, **asyncio.run(state_snapshot(connection))}
+    (folder / "state.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    console.print(f"state saved: {escape(str(folder / 'state.json'))}", highlight=False)
+    if not reply.get("accepted") or not confirmed:
         raise typer.Exit(1)
 
 
@@ -643,8 +679,8 @@ def _print_reply(reply: dict) -> None:
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
 FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "limits", "trace",
-                           "incident", "alerts", "monitor", "backup", "restore", "contract", "nats-config",
-                           "certificates"})
+                           "incident", "alerts", "emergency-stop", "monitor", "backup", "restore", "contract",
+                           "nats-config", "certificates"})
 
 
 def register_extensions() -> None:
