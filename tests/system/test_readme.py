@@ -132,8 +132,20 @@ def test_readme_first_hour_when_run_as_written_then_each_command_does_what_its_c
         assert execution[("qmp_trading_status", (("status", "HALTED"), ("strategy", "vol_target")))] == 1.0
         assert execution[("qmp_halt_to_denial_seconds_count", (("strategy", "vol_target"),))] >= 1
 
+        # The launch report on this stack: each criterion against its target (the halt was a control request).
+        launch = qmp(["report", "launch", "--out", str(tmp_path / "launch")], tmp_path)
         resumed = qmp(commands[4], tmp_path)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        report = json.loads((tmp_path / "launch" / "launch.json").read_text())
+        results = {c["name"]: (c["value"], c["passed"]) for c in report["criteria"]}
+        assert set(results) == {"uptime", "error rate", "control response p99", "successful trades"}
+        assert results["uptime"] == (1.0, True) and results["error rate"][1] is True
+        assert results["control response p99"][0] is not None and results["control response p99"][1] is True
+        # vol_target warms up for longer than this test runs: no order yet, so "no data", which does not pass
+        assert results["successful trades"] == (None, False), report
+        assert launch.returncode == 1 and "verdict: **FAIL**" in launch.stdout, launch.stdout + launch.stderr
+        assert "| successful trades | no data | > 95% | FAIL | 0 of 0 accepted orders filled |" in launch.stdout
+        assert (tmp_path / "launch" / "launch.html").read_text().count("<svg") == 1
         state = json.loads(resumed.stdout)["state"]
         assert (state["status"], state["safe_mode"], state["size_multiplier"]) == ("ACTIVE", True, 0.5)
 

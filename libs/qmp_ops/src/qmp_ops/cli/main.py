@@ -332,6 +332,47 @@ def _show_kill(reply: dict, reports: list, silent: list[str], timeout: float) ->
     return not silent and all(report.confirmed for report in reports)
 
 
+report_app = typer.Typer(help="Reports on the running stack: `qmp report launch`.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("launch")
+def report_launch(
+    since: Annotated[str | None, typer.Option(help="the window's start, ISO time (UTC unless it says); default: "
+                                                   "when the stack's run began")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder for launch.md, launch.html, launch.json (default: "
+                                                  "reports/launch-<time>)")] = None,
+) -> None:
+    """The stack against the launch's success criteria: uptime > 99%, error rate < 1%, p99 control response
+    < 200 ms, successful trades > 95%, each pass or fail; exit 1 unless all pass."""
+    import time as clock
+    from datetime import UTC, datetime
+
+    from qmp_ops.launch import gather, markdown, write
+
+    connection = Connection.read()
+    run_dir = Path(connection.run_dir) if connection.run_dir else None
+    if since:
+        moment = datetime.fromisoformat(since)
+        since_ns = int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1e9)
+    elif run_dir is not None and (run_dir / "connection.json").exists():
+        since_ns = (run_dir / "connection.json").stat().st_mtime_ns  # written as the stack came up
+    else:
+        _fail("no run directory says when the stack started: pass --since")
+    deployer_url = None
+    targets = run_dir / "prometheus-targets.json" if run_dir is not None else None
+    if targets is not None and targets.exists():
+        deployer_url = next((f"http://{t['targets'][0]}/metrics" for t in json.loads(targets.read_text())
+                             if t.get("labels", {}).get("service") == "deployer"), None)
+    report = asyncio.run(gather(connection, since_ns, clock.time_ns(), deployer_url))
+    folder = out or Path("reports") / f"launch-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+    paths = write(report, folder)
+    console.print(markdown(report), highlight=False)
+    console.print("written: " + ", ".join(escape(str(path)) for path in paths), highlight=False)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 @app.command(name="emergency-stop")
 def emergency_stop(
     reason: Annotated[str, typer.Option(help="why; recorded in the audit trail")] = "emergency stop",
@@ -679,7 +720,7 @@ def _print_reply(reply: dict) -> None:
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
 FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "limits", "trace",
-                           "incident", "alerts", "emergency-stop", "monitor", "backup", "restore", "contract",
+                           "incident", "alerts", "emergency-stop", "report", "monitor", "backup", "restore", "contract",
                            "nats-config", "certificates"})
 
 
