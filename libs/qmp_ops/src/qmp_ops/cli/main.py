@@ -227,13 +227,21 @@ def settings(
 
 
 @app.command()
-def init() -> None:
+def init(
+    env: Annotated[str | None, typer.Option(help="tag the database production or test (production stays)")] = None,
+    allow_test_data: Annotated[bool, typer.Option(
+        "--allow-test-data", help="with --env production: tag a database that holds data anyway")] = False,
+) -> None:
     """Prepare a running NATS and PostgreSQL (`--nats-url`, `--database-url`) for the services.
 
     Migrates the database and declares every stream and bucket with the limits of QMP_RETENTION_*
     (docs/OPERATIONS.md); the services never declare them. Safe to run again: a limit changed in the
     environment is applied to the existing stream. `qmp up` does this itself for its embedded servers.
+    `--env production` tags the database production, refusing one that already holds data (a test run's)
+    unless `--allow-test-data`; a production database is never cleared by `qmp db clear-test-data`.
     """
+    if env not in (None, "production", "test"):
+        raise typer.BadParameter("--env must be production or test")
     from qmp_core import bus
     from qmp_core.config import Retention, load_settings
     from qmp_core.db import migrate
@@ -249,14 +257,29 @@ def init() -> None:
         except OSError as error:
             raise StackUnavailable(f"cannot reach PostgreSQL at {redacted(connection.database_url)} ({error}): "
                                    "name it with --database-url / QMP_DATABASE_URL") from error
+        if env is not None:
+            from qmp_ops.environment import set_environment
+
+            db = await asyncpg.connect(connection.database_url)
+            try:
+                await set_environment(db, env, allow_test_data)
+            finally:
+                await db.close()
         nc = await connection.connect()
         try:
             await bus.declare(nc.jetstream(), retention)
         finally:
             await nc.close()
 
+    from qmp_ops.environment import WrongEnvironment
+
     connection = Connection.read()
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except WrongEnvironment as error:
+        _fail(str(error))
+    if env is not None:
+        console.print(f"[green]✓[/] database tagged {env}")
     for config in bus.streams(retention):
         console.print(f"[green]✓[/] stream {config.name}: {config.max_age / bus.DAY_S:g} days, "
                       f"{(config.max_bytes or 0) // bus.MB} MB")
@@ -330,6 +353,37 @@ def _show_kill(reply: dict, reports: list, silent: list[str], timeout: float) ->
     if not reports and not silent:
         console.print("no execution instance hosts it: the halt is in force, there was nothing to withdraw")
     return not silent and all(report.confirmed for report in reports)
+
+
+db_app = typer.Typer(help="The stack's database: `qmp db clear-test-data`.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("clear-test-data")
+def db_clear_test_data(
+    confirm: Annotated[bool, typer.Option("--confirm", help="delete every row of the data tables (required)")] = False,
+) -> None:
+    """Delete the rows a test run left (bars, fills, books, risk snapshots, audits, dead letters) from a database
+    tagged test; a production database (`qmp init --env production`) is refused, whatever the flags."""
+    from qmp_ops.environment import WrongEnvironment, clear_test_data
+
+    if not confirm:
+        _fail("clear-test-data deletes every row of the data tables: add --confirm to do it")
+    connection = Connection.read()
+
+    async def run() -> dict[str, int]:
+        db = await asyncpg.connect(connection.database_url)
+        try:
+            return await clear_test_data(db)
+        finally:
+            await db.close()
+
+    try:
+        deleted = asyncio.run(run())
+    except WrongEnvironment as error:
+        _fail(str(error))
+    console.print(f"[green]✓[/] {sum(deleted.values()):,} rows deleted: "
+                  + ", ".join(f"{table} {rows:,}" for table, rows in deleted.items() if rows), highlight=False)
 
 
 report_app = typer.Typer(help="Reports on the running stack: `qmp report launch`.", no_args_is_help=True)
@@ -720,8 +774,8 @@ def _print_reply(reply: dict) -> None:
 # The operator's verbs must start at once (a halt in an emergency): the other commands pull in pandas and
 # the Numba kernels, so they are registered only when the command line may need them.
 FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "status", "venues", "limits", "trace",
-                           "incident", "alerts", "emergency-stop", "report", "monitor", "backup", "restore", "contract",
-                           "nats-config", "certificates"})
+                           "incident", "alerts", "emergency-stop", "report", "db", "monitor", "backup", "restore",
+                           "contract", "nats-config", "certificates"})
 
 
 def register_extensions() -> None:

@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import nats
 
 from qmp_core import bus, subjects, warm_spare
 from qmp_core.config import Retention, load_settings
 from qmp_core.db import migrate
+from qmp_ops.environment import set_environment
 from qmp_ops.runtime.certificates import ServerCertificates
 from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
 from qmp_ops.runtime.ports import free_port, write_private
@@ -238,6 +240,11 @@ class Stack:
 
     async def _prepare(self) -> None:
         await migrate(self.database_url)
+        connection = await asyncpg.connect(self.database_url)
+        try:  # a stack `qmp up` runs is a test one; it refuses a production database (WrongEnvironment)
+            await set_environment(connection, "test")
+        finally:
+            await connection.close()
         nc = await self.connection.connect()
         try:
             js = nc.jetstream()
