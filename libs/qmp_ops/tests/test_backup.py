@@ -1,5 +1,6 @@
 """Backup and restore against a real PostgreSQL and nats-server: a database of its own, the shared buckets."""
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -89,3 +90,40 @@ def test_backup_and_restore_commands_when_run_as_an_operator_then_verified_and_r
     assert made.exit_code == 0 and "verified" in made.output, made.output
     assert refused.exit_code == 1 and "--yes" in refused.output
     assert restored.exit_code == 0 and "restored" in restored.output, restored.output
+
+
+async def test_restore_when_latest_asked_then_the_newest_backup_and_refused_while_a_service_answers(
+        own_database: str, nats_credentials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from qmp_core import subjects
+    from qmp_ops.cli.main import STACK_VARIABLES, app
+
+    for name in STACK_VARIABLES:
+        monkeypatch.setenv(name, "")
+    monkeypatch.chdir(tmp_path)  # `qmp backup` writes under ./backups by default, where --latest looks
+    user, password = nats_credentials.for_user("operator")
+    flags = ["--nats-url", nats_credentials.url, "--database-url", own_database]
+    flags += ["--nats-user", user, "--nats-password", password] if user else []
+    flags += ["--nats-tls-ca", nats_credentials.tls_ca] if nats_credentials.tls_ca else []
+
+    def invoke(*args: str):  # the CLI runs its own event loop: off this test's
+        return asyncio.to_thread(CliRunner().invoke, app, [*flags, *args])
+
+    made = await invoke("backup", "--no-verify")
+    risk = await nats_credentials.connect("risk")  # a risk service of this stack still running
+
+    async def healthy(msg) -> None:
+        await msg.respond(b"{}")
+
+    answer = await risk.subscribe(subjects.health("risk"), cb=healthy)
+    await risk.flush()
+    refused = await invoke("restore", "--latest", "--yes")
+    await answer.unsubscribe()
+    await risk.close()
+    restored = await invoke("restore", "--latest", "--yes")
+
+    backups = sorted((tmp_path / "backups").iterdir())
+    assert made.exit_code == 0 and len(backups) == 1, made.output
+    assert refused.exit_code == 1 and "risk of this stack answer" in refused.output, refused.output
+    assert restored.exit_code == 0 and f"from {backups[0].relative_to(tmp_path)}" in restored.output, restored.output

@@ -21,6 +21,7 @@ from rich.table import Table
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.alerts import alerts as alerts_command
 from qmp_ops.cli.control import (
+    SERVICES,
     NoBrokerCommands,
     VenueRow,
     check_every_venue,
@@ -55,6 +56,7 @@ app.command(name="incident")(incident_command)
 app.command(name="alerts")(alerts_command)
 console = Console()
 HOME = Path(".qmp")
+BACKUPS = Path("backups")  # where `qmp backup` writes by default, and `qmp restore --latest` looks
 # What names a running stack to every verb; the global flags write them (kept in this order).
 STACK_VARIABLES = ("QMP_NATS_URL", "QMP_NATS_USER", "QMP_NATS_PASSWORD", "QMP_NATS_TLS_CA", "QMP_DATABASE_URL")
 MB = 1024 * 1024
@@ -532,6 +534,22 @@ def trace(
         console.print(f"{matched} traces match; the latest {len(traces)} are shown (--limit)")
 
 
+async def _answering_services(connection: Connection) -> list[str]:
+    """The stack's services that answer a health request now (none: it is safe to put rows back)."""
+    from qmp_core import subjects
+
+    nc = await connection.connect()
+    try:
+        answering = []
+        for service in SERVICES:
+            with contextlib.suppress(nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                await nc.request(subjects.health(service), b"", timeout=0.5)
+                answering.append(service)
+        return answering
+    finally:
+        await nc.close()
+
+
 def _current_run_dir() -> Path:
     run = current_run_dir(HOME)
     if run is None:
@@ -541,13 +559,17 @@ def _current_run_dir() -> Path:
 
 @app.command()
 def backup(
-    out: Annotated[Path, typer.Option(help="a new, empty directory for the backup")],
+    out: Annotated[Path | None, typer.Option(help="a new, empty directory for the backup (default: "
+                                                  "backups/<time>)")] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="restore it into a scratch database and "
                                                                       "compare the row counts")] = True,
 ) -> None:
     """Back up the stack's database and its trading-state and rollout buckets (with a manifest of checksums)."""
+    from datetime import UTC, datetime
+
     from qmp_ops import backup as backups
 
+    out = out or BACKUPS / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     connection = Connection.read()
 
     async def run() -> dict:
@@ -572,16 +594,28 @@ def backup(
 
 @app.command()
 def restore(
-    directory: Annotated[Path, typer.Argument(help="a directory written by `qmp backup`")],
+    directory: Annotated[Path | None, typer.Argument(help="a directory written by `qmp backup`")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help=f"the newest backup under {BACKUPS}/")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="replace the rows of every table of the stack (required)")] = False,
 ) -> None:
-    """Put a backup's tables back into the stack's database (stop the services first: they would write meanwhile),
-    and show the trading states it held."""
+    """Put a backup's tables back into the stack's database, and show the trading states it held. Refused while
+    a service of the stack answers: stop them first (they would write meanwhile)."""
     from qmp_ops import backup as backups
 
+    if directory is None and latest:
+        made = sorted(path for path in BACKUPS.glob("*") if (path / "manifest.json").exists())
+        if not made:
+            _fail(f"no backup under {BACKUPS}/: `qmp backup` writes one there")
+        directory = made[-1]
+    if directory is None:
+        _fail("name the backup's directory, or --latest")
     if not yes:
         _fail("restore replaces the rows of every table of the stack with the backup's: add --yes to do it")
     connection = Connection.read()
+    running = asyncio.run(_answering_services(connection))
+    if running:
+        _fail(f"{', '.join(running)} of this stack answer: stop the services before a restore (they would write "
+              "over the rows it puts back)")
     try:
         counts = asyncio.run(backups.restore(directory, connection.database_url))
     except backups.BackupError as error:
