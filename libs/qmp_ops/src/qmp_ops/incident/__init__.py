@@ -71,7 +71,7 @@ async def reconstruct(db: asyncpg.Connection, nc: Any, strategy: str | None, win
                       traces_dir: Path | None = None) -> Incident:
     """Find the trigger (the latest halt, or the one `around` names), read what surrounds it, lay it out."""
     row = await _trigger(db, strategy, window, around, traces_dir)
-    ts = int(row["command"].get("ts_event") or 0)
+    ts = int(row["command"].get("ts_event") or row["state"].get("ts_event") or 0)
     written = row["written"]
     records = await store.records(db, nc, row["strategy"], ts - window.before_ns, ts + window.after_ns,
                                   written - timedelta(microseconds=window.before_ns // 1000),

@@ -17,12 +17,14 @@ from qmp_core import bus, subjects
 from qmp_core.clock import to_datetime
 from qmp_core.messages import BatchEvents, OrderEvent, codec
 
+# A command's event time: the one it carries, else (a person's command, sent with none) the state's it left.
+EVENT_TIME = "COALESCE(NULLIF((command->>'ts_event')::bigint, 0), (state->>'ts_event')::bigint)"
 # The latest command that halted (a halt or a kill), of one strategy or of any, up to `until`.
-LATEST_HALT = """
+LATEST_HALT = f"""
 SELECT strategy, command, state, sender, ts AS written FROM control_audit
 WHERE ($1::text IS NULL OR strategy = $1) AND command->>'command' IN ('halt', 'kill')
-  AND (command->>'ts_event')::bigint BETWEEN $2 AND $3
-ORDER BY (command->>'ts_event')::bigint DESC, id DESC LIMIT 1
+  AND {EVENT_TIME} BETWEEN $2 AND $3
+ORDER BY {EVENT_TIME} DESC, id DESC LIMIT 1
 """
 COMMAND_BY_ID = ("SELECT strategy, command, state, sender, ts AS written FROM control_audit WHERE command_id = $1 "
                  "LIMIT 1")
@@ -31,10 +33,9 @@ SELECT strategy, ts, breaker, event, value, threshold, action, detail FROM break
 WHERE ($1::text IS NULL OR strategy = $1) AND breaker = $2 AND event = 'BreakerTripped'
 ORDER BY ts DESC LIMIT 1
 """
-COMMANDS = """
+COMMANDS = f"""
 SELECT strategy, command, state, sender, ts AS written FROM control_audit
-WHERE strategy IN ($1, 'ALL')
-  AND ((command->>'ts_event')::bigint BETWEEN $2 AND $3 OR ts BETWEEN $4 AND $5)
+WHERE strategy IN ($1, 'ALL') AND ({EVENT_TIME} BETWEEN $2 AND $3 OR ts BETWEEN $4 AND $5)
 ORDER BY id
 """
 BREAKERS = """
