@@ -65,3 +65,13 @@ def test_misnamed_when_a_file_names_no_module_then_reported(tmp_path: Path) -> N
 
     assert misnamed(tests, source, "x") == ["test_app.py: not test_x_<module>",
                                              "test_x_orders.py: names no module of src"]
+
+
+def test_test_files_when_listed_across_the_repository_then_no_two_share_a_file_name() -> None:
+    # pytest imports test modules by their file name (rootdir import mode): two of a name stop collection.
+    files = [path for top in ("libs", "services", "tests") for path in (ROOT / top).rglob("test_*.py")
+             if ".venv" not in path.parts]
+    names: dict[str, list[str]] = {}
+    for path in files:
+        names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
