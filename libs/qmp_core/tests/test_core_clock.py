@@ -22,3 +22,13 @@ def test_to_datetime_when_nanoseconds_given_then_exact_utc_microseconds_without_
 def test_iso_date_when_last_nanosecond_of_a_day_then_that_day():
     assert iso_date(NS_PER_DAY - 1) == "1970-01-01"
     assert iso_date(NS_PER_DAY) == "1970-01-02"
+
+
+def test_parse_ns_when_iso_text_then_exact_int_ns_utc_unless_a_zone_is_named() -> None:
+    from qmp_core.clock import parse_ns, to_ns
+
+    assert parse_ns("2008-09-09T21:00:00Z") == 1_220_994_000 * 10**9
+    assert parse_ns("2008-09-09T21:00:00") == parse_ns("2008-09-09T23:00:00+02:00") == 1_220_994_000 * 10**9
+    assert parse_ns("2008-09-09") == 1_220_918_400 * 10**9
+    assert parse_ns("2008-09-09T21:00:00.000123Z") == 1_220_994_000 * 10**9 + 123_000
+    assert to_ns(to_datetime(1_220_994_000_123_456_000)) == 1_220_994_000_123_456_000

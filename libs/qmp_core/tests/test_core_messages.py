@@ -121,3 +121,16 @@ def test_codec_when_content_type_unknown_then_decode_error_names_it() -> None:
         codec(BarBatch).decode(encode(BARS), "application/xml")
     with pytest.raises(msgspec.DecodeError, match=r"application/vnd\.qmp\.bars"):
         codec(Halt).decode(wire(BARS)[0], CONTENT_TYPE_BARS)
+
+
+def test_execution_events_when_per_order_or_per_batch_then_the_same_events_and_other_subjects_none() -> None:
+    from qmp_core.messages import BatchEvents, Fill, OrderAccepted, encode, execution_events
+
+    order = OrderAccepted(strategy="s", order_id="o1", symbol="A", side="BUY", quantity=1.0, price=1.0, ts_event=1)
+    fill = Fill(strategy="s", order_id="o1", fill_id="f1", symbol="A", side="BUY", quantity=1.0, price=1.0,
+                arrival_price=1.0, slippage_bps=0.0, fee=0.0, ts_event=1)
+    batch = encode(BatchEvents(strategy="s", ts_event=1, decisions=[order], fills=[fill]))
+    assert execution_events("qmp.exec.s.batch_events", batch) == ([order], [fill])
+    assert execution_events("qmp.exec.s.orders", encode(order)) == ([order], [])
+    assert execution_events("qmp.exec.s.fills", encode(fill)) == ([], [fill])
+    assert execution_events("qmp.exec.s.portfolio", b"{}") == ([], [])

@@ -15,6 +15,18 @@ def to_datetime(ts_ns: int) -> datetime:
     return _EPOCH + timedelta(microseconds=ts_ns // 1_000)
 
 
+def to_ns(moment: datetime) -> int:
+    """Return the int nanoseconds of a datetime (UTC when it names no zone), exact to the microsecond."""
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return int(moment.timestamp()) * NS_PER_SECOND + moment.microsecond * 1_000
+
+
+def parse_ns(text: str) -> int:
+    """Return the int nanoseconds of an ISO 8601 date or time (`2008-09-01`, `...T21:00:00Z`; UTC when it names
+    no zone)."""
+    return to_ns(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
 def iso_date(ts_ns: int) -> str:
     """Return the UTC day of an int-nanosecond timestamp as YYYY-MM-DD."""
     return to_datetime(ts_ns).strftime("%Y-%m-%d")

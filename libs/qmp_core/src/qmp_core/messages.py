@@ -842,6 +842,21 @@ class BatchEvents(Struct, frozen=True, kw_only=True, gc=False):
     schema: int = SCHEMA_VERSION
 
 
+def execution_events(subject: str, data: bytes) -> tuple[list[OrderEvent], list[Fill]]:
+    """The order events and fills in a message execution published: one on `qmp.exec.<strategy>.orders` or
+    `.fills`, or a replay's BatchEvents on `.batch_events`; none for its other subjects. Raises msgspec's
+    DecodeError or ValidationError on a body it cannot read."""
+    kind = subject.rsplit(".", 1)[-1]
+    if kind == "orders":
+        return [codec(OrderEvent).decode(data)], []
+    if kind == "fills":
+        return [], [codec(Fill).decode(data)]
+    if kind == "batch_events":
+        events = codec(BatchEvents).decode(data)
+        return events.decisions, events.fills
+    return [], []
+
+
 class WorkingOrder(Struct, frozen=True, kw_only=True):
     """An accepted order not yet completely filled; kept in the PortfolioSnapshot so a restart resumes it."""
 

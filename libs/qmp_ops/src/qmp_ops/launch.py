@@ -28,8 +28,8 @@ import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
 from qmp_core import bus, subjects
-from qmp_core.messages import BatchEvents, DeadLetter, Fill, OrderEvent, codec
-from qmp_ops.cli.control import SERVICES
+from qmp_core.messages import DeadLetter, codec, execution_events
+from qmp_ops.cli.control import service_health
 from qmp_ops.runtime.supervisor import Connection, read_supervisor_record
 
 UPTIME_MIN, ERROR_RATE_MAX, CONTROL_P99_MAX_S, FILLED_MIN = 0.99, 0.01, 0.200, 0.95
@@ -88,12 +88,7 @@ async def gather(connection: Connection, since_ns: int, now_ns: int,
                  deployer_metrics_url: str | None) -> LaunchReport:
     nc = await connection.connect()
     try:
-        health: dict[str, dict[str, Any]] = {}
-        for service in SERVICES:
-            try:
-                health[service] = json.loads((await nc.request(subjects.health(service), b"", timeout=2.0)).data)
-            except Exception:  # down, or not answering: counted as not up
-                health[service] = {"status": "down"}
+        health = await service_health(nc, timeout_s=2.0)
         letters = [letter async for letter in
                    _decoded(nc, subjects.STREAM_DLQ, subjects.DLQ_ALL, codec(DeadLetter), since_ns)]
         accepted, filled = await trades_in_window(nc, since_ns)
@@ -159,25 +154,15 @@ async def trades_in_window(nc: Any, since_ns: int) -> tuple[set[str], set[str]]:
     the window (one message each, or a replay's BatchEvents)."""
     accepted: set[str] = set()
     filled: set[str] = set()
-    events, fills, batches = codec(OrderEvent), codec(Fill), codec(BatchEvents)
     async for stored in bus.read_stream(nc, subjects.STREAM_EXEC, subjects.EXEC_ALL):
-        kind = stored.subject.rsplit(".", 1)[-1]
-        if kind not in ("orders", "fills", "batch_events") or stored_ns(stored) < since_ns:
+        if stored_ns(stored) < since_ns:
             continue
         try:
-            if kind == "orders":
-                decisions, booked = [events.decode(stored.data)], []
-            elif kind == "fills":
-                decisions, booked = [], [fills.decode(stored.data)]
-            elif kind == "batch_events":
-                batch = batches.decode(stored.data)
-                decisions, booked = batch.decisions, batch.fills
-            else:
-                continue
+            decisions, fills = execution_events(stored.subject, stored.data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue
         accepted.update(d.order_id for d in decisions if d.__struct_config__.tag == "OrderAccepted")
-        filled.update(f.order_id for f in booked)
+        filled.update(f.order_id for f in fills)
     return accepted, filled
 
 

@@ -9,11 +9,12 @@ line and a line is decoded only when it holds the id, so a long replay's traces 
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from qmp_core.clock import parse_ns
 
 TRACE_ID = re.compile(r"^(0x)?[0-9a-fA-F]{32}$")
 
@@ -41,10 +42,7 @@ def _hex(value: str | None) -> str:
 
 
 def _ns(stamp: str | None) -> int:
-    if not stamp:
-        return 0
-    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1_000
+    return parse_ns(stamp) if stamp else 0
 
 
 def _span(record: dict[str, Any]) -> Span | None:

@@ -147,17 +147,23 @@ async def execution_health(nc: nats.NATS) -> list[dict[str, Any]]:
         await sub.unsubscribe()
 
 
+async def service_health(nc: nats.NATS, timeout_s: float = 1.0) -> dict[str, dict[str, Any]]:
+    """Each service's health reply; `{"status": "down"}` (with its name) for one that does not answer."""
+    health: dict[str, dict[str, Any]] = {}
+    for service in SERVICES:
+        try:
+            reply = await nc.request(subjects.health(service), b"", timeout=timeout_s)
+            health[service] = json.loads(reply.data)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            health[service] = {"service": service, "status": "down"}
+    return health
+
+
 async def gather_status(connection: Connection) -> dict[str, Any]:
     """Return each service's health and each strategy's effective trading state."""
     nc = await connection.connect()
     try:
-        health: dict[str, Any] = {}
-        for service in SERVICES:
-            try:
-                reply = await nc.request(subjects.health(service), b"", timeout=1.0)
-                health[service] = json.loads(reply.data)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                health[service] = {"service": service, "status": "down"}
+        health = await service_health(nc)
         states = await _states(nc)
         disk = [{"stream": u.name, "messages": u.messages, "bytes": u.bytes, "max_bytes": u.max_bytes,
                  "share_of_limit": u.share_of_limit, "bytes_per_hour": u.bytes_per_hour}

@@ -15,19 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qmp_core.clock import to_datetime
+from qmp_core.clock import parse_ns, to_datetime
 from qmp_ops.cli.monitor import seconds
 from qmp_ops.runtime.supervisor import Connection, current_run_dir
 
 console = Console()
 SHOWN_EVENTS = 40
-
-
-def _ns(text: str) -> int:
-    """An ISO date or time (UTC unless it says otherwise) as int ns."""
-    moment = datetime.fromisoformat(text)
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1_000
 
 
 def incident(
@@ -51,7 +44,7 @@ def incident(
     from qmp_ops.incident.report import write_html, write_json
 
     try:
-        window = Window(since_ns=_ns(since) if since else 0, until_ns=_ns(until) if until else 2**63 - 1,
+        window = Window(since_ns=parse_ns(since) if since else 0, until_ns=parse_ns(until) if until else 2**63 - 1,
                         before_ns=int(seconds(before) * 1e9), after_ns=int(seconds(after) * 1e9))
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None

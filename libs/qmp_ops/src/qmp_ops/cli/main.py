@@ -21,7 +21,6 @@ from rich.table import Table
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.alerts import alerts as alerts_command
 from qmp_ops.cli.control import (
-    SERVICES,
     NoBrokerCommands,
     VenueRow,
     check_every_venue,
@@ -29,6 +28,7 @@ from qmp_ops.cli.control import (
     gather_status,
     kill_and_report,
     send_control,
+    service_health,
 )
 from qmp_ops.cli.incident import incident as incident_command
 from qmp_ops.cli.limits import app as limits_app
@@ -404,13 +404,13 @@ def report_launch(
     import time as clock
     from datetime import UTC, datetime
 
+    from qmp_core.clock import parse_ns
     from qmp_ops.launch import gather, markdown, write
 
     connection = Connection.read()
     run_dir = Path(connection.run_dir) if connection.run_dir else None
     if since:
-        moment = datetime.fromisoformat(since)
-        since_ns = int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1e9)
+        since_ns = parse_ns(since)
     elif run_dir is not None and (run_dir / "connection.json").exists():
         since_ns = (run_dir / "connection.json").stat().st_mtime_ns  # written as the stack came up
     else:
@@ -536,18 +536,12 @@ def trace(
 
 async def _answering_services(connection: Connection) -> list[str]:
     """The stack's services that answer a health request now (none: it is safe to put rows back)."""
-    from qmp_core import subjects
-
     nc = await connection.connect()
     try:
-        answering = []
-        for service in SERVICES:
-            with contextlib.suppress(nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                await nc.request(subjects.health(service), b"", timeout=0.5)
-                answering.append(service)
-        return answering
+        health = await service_health(nc, timeout_s=0.5)
     finally:
         await nc.close()
+    return [service for service, reply in health.items() if reply.get("status") != "down"]
 
 
 def _current_run_dir() -> Path:

@@ -14,8 +14,8 @@ import asyncpg
 import msgspec
 
 from qmp_core import bus, subjects
-from qmp_core.clock import to_datetime
-from qmp_core.messages import BatchEvents, OrderEvent, codec
+from qmp_core.clock import to_datetime, to_ns
+from qmp_core.messages import execution_events
 
 # A command's event time: the one it carries, else (a person's command, sent with none) the state's it left.
 EVENT_TIME = "COALESCE(NULLIF((command->>'ts_event')::bigint, 0), (state->>'ts_event')::bigint)"
@@ -70,17 +70,13 @@ class Records:
     denied: list[dict[str, Any]]
 
 
-def _ns(moment: datetime) -> int:
-    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1_000
-
-
 def _row(record: asyncpg.Record) -> dict[str, Any]:
     row = dict(record)
     for key in ("command", "state", "var", "es"):  # jsonb arrives as text: asyncpg has no codec set for it
         if isinstance(row.get(key), str):
             row[key] = json.loads(row[key])
     if isinstance(row.get("ts"), datetime):
-        row["ts_event"] = _ns(row.pop("ts"))
+        row["ts_event"] = to_ns(row.pop("ts"))
     return row
 
 
@@ -122,18 +118,12 @@ async def records(connection: asyncpg.Connection, nc: Any, strategy: str, start_
 async def denied_orders(nc: Any, strategy: str, start_ns: int, end_ns: int) -> list[dict[str, Any]]:
     """The strategy's denied orders between two event times, from the execution stream (they have no table):
     one message each, or a replay's BatchEvents."""
-    decisions, batches = codec(OrderEvent), codec(BatchEvents)
     denied: list[dict[str, Any]] = []
-    subject = f"qmp.exec.{strategy}.*"
-    wanted = {subjects.orders(strategy), subjects.batch_events(strategy)}
-    async for stored in bus.read_stream(nc, subjects.STREAM_EXEC, subject):
-        if stored.subject not in wanted:
-            continue
+    async for stored in bus.read_stream(nc, subjects.STREAM_EXEC, f"qmp.exec.{strategy}.*"):
         try:
-            events = ([decisions.decode(stored.data)] if stored.subject == subjects.orders(strategy)
-                      else batches.decode(stored.data).decisions)
+            decisions, _ = execution_events(stored.subject, stored.data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue  # execution dead-letters what it cannot read; nothing undecodable is its own decision
-        denied += [msgspec.to_builtins(event) for event in events
+        denied += [msgspec.to_builtins(event) for event in decisions
                    if event.__struct_config__.tag == "OrderDenied" and start_ns <= event.ts_event <= end_ns]
     return denied
