@@ -1,17 +1,47 @@
-"""Backup and restore against a real PostgreSQL and nats-server: a database of its own, the shared buckets."""
+"""Backup and restore against a real PostgreSQL and nats-server: a database and a nats-server of the test's own
+(a restore replaces every table and stream), with the stack's users, permissions and TLS."""
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
-from qmp_core import bus
+from qmp_core import bus, subjects
 from qmp_core.db import migrate
-from qmp_ops.backup import BackupError, backup, held_states, read_manifest, restore, verify, with_database
+from qmp_ops.backup import (
+    BackupError,
+    backup,
+    held_states,
+    read_manifest,
+    restore,
+    stream_checksum,
+    verify,
+    with_database,
+)
+from qmp_ops.runtime.certificates import ServerCertificates
+from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path, certificates: ServerCertificates) -> Iterator[NatsCredentials]:
+    """A nats-server of the test's own, with the stack's users and TLS: a restore replaces its streams."""
+    server = EmbeddedNats(tmp_path / "nats", certificates=certificates)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+async def own_operator_nc(own_nats: NatsCredentials) -> AsyncIterator:
+    nc = await own_nats.connect("operator")
+    await bus.declare(nc.jetstream())
+    yield nc
+    await nc.close()
 
 
 @pytest.fixture
@@ -29,53 +59,98 @@ async def own_database(database_url: str, unique_id: str):
     await admin.close()
 
 
-async def test_backup_when_verified_then_restored_after_loss_then_rows_back_and_held_states_shown(
-        own_database: str, operator_nc, nats_credentials, unique_id: str, tmp_path: Path) -> None:
+async def test_backup_when_verified_then_restored_after_loss_then_rows_streams_and_consumers_back(
+        own_database: str, own_operator_nc, own_nats: NatsCredentials, unique_id: str, tmp_path: Path) -> None:
     db = await asyncpg.connect(own_database)
     await db.executemany("INSERT INTO bars (ts, venue, symbol, open, high, low, close, volume) "
-                         "VALUES (to_timestamp($1), 'bk', $2, 1, 1, 1, 1, 1)", [(i, f"S{i}") for i in range(50)])
-    deployer = await nats_credentials.connect("deployer")  # the one identity that writes the bucket
+                         "VALUES (to_timestamp($1), 'bk', $2, 1, 1, 1, 1.5, 1)", [(i, f"S{i}") for i in range(50)])
+    execution = await own_nats.connect("execution")
+    for i in range(300):  # orders and fills, with the publisher's message ids
+        await execution.jetstream().publish(subjects.fills(unique_id), f'{{"n":{i}}}'.encode(),
+                                            headers={"Nats-Msg-Id": f"{unique_id}-{i}"})
+    js = own_operator_nc.jetstream()
+    # A service's durable consumer part-way through the stream: its position is part of the backup.
+    await js.add_consumer(subjects.STREAM_EXEC, ConsumerConfig(durable_name="bk-reader", ack_policy=AckPolicy.EXPLICIT))
+    reader = await js.pull_subscribe_bind("bk-reader", subjects.STREAM_EXEC)
+    for msg in await reader.fetch(120):
+        await msg.ack_sync()
+    deployer = await own_nats.connect("deployer")  # the one identity that writes the bucket
     kv = await bus.control_bucket(deployer.jetstream())
     key = f"{unique_id}.operator"
     await kv.put(key, json.dumps({"strategy": unique_id, "status": "HALTED", "reason": "look"}).encode())
+    before = await stream_checksum(own_operator_nc, subjects.STREAM_EXEC)
 
-    manifest = await backup(operator_nc, own_database, tmp_path / "bk")
-    restored_counts = await verify(tmp_path / "bk", own_database)
+    manifest = await backup(own_operator_nc, own_database, tmp_path / "bk")
+    verified = await verify(tmp_path / "bk", own_database)
 
-    assert manifest["tables"]["bars"]["rows"] == 50 and restored_counts["bars"] == 50
-    assert key in manifest["buckets"]["qmp_control"]
-    # What is lost after the backup: rows deleted, the halt lifted.
-    await db.execute("DELETE FROM bars WHERE venue = 'bk'")
+    assert manifest["tables"]["bars"]["rows"] == 50 == verified["tables"]["bars"]["rows"]
+    assert manifest["tables"]["bars"]["checksum"] == verified["tables"]["bars"]["checksum"] != "0"
+    assert manifest["streams"][subjects.STREAM_EXEC] == before == verified["streams"][subjects.STREAM_EXEC]
+    assert before["messages"] == 300 and key in manifest["buckets"]["qmp_control"]
+    # What is lost after the backup: rows deleted and changed, the stream gone, the halt lifted.
+    await db.execute("DELETE FROM bars WHERE venue = 'bk' AND symbol < 'S3'")
+    await db.execute("UPDATE bars SET close = 2 WHERE venue = 'bk'")
+    await js.delete_stream(subjects.STREAM_EXEC)
     await kv.put(key, json.dumps({"strategy": unique_id, "status": "ACTIVE"}).encode())
 
-    counts = await restore(tmp_path / "bk", own_database)
+    restored = await restore(tmp_path / "bk", own_database, own_operator_nc)
 
-    assert counts["bars"] == 50 == await db.fetchval("SELECT count(*) FROM bars WHERE venue = 'bk'")
+    assert restored["tables"]["bars"] == {"rows": 50, "checksum": manifest["tables"]["bars"]["checksum"]}
+    assert await db.fetchval("SELECT count(*) FROM bars WHERE venue = 'bk' AND close = 1.5") == 50
+    assert restored["streams"][subjects.STREAM_EXEC] == before == \
+        await stream_checksum(own_operator_nc, subjects.STREAM_EXEC)
+    consumer = await js.consumer_info(subjects.STREAM_EXEC, "bk-reader")
+    assert consumer.ack_floor.stream_seq == 120 and consumer.num_pending == 180
     # The trading state is not written back (only the deployer's contract changes it): it is shown.
     assert json.loads((await kv.get(key)).value)["status"] == "ACTIVE"
     assert {"key": key, "status": "HALTED", "reason": "look", "size_multiplier": 1.0, "safe_mode": False} in \
         held_states(tmp_path / "bk")
     await db.close()
     await deployer.close()
+    await execution.close()
 
 
-async def test_backup_when_a_file_changed_or_directory_not_empty_then_refused_saying_which(
-        own_database: str, operator_nc, tmp_path: Path) -> None:
-    await backup(operator_nc, own_database, tmp_path / "bk")
+async def test_backup_when_a_file_changed_directory_not_empty_or_restore_differs_then_refused_saying_which(
+        own_database: str, own_operator_nc, own_nats: NatsCredentials, unique_id: str, tmp_path: Path) -> None:
+    execution = await own_nats.connect("execution")
+    await execution.jetstream().publish(subjects.fills(unique_id), b'{"n":1}')
+    await backup(own_operator_nc, own_database, tmp_path / "bk")
     with pytest.raises(BackupError, match="not empty"):
-        await backup(operator_nc, own_database, tmp_path / "bk")
+        await backup(own_operator_nc, own_database, tmp_path / "bk")
+    # A manifest whose checksums the restored data does not match (as if the data had been damaged).
+    manifest_path = tmp_path / "bk" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["streams"][subjects.STREAM_EXEC]["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(BackupError, match=f"the streams differ.*{subjects.STREAM_EXEC}"):
+        await verify(tmp_path / "bk", own_database)
+    manifest["tables"]["bars"]["checksum"] = "12345"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(BackupError, match=r"the tables differ.*bars"):
+        await verify(tmp_path / "bk", own_database)
     with (tmp_path / "bk" / "buckets.json").open("a") as handle:
         handle.write(" ")
     with pytest.raises(BackupError, match=r"buckets\.json is missing or changed"):
         read_manifest(tmp_path / "bk")
+    await execution.close()
 
 
 def test_backup_and_restore_commands_when_run_as_an_operator_then_verified_and_refused_without_yes(
-        own_database: str, nats_credentials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        own_database: str, own_nats: NatsCredentials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nats_credentials = own_nats
     from typer.testing import CliRunner
 
     from qmp_ops.cli.main import STACK_VARIABLES, app
 
+    async def declared() -> None:
+        nc = await own_nats.connect("operator")
+        await bus.declare(nc.jetstream())
+        await nc.close()
+        deployer = await own_nats.connect("deployer")  # the audit trail's one writer
+        await deployer.jetstream().publish(subjects.AUDIT_ALL.replace(">", "bk"), b"{}")
+        await deployer.close()
+
+    asyncio.run(declared())
     for name in STACK_VARIABLES:
         monkeypatch.setenv(name, "")  # restored after the test: the flags set these for the command
     user, password = nats_credentials.for_user("operator")
@@ -89,11 +164,13 @@ def test_backup_and_restore_commands_when_run_as_an_operator_then_verified_and_r
 
     assert made.exit_code == 0 and "verified" in made.output, made.output
     assert refused.exit_code == 1 and "--yes" in refused.output
-    assert restored.exit_code == 0 and "restored" in restored.output, restored.output
+    assert restored.exit_code == 0 and "restored 7 streams (1 messages" in restored.output, \
+        restored.output
 
 
 async def test_restore_when_latest_asked_then_the_newest_backup_and_refused_while_a_service_answers(
-        own_database: str, nats_credentials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        own_database: str, own_nats: NatsCredentials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nats_credentials = own_nats
     from typer.testing import CliRunner
 
     from qmp_core import subjects

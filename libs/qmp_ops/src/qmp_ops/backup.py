@@ -1,30 +1,45 @@
-"""Backup and restore of what a stack keeps: the database's tables, and the trading-state and rollout buckets.
+"""Backup and restore of what a stack keeps: the database's tables, the JetStream streams, the buckets.
 
-A backup is a directory: `tables/<table>.bin` (each table's rows in PostgreSQL's binary COPY format, read
-with the services' own driver, so TLS and any server version work with no client program installed),
-`buckets.json` (every key of `qmp_control` and `qmp_rollouts` with its value) and `manifest.json` (when,
-the migrations applied, each table's columns and row count, each bucket's keys, each file's SHA-256).
+A backup is a directory:
+- `tables/<table>.bin`: each table's rows in PostgreSQL's binary COPY format, read with the services' own
+  driver, so TLS and any server version work with no client program installed;
+- `streams/<stream>.snapshot` and `streams/<stream>.json`: each QMP stream (market data, ingest, orders
+  and fills, risk, the audit trail, deployment events, dead letters) as nats-server's own snapshot
+  (`$JS.API.STREAM.SNAPSHOT`: messages with their sequence numbers and times, and the durable consumers'
+  positions), and the stream's configuration and state when it was taken;
+- `buckets.json`: every key of the trading-state, rollout and limits buckets with its value;
+- `manifest.json`: when, the migrations applied, each table's columns, row count and checksum, each
+  stream's message count, sequence range and checksum, each bucket's keys, each file's SHA-256.
 
-Verification migrates a scratch database on the same server, loads the backup into it and compares the
-row counts with the manifest, so a backup is known to restore before it is needed. A restore migrates the
-target to the same migrations, replaces every table's rows in one transaction and moves each id sequence
-past the restored ids; the buckets are shown, not written (see `restore`). The streams (market data,
-orders, fills, the audit) are not in it: the tables hold what they record.
+A table's checksum is order-free (the sum of a 64-bit hash of each row's text), so the same rows give the
+same checksum on any server whatever their physical order. A stream's checksum hashes its messages in
+sequence order (sequence, subject, headers, data); it is taken from the snapshot itself, restored into a
+scratch nats-server, after checking that the restored stream holds what the live one said it held.
+
+Verification loads the backup into a scratch database on the same server and a scratch nats-server and
+compares counts and checksums with the manifest, so a backup is known to restore before it is needed. A
+restore migrates the target to the same migrations, replaces every table's rows in one transaction, moves
+each id sequence past the restored ids, and replaces each stream with its snapshot; with `verify` it then
+compares the stack's tables and streams with the manifest. The buckets are shown, not written (see
+`restore`).
 """
 
+import asyncio
 import hashlib
 import json
+import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import nats
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from qmp_core import subjects
+from qmp_core import bus, subjects
 from qmp_core.db import migrate
 
 BUCKETS = (subjects.KV_CONTROL, subjects.KV_ROLLOUTS, subjects.KV_LIMITS)
@@ -33,6 +48,17 @@ SERIAL_COLUMNS = (
     "SELECT table_name, column_name, pg_get_serial_sequence(quote_ident(table_name), column_name) AS seq "
     "FROM information_schema.columns WHERE table_schema = 'public' AND column_default LIKE 'nextval%'"
 )
+
+
+# The session settings that decide how a row prints as text, which its checksum hashes: fixed, so the
+# same rows hash alike on any server and any client.
+TEXT_SETTINGS = ("SET TIME ZONE 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET IntervalStyle = 'postgres'",
+                 "SET extra_float_digits = 1", "SET bytea_output = 'hex'")
+SNAPSHOT_CHUNK_BYTES = 128 * 1024
+SNAPSHOT_TIMEOUT_S = 30.0
+# Headers a direct get adds to a stored message (where it sits, what is left): not part of the message.
+READ_HEADERS = frozenset({"Nats-Stream", "Nats-Sequence", "Nats-Subject", "Nats-Num-Pending", "Nats-Last-Sequence",
+                          "Nats-UpTo-Sequence"})
 
 
 class BackupError(RuntimeError):
@@ -63,8 +89,118 @@ async def _tables(connection: asyncpg.Connection) -> dict[str, list[str]]:
     return tables
 
 
-async def _counts(connection: asyncpg.Connection, tables: list[str]) -> dict[str, int]:
-    return {t: int(await connection.fetchval(f'SELECT count(*) FROM "{t}"')) for t in tables}
+async def table_checksums(connection: asyncpg.Connection, tables: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Return each table's row count and checksum (the sum of a 64-bit hash of each row's text: order-free)."""
+    for setting in TEXT_SETTINGS:
+        await connection.execute(setting)
+    out: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        row = await connection.fetchrow(
+            f"SELECT count(*) AS rows, COALESCE(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint), 0)::text "
+            f'AS checksum FROM "{table}" t')
+        out[table] = {"rows": int(row["rows"]), "checksum": row["checksum"]}
+    return out
+
+
+async def stream_checksum(nc: nats.NATS, stream: str) -> dict[str, Any]:
+    """Return the stream's message count, first and last sequence and the SHA-256 of its messages in order."""
+    digest = hashlib.sha256()
+    count, first, last = 0, 0, 0
+    async for message in bus.read_stream(nc, stream, ">"):
+        headers = sorted((k, v) for k, v in message.headers.items() if k not in READ_HEADERS)
+        digest.update(json.dumps([message.seq, message.subject, headers]).encode())
+        digest.update(len(message.data).to_bytes(8, "little"))
+        digest.update(message.data)
+        count, first, last = count + 1, first or message.seq, message.seq
+    return {"messages": count, "first_seq": first, "last_seq": last, "sha256": digest.hexdigest()}
+
+
+async def snapshot_stream(nc: nats.NATS, stream: str, path: Path) -> dict[str, Any]:
+    """Write the stream's snapshot (nats-server's own format) to `path`; return its configuration and state.
+
+    The server sends the snapshot in chunks to an inbox, each waiting for an acknowledgement (its flow
+    control), and ends with an empty message whose status says whether it completed.
+    """
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        request = {"deliver_subject": inbox, "chunk_size": SNAPSHOT_CHUNK_BYTES}
+        reply = json.loads((await nc.request(f"$JS.API.STREAM.SNAPSHOT.{stream}", json.dumps(request).encode(),
+                                             timeout=SNAPSHOT_TIMEOUT_S)).data)
+        if "error" in reply:
+            raise BackupError(f"stream {stream} could not be snapshotted: {reply['error'].get('description')}")
+        with path.open("wb") as handle:
+            while True:
+                try:
+                    chunk = await sub.next_msg(timeout=SNAPSHOT_TIMEOUT_S)
+                except TimeoutError as error:
+                    raise BackupError(f"the snapshot of stream {stream} stopped coming") from error
+                if not chunk.data:
+                    status = (chunk.headers or {}).get("Status", "204")
+                    if status != "204":
+                        raise BackupError(f"the snapshot of stream {stream} failed: {status} "
+                                          f"{(chunk.headers or {}).get('Description', '')}")
+                    break
+                handle.write(chunk.data)
+                if chunk.reply:
+                    await nc.publish(chunk.reply, b"")
+    finally:
+        await sub.unsubscribe()
+    return {"config": reply["config"], "state": reply["state"]}
+
+
+async def restore_stream(nc: nats.NATS, stream: str, path: Path, taken: dict[str, Any]) -> dict[str, Any]:
+    """Replace the stream by its snapshot (deleted first when it exists); return the restored stream's state."""
+    try:
+        await nc.jetstream().delete_stream(stream)
+    except NotFoundError:
+        pass
+    reply = json.loads((await nc.request(f"$JS.API.STREAM.RESTORE.{stream}", json.dumps(taken).encode(),
+                                         timeout=SNAPSHOT_TIMEOUT_S)).data)
+    if "error" in reply:
+        raise BackupError(f"stream {stream} could not be restored: {reply['error'].get('description')}")
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(SNAPSHOT_CHUNK_BYTES), b""):
+            await nc.request(reply["deliver_subject"], chunk, timeout=SNAPSHOT_TIMEOUT_S)
+    done = json.loads((await nc.request(reply["deliver_subject"], b"", timeout=SNAPSHOT_TIMEOUT_S * 4)).data)
+    if "error" in done:
+        raise BackupError(f"stream {stream} could not be restored: {done['error'].get('description')}")
+    return done["state"]
+
+
+async def _existing_streams(nc: nats.NATS, names: Iterable[str]) -> list[str]:
+    js = nc.jetstream()
+    out = []
+    for name in names:
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            continue
+        out.append(name)
+    return out
+
+
+async def _scratch_nats_checksums(directory: Path, streams: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Restore each stream's snapshot into a scratch nats-server of its own; return each restored stream's
+    checksum. The server runs on loopback without users for the moment it takes, then goes with its files."""
+    from qmp_ops.runtime.nats_server import EmbeddedNats  # the runtime's server, imported only when used
+
+    with tempfile.TemporaryDirectory(prefix="qmp-backup-nats-") as scratch_dir:
+        server = EmbeddedNats(Path(scratch_dir), with_auth=False, tls=False)
+        await asyncio.to_thread(server.start)
+        try:
+            nc = await nats.connect(server.credentials.url)
+            try:
+                out = {}
+                for stream in streams:
+                    taken = json.loads((directory / "streams" / f"{stream}.json").read_text())
+                    await restore_stream(nc, stream, directory / "streams" / f"{stream}.snapshot", taken)
+                    out[stream] = await stream_checksum(nc, stream)
+                return out
+            finally:
+                await nc.close()
+        finally:
+            await asyncio.to_thread(server.stop)
 
 
 async def export_buckets(nc: nats.NATS) -> dict[str, dict[str, str]]:
@@ -90,24 +226,45 @@ async def export_buckets(nc: nats.NATS) -> dict[str, dict[str, str]]:
 
 
 async def backup(nc: nats.NATS, database_url: str, out: Path) -> dict[str, Any]:
-    """Write a backup into `out` (created; must be empty); return its manifest."""
+    """Write a backup into `out` (created; must be empty); return its manifest.
+
+    The tables are read in one repeatable-read transaction (one moment for all of them); each stream's
+    snapshot is one moment of that stream. A stack may keep running meanwhile.
+    """
     _empty_directory(out / "tables")
+    (out / "streams").mkdir()
     connection = await asyncpg.connect(database_url)
     try:
         async with connection.transaction(isolation="repeatable_read", readonly=True):  # one moment for all
             tables = await _tables(connection)
-            counts = await _counts(connection, list(tables))
+            checksums = await table_checksums(connection, tables)
             migrations = [r["name"] for r in await connection.fetch("SELECT name FROM schema_migrations ORDER BY name")]
             for table, columns in tables.items():
                 await connection.copy_from_table(table, columns=columns, output=str(out / "tables" / f"{table}.bin"),
                                                  format="binary")
     finally:
         await connection.close()
+    streams: dict[str, dict[str, Any]] = {}
+    for stream in await _existing_streams(nc, (config.name for config in bus.STREAMS)):
+        taken = await snapshot_stream(nc, stream, out / "streams" / f"{stream}.snapshot")
+        (out / "streams" / f"{stream}.json").write_text(json.dumps(taken, indent=2, sort_keys=True))
+        streams[stream] = taken["state"]
+    restored = await _scratch_nats_checksums(out, streams)
+    for stream, state in streams.items():  # the snapshot holds what the live stream said it held
+        held = restored[stream]
+        said = (state["messages"], state["first_seq"] if state["messages"] else 0,
+                state["last_seq"] if state["messages"] else 0)
+        if (held["messages"], held["first_seq"], held["last_seq"]) != said:
+            raise BackupError(f"the snapshot of stream {stream} restores {held['messages']} messages "
+                              f"({held['first_seq']}..{held['last_seq']}), the stream held {said[0]} "
+                              f"({said[1]}..{said[2]})")
     buckets = await export_buckets(nc)
     (out / "buckets.json").write_text(json.dumps(buckets, indent=2, sort_keys=True))
-    files = [f"tables/{t}.bin" for t in tables] + ["buckets.json"]
+    files = ([f"tables/{t}.bin" for t in tables] + ["buckets.json"]
+             + [f"streams/{s}.{suffix}" for s in streams for suffix in ("snapshot", "json")])
     manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "migrations": migrations,
-                "tables": {t: {"rows": counts[t], "columns": tables[t]} for t in tables},
+                "tables": {t: {**checksums[t], "columns": tables[t]} for t in tables},
+                "streams": restored,
                 "buckets": {bucket: sorted(values) for bucket, values in buckets.items()},
                 "sha256": {name: _sha256(out / name) for name in files}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -134,8 +291,22 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-async def _load(directory: Path, manifest: dict[str, Any], database_url: str) -> dict[str, int]:
-    """Migrate the database, replace its tables' rows with the backup's in one transaction; return the counts."""
+def _differences(kind: str, expected: dict[str, dict[str, Any]], found: dict[str, dict[str, Any]],
+                 keys: tuple[str, ...]) -> None:
+    """Raise BackupError naming every table or stream whose count or checksum differs from the manifest's."""
+    differing = {}
+    for name, spec in expected.items():
+        want = {k: spec[k] for k in keys if k in spec}  # a backup made before checksums has counts only
+        got = {k: found.get(name, {}).get(k) for k in want}
+        if got != want:
+            differing[name] = {"backed up": want, "now": got}
+    if differing:
+        raise BackupError(f"{kind} differ from the backup's manifest: {json.dumps(differing, sort_keys=True)}")
+
+
+async def _load(directory: Path, manifest: dict[str, Any], database_url: str) -> dict[str, dict[str, Any]]:
+    """Migrate the database, replace its tables' rows with the backup's in one transaction; return each
+    table's row count and checksum, raising BackupError when one differs from the manifest."""
     await migrate(database_url)
     connection = await asyncpg.connect(database_url)
     try:
@@ -154,18 +325,21 @@ async def _load(directory: Path, manifest: dict[str, Any], database_url: str) ->
                     await connection.execute(
                         f"SELECT setval($1, COALESCE((SELECT max(\"{row['column_name']}\") FROM "
                         f"\"{row['table_name']}\"), 0) + 1, false)", row["seq"])
-        counts = await _counts(connection, list(tables))
+        checksums = await table_checksums(connection, tables)
     finally:
         await connection.close()
-    differing = {t: (spec["rows"], counts.get(t)) for t, spec in tables.items() if counts.get(t) != spec["rows"]}
-    if differing:
-        raise BackupError(f"the tables differ from the backup's manifest (table: backed up, now): {differing}")
-    return counts
+    _differences("the tables", tables, checksums, ("rows", "checksum"))
+    return checksums
 
 
-async def verify(directory: Path, database_url: str) -> dict[str, int]:
-    """Load the backup into a scratch database on the same server; return its row counts, raise on any
-    difference with the manifest. The scratch database is dropped afterwards."""
+def _compare_streams(manifest: dict[str, Any], found: dict[str, dict[str, Any]]) -> None:
+    _differences("the streams", manifest.get("streams", {}), found, ("messages", "first_seq", "last_seq", "sha256"))
+
+
+async def verify(directory: Path, database_url: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """Load the backup into a scratch database on the same server and its streams into a scratch nats-server;
+    return what they hold (`tables`, `streams`: counts and checksums), raising BackupError on any difference
+    with the manifest. The scratch database and server are gone afterwards."""
     manifest = read_manifest(directory)
     scratch = f"qmp_verify_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(database_url)
@@ -174,24 +348,39 @@ async def verify(directory: Path, database_url: str) -> dict[str, int]:
     finally:
         await admin.close()
     try:
-        return await _load(directory, manifest, with_database(database_url, scratch))
+        tables = await _load(directory, manifest, with_database(database_url, scratch))
     finally:
         admin = await asyncpg.connect(database_url)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
         finally:
             await admin.close()
+    streams = await _scratch_nats_checksums(directory, manifest.get("streams", {}))
+    _compare_streams(manifest, streams)
+    return {"tables": tables, "streams": streams}
 
 
-async def restore(directory: Path, database_url: str) -> dict[str, int]:
-    """Put the backup's tables back: every table's rows replaced by the backup's. Return the row counts
-    after it. Stop the services first: they would write meanwhile.
+async def restore(directory: Path, database_url: str, nc: nats.NATS, verify: bool = True) -> (
+        dict[str, dict[str, dict[str, Any]]]):
+    """Put the backup back: every table's rows and every stream replaced by the backup's. Return what the
+    stack holds after it (`tables`, `streams`); with `verify`, raise BackupError where a stream's count or
+    checksum differs from the manifest (the tables are always compared). Stop the services first: they
+    would write meanwhile, and their durable consumers come back at the backup's positions.
 
     The buckets are not written back: the trading state changes only through the deployer's control
     contract, audited (an operator's credentials cannot write the bucket, by design). `held_states` lists
     what the backup held, for the operator to issue again (`qmp halt ...`) where it still applies.
     """
-    return await _load(directory, read_manifest(directory), database_url)
+    manifest = read_manifest(directory)
+    tables = await _load(directory, manifest, database_url)
+    streams = {}
+    for stream in manifest.get("streams", {}):
+        taken = json.loads((directory / "streams" / f"{stream}.json").read_text())
+        state = await restore_stream(nc, stream, directory / "streams" / f"{stream}.snapshot", taken)
+        streams[stream] = await stream_checksum(nc, stream) if verify else {"messages": state["messages"]}
+    if verify:
+        _compare_streams(manifest, streams)
+    return {"tables": tables, "streams": streams}
 
 
 def held_states(directory: Path) -> list[dict[str, Any]]:

@@ -556,9 +556,12 @@ def backup(
     out: Annotated[Path | None, typer.Option(help="a new, empty directory for the backup (default: "
                                                   "backups/<time>)")] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="restore it into a scratch database and "
-                                                                      "compare the row counts")] = True,
+                                                                      "nats-server and compare the counts and "
+                                                                      "checksums")] = True,
 ) -> None:
-    """Back up the stack's database and its trading-state and rollout buckets (with a manifest of checksums)."""
+    """Back up the stack: its database's tables, its streams (market data, orders and fills, risk, the audit
+    trail, deployment events, dead letters) and its trading-state, rollout and limits buckets, with a
+    manifest of counts and checksums."""
     from datetime import UTC, datetime
 
     from qmp_ops import backup as backups
@@ -574,14 +577,19 @@ def backup(
             await nc.close()
 
     try:
-        manifest = asyncio.run(run())
+        with console.status("backing up the tables and streams"):
+            manifest = asyncio.run(run())
         rows = sum(table["rows"] for table in manifest["tables"].values())
+        messages = sum(stream["messages"] for stream in manifest["streams"].values())
         keys = sum(len(k) for k in manifest["buckets"].values())
-        console.print(f"backed up {len(manifest['tables'])} tables ({rows:,} rows) and {keys} bucket keys to "
-                      f"{escape(str(out))}", highlight=False)
+        console.print(f"backed up {len(manifest['tables'])} tables ({rows:,} rows), {len(manifest['streams'])} "
+                      f"streams ({messages:,} messages) and {keys} bucket keys to {escape(str(out))}",
+                      highlight=False)
         if verify:
-            asyncio.run(backups.verify(out, connection.database_url))
-            console.print("[green]✓[/] verified: the dump restores into a scratch database with the same row counts")
+            with console.status("restoring it into a scratch database and nats-server"):
+                asyncio.run(backups.verify(out, connection.database_url))
+            console.print("[green]✓[/] verified: it restores into a scratch database and nats-server with the same "
+                          "counts and checksums")
     except backups.BackupError as error:
         _fail(str(error))
 
@@ -590,10 +598,14 @@ def backup(
 def restore(
     directory: Annotated[Path | None, typer.Argument(help="a directory written by `qmp backup`")] = None,
     latest: Annotated[bool, typer.Option("--latest", help=f"the newest backup under {BACKUPS}/")] = False,
-    yes: Annotated[bool, typer.Option("--yes", help="replace the rows of every table of the stack (required)")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="replace every table and stream of the stack (required)")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="compare the restored streams' counts and "
+                                                                      "checksums with the backup's (the tables' "
+                                                                      "always are)")] = True,
 ) -> None:
-    """Put a backup's tables back into the stack's database, and show the trading states it held. Refused while
-    a service of the stack answers: stop them first (they would write meanwhile)."""
+    """Put a backup back into the stack: every table's rows and every stream replaced by the backup's,
+    compared with its manifest; then show the trading states it held. Refused while a service of the stack
+    answers: stop them first (they would write meanwhile)."""
     from qmp_ops import backup as backups
 
     if directory is None and latest:
@@ -604,18 +616,32 @@ def restore(
     if directory is None:
         _fail("name the backup's directory, or --latest")
     if not yes:
-        _fail("restore replaces the rows of every table of the stack with the backup's: add --yes to do it")
+        _fail("restore replaces every table and stream of the stack with the backup's: add --yes to do it")
     connection = Connection.read()
     running = asyncio.run(_answering_services(connection))
     if running:
         _fail(f"{', '.join(running)} of this stack answer: stop the services before a restore (they would write "
               "over the rows it puts back)")
+
+    async def run() -> dict:
+        nc = await connection.connect()
+        try:
+            return await backups.restore(directory, connection.database_url, nc, verify=verify)
+        finally:
+            await nc.close()
+
     try:
-        counts = asyncio.run(backups.restore(directory, connection.database_url))
+        with console.status("restoring the tables and streams"):
+            restored = asyncio.run(run())
     except backups.BackupError as error:
         _fail(str(error))
-    console.print(f"[green]✓[/] restored {len(counts)} tables ({sum(counts.values()):,} rows) from "
-                  f"{escape(str(directory))}", highlight=False)
+    rows = sum(table["rows"] for table in restored["tables"].values())
+    console.print(f"[green]✓[/] restored {len(restored['tables'])} tables ({rows:,} rows, checksums as backed up) "
+                  f"from {escape(str(directory))}", highlight=False, soft_wrap=True)
+    if restored["streams"]:
+        messages = sum(stream["messages"] for stream in restored["streams"].values())
+        console.print(f"[green]✓[/] restored {len(restored['streams'])} streams ({messages:,} messages"
+                      + (", checksums as backed up)" if verify else ")"))
     for state in backups.held_states(directory):
         console.print(f"at the backup, {escape(state['key'])} was {state['status']} (size "
                       f"{state['size_multiplier']}, safe mode {state['safe_mode']}): {escape(str(state['reason']))} "

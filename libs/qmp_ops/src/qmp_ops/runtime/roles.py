@@ -55,7 +55,9 @@ class Role:
 ROLES: dict[str, Role] = {
     ADMIN: Role(
         publish=(control_of(ADMIN), limits_of(ADMIN), "qmp.deploy.>", "qmp.ingest.>", "qmp.health.>",
-                 "qmp.broker.>", "$JS.API.>", "$JS.ACK.>", INBOX),
+                 "qmp.broker.>", "$JS.API.>", "$JS.ACK.>",
+                 # `qmp backup` / `qmp restore`: a stream snapshot's acknowledgements, a restore's chunks.
+                 "$JS.SNAPSHOT.ACK.>", "$JS.SNAPSHOT.RESTORE.>", INBOX),
         subscribe=(">",),
         admin=True,
     ),
