@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from qmp_collector.sources import (
-    CLOSE_HOUR_UTC,
     DAILY_NOTIONAL_USD,
     FileSource,
     HistorySource,
@@ -16,6 +15,7 @@ from qmp_collector.sources import (
     SyntheticParams,
     SyntheticSource,
 )
+from qmp_core.bar_files import CLOSE_HOUR_UTC
 from qmp_core.clock import NS_PER_SECOND, TestClock
 from qmp_core.datasets import load_sp500_index, load_sp500_prices, sp500_symbols
 from qmp_core.messages import BarBatch

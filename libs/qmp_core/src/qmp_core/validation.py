@@ -36,6 +36,31 @@ class ValidatedBatch:
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
+def bar_checks(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, v: np.ndarray) -> (
+        tuple[tuple[np.ndarray, str], ...]):
+    """Return each rule a bar must keep, as (rows that break it, why), over columns of bars."""
+    with np.errstate(invalid="ignore"):  # NaN compares false; the first rule names it
+        return (
+            (~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)), "non-finite price"),
+            ((o < PRICE_MIN) | (h < PRICE_MIN) | (lo < PRICE_MIN) | (c < PRICE_MIN), f"price below {PRICE_MIN:g}"),
+            ((o > PRICE_MAX) | (h > PRICE_MAX) | (lo > PRICE_MAX) | (c > PRICE_MAX), f"price above {PRICE_MAX:g}"),
+            (h < lo, "high below low"),
+            ((c < lo) | (c > h) | (o < lo) | (o > h), "open or close outside [low, high]"),
+            (~np.isfinite(v) | (v < 0) | (v > VOLUME_MAX), "volume negative, non-finite or above 1e15"),
+        )
+
+
+def row_reasons(o: np.ndarray, h: np.ndarray, lo: np.ndarray, c: np.ndarray, v: np.ndarray,
+                checks: tuple[tuple[np.ndarray, str], ...] | None = None) -> list[str | None]:
+    """Return, for each bar, why it is rejected (the first rule it breaks, with its values) or None."""
+    reasons: list[str | None] = [None] * len(o)
+    for mask, reason in checks if checks is not None else bar_checks(o, h, lo, c, v):
+        for i in np.flatnonzero(mask):
+            if reasons[i] is None:
+                reasons[i] = f"{reason}: o={o[i]} h={h[i]} l={lo[i]} c={c[i]} v={v[i]}"
+    return reasons
+
+
 def validate_batch(batch: BarBatch, last_ts_event: int | None = None,
                    latest_ts_event: int | None = None) -> ValidatedBatch:
     """Return the batch's valid rows as arrays and the rejected rows with reasons; raise BatchRejected.
@@ -63,21 +88,10 @@ def validate_batch(batch: BarBatch, last_ts_event: int | None = None,
     lo = np.asarray(batch.low, dtype=np.float64)
     c = np.asarray(batch.close, dtype=np.float64)
     v = np.asarray(batch.volume, dtype=np.float64)
-    checks = (
-        (~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c)), "non-finite price"),
-        ((o < PRICE_MIN) | (h < PRICE_MIN) | (lo < PRICE_MIN) | (c < PRICE_MIN), f"price below {PRICE_MIN:g}"),
-        ((o > PRICE_MAX) | (h > PRICE_MAX) | (lo > PRICE_MAX) | (c > PRICE_MAX), f"price above {PRICE_MAX:g}"),
-        (h < lo, "high below low"),
-        ((c < lo) | (c > h) | (o < lo) | (o > h), "open or close outside [low, high]"),
-        (~np.isfinite(v) | (v < 0) | (v > VOLUME_MAX), "volume negative, non-finite or above 1e15"),
-    )
+    checks = bar_checks(o, h, lo, c, v)
     if not any(mask.any() for mask, _ in checks) and len(set(batch.symbols)) == n:  # the usual clean batch
         return ValidatedBatch(batch.ts_event, list(batch.symbols), o, h, lo, c, v, [])
-    reasons: list[str | None] = [None] * n
-    for mask, reason in checks:
-        for i in np.flatnonzero(mask):
-            if reasons[i] is None:
-                reasons[i] = f"{reason}: o={o[i]} h={h[i]} l={lo[i]} c={c[i]} v={v[i]}"
+    reasons = row_reasons(o, h, lo, c, v, checks)
     seen: set[str] = set()
     for i, symbol in enumerate(batch.symbols):
         if symbol in seen and reasons[i] is None:

@@ -9,7 +9,7 @@ import asyncpg
 
 # Tables that hold trading data (what a test run leaves behind), oldest schema first; never the migrations.
 DATA_TABLES = ("bars", "fills", "equity_curve", "positions", "risk_snapshots", "breaker_events", "control_audit",
-               "limits_audit", "deployment_events", "slippage_calibrations", "dead_letters")
+               "limits_audit", "deployment_events", "slippage_calibrations", "dead_letters", "import_chunks")
 TAG = "SELECT environment FROM qmp_environment"
 SET_TAG = """
 INSERT INTO qmp_environment (environment) VALUES ($1)

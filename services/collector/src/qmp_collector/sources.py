@@ -19,31 +19,18 @@ import numpy as np
 import pandas as pd
 
 from qmp_core import subjects
+from qmp_core.bar_files import event_times_ns, is_long, long_columns, numeric, parse_times, read_table
 from qmp_core.clock import NS_PER_DAY, NS_PER_SECOND, Clock
 from qmp_core.datasets import load_sp500_prices
 from qmp_core.messages import BarBatch
 
-# Daily data carries closes only. A bar stands for the whole session, stamped at 21:00 UTC (16:00 New
-# York in winter: the close, so that a day's bar is never seen before the day is over).
-CLOSE_HOUR_UTC = 21
 # The bundled data has no volume. Assume every symbol trades the same notional each day, so that
 # volume = notional / price: enough for participation-based slippage to see a plausible scale
 # (large US stocks trade from a few hundred million to a few billion dollars a day).
 DAILY_NOTIONAL_USD = 5e8
-LONG_COLUMNS = ("ts", "symbol", "open", "high", "low", "close", "volume")
 
 
 # ---------------------------------------------------------------- wide price tables
-def event_times_ns(index: pd.Index) -> np.ndarray:
-    """Return int ns UTC timestamps: dates (all at midnight) move to the 21:00 UTC close; times stay."""
-    stamps = pd.DatetimeIndex(index)
-    if stamps.tz is not None:
-        stamps = stamps.tz_convert("UTC").tz_localize(None)
-    if len(stamps) and bool((stamps == stamps.normalize()).all()):
-        stamps = stamps + pd.Timedelta(hours=CLOSE_HOUR_UTC)
-    return np.asarray(stamps.as_unit("ns").asi8, dtype=np.int64)
-
-
 def wide_batches(
     prices: pd.DataFrame, venue: str, daily_notional: float = DAILY_NOTIONAL_USD
 ) -> Iterator[BarBatch]:
@@ -222,19 +209,18 @@ class FileSource:
 
     Wide: a date/time column first, then one close-price column per symbol (the bundled file's shape);
     treated like `HistorySource` (OHLC = close, volume = DAILY_NOTIONAL_USD / close, dates at 21:00 UTC,
-    empty cells = no bar). Long: columns ts, symbol, open, high, low, close, volume (any order, any case);
-    ts is int ns or a date/time (UTC when naive). Timestamps are not sorted: the engine rejects
-    out-of-order and duplicate ones, as it would from a live feed. A file that is neither raises ValueError.
+    empty cells = no bar). Long: columns ts, symbol, open, high, low, close, volume (`qmp_core.bar_files`).
+    Timestamps are not sorted: the engine rejects out-of-order and duplicate ones, as it would from a live
+    feed. A file that is neither raises ValueError.
     """
 
     def __init__(self, path: str | Path, venue: str, daily_notional: float = DAILY_NOTIONAL_USD) -> None:
         self.path = Path(path)
         self.venue = subjects.check_token(venue, "venue")
         self.daily_notional = daily_notional
-        frame = _read_table(self.path)
-        names = [str(c).strip().lower() for c in frame.columns]
-        if "symbol" in names:
-            self._batches = _long_batches(frame, names, self.venue, self.path)
+        frame = read_table(self.path)
+        if is_long(frame):
+            self._batches = _long_batches(frame, self.venue, self.path)
         else:
             self._batches = _wide_file_batches(frame, self.venue, self.path, daily_notional)
 
@@ -245,58 +231,17 @@ class FileSource:
         return iter(self._batches)
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise ValueError(f"market-data file not found: {path}")
-    try:
-        if path.suffix.lower() in {".parquet", ".pq"}:
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path)
-    except ImportError as error:
-        raise ValueError(f"cannot read {path}: {error} (Parquet needs pyarrow installed)") from error
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot parse {path} as a table: {error}") from error
-    if frame.shape[0] == 0 or frame.shape[1] < 2:
-        raise ValueError(f"{path}: expected a header and at least one data row with >= 2 columns, "
-                         f"got shape {frame.shape}")
-    return frame
-
-
-def _parse_times(values: pd.Series, path: Path, column: str) -> pd.DatetimeIndex:
-    try:
-        return pd.DatetimeIndex(pd.to_datetime(values, utc=True))
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{path}: column {column!r} must hold dates or times: {error}") from error
-
-
-def _numeric(frame: pd.DataFrame, path: Path) -> np.ndarray:
-    try:
-        return frame.apply(pd.to_numeric).to_numpy(dtype=np.float64)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{path}: price and volume columns must be numeric: {error}") from error
-
-
 def _wide_file_batches(frame: pd.DataFrame, venue: str, path: Path, daily_notional: float) -> list[BarBatch]:
     first = str(frame.columns[0])
-    stamps = _parse_times(frame.iloc[:, 0], path, first)
-    prices = pd.DataFrame(_numeric(frame.iloc[:, 1:], path), index=stamps,
+    stamps = parse_times(frame.iloc[:, 0], path, first)
+    prices = pd.DataFrame(numeric(frame.iloc[:, 1:], path), index=stamps,
                           columns=[str(c).strip() for c in frame.columns[1:]])
     return list(wide_batches(prices, venue, daily_notional))
 
 
-def _long_batches(frame: pd.DataFrame, names: list[str], venue: str, path: Path) -> list[BarBatch]:
-    missing = [c for c in LONG_COLUMNS if c not in names]
-    if missing:
-        raise ValueError(f"{path}: long format needs columns {list(LONG_COLUMNS)}, missing {missing}")
-    frame = frame.set_axis(names, axis=1)
-    raw_ts = frame["ts"]
-    if pd.api.types.is_integer_dtype(raw_ts.dtype):
-        times = raw_ts.to_numpy(dtype=np.int64)
-    else:
-        times = event_times_ns(_parse_times(raw_ts, path, "ts"))
-    values = _numeric(frame[["open", "high", "low", "close", "volume"]], path)
-    symbols = frame["symbol"].astype(str).str.strip().to_numpy(dtype=object)
+def _long_batches(frame: pd.DataFrame, venue: str, path: Path) -> list[BarBatch]:
+    bars = long_columns(frame, path)
+    times, symbols, values = bars.ts, bars.symbols, bars.values
     batches: list[BarBatch] = []
     # Group by timestamp in order of first appearance, so the file's order reaches the engine.
     unique_ts, first_row, group = np.unique(times, return_index=True, return_inverse=True)

@@ -833,9 +833,10 @@ FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "st
 
 
 def register_extensions() -> None:
-    """Add deploy, rollout, history, verify, risk, stress, slippage and audit to the app."""
+    """Add deploy, rollout, history, verify, risk, stress, slippage, audit and import to the app."""
     from qmp_ops.cli.audit import app as audit_app
     from qmp_ops.cli.deploy import register as register_deploy
+    from qmp_ops.cli.importer import import_history
     from qmp_ops.cli.risk import register as register_risk
     from qmp_ops.cli.slippage import app as slippage_app
     from qmp_ops.cli.verify import register as register_verify
@@ -845,6 +846,7 @@ def register_extensions() -> None:
     register_verify(app)  # verify
     register_risk(app)  # risk var | report, stress
     app.add_typer(audit_app, name="audit")  # audit security
+    app.command(name="import")(import_history)  # historical bars from files
 
 
 if next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None) not in FAST_COMMANDS:
