@@ -7,7 +7,8 @@ price), the book's equity at every day, one risk snapshot per day equal to the g
 counts equal table counts, no duplicate id. The recovery time is measured and printed.
 
 The default run (`./dev test`, `.ci/run`) takes the quick subset: poisoned input, PostgreSQL down, a
-SIGKILL of risk. The whole suite, with a table of the figures at the end:
+SIGKILL of risk, a SIGKILL of the market-data stream's leader in a three-server NATS cluster. The whole
+suite, with a table of the figures at the end:
 
     QMP_CHAOS=all ./dev test tests/chaos
 """
@@ -29,6 +30,7 @@ from qmp_core import bus, subjects
 from qmp_core.datasets import load_sp500_index
 from qmp_core.messages import BarBatch, DeadLetter, Fill, PortfolioSnapshot, RiskSnapshot, encode
 from qmp_ops.replay import RunObserver
+from qmp_ops.runtime.nats_server import EmbeddedNatsCluster
 from qmp_ops.runtime.supervisor import Stack, StackOptions, Supervisor
 
 pytestmark = [pytest.mark.system, pytest.mark.chaos]
@@ -43,6 +45,7 @@ STALL_S = 90.0
 # back after the 2 s ack wait).
 RECOVERY_BOUND_S = 5.0
 NATS_DOWN_S = 2.0
+NATS_ELECTION_S = 5.0  # a cluster's streams elect new leaders within seconds of losing a server
 
 Fault = Callable[[Stack], Awaitable[None]]
 
@@ -61,8 +64,8 @@ class Outcome:
     repeats: int = 0  # messages the core subscriber saw again under an id it had counted
 
 
-def options(home: Path) -> StackOptions:
-    return StackOptions(home=home, clock="replay", warm_spares=True, service_env={
+def options(home: Path, cluster: bool = False) -> StackOptions:
+    return StackOptions(home=home, clock="replay", warm_spares=True, cluster=cluster, service_env={
         "collector": {"QMP_SOURCE": "history", "QMP_VENUE": VENUE, "QMP_START": START, "QMP_END": END,
                       "QMP_REPLAY_RATE": "0", "QMP_LOCKSTEP_STRATEGY": STRATEGY},
         "execution": {"QMP_STRATEGIES": f"{STRATEGY}=qmp_test_strategies:DailyRebalancer",
@@ -88,9 +91,9 @@ async def risk_days(js: nats.js.JetStreamContext) -> int:
     return info.state.subjects.get(subject, 0) if info.state.subjects else 0
 
 
-def replay(home: Path, fault: Fault | None = None, fault_at_day: int = 0) -> Outcome:
+def replay(home: Path, fault: Fault | None = None, fault_at_day: int = 0, cluster: bool = False) -> Outcome:
     """Run the window through a fresh stack under the supervisor; inject `fault` once `fault_at_day` is done."""
-    stack = Stack(options(home))
+    stack = Stack(options(home, cluster))
     stack.start_servers()
 
     async def run() -> Outcome:
@@ -268,6 +271,32 @@ def test_chaos_when_nats_server_sigkilled_and_restarted_on_same_store_then_nothi
     assert run.observed[2] == len(run.fills)
     assert not run.dead_letters  # what was redelivered had been handled: acked again, not rejected
     assert run.recovery_s is not None and run.recovery_s < NATS_DOWN_S + RECOVERY_BOUND_S
+
+
+def test_chaos_when_the_stream_leader_of_a_nats_cluster_sigkilled_then_replay_finishes_identical(
+    golden: Outcome, tmp_path: Path, request: pytest.FixtureRequest,
+) -> None:
+    killed: list[str] = []
+
+    async def kill_leader(stack: Stack) -> None:
+        assert isinstance(stack.nats, EmbeddedNatsCluster)
+        nc = await stack.connection.connect()
+        try:  # the server that leads the market-data stream: its loss forces an election mid-replay
+            leader = (await nc.jetstream().stream_info(subjects.STREAM_MARKET_DATA)).cluster.leader
+        finally:
+            await nc.close()
+        node = next(node for node in stack.nats.nodes if node.cluster is not None and node.cluster.name == leader)
+        assert node.process is not None
+        node.process.send_signal(signal.SIGKILL)  # not restarted: the replay ends on two servers of three
+        await asyncio.to_thread(node.process.wait, 30)
+        killed.append(leader)
+
+    run = replay(tmp_path / ".qmp", kill_leader, fault_at_day=DAYS // 2, cluster=True)
+    report(f"SIGKILL NATS stream leader ({killed[0] if killed else '?'}) of 3", run, request)
+    assert killed
+    assert_same_as(golden, run, "SIGKILL NATS stream leader")
+    assert not run.dead_letters
+    assert run.recovery_s is not None and run.recovery_s < RECOVERY_BOUND_S + NATS_ELECTION_S
 
 
 # 8 s in the default run; the 30 s of the outage that once lost two trading days in the whole suite.

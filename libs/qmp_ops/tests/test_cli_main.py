@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 from typer.testing import CliRunner
 
@@ -183,3 +184,49 @@ def test_as_when_a_named_operator_of_the_stack_halts_then_accepted_under_her_nam
     assert json.loads(halted.output)["state"]["status"] == "HALTED"
     assert unknown.exit_code != 0 and "qmp up --operators bob" in unknown.output
     assert senders == ["alice"]
+
+
+@pytest.mark.system
+def test_init_when_production_on_a_nats_cluster_then_three_replicas_compressed_and_flags_change_them(
+        home: Path, database_url: str, unique_id: str) -> None:
+    from qmp_ops.backup import with_database
+    from qmp_ops.runtime.nats_server import EmbeddedNatsCluster
+
+    name = f"qmp_init_{unique_id}".lower()  # a database of its own: production refuses one holding data
+
+    async def create_database() -> None:
+        admin = await asyncpg.connect(database_url)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+
+    async def storage() -> set[tuple[str, int, str]]:
+        nc = await cluster.credentials.connect("operator")
+        try:
+            infos = await nc.jetstream().streams_info()
+            return {(info.config.name, info.config.num_replicas,
+                     getattr(info.config.compression, "value", info.config.compression)) for info in infos}
+        finally:
+            await nc.close()
+
+    asyncio.run(create_database())
+    cluster = EmbeddedNatsCluster(home.parent / "cluster", with_auth=False)
+    cluster.start()
+    try:
+        flags = ["--nats-url", cluster.credentials.url, "--nats-tls-ca", cluster.credentials.tls_ca,
+                 "--database-url", with_database(database_url, name)]
+        production = CliRunner().invoke(app, [*flags, "init", "--env", "production"])
+        replicated = asyncio.run(storage())
+        single = CliRunner().invoke(app, [*flags, "init", "--replicas", "1", "--compression", "none"])
+        back = asyncio.run(storage())
+        too_many = CliRunner().invoke(app, [*flags, "init", "--replicas", "5"])
+    finally:
+        cluster.stop()
+
+    assert production.exit_code == 0, production.output
+    assert "stream QMP_EXEC: 365 days, 1024 MB, 3 replicas, compression s2" in production.output
+    assert {name for name, _, _ in replicated} == set(bus.DECLARED)
+    assert all(replicas == 3 for _, replicas, _ in replicated)
+    assert all(compression == "s2" for stream, _, compression in replicated if not stream.startswith("KV_"))
+    assert single.exit_code == 0, single.output
+    assert all(replicas == 1 and compression == "none" for _, replicas, compression in back)
+    assert too_many.exit_code != 0 and "replicas" in too_many.output

@@ -17,13 +17,13 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StoreCompression, StreamConfig
 from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from qmp_core import metrics, subjects
 from qmp_core.clock import Clock
-from qmp_core.config import Retention
+from qmp_core.config import Retention, StreamStorage
 from qmp_core.messages import CONTENT_TYPE_JSON, DeadLetter, wire
 from qmp_core.retry import Unavailable, until_available
 from qmp_core.telemetry import inject_context, quiet_tls_upgrade_warning
@@ -35,6 +35,7 @@ DAY_S = 86_400.0
 DUPLICATE_WINDOW_S = 600.0
 PAYLOAD_EXCERPT = 2_000
 DEFAULT_RETENTION = Retention()
+DEFAULT_STORAGE = StreamStorage()
 
 MB = 1024 * 1024
 
@@ -52,6 +53,12 @@ def client_tls(ca_file: str) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=ca_file)
 
 
+def server_urls(url: str) -> list[str]:
+    """Return the servers a NATS URL names: one, or a cluster's as a comma-separated list (a client tries
+    them in turn, and moves to another when the one it speaks to goes)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 def connect_options(user: str, password: str, tls_ca: str) -> dict[str, Any]:
     """Return `nats.connect` keyword arguments: the login (none when `user` is empty) and the stack's TLS."""
     options: dict[str, Any] = {"user": user, "password": password} if user else {}
@@ -61,16 +68,20 @@ def connect_options(user: str, password: str, tls_ca: str) -> dict[str, Any]:
     return options
 
 
-def streams(retention: Retention = DEFAULT_RETENTION) -> tuple[StreamConfig, ...]:
-    """Return every stream's configuration: its subjects, and its age and size limits from `retention`."""
+def streams(retention: Retention = DEFAULT_RETENTION, storage: StreamStorage = DEFAULT_STORAGE) -> (
+        tuple[StreamConfig, ...]):
+    """Return every stream's configuration: its subjects, its age and size limits from `retention`, its
+    replicas and compression from `storage`."""
     r = retention
+    compression = StoreCompression.S2 if storage.stream_compression == "s2" else StoreCompression.NONE
 
     def stream(name: str, subject: str | list[str], days: float, mb: int) -> StreamConfig:
         # allow_direct: services read stored messages with direct gets (`read_stream`), which needs no
         # consumer, so no service is granted the consumer API on another's stream.
         return StreamConfig(name=name, subjects=subject if isinstance(subject, list) else [subject],
                             max_age=days * DAY_S, max_bytes=mb * MB, discard=DiscardPolicy.OLD,
-                            storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S, allow_direct=True)
+                            storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW_S, allow_direct=True,
+                            num_replicas=storage.stream_replicas, compression=compression)
 
     return (
         stream(subjects.STREAM_MARKET_DATA, subjects.MARKET_DATA_ALL, r.retention_market_data_days,
@@ -88,15 +99,18 @@ def streams(retention: Retention = DEFAULT_RETENTION) -> tuple[StreamConfig, ...
 STREAMS = streams()
 
 
-def buckets(retention: Retention = DEFAULT_RETENTION) -> tuple[KeyValueConfig, ...]:
-    """Return the KV buckets' configurations (trading state, rollouts, pre-trade limits) with their size limits."""
+def buckets(retention: Retention = DEFAULT_RETENTION, storage: StreamStorage = DEFAULT_STORAGE) -> (
+        tuple[KeyValueConfig, ...]):
+    """Return the KV buckets' configurations (trading state, rollouts, pre-trade limits) with their size limits
+    and replicas."""
+    replicas = storage.stream_replicas
     return (
         KeyValueConfig(bucket=subjects.KV_CONTROL, history=retention.retention_control_history,
-                       storage=StorageType.FILE, max_bytes=retention.retention_control_mb * MB),
+                       storage=StorageType.FILE, max_bytes=retention.retention_control_mb * MB, replicas=replicas),
         KeyValueConfig(bucket=subjects.KV_ROLLOUTS, history=16, storage=StorageType.FILE,
-                       max_bytes=retention.retention_rollouts_mb * MB),
+                       max_bytes=retention.retention_rollouts_mb * MB, replicas=replicas),
         KeyValueConfig(bucket=subjects.KV_LIMITS, history=16, storage=StorageType.FILE,
-                       max_bytes=retention.retention_rollouts_mb * MB),
+                       max_bytes=retention.retention_rollouts_mb * MB, replicas=replicas),
     )
 
 
@@ -104,9 +118,11 @@ def buckets(retention: Retention = DEFAULT_RETENTION) -> tuple[KeyValueConfig, .
 DECLARED = (*(config.name for config in STREAMS), *(f"KV_{bucket.bucket}" for bucket in buckets()))
 
 
-async def declare(js: JetStreamContext, retention: Retention = DEFAULT_RETENTION) -> None:
-    """Create or update every stream and KV bucket with the limits of `retention`; idempotent."""
-    for config in streams(retention):
+async def declare(js: JetStreamContext, retention: Retention = DEFAULT_RETENTION,
+                  storage: StreamStorage = DEFAULT_STORAGE) -> None:
+    """Create or update every stream and KV bucket with the limits of `retention` and the replicas and
+    compression of `storage`; idempotent."""
+    for config in streams(retention, storage):
         # Update what exists: adding a stream again re-checks its size reservation against the file
         # store as if it were new, and is refused once the streams fill most of it.
         try:
@@ -115,14 +131,15 @@ async def declare(js: JetStreamContext, retention: Retention = DEFAULT_RETENTION
             await js.add_stream(config)
         else:
             await js.update_stream(config)
-    for bucket in buckets(retention):
+    for bucket in buckets(retention, storage):
         try:  # a bucket is a stream named KV_<bucket>
             existing = (await js.stream_info(f"KV_{bucket.bucket}")).config
         except NotFoundError:
             await js.create_key_value(bucket)
         else:
             await js.update_stream(dataclasses.replace(existing, max_bytes=bucket.max_bytes,
-                                                       max_msgs_per_subject=bucket.history))
+                                                       max_msgs_per_subject=bucket.history,
+                                                       num_replicas=bucket.replicas))
 
 
 class NotDeclared(Unavailable):

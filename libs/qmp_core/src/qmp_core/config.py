@@ -43,6 +43,22 @@ class RiskDefaults(Struct, frozen=True, kw_only=True):
 RISK_DEFAULTS = RiskDefaults()
 
 
+class StreamStorage(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How every stream and KV bucket is stored: its copies across a cluster's servers, and compression.
+
+    Read by whoever declares the streams (`qmp up`, `qmp init`) from `QMP_STREAM_*`. Three replicas keep
+    every stream available and nothing acknowledged lost while one server of a three-server cluster is down
+    (a single server holds one copy); s2 compression trades a little CPU for disk.
+    """
+
+    stream_replicas: int = 1
+    stream_compression: Literal["none", "s2"] = "none"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.stream_replicas <= 5:
+            raise ValueError(f"QMP_STREAM_REPLICAS must be 1 to 5 (JetStream's limit), got {self.stream_replicas}")
+
+
 class Retention(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """How long and how much every stream and KV bucket keeps: the bus's disk is bounded by these.
 

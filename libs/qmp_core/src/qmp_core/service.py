@@ -77,7 +77,7 @@ def make_broker(settings: ServiceSettings, name: str) -> NatsBroker:
     if settings.nats_user:
         security = SASLPlaintext(username=settings.nats_user, password=settings.nats_password, ssl_context=tls)
     return NatsBroker(
-        settings.nats_url, security=security, logger=None, name=f"qmp-{name}", decoder=raw_body,
+        bus.server_urls(settings.nats_url), security=security, logger=None, name=f"qmp-{name}", decoder=raw_body,
         max_reconnect_attempts=-1, reconnect_time_wait=1,
     )
 
@@ -87,7 +87,7 @@ async def connect_nats(settings: ServiceSettings, name: str) -> Client:
 
     For a lane that must not share a socket, and its reading, with the broker's traffic (the deployer's halts).
     """
-    return await nats.connect(settings.nats_url, name=f"qmp-{name}", max_reconnect_attempts=-1,
+    return await nats.connect(bus.server_urls(settings.nats_url), name=f"qmp-{name}", max_reconnect_attempts=-1,
                               reconnect_time_wait=1,
                               **bus.connect_options(settings.nats_user, settings.nats_password, settings.nats_tls_ca))
 

@@ -232,6 +232,7 @@ class CollectorService:
                     if self.settings.lockstep_strategy else None)
         self.collector = Collector(js, self.engine, self.clock, store, self.settings.chunk_size, lockstep,
                                    self.settings.lockstep_timeout)
+        self.collector.on_retry = lambda error: self.liveness.retry("market-data publish", error)
 
     async def _stored_snapshot(self) -> bytes | None:
         """Return the lockstep strategy's last risk snapshot on the stream, None when there is none yet."""

@@ -23,6 +23,7 @@ from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock, ReplayClock
 from qmp_core.lockstep import Progress
 from qmp_core.messages import BarBatch, RiskSnapshot, codec
+from qmp_core.retry import until_available
 from qmp_core.service import Intake
 from qmp_core.telemetry import messaging, tracer
 
@@ -134,6 +135,8 @@ class Collector:
         self.done = False
         self._seeded: set[str] = set()
         self._last_ts: int | None = None
+        # Told of each failed publish and of the recovery (the service's health): set by the app.
+        self.on_retry: Callable[[BaseException | None], None] | None = None
         if store is not None:
             store.on_rejected = self._dead_letter_stored_row
 
@@ -207,7 +210,10 @@ class Collector:
         attributes = {**messaging(subject, "publish"), "qmp.venue": batch.venue, "qmp.ts_event": batch.ts_event,
                       "qmp.chunk": batch.chunk, "qmp.symbols": len(batch.symbols), "qmp.seq": batch.seq}
         with _tracer.start_as_current_span("collector.publish_batch", kind=SpanKind.PRODUCER, attributes=attributes):
-            await bus.publish(self.js, subject, batch, msg_id=message_id(batch))
+            # Retried while NATS is away (a server restarting, a cluster electing the stream's leader): the
+            # message id makes a retry of a publish that did land a duplicate the stream drops.
+            await until_available(lambda: bus.publish(self.js, subject, batch, msg_id=message_id(batch)),
+                                  "market-data publish", self.on_retry)
         self.published += 1
         metrics.BARS_PUBLISHED.labels(batch.venue).inc()
         self._last_ts = batch.ts_event if self._last_ts is None else max(self._last_ts, batch.ts_event)

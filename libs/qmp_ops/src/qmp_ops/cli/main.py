@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qmp_core.config import StreamStorage
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.alerts import alerts as alerts_command
 from qmp_ops.cli.control import (
@@ -114,6 +115,9 @@ def up(
         help="a service setting, repeatable: any setting `qmp settings` lists (e.g. --set initial_capital=250000 "
              "--set drawdown_halt=0.08); checked by the services before anything starts. QMP_<NAME> variables "
              "in the environment reach the services too")] = None,
+    cluster: Annotated[bool, typer.Option(
+        "--cluster", help="three nats-servers clustered on loopback, every stream and bucket with three replicas: "
+                          "one server may stop without a stream or a message going")] = False,
 ) -> None:
     """Start NATS, PostgreSQL and the four services, with market data flowing; Ctrl-C stops all.
 
@@ -139,14 +143,14 @@ def up(
     service_env["collector"] = service_env.get("collector", {}) | collector
     service_env["execution"] = service_env.get("execution", {}) | {"QMP_STRATEGIES": strategies}
     options = StackOptions(home=HOME, clock=clock, pass_environment=True, operators=names, tls=not no_tls,
-                           warm_spares=not no_warm_spares, metrics=True, service_env=service_env)
+                           warm_spares=not no_warm_spares, metrics=True, service_env=service_env, cluster=cluster)
     stack = Stack(options)
     if no_tls:
         console.print("[bold yellow]TLS is off[/]: NATS and PostgreSQL speak plaintext on loopback. For debugging "
                       "only — never for a stack that trades.")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with console.status("starting NATS and PostgreSQL…"):
+        with console.status("starting NATS" + (" (a cluster of three)" if cluster else "") + " and PostgreSQL…"):
             connection = stack.start_servers()
         for service in options.services:
             with console.status(f"starting {service}…"):
@@ -233,27 +237,39 @@ def init(
     env: Annotated[str | None, typer.Option(help="tag the database production or test (production stays)")] = None,
     allow_test_data: Annotated[bool, typer.Option(
         "--allow-test-data", help="with --env production: tag a database that holds data anyway")] = False,
+    replicas: Annotated[int | None, typer.Option(
+        min=1, max=5, help="copies of every stream and bucket across the cluster's servers (default: "
+                           "QMP_STREAM_REPLICAS; with --env production, 3 on a cluster)")] = None,
+    compression: Annotated[str | None, typer.Option(
+        help="none | s2: the streams' compression on disk (default: QMP_STREAM_COMPRESSION; with --env "
+             "production, s2)")] = None,
 ) -> None:
     """Prepare a running NATS and PostgreSQL (`--nats-url`, `--database-url`) for the services.
 
     Migrates the database and declares every stream and bucket with the limits of QMP_RETENTION_*
-    (docs/OPERATIONS.md); the services never declare them. Safe to run again: a limit changed in the
-    environment is applied to the existing stream. `qmp up` does this itself for its embedded servers.
+    (docs/OPERATIONS.md), and the replicas and compression of QMP_STREAM_* or the flags; the services never
+    declare them. Safe to run again: a limit, replica count or compression changed is applied to the existing
+    stream. `qmp up` does this itself for its embedded servers.
     `--env production` tags the database production, refusing one that already holds data (a test run's)
-    unless `--allow-test-data`; a production database is never cleared by `qmp db clear-test-data`.
+    unless `--allow-test-data`; a production database is never cleared by `qmp db clear-test-data`. Its
+    streams are compressed (s2) and, on a cluster, kept on three servers, unless the flags say otherwise.
     """
     if env not in (None, "production", "test"):
         raise typer.BadParameter("--env must be production or test")
+    if compression not in (None, "none", "s2"):
+        raise typer.BadParameter("--compression must be none or s2")
     from qmp_core import bus
     from qmp_core.config import Retention, load_settings
-    from qmp_core.db import migrate
 
     try:
         retention = load_settings(Retention)
+        storage = load_settings(StreamStorage)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
 
-    async def run() -> None:
+    async def run() -> StreamStorage:
+        from qmp_core.db import migrate
+
         try:
             await migrate(connection.database_url)
         except OSError as error:
@@ -269,26 +285,53 @@ def init(
                 await db.close()
         nc = await connection.connect()
         try:
-            await bus.declare(nc.jetstream(), retention)
+            # The server's INFO names its cluster when it is in one (nats-py keeps it, unexposed).
+            clustered = bool(nc._server_info.get("cluster"))
+            chosen = _stream_storage(storage, env, replicas, compression, clustered)
+            await bus.declare(nc.jetstream(), retention, chosen)
+        except nats.js.errors.APIError as error:
+            raise typer.BadParameter(f"NATS refused the streams: {error.description} (replicas beyond the "
+                                     "cluster's servers? `--replicas` sets them)") from None
         finally:
             await nc.close()
+        return chosen
 
     from qmp_ops.environment import WrongEnvironment
 
     connection = Connection.read()
     try:
-        asyncio.run(run())
+        chosen = asyncio.run(run())
     except WrongEnvironment as error:
         _fail(str(error))
     if env is not None:
         console.print(f"[green]✓[/] database tagged {env}")
-    for config in bus.streams(retention):
+    stored = f"{chosen.stream_replicas} replica{'s' if chosen.stream_replicas > 1 else ''}, " \
+             f"compression {chosen.stream_compression}"
+    for config in bus.streams(retention, chosen):
         console.print(f"[green]✓[/] stream {config.name}: {config.max_age / bus.DAY_S:g} days, "
-                      f"{(config.max_bytes or 0) // bus.MB} MB")
-    for bucket in bus.buckets(retention):
+                      f"{(config.max_bytes or 0) // bus.MB} MB, {stored}")
+    for bucket in bus.buckets(retention, chosen):
         console.print(f"[green]✓[/] bucket {bucket.bucket}: {bucket.history} versions per key, "
-                      f"{(bucket.max_bytes or 0) // bus.MB} MB")
+                      f"{(bucket.max_bytes or 0) // bus.MB} MB, {bucket.replicas} replicas")
     console.print(f"[green]✓[/] database migrated ({redacted(connection.database_url)})")
+
+
+PRODUCTION_REPLICAS = 3  # a copy on each server of a three-server cluster: one may go
+
+
+def _stream_storage(storage: StreamStorage, env: str | None, replicas: int | None, compression: str | None,
+                    clustered: bool) -> StreamStorage:
+    """Return how the streams are stored: the flags, else production's defaults, else QMP_STREAM_*."""
+    changes: dict[str, object] = {}
+    if env == "production":
+        changes["stream_compression"] = "s2"
+        if clustered:
+            changes["stream_replicas"] = PRODUCTION_REPLICAS
+    if replicas is not None:
+        changes["stream_replicas"] = replicas
+    if compression is not None:
+        changes["stream_compression"] = compression
+    return msgspec.structs.replace(storage, **changes)
 
 
 @app.command()

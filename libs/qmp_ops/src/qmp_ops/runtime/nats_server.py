@@ -5,11 +5,13 @@ per run and written to the run directory, never to the repository. TLS is on unl
 debugging: the server presents a certificate of the run's CA and refuses plaintext clients.
 """
 
+import asyncio
 import json
 import secrets
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from qmp_core.bus import connect_options
+from qmp_core.bus import connect_options, server_urls
 from qmp_ops.runtime.certificates import ServerCertificates
 from qmp_ops.runtime.ports import free_port, wait_for_port, write_private
 from qmp_ops.runtime.roles import ROLES, DurableNames, permissions, roles_with
@@ -49,25 +51,44 @@ class NatsCredentials:
 
     async def connect(self, user: str, **options: Any) -> Client:
         """Connect as one of the stack's users (operator, a service or a named operator), with its permissions."""
-        return await nats.connect(self.url, **self.connect_options(user), **options)
+        return await nats.connect(server_urls(self.url), **self.connect_options(user), **options)
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """One server of an embedded cluster on loopback: its name, its route port and its peers' route ports."""
+
+    name: str
+    route_port: int
+    peer_route_ports: tuple[int, ...]
 
 
 def render_config(port: int, store_dir: Path, users: dict[str, str], durable_names: DurableNames = "exact",
-                  operators: tuple[str, ...] = (), certificates: ServerCertificates | None = None) -> str:
-    """Return a nats-server config with JetStream, one account holding every QMP user, and TLS if given."""
+                  operators: tuple[str, ...] = (), certificates: ServerCertificates | None = None,
+                  cluster: ClusterNode | None = None) -> str:
+    """Return a nats-server config with JetStream, one account holding every QMP user, and TLS if given; a
+    node of a cluster on loopback with `cluster`."""
     roles = roles_with(operators)
     entries = [{"user": user, "password": password, "permissions": permissions(roles[user], durable_names)}
                for user, password in users.items()]
     # nats-server config accepts JSON-compatible values, so json.dumps renders each block safely.
     lines = [
         f"listen: 127.0.0.1:{port}",
-        "server_name: qmp_embedded",
+        f"server_name: {cluster.name if cluster is not None else 'qmp_embedded'}",
         "max_payload: 8MB",
         f"jetstream {{ store_dir: {json.dumps(str(store_dir))}, max_file_store: 4GB, max_memory_store: 256MB }}",
     ]
     if certificates is not None:  # with a tls block, the server refuses clients that do not speak TLS
         lines.append(f"tls {{ cert_file: {json.dumps(str(certificates.cert_file))}, "
                      f"key_file: {json.dumps(str(certificates.key_file))}, timeout: 2 }}")
+    if cluster is not None:
+        routes = json.dumps([f"nats-route://127.0.0.1:{peer}" for peer in cluster.peer_route_ports])
+        # Routes carry every message: with the run's certificates, both ends verified (as in production).
+        route_tls = "" if certificates is None else (
+            f", tls {{ cert_file: {json.dumps(str(certificates.cert_file))}, key_file: "
+            f"{json.dumps(str(certificates.key_file))}, ca_file: {json.dumps(str(certificates.ca_file))}, "
+            "verify: true, timeout: 2 }")
+        lines.append(f"cluster {{ name: qmp, listen: 127.0.0.1:{cluster.route_port}, routes: {routes}{route_tls} }}")
     if entries:  # without users, the global account keeps JetStream
         lines.append(f"accounts {{ QMP {{ jetstream: enabled, users: {json.dumps(entries)} }} }}")
     return "\n".join(lines) + "\n"
@@ -131,14 +152,20 @@ class EmbeddedNats:
 
     def __init__(self, run_dir: Path, with_auth: bool = True, durable_names: DurableNames = "exact",
                  operators: tuple[str, ...] = (), tls: bool = True,
-                 certificates: ServerCertificates | None = None) -> None:
-        """`certificates`: the run's (shared with PostgreSQL); by default issued under `run_dir` when `tls`."""
+                 certificates: ServerCertificates | None = None, cluster: ClusterNode | None = None,
+                 users: dict[str, str] | None = None) -> None:
+        """`certificates`: the run's (shared with PostgreSQL); by default issued under `run_dir` when `tls`.
+        `cluster` makes it a node of a cluster whose nodes share `users` (the same passwords on each)."""
         self.run_dir = run_dir
         self.certificates = (certificates or ServerCertificates.issue(run_dir / "tls")) if tls else None
+        self.cluster = cluster
         self.port = free_port()
         self.operators = operators  # named operators (people), each with their own user
         roles = roles_with(operators)
-        self.users = {user: secrets.token_urlsafe(18) for user in roles} if with_auth else {}
+        if users is not None:
+            self.users = dict(users) if with_auth else {}
+        else:
+            self.users = {user: secrets.token_urlsafe(18) for user in roles} if with_auth else {}
         self.durable_names = durable_names
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -154,7 +181,7 @@ class EmbeddedNats:
         store.mkdir(parents=True, exist_ok=True)
         config = self.run_dir / "nats-server.conf"
         write_private(config, render_config(self.port, store, self.users, self.durable_names, self.operators,
-                                                     self.certificates))
+                                            self.certificates, self.cluster))
         with (self.run_dir / "nats-server.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [nats_server_binary(), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT,
@@ -175,3 +202,66 @@ class EmbeddedNats:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+CLUSTER_READY_TIMEOUT_S = 30.0
+
+
+class EmbeddedNatsCluster:
+    """Three (or `size`) nats-servers clustered on loopback, JetStream on each, the same users and TLS: the
+    production cluster's topology as processes, so streams with three replicas and a server's loss are
+    exercised on one machine (`qmp up --cluster`)."""
+
+    def __init__(self, run_dir: Path, size: int = 3, with_auth: bool = True, durable_names: DurableNames = "exact",
+                 operators: tuple[str, ...] = (), tls: bool = True,
+                 certificates: ServerCertificates | None = None) -> None:
+        self.run_dir = run_dir
+        certificates = (certificates or ServerCertificates.issue(run_dir / "tls")) if tls else None
+        users = {user: secrets.token_urlsafe(18) for user in roles_with(operators)} if with_auth else {}
+        route_ports = [free_port() for _ in range(size)]
+        self.nodes = [
+            EmbeddedNats(run_dir / f"nats-{k + 1}", with_auth, durable_names, operators, tls, certificates,
+                         ClusterNode(f"qmp-{k + 1}", route_ports[k],
+                                     tuple(p for j, p in enumerate(route_ports) if j != k)), users)
+            for k in range(size)
+        ]
+
+    @property
+    def credentials(self) -> NatsCredentials:
+        """Every node's URL, comma-separated: a client moves to another when the one it speaks to goes."""
+        first = self.nodes[0].credentials
+        return NatsCredentials(url=",".join(node.credentials.url for node in self.nodes), users=first.users,
+                               tls_ca=first.tls_ca)
+
+    def start(self, timeout_s: float = CLUSTER_READY_TIMEOUT_S) -> NatsCredentials:
+        """Start every node; return once the cluster has elected its JetStream leader (it takes streams)."""
+        try:
+            for node in self.nodes:
+                node.start(timeout_s)
+            asyncio.run(self._wait_for_jetstream(timeout_s))
+        except BaseException:
+            self.stop()
+            raise
+        return self.credentials
+
+    async def _wait_for_jetstream(self, timeout_s: float) -> None:
+        credentials = self.credentials
+        user = "operator" if credentials.users else ""
+        nc = await credentials.connect(user)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    await nc.jetstream().account_info()
+                    return
+                except (nats.errors.Error, TimeoutError) as error:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the NATS cluster elected no JetStream leader in {timeout_s:g} s: "
+                                           f"{error!r}") from error
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

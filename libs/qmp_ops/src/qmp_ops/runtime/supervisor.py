@@ -23,14 +23,15 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import msgspec
 import nats
 
 from qmp_core import bus, subjects, warm_spare
-from qmp_core.config import Retention, load_settings
+from qmp_core.config import Retention, StreamStorage, load_settings
 from qmp_core.db import migrate
 from qmp_ops.environment import set_environment
 from qmp_ops.runtime.certificates import ServerCertificates
-from qmp_ops.runtime.nats_server import EmbeddedNats, NatsCredentials
+from qmp_ops.runtime.nats_server import EmbeddedNats, EmbeddedNatsCluster, NatsCredentials
 from qmp_ops.runtime.ports import free_port, write_private
 from qmp_ops.runtime.postgres_server import EmbeddedPostgres
 from qmp_ops.runtime.roles import ADMIN
@@ -72,6 +73,9 @@ class StackOptions:
     # Each service serves Prometheus metrics on a loopback port of its own (`qmp up`); the ports are
     # written to <run_dir>/prometheus-targets.json, a file_sd target list a Prometheus server can read.
     metrics: bool = False
+    # Three nats-servers clustered on loopback (`qmp up --cluster`), every stream and bucket with three
+    # replicas: the production cluster's topology as processes, where a server's loss loses nothing.
+    cluster: bool = False
 
 
 def redacted(url: str) -> str:
@@ -142,12 +146,13 @@ class Connection:
         auth = bus.connect_options(self.operator_user, self.operator_password, self.tls_ca)
         try:
             if follow:
-                return await nats.connect(self.nats_url, name="qmp-observer", max_reconnect_attempts=-1,
-                                          reconnect_time_wait=0.5, error_cb=_quiet, **auth)
+                return await nats.connect(bus.server_urls(self.nats_url), name="qmp-observer",
+                                          max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=_quiet, **auth)
             # max_reconnect_attempts=0 or allow_reconnect=False make nats-py wait forever on a dead server
             # (nats-py 2.16); one attempt after a short wait fails with NoServersError in about a second.
-            return await nats.connect(self.nats_url, name="qmp-cli", connect_timeout=CONNECT_TIMEOUT_S,
-                                      max_reconnect_attempts=1, reconnect_time_wait=0.5, error_cb=_quiet, **auth)
+            return await nats.connect(bus.server_urls(self.nats_url), name="qmp-cli",
+                                      connect_timeout=CONNECT_TIMEOUT_S, max_reconnect_attempts=1,
+                                      reconnect_time_wait=0.5, error_cb=_quiet, **auth)
         except (OSError, TimeoutError, nats.errors.Error) as error:
             raise StackUnavailable(f"cannot reach NATS at {self.nats_url} ({error or type(error).__name__}): "
                                    "is the stack up? `qmp status` tells, `qmp up` starts one") from error
@@ -179,7 +184,7 @@ class Stack:
         self.run_dir = (options.home / "runs" / f"{stamp}-{os.getpid()}").resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(exist_ok=True)
-        self.nats: EmbeddedNats | None = None
+        self.nats: EmbeddedNats | EmbeddedNatsCluster | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.credentials: NatsCredentials | None = None
         self.database_url = ""
@@ -212,6 +217,10 @@ class Stack:
         external_nats = os.environ.get("QMP_NATS_URL")
         if external_nats:
             self.credentials = NatsCredentials(url=external_nats, tls_ca=os.environ.get("QMP_NATS_TLS_CA", ""))
+        elif self.options.cluster:
+            self.nats = EmbeddedNatsCluster(self.run_dir, operators=self.options.operators, tls=self.options.tls,
+                                            certificates=certificates)
+            self.credentials = self.nats.start()
         else:
             self.nats = EmbeddedNats(self.run_dir / "nats", operators=self.options.operators, tls=self.options.tls,
                                      certificates=certificates)
@@ -250,7 +259,11 @@ class Stack:
             js = nc.jetstream()
             if self.options.fresh and self.nats is None:
                 await reset_bus(js)
-            await bus.declare(js, load_settings(Retention))
+            storage = load_settings(StreamStorage)
+            if self.options.cluster:  # a copy on each server: one may go without a stream going
+                assert isinstance(self.nats, EmbeddedNatsCluster)
+                storage = msgspec.structs.replace(storage, stream_replicas=len(self.nats.nodes))
+            await bus.declare(js, load_settings(Retention), storage)
         finally:
             await nc.close()
 
