@@ -73,3 +73,47 @@ def test_compose_when_it_starts_then_servers_are_healthy_first_and_services_are_
         assert service["environment"]["QMP_METRICS_PORT"] == "9464"  # what the health check and Prometheus read
     assert "USER qmp" in (ROOT / "Dockerfile").read_text()
     assert all(":latest" not in service.get("image", "") for service in spec.values())
+
+
+CLUSTER = ROOT / "docker-compose.cluster.yml"
+
+
+def test_compose_cluster_when_laid_over_the_base_then_three_nodes_replicated_and_every_client_given_all() -> None:
+    schema = json.loads((ROOT / "infra" / "compose" / "compose-spec.json").read_text())
+    overlay = yaml.safe_load(CLUSTER.read_text())
+    jsonschema.Draft201909Validator(schema).validate(overlay)
+    base = compose()
+    services = overlay["services"]
+    # Three nodes on the cluster config, each named apart, each reachable under the name its peers route to.
+    cluster_conf = (ROOT / "infra" / "nats" / "cluster.conf").read_text()
+    routes = set(re.findall(r"nats-route://([a-z0-9-]+):6222", cluster_conf))
+    assert "nats-1" in services["nats"]["networks"]["default"]["aliases"]  # the base file's server is node 1
+    names = {"nats-1", "nats-2", "nats-3"}
+    assert routes == names
+    server_names = {base["services"]["nats"]["environment"]["NATS_SERVER_NAME"],
+                    services["nats-2"]["environment"]["NATS_SERVER_NAME"],
+                    services["nats-3"]["environment"]["NATS_SERVER_NAME"]}
+    assert len(server_names) == 3
+    for node in ("nats", "nats-2", "nats-3"):
+        assert services[node]["command"] == ["-c", "/etc/nats/cluster.conf"]
+        env = {**base["services"].get(node, {}).get("environment", {}), **services[node]["environment"]}
+        assert env["QMP_NATS_TLS_CA"] == "/certs/ca.pem"  # the routes verify their peers against the CA
+    for node in ("nats-2", "nats-3"):
+        assert "healthcheck" in services[node] and any(v.startswith("./infra/nats/server.conf") for v in
+                                                       services[node]["volumes"])
+    # The streams on three replicas; every client knows the three nodes and starts once they are healthy.
+    assert services["init"]["command"][-2:] == ["--replicas", "3"]
+    for client in ("init", *SERVICES):
+        urls = services[client]["environment"]["QMP_NATS_URL"].split(",")
+        assert {url.split("//")[1].split(":")[0] for url in urls} == names, client
+        assert set(services[client]["depends_on"]) == {"nats-2", "nats-3"}
+    text = CLUSTER.read_text()
+    listed = set(re.findall(r"^#?\s*([A-Z_][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), flags=re.MULTILINE))
+    for name, rest in VARIABLE.findall(text):
+        assert name in listed and rest.startswith(":?"), name
+    for volume in [v for node in ("nats-2", "nats-3") for v in services[node]["volumes"]]:
+        source = volume.split(":")[0]
+        if source.startswith("./"):
+            assert (ROOT / source).exists(), source
+        elif not source.startswith("$"):
+            assert source in overlay["volumes"], source
