@@ -45,7 +45,9 @@ STALL_S = 90.0
 # back after the 2 s ack wait).
 RECOVERY_BOUND_S = 5.0
 NATS_DOWN_S = 2.0
-NATS_ELECTION_S = 5.0  # a cluster's streams elect new leaders within seconds of losing a server
+# A cluster's streams and buckets elect new leaders within seconds of losing a server (nats-server's election
+# timeouts); a breaker command that met the election is asked again after the requester's timeout.
+NATS_ELECTION_S = 10.0
 
 Fault = Callable[[Stack], Awaitable[None]]
 

@@ -9,7 +9,7 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from qmp_core import subjects
 from qmp_core.lockstep import Progress
@@ -41,31 +41,61 @@ class RiskWatch:
         self._decoder = codec(RiskSnapshot)
         self._subscription: Any = None
         self._task: asyncio.Task[None] | None = None
+        self.resubscribed = 0  # times the watch's consumer was gone and made again
 
     async def start(self) -> None:
         hosts = self.engine.strategies()
-        subject = subjects.snapshot(hosts[0]) if len(hosts) == 1 else subjects.SNAPSHOT_ALL
-        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW, ack_policy=api.AckPolicy.NONE,
-                                    inactive_threshold=60.0, max_waiting=4)
         # Subscribe before reading the last values, so nothing published in between is missed.
-        self._subscription = await self.js.pull_subscribe(subject, stream=subjects.STREAM_RISK, config=config)
+        await self._subscribe(api.DeliverPolicy.NEW)
         for sid in hosts:
             with contextlib.suppress(NotFoundError):
                 raw = await self.js.get_last_msg(subjects.STREAM_RISK, subjects.snapshot(sid))
                 self._apply(raw.data or b"")
         self._task = asyncio.create_task(self._run(), name="execution-risk-watch")
 
+    async def _subscribe(self, policy: api.DeliverPolicy) -> None:
+        hosts = self.engine.strategies()
+        subject = subjects.snapshot(hosts[0]) if len(hosts) == 1 else subjects.SNAPSHOT_ALL
+        config = api.ConsumerConfig(deliver_policy=policy, ack_policy=api.AckPolicy.NONE,
+                                    inactive_threshold=60.0, max_waiting=4)
+        self._subscription = await self.js.pull_subscribe(subject, stream=subjects.STREAM_RISK, config=config)
+
+    async def _lost(self) -> bool:
+        """Whether the server no longer holds this watch's consumer: an ephemeral consumer has one copy, on
+        one server of a cluster, and goes with that server."""
+        try:
+            await self._subscription.consumer_info()
+        except (NotFoundError, ServiceUnavailableError):  # gone; or no server answers for it any more
+            return True
+        except (nats.errors.Error, TimeoutError):
+            return False  # the server is busy or reconnecting: ask again at the next quiet moment
+        return False
+
+    async def _resubscribe(self) -> None:
+        """Watch again from each strategy's latest snapshot (older ones would change nothing)."""
+        with contextlib.suppress(Exception):
+            await self._subscription.unsubscribe()
+        await self._subscribe(api.DeliverPolicy.LAST_PER_SUBJECT)
+        self.resubscribed += 1
+        log.warning("risk snapshot watch made anew, from each strategy's latest snapshot")
+
     async def _run(self) -> None:
         while True:
             try:
                 messages: list[Msg] = await self._subscription.fetch(RISK_FETCH, timeout=1.0)
             except TimeoutError:  # nats' own and asyncio's: fetch raises either when nothing came
+                if await self._lost():
+                    await self._resubscribe()
                 continue
             except nats.errors.ConnectionClosedError:
                 return
-            except nats.errors.Error as error:  # e.g. during a reconnect: keep watching
-                log.warning("risk snapshot fetch failed; retrying", extra={"error": str(error)})
-                await asyncio.sleep(1.0)
+            except nats.errors.Error as error:
+                # A reconnect, or the consumer's server gone (a cluster: no server answers for it, or it
+                # answers that it has none): watch again with a new consumer (the old one expires by itself).
+                log.warning("risk snapshot fetch failed; watching anew", extra={"error": str(error)})
+                await asyncio.sleep(0.2)
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await self._resubscribe()
                 continue
             for message in messages:
                 self._apply(message.data)
@@ -91,6 +121,17 @@ class RiskWatch:
         service on different subscriptions: waiting here sizes t + 1 with the ES of t, run after run.
         A strategy risk has never answered for is not waited for.
         """
+        if await self._snapshots.wait_until(lambda: not self.behind(), timeout_s):
+            return
+        if self._subscription is None:  # not watching (yet): nothing to make anew
+            log.warning("risk snapshots behind the book; sizing with the last one",
+                        extra={"strategies": self.behind()})
+            return
+        # A watch can fall silent (its consumer went with a server of the cluster): watch anew, from each
+        # strategy's latest snapshot, and wait once more before sizing without it.
+        log.warning("risk snapshots behind the book; watching anew", extra={"strategies": self.behind()})
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self._resubscribe()
         if not await self._snapshots.wait_until(lambda: not self.behind(), timeout_s):
             log.warning("risk snapshots behind the book; sizing with the last one",
                         extra={"strategies": self.behind()})
