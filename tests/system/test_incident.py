@@ -10,7 +10,6 @@ import asyncio
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from qmp_ops import traces
 from qmp_ops.runtime.supervisor import Stack, StackOptions
+from qmp_ops.testing import chromium
 
 pytestmark = pytest.mark.system
 
@@ -68,13 +68,6 @@ def halt_trace(traces_dir: Path, strategy: str) -> list[traces.Span]:
         if any(s.attributes.get("qmp.strategy") == strategy and s.name == "risk.control" for s in spans):
             return spans
     return []
-
-
-def chromium() -> str:
-    path = os.environ.get("QMP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.skip("no Chromium: `./dev test` installs Debian's chromium package where it may")
-    return path
 
 
 async def test_incident_when_the_drawdown_breaker_halts_then_one_trace_holds_the_chain_and_the_report_renders(

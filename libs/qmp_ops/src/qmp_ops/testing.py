@@ -7,6 +7,7 @@ a running NATS with TLS). Registered by the repository's root conftest.py.
 
 import asyncio
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -122,6 +123,14 @@ async def operator_nc(nats_credentials: NatsCredentials) -> AsyncIterator[Client
     await bus.declare(nc.jetstream())
     yield nc
     await nc.drain()
+
+
+def chromium() -> str:
+    """The Chromium a browser test drives through Playwright (Debian's package); the test is skipped without."""
+    path = os.environ.get("QMP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("no Chromium: `./dev test` installs Debian's chromium package where it may")
+    return path
 
 
 @pytest.fixture

@@ -876,8 +876,9 @@ FAST_COMMANDS = frozenset({"up", "init", "demo", "halt", "resume", "unlock", "st
 
 
 def register_extensions() -> None:
-    """Add deploy, rollout, history, verify, risk, stress, slippage, audit and import to the app."""
+    """Add deploy, rollout, history, verify, risk, stress, slippage, audit, import and dashboard to the app."""
     from qmp_ops.cli.audit import app as audit_app
+    from qmp_ops.cli.dashboard import dashboard
     from qmp_ops.cli.deploy import register as register_deploy
     from qmp_ops.cli.importer import import_history
     from qmp_ops.cli.risk import register as register_risk
@@ -890,6 +891,7 @@ def register_extensions() -> None:
     register_risk(app)  # risk var | report, stress
     app.add_typer(audit_app, name="audit")  # audit security
     app.command(name="import")(import_history)  # historical bars from files
+    app.command(name="dashboard")(dashboard)  # the live overview in a browser
 
 
 if next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None) not in FAST_COMMANDS:

@@ -1,0 +1,234 @@
+"""The dashboard's web server: sign-in, the pages, the overview as JSON, live events, control requests."""
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import secrets
+import time
+from importlib import resources
+from typing import Any
+
+import nats
+from aiohttp import web
+
+from qmp_core import subjects
+from qmp_ops.cli.control import send_control, service_health
+from qmp_ops.cli.deploy import read_rollouts
+from qmp_ops.dashboard.views import live_message, overview
+from qmp_ops.runtime.supervisor import Connection, StackUnavailable
+
+log = logging.getLogger(__name__)
+
+COOKIE = "qmp_session"
+SESSION_S = 12 * 3600.0
+CSRF_HEADER = "X-QMP-Request"  # a page of another site cannot set it on a request here
+COALESCE_S = 0.25  # books and risk snapshots of one strategy: the latest in each quarter second
+HEALTH_EVERY_S = 5.0
+FOLLOWED = (subjects.STATE_ALL, "qmp.risk.*.snapshot", "qmp.exec.*.portfolio", "qmp.deploy.*.events")
+# The control verbs the page offers, as the contract spells them; anything else is refused here.
+COMMANDS = {
+    "halt": ("reason",),
+    "resume": ("mode",),
+    "set_allocation": ("allocation",),
+    "reduce_order_size": ("factor",),
+    "kill": ("reason", "flatten"),
+}
+STATIC = resources.files("qmp_ops.dashboard") / "static"
+
+
+@dataclasses.dataclass
+class Session:
+    user: str
+    connection: Connection  # the person's credentials: every request of theirs goes out under them
+    nc: nats.NATS  # their reading connection
+    expires: float
+
+
+STACK = web.AppKey("stack", Connection)
+SESSIONS = web.AppKey("sessions", dict[str, Session])
+
+
+@web.middleware
+async def no_caching(request: web.Request, handler: Any) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"  # no page of another site frames the halt button
+    return response
+
+
+def create_app(stack: Connection) -> web.Application:
+    """The dashboard of the stack `stack` names (its NATS; the credentials come from each person)."""
+    app = web.Application(middlewares=[no_caching])
+    app[STACK] = stack
+    app[SESSIONS] = {}
+    app.router.add_get("/login", login_page)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/", index)
+    app.router.add_get("/static/{name}", static)
+    app.router.add_get("/api/overview", api_overview)
+    app.router.add_get("/api/health", api_health)
+    app.router.add_get("/api/events", api_events)
+    app.router.add_post("/api/control/{strategy}", api_control)
+    app.on_shutdown.append(_close_sessions)
+    return app
+
+
+async def _close_sessions(app: web.Application) -> None:
+    for session in list(app[SESSIONS].values()):
+        with contextlib.suppress(Exception):
+            await session.nc.close()
+    app[SESSIONS].clear()
+
+
+def _session(request: web.Request) -> Session | None:
+    token = request.cookies.get(COOKIE, "")
+    session = request.app[SESSIONS].get(token)
+    if session is None or session.expires < time.monotonic():
+        return None
+    return session
+
+
+def _required(request: web.Request) -> Session:
+    session = _session(request)
+    if session is None:
+        raise web.HTTPUnauthorized(text=json.dumps({"error": "sign in first"}), content_type="application/json")
+    return session
+
+
+def _page(name: str) -> web.Response:
+    return web.Response(text=(STATIC / name).read_text(), content_type="text/html")
+
+
+async def login_page(request: web.Request) -> web.Response:
+    return _page("login.html")
+
+
+async def login(request: web.Request) -> web.Response:
+    form = await request.post()
+    user, password = str(form.get("user", "")), str(form.get("password", ""))
+    if not user or not password:
+        raise web.HTTPFound("/login?error=missing")
+    connection = dataclasses.replace(request.app[STACK], operator_user=user, operator_password=password)
+    try:
+        # Checked once first: a connection that follows the server keeps retrying refused credentials.
+        await (await connection.connect()).close()
+        nc = await connection.connect(follow=True)
+    except StackUnavailable as error:
+        log.warning("sign-in refused", extra={"user": user, "error": str(error)})
+        raise web.HTTPFound("/login?error=refused") from None
+    token = secrets.token_urlsafe(32)
+    request.app[SESSIONS][token] = Session(user, connection, nc, time.monotonic() + SESSION_S)
+    log.info("signed in", extra={"user": user})
+    response = web.HTTPFound("/")
+    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", max_age=int(SESSION_S), path="/")
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    token = request.cookies.get(COOKIE, "")
+    session = request.app[SESSIONS].pop(token, None)
+    if session is not None:
+        await session.nc.close()
+    response = web.HTTPFound("/login")
+    response.del_cookie(COOKIE, path="/")
+    raise response
+
+
+async def index(request: web.Request) -> web.Response:
+    if _session(request) is None:
+        raise web.HTTPFound("/login")
+    return _page("index.html")
+
+
+async def static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    kinds = {".js": "text/javascript", ".css": "text/css"}
+    kind = next((kind for suffix, kind in kinds.items() if name.endswith(suffix)), None)
+    resource = STATIC / name
+    if kind is None or "/" in name or not resource.is_file():
+        raise web.HTTPNotFound()
+    return web.Response(text=resource.read_text(), content_type=kind)
+
+
+async def api_overview(request: web.Request) -> web.Response:
+    session = _required(request)
+    rollouts = await read_rollouts(session.connection)
+    body = await overview(session.nc, rollouts)
+    body["user"] = session.user
+    return web.json_response(body)
+
+
+async def api_health(request: web.Request) -> web.Response:
+    session = _required(request)
+    return web.json_response(await service_health(session.nc, timeout_s=0.5))
+
+
+async def api_control(request: web.Request) -> web.Response:
+    """Send one control command for the strategy, as the signed-in person; answer the deployer's reply."""
+    session = _required(request)
+    if request.headers.get(CSRF_HEADER) != "1":
+        raise web.HTTPForbidden(text="a control request comes from the dashboard's own page")
+    strategy = request.match_info["strategy"]
+    try:
+        subjects.check_token(strategy, "strategy")
+        body = await request.json()
+        command = body.get("command")
+        if command not in COMMANDS:
+            raise ValueError(f"unknown command {command!r}: one of {sorted(COMMANDS)}")
+    except ValueError as error:
+        return web.json_response({"accepted": False, "reason": str(error)}, status=400)
+    fields = {name: body[name] for name in COMMANDS[command] if name in body}
+    reply = await send_control(session.connection, strategy, {"command": command, **fields})
+    log.info("control from the dashboard", extra={"user": session.user, "strategy": strategy, "command": command,
+                                                  "accepted": reply.get("accepted")})
+    return web.json_response(reply)
+
+
+async def api_events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: trading states at once; books and risk snapshots coalesced per strategy; health."""
+    session = _required(request)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+    await response.prepare(request)
+    pending: dict[tuple[str, str], dict[str, Any]] = {}
+    urgent: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+
+    async def on_message(msg: Any) -> None:
+        found = live_message(msg.subject, msg.data)
+        if found is None:
+            return
+        kind, row = found
+        if kind in ("state", "deploy"):  # a halt is on screen at once
+            urgent.put_nowait((kind, row))
+        else:
+            pending[(kind, str(row.get("strategy", "")))] = row
+
+    subscriptions = [await session.nc.subscribe(subject, cb=on_message, pending_msgs_limit=-1) for subject in FOLLOWED]
+
+    async def send(kind: str, row: Any) -> None:
+        await response.write(f"event: {kind}\ndata: {json.dumps(row)}\n\n".encode())
+
+    next_health = 0.0
+    try:
+        while True:
+            try:
+                kind, row = await asyncio.wait_for(urgent.get(), COALESCE_S)
+                await send(kind, row)
+                continue
+            except TimeoutError:
+                pass
+            batch, pending = pending, {}
+            for (kind, _), row in batch.items():
+                await send(kind, row)
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + HEALTH_EVERY_S
+                await send("health", await service_health(session.nc, timeout_s=0.5))
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        for subscription in subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+    return response

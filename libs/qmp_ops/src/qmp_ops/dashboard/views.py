@@ -1,0 +1,91 @@
+"""What the dashboard shows, read from the bus: each strategy's row, and the light form of a live message."""
+
+from typing import Any
+
+import msgspec
+import nats
+import nats.js.errors
+
+from qmp_core import bus, subjects
+from qmp_core.messages import PortfolioSnapshot, RiskSnapshot, RolloutState, codec
+from qmp_core.rollout_state import phase_name
+
+SHOWN_MEASURE = "historical_99"  # the overview's VaR / ES column; the strategy's page has every method
+
+_risk = codec(RiskSnapshot)
+_portfolio = codec(PortfolioSnapshot)
+_rollout = codec(RolloutState)
+
+
+def risk_row(snapshot: RiskSnapshot) -> dict[str, Any]:
+    """The figures of a risk snapshot the overview shows."""
+    return {"strategy": snapshot.strategy, "ts_event": snapshot.ts_event, "equity": snapshot.equity,
+            "var_99": snapshot.var.get(SHOWN_MEASURE), "es_99": snapshot.es.get(SHOWN_MEASURE),
+            "drawdown_24h": snapshot.drawdown_24h, "drawdown_max": snapshot.drawdown_max,
+            "breakers": list(snapshot.breakers), "status": snapshot.status}
+
+
+def portfolio_row(book: PortfolioSnapshot) -> dict[str, Any]:
+    return {"strategy": book.strategy, "ts_event": book.ts_event, "equity": book.equity,
+            "gross_exposure": book.gross_exposure(), "orders_total": book.orders_total,
+            "denied_total": book.denied_total, "fills_total": book.fills_total}
+
+
+def rollout_row(state: RolloutState) -> dict[str, Any]:
+    return {"strategy": state.strategy, "phase": phase_name(state), "status": state.status,
+            "allocation": state.allocation}
+
+
+def live_message(subject: str, data: bytes) -> tuple[str, dict[str, Any]] | None:
+    """Return (kind, light row) for a message the page follows, or None for one it does not show."""
+    parts = subject.split(".")
+    try:
+        if parts[:2] == ["qmp", "state"]:
+            return "state", msgspec.json.decode(data)
+        if parts[:2] == ["qmp", "risk"] and parts[-1] == "snapshot":
+            return "risk", risk_row(_risk.decode(data))
+        if parts[:2] == ["qmp", "exec"] and parts[-1] == "portfolio":
+            return "portfolio", portfolio_row(_portfolio.decode(data))
+        if parts[:2] == ["qmp", "deploy"] and parts[-1] == "events":
+            return "deploy", msgspec.json.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None  # the services dead-letter what is malformed; the page shows what it can read
+    return None
+
+
+async def _last(js: Any, stream: str, subject: str) -> bytes | None:
+    try:
+        return (await js.get_last_msg(stream, subject)).data
+    except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
+        return None
+
+
+async def strategies_on_bus(nc: nats.NATS) -> set[str]:
+    """Every strategy the bus knows: with a trading-state entry, a rollout or a published book."""
+    js = nc.jetstream()
+    names = set((await bus.read_control_entries(js)).strategies())
+    try:
+        info = await js.stream_info(subjects.STREAM_EXEC, subjects_filter=subjects.portfolio("*"))
+        names |= {subject.split(".")[2] for subject in (info.state.subjects or {})}
+    except nats.js.errors.NotFoundError:
+        pass
+    return {name for name in names if name != subjects.ALL_STRATEGIES}
+
+
+async def overview(nc: nats.NATS, rollouts: dict[str, RolloutState]) -> dict[str, Any]:
+    """Every strategy's row (trading state, rollout, book, risk) as the bus holds them now."""
+    js = nc.jetstream()
+    entries = await bus.read_control_entries(js)
+    names = (await strategies_on_bus(nc)) | set(rollouts)
+    rows = []
+    for name in sorted(names):
+        risk = await _last(js, subjects.STREAM_RISK, subjects.snapshot(name))
+        book = await _last(js, subjects.STREAM_EXEC, subjects.portfolio(name))
+        rows.append({
+            "strategy": name,
+            "state": msgspec.to_builtins(entries.effective(name)),
+            "rollout": rollout_row(rollouts[name]) if name in rollouts else None,
+            "risk": risk_row(_risk.decode(risk)) if risk else None,
+            "portfolio": portfolio_row(_portfolio.decode(book)) if book else None,
+        })
+    return {"strategies": rows}
