@@ -118,6 +118,9 @@ def up(
     cluster: Annotated[bool, typer.Option(
         "--cluster", help="three nats-servers clustered on loopback, every stream and bucket with three replicas: "
                           "one server may stop without a stream or a message going")] = False,
+    dashboard: Annotated[bool, typer.Option(
+        "--dashboard", help="serve the dashboard on 127.0.0.1 (port --dashboard-port) while the stack runs")] = False,
+    dashboard_port: Annotated[int, typer.Option(help="the dashboard's port")] = 8501,
 ) -> None:
     """Start NATS, PostgreSQL and the four services, with market data flowing; Ctrl-C stops all.
 
@@ -169,7 +172,7 @@ def up(
                       + f" (Prometheus file_sd targets: {stack.run_dir / 'prometheus-targets.json'})")
         console.print(f"logs and traces: {stack.run_dir}  —  Ctrl-C stops everything")
         # A service that dies or fails its health is restarted (with backoff); `qmp status` shows restarts.
-        asyncio.run(_supervise(stack))
+        asyncio.run(_supervise(stack, dashboard_port if dashboard else None))
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
@@ -807,13 +810,29 @@ def certificates(
                   f"valid for {', '.join(host)})")
 
 
-async def _supervise(stack: Stack) -> None:
-    """Supervise until Ctrl-C or SIGTERM, then return so the stack stops in order (no half-closed loop)."""
+async def _supervise(stack: Stack, dashboard_port: int | None = None) -> None:
+    """Supervise until Ctrl-C or SIGTERM, then return so the stack stops in order (no half-closed loop); with
+    `dashboard_port`, serve the dashboard meanwhile on the loopback."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await Supervisor(stack, say=lambda text: console.print(f"[yellow]{text}[/]")).run(until=stop.is_set)
+    runner = None
+    if dashboard_port is not None:
+        from aiohttp import web
+
+        from qmp_ops.dashboard import create_app
+
+        runner = web.AppRunner(create_app(stack.connection))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", dashboard_port).start()
+        console.print(f"dashboard: http://127.0.0.1:{dashboard_port}/ (sign in with an operator's NATS user and "
+                      f"password: {CONNECTION_FILE} holds the admin's)")
+    try:
+        await Supervisor(stack, say=lambda text: console.print(f"[yellow]{text}[/]")).run(until=stop.is_set)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
     console.print("stopping…")
 
 
