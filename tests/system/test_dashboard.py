@@ -157,7 +157,22 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
                     await asyncio.sleep(0.1)
                 await page.screenshot(path=str(shots / "resumed.png"), full_page=True)
 
-                # 6. A control request from elsewhere (no dashboard header) is refused even with the session.
+                # 6. The strategy's page: curves drawn, every VaR method, the orders denied under the halt, the
+                # fills, and the audit trail naming alice.
+                await row.locator("a").click()
+                await page.wait_for_url(url + f"/strategy/{strategy}")
+                await page.locator("#methods tbody tr").first.wait_for(timeout=15_000)
+                points = await page.locator('#equity polyline[data-series="equity"]').get_attribute("points")
+                assert points is not None and len(points.split()) >= 20
+                methods = await page.locator("#methods tbody tr td:first-child").all_inner_texts()
+                assert "historical_99" in methods and len(methods) >= 7
+                await page.locator("#orders tbody tr").filter(has_text="HALTED").first.wait_for(timeout=10_000)
+                assert await page.locator("#fills tbody tr").count() > 0
+                audit = await page.locator("#audit tbody tr").all_inner_texts()
+                assert any("halt" in line and "alice" in line for line in audit), audit
+                await page.screenshot(path=str(shots / "strategy.png"), full_page=True)
+
+                # 7. A control request from elsewhere (no dashboard header) is refused even with the session.
                 cookies = await page.context.cookies()
                 session = {c["name"]: c["value"] for c in cookies}
                 async with aiohttp.ClientSession(cookies=session) as http:
@@ -172,6 +187,6 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
     finally:
         await nc.close()
         await runner.cleanup()
-    for name in ("login", "overview", "halted", "resumed"):
+    for name in ("login", "overview", "halted", "resumed", "strategy"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
     print(f"\ndashboard: halt pressed → HALTED on the other page in {on_screen_s:.2f} s")  # noqa: T201

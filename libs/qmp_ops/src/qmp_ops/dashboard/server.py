@@ -10,13 +10,15 @@ import time
 from importlib import resources
 from typing import Any
 
+import msgspec
 import nats
 from aiohttp import web
 
 from qmp_core import subjects
 from qmp_ops.cli.control import send_control, service_health
-from qmp_ops.cli.deploy import read_rollouts
-from qmp_ops.dashboard.views import live_message, overview
+from qmp_ops.cli.deploy import read_history, read_rollouts
+from qmp_ops.dashboard.store import strategy_records
+from qmp_ops.dashboard.views import SHOWN_MEASURE, live_message, overview, strategy_detail
 from qmp_ops.runtime.supervisor import Connection, StackUnavailable
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ def create_app(stack: Connection) -> web.Application:
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
     app.router.add_get("/", index)
+    app.router.add_get("/strategy/{strategy}", strategy_page)
+    app.router.add_get("/api/strategy/{strategy}", api_strategy)
     app.router.add_get("/static/{name}", static)
     app.router.add_get("/api/overview", api_overview)
     app.router.add_get("/api/health", api_health)
@@ -141,6 +145,26 @@ async def index(request: web.Request) -> web.Response:
     if _session(request) is None:
         raise web.HTTPFound("/login")
     return _page("index.html")
+
+
+async def strategy_page(request: web.Request) -> web.Response:
+    if _session(request) is None:
+        raise web.HTTPFound("/login")
+    return _page("strategy.html")
+
+
+async def api_strategy(request: web.Request) -> web.Response:
+    """One strategy: its state, full risk snapshot, exposure, orders, fills, curves, rollout trail, audit."""
+    session = _required(request)
+    strategy = request.match_info["strategy"]
+    try:
+        subjects.check_token(strategy, "strategy")
+    except ValueError as error:
+        return web.json_response({"error": str(error)}, status=400)
+    body = await strategy_detail(session.nc, strategy)
+    body |= await strategy_records(session.connection.database_url, strategy, SHOWN_MEASURE)
+    body["rollout"] = [msgspec.to_builtins(event) for event in await read_history(session.connection, strategy, 100)]
+    return web.json_response(body)
 
 
 async def static(request: web.Request) -> web.Response:

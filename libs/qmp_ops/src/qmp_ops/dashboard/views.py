@@ -7,7 +7,7 @@ import nats
 import nats.js.errors
 
 from qmp_core import bus, subjects
-from qmp_core.messages import PortfolioSnapshot, RiskSnapshot, RolloutState, codec
+from qmp_core.messages import PortfolioSnapshot, RiskSnapshot, RolloutState, codec, execution_events
 from qmp_core.rollout_state import phase_name
 
 SHOWN_MEASURE = "historical_99"  # the overview's VaR / ES column; the strategy's page has every method
@@ -89,3 +89,50 @@ async def overview(nc: nats.NATS, rollouts: dict[str, RolloutState]) -> dict[str
             "portfolio": portfolio_row(_portfolio.decode(book)) if book else None,
         })
     return {"strategies": rows}
+
+
+RECENT_ORDERS = 50
+ORDER_LOOKBACK = 20_000  # stream messages looked through for the latest decisions
+
+
+async def recent_orders(nc: nats.NATS, strategy: str) -> list[dict[str, Any]]:
+    """The strategy's latest order decisions (accepted and denied, with reason codes), newest first: one
+    message each, or a replay's batches."""
+    js = nc.jetstream()
+    try:
+        last = (await js.stream_info(subjects.STREAM_EXEC)).state.last_seq or 0
+    except nats.js.errors.NotFoundError:
+        return []
+    found: list[dict[str, Any]] = []
+    for subject in (subjects.orders(strategy), subjects.batch_events(strategy)):
+        async for message in bus.read_stream(nc, subjects.STREAM_EXEC, subject,
+                                             first_seq=max(1, last - ORDER_LOOKBACK)):
+            try:
+                decisions, _ = execution_events(message.subject, message.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            found.extend(msgspec.to_builtins(decision) for decision in decisions)
+            del found[:-RECENT_ORDERS]
+    return sorted(found, key=lambda order: order.get("ts_event", 0), reverse=True)[:RECENT_ORDERS]
+
+
+async def strategy_detail(nc: nats.NATS, strategy: str) -> dict[str, Any]:
+    """What the bus holds for one strategy's page: its state, its latest risk snapshot in full (every
+    method's VaR / ES, their backtests), its book's exposure by symbol, its latest order decisions."""
+    js = nc.jetstream()
+    entries = await bus.read_control_entries(js)
+    risk = await _last(js, subjects.STREAM_RISK, subjects.snapshot(strategy))
+    book = await _last(js, subjects.STREAM_EXEC, subjects.portfolio(strategy))
+    snapshot = _risk.decode(risk) if risk else None
+    portfolio = _portfolio.decode(book) if book else None
+    exposure = sorted(({"symbol": s, "quantity": q, "value": q * p}
+                       for s, q, p in zip(portfolio.symbols, portfolio.quantities, portfolio.prices, strict=True)
+                       if q), key=lambda row: -abs(row["value"])) if portfolio else []
+    return {
+        "strategy": strategy,
+        "state": msgspec.to_builtins(entries.effective(strategy)),
+        "risk": msgspec.to_builtins(snapshot) if snapshot else None,
+        "portfolio": portfolio_row(portfolio) if portfolio else None,
+        "exposure": exposure,
+        "orders": await recent_orders(nc, strategy),
+    }

@@ -24,7 +24,12 @@ function render(name) {
   const risk = row.risk || {};
   const book = row.portfolio || {};
   tr.replaceChildren();
-  tr.appendChild(cell(name));
+  const title = cell("");
+  const link = document.createElement("a");
+  link.href = `/strategy/${encodeURIComponent(name)}`;
+  link.textContent = name;
+  title.appendChild(link);
+  tr.appendChild(title);
   const status = cell("", "state");
   const badge = document.createElement("span");
   badge.className = `badge ${state.status}`;

@@ -1,0 +1,82 @@
+// One strategy: curves (inline SVG), VaR / ES by method, exposure, orders, fills, rollout trail, audit trail.
+"use strict";
+const name = decodeURIComponent(location.pathname.split("/").pop());
+const pct = (x) => (x === null || x === undefined) ? "—" : (100 * x).toFixed(2) + "%";
+const num = (x, d = 2) => (x === null || x === undefined) ? "—" : Number(x).toLocaleString("en-US", {maximumFractionDigits: d});
+const when = (ms) => new Date(ms).toISOString().replace("T", " ").slice(0, 16);
+const nsWhen = (ns) => when(Number(ns) / 1e6);
+
+function fill(id, rows) {
+  const body = document.querySelector(`#${id} tbody`);
+  body.replaceChildren();
+  for (const cells of rows) {
+    const tr = document.createElement("tr");
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    body.appendChild(tr);
+  }
+}
+
+function line(svg, points, series) {
+  // series: [{key, colour}]; points: [{t, ...}]
+  svg.replaceChildren();
+  const values = points.flatMap((p) => series.map((s) => p[s.key])).filter((v) => v !== null && v !== undefined);
+  if (points.length < 2 || values.length === 0) return;
+  const [t0, t1] = [points[0].t, points[points.length - 1].t];
+  let [lo, hi] = [Math.min(...values), Math.max(...values)];
+  if (hi === lo) { hi += 1; lo -= 1; }
+  const x = (t) => 5 + 590 * (t - t0) / (t1 - t0 || 1);
+  const y = (v) => 155 - 150 * (v - lo) / (hi - lo);
+  for (const s of series) {
+    const path = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    path.setAttribute("points", points.filter((p) => p[s.key] !== null && p[s.key] !== undefined)
+      .map((p) => `${x(p.t).toFixed(1)},${y(p[s.key]).toFixed(1)}`).join(" "));
+    path.setAttribute("fill", "none");
+    path.setAttribute("stroke", s.colour);
+    path.setAttribute("stroke-width", "1.5");
+    path.dataset.series = s.key;
+    svg.appendChild(path);
+  }
+}
+
+async function load() {
+  const response = await fetch(`/api/strategy/${encodeURIComponent(name)}`, {credentials: "same-origin"});
+  if (response.status === 401) { location.href = "/login"; return; }
+  const d = await response.json();
+  document.getElementById("name").textContent = name;
+  document.title = `QMP — ${name}`;
+  const state = d.state || {};
+  const badge = document.getElementById("status");
+  badge.className = `badge ${state.status}`;
+  badge.textContent = `${state.status}${state.reason ? " — " + state.reason : ""}`;
+  line(document.getElementById("equity"), d.curve, [{key: "equity", colour: "#1f5fbf"}]);
+  line(document.getElementById("drawdown"), d.curve, [{key: "drawdown_max", colour: "#b3261e"},
+                                                     {key: "drawdown_24h", colour: "#e08a00"}]);
+  line(document.getElementById("var"), d.curve, [{key: "var", colour: "#1f5fbf"}, {key: "es", colour: "#b3261e"}]);
+  const risk = d.risk || {var: {}, es: {}, backtests: {}};
+  fill("methods", Object.keys(risk.var).sort().map((key) => {
+    const test = (risk.backtests || {})[key];
+    return [key, pct(risk.var[key]), pct(risk.es[key]),
+            test ? `${test.exceptions} / ${test.observations}` : "—",
+            test ? `${test.zone} (Kupiec p ${num(test.kupiec_p, 3)})` : "—"];
+  }));
+  fill("exposure", d.exposure.map((e) => [e.symbol, num(e.quantity, 4), num(e.value, 0)]));
+  fill("orders", d.orders.map((o) => [nsWhen(o.ts_event), o.symbol, o.side, num(o.quantity, 4), o.event,
+                                      [o.reason_code, o.reason].filter(Boolean).join(": ")]));
+  fill("fills", d.fills.map((f) => [when(f.t), f.symbol, f.side, num(f.quantity, 4), num(f.price, 4),
+                                    num(f.arrival_price, 4), num(f.slippage_bps, 2), num(f.fee, 2)]));
+  fill("rollout", d.rollout.slice().reverse().map((e) => [nsWhen(e.ts_event), e.kind,
+    `${e.phase_from || ""} → ${e.phase_to || ""}`, `${pct(e.allocation_before)} → ${pct(e.allocation_after)}`,
+    e.actor, e.reason]));
+  fill("audit", d.audit.map((a) => [when(a.t), JSON.stringify(a.command), a.sender || a.command.issued_by || "",
+                                    `${a.state.status}${a.state.reason ? " — " + a.state.reason : ""}`]));
+}
+
+load();
+new EventSource("/api/events").addEventListener("state", (e) => {
+  if (JSON.parse(e.data).strategy === name) load();
+});
+setInterval(load, 5000);  // curves and tables: every 5 s (the state above: as it changes)
