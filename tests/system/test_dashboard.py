@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from qmp_core import bus, subjects
+from qmp_ops.cli.deploy import send_deploy_command
 from qmp_ops.dashboard import create_app
 from qmp_ops.runtime.ports import free_port
 from qmp_ops.runtime.supervisor import Stack, StackOptions
@@ -156,6 +157,24 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
                     assert time.monotonic() < deadline, "no order accepted after the dashboard's resume"
                     await asyncio.sleep(0.1)
                 await page.screenshot(path=str(shots / "resumed.png"), full_page=True)
+
+                # 5b. A rollout (started as `qmp deploy --skip-verification` would): the page offers its verbs;
+                # a pause is applied, a promotion refused for want of a passing verification (the CLI's gate).
+                started_rollout = await send_deploy_command(stack.connection, strategy, {
+                    "verb": "deploy", "plan": "default", "env": "paper", "auto": False,
+                    "reason": "dashboard test [unverified]"})
+                assert started_rollout["accepted"] is True, started_rollout
+                await row.locator('button[data-verb="pause"]').wait_for(timeout=10_000)
+                await page.locator("#reply").evaluate("node => node.textContent = ''")
+                await row.locator('button[data-verb="pause"]').click()
+                await page.wait_for_function('document.getElementById("reply").textContent.includes("accepted")')
+                paused = json.loads(await page.locator("#reply").inner_text())
+                assert paused["accepted"] is True and paused["rollout"]["status"] == "PAUSED", paused
+                await page.locator("#reply").evaluate("node => node.textContent = ''")
+                await row.locator('button[data-verb="promote"]').click()
+                await page.wait_for_function('document.getElementById("reply").textContent.includes("accepted")')
+                promoted = json.loads(await page.locator("#reply").inner_text())
+                assert promoted["accepted"] is False and "verification" in promoted["reason"], promoted
 
                 # 6. The strategy's page: curves drawn, every VaR method, the orders denied under the halt, the
                 # fills, and the audit trail naming alice.

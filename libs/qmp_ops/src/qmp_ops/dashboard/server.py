@@ -15,8 +15,9 @@ import nats
 from aiohttp import web
 
 from qmp_core import subjects
+from qmp_lab.verify.gate import check_deployable
 from qmp_ops.cli.control import send_control, service_health
-from qmp_ops.cli.deploy import read_history, read_rollouts
+from qmp_ops.cli.deploy import read_history, read_rollouts, send_deploy_command
 from qmp_ops.dashboard.store import strategy_records
 from qmp_ops.dashboard.views import SHOWN_MEASURE, live_message, overview, strategy_detail
 from qmp_ops.runtime.supervisor import Connection, StackUnavailable
@@ -37,6 +38,9 @@ COMMANDS = {
     "reduce_order_size": ("factor",),
     "kill": ("reason", "flatten"),
 }
+# The rollout verbs the page offers; each carries the phase the person saw, so a rollout that moved meanwhile
+# refuses it (the deployer compares), as `qmp rollout <verb> --expect` does.
+ROLLOUT_VERBS = ("promote", "pause", "resume", "rollback")
 STATIC = resources.files("qmp_ops.dashboard") / "static"
 
 
@@ -76,6 +80,7 @@ def create_app(stack: Connection) -> web.Application:
     app.router.add_get("/api/health", api_health)
     app.router.add_get("/api/events", api_events)
     app.router.add_post("/api/control/{strategy}", api_control)
+    app.router.add_post("/api/rollout/{strategy}", api_rollout)
     app.on_shutdown.append(_close_sessions)
     return app
 
@@ -207,6 +212,35 @@ async def api_control(request: web.Request) -> web.Response:
     fields = {name: body[name] for name in COMMANDS[command] if name in body}
     reply = await send_control(session.connection, strategy, {"command": command, **fields})
     log.info("control from the dashboard", extra={"user": session.user, "strategy": strategy, "command": command,
+                                                  "accepted": reply.get("accepted")})
+    return web.json_response(reply)
+
+
+async def api_rollout(request: web.Request) -> web.Response:
+    """Promote, pause, resume or roll back the strategy's rollout, as the signed-in person. A promotion passes
+    the same gate as `qmp rollout promote`: the strategy's latest verification passed on its current code."""
+    session = _required(request)
+    if request.headers.get(CSRF_HEADER) != "1":
+        raise web.HTTPForbidden(text="a rollout request comes from the dashboard's own page")
+    strategy = request.match_info["strategy"]
+    try:
+        subjects.check_token(strategy, "strategy")
+        body = await request.json()
+        verb = body.get("verb")
+        if verb not in ROLLOUT_VERBS:
+            raise ValueError(f"unknown rollout verb {verb!r}: one of {list(ROLLOUT_VERBS)}")
+    except ValueError as error:
+        return web.json_response({"accepted": False, "reason": str(error)}, status=400)
+    if verb == "promote":
+        deployable, why = check_deployable(strategy)
+        if not deployable:
+            return web.json_response({"accepted": False, "reason": f"refused: {why}"})
+    command = {"verb": verb, "reason": str(body.get("reason", "")) or f"{verb} from the dashboard",
+               "expected_phase": str(body.get("expected_phase", ""))}
+    if verb == "resume":
+        command["mode"] = "safe" if body.get("mode") == "safe" else "normal"
+    reply = await send_deploy_command(session.connection, strategy, command)
+    log.info("rollout from the dashboard", extra={"user": session.user, "strategy": strategy, "verb": verb,
                                                   "accepted": reply.get("accepted")})
     return web.json_response(reply)
 

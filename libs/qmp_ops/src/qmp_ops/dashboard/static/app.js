@@ -64,6 +64,16 @@ function render(name) {
     button.addEventListener("click", () => act(name, command));
     actions.appendChild(button);
   }
+  if (row.rollout) {
+    for (const [label, verb] of [["Promote", "promote"], ["Pause", "pause"], ["Resume rollout", "resume"],
+                                 ["Roll back", "rollback"]]) {
+      const button = document.createElement("button");
+      button.textContent = label;
+      button.dataset.verb = verb;
+      button.addEventListener("click", () => rollout(name, verb, row.rollout.phase));
+      actions.appendChild(button);
+    }
+  }
   tr.appendChild(actions);
 }
 
@@ -96,6 +106,22 @@ async function act(strategy, command) {
   const reply = await response.json();
   document.getElementById("reply").textContent = JSON.stringify(reply, null, 2);
   if (reply.state && reply.state.strategy) merge(reply.state.strategy, {state: reply.state});
+}
+
+async function rollout(strategy, verb, phase) {
+  const reason = prompt(`${verb} the rollout of ${strategy} (now in phase ${phase}): why?`, "");
+  if (reason === null) return;
+  if (!confirm(`${verb} the rollout of ${strategy}?`)) return;
+  const response = await fetch(`/api/rollout/${encodeURIComponent(strategy)}`, {
+    method: "POST", headers: {"Content-Type": "application/json", "X-QMP-Request": "1"},
+    body: JSON.stringify({verb, reason, expected_phase: phase}), credentials: "same-origin"});
+  const reply = await response.json();
+  document.getElementById("reply").textContent = JSON.stringify(reply, null, 2);
+  if (reply.rollout) {
+    const r = reply.rollout;
+    const phase = r.phase_index >= 0 && r.phase_index < r.phases.length ? r.phases[r.phase_index].name : "none";
+    merge(strategy, {rollout: {strategy, phase, status: r.status, allocation: r.allocation}});
+  }
 }
 
 function merge(name, part) {
