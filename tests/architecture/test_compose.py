@@ -73,6 +73,13 @@ def test_compose_when_it_starts_then_servers_are_healthy_first_and_services_are_
         assert service["environment"]["QMP_METRICS_PORT"] == "9464"  # what the health check and Prometheus read
     assert "USER qmp" in (ROOT / "Dockerfile").read_text()
     assert all(":latest" not in service.get("image", "") for service in spec.values())
+    # The dashboard: the CLI's image, after init, on the loopback by default, confined like the services.
+    dashboard = spec["dashboard"]
+    assert dashboard["command"][:2] == ["/app/.venv/bin/qmp", "dashboard"]
+    assert dashboard["build"]["args"]["WITH_PACKAGES"] == "qmp-ops"
+    assert dashboard["depends_on"]["init"] == {"condition": "service_completed_successfully"}
+    assert dashboard["ports"] == ["${QMP_BIND:-127.0.0.1}:8501:8501"] and dashboard["read_only"] is True
+    assert "8501/login" in " ".join(dashboard["healthcheck"]["test"])
 
 
 CLUSTER = ROOT / "docker-compose.cluster.yml"
@@ -103,7 +110,7 @@ def test_compose_cluster_when_laid_over_the_base_then_three_nodes_replicated_and
                                                        services[node]["volumes"])
     # The streams on three replicas; every client knows the three nodes and starts once they are healthy.
     assert services["init"]["command"][-2:] == ["--replicas", "3"]
-    for client in ("init", *SERVICES):
+    for client in ("init", "dashboard", *SERVICES):
         urls = services[client]["environment"]["QMP_NATS_URL"].split(",")
         assert {url.split("//")[1].split(":")[0] for url in urls} == names, client
         assert set(services[client]["depends_on"]) == {"nats-2", "nats-3"}
