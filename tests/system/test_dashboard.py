@@ -191,6 +191,19 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
                 assert any("halt" in line and "alice" in line for line in audit), audit
                 await page.screenshot(path=str(shots / "strategy.png"), full_page=True)
 
+                # 6b. The incidents: the dashboard's halt listed with alice as its sender, its review one click away.
+                await page.goto(url + "/incidents")
+                listed = page.locator("#incidents tbody tr").filter(has_text="dashboard test halt")
+                await listed.first.wait_for(timeout=10_000)
+                line = await listed.first.inner_text()
+                assert strategy in line and "halt" in line and "alice" in line, line
+                await page.screenshot(path=str(shots / "incidents.png"), full_page=True)
+                await listed.first.locator("a").click()
+                await page.locator("#timeline svg").wait_for(timeout=20_000)
+                assert strategy in await page.title()
+                assert await page.locator("#events tbody tr").count() > 0
+                await page.screenshot(path=str(shots / "incident.png"), full_page=True)
+
                 # 7. A control request from elsewhere (no dashboard header) is refused even with the session.
                 cookies = await page.context.cookies()
                 session = {c["name"]: c["value"] for c in cookies}
@@ -206,6 +219,6 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
     finally:
         await nc.close()
         await runner.cleanup()
-    for name in ("login", "overview", "halted", "resumed", "strategy"):
+    for name in ("login", "overview", "halted", "resumed", "strategy", "incidents", "incident"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
     print(f"\ndashboard: halt pressed → HALTED on the other page in {on_screen_s:.2f} s")  # noqa: T201

@@ -8,8 +8,10 @@ import logging
 import secrets
 import time
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import msgspec
 import nats
 from aiohttp import web
@@ -20,6 +22,10 @@ from qmp_ops.cli.control import send_control, service_health
 from qmp_ops.cli.deploy import read_history, read_rollouts, send_deploy_command
 from qmp_ops.dashboard.store import strategy_records
 from qmp_ops.dashboard.views import SHOWN_MEASURE, live_message, overview, strategy_detail
+from qmp_ops.incident import NoIncident, Window, reconstruct
+from qmp_ops.incident import store as incident_store
+from qmp_ops.incident.report import render_html
+from qmp_ops.incident.timeline import trace_id_of
 from qmp_ops.runtime.supervisor import Connection, StackUnavailable
 
 log = logging.getLogger(__name__)
@@ -74,6 +80,9 @@ def create_app(stack: Connection) -> web.Application:
     app.router.add_post("/logout", logout)
     app.router.add_get("/", index)
     app.router.add_get("/strategy/{strategy}", strategy_page)
+    app.router.add_get("/incidents", incidents_page)
+    app.router.add_get("/api/incidents", api_incidents)
+    app.router.add_get("/incident/{command_id}", incident_page)
     app.router.add_get("/api/strategy/{strategy}", api_strategy)
     app.router.add_get("/static/{name}", static)
     app.router.add_get("/api/overview", api_overview)
@@ -170,6 +179,42 @@ async def api_strategy(request: web.Request) -> web.Response:
     body |= await strategy_records(session.connection.database_url, strategy, SHOWN_MEASURE)
     body["rollout"] = [msgspec.to_builtins(event) for event in await read_history(session.connection, strategy, 100)]
     return web.json_response(body)
+
+
+async def incidents_page(request: web.Request) -> web.Response:
+    if _session(request) is None:
+        raise web.HTTPFound("/login")
+    return _page("incidents.html")
+
+
+async def api_incidents(request: web.Request) -> web.Response:
+    """Every command that halted a strategy (halts, kills; breakers' and people's), latest first."""
+    session = _required(request)
+    db = await asyncpg.connect(session.connection.database_url, timeout=5)
+    try:
+        found = await incident_store.halts(db)
+    finally:
+        await db.close()
+    return web.json_response({"incidents": [{
+        "strategy": row["strategy"], "ts_event": row["ts_event"], "command": row["command"].get("command"),
+        "command_id": row["command"].get("command_id", ""), "reason": row["command"].get("reason", ""),
+        "sender": row["sender"], "trace_id": trace_id_of(row["state"].get("traceparent", ""))} for row in found]})
+
+
+async def incident_page(request: web.Request) -> web.Response:
+    """The incident review of one halt (`qmp incident --around <command id>`): timeline, the trigger's trace,
+    equity / drawdown / VaR around it, every event, as one page."""
+    session = _required(request)
+    command_id = request.match_info["command_id"]
+    traces_dir = Path(session.connection.run_dir) / "traces" if session.connection.run_dir else None
+    db = await asyncpg.connect(session.connection.database_url, timeout=5)
+    try:
+        found = await reconstruct(db, session.nc, None, Window(), command_id, traces_dir)
+    except NoIncident as error:
+        raise web.HTTPNotFound(text=str(error)) from None
+    finally:
+        await db.close()
+    return web.Response(text=render_html(found), content_type="text/html")
 
 
 async def static(request: web.Request) -> web.Response:

@@ -122,6 +122,13 @@ def _duration(seconds: float) -> str:
 
 
 def write_html(incident: Incident, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(incident))
+    return path
+
+
+def render_html(incident: Incident) -> str:
+    """The incident as one self-contained HTML page (charts inline, nothing fetched)."""
     trigger = incident.trigger
     timing_rows = [[name, f"{ms:.2f} ms"] for name, ms in incident.timings_ms.items()]
     timing_rows += [[name + " (event time)", _duration(s)] for name, s in incident.event_timings_s.items()]
@@ -146,12 +153,9 @@ def write_html(incident: Incident, path: Path) -> Path:
         + _table(["event time (UTC)", "kind", "what", "detail", "command / order", "trace"], event_rows)
         + "</section>",
     ]
-    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>QMP incident: "
+    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>QMP incident: "
             f"{html.escape(incident.strategy)}</title><style>{STYLE}</style></head><body>"
             + "\n".join(sections) + "</body></html>\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)
-    return path
 
 
 def write_json(incident: Incident, path: Path) -> Path:

@@ -26,6 +26,11 @@ WHERE ($1::text IS NULL OR strategy = $1) AND command->>'command' IN ('halt', 'k
   AND {EVENT_TIME} BETWEEN $2 AND $3
 ORDER BY {EVENT_TIME} DESC, id DESC LIMIT 1
 """
+# Every command that halted (halts and kills), latest first: the incidents to review.
+HALTS = f"""
+SELECT strategy, command, state, sender, ts AS written, {EVENT_TIME} AS ts_event FROM control_audit
+WHERE command->>'command' IN ('halt', 'kill') ORDER BY id DESC LIMIT $1
+"""
 COMMAND_BY_ID = ("SELECT strategy, command, state, sender, ts AS written FROM control_audit WHERE command_id = $1 "
                  "LIMIT 1")
 LATEST_BREAKER = """
@@ -84,6 +89,13 @@ async def latest_halt(connection: asyncpg.Connection, strategy: str | None, sinc
                       until_ns: int) -> dict[str, Any] | None:
     record = await connection.fetchrow(LATEST_HALT, strategy, since_ns, until_ns)
     return None if record is None else _row(record)
+
+
+async def halts(connection: asyncpg.Connection, limit: int = 100) -> list[dict[str, Any]]:
+    """The latest commands that halted a strategy (halts and kills), latest first."""
+    return [{"strategy": r["strategy"], "command": json.loads(r["command"]), "state": json.loads(r["state"]),
+             "sender": r["sender"], "ts_event": int(r["ts_event"] or 0)}
+            for r in await connection.fetch(HALTS, limit)]
 
 
 async def command(connection: asyncpg.Connection, command_id: str) -> dict[str, Any] | None:
