@@ -189,6 +189,9 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
                 assert await page.locator("#fills tbody tr").count() > 0
                 audit = await page.locator("#audit tbody tr").all_inner_texts()
                 assert any("halt" in line and "alice" in line for line in audit), audit
+                # Never verified here: the deploy gate is closed, saying so.
+                assert await page.locator("#gate").get_attribute("data-gate") == "closed"
+                assert "no verification" in await page.locator("#gate").inner_text()
                 await page.screenshot(path=str(shots / "strategy.png"), full_page=True)
 
                 # 6b. The incidents: the dashboard's halt listed with alice as its sender, its review one click away.

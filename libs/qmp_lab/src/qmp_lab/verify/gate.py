@@ -100,6 +100,12 @@ def check_deployable(strategy_path: str, home: Path = HOME,
 
 
 
+def latest_verification(strategy: str, home: Path = HOME) -> dict[str, Any] | None:
+    """The strategy's latest verification record (each test's latest result), by import path or id; None if
+    it was never verified here."""
+    return _find_record(home, strategy)
+
+
 def _find_record(home: Path, strategy: str) -> dict[str, Any] | None:
     if ":" in strategy:
         return _read(record_dir(home, strategy) / "latest.json")

@@ -9,6 +9,7 @@ import nats.js.errors
 from qmp_core import bus, subjects
 from qmp_core.messages import PortfolioSnapshot, RiskSnapshot, RolloutState, codec, execution_events
 from qmp_core.rollout_state import phase_name
+from qmp_lab.verify.gate import check_deployable, latest_verification
 
 SHOWN_MEASURE = "historical_99"  # the overview's VaR / ES column; the strategy's page has every method
 
@@ -34,6 +35,16 @@ def portfolio_row(book: PortfolioSnapshot) -> dict[str, Any]:
 def rollout_row(state: RolloutState) -> dict[str, Any]:
     return {"strategy": state.strategy, "phase": phase_name(state), "status": state.status,
             "allocation": state.allocation}
+
+
+def deploy_gate(strategy: str) -> dict[str, Any]:
+    """Whether `qmp deploy` / `qmp rollout promote` would let the strategy start a phase now, why, and its
+    latest verification's tests (status, summary, when)."""
+    deployable, why = check_deployable(strategy)
+    record = latest_verification(strategy) or {}
+    tests = {name: {k: test.get(k) for k in ("status", "summary", "verified_at", "quick")}
+             for name, test in record.get("tests", {}).items()}
+    return {"open": deployable, "why": why, "tests": tests}
 
 
 def live_message(subject: str, data: bytes) -> tuple[str, dict[str, Any]] | None:
@@ -87,6 +98,7 @@ async def overview(nc: nats.NATS, rollouts: dict[str, RolloutState]) -> dict[str
             "rollout": rollout_row(rollouts[name]) if name in rollouts else None,
             "risk": risk_row(_risk.decode(risk)) if risk else None,
             "portfolio": portfolio_row(_portfolio.decode(book)) if book else None,
+            "gate": deploy_gate(name),
         })
     return {"strategies": rows}
 
@@ -135,4 +147,5 @@ async def strategy_detail(nc: nats.NATS, strategy: str) -> dict[str, Any]:
         "portfolio": portfolio_row(portfolio) if portfolio else None,
         "exposure": exposure,
         "orders": await recent_orders(nc, strategy),
+        "gate": deploy_gate(strategy),
     }

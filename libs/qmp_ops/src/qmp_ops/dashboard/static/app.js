@@ -54,6 +54,9 @@ function render(name) {
   tr.appendChild(cell((risk.breakers || []).join(", ") || "—"));
   tr.appendChild(cell(book.orders_total === undefined ? "—" :
                       `${book.orders_total} / ${book.denied_total} / ${book.fills_total}`));
+  const gate = cell(row.gate ? (row.gate.open ? "open" : "closed") : "—");
+  if (row.gate) { gate.title = row.gate.why; gate.dataset.gate = row.gate.open ? "open" : "closed"; }
+  tr.appendChild(gate);
   const actions = cell("", "actions");
   for (const [label, command] of [["Halt", "halt"], ["Resume", "resume"], ["Resume safe", "resume_safe"],
                                   ["Allocation…", "set_allocation"], ["Order size…", "reduce_order_size"],

@@ -56,6 +56,11 @@ async function load() {
   line(document.getElementById("drawdown"), d.curve, [{key: "drawdown_max", colour: "#b3261e"},
                                                      {key: "drawdown_24h", colour: "#e08a00"}]);
   line(document.getElementById("var"), d.curve, [{key: "var", colour: "#1f5fbf"}, {key: "es", colour: "#b3261e"}]);
+  const gate = document.getElementById("gate");
+  gate.textContent = `Deploy gate ${d.gate.open ? "open" : "closed"}: ${d.gate.why}`;
+  gate.dataset.gate = d.gate.open ? "open" : "closed";
+  fill("verification", Object.entries(d.gate.tests).map(([test, t]) => [test, t.status + (t.quick ? " (quick)" : ""),
+                                                                         t.summary || "", t.verified_at || ""]));
   const risk = d.risk || {var: {}, es: {}, backtests: {}};
   fill("methods", Object.keys(risk.var).sort().map((key) => {
     const test = (risk.backtests || {})[key];
