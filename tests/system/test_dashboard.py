@@ -1,5 +1,5 @@
 """The dashboard in headless Chromium (Debian's, through Playwright) against a running stack: sign-in required,
-the overview shows the replay's strategy live, a halt pressed in the page reaches execution (orders denied on
+the overview shows the demo's strategy and another live, a halt pressed in the page reaches execution (orders denied on
 the bus) and every open page shows HALTED within a second, a resume brings it back; screenshots of each page.
 
 Replays 2008 (bundled S&P 500 data) slowly through the whole stack, so the strategy trades while the test
@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from qmp_core import bus, subjects
+from qmp_ops.cli.demo import DEMO_STRATEGY, DEMO_STRATEGY_PATH
 from qmp_ops.cli.deploy import send_deploy_command
 from qmp_ops.dashboard import create_app
 from qmp_ops.runtime.ports import free_port
@@ -37,7 +38,9 @@ def stack(tmp_path: Path):
     stack = Stack(StackOptions(home=tmp_path / ".qmp", clock="replay", operators=("alice",), service_env={
         "collector": {"QMP_SOURCE": "history", "QMP_VENUE": strategy + "v", "QMP_START": START, "QMP_END": END,
                       "QMP_REPLAY_RATE": "6", "QMP_LOCKSTEP_STRATEGY": strategy},
-        "execution": {"QMP_STRATEGIES": f"{strategy}=qmp_test_strategies:DailyRebalancer",
+        # The demo's strategy beside one that trades on every bar (the one the test halts).
+        "execution": {"QMP_STRATEGIES": f"{DEMO_STRATEGY}={DEMO_STRATEGY_PATH},"
+                                        f"{strategy}=qmp_test_strategies:DailyRebalancer",
                       "PYTHONPATH": str(ROOT / "tests" / "support")},
     }))
     stack.strategy = strategy  # type: ignore[attr-defined]
@@ -115,6 +118,7 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
                     f'document.querySelector(\'tr[data-strategy="{strategy}"] td:nth-child(6)\').textContent !== "—"',
                     timeout=60_000)
                 assert await status.inner_text() == "ACTIVE"
+                await page.locator(f'tr[data-strategy="{DEMO_STRATEGY}"]').wait_for(timeout=30_000)
                 assert "signed in as alice" in await page.locator("#user").inner_text()
                 await page.locator("#live.on").wait_for(timeout=10_000)
                 await page.locator('[data-service="execution"].ok').wait_for(timeout=15_000)
@@ -158,26 +162,27 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
                     await asyncio.sleep(0.1)
                 await page.screenshot(path=str(shots / "resumed.png"), full_page=True)
 
-                # 5b. A rollout (started as `qmp deploy --skip-verification` would): the page offers its verbs;
-                # a pause is applied, a promotion refused for want of a passing verification (the CLI's gate).
-                started_rollout = await send_deploy_command(stack.connection, strategy, {
+                # 5b. A rollout of the demo's strategy (started as `qmp deploy --skip-verification` would): the page
+                # offers its verbs; a pause is applied, a promotion refused for want of a passing verification.
+                started_rollout = await send_deploy_command(stack.connection, DEMO_STRATEGY, {
                     "verb": "deploy", "plan": "default", "env": "paper", "auto": False,
                     "reason": "dashboard test [unverified]"})
                 assert started_rollout["accepted"] is True, started_rollout
-                await row.locator('button[data-verb="pause"]').wait_for(timeout=10_000)
+                demo_row = page.locator(f'tr[data-strategy="{DEMO_STRATEGY}"]')
+                await demo_row.locator('button[data-verb="pause"]').wait_for(timeout=10_000)
                 await page.locator("#reply").evaluate("node => node.textContent = ''")
-                await row.locator('button[data-verb="pause"]').click()
+                await demo_row.locator('button[data-verb="pause"]').click()
                 await page.wait_for_function('document.getElementById("reply").textContent.includes("accepted")')
                 paused = json.loads(await page.locator("#reply").inner_text())
                 assert paused["accepted"] is True and paused["rollout"]["status"] == "PAUSED", paused
                 await page.locator("#reply").evaluate("node => node.textContent = ''")
-                await row.locator('button[data-verb="promote"]').click()
+                await demo_row.locator('button[data-verb="promote"]').click()
                 await page.wait_for_function('document.getElementById("reply").textContent.includes("accepted")')
                 promoted = json.loads(await page.locator("#reply").inner_text())
                 assert promoted["accepted"] is False and "verification" in promoted["reason"], promoted
 
-                # 6. The strategy's page: curves drawn, every VaR method, the orders denied under the halt, the
-                # fills, and the audit trail naming alice.
+                # 6. The strategy's page: curves drawn, every VaR method, the latest order decisions, the fills,
+                # and the audit trail naming alice.
                 await row.locator("a").click()
                 await page.wait_for_url(url + f"/strategy/{strategy}")
                 await page.locator("#methods tbody tr").first.wait_for(timeout=15_000)
@@ -185,7 +190,8 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
                 assert points is not None and len(points.split()) >= 20
                 methods = await page.locator("#methods tbody tr td:first-child").all_inner_texts()
                 assert "historical_99" in methods and len(methods) >= 7
-                await page.locator("#orders tbody tr").filter(has_text="HALTED").first.wait_for(timeout=10_000)
+                # the latest decisions (the replay goes on: the halt's denials may be older than the 50 shown)
+                await page.locator("#orders tbody tr").filter(has_text="Order").first.wait_for(timeout=10_000)
                 assert await page.locator("#fills tbody tr").count() > 0
                 audit = await page.locator("#audit tbody tr").all_inner_texts()
                 assert any("halt" in line and "alice" in line for line in audit), audit
