@@ -48,7 +48,7 @@ async def fill(credentials: NatsCredentials, strategies: list[str], symbols: int
     operator = await credentials.connect("operator")
     await bus.declare(operator.jetstream())
     await operator.close()
-    deployer, risk_nc, execution = (await credentials.connect(user) for user in ("deployer", "risk", "execution"))
+    deployer, risk_nc, execution = [await credentials.connect(user) for user in ("deployer", "risk", "execution")]
     kv = await bus.control_bucket(deployer.jetstream())
     for name in strategies:
         await kv.put(subjects.control_key(name, "deployer"), encode(TradingState(strategy=name)))
@@ -113,9 +113,12 @@ async def one_round(credentials: NatsCredentials, database_url: str, strategies:
                         name = strategies[k % len(strategies)]
                         reason = f"{label}-{k}"
                         arrived = asyncio.get_running_loop().create_future()
-                        sub = await watcher.subscribe(subjects.state(name),
-                                                      cb=lambda m, f=arrived: None if f.done() else f.set_result(
-                                                          time.monotonic()))
+
+                        async def on_state(msg: object, future: asyncio.Future = arrived) -> None:
+                            if not future.done():
+                                future.set_result(time.monotonic())
+
+                        sub = await watcher.subscribe(subjects.state(name), cb=on_state)
                         await watcher.flush()
                         sent = time.monotonic()
                         await deployer.publish(subjects.state(name), encode(TradingState(strategy=name,
