@@ -79,7 +79,7 @@ async def load(credentials: NatsCredentials, strategies: list[str], symbols: int
 
 
 async def one_round(credentials: NatsCredentials, database_url: str, strategies: list[str], symbols: int,
-                    updates: int, executable: str) -> dict[str, float]:
+                    updates: int, executable: str, round_: int) -> dict[str, float]:
     from playwright.async_api import async_playwright
 
     user, password = credentials.for_user("operator")
@@ -107,19 +107,20 @@ async def one_round(credentials: NatsCredentials, database_url: str, strategies:
                 out["first_render_s"] = time.monotonic() - started
                 await page.locator("#live.on").wait_for(timeout=10_000)
 
+                arrivals: dict[str, float] = {}  # reason -> when a plain subscriber got the state carrying it
+
+                async def on_state(msg: object) -> None:
+                    reason = json.loads(msg.data).get("reason", "")  # type: ignore[attr-defined]
+                    arrivals.setdefault(reason, time.monotonic())
+
+                await watcher.subscribe(subjects.STATE_ALL, cb=on_state, pending_msgs_limit=-1)
+                await watcher.flush()
+
                 async def latencies(label: str) -> None:
                     page_s, bus_s = [], []
                     for k in range(updates):
                         name = strategies[k % len(strategies)]
-                        reason = f"{label}-{k}"
-                        arrived = asyncio.get_running_loop().create_future()
-
-                        async def on_state(msg: object, future: asyncio.Future = arrived) -> None:
-                            if not future.done():
-                                future.set_result(time.monotonic())
-
-                        sub = await watcher.subscribe(subjects.state(name), cb=on_state)
-                        await watcher.flush()
+                        reason = f"{label}-{round_}-{k}"  # never one an earlier round left on the page
                         sent = time.monotonic()
                         await deployer.publish(subjects.state(name), encode(TradingState(strategy=name,
                                                                                          status="HALTED",
@@ -127,8 +128,11 @@ async def one_round(credentials: NatsCredentials, database_url: str, strategies:
                         await page.locator(f'tr[data-strategy="{name}"] .reason').filter(
                             has_text=reason).wait_for(timeout=10_000)
                         page_s.append(time.monotonic() - sent)
-                        bus_s.append(await arrived - sent)
-                        await sub.unsubscribe()
+                        for _ in range(200):  # the plain subscriber has it by now, or within a moment
+                            if reason in arrivals:
+                                break
+                            await asyncio.sleep(0.01)
+                        bus_s.append(arrivals[reason] - sent)
                     out[f"{label}_page_ms"] = 1000 * statistics.median(page_s)
                     out[f"{label}_page_max_ms"] = 1000 * max(page_s)
                     out[f"{label}_bus_ms"] = 1000 * statistics.median(bus_s)
@@ -149,15 +153,14 @@ async def one_round(credentials: NatsCredentials, database_url: str, strategies:
     return out
 
 
-async def main_async(args: argparse.Namespace, credentials: NatsCredentials, database_url: str) -> dict:
-    executable = chromium()
+async def main_async(args: argparse.Namespace, credentials: NatsCredentials, database_url: str,
+                     round_: int) -> dict[str, float]:
     strategies = [f"strat{k:02d}" for k in range(args.strategies)]
     await fill(credentials, strategies, args.symbols)
-    rounds = []
-    for round_ in range(args.rounds):
-        rounds.append(await one_round(credentials, database_url, strategies, args.symbols, args.updates, executable))
-        print(f"\rround {round_ + 1}/{args.rounds}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    return await one_round(credentials, database_url, strategies, args.symbols, args.updates, chromium(), round_)
+
+
+def summarise(args: argparse.Namespace, rounds: list[dict[str, float]]) -> dict:
     spread = {key: {"min": round(min(r[key] for r in rounds), 2),
                     "median": round(statistics.median(r[key] for r in rounds), 2),
                     "max": round(max(r[key] for r in rounds), 2)} for key in rounds[0]}
@@ -175,8 +178,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with embedded_stack("qmp-bench-dashboard-") as (credentials, database_url):
-        result = asyncio.run(main_async(args, credentials, database_url))
+    rounds = []
+    for round_ in range(args.rounds):  # each round on servers of its own: no round inherits another's traffic
+        with embedded_stack("qmp-bench-dashboard-") as (credentials, database_url):
+            rounds.append(asyncio.run(main_async(args, credentials, database_url, round_)))
+        print(f"\rround {round_ + 1}/{args.rounds}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    result = summarise(args, rounds)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
