@@ -1,11 +1,11 @@
 """`qmp import`: historical bars from files into the stack's `bars` table, in parallel, validated, resumable.
 
-A source is a file or a directory of them (CSV, CSV.gz, Parquet; the shapes of `qmp_core.bar_files`: long,
-or one symbol per file). Each file is read in a worker thread, its rows checked with the collector's rules
-(`qmp_core.validation`: finite prices within bounds, high >= low, open and close within [low, high], a sane
-volume) and the import's own (a readable timestamp, not in the future, a symbol, no bar twice in the file).
-A rejected row becomes a dead letter (`dead_letters`, service `import`, the file and line as subject, the
-row as payload) and never stops the rows around it.
+A source is a file or a directory of them (CSV, CSV.gz; Parquet where pyarrow is installed; the shapes of
+`qmp_core.bar_files`: long, or one symbol per file). Each file is read in a worker thread, its rows checked
+with the collector's rules (`qmp_core.validation`: finite prices within bounds, high >= low, open and close
+within [low, high], a sane volume) and the import's own (a readable timestamp, not in the future, a symbol,
+no bar twice in the file). A rejected row becomes a dead letter (`dead_letters`, service `import`, the file
+and line as subject, the row as payload) and never stops the rows around it.
 
 Rows go in chunks of `chunk_rows`, in file order. A chunk is encoded in PostgreSQL's binary COPY format in a
 worker thread (numpy, no per-row Python) and written on one of `threads` connections in one transaction

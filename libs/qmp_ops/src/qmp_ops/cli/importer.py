@@ -18,8 +18,8 @@ console = Console()
 
 
 def import_history(
-    source: Annotated[list[Path], typer.Option(help="a file (CSV, CSV.gz, Parquet) or a directory of them; "
-                                                    "repeat for several")],
+    source: Annotated[list[Path], typer.Option(help="a file (CSV, CSV.gz; Parquet with pyarrow) or a directory "
+                                                    "of them; repeat for several")],
     venue: Annotated[str, typer.Option(help="the venue the bars are stored under")] = "history",
     threads: Annotated[int, typer.Option(min=1, max=64, help="files read and chunks written at once")] = 8,
     chunk_rows: Annotated[int, typer.Option(min=1_000, help="rows a chunk: the unit committed, and resumed "
