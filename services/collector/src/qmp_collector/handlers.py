@@ -33,6 +33,7 @@ YIELD_EVERY = 256  # skipped batches between yields to the event loop during a r
 LOCKSTEP_POLL_S = 1.0  # how long a lockstep wait trusts the subscription before it asks the stream
 
 log = logging.getLogger(__name__)
+PUBLISH_RETRY_MAX_S = 0.25
 _tracer = tracer("qmp_collector")
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -212,8 +213,11 @@ class Collector:
         with _tracer.start_as_current_span("collector.publish_batch", kind=SpanKind.PRODUCER, attributes=attributes):
             # Retried while NATS is away (a server restarting, a cluster electing the stream's leader): the
             # message id makes a retry of a publish that did land a duplicate the stream drops.
+            # At least every PUBLISH_RETRY_MAX_S: a restarted server or a new leader is back within a second or
+            # two, and the replay waits on this batch.
             await until_available(lambda: bus.publish(self.js, subject, batch, msg_id=message_id(batch)),
-                                  "market-data publish", self.on_retry)
+                                  "market-data publish", self.on_retry,
+                                  sleep=lambda delay: asyncio.sleep(min(delay, PUBLISH_RETRY_MAX_S)))
         self.published += 1
         metrics.BARS_PUBLISHED.labels(batch.venue).inc()
         self._last_ts = batch.ts_event if self._last_ts is None else max(self._last_ts, batch.ts_event)
