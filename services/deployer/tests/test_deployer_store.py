@@ -24,3 +24,24 @@ def test_apply_when_older_revision_then_ignored() -> None:
     store.apply("alpha.operator", encode(TradingState(strategy="alpha")), "PUT", 4)
 
     assert store.entries.effective("alpha").status == "HALTED"
+
+
+async def test_write_control_audit_when_a_reason_holds_a_nul_then_stored_not_refused(
+        database_url: str, unique_id: str) -> None:
+    import msgspec
+
+    from qmp_core.db import connect_pool
+    from qmp_core.messages import ControlApplied, ControlCommand
+    from qmp_deployer.store import write_control_audit
+
+    command = msgspec.convert({"command": "halt", "reason": "a\x00b", "command_id": unique_id}, ControlCommand)
+    state = TradingState(strategy=unique_id, status="HALTED", reason="a\x00b")
+    pool = await connect_pool(database_url)
+    try:
+        # PostgreSQL holds no NUL: before, this raised and every later deployer start failed on it.
+        await write_control_audit(pool, [ControlApplied(strategy=unique_id, command=command, state=state,
+                                                        ts_event=1, sender="operator")])
+        row = await pool.fetchrow("SELECT command, state FROM control_audit WHERE strategy = $1", unique_id)
+    finally:
+        await pool.close()
+    assert row is not None and "a\ufffdb" in row["command"] and "a\ufffdb" in row["state"]

@@ -342,7 +342,8 @@ class Intake(Generic[T]):
         """
         try:
             return self.codec.decode(data, content_type), ""
-        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
+            # UnicodeDecodeError: text in a binary body that is not UTF-8 (found by the ingest fuzz test)
             reason = f"invalid {self.what}: {error}"
             await self.reject(js, subject, reason, data, msg_id)
             return None, reason

@@ -37,18 +37,24 @@ async def command_seen(pool: asyncpg.Pool, strategy: str, command_id: str) -> bo
     return await pool.fetchval(SEEN_COMMAND, strategy, command_id) is not None
 
 
+def _pg_json(message: object) -> str:
+    """JSON for a jsonb column: PostgreSQL holds no NUL character, so an accepted command's `\\u0000` (a reason
+    typed with one) is stored as U+FFFD; the stream keeps the command as it came. Without this, one such
+    command failed every later start of the deployer (it writes the recent audit again at start)."""
+    return encode(message).decode().replace("\\u0000", "\\ufffd")
+
+
 async def write_control_audit(pool: asyncpg.Pool, records: list[ControlApplied]) -> None:
     await pool.executemany(
         INSERT_CONTROL_AUDIT,
-        [(r.strategy, r.command.command_id, encode(r.command).decode(), encode(r.state).decode(), r.sender)
-         for r in records],
+        [(r.strategy, r.command.command_id, _pg_json(r.command), _pg_json(r.state), r.sender) for r in records],
     )
 
 
 async def write_limits_change(pool: asyncpg.Pool, record: LimitsChanged) -> None:
     await pool.execute(INSERT_LIMITS_AUDIT, record.strategy, record.command_id or f"ts-{record.ts_event}",
-                       record.sender, record.reason, record.changed, encode(record.before).decode(),
-                       encode(record.after).decode())
+                       record.sender, record.reason.replace("\x00", "\ufffd"), record.changed,
+                       _pg_json(record.before), _pg_json(record.after))
 
 
 async def limits_change_seen(pool: asyncpg.Pool, strategy: str, command_id: str) -> bool:
