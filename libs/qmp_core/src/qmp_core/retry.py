@@ -25,8 +25,6 @@ _TRANSIENT = (
     nats.errors.ConnectionReconnectingError, nats.errors.ConnectionDrainingError, nats.errors.StaleConnectionError,
     nats.errors.OutboundBufferLimitError, nats.errors.NoServersError, nats.errors.FlushTimeoutError,
     nats.js.errors.ServiceUnavailableError,
-    # No stream answered the publish: a cluster electing a stream's new leader after a server went (seconds).
-    nats.js.errors.NoStreamResponseError,
 )
 
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 from opentelemetry.trace import SpanKind
 
 from qmp_collector.engine import CollectorEngine, Outcome, ResumePoint, chunk
@@ -23,7 +23,7 @@ from qmp_core import bus, metrics, subjects
 from qmp_core.clock import Clock, ReplayClock
 from qmp_core.lockstep import Progress
 from qmp_core.messages import BarBatch, RiskSnapshot, codec
-from qmp_core.retry import until_available
+from qmp_core.retry import Unavailable, until_available
 from qmp_core.service import Intake
 from qmp_core.telemetry import messaging, tracer
 
@@ -215,12 +215,17 @@ class Collector:
             # message id makes a retry of a publish that did land a duplicate the stream drops.
             # At least every PUBLISH_RETRY_MAX_S: a restarted server or a new leader is back within a second or
             # two, and the replay waits on this batch.
-            await until_available(lambda: bus.publish(self.js, subject, batch, msg_id=message_id(batch)),
-                                  "market-data publish", self.on_retry,
+            await until_available(lambda: self._publish_once(subject, batch), "market-data publish", self.on_retry,
                                   sleep=lambda delay: asyncio.sleep(min(delay, PUBLISH_RETRY_MAX_S)))
         self.published += 1
         metrics.BARS_PUBLISHED.labels(batch.venue).inc()
         self._last_ts = batch.ts_event if self._last_ts is None else max(self._last_ts, batch.ts_event)
+
+    async def _publish_once(self, subject: str, batch: BarBatch) -> None:
+        try:
+            await bus.publish(self.js, subject, batch, msg_id=message_id(batch))
+        except NoStreamResponseError as error:  # no stream answered: a cluster electing the stream's leader
+            raise Unavailable(f"no stream answered the publish on {subject}") from error
 
     async def _dead_letter_rows(self, batch: BarBatch, outcome: Outcome, origin: str, dlq_id: str | None) -> None:
         if outcome.whole_batch_rejected:
