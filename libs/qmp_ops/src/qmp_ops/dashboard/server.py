@@ -240,20 +240,30 @@ async def api_health(request: web.Request) -> web.Response:
     return web.json_response(await service_health(session.nc, timeout_s=0.5))
 
 
-async def api_control(request: web.Request) -> web.Response:
-    """Send one control command for the strategy, as the signed-in person; answer the deployer's reply."""
+async def _action(request: web.Request, key: str, allowed: Any) -> tuple[Session, str, dict[str, Any]] | web.Response:
+    """A control or rollout request's session, strategy and body, once signed in, sent by the page (the header)
+    and naming an action in `allowed` under `key`; else the refusal to answer."""
     session = _required(request)
     if request.headers.get(CSRF_HEADER) != "1":
-        raise web.HTTPForbidden(text="a control request comes from the dashboard's own page")
+        raise web.HTTPForbidden(text="a control or rollout request comes from the dashboard's own page")
     strategy = request.match_info["strategy"]
     try:
         subjects.check_token(strategy, "strategy")
         body = await request.json()
-        command = body.get("command")
-        if command not in COMMANDS:
-            raise ValueError(f"unknown command {command!r}: one of {sorted(COMMANDS)}")
+        if body.get(key) not in allowed:
+            raise ValueError(f"unknown {key} {body.get(key)!r}: one of {sorted(allowed)}")
     except ValueError as error:
         return web.json_response({"accepted": False, "reason": str(error)}, status=400)
+    return session, strategy, body
+
+
+async def api_control(request: web.Request) -> web.Response:
+    """Send one control command for the strategy, as the signed-in person; answer the deployer's reply."""
+    action = await _action(request, "command", COMMANDS)
+    if isinstance(action, web.Response):
+        return action
+    session, strategy, body = action
+    command = body["command"]
     fields = {name: body[name] for name in COMMANDS[command] if name in body}
     reply = await send_control(session.connection, strategy, {"command": command, **fields})
     log.info("control from the dashboard", extra={"user": session.user, "strategy": strategy, "command": command,
@@ -264,18 +274,11 @@ async def api_control(request: web.Request) -> web.Response:
 async def api_rollout(request: web.Request) -> web.Response:
     """Promote, pause, resume or roll back the strategy's rollout, as the signed-in person. A promotion passes
     the same gate as `qmp rollout promote`: the strategy's latest verification passed on its current code."""
-    session = _required(request)
-    if request.headers.get(CSRF_HEADER) != "1":
-        raise web.HTTPForbidden(text="a rollout request comes from the dashboard's own page")
-    strategy = request.match_info["strategy"]
-    try:
-        subjects.check_token(strategy, "strategy")
-        body = await request.json()
-        verb = body.get("verb")
-        if verb not in ROLLOUT_VERBS:
-            raise ValueError(f"unknown rollout verb {verb!r}: one of {list(ROLLOUT_VERBS)}")
-    except ValueError as error:
-        return web.json_response({"accepted": False, "reason": str(error)}, status=400)
+    action = await _action(request, "verb", ROLLOUT_VERBS)
+    if isinstance(action, web.Response):
+        return action
+    session, strategy, body = action
+    verb = body["verb"]
     if verb == "promote":
         deployable, why = check_deployable(strategy)
         if not deployable:
