@@ -18,6 +18,9 @@ import pytest
 from aiohttp import web
 
 from qmp_core import bus, subjects
+from qmp_lab.verify.core import TestResult
+from qmp_lab.verify.gate import record_verification
+from qmp_lab.verify.report import pyplot, write_report
 from qmp_ops.cli.demo import DEMO_STRATEGY, DEMO_STRATEGY_PATH
 from qmp_ops.cli.deploy import send_deploy_command
 from qmp_ops.dashboard import create_app
@@ -70,8 +73,25 @@ async def sign_in(browser, url: str, user: str, password: str):
     return page
 
 
+def record_verification_with_report(home: Path, strategy: str) -> None:
+    """A passing `qmp verify` of the strategy as the gate records it, with its report (Markdown and a chart)."""
+    folder = home / "reports" / "verify-test"
+    folder.mkdir(parents=True)
+    plt = pyplot()
+    figure = plt.figure(figsize=(3, 2))
+    figure.gca().plot([0, 1, 2], [1, 3, 2])
+    figure.savefig(folder / "walk_forward.png")
+    plt.close(figure)
+    results = [TestResult(name="walk_forward", status="pass", summary="12 folds, all positive",
+                          charts=["walk_forward.png"])]
+    header = {"strategy": DEMO_STRATEGY_PATH, "strategy_id": strategy, "passed": True, "exit_code": 0,
+              "started": "now", "finished": "now"}
+    report = write_report(folder, header, results)
+    record_verification(home, DEMO_STRATEGY_PATH, {}, strategy, results, report, "0" * 64)
+
+
 async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_shows_halted_and_resume_restores(
-        stack: Stack, tmp_path: Path) -> None:
+        stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     executable = chromium()
     strategy = stack.strategy
     shots = tmp_path / "screenshots"
@@ -117,6 +137,10 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
                 await page.wait_for_function(
                     f'document.querySelector(\'tr[data-strategy="{strategy}"] td:nth-child(6)\').textContent !== "—"',
                     timeout=60_000)
+                # Today's PnL: filled in from the books as they come (each replayed day opens at the day before's).
+                await page.wait_for_function(
+                    f'document.querySelector(\'tr[data-strategy="{strategy}"] [data-role="day-pnl"]\')'
+                    '.textContent !== "—"', timeout=30_000)
                 assert await status.inner_text() == "ACTIVE"
                 await page.locator(f'tr[data-strategy="{DEMO_STRATEGY}"]').wait_for(timeout=30_000)
                 assert "signed in as alice" in await page.locator("#user").inner_text()
@@ -141,6 +165,10 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
                 await watched.filter(has_text="HALTED").wait_for(timeout=LIVE_BOUND_S * 1000)
                 on_screen_s = time.monotonic() - pressed
                 assert await status.inner_text() == "HALTED"
+                # Who set it: the person (her NATS user, as the audit recorded), on the page that pressed nothing too.
+                set_by = watcher.locator(f'tr[data-strategy="{strategy}"] [data-role="set-by"]')
+                await set_by.filter(has_text="alice").wait_for(timeout=5_000)
+                assert "dashboard test halt — alice (operator)" in await set_by.inner_text()
                 await watcher.screenshot(path=str(shots / "halted.png"), full_page=True)
 
                 # 4. Execution denies the strategy's orders under the halt the page sent.
@@ -193,12 +221,48 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
                 # the latest decisions (the replay goes on: the halt's denials may be older than the 50 shown)
                 await page.locator("#orders tbody tr").filter(has_text="Order").first.wait_for(timeout=10_000)
                 assert await page.locator("#fills tbody tr").count() > 0
+                # Each paper fill beside the model's prediction; one filled at its arrival close: no drift, no miss.
+                fills = [await r.locator("td").all_inner_texts() for r in await page.locator("#fills tbody tr").all()]
+                assert all(cells[7] != "—" for cells in fills), fills
+                assert any(cells[6] == cells[7] and cells[8] in ("0", "-0") for cells in fills), fills
+                # The VaR chart by any method, each exception the page loaded marked as a dot.
+                await page.select_option("#measure", "normal_99")
+                note = page.locator("#exceptions")
+                await page.wait_for_function('document.querySelector("#exceptions").textContent.includes("normal_99")')
+                assert await page.locator("#var circle[data-exception]").count() == int(
+                    await note.get_attribute("data-count") or -1)
+                assert "measure=normal_99" in page.url
+                async with aiohttp.ClientSession(cookies={c["name"]: c["value"] for c in await page.context.cookies()}
+                                                 ) as http:
+                    async with http.get(url + f"/api/strategy/{strategy}?measure=x;drop") as response:
+                        assert response.status == 400
                 audit = await page.locator("#audit tbody tr").all_inner_texts()
                 assert any("halt" in line and "alice" in line for line in audit), audit
                 # Never verified here: the deploy gate is closed, saying so.
                 assert await page.locator("#gate").get_attribute("data-gate") == "closed"
                 assert "no verification" in await page.locator("#gate").inner_text()
                 await page.screenshot(path=str(shots / "strategy.png"), full_page=True)
+
+                # 6a. Once verified (with the report `qmp verify` writes): the report one click away, its chart shown.
+                assert await page.locator("#report").is_hidden()
+                monkeypatch.chdir(tmp_path)  # the gate reads ./.qmp, as every `qmp` command does
+                record_verification_with_report(Path(".qmp"), strategy)
+                await page.reload()
+                await page.locator("#report").wait_for(state="visible", timeout=10_000)
+                await page.locator("#report").click()
+                await page.wait_for_url(url + f"/verification/{strategy}/")
+                assert "QMP verification" in await page.locator("h1").inner_text()
+                await page.wait_for_function('document.querySelector("img") && document.querySelector("img").complete')
+                assert await page.evaluate('document.querySelector("img").naturalWidth') > 100
+                await page.screenshot(path=str(shots / "verification.png"), full_page=True)
+                async with aiohttp.ClientSession(cookies={c["name"]: c["value"] for c in await page.context.cookies()}
+                                                 ) as http:
+                    for name in ("report.json", "..%2F..%2Fconnection.json", "latest.json"):
+                        async with http.get(url + f"/verification/{strategy}/{name}") as response:
+                            assert response.status == 404, name
+                async with aiohttp.ClientSession() as http:  # nothing without a session
+                    async with http.get(url + f"/verification/{strategy}/walk_forward.png") as response:
+                        assert response.status == 401
 
                 # 6b. The incidents: the dashboard's halt listed with alice as its sender, its review one click away.
                 await page.goto(url + "/incidents")
@@ -228,6 +292,6 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
     finally:
         await nc.close()
         await runner.cleanup()
-    for name in ("login", "overview", "halted", "resumed", "strategy", "incidents", "incident"):
+    for name in ("login", "overview", "halted", "resumed", "strategy", "verification", "incidents", "incident"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
     print(f"\ndashboard: halt pressed → HALTED on the other page in {on_screen_s:.2f} s")  # noqa: T201

@@ -129,6 +129,11 @@ def test_apply_acks_when_external_broker_answers_then_fills_booked_and_rejection
 
     assert [f.fill_id for f in booked.fills] == [f"{aaa.order_id}-f1"]
     assert booked.fills[0].slippage_bps == pytest.approx((50.1 / 50.0 - 1) * 1e4)
+    # A venue's fill is set against what the host's slippage model predicts for it at the last bar.
+    host = engine.hosts[SID]
+    fill = booked.fills[0]
+    predicted = host.broker.model.cost(fill.quantity, fill.daily_vol, fill.adv, host._last_market.exec_days) * 1e4
+    assert fill.model_slippage_bps == pytest.approx(predicted) and fill.model_slippage_bps > 0.0
     assert [(c.order_id, c.reason_code) for c in events_of(booked, OrderCanceled)] == [
         (bbb.order_id, CODE_BROKER_REJECTED)]
     assert booked.snapshot.working == []

@@ -25,7 +25,9 @@ from qmp_core.messages import (
     encode,
 )
 from qmp_execution.engine.book import Portfolio, Working
+from qmp_execution.engine.broker import BrokerFill
 from qmp_execution.engine.paper import Market, PaperBroker, PaperConfig
+from qmp_execution.engine.slippage import SlippageConfig
 
 ADV = 1_000_000.0
 SIGMA = 0.02
@@ -62,6 +64,7 @@ def test_process_when_latency_one_bar_then_filled_at_next_close_with_drift_in_sl
     fill = filled.fills[0]
     assert fill.price == 49.0 and fill.arrival_price == 50.0
     assert fill.slippage_bps == pytest.approx((49.0 / 50.0 - 1.0) * 1e4)
+    assert fill.model_slippage_bps == 0.0  # the model costs nothing here: the whole slippage is the drift
     assert fill.ts_event == filled.ts_event
 
 
@@ -124,6 +127,7 @@ def test_process_when_buy_and_sell_then_buy_pays_more_and_sell_receives_less() -
     cost = 2.0e-4 + 0.5 * sigma * math.sqrt(sell_decision.quantity / 20_000.0)
     assert sell_fill.price == pytest.approx(closes[3] * (1 - cost), rel=1e-12)
     assert sell_fill.slippage_bps == pytest.approx(cost * 1e4, rel=1e-9)
+    assert sell_fill.model_slippage_bps == pytest.approx(cost * 1e4, rel=1e-9)  # filled at arrival: no drift
     assert sell_fill.fee == pytest.approx(sell_fill.quantity * sell_fill.price * 1e-4, rel=1e-12)
     assert codec(Fill).decode(encode(sell_fill)) == sell_fill
     assert codec(OrderEvent).decode(encode(sell_decision)) == sell_decision
@@ -141,3 +145,19 @@ def test_fill_when_buy_and_sell_of_same_size_then_costs_symmetric() -> None:
 
     assert buy.price > 100.0 > sell.price
     assert buy.price - 100.0 == pytest.approx(100.0 - sell.price, rel=1e-12)
+
+
+def test_fill_when_model_has_noise_then_model_slippage_is_the_noiseless_prediction() -> None:
+    market = Market(ts_event=7, symbols=["A"], close=np.array([100.0]), volume=np.array([1e6]),
+                    sigma=np.array([SIGMA]), adv=np.array([ADV]), exec_days=1.0, index={"A": 0})
+    noisy = PaperBroker("s", PaperConfig(max_bar_participation=0.0, slippage=SlippageConfig(noise_scale=1.0, seed=3)))
+    plain = PaperBroker("s", PaperConfig(max_bar_participation=0.0))
+
+    def fill(broker: PaperBroker) -> BrokerFill:
+        working = {"A": Working(order_id="oA", symbol="A", side="BUY", quantity=50_000.0, price=100.0, ts_event=7)}
+        return broker.execute(working, market)[0].fills[-1]
+
+    drawn, predicted = fill(noisy), fill(plain)
+    assert drawn.price != predicted.price  # the noise moved the fill
+    assert drawn.model_bps == pytest.approx(predicted.model_bps, rel=1e-12)
+    assert predicted.model_bps == pytest.approx((predicted.price / 100.0 - 1.0) * 1e4, rel=1e-9)

@@ -44,6 +44,7 @@ async def test_store_when_batches_repeat_and_one_is_refused_then_each_row_once_a
             await store.write(batch_results)  # a redelivered batch
         final = await counts(pool, unique_id)
         deployments = await pool.fetch("SELECT DISTINCT deployment_id FROM fills WHERE strategy = $1", unique_id)
+        models = await pool.fetch("SELECT fill_id, model_slippage_bps FROM fills WHERE strategy = $1", unique_id)
     finally:
         await pool.close()
 
@@ -51,3 +52,6 @@ async def test_store_when_batches_repeat_and_one_is_refused_then_each_row_once_a
     assert fills > 0
     assert final == (fills, 6, sum(len(r.snapshot.symbols) for b in results for r in b))
     assert [row["deployment_id"] for row in deployments] == ["r-7"]  # each fill tied to its rollout
+    predicted = {f.fill_id: f.model_slippage_bps for b in results for r in b for f in r.fills}
+    assert {row["fill_id"]: row["model_slippage_bps"] for row in models} == predicted  # the model's bps, stored
+    assert all(value is not None for value in predicted.values())

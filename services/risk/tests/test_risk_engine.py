@@ -584,7 +584,7 @@ def test_backtests_when_held_book_then_pairs_each_forecast_with_next_hypothetica
     closes = 100.0 * np.cumprod(1 + rng.standard_t(4, size=(80, 2)) * 0.01, axis=0)
     stamps = feed(engine, closes[:31], ["A", "B"])
     quantities = [10.0, -4.0]
-    forecasts, realized = [], []
+    forecasts, realized, published = [], [], []
     snapshot: RiskSnapshot | None = None
     for t in range(31, 80):
         stamps.append(T0 + t * NS_PER_DAY)
@@ -592,14 +592,19 @@ def test_backtests_when_held_book_then_pairs_each_forecast_with_next_hypothetica
         prices = [float(p) for p in closes[t]]
         snapshot = engine.on_portfolio(book(stamps[t], 5_000.0, ["A", "B"], quantities, prices)).snapshot
         forecasts.append((snapshot.var["historical_99"], snapshot.es["historical_99"]))
+        published.append(snapshot.realized_return)
         if t > 31:
             realized.append(float(np.dot(quantities, closes[t] - closes[t - 1])) / 5_000.0)
     assert snapshot is not None
+    # Each snapshot publishes the observation it realized (none for the first), so a reader marks the
+    # exceptions day by day with the kernel's rule, -realized > the VaR before it, and counts the same.
+    assert published[0] is None and published[1:] == pytest.approx(realized)
+    marked = sum(-r > f[0] for r, f in zip(published[1:], forecasts[:-1], strict=True))
     result = snapshot.backtests["historical_99"]
     expected, _ = backtest_nb(np.array(realized), np.array([f[0] for f in forecasts[:-1]]),
                               np.array([f[1] for f in forecasts[:-1]]), 0.99)
     assert result.observations == len(realized) == 48
-    assert result.exceptions == int(expected[1]) and result.kupiec_p == pytest.approx(expected[4])
+    assert result.exceptions == int(expected[1]) == marked and result.kupiec_p == pytest.approx(expected[4])
     assert result.zone in ("green", "yellow", "red") and set(snapshot.backtests) >= {"normal_99", "fhs_garch_975"}
     assert "evt_99" not in snapshot.backtests  # no EVT forecast on 30 scenarios, so nothing to backtest
     decoded = codec(RiskSnapshot).decode(encode(snapshot))  # no NaN anywhere: it must round-trip as JSON

@@ -122,7 +122,8 @@ async def test_risk_app_when_news_window_and_stop_loss_then_defensive_close_posi
     try:
         events = await connection.fetch("SELECT breaker, event, detail FROM breaker_events WHERE strategy = $1 "
                                         "ORDER BY ts, breaker", strategy)
-        row = await connection.fetchrow("SELECT status, observations, positions, backtests FROM risk_snapshots "
+        row = await connection.fetchrow("SELECT status, observations, positions, backtests, realized_return "
+                                        "FROM risk_snapshots "
                                         "WHERE strategy = $1 ORDER BY ts DESC LIMIT 1", strategy)
     finally:
         await connection.close()
@@ -134,3 +135,6 @@ async def test_risk_app_when_news_window_and_stop_loss_then_defensive_close_posi
     assert row is not None and row["status"] == "ok" and row["observations"] == len(PRICES) - 1
     assert json.loads(row["positions"])[0]["symbol"] == "A"
     assert "historical_99" in json.loads(row["backtests"])
+    # The day's backtest observation: yesterday's 10 shares at today's price, a share of yesterday's equity.
+    assert row["realized_return"] == pytest.approx(10.0 * (PRICES[-1] - PRICES[-2]) / 10_000.0)
+    assert snapshots[stamps[-1]].realized_return == pytest.approx(row["realized_return"])

@@ -307,6 +307,9 @@ class Fill(Struct, frozen=True, kw_only=True):
     adv: float = 0.0  # average daily volume in shares (0: unknown)
     remaining: float = 0.0  # the order's quantity still working after this fill
     deployment_id: str = ""  # the rollout of the order it fills (its rollout_id); "" when none
+    # The cost the slippage model predicts for this fill (no noise), in bps of the price it filled against;
+    # None where no model priced it (a position adopted from a venue). Realized minus model is the model's miss.
+    model_slippage_bps: float | None = None
 
 
 class PortfolioSnapshot(Struct, frozen=True, kw_only=True):
@@ -393,6 +396,11 @@ class RiskSnapshot(Struct, frozen=True, kw_only=True):
     symbol_risk: dict[str, dict[str, float]] = {}  # per held symbol: its own return VaR keys, vol, vol_ratio
     backtests: dict[str, VarBacktest] = {}  # keyed like var
     errors: dict[str, str] = {}  # measure -> why it is missing
+    # The backtest observation this snapshot realized: the hypothetical return (share of the previous equity) of
+    # the previous snapshot's positions at this snapshot's prices, which the previous VaR / ES forecast; None
+    # when it is not one (the first snapshot, a position that could not be revalued). -realized_return above the
+    # previous snapshot's var[key] is an exception of that measure.
+    realized_return: float | None = None
 
 
 class BreakerEventBase(Struct, frozen=True, kw_only=True, tag_field="event"):

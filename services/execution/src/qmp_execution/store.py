@@ -1,6 +1,6 @@
 """Execution's database writes: fills (with their cost records), the equity curve and positions per batch.
 
-A batch is one call of the `execution_write_batch` function (migration 0009) with each column as an array:
+A batch is one call of the `execution_write_batch` function (migrations 0009, 0012) with each column as an array:
 one round trip and one statement, so the batch lands whole or not at all, and a redelivered batch is a
 no-op (its INSERTs skip rows that exist). This sits on a replay's critical path, once per batch, where
 COPY through staging tables would cost six round trips (begin, three COPYs, the moves, commit).
@@ -15,7 +15,8 @@ from qmp_core.clock import to_datetime
 from qmp_execution.engine import StrategyResult
 
 FILL_COLUMNS = ("ts", "strategy", "fill_id", "order_id", "symbol", "side", "quantity", "price", "arrival_price",
-                "slippage_bps", "fee", "participation", "daily_vol", "adv", "remaining", "deployment_id")
+                "slippage_bps", "fee", "participation", "daily_vol", "adv", "remaining", "deployment_id",
+                "model_slippage_bps")
 EQUITY_COLUMNS = ("ts", "strategy", "cash", "equity", "realized_pnl", "unrealized_pnl", "fees", "gross_exposure",
                   "net_exposure", "positions", "working")
 POSITION_COLUMNS = ("ts", "strategy", "symbol", "quantity", "price", "avg_price", "unrealized_pnl")
@@ -30,7 +31,7 @@ def rows_of(results: Sequence[StrategyResult]) -> dict[str, list[tuple[Any, ...]
         ts = to_datetime(result.ts_event)
         fills.extend((to_datetime(f.ts_event), f.strategy, f.fill_id, f.order_id, f.symbol, f.side, f.quantity, f.price,
                       f.arrival_price, f.slippage_bps, f.fee, f.participation, f.daily_vol, f.adv, f.remaining,
-                      f.deployment_id)
+                      f.deployment_id, f.model_slippage_bps)
                      for f in result.fills)
         s = result.snapshot
         exposures = [q * p for q, p in zip(s.quantities, s.prices, strict=True)]

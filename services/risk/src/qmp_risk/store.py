@@ -10,8 +10,9 @@ from qmp_core.messages import BreakerEvent, RiskSnapshot
 
 INSERT_SNAPSHOT = (
     "INSERT INTO risk_snapshots (ts, strategy, equity, var, es, drawdown_24h, drawdown_max, volatility_ratio, "
-    "breakers, status, observations, drawdown, positions, backtests, errors) VALUES ($1, $2, $3, $4::jsonb, "
-    "$5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14::jsonb, $15::jsonb) ON CONFLICT DO NOTHING"
+    "breakers, status, observations, drawdown, positions, backtests, errors, realized_return) VALUES ($1, $2, $3, "
+    "$4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14::jsonb, $15::jsonb, $16) "
+    "ON CONFLICT DO NOTHING"
 )
 INSERT_BREAKER_EVENT = (
     "INSERT INTO breaker_events (ts, strategy, breaker, event, value, threshold, action, detail) "
@@ -34,7 +35,7 @@ class RiskStore:
             INSERT_SNAPSHOT, to_datetime(snapshot.ts_event), snapshot.strategy, snapshot.equity,
             _json(snapshot.var), _json(snapshot.es), snapshot.drawdown_24h, snapshot.drawdown_max,
             snapshot.volatility_ratio, snapshot.breakers, snapshot.status, snapshot.observations, snapshot.drawdown,
-            _json(snapshot.positions), _json(snapshot.backtests), _json(snapshot.errors),
+            _json(snapshot.positions), _json(snapshot.backtests), _json(snapshot.errors), snapshot.realized_return,
         )
 
     async def write_breaker_event(self, event: BreakerEvent) -> None:

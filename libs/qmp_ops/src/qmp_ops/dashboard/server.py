@@ -3,8 +3,10 @@
 import asyncio
 import contextlib
 import dataclasses
+import html
 import json
 import logging
+import re
 import secrets
 import time
 from importlib import resources
@@ -15,13 +17,14 @@ import asyncpg
 import msgspec
 import nats
 from aiohttp import web
+from markdown_it import MarkdownIt
 
-from qmp_core import subjects
-from qmp_lab.verify.gate import check_deployable
+from qmp_core import bus, subjects
+from qmp_lab.verify.gate import check_deployable, latest_verification
 from qmp_ops.cli.control import send_control, service_health
 from qmp_ops.cli.deploy import read_history, read_rollouts, send_deploy_command
-from qmp_ops.dashboard.store import strategy_records
-from qmp_ops.dashboard.views import SHOWN_MEASURE, live_message, overview, strategy_detail
+from qmp_ops.dashboard.store import overview_records, strategy_records
+from qmp_ops.dashboard.views import SHOWN_MEASURE, Days, live_message, overview, strategies_on_bus, strategy_detail
 from qmp_ops.incident import NoIncident, Window, reconstruct
 from qmp_ops.incident import store as incident_store
 from qmp_ops.incident.report import render_html
@@ -35,7 +38,10 @@ SESSION_S = 12 * 3600.0
 CSRF_HEADER = "X-QMP-Request"  # a page of another site cannot set it on a request here
 COALESCE_S = 0.25  # books and risk snapshots of one strategy: the latest in each quarter second
 HEALTH_EVERY_S = 5.0
-FOLLOWED = (subjects.STATE_ALL, "qmp.risk.*.snapshot", "qmp.exec.*.portfolio", "qmp.deploy.*.events")
+FOLLOWED = (subjects.STATE_ALL, "qmp.risk.*.snapshot", "qmp.exec.*.portfolio", "qmp.deploy.*.events",
+            subjects.audit_control("*"))
+MEASURE = re.compile(r"[a-z0-9_]{1,64}")  # a VaR / ES key, `<method>_<level>[_<h>d]`
+REPORT_FILES = {".png": "image/png"}  # what a verification report's page links to, beside its report.md
 # The control verbs the page offers, as the contract spells them; anything else is refused here.
 COMMANDS = {
     "halt": ("reason",),
@@ -84,6 +90,8 @@ def create_app(stack: Connection) -> web.Application:
     app.router.add_get("/api/incidents", api_incidents)
     app.router.add_get("/incident/{command_id}", incident_page)
     app.router.add_get("/api/strategy/{strategy}", api_strategy)
+    app.router.add_get("/verification/{strategy}/", verification_report)
+    app.router.add_get("/verification/{strategy}/{name}", verification_file)
     app.router.add_get("/static/{name}", static)
     app.router.add_get("/api/overview", api_overview)
     app.router.add_get("/api/health", api_health)
@@ -175,10 +183,50 @@ async def api_strategy(request: web.Request) -> web.Response:
         subjects.check_token(strategy, "strategy")
     except ValueError as error:
         return web.json_response({"error": str(error)}, status=400)
+    measure = request.query.get("measure", SHOWN_MEASURE)
+    if not MEASURE.fullmatch(measure):
+        return web.json_response({"error": f"not a VaR / ES key: {measure!r}"}, status=400)
     body = await strategy_detail(session.nc, strategy)
-    body |= await strategy_records(session.connection.database_url, strategy, SHOWN_MEASURE)
+    body |= await strategy_records(session.connection.database_url, strategy, measure)
     body["rollout"] = [msgspec.to_builtins(event) for event in await read_history(session.connection, strategy, 100)]
     return web.json_response(body)
+
+
+def _report_folder(request: web.Request) -> Path:
+    """The folder of the strategy's latest verification report (the latest run of any of its tests)."""
+    _required(request)
+    strategy = request.match_info["strategy"]
+    try:
+        subjects.check_token(strategy, "strategy")
+    except ValueError as error:
+        raise web.HTTPBadRequest(text=str(error)) from None
+    tests = (latest_verification(strategy) or {}).get("tests", {}).values()
+    reports = sorted((t for t in tests if t.get("report")), key=lambda t: t.get("verified_at_ns", 0))
+    if not reports or not Path(reports[-1]["report"]).is_file():
+        raise web.HTTPNotFound(text=f"no verification report of {strategy}")
+    return Path(reports[-1]["report"]).parent
+
+
+async def verification_report(request: web.Request) -> web.Response:
+    """The latest `qmp verify` report of the strategy as a page (its charts are served beside it)."""
+    folder = _report_folder(request)
+    strategy = html.escape(request.match_info["strategy"])
+    text = (folder / "report.md").read_text()
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)  # raw HTML in it is escaped
+    return web.Response(text=("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>QMP — "
+                              f"verification of {strategy}</title><link rel='stylesheet' href='/static/style.css'>"
+                              f"</head><body class='report'><p><a href='/strategy/{strategy}'>← {strategy}</a></p>"
+                              f"{body}</body></html>"), content_type="text/html")
+
+
+async def verification_file(request: web.Request) -> web.Response:
+    """A chart of the latest verification report: only a file of the report's own folder, by its plain name."""
+    folder = _report_folder(request)
+    name = request.match_info["name"]
+    kind = REPORT_FILES.get(Path(name).suffix)
+    if kind is None or name not in {entry.name for entry in folder.iterdir() if entry.is_file()}:
+        raise web.HTTPNotFound()
+    return web.Response(body=(folder / name).read_bytes(), content_type=kind)
 
 
 async def incidents_page(request: web.Request) -> web.Response:
@@ -231,6 +279,12 @@ async def api_overview(request: web.Request) -> web.Response:
     session = _required(request)
     rollouts = await read_rollouts(session.connection)
     body = await overview(session.nc, rollouts)
+    days, senders = await overview_records(session.connection.database_url, {
+        row["strategy"]: row["state"].get("command_id", "") for row in body["strategies"]})
+    for row in body["strategies"]:
+        day = days.get(row["strategy"])
+        row["day_pnl"] = day.pnl() if day else None
+        row["state"]["set_by"] = senders.get(row["strategy"], "")
     body["user"] = session.user
     return web.json_response(body)
 
@@ -300,12 +354,27 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     pending: dict[tuple[str, str], dict[str, Any]] = {}
     urgent: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+    # Each book adds its strategy's PnL since the day began; each audited command names its sender, which the
+    # state it set (published after it) shows.
+    states = await bus.read_control_entries(session.nc.jetstream())
+    known = await strategies_on_bus(session.nc)
+    primed, senders_now = await overview_records(session.connection.database_url, {
+        name: states.effective(name).command_id for name in known})
+    days = Days(primed)
+    senders = {(name, states.effective(name).command_id): who for name, who in senders_now.items()}
 
     async def on_message(msg: Any) -> None:
         found = live_message(msg.subject, msg.data)
         if found is None:
             return
         kind, row = found
+        if kind == "audit":
+            senders[(row["strategy"], row["command_id"])] = row["sender"]
+            return
+        if kind == "state":
+            row["set_by"] = senders.get((row.get("strategy", ""), row.get("command_id", "")), "")
+        elif kind == "portfolio":
+            row["day_pnl"] = days.on_book(row["strategy"], row["ts_event"], row["equity"])
         if kind in ("state", "deploy"):  # a halt is on screen at once
             urgent.put_nowait((kind, row))
         else:

@@ -7,15 +7,24 @@ import nats
 import nats.js.errors
 
 from qmp_core import bus, subjects
-from qmp_core.messages import PortfolioSnapshot, RiskSnapshot, RolloutState, codec, execution_events
+from qmp_core.messages import (
+    ControlApplied,
+    PortfolioSnapshot,
+    RiskSnapshot,
+    RolloutState,
+    codec,
+    execution_events,
+)
 from qmp_core.rollout_state import phase_name
 from qmp_lab.verify.gate import check_deployable, latest_verification
+from qmp_ops.dashboard.store import Day, day_start_ns
 
 SHOWN_MEASURE = "historical_99"  # the overview's VaR / ES column; the strategy's page has every method
 
 _risk = codec(RiskSnapshot)
 _portfolio = codec(PortfolioSnapshot)
 _rollout = codec(RolloutState)
+_applied = codec(ControlApplied)
 
 
 def risk_row(snapshot: RiskSnapshot) -> dict[str, Any]:
@@ -42,8 +51,8 @@ def deploy_gate(strategy: str) -> dict[str, Any]:
     latest verification's tests (status, summary, when)."""
     deployable, why = check_deployable(strategy)
     record = latest_verification(strategy) or {}
-    tests = {name: {k: test.get(k) for k in ("status", "summary", "verified_at", "quick")}
-             for name, test in record.get("tests", {}).items()}
+    tests = {name: {k: test.get(k) for k in ("status", "summary", "verified_at", "quick")} | {
+             "report": bool(test.get("report"))} for name, test in record.get("tests", {}).items()}
     return {"open": deployable, "why": why, "tests": tests}
 
 
@@ -59,9 +68,32 @@ def live_message(subject: str, data: bytes) -> tuple[str, dict[str, Any]] | None
             return "portfolio", portfolio_row(_portfolio.decode(data))
         if parts[:2] == ["qmp", "deploy"] and parts[-1] == "events":
             return "deploy", msgspec.json.decode(data)
+        if parts[:3] == ["qmp", "audit", "control"]:
+            applied = _applied.decode(data)
+            return "audit", {"strategy": applied.strategy, "command_id": applied.command.command_id,
+                             "sender": applied.sender}
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None  # the services dead-letter what is malformed; the page shows what it can read
     return None
+
+
+class Days:
+    """Each strategy's day so far, kept current from its books in the order they are published: a book of a
+    later day opens that day at the equity of the book before it."""
+
+    def __init__(self, known: dict[str, Day]) -> None:
+        self.known = known
+
+    def on_book(self, strategy: str, ts_event: int, equity: float) -> float | None:
+        """Take a book; return the strategy's PnL since its day began (None while unknown)."""
+        start = day_start_ns(ts_event)
+        day = self.known.get(strategy)
+        if day is None:  # a strategy new to the database and the page: its day opens at its first book
+            day = self.known[strategy] = Day(start_ns=start, open_equity=equity, equity=equity)
+        elif start > day.start_ns:
+            day.start_ns, day.open_equity = start, day.equity
+        day.equity = equity
+        return day.pnl()
 
 
 async def _last(js: Any, stream: str, subject: str) -> bytes | None:

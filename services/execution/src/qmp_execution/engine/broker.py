@@ -50,6 +50,7 @@ class BrokerFill(Struct, frozen=True, kw_only=True):
     price: float
     fee: float = 0.0
     participation: float = 0.0  # the share of the bar's volume it took, where the broker knows (paper)
+    model_bps: float | None = None  # the slippage model's cost of it, where the broker priced it with the model
 
 
 class OrderAck(Struct, frozen=True, kw_only=True):

@@ -375,7 +375,7 @@ class StrategyHost:
                     quantity = min(later.quantity, order.remaining)  # never more than the order
                     share = quantity / later.quantity if later.quantity > 0.0 else 0.0
                     fill = self._book_fill(order, quantity, later.price, later.fee * share, ts_event,
-                                           later.participation)
+                                           later.participation, later.model_bps)
                     if fill is not None:
                         booked.append(fill)
                 return booked
@@ -395,14 +395,17 @@ class StrategyHost:
         return [fill] if fill is not None else []
 
     def _book_fill(self, order: Working, quantity: float, price: float, fee: float, ts_event: int,
-                   participation: float = 0.0) -> Fill | None:
-        """Book one fill of a broker's on the order and the book; None for a quantity of nothing."""
+                   participation: float = 0.0, model_bps: float | None = None) -> Fill | None:
+        """Book one fill of a broker's on the order and the book; None for a quantity of nothing. A venue's
+        fill (no `model_bps`) is priced by the slippage model here, at the last bar's volatility and volume."""
         if quantity <= QTY_EPSILON:
             return None
         market = self._last_market
         row = market.index.get(order.symbol) if market is not None else None
         sigma = float(market.sigma[row]) if market is not None and row is not None else 0.0
         adv = float(market.adv[row]) if market is not None and row is not None else 0.0
+        if model_bps is None and market is not None:
+            model_bps = self.broker.model.cost(quantity, sigma, adv, market.exec_days) / BPS
         order.filled += quantity
         order.filled_value += quantity * price
         order.fills += 1
@@ -418,6 +421,7 @@ class StrategyHost:
             fee=fee or quantity * price * self.config.paper.fee_bps * BPS, ts_event=ts_event,
             participation=participation, daily_vol=sigma if math.isfinite(sigma) else 0.0,
             adv=adv if math.isfinite(adv) else 0.0, remaining=remaining, deployment_id=order.deployment_id,
+            model_slippage_bps=model_bps if model_bps is not None and math.isfinite(model_bps) else None,
         )
         self.portfolio.apply(fill)
         self._count_fill(fill)

@@ -74,16 +74,19 @@ class PaperBroker:
             if c.lot_size > 0.0:
                 quantity = np.floor(quantity / c.lot_size + 1e-9) * c.lot_size
             key = zlib.crc32(f"{self.strategy_id}:{market.ts_event}".encode())
-            cost, rate = self.model.costs(quantity, market.sigma[rows], market.adv[rows],
-                                          np.full(len(eligible), market.exec_days), noise_key=key)
+            inputs = (quantity, market.sigma[rows], market.adv[rows], np.full(len(eligible), market.exec_days))
+            cost, rate = self.model.costs(*inputs, noise_key=key)
+            # The model's own prediction: the cost itself unless noise was drawn around it.
+            predicted = self.model.costs(*inputs, noise=False)[0] if self.model.config.noise_scale > 0.0 else cost
             fee_rate = c.fee_bps * BPS
-            for order, qty, frac, part, close in zip(eligible, quantity.tolist(), cost.tolist(), rate.tolist(),
-                                                     market.close[rows].tolist(), strict=True):
+            for order, qty, frac, model, part, close in zip(
+                    eligible, quantity.tolist(), cost.tolist(), predicted.tolist(), rate.tolist(),
+                    market.close[rows].tolist(), strict=True):
                 if qty > QTY_EPSILON:
                     price = close * (1.0 + (1.0 if order.side == "BUY" else -1.0) * frac)
                     acks.append(_answer(order, BrokerFill(fill_id=f"{order.order_id}-f{order.fills + 1}",
                                                           quantity=qty, price=price, fee=qty * price * fee_rate,
-                                                          participation=part)))
+                                                          participation=part, model_bps=model / BPS)))
         for order in working.values():
             order.bars_waited += 1
         return acks

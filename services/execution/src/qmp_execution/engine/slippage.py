@@ -49,8 +49,9 @@ class SlippageModel:
         self.config = config or SlippageConfig()
 
     def costs(self, quantity: np.ndarray, sigma: np.ndarray, adv: np.ndarray, exec_days: np.ndarray,
-              noise_key: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Return (cost fraction, participation) per fill; quantities may be signed (the sign is ignored)."""
+              noise_key: int = 0, noise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Return (cost fraction, participation) per fill; quantities may be signed (the sign is ignored).
+        `noise=False` gives the model's prediction, without the configured noise."""
         c = self.config
         quantity = np.ascontiguousarray(quantity, dtype=np.float64)
         sigma = np.ascontiguousarray(sigma, dtype=np.float64)
@@ -63,12 +64,12 @@ class SlippageModel:
             eta, beta, gamma = c.sqrt_y, 0.5, 0.0
         else:
             eta, beta, gamma = c.eta, c.beta, c.gamma
-        noise = np.empty(0)
-        if c.noise_scale > 0.0:
-            noise = np.random.default_rng([c.seed, noise_key & 0xFFFFFFFFFFFF]).standard_normal(quantity.shape[0])
+        draws = np.empty(0)
+        if c.noise_scale > 0.0 and noise:
+            draws = np.random.default_rng([c.seed, noise_key & 0xFFFFFFFFFFFF]).standard_normal(quantity.shape[0])
         cost, rate, code = impact.impact_cost_nb(
             quantity, sigma, adv, exec_days, c.half_spread_bps * BPS, eta, beta, gamma, c.alpha, c.delta,
-            c.turnover_inverse, c.unknown_participation, c.max_slippage_bps * BPS, noise, c.noise_scale,
+            c.turnover_inverse, c.unknown_participation, c.max_slippage_bps * BPS, draws, c.noise_scale,
         )
         if code != OK:  # the config is validated at start, so this is a broken invariant
             raise ValueError(f"slippage model {c.model}: kernel returned {NAMES.get(code, code)}")

@@ -350,7 +350,7 @@ class RiskEngine:
         self._observe(snapshot.ts_event)
         ts = snapshot.ts_event
         prices = dict(zip(snapshot.symbols, snapshot.prices, strict=True))
-        self._realize_backtest(state, prices)
+        realized = self._realize_backtest(state, prices)
         self._update_equity(state, ts, snapshot.equity)
         ratio = self._volatility_ratio(state)
         events: list[BreakerEvent] = []
@@ -367,7 +367,7 @@ class RiskEngine:
                 breakers=self._active_breakers(state), observations=observations, status=status,
                 drawdown=state.drawdown, volatility=self._volatility(state), positions=positions,
                 symbol_risk=self._symbol_risk(snapshot.venue, positions), backtests=self._backtests(state),
-                errors=errors,
+                errors=errors, realized_return=realized,
             ),
             events=tuple(events),
             commands=tuple(commands),
@@ -538,18 +538,20 @@ class RiskEngine:
             for level, key in enumerate(self.level_keys):
                 self._put(var, es, f"pnl_historical_{key}", float(values[level]), float(shortfalls[level]))
 
-    def _realize_backtest(self, state: _StrategyState, prices: dict[str, float]) -> None:
-        """Pair the previous snapshot's forecasts with the hypothetical return of its positions since then."""
+    def _realize_backtest(self, state: _StrategyState, prices: dict[str, float]) -> float | None:
+        """Pair the previous snapshot's forecasts with the hypothetical return of its positions since then;
+        return that return, or None when this snapshot is not a backtest observation."""
         book = state.book
         if book is None or book.var is None or book.es is None or book.equity <= 0.0:
-            return
+            return None
         pnl = 0.0
         for symbol, quantity in book.quantities.items():
             now = prices.get(symbol)
             if now is None:
-                return  # the position cannot be revalued: this day is not a backtest observation
+                return None  # the position cannot be revalued: this day is not a backtest observation
             pnl += quantity * (now - book.prices[symbol])
         state.forecasts.push(pnl / book.equity, book.var, book.es)
+        return pnl / book.equity
 
     def _backtests(self, state: _StrategyState) -> dict[str, VarBacktest]:
         if state.forecasts.count < self.settings.min_observations:

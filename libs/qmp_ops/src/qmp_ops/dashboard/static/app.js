@@ -37,9 +37,13 @@ function render(name) {
   badge.textContent = state.status + (state.safe_mode ? " (safe)" : "");
   status.appendChild(badge);
   if (state.reason || state.issued_by) {
+    // Who set it: the person (the NATS user the audit recorded) where a person did, else the source.
+    const who = state.set_by && state.set_by !== state.issued_by ? `${state.set_by} (${state.issued_by})` :
+      (state.set_by || state.issued_by || "");
     const why = document.createElement("span");
     why.className = "reason";
-    why.textContent = `${state.reason || ""}${state.issued_by ? " — " + state.issued_by : ""}`;
+    why.dataset.role = "set-by";
+    why.textContent = `${state.reason || ""}${who ? " — " + who : ""}`;
     status.appendChild(why);
   }
   tr.appendChild(status);
@@ -47,6 +51,11 @@ function render(name) {
   tr.appendChild(cell(percent(state.allocation)));
   tr.appendChild(cell((state.size_multiplier ?? 1).toFixed(2)));
   tr.appendChild(cell(money(book.equity ?? risk.equity)));
+  const pnl = book.day_pnl ?? row.day_pnl;
+  const today = cell(pnl === null || pnl === undefined ? "—" : (pnl > 0 ? "+" : "") + money(pnl),
+                     pnl < 0 ? "loss" : "");
+  today.dataset.role = "day-pnl";
+  tr.appendChild(today);
   tr.appendChild(cell(percent(risk.drawdown_24h)));
   tr.appendChild(cell(percent(risk.drawdown_max)));
   tr.appendChild(cell(percent(risk.var_99)));
