@@ -9,8 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qmp_core.db import migrate
-from qmp_ops.backup import with_database
 from qmp_ops.history_import import SourceError, copy_binary, import_bars, source_files
 
 pytestmark = pytest.mark.integration
@@ -20,20 +18,6 @@ NOW_NS = int(pd.Timestamp("2024-06-01", tz="UTC").value)
 
 class Interrupted(Exception):
     """The import stopped mid-way (as by a crash or Ctrl-C), after some chunks were committed."""
-
-
-@pytest.fixture
-async def own_database(database_url: str, unique_id: str):
-    name = f"qmp_import_{unique_id}".lower()
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = with_database(database_url, name)
-    await migrate(url)
-    yield url
-    admin = await asyncpg.connect(database_url)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 def per_symbol_frame(seed: int, days: int) -> pd.DataFrame:

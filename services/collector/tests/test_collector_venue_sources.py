@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from qmp_collector.app import CollectorSettings, build_source, check_settings
-from qmp_collector.venue_sources import CcxtBars, VenueBars
+from qmp_collector.venue_sources import VenueBars
 from qmp_core.clock import LiveClock, TestClock
 from qmp_core.messages import BarBatch
+from qmp_venues.bars import CcxtBars
 from qmp_venues.ccxt_exchange import make_exchange
 from qmp_venues.credentials import CredentialsError
 from qmp_venues.fake_alpaca import FakeAlpaca

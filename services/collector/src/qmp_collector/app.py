@@ -29,7 +29,7 @@ from qmp_collector.engine import CollectorEngine, InputBounds
 from qmp_collector.handlers import SERVICE, Collector, LockstepGate
 from qmp_collector.sources import FileSource, HistorySource, SyntheticLiveAdapter, SyntheticSource
 from qmp_collector.store import BarStore
-from qmp_collector.venue_sources import AlpacaBars, CcxtBars, VenueBars
+from qmp_collector.venue_sources import VenueBars
 from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_DAY, LiveClock, ReplayClock, make_clock
 from qmp_core.config import ServiceSettings, load_settings
@@ -38,6 +38,7 @@ from qmp_core.messages import BarBatch
 from qmp_core.retry import Unavailable
 from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health, start_metrics
 from qmp_core.telemetry import extract_context, setup_logging, setup_tracing
+from qmp_venues.bars import AlpacaBars, CcxtBars
 
 LOCKSTEP_LOOP = ("execution", "risk")  # the services between a batch and its risk snapshot
 
