@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qmp_ops.credentials import audit_env_file
 from qmp_ops.runtime.roles import ADMIN, ROLES
 from qmp_ops.runtime.supervisor import Connection, StackUnavailable
 from qmp_ops.security import audit
@@ -24,6 +25,8 @@ def security(
                                                       "when it exists)")] = None,
     nats_config: Annotated[Path | None, typer.Option(help="a production nats-server config to check (default: "
                                                           "./infra/nats/server.conf when it exists)")] = None,
+    env_file: Annotated[Path | None, typer.Option(help="the compose stack's secrets file to check (default: ./.env "
+                                                       "when it exists)")] = None,
     files_only: Annotated[bool, typer.Option("--files-only", help="check the files, not a running stack")] = False,
 ) -> None:
     """Probe every service's permissions on the running stack, its TLS, secret files and logs, and the
@@ -40,6 +43,10 @@ def security(
     passwords = {role: os.environ[f"QMP_{role.upper()}_PASSWORD"] for role in ROLES
                  if role != ADMIN and os.environ.get(f"QMP_{role.upper()}_PASSWORD")}
     checked, findings = asyncio.run(audit(connection, compose, nats_config, passwords))
+    env_file = env_file or (Path(".env") if Path(".env").exists() else None)
+    if env_file is not None:
+        checked.append(str(env_file))
+        findings += audit_env_file(env_file)
     for what in checked:
         console.print(f"checked: {escape(what)}")
     if not findings:

@@ -810,6 +810,25 @@ def certificates(
                   f"valid for {', '.join(host)})")
 
 
+@app.command()
+def credentials(
+    env_file: Annotated[Path, typer.Option(help="the compose stack's secrets file")] = Path(".env"),
+    template: Annotated[Path, typer.Option(help="made from this when the file is missing")] = Path(".env.example"),
+) -> None:
+    """Give every empty secret of the compose stack's `.env` a new random password (made from `.env.example`
+    when missing; values already there are kept); write it readable by its owner only. Prints the names only."""
+    from qmp_ops.credentials import fill_credentials
+
+    try:
+        filled = fill_credentials(env_file, template)
+    except FileNotFoundError as error:
+        raise typer.BadParameter(str(error)) from None
+    if filled:
+        console.print(f"{env_file}: new {', '.join(filled)} (mode 600; the values are in the file only)")
+    else:
+        console.print(f"{env_file}: every secret was set already; nothing changed (mode 600)")
+
+
 async def _supervise(stack: Stack, dashboard_port: int | None = None) -> None:
     """Supervise until Ctrl-C or SIGTERM, then return so the stack stops in order (no half-closed loop); with
     `dashboard_port`, serve the dashboard meanwhile on the loopback."""
