@@ -351,7 +351,6 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: trading states at once; books and risk snapshots coalesced per strategy; health."""
     session = _required(request)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
-    await response.prepare(request)
     pending: dict[tuple[str, str], dict[str, Any]] = {}
     urgent: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
     # Each book adds its strategy's PnL since the day began; each audited command names its sender, which the
@@ -387,6 +386,8 @@ async def api_events(request: web.Request) -> web.StreamResponse:
 
     next_health = 0.0
     try:
+        await session.nc.flush()  # the server has the subscriptions before the page hears the stream is open
+        await response.prepare(request)
         while True:
             try:
                 kind, row = await asyncio.wait_for(urgent.get(), COALESCE_S)
@@ -400,7 +401,7 @@ async def api_events(request: web.Request) -> web.StreamResponse:
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + HEALTH_EVERY_S
                 await send("health", await service_health(session.nc, timeout_s=0.5))
-    except (ConnectionResetError, asyncio.CancelledError):
+    except (ConnectionResetError, asyncio.CancelledError, nats.errors.ConnectionClosedError):  # page or server gone
         pass
     finally:
         for subscription in subscriptions:
