@@ -22,6 +22,7 @@ import pandas as pd
 
 from qmp_core.strategy import BaseStrategy, Strategy, load_strategy
 from qmp_kernels.drawdown import max_drawdown_nb
+from qmp_lab.parallel import Workers
 
 Status = Literal["pass", "fail", "error", "skipped"]
 TRADING_DAYS = 252.0
@@ -166,6 +167,8 @@ class VerifyContext:
     home: Path = Path(".qmp")
     log: Callable[[str], None] = lambda message: None
     stack_replay: StackReplay | None = None  # tests that replay through the real services need one
+    # where independent pieces (folds, configurations) run: here, or on Ray
+    workers: Workers = field(default_factory=Workers)
 
     def option(self, name: str, default: Any) -> Any:
         return self.options.get(name, default)

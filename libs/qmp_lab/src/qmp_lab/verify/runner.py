@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qmp_lab.parallel import IN_PROCESS, Workers
 from qmp_lab.verify.core import StackReplay, StrategyTarget, TestResult, VerifyContext, timed
 from qmp_lab.verify.gate import TESTS, record_verification
 from qmp_lab.verify.report import write_report
@@ -78,15 +79,16 @@ def run_verification(target: StrategyTarget, tests: Sequence[str] | None = None,
                      home: Path = Path(".qmp"), options: dict[str, Any] | None = None, quick: bool = False,
                      log: Callable[[str], None] = lambda message: None,
                      on_result: Callable[[TestResult], None] = lambda result: None, record: bool = True,
-                     stack_replay: StackReplay | None = None) -> VerifyRun:
-    """Run the named tests (all by default) in order; write the report; record it for the gate."""
+                     stack_replay: StackReplay | None = None, workers: Workers = IN_PROCESS) -> VerifyRun:
+    """Run the named tests (all by default) in order; write the report; record it for the gate. A test's
+    independent pieces (walk_forward's folds and configurations) run where `workers` says."""
     names = resolve_tests(tests)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     folder = reports / f"verify-{target.key}-{stamp}"
     folder.mkdir(parents=True, exist_ok=True)
     code_hash = target.source_hash()
     ctx = VerifyContext(target=target, out_dir=folder, options=dict(options or {}), quick=quick, home=home, log=log,
-                        stack_replay=stack_replay)
+                        stack_replay=stack_replay, workers=workers)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results: list[TestResult] = []
     for name in names:

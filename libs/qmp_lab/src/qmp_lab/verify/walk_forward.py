@@ -28,6 +28,7 @@ import pandas as pd
 from qmp_core.datasets import load_sp500_prices
 from qmp_core.strategy import Strategy, StrategyLoadError, check_frame, load_strategy
 from qmp_kernels.special import norm_cdf_nb, norm_ppf_nb
+from qmp_lab.parallel import run_tasks
 from qmp_lab.verify.core import (
     TRADING_DAYS,
     Check,
@@ -352,7 +353,7 @@ def config_grid(target: StrategyTarget, strategy: Strategy, grid: Mapping[str, l
     The neighbourhood varies each numeric setting of the configuration alone by ×0.5 and ×2 (a researcher
     trying nearby values); values the strategy rejects are left out. The first entry is the config under test.
     """
-    base = _config_dict(strategy.config)
+    base = config_dict(strategy.config)
     spec = grid or getattr(strategy, "param_grid", None)
     candidates: list[dict[str, Any]] = [base]
     if spec:
@@ -394,7 +395,7 @@ def _build(target: StrategyTarget, config: dict[str, Any], base: dict[str, Any])
     return load_strategy(target.path, config)
 
 
-def _config_dict(config: Any) -> dict[str, Any]:
+def config_dict(config: Any) -> dict[str, Any]:
     if isinstance(config, msgspec.Struct):
         return msgspec.structs.asdict(config)
     return dict(config or {})
@@ -485,20 +486,25 @@ def out_of_sample(ctx: VerifyContext, prices: pd.DataFrame, fits: bool, checks: 
     purge_violations = 0
     splits = 0
     if fits:
-        for k, (train, test) in enumerate(walk_forward_splits(n, folds, horizon, embargo, start), start=1):
+        groups, test_groups = int(ctx.option("cpcv_groups", 6)), int(ctx.option("cpcv_test_groups", 2))
+        forward = list(walk_forward_splits(n, folds, horizon, embargo, start))
+        combinatorial = list(cpcv_splits(n, groups, test_groups, horizon, embargo, start))
+        # Every split is fitted on its own: the independent pieces, run where ctx.workers says.
+        fitted = run_tasks(split_returns, (ctx.target, prices),
+                           [(train, test, True) for train, test in forward]
+                           + [(train, test, False) for _, train, test in combinatorial], ctx.workers)
+        for k, ((train, test), returns) in enumerate(zip(forward, fitted, strict=False), start=1):
             splits += 1
             purge_violations += _purge_violation(train, test, n, horizon)
-            returns = _fitted_test_returns(ctx.target, prices, train, test, contiguous=True)
             oos.iloc[test] = returns
             fold_sharpe.append(sharpe(returns))
             fold_rows.append([f"fold {k}", str(prices.index[test[0]].date()), str(prices.index[test[-1]].date()),
                               len(train), len(test), fold_sharpe[-1]])
         cpcv = []
-        groups, test_groups = int(ctx.option("cpcv_groups", 6)), int(ctx.option("cpcv_test_groups", 2))
-        for chosen, train, test in cpcv_splits(n, groups, test_groups, horizon, embargo, start):
+        for (chosen, train, test), returns in zip(combinatorial, fitted[len(forward):], strict=True):
             splits += 1
             purge_violations += _purge_violation(train, test, n, horizon)
-            cpcv.append(sharpe(_fitted_test_returns(ctx.target, prices, train, test, contiguous=False)))
+            cpcv.append(sharpe(returns))
             fold_rows.append([f"CPCV test groups {chosen}", str(prices.index[test[0]].date()),
                               str(prices.index[test[-1]].date()), len(train), len(test), cpcv[-1]])
         checks.append(Check("purged splits: no training label interval meets a test interval",
@@ -519,8 +525,9 @@ def out_of_sample(ctx: VerifyContext, prices: pd.DataFrame, fits: bool, checks: 
                             "the strategy has no fit: every row is out of sample, folds are consecutive slices"))
 
     grid = config_grid(ctx.target, strategy, ctx.option("grid", None))
-    base = _config_dict(strategy.config)
-    matrix = np.column_stack([_config_returns(ctx.target, cfg, base, prices)[start + 1:] for cfg in grid])
+    base = config_dict(strategy.config)
+    matrix = np.column_stack([returns[start + 1:] for returns in
+                              run_tasks(config_returns, (ctx.target, base, prices), grid, ctx.workers)])
     trials = max(len(grid), int(ctx.option("trials", 0)))
     trial_sharpes = np.array([sharpe(matrix[:, j]) for j in range(matrix.shape[1])]) / math.sqrt(TRADING_DAYS)
     chosen_returns = oos.to_numpy()[start + 1:] if fits else matrix[:, 0]
@@ -572,6 +579,22 @@ def _fitted_test_returns(target: StrategyTarget, prices: pd.DataFrame, train: np
     weights = check_frame(model.target_weights(part), part)
     daily = portfolio_returns(weights, part).to_numpy()
     return daily[test[test > 0]]
+
+
+def split_returns(shared: tuple[StrategyTarget, pd.DataFrame], split: tuple[np.ndarray, np.ndarray, bool]
+                  ) -> np.ndarray:
+    """One split's test returns (a piece `run_tasks` runs): shared = (target, prices), split = (train, test,
+    contiguous)."""
+    target, prices = shared
+    train, test, contiguous = split
+    return _fitted_test_returns(target, prices, train, test, contiguous)
+
+
+def config_returns(shared: tuple[StrategyTarget, dict[str, Any], pd.DataFrame], config: dict[str, Any]) -> np.ndarray:
+    """One configuration's daily returns over the whole history (a piece `run_tasks` runs): shared = (target,
+    the base config, prices)."""
+    target, base, prices = shared
+    return _config_returns(target, config, base, prices)
 
 
 def _config_returns(target: StrategyTarget, config: dict[str, Any], base: dict[str, Any],

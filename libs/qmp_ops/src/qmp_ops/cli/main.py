@@ -925,7 +925,7 @@ def register_extensions() -> None:
 
     register_deploy(app)  # deploy, history, rollout <verb>
     app.add_typer(slippage_app, name="slippage")  # slippage calibrate
-    register_verify(app)  # verify
+    register_verify(app)  # verify, sweep
     register_risk(app)  # risk var | report, stress
     app.add_typer(audit_app, name="audit")  # audit security
     app.command(name="import")(import_history)  # historical bars from files

@@ -9,21 +9,111 @@ strategy id that a running stack hosts and seeing it fail halts it, locks it and
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from qmp_lab.parallel import Workers
+
 console = Console()
 HOME = Path(".qmp")
 TEST_NAMES = "walk_forward, fat_tail, black_swan, slippage, numba"
 
 
+WORKERS_HELP = ("processes for the independent pieces, as Ray tasks when more than 1 (default: every core when "
+                "Ray is installed, qmp-lab[ray]; else this process)")
+RAY_ADDRESS_HELP = "an existing Ray cluster to run them on (`auto`, `ray://host:10001`)"
+
+
 def register(app: typer.Typer) -> None:
-    """Add `qmp verify` to the qmp command."""
+    """Add `qmp verify` and `qmp sweep` to the qmp command."""
     app.command(name="verify")(verify)
+    app.command(name="sweep")(sweep)
+
+
+def research_workers(workers: int | None, ray_address: str, pythonpath: str = "") -> "Workers":
+    """Where research pieces run: the cluster named, the count asked, else every core when Ray is installed."""
+    import importlib.util
+    import os
+
+    from qmp_lab.parallel import Workers
+
+    if workers is None:
+        workers = (os.cpu_count() or 1) if importlib.util.find_spec("ray") is not None else 1
+    return Workers(count=workers, address=ray_address, pythonpath=pythonpath)
+
+
+def sweep(
+    strategy: Annotated[str, typer.Argument(help="package.module:Class")],
+    grid: Annotated[Path, typer.Option(help="a TOML file: each setting a list of values to try")],
+    config: Annotated[str, typer.Option(help="the strategy's base config as a JSON object")] = "",
+    start: Annotated[str, typer.Option(help="history start (bundled S&P 500 data)")] = "",
+    end: Annotated[str, typer.Option(help="history end")] = "",
+    reports: Annotated[Path, typer.Option(help="where the CSV of every set goes")] = Path("reports"),
+    workers: Annotated[int | None, typer.Option(min=1, envvar="QMP_RESEARCH_WORKERS", help=WORKERS_HELP)] = None,
+    ray_address: Annotated[str, typer.Option(help=RAY_ADDRESS_HELP)] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Backtest a strategy over every parameter set of a grid (its own config first): annual return and
+    volatility, Sharpe and maximum drawdown per set, best first; each set a piece run in this process or on Ray,
+    with the same numbers either way."""
+    import csv
+    import dataclasses
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from qmp_core.datasets import load_sp500_prices
+    from qmp_core.strategy import StrategyLoadError
+    from qmp_lab.parallel import TaskFailed
+    from qmp_lab.sweep import read_grid
+    from qmp_lab.sweep import sweep as run_sweep
+    from qmp_lab.verify.core import StrategyTarget, VerificationError, jsonable
+
+    try:
+        values = read_grid(grid)
+        target = StrategyTarget(strategy, json.loads(config) if config else None)
+        target.build()
+    except (ValueError, StrategyLoadError, VerificationError) as error:
+        raise typer.BadParameter(str(error)) from None
+    prices = load_sp500_prices(start or None, end or None)
+    spread = research_workers(workers, ray_address, target.pythonpath)
+    columns = (TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("sets"), TimeElapsedColumn())
+    started = time.perf_counter()
+    with Progress(*columns, console=console, transient=True, disable=as_json) as progress:
+        task = progress.add_task("sweep", total=None)
+        try:
+            rows = run_sweep(target, values, prices, spread,
+                             lambda done, total: progress.update(task, completed=done, total=total))
+        except (TaskFailed, VerificationError) as error:
+            console.print(f"[red]qmp sweep:[/] {escape(str(error))}", highlight=False)
+            raise typer.Exit(1) from None
+    seconds = time.perf_counter() - started
+    ranked = sorted(rows, key=lambda r: -r.sharpe if r.sharpe == r.sharpe else float("inf"))
+    reports.mkdir(parents=True, exist_ok=True)
+    out = reports / f"sweep-{target.key}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.csv"
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["config", "annual_return", "annual_volatility", "sharpe", "max_drawdown"])
+        for row in rows:
+            writer.writerow([json.dumps(row.config), row.annual_return, row.annual_volatility, row.sharpe,
+                             row.max_drawdown])
+    if as_json:
+        print(json.dumps(jsonable({"strategy": strategy, "sets": len(rows), "seconds": seconds, "csv": str(out),
+                                   "workers": spread.describe(), "rows": [dataclasses.asdict(r) for r in rows]})))
+        return
+    table = Table(title=f"qmp sweep {target.label}: {len(rows)} sets in {seconds:.1f} s on {spread.describe()}")
+    for column in ("config", "annual return", "volatility", "Sharpe", "max drawdown"):
+        table.add_column(column)
+    for row in ranked:
+        table.add_row(escape(json.dumps(row.config)), f"{row.annual_return:.2%}", f"{row.annual_volatility:.2%}",
+                      f"{row.sharpe:.2f}", f"{row.max_drawdown:.2%}")
+    console.print(table)
+    console.print(f"every set: {out}")
 
 
 def verify(
@@ -40,6 +130,8 @@ def verify(
     monte_carlo: Annotated[int, typer.Option(help="black_swan: also replay this many simulated crises")] = 0,
     episodes: Annotated[str, typer.Option(help="black_swan: comma-separated episodes (default all)")] = "",
     quick: Annotated[bool, typer.Option("--quick", help="short histories and samples (smoke run)")] = False,
+    workers: Annotated[int | None, typer.Option(min=1, envvar="QMP_RESEARCH_WORKERS", help=WORKERS_HELP)] = None,
+    ray_address: Annotated[str, typer.Option(help=RAY_ADDRESS_HELP)] = "",
     halt: Annotated[bool, typer.Option(help="halt a running strategy id whose verification fails")] = True,
     alert_command: Annotated[str, typer.Option(envvar="QMP_ALERT_COMMAND", help="run on failure, JSON on stdin")] = "",
     alert_webhook: Annotated[str, typer.Option(envvar="QMP_ALERT_WEBHOOK", help="POST the alert here")] = "",
@@ -91,9 +183,11 @@ def verify(
             mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "·"}[check.passed]
             console.print(f"   {mark} {escape(check.name)}: {escape(check.detail)}", highlight=False)
 
+    spread = research_workers(workers, ray_address, target.pythonpath)
+    console.print(f"independent pieces (folds, configurations) run in {spread.describe()}")
     run = run_verification(target, tests, reports=reports, home=HOME, options=options, quick=quick,
                            log=lambda message: console.print(f"[dim]{escape(message)}[/]", highlight=False),
-                           on_result=show, stack_replay=stack_replay)
+                           on_result=show, stack_replay=stack_replay, workers=spread)
     table = Table(title=f"qmp verify {target.label}")
     for column in ("test", "status", "seconds"):
         table.add_column(column)
