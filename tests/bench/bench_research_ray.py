@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import ray
 from embedded_stack import machine
 
 from qmp_lab.parallel import IN_PROCESS, Workers, run_tasks
@@ -72,6 +71,8 @@ def same(a: Any, b: Any) -> bool:
 
 
 def main() -> None:
+    import ray  # after qmp_lab.parallel, which sets how Ray starts its workers
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folds", type=int, default=40)
     parser.add_argument("--symbols", type=int, default=100)

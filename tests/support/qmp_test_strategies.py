@@ -33,6 +33,12 @@ class MinuteRebalancer(DailyRebalancer):
     step_seconds = 60
 
 
+class SecondRebalancer(DailyRebalancer):
+    """The same every second: on a live feed of a bar a second or faster, every bar orders."""
+
+    step_seconds = 1
+
+
 class InstrumentMomentum(BaseStrategy):
     """Time-series momentum per instrument: hold gross/N of equity in each symbol whose return over the last
     `lookback` bars is positive, nothing in the others (the benchmark replay's strategy)."""

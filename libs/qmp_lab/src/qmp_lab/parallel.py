@@ -27,6 +27,11 @@ R = TypeVar("R")
 
 ATTEMPTS = 2  # a piece is retried once
 
+# Ray, in a process that `uv run` started (as `./dev` starts every command), starts each worker through
+# `uv run` too, and those workers die at start here; the workers use this interpreter and this process's
+# import path instead (the runtime environment below). Read by Ray when it is imported: set before.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
 
 @dataclass(frozen=True)
 class Workers:

@@ -49,6 +49,7 @@ class RunObserver:
     breaker_events: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[tuple[int, bool]] = field(default_factory=list)  # (ts_event, accepted)
     fill_records: list[tuple[int, float]] = field(default_factory=list)  # (ts_event, slippage_bps)
+    model_slippage_bps: list[float | None] = field(default_factory=list)  # each fill's model prediction, in order
     es_keys: list[str] = field(default_factory=list)  # the ES key that sized each accepted order, where one did
     repeats: int = 0  # messages seen again under an id already counted
     _subscriptions: list[Any] = field(default_factory=list)
@@ -122,6 +123,8 @@ class RunObserver:
         self.fills += 1
         self.slippage_bps.append(float(fill.get("slippage_bps", 0.0)))
         self.fill_records.append((fill["ts_event"], float(fill.get("slippage_bps", 0.0))))
+        model = fill.get("model_slippage_bps")
+        self.model_slippage_bps.append(None if model is None else float(model))
 
     async def _on_breaker(self, msg: Any) -> None:
         if not self._first_time(msg):

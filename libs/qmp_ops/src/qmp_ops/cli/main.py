@@ -7,8 +7,9 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import asyncpg
 import msgspec
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qmp_core import subjects
 from qmp_core.config import StreamStorage
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.alerts import alerts as alerts_command
@@ -352,6 +354,64 @@ def demo(
     except KeyboardInterrupt:
         console.print("interrupted: stack stopped")
         raise typer.Exit(130) from None
+
+
+@app.command()
+def paper(
+    strategy: Annotated[str, typer.Argument(help="package.module:Class (its id: --id)")],
+    duration: Annotated[str, typer.Option(help="how long: 90s, 60m, 2h")] = "60m",
+    source: Annotated[str, typer.Option(help="synthetic (a live feed on the wall clock) or history (the "
+                                             "bundled S&P 500 from --start, paced at --rate days a second)")]
+    = "synthetic",
+    strategy_id: Annotated[str, typer.Option("--id", help="the id it trades under")] = "paper",
+    symbols: Annotated[int, typer.Option(min=1, help="synthetic: the universe's size")] = 20,
+    bar_seconds: Annotated[float, typer.Option(min=0.05, help="synthetic: a bar every this many seconds")] = 1.0,
+    start: Annotated[str, typer.Option(help="history: the first day")] = "2018-01-01",
+    rate: Annotated[float, typer.Option(min=0.1, help="history: days a second")] = 5.0,
+    pythonpath: Annotated[str, typer.Option(help="where execution finds a strategy outside the installed "
+                                                 "packages")] = "",
+    reports: Annotated[Path, typer.Option(help="where the report goes")] = Path("reports"),
+) -> None:
+    """Run a strategy in paper for a set time on live-like data, on a stack of its own, and write the session
+    report: orders, fills with slippage against the model, equity, drawdown, VaR / ES, breaker events, and the
+    closing halt's control latency."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from qmp_ops.cli.monitor import seconds
+    from qmp_ops.paper import PaperOptions, run_session, write_report
+    from qmp_ops.replay import ReplayFailed
+
+    if source not in ("synthetic", "history"):
+        raise typer.BadParameter("--source must be synthetic or history")
+    try:
+        options = PaperOptions(strategy_path=strategy, strategy_id=subjects.check_token(strategy_id, "strategy"),
+                               duration_s=seconds(duration), source=source,  # type: ignore[arg-type]
+                               symbols=symbols, bar_seconds=bar_seconds, start=start, rate=rate,
+                               pythonpath=pythonpath)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    signal.signal(signal.SIGTERM, _interrupt)
+    columns = (TextColumn("[bold]paper"), BarColumn(), TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("paper", total=options.duration_s, detail="starting the stack…")
+
+            def tick(elapsed: float, seen: Any) -> None:
+                equity = seen.snapshots[-1]["equity"] if seen.snapshots else 0.0
+                progress.update(task, completed=elapsed, detail=f"{len(seen.snapshots)} snapshots, "
+                                f"{seen.accepted} orders, {seen.fills} fills, equity {equity:,.0f}")
+
+            summary, frame = run_session(options, HOME, tick)
+    except KeyboardInterrupt:
+        console.print("interrupted: stack stopped")
+        raise typer.Exit(130) from None
+    except ReplayFailed as error:
+        console.print(f"[red]qmp paper:[/] {escape(str(error))}", highlight=False)
+        raise typer.Exit(1) from None
+    folder = reports / f"paper-{options.strategy_id}-{time.strftime('%Y%m%dT%H%M%S')}"
+    path = write_report(folder, summary, frame)
+    console.print(path.read_text(), highlight=False, markup=False)
+    console.print(f"report: {path}  (run directory: {summary.run_dir})")
 
 
 @app.command()
