@@ -264,6 +264,23 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
                     async with http.get(url + f"/verification/{strategy}/walk_forward.png") as response:
                         assert response.status == 401
 
+                # 6c. The demo strategy's rollout: its timeline (deployed, then paused from this page) and its gates
+                # now, each against its warning and critical levels, as the rollout state holds them.
+                await page.goto(url + f"/strategy/{DEMO_STRATEGY}")
+                await page.locator("#rollout tbody tr").filter(has_text="paused").first.wait_for(timeout=10_000)
+                kinds = await page.locator("#rollout tbody tr td:nth-child(2)").all_inner_texts()
+                assert kinds[:2] == ["deployed", "paused"] or {"deployed", "paused"} <= set(kinds), kinds
+                deadline = time.monotonic() + 15  # the page reloads its tables every 5 s; gates appear once evaluated
+                while True:
+                    gates = await page.evaluate(f'fetch("/api/strategy/{DEMO_STRATEGY}").then(r => r.json())'
+                                                '.then(d => d.gates.map(g => g.metric))')
+                    shown = await page.locator("#gates tbody tr td:first-child").all_inner_texts()
+                    if sorted(shown) == sorted(gates) or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.5)
+                assert sorted(shown) == sorted(gates), (shown, gates)
+                await page.screenshot(path=str(shots / "rollout.png"), full_page=True)
+
                 # 6b. The incidents: the dashboard's halt listed with alice as its sender, its review one click away.
                 await page.goto(url + "/incidents")
                 listed = page.locator("#incidents tbody tr").filter(has_text="dashboard test halt")
@@ -292,6 +309,7 @@ async def test_dashboard_when_halt_pressed_then_execution_denies_every_page_show
     finally:
         await nc.close()
         await runner.cleanup()
-    for name in ("login", "overview", "halted", "resumed", "strategy", "verification", "incidents", "incident"):
+    for name in ("login", "overview", "halted", "resumed", "strategy", "verification", "rollout", "incidents",
+                 "incident"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
     print(f"\ndashboard: halt pressed → HALTED on the other page in {on_screen_s:.2f} s")  # noqa: T201

@@ -3,7 +3,7 @@ of the previous batch."""
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from nats.aio.client import Client
@@ -93,6 +93,39 @@ async def test_catch_up_when_the_watch_fell_silent_then_watched_anew_and_the_wri
     await watch.catch_up(timeout_s=2.0)
     assert engine.state(sid).reason == "seen live"
     await watch.stop()
+
+
+async def test_guard_when_the_watch_falls_silent_live_then_renewed_and_the_halt_applied_within_intervals(
+        deployer_nc: Client, unique_id: str) -> None:
+    # Live, nothing waits on the watch before a batch: the guard finds a silent one and renews it, keeping the
+    # state in force (a halt) until the new watch has delivered every value.
+    sid = unique_id
+    kv, engine, watch = await started_watch(deployer_nc, sid, ControlWatch)
+    watch.guard(asyncio.Lock(), interval_s=0.2)
+    key = subjects.control_key(sid, "risk")
+    try:
+        await kv.put(key, halted(sid, "first"))
+        await until(lambda: engine.state(sid).reason == "first", 2.0)
+        await watch._watcher._sub.unsubscribe()  # its subscription gone, as when its server died: no error
+        await asyncio.sleep(0.5)
+        assert watch.rewatches == 0  # nothing unapplied yet: a quiet bucket is not a silent watch
+        written = asyncio.get_running_loop().time()
+        await kv.put(key, halted(sid, "after the silence"))
+        seen: set[str] = set()
+        await until(lambda: seen.add(engine.state(sid).status) or engine.state(sid).reason == "after the silence",
+                    3.0)
+        took = asyncio.get_running_loop().time() - written
+    finally:
+        await watch.stop()
+    assert watch.rewatches == 1 and took < 1.5  # two to three intervals of 0.2 s, and the reload
+    assert seen == {"HALTED"}  # the halt in force never lapsed while the watch was renewed
+
+
+async def until(condition: Callable[[], object], timeout_s: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 def risk_at(sid: str, ts_event: int) -> bytes:

@@ -18,7 +18,7 @@ from msgspec import Meta
 from nats.js.api import DeliverPolicy
 
 from qmp_core import bus, metrics, subjects
-from qmp_core.clock import Clock, make_clock
+from qmp_core.clock import Clock, ReplayClock, make_clock
 from qmp_core.config import ServiceSettings, load_settings
 from qmp_core.db import connect_pool
 from qmp_core.messages import ReconciliationPolicy, encode
@@ -407,6 +407,8 @@ class ExecutionService:
         venue = adapter.name if adapter is not None else self.settings.broker  # e.g. alpaca, binance, paper
         self.kill_switch = KillSwitch(self.handler, venue)
         self.watch.on_change = self.kill_switch.check
+        if not isinstance(self.clock, ReplayClock):  # a replay checks the watch before every batch instead
+            self.watch.guard(self.handler.trading)
         self.kill_switch.check()  # a kill in force before this start is acted on again (see handlers.kill)
         if adapter is not None:
             self.venue_updates = VenueUpdates(self.handler)

@@ -189,6 +189,8 @@ async def api_strategy(request: web.Request) -> web.Response:
     body = await strategy_detail(session.nc, strategy)
     body |= await strategy_records(session.connection.database_url, strategy, measure)
     body["rollout"] = [msgspec.to_builtins(event) for event in await read_history(session.connection, strategy, 100)]
+    rollout = (await read_rollouts(session.connection, strategy)).get(strategy)
+    body["gates"] = [msgspec.to_builtins(gate) for gate in rollout.gates] if rollout else []
     return web.json_response(body)
 
 

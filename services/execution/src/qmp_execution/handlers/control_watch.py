@@ -1,12 +1,14 @@
 """The control bucket followed through a KV watch: the engine trades under what the bucket holds."""
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -22,6 +24,9 @@ from qmp_execution.handlers.constants import (
 )
 
 log = logging.getLogger(__name__)
+
+GUARD_INTERVAL_S = 1.0  # live: how often the watch is checked against the bucket
+REWATCH_INTERVALS = 5  # a new watch has this many intervals to deliver the bucket's values
 
 
 class ControlWatch:
@@ -44,6 +49,9 @@ class ControlWatch:
         self.on_change: Callable[[], None] | None = None  # called after each change (the kill switch looks)
         self.halted_at: dict[str, float] = {}  # strategy -> when its halt was written, until an order is denied
         self._status: dict[str, str] = {}
+        self._guard: asyncio.Task[None] | None = None
+        self._reloading: set[str] | None = None  # keys a renewed watch has delivered, until it has them all
+        self.rewatches = 0  # times the guard found the watch silent and watched the bucket anew
 
     async def start(self, timeout_s: float = INITIAL_STATE_TIMEOUT_S) -> None:
         self._watcher = await self.kv.watchall()
@@ -60,8 +68,14 @@ class ControlWatch:
     async def _run(self) -> None:
         async for entry in self._watcher:
             if entry is None:  # the watcher's marker: every current value has been delivered
+                if self._reloading is not None:  # a renewed watch: what it did not deliver is gone
+                    for key in set(self.engine.controls) - self._reloading:
+                        self.engine.controls.delete(key)
+                    self._reloading = None
                 self.loaded.set()
                 continue
+            if self._reloading is not None:
+                self._reloading.add(entry.key)
             written_s = entry.created.timestamp() if isinstance(entry.created, datetime) else None
             invalid = self.apply(entry.key, entry.value or b"", entry.operation, entry.revision or 0, written_s)
             if self.on_change is not None and self.loaded.is_set():
@@ -94,15 +108,53 @@ class ControlWatch:
         return last
 
     async def _rewatch(self, timeout_s: float) -> None:
-        """Replace the watch with a new one, which delivers every current value again (deletes included)."""
+        """Replace the watch with a new one, which delivers every current value again. The entries in force stay
+        until it has: then those it did not deliver (deleted meanwhile) go. So no batch ever trades under a
+        half-loaded state, even when the new watch is slow (the caller goes on after `timeout_s`)."""
         await bus.stop_watch(self._watcher, self._task)
-        for key in list(self.engine.controls):
-            self.engine.controls.delete(key)
+        self._reloading = set()
         self.revision = 0
         self.loaded = asyncio.Event()
         self._watcher = await self.kv.watchall()
         self._task = asyncio.create_task(self._run(), name="execution-control-watch")
         await asyncio.wait_for(self.loaded.wait(), timeout_s)
+
+    def guard(self, lock: asyncio.Lock, interval_s: float = GUARD_INTERVAL_S) -> None:
+        """On a live clock, check every `interval_s` that the watch keeps up with the bucket; one that left a
+        write unapplied for a whole interval is replaced, under `lock` (the bar handler's: no batch trades
+        while the entries are reloaded).
+
+        A replay checks before every batch (`catch_up`). Live, nothing else would: a watch whose ordered
+        consumer lived on a cluster server that died was seen to recover only after 5 to 19 s, a halt unapplied
+        meanwhile.
+        """
+        if self.js is not None and self._guard is None:
+            self._guard = asyncio.create_task(self._keep_up(lock, interval_s), name="execution-control-guard")
+
+    async def _keep_up(self, lock: asyncio.Lock, interval_s: float) -> None:
+        assert self.js is not None
+        pending = 0  # the bucket's last write seen unapplied at the previous check
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                last = (await self.js.stream_info(f"KV_{subjects.KV_CONTROL}")).state.last_seq or 0
+            except (NatsError, OSError):  # the server is away: the watch's own reconnect comes first
+                continue
+            if self.revision >= last:  # every write applied
+                pending = 0
+                continue
+            if pending == 0 or self.revision >= pending:  # behind, but moving: another interval to deliver
+                pending = last
+                continue
+            log.warning("control watch silent; watching the bucket anew",
+                        extra={"applied": self.revision, "bucket": last, "unapplied_since_s": interval_s})
+            async with lock:
+                try:
+                    await self._rewatch(interval_s * REWATCH_INTERVALS)
+                    self.rewatches += 1
+                except (TimeoutError, NatsError, OSError) as error:
+                    log.warning("control watch not renewed; trying again", extra={"error": str(error)})
+            pending = 0
 
     @property
     def catch_up_timeouts(self) -> int:
@@ -145,4 +197,9 @@ class ControlWatch:
         return invalid
 
     async def stop(self) -> None:
+        if self._guard is not None:
+            self._guard.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._guard
+            self._guard = None
         await bus.stop_watch(self._watcher, self._task)

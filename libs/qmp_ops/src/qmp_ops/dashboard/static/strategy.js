@@ -107,9 +107,16 @@ async function load() {
                                     num(f.arrival_price, 4), num(f.slippage_bps, 2), num(f.model_slippage_bps, 2),
                                     f.model_slippage_bps === null ? "—" : num(f.slippage_bps - f.model_slippage_bps, 2),
                                     num(f.fee, 2)]));
+  const level = (value, [warning, critical]) => value === null || value === undefined ? "no reading" :
+    value > critical ? "critical" : value > warning ? "warning" : "ok";
   fill("rollout", d.rollout.slice().reverse().map((e) => [nsWhen(e.ts_event), e.kind,
     `${e.phase_from || ""} → ${e.phase_to || ""}`, `${pct(e.allocation_before)} → ${pct(e.allocation_after)}`,
+    Object.entries(e.thresholds || {}).map(([metric, limits]) =>
+      `${metric} ${num((e.metrics || {})[metric], 4)} (${limits.map((x) => num(x, 4)).join(" / ")}: ` +
+      `${level((e.metrics || {})[metric], limits)})`).join("; "),
     e.actor, e.reason]));
+  fill("gates", d.gates.map((g) => [g.metric, g.level, num(g.value, 4), num(g.warning, 4), num(g.critical, 4),
+                                    g.action, g.reading + (g.detail ? ` — ${g.detail}` : "")]));
   fill("audit", d.audit.map((a) => [when(a.t), JSON.stringify(a.command), a.sender || a.command.issued_by || "",
                                     `${a.state.status}${a.state.reason ? " — " + a.state.reason : ""}`]));
 }
