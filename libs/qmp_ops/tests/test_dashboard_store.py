@@ -99,3 +99,13 @@ def test_live_message_when_a_command_is_audited_then_its_sender_is_read_for_the_
     assert live_message("qmp.audit.control.s1", encode(applied)) == (
         "audit", {"strategy": "s1", "command_id": "c-9", "sender": "alice"})
     assert live_message("qmp.audit.control.s1", b"{not json") is None
+
+
+async def test_records_when_the_database_is_away_then_the_overview_goes_on_without_them() -> None:
+    from qmp_ops.dashboard.server import Session, _records
+    from qmp_ops.runtime.ports import free_port
+    from qmp_ops.runtime.supervisor import Connection
+
+    away = Connection(nats_url="nats://127.0.0.1:1", database_url=f"postgresql://qmp@127.0.0.1:{free_port()}/qmp",
+                      run_dir="")
+    assert await _records(Session("alice", away, None, 0.0), {"s1": "c-1"}) == ({}, {})  # type: ignore[arg-type]

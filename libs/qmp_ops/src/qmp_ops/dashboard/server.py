@@ -23,7 +23,7 @@ from qmp_core import bus, subjects
 from qmp_lab.verify.gate import check_deployable, latest_verification
 from qmp_ops.cli.control import send_control, service_health
 from qmp_ops.cli.deploy import read_history, read_rollouts, send_deploy_command
-from qmp_ops.dashboard.store import overview_records, strategy_records
+from qmp_ops.dashboard.store import Day, overview_records, strategy_records
 from qmp_ops.dashboard.views import SHOWN_MEASURE, Days, live_message, overview, strategies_on_bus, strategy_detail
 from qmp_ops.incident import NoIncident, Window, reconstruct
 from qmp_ops.incident import store as incident_store
@@ -194,6 +194,17 @@ async def api_strategy(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def _records(session: Session, states: dict[str, str]) -> tuple[dict[str, Day], dict[str, str]]:
+    """The database's part of the overview (each day's opening equity, who set each state); nothing when the
+    database does not answer: the rows from the bus are shown all the same."""
+    try:
+        return await overview_records(session.connection.database_url, states)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        log.warning("the database did not answer; the overview goes without PnL of the day and senders",
+                    extra={"error": str(error)})
+        return {}, {}
+
+
 def _report_folder(request: web.Request) -> Path:
     """The folder of the strategy's latest verification report (the latest run of any of its tests)."""
     _required(request)
@@ -281,8 +292,8 @@ async def api_overview(request: web.Request) -> web.Response:
     session = _required(request)
     rollouts = await read_rollouts(session.connection)
     body = await overview(session.nc, rollouts)
-    days, senders = await overview_records(session.connection.database_url, {
-        row["strategy"]: row["state"].get("command_id", "") for row in body["strategies"]})
+    days, senders = await _records(session, {row["strategy"]: row["state"].get("command_id", "")
+                                             for row in body["strategies"]})
     for row in body["strategies"]:
         day = days.get(row["strategy"])
         row["day_pnl"] = day.pnl() if day else None
@@ -359,8 +370,7 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     # state it set (published after it) shows.
     states = await bus.read_control_entries(session.nc.jetstream())
     known = await strategies_on_bus(session.nc)
-    primed, senders_now = await overview_records(session.connection.database_url, {
-        name: states.effective(name).command_id for name in known})
+    primed, senders_now = await _records(session, {name: states.effective(name).command_id for name in known})
     days = Days(primed)
     senders = {(name, states.effective(name).command_id): who for name, who in senders_now.items()}
 
