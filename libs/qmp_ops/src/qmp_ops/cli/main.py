@@ -979,6 +979,7 @@ def register_extensions() -> None:
     from qmp_ops.cli.dashboard import dashboard
     from qmp_ops.cli.deploy import register as register_deploy
     from qmp_ops.cli.importer import import_history
+    from qmp_ops.cli.portfolio import app as portfolio_app
     from qmp_ops.cli.risk import register as register_risk
     from qmp_ops.cli.slippage import app as slippage_app
     from qmp_ops.cli.verify import register as register_verify
@@ -988,6 +989,7 @@ def register_extensions() -> None:
     register_verify(app)  # verify, sweep
     register_risk(app)  # risk var | report, stress
     app.add_typer(audit_app, name="audit")  # audit security
+    app.add_typer(portfolio_app, name="portfolio")  # portfolio optimise, apply
     app.command(name="import")(import_history)  # historical bars from files
     app.command(name="dashboard")(dashboard)  # the live overview in a browser
 

@@ -1,0 +1,108 @@
+"""`qmp portfolio optimise` and `apply` against a running deployer: three strategies' recorded equity curves in
+the stack's database, budgets proposed from their daily returns, one proposal sent as allocation commands, each
+accepted, in force in the control bucket and in the audit trail with the operator as its sender."""
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from qmp_core import bus
+from qmp_ops.cli.main import app
+from qmp_ops.runtime.supervisor import Stack, StackOptions
+
+pytestmark = pytest.mark.system
+
+VOLS = (0.004, 0.01, 0.025)
+
+
+async def record_curves(database_url: str, strategies: list[str], days: int = 200) -> None:
+    """Each strategy's book twice a day (its day's last equity is the one that counts), calm to wild."""
+    rng = np.random.default_rng(3)
+    start = datetime(2024, 1, 2, tzinfo=UTC)
+    db = await asyncpg.connect(database_url)
+    try:
+        for strategy, vol in zip(strategies, VOLS, strict=True):
+            equity = 1_000_000.0
+            rows = []
+            for day in range(days):
+                noon = start + timedelta(days=day, hours=12)
+                rows.append((noon, strategy, equity * (1 + vol)))  # a midday mark the close replaces
+                equity *= 1.0 + vol * float(rng.standard_t(4)) + 0.0002
+                rows.append((noon + timedelta(hours=9), strategy, equity))
+            await db.executemany(
+                "INSERT INTO equity_curve (ts, strategy, cash, equity, realized_pnl, unrealized_pnl, fees, "
+                "gross_exposure, net_exposure, positions, working) VALUES ($1, $2, 0, $3, 0, 0, 0, 0, 0, 0, 0)",
+                rows)
+    finally:
+        await db.close()
+
+
+async def audit_of(database_url: str, strategies: list[str]) -> list[asyncpg.Record]:
+    db = await asyncpg.connect(database_url)
+    try:
+        for _ in range(50):  # the deployer writes its audit rows just after it answers
+            rows = await db.fetch("SELECT strategy, command, sender FROM control_audit WHERE strategy = ANY($1)",
+                                  strategies)
+            if len(rows) >= len(strategies):
+                return rows
+            await asyncio.sleep(0.1)
+        return rows
+    finally:
+        await db.close()
+
+
+def test_portfolio_when_optimised_and_applied_then_each_budget_is_an_audited_allocation(
+        tmp_path: Path, unique_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    strategies = [f"pf{unique_id[:6]}{name}" for name in ("calm", "mid", "wild")]
+    stack = Stack(StackOptions(home=tmp_path / ".qmp", services=("deployer",), share_connection=False))
+    connection = stack.start_servers()
+    try:
+        asyncio.run(stack.start_services())
+        asyncio.run(record_curves(connection.database_url, strategies))
+        for name, value in (("QMP_NATS_URL", connection.nats_url), ("QMP_NATS_USER", connection.operator_user),
+                            ("QMP_NATS_PASSWORD", connection.operator_password),
+                            ("QMP_NATS_TLS_CA", connection.tls_ca), ("QMP_DATABASE_URL", connection.database_url)):
+            monkeypatch.setenv(name, value)
+        reports = tmp_path / "reports"
+
+        optimised = CliRunner().invoke(app, ["portfolio", "optimise", "--strategies", ",".join(strategies),
+                                             "--min-weight", "0.05", "--max-weight", "0.8", "--reports",
+                                             str(reports), "--json"])
+        assert optimised.exit_code == 0, optimised.output
+        record = json.loads(optimised.output)
+        shown = CliRunner().invoke(app, ["portfolio", "apply", record["file"], "--method", "es_risk_parity"])
+        assert asyncio.run(audit_of(connection.database_url, strategies)) == []  # without --confirm: nothing sent
+        applied = CliRunner().invoke(app, ["portfolio", "apply", record["file"], "--method", "es_risk_parity",
+                                           "--confirm"])
+        audit = asyncio.run(audit_of(connection.database_url, strategies))
+
+        async def bucket() -> dict[str, float]:
+            nc = await connection.connect()
+            try:
+                entries = await bus.read_control_entries(nc.jetstream())
+                return {s: entries.effective(s).allocation for s in strategies}
+            finally:
+                await nc.close()
+
+        in_force = asyncio.run(bucket())
+    finally:
+        stack.stop()
+
+    assert record["days"] == 199  # 200 closes make 199 daily returns; the midday marks never count
+    parity = next(p for p in record["proposals"] if p["method"] == "es_risk_parity")["weights"]
+    calm, mid, wild = (parity[s] for s in strategies)
+    assert calm > mid > wild >= 0.05 - 1e-6 and sum(parity.values()) == pytest.approx(1.0)
+    assert shown.exit_code == 1 and "add --confirm" in shown.output
+    assert applied.exit_code == 0, applied.output
+    assert in_force == pytest.approx({s: round(parity[s], 6) for s in strategies})
+    commands = {row["strategy"]: (json.loads(row["command"]), row["sender"]) for row in audit}
+    assert set(commands) == set(strategies)
+    for strategy, (command, sender) in commands.items():
+        assert command["command"] == "set_allocation" and sender == connection.operator_user
+        assert command["allocation"] == pytest.approx(round(parity[strategy], 6))
