@@ -73,7 +73,10 @@ def propose(returns: pd.DataFrame, methods: tuple[str, ...] = METHODS, min_weigh
             max_weight: float = 1.0, level: float = LEVEL, previous: dict[str, float] | None = None,
             max_turnover: float | None = None) -> list[Proposal]:
     """One proposal per method from `returns` (days × strategies, simple daily returns, no gaps)."""
-    from skfolio import RiskMeasure
+    try:
+        from skfolio import RiskMeasure
+    except ImportError as error:
+        raise PortfolioError("budgets need skfolio: pip install 'qmp-lab[portfolio]'") from error
 
     clean = returns.dropna()
     names = [str(c) for c in clean.columns]
