@@ -1,6 +1,7 @@
-"""`qmp portfolio optimise` and `apply` against a running deployer: three strategies' recorded equity curves in
-the stack's database, budgets proposed from their daily returns, one proposal sent as allocation commands, each
-accepted, in force in the control bucket and in the audit trail with the operator as its sender."""
+"""`qmp portfolio optimise`, `test` and `apply` against a running deployer: three strategies' recorded equity
+curves in the stack's database, budgets proposed from their daily returns, tested over 100 scenarios, one proposal
+sent as allocation commands, each accepted, in force in the control bucket and in the audit trail with the operator
+as its sender."""
 
 import asyncio
 import json
@@ -76,6 +77,8 @@ def test_portfolio_when_optimised_and_applied_then_each_budget_is_an_audited_all
                                              str(reports), "--json"])
         assert optimised.exit_code == 0, optimised.output
         record = json.loads(optimised.output)
+        tested = CliRunner().invoke(app, ["portfolio", "test", record["file"], "--scenarios", "100", "--workers", "1",
+                                          "--reports", str(reports)])
         shown = CliRunner().invoke(app, ["portfolio", "apply", record["file"], "--method", "es_risk_parity"])
         assert asyncio.run(audit_of(connection.database_url, strategies)) == []  # without --confirm: nothing sent
         applied = CliRunner().invoke(app, ["portfolio", "apply", record["file"], "--method", "es_risk_parity",
@@ -98,6 +101,16 @@ def test_portfolio_when_optimised_and_applied_then_each_budget_is_an_audited_all
     parity = next(p for p in record["proposals"] if p["method"] == "es_risk_parity")["weights"]
     calm, mid, wild = (parity[s] for s in strategies)
     assert calm > mid > wild >= 0.05 - 1e-6 and sum(parity.values()) == pytest.approx(1.0)
+    assert tested.exit_code == 0, tested.output
+    (folder,) = reports.glob("portfolio-test-*")
+    outcomes = json.loads((folder / "outcomes.json").read_text())
+    assert len(outcomes["outcomes"]) == 4 * 100  # every proposal over every scenario
+    summary = outcomes["summary"]
+    # Out of sample too, an equal budget lets the wild strategy carry the tail: more ES than ES parity.
+    assert summary["equal"]["es_median"] > summary["es_risk_parity"]["es_median"]
+    kinds = {o["kind"] for o in outcomes["outcomes"]}
+    assert kinds == {"bootstrap", "vol_x3", "corr_0.9", "crisis_2008", "crisis_2020"}
+    assert (folder / "drawdowns.png").stat().st_size > 10_000 and "ES 99% median" in (folder / "report.md").read_text()
     assert shown.exit_code == 1 and "add --confirm" in shown.output
     assert applied.exit_code == 0, applied.output
     assert in_force == pytest.approx({s: round(parity[s], 6) for s in strategies})

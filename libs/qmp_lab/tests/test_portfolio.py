@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qmp_lab.portfolio import METHODS, PortfolioError, propose
+from qmp_lab.portfolio import METHODS, STRESS_KINDS, PortfolioError, out_of_sample, propose, scenario_plan
 
 VOLS = np.array([0.004, 0.01, 0.025])  # a calm, a middling and a wild strategy
 
@@ -56,3 +56,19 @@ def test_propose_when_returns_cannot_carry_a_proposal_then_says_why() -> None:
         propose(returns(), max_weight=0.2)  # three budgets of at most 20% never sum to one
     with pytest.raises(PortfolioError, match="unknown method"):
         propose(returns(), methods=("kelly",))
+
+
+def test_out_of_sample_when_run_twice_then_the_same_outcomes_and_stress_hurts_more_than_bootstrap() -> None:
+    recorded = returns()
+    proposals = propose(recorded, methods=("es_risk_parity", "equal"), min_weight=0.05, max_weight=0.8)
+
+    first = out_of_sample(recorded, proposals, count=40, seed=11)
+    again = out_of_sample(recorded, proposals, count=40, seed=11)
+    other = out_of_sample(recorded, proposals, count=40, seed=12)
+
+    assert first == again and first != other
+    plan = scenario_plan(40)
+    assert [s.kind for s in plan].count("bootstrap") == 24 and {s.kind for s in plan} == {"bootstrap", *STRESS_KINDS}
+    mean = {kind: np.mean([o.max_drawdown for o in first if o.scenario.kind == kind and o.method == "equal"])
+            for kind in ("bootstrap", "vol_x3", "crisis_2008")}
+    assert mean["vol_x3"] > mean["bootstrap"] and mean["crisis_2008"] > mean["bootstrap"]

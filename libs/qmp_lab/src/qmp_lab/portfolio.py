@@ -102,3 +102,122 @@ def propose(returns: pd.DataFrame, methods: tuple[str, ...] = METHODS, min_weigh
                                   es=float(portfolio.cvar),
                                   es_contributions=dict(zip(names, contributions.tolist(), strict=True))))
     return proposals
+
+
+# ---------------------------------------------------------------- proposals out of sample: `qmp portfolio test`
+SCENARIO_DAYS = 252
+MEAN_BLOCK_DAYS = 10  # stationary block bootstrap: runs of days kept together (their volatility clustering)
+STRESS_KINDS = ("vol_x3", "corr_0.9", "crisis_2008", "crisis_2020")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    kind: str  # bootstrap, or one of STRESS_KINDS
+    index: int  # its seed stream: the same index gives the same path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One proposal over one scenario: its daily ES at the level, maximum drawdown and the breakers it trips."""
+
+    scenario: Scenario
+    method: str
+    es: float
+    max_drawdown: float
+    drawdown_halt: bool  # a day's loss beyond the risk service's drawdown halt
+    volatility: bool  # its volatility ratio beyond the risk service's limit (order size cut)
+
+
+def scenario_plan(count: int) -> list[Scenario]:
+    """`count` scenarios: a tenth of each stress kind (at least one), the rest bootstrapped."""
+    stressed = max(1, count // 10)
+    kinds = [kind for kind in STRESS_KINDS for _ in range(stressed)]
+    kinds = ["bootstrap"] * max(0, count - len(kinds)) + kinds
+    return [Scenario(kind, index) for index, kind in enumerate(kinds[:count])]
+
+
+def crisis_factors() -> dict[str, np.ndarray]:
+    """The S&P 500 index's daily returns over each crisis episode, over the index's own daily volatility: the
+    market's move in units of its volatility, which a scenario scales to each strategy's."""
+    from qmp_core.datasets import load_sp500_index
+    from qmp_lab.scenarios import EPISODES
+
+    index = load_sp500_index().iloc[:, 0]
+    daily = index.pct_change().dropna()
+    vol = float(daily.std())
+    factors = {}
+    for name, episode in zip(("crisis_2008", "crisis_2020"), EPISODES, strict=True):
+        window = daily[(daily.index >= episode.start) & (daily.index <= episode.end)]
+        factors[name] = window.to_numpy() / vol
+    return factors
+
+
+def scenario_returns(returns: np.ndarray, scenario: Scenario, seed: int, factors: dict[str, np.ndarray]
+                     ) -> np.ndarray:
+    """One scenario's SCENARIO_DAYS × strategies of daily returns, from the recorded ones.
+
+    bootstrap: a stationary block bootstrap. vol_x3: that, with every strategy's moves around its mean tripled.
+    corr_0.9: that, re-correlated to 0.9 between every pair (each volatility kept). crisis_<year>: that, with
+    the crisis's market moves added at its start, each strategy moving with the market at its own volatility
+    (the worst case of a strategy wholly exposed to the market)."""
+    rng = np.random.default_rng([seed, scenario.index])
+    n = len(returns)
+    rows = np.empty(SCENARIO_DAYS, dtype=np.int64)
+    row = int(rng.integers(n))
+    for t in range(SCENARIO_DAYS):
+        row = int(rng.integers(n)) if rng.random() < 1.0 / MEAN_BLOCK_DAYS else (row + 1) % n
+        rows[t] = row
+    path = returns[rows]
+    if scenario.kind == "vol_x3":
+        mean = returns.mean(axis=0)
+        return mean + 3.0 * (path - mean)
+    if scenario.kind == "corr_0.9":
+        from qmp_lab.scenarios import recorrelate
+
+        return recorrelate(path, 0.9)
+    if scenario.kind in factors:
+        factor = factors[scenario.kind][:SCENARIO_DAYS]
+        shocked = path.copy()
+        shocked[:len(factor)] += np.outer(factor, returns.std(axis=0, ddof=1))
+        return shocked
+    return path
+
+
+def evaluate(shared: tuple[np.ndarray, dict[str, np.ndarray], int, dict[str, np.ndarray], float],
+             scenario: Scenario) -> list[Outcome]:
+    """Every proposal over one scenario (a piece `run_tasks` runs): shared = (recorded returns, method →
+    weights, seed, crisis factors, level)."""
+    from qmp_core.breakers import drawdown_trips, volatility_trips
+    from qmp_core.config import RISK_DEFAULTS
+    from qmp_kernels.stress import path_max_drawdown_nb
+    from qmp_kernels.vol import vol_ratio_1d_nb
+
+    returns, weights, seed, factors, level = shared
+    path = scenario_returns(returns, scenario, seed, factors)
+    outcomes = []
+    for method, w in weights.items():
+        daily = np.ascontiguousarray(path @ w)
+        losses = np.sort(-daily)[::-1]
+        tail = max(1, int(np.ceil((1.0 - level) * len(daily))))
+        drawdown, _ = path_max_drawdown_nb(daily)
+        ratio, _ = vol_ratio_1d_nb(daily, RISK_DEFAULTS.vol_window, RISK_DEFAULTS.vol_average_window)
+        peak_ratio = float(np.nanmax(ratio)) if np.isfinite(ratio).any() else 0.0
+        outcomes.append(Outcome(scenario=scenario, method=method, es=float(losses[:tail].mean()),
+                                max_drawdown=float(drawdown),
+                                drawdown_halt=drawdown_trips(float(losses[0]), RISK_DEFAULTS.drawdown_halt),
+                                volatility=volatility_trips(peak_ratio, RISK_DEFAULTS.vol_ratio_limit)))
+    return outcomes
+
+
+def out_of_sample(returns: pd.DataFrame, proposals: list[Proposal], count: int = 100, seed: int = 7,
+                   workers: Any = None, progress: Any = None, level: float = LEVEL) -> list[Outcome]:
+    """Every proposal over `count` scenarios made from `returns` (bootstrapped and stressed); each scenario is
+    an independent piece, run in this process or on Ray (`workers`), with the same numbers either way."""
+    from qmp_lab.parallel import IN_PROCESS, run_tasks
+
+    columns = [str(c) for c in returns.columns]
+    weights = {p.method: np.array([p.weights[c] for c in columns]) for p in proposals}
+    shared = (returns.dropna().to_numpy(dtype=np.float64), weights, seed, crisis_factors(), level)
+    per_scenario = run_tasks(evaluate, shared, scenario_plan(count), workers or IN_PROCESS, progress)
+    return [outcome for outcomes in per_scenario for outcome in outcomes]
+

@@ -62,6 +62,7 @@ from qmp_kernels.methods import (
 )
 from qmp_kernels.stress import calibrate_garch_t_jump_nb, garch_t_jump_max_drawdown_nb, path_max_drawdown_nb
 from qmp_kernels.vol import vol_ratio_1d_nb
+from qmp_lab.scenarios import EPISODES, recorrelate
 from qmp_ops.runtime.supervisor import Connection, StackUnavailable
 
 EXIT_BAD_INPUT = 2
@@ -377,15 +378,6 @@ class Book:
         return self.quantities * self.prices
 
 
-@dataclass(frozen=True)
-class Episode:
-    name: str
-    start: str
-    end: str
-
-
-EPISODES = (Episode("2008 Lehman / GFC", "2008-09-15", "2008-11-20"),
-            Episode("2020 Covid crash", "2020-02-19", "2020-03-23"))
 CRASH_1987 = -0.205
 
 
@@ -553,24 +545,6 @@ def stress_report(book: Book, level: float, window: int, gap: float, thresholds:
             "level": level, "window": window, "now": {"as_of": str(dates[-1].date()),
                                                        "risk": var_after(book, current, level, window)},
             "scenarios": scenarios}
-
-
-def recorrelate(returns: np.ndarray, rho: float) -> np.ndarray:
-    """Return the scenarios re-correlated to `rho` between every pair, each column's volatility kept."""
-    complete = returns[np.isfinite(returns).all(axis=1)]
-    if complete.shape[1] < 2:
-        return complete
-    mean = complete.mean(axis=0)
-    cov = np.cov(complete, rowvar=False)
-    vols = np.sqrt(np.diag(cov))
-    target = np.full(cov.shape, rho)
-    np.fill_diagonal(target, 1.0)
-    try:
-        whiten = np.linalg.inv(np.linalg.cholesky(cov))
-        color = np.linalg.cholesky(target * np.outer(vols, vols))
-    except np.linalg.LinAlgError:
-        return complete  # singular: the scenarios already move together
-    return (complete - mean) @ whiten.T @ color.T + mean
 
 
 def monte_carlo(book: Book, paths: int, seed: int, horizon: int) -> dict[str, Any]:
