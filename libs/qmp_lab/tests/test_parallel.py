@@ -6,11 +6,24 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from qmp_core.datasets import load_sp500_prices
+from qmp_kernels.stress import (
+    MC_A,
+    MC_B,
+    MC_FIELDS,
+    MC_JUMP_INTENSITY,
+    MC_JUMP_MEAN,
+    MC_JUMP_STD,
+    MC_NU,
+    MC_OMEGA,
+    MC_SIGMA2_0,
+)
 from qmp_lab.parallel import IN_PROCESS, TaskFailed, Workers, run_tasks
+from qmp_lab.scenarios import monte_carlo_block, monte_carlo_blocks
 from qmp_lab.sweep import read_grid, sweep
 from qmp_lab.verify import walk_forward
 from qmp_lab.verify.core import StrategyTarget, VerifyContext
@@ -99,3 +112,20 @@ def test_sweep_when_on_ray_then_the_same_rows_as_in_one_process(prices: pd.DataF
     (tmp_path / "bad.toml").write_text("target_volatility = 0.1\n")
     with pytest.raises(ValueError, match="non-empty list"):
         read_grid(tmp_path / "bad.toml")
+
+
+def test_monte_carlo_when_its_blocks_run_on_ray_then_the_same_paths_as_in_one_process(ray_cluster: None) -> None:
+    params = np.zeros(MC_FIELDS)
+    params[[MC_OMEGA, MC_A, MC_B, MC_NU, MC_SIGMA2_0]] = [1e-6, 0.08, 0.9, 6.0, 1e-4]
+    params[[MC_JUMP_INTENSITY, MC_JUMP_MEAN, MC_JUMP_STD]] = [0.02, -0.02, 0.03]
+    blocks = monte_carlo_blocks(2_500, seed=3)
+
+    here = run_tasks(monte_carlo_block, (params, 252), blocks)
+    spread = run_tasks(monte_carlo_block, (params, 252), blocks, ON_RAY)
+
+    assert [n for n, _ in blocks] == [1_000, 1_000, 500] and len({s for _, s in blocks}) == 3
+    for (a_dd, a_tot), (b_dd, b_tot) in zip(here, spread, strict=True):
+        np.testing.assert_array_equal(a_dd, b_dd)
+        np.testing.assert_array_equal(a_tot, b_tot)
+    assert 0.0 < float(np.median(np.concatenate([dd for dd, _ in here]))) < 1.0
+    assert monte_carlo_blocks(2_500, seed=4)[0][1] != blocks[0][1]  # another seed, other paths

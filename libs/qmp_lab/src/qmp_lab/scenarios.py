@@ -1,5 +1,5 @@
 """Stressed scenarios shared by `qmp stress` and `qmp portfolio test`: the crisis episodes of the bundled history,
-and returns re-correlated to a level with each column's volatility kept."""
+returns re-correlated to a level with each column's volatility kept, and the Monte Carlo's paths in blocks."""
 
 from dataclasses import dataclass
 
@@ -33,3 +33,31 @@ def recorrelate(returns: np.ndarray, rho: float) -> np.ndarray:
     except np.linalg.LinAlgError:
         return complete  # singular: the scenarios already move together
     return (complete - mean) @ whiten.T @ color.T + mean
+
+
+PATHS_PER_BLOCK = 1_000  # Monte Carlo paths per piece of work
+
+
+def monte_carlo_blocks(paths: int, seed: int) -> list[tuple[int, int]]:
+    """The Monte Carlo's pieces: (paths, seed) each, `PATHS_PER_BLOCK` paths a block, each block's seed drawn from
+    (seed, block) so the paths are the same however many processes run the blocks."""
+    blocks = []
+    for block, start in enumerate(range(0, paths, PATHS_PER_BLOCK)):
+        state = np.random.SeedSequence([seed, block]).generate_state(1)[0]
+        blocks.append((min(PATHS_PER_BLOCK, paths - start), int(state)))
+    return blocks
+
+
+def monte_carlo_block(shared: tuple[np.ndarray, int], block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One block of GARCH-t-with-jumps paths (a piece `run_tasks` runs): shared = (the model's parameters, the
+    horizon in days); returns (max drawdown, total return) per path. Raises ValueError on parameters the kernel
+    refuses."""
+    from qmp_kernels import status
+    from qmp_kernels.stress import garch_t_jump_max_drawdown_nb
+
+    params, horizon = shared
+    paths, seed = block
+    drawdowns, totals, code = garch_t_jump_max_drawdown_nb(params, horizon, paths, seed)
+    if code != status.OK:
+        raise ValueError(f"Monte Carlo rejected its parameters: {status.NAMES[code]}")
+    return drawdowns, totals

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qmp_ops.cli.verify import RAY_ADDRESS_HELP, WORKERS_HELP, research_workers
+from qmp_ops.cli.research import RAY_ADDRESS_HELP, WORKERS_HELP, research_workers
 from qmp_ops.runtime.supervisor import Connection, StackUnavailable
 
 console = Console()

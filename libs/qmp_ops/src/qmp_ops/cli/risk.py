@@ -60,9 +60,11 @@ from qmp_kernels.methods import (
     rolling_var_es,
     var_es_methods_nb,
 )
-from qmp_kernels.stress import calibrate_garch_t_jump_nb, garch_t_jump_max_drawdown_nb, path_max_drawdown_nb
+from qmp_kernels.stress import calibrate_garch_t_jump_nb, path_max_drawdown_nb
 from qmp_kernels.vol import vol_ratio_1d_nb
-from qmp_lab.scenarios import EPISODES, recorrelate
+from qmp_lab.parallel import IN_PROCESS, TaskFailed, Workers, run_tasks
+from qmp_lab.scenarios import EPISODES, monte_carlo_block, monte_carlo_blocks, recorrelate
+from qmp_ops.cli.research import RAY_ADDRESS_HELP, WORKERS_HELP, research_workers
 from qmp_ops.runtime.supervisor import Connection, StackUnavailable
 
 EXIT_BAD_INPUT = 2
@@ -547,8 +549,9 @@ def stress_report(book: Book, level: float, window: int, gap: float, thresholds:
             "scenarios": scenarios}
 
 
-def monte_carlo(book: Book, paths: int, seed: int, horizon: int) -> dict[str, Any]:
-    """Return the 1-year max-drawdown distribution of the book from a calibrated GARCH-t-with-jumps simulation."""
+def monte_carlo(book: Book, paths: int, seed: int, horizon: int, workers: Workers = IN_PROCESS) -> dict[str, Any]:
+    """Return the 1-year max-drawdown distribution of the book from a calibrated GARCH-t-with-jumps simulation,
+    its paths in blocks (`qmp_lab.scenarios.monte_carlo_blocks`) run where `workers` says."""
     _, returns, _ = asset_returns(book)
     history = returns[-2520:]
     history = history[np.isfinite(history).all(axis=1)]
@@ -556,9 +559,12 @@ def monte_carlo(book: Book, paths: int, seed: int, horizon: int) -> dict[str, An
     params, code = calibrate_garch_t_jump_nb(np.ascontiguousarray(pnl))
     if code != kernel_status.OK:
         raise InputError(f"cannot calibrate the Monte Carlo on {len(pnl)} days: {kernel_status.NAMES[code]}")
-    drawdowns, totals, code = garch_t_jump_max_drawdown_nb(params, horizon, paths, seed)
-    if code != kernel_status.OK:
-        raise InputError(f"Monte Carlo rejected its parameters: {kernel_status.NAMES[code]}")
+    try:
+        blocks = run_tasks(monte_carlo_block, (params, horizon), monte_carlo_blocks(paths, seed), workers)
+    except TaskFailed as error:
+        raise InputError(str(error.cause)) from None
+    drawdowns = np.concatenate([block[0] for block in blocks])
+    totals = np.concatenate([block[1] for block in blocks])
     names = ("omega", "a", "b", "nu", "sigma2_0", "jump_intensity", "jump_mean", "jump_std")
     return {"paths": paths, "seed": seed, "horizon_days": horizon, "calibration_days": len(pnl),
             "model": dict(zip(names, [float(v) for v in params], strict=True)),
@@ -577,6 +583,8 @@ def stress_command(
     monte_carlo_mode: Annotated[bool, typer.Option("--monte-carlo", help="add the GARCH-t-with-jumps simulation")] = (
         False),
     paths: Annotated[int, typer.Option(help="Monte Carlo paths")] = 10_000,
+    workers: Annotated[int | None, typer.Option(min=1, envvar="QMP_RESEARCH_WORKERS", help=WORKERS_HELP)] = None,
+    ray_address: Annotated[str, typer.Option(help=RAY_ADDRESS_HELP)] = "",
     seed: Annotated[int, typer.Option(help="Monte Carlo seed")] = 7,
     drawdown_halt: Annotated[float, typer.Option(help="breaker: 24h drawdown that halts")] = (
         RISK_DEFAULTS.drawdown_halt),
@@ -607,7 +615,7 @@ def stress_command(
         thresholds = {"drawdown_halt": drawdown_halt, "stop_loss": stop_loss, "vol_ratio_limit": vol_ratio_limit}
         report = stress_report(book, level, window, gap, thresholds)
         if monte_carlo_mode:
-            report["monte_carlo"] = monte_carlo(book, paths, seed, 252)
+            report["monte_carlo"] = monte_carlo(book, paths, seed, 252, research_workers(workers, ray_address))
     except (InputError, ValueError, FileNotFoundError, StackUnavailable) as error:
         fail(str(error))
     if as_json:

@@ -9,42 +9,26 @@ strategy id that a running stack hosts and seeing it fail halts it, locks it and
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from qmp_lab.parallel import Workers
+from qmp_ops.cli.research import RAY_ADDRESS_HELP, WORKERS_HELP, research_workers
 
 console = Console()
 HOME = Path(".qmp")
 TEST_NAMES = "walk_forward, fat_tail, black_swan, slippage, numba"
 
 
-WORKERS_HELP = ("processes for the independent pieces, as Ray tasks when more than 1 (default: every core when "
-                "Ray is installed, qmp-lab[ray]; else this process)")
-RAY_ADDRESS_HELP = "an existing Ray cluster to run them on (`auto`, `ray://host:10001`)"
 
 
 def register(app: typer.Typer) -> None:
     """Add `qmp verify` and `qmp sweep` to the qmp command."""
     app.command(name="verify")(verify)
     app.command(name="sweep")(sweep)
-
-
-def research_workers(workers: int | None, ray_address: str, pythonpath: str = "") -> "Workers":
-    """Where research pieces run: the cluster named, the count asked, else every core when Ray is installed."""
-    import importlib.util
-    import os
-
-    from qmp_lab.parallel import Workers
-
-    if workers is None:
-        workers = (os.cpu_count() or 1) if importlib.util.find_spec("ray") is not None else 1
-    return Workers(count=workers, address=ray_address, pythonpath=pythonpath)
 
 
 def sweep(
