@@ -25,7 +25,8 @@ def test_paper_when_a_session_runs_then_its_report_has_orders_fills_against_the_
 
     result = CliRunner().invoke(app, [
         "paper", "qmp_test_strategies:SecondRebalancer", "--id", strategy, "--duration", duration,
-        "--bar-seconds", "0.5", "--symbols", "8", "--pythonpath", str(ROOT / "tests" / "support"),
+        "--bar-seconds", "0.5", "--symbols", "8", "--capital", "100000",
+        "--pythonpath", str(ROOT / "tests" / "support"),
         "--reports", str(tmp_path / "reports")])
 
     assert result.exit_code == 0, result.output
@@ -42,6 +43,7 @@ def test_paper_when_a_session_runs_then_its_report_has_orders_fills_against_the_
     control = session["control"]
     assert control["accepted"] is True and 0 < control["reply_ms"] < 1_000
     assert control["first_denial_ms"] is not None and control["first_denial_ms"] < 5_000
+    assert session["initial_equity"] == pytest.approx(100_000, rel=0.01)  # the seed's `--capital 100000`
     assert session["final_equity"] > 0 and session["last_var_99"] is not None
     report = (folder / "report.md").read_text()
     assert f"# QMP paper session: {strategy}" in report and "closing halt: first order denied" in report

@@ -70,6 +70,19 @@ def test_up_when_a_setting_is_misspelt_then_refused_before_anything_starts(
     assert not (tmp_path / ".qmp").exists()  # no server, no run directory
 
 
+def test_up_when_capital_given_twice_or_wrong_then_refused_before_anything_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    twice = CliRunner().invoke(app, ["up", "--capital", "100000", "--set", "initial-capital=5"],
+                               env={"COLUMNS": "300"})
+    negative = CliRunner().invoke(app, ["up", "--capital", "-1"], env={"COLUMNS": "300"})
+
+    assert twice.exit_code == 2 and "name the same setting" in twice.output
+    assert negative.exit_code == 2
+    assert not (tmp_path / ".qmp").exists()
+
+
 def test_settings_when_asked_for_one_service_then_every_setting_with_its_value_in_force() -> None:
     result = CliRunner().invoke(app, ["settings", "deployer", "--json"], env={"QMP_ALERT_QUIET_S": "42"})
 

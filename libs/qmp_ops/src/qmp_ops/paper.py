@@ -47,6 +47,7 @@ class PaperOptions:
     start: str = "2018-01-01"  # history: the first day
     rate: float = 5.0  # history: days a second
     pythonpath: str = ""  # where execution finds a strategy outside the installed packages
+    capital: float = 1_000_000.0  # the strategy's starting capital
 
     @property
     def bar_interval_s(self) -> float:
@@ -62,7 +63,8 @@ def stack_options(options: PaperOptions, home: Path) -> StackOptions:
         collector = {"QMP_SOURCE": "history", "QMP_VENUE": "sp500", "QMP_START": options.start,
                      "QMP_END": "2022-12-31", "QMP_REPLAY_RATE": str(options.rate)}
         clock = "replay"
-    execution = {"QMP_STRATEGIES": f"{options.strategy_id}={options.strategy_path}"}
+    execution = {"QMP_STRATEGIES": f"{options.strategy_id}={options.strategy_path}",
+                 "QMP_INITIAL_CAPITAL": repr(options.capital)}
     if options.pythonpath:
         execution["PYTHONPATH"] = options.pythonpath
     return StackOptions(home=home, clock=clock, fresh=True, share_connection=False,

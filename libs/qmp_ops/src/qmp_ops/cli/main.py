@@ -123,6 +123,8 @@ def up(
     dashboard: Annotated[bool, typer.Option(
         "--dashboard", help="serve the dashboard on 127.0.0.1 (port --dashboard-port) while the stack runs")] = False,
     dashboard_port: Annotated[int, typer.Option(help="the dashboard's port")] = 8501,
+    capital: Annotated[float | None, typer.Option(min=0.01, help="each strategy's starting capital (the same as "
+                                                                  "--set initial_capital=...)")] = None,
 ) -> None:
     """Start NATS, PostgreSQL and the four services, with market data flowing; Ctrl-C stops all.
 
@@ -144,7 +146,12 @@ def up(
         roles_with(names)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    service_env = _checked_sets(set_ or [])
+    sets = list(set_ or [])
+    if capital is not None:
+        if any(item.split("=", 1)[0].replace("-", "_").strip() == "initial_capital" for item in sets):
+            raise typer.BadParameter("--capital and --set initial_capital name the same setting: give one")
+        sets.append(f"initial_capital={capital:g}")
+    service_env = _checked_sets(sets)
     service_env["collector"] = service_env.get("collector", {}) | collector
     service_env["execution"] = service_env.get("execution", {}) | {"QMP_STRATEGIES": strategies}
     options = StackOptions(home=HOME, clock=clock, pass_environment=True, operators=names, tls=not no_tls,
@@ -370,6 +377,7 @@ def paper(
     rate: Annotated[float, typer.Option(min=0.1, help="history: days a second")] = 5.0,
     pythonpath: Annotated[str, typer.Option(help="where execution finds a strategy outside the installed "
                                                  "packages")] = "",
+    capital: Annotated[float, typer.Option(min=0.01, help="the strategy's starting capital")] = 1_000_000.0,
     reports: Annotated[Path, typer.Option(help="where the report goes")] = Path("reports"),
 ) -> None:
     """Run a strategy in paper for a set time on live-like data, on a stack of its own, and write the session
@@ -387,7 +395,7 @@ def paper(
         options = PaperOptions(strategy_path=strategy, strategy_id=subjects.check_token(strategy_id, "strategy"),
                                duration_s=seconds(duration), source=source,  # type: ignore[arg-type]
                                symbols=symbols, bar_seconds=bar_seconds, start=start, rate=rate,
-                               pythonpath=pythonpath)
+                               pythonpath=pythonpath, capital=capital)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     signal.signal(signal.SIGTERM, _interrupt)
