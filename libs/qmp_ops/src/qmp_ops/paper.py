@@ -1,10 +1,12 @@
 """`qmp paper`: a strategy in paper for a set time on live-like data, then its session report.
 
 A fresh embedded stack hosts the strategy in execution with the paper broker (fills against bars with the
-slippage model, volume limits and fees), on one of two feeds:
+slippage model, volume limits and fees), on one of these feeds:
 - `synthetic`: the synthetic market as a live feed on the wall clock, a bar every `bar_seconds`;
 - `history`: the bundled S&P 500 history from `start`, paced at `rate` days a second (the stack's replay clock:
-  event time is the history's).
+  event time is the history's);
+- `exchange` (a ccxt exchange) or `alpaca`: the venue's own bars of `venue_symbols`, live, from `backfill_bars`
+  closed bars back (the collector's venue feed); the orders are still filled on paper.
 The session watches what the stack publishes for the strategy (`replay.RunObserver`: risk snapshots, order
 decisions, fills, breaker events) for `duration_s`. It ends with a halt, which measures control on the way
 out: the deployer's reply, and the first order execution denies under it (when the strategy tries one within
@@ -33,7 +35,8 @@ from qmp_ops.cli.report import equity_frame
 from qmp_ops.replay import RunObserver, follow
 from qmp_ops.runtime.supervisor import Stack, StackOptions
 
-DENIAL_WAIT_BARS = 5  # after the closing halt, how many bar intervals to wait for the first denied order
+DENIAL_WAIT_BARS = 5  # after the closing halt, how many bar intervals to wait for the first denied order,
+DENIAL_WAIT_MAX_S = 10.0  # ... and at most this long (a feed of one-minute bars is not waited on for minutes)
 
 
 @dataclass(frozen=True)
@@ -41,17 +44,35 @@ class PaperOptions:
     strategy_path: str  # package.module:Class
     strategy_id: str = "paper"
     duration_s: float = 3600.0
-    source: Literal["synthetic", "history"] = "synthetic"
+    source: Literal["synthetic", "history", "exchange", "alpaca"] = "synthetic"
     symbols: int = 20  # synthetic universe
     bar_seconds: float = 1.0  # synthetic: a bar every this many seconds
     start: str = "2018-01-01"  # history: the first day
     rate: float = 5.0  # history: days a second
     pythonpath: str = ""  # where execution finds a strategy outside the installed packages
     capital: float = 1_000_000.0  # the strategy's starting capital
+    # A venue's live bars (source exchange or alpaca): its symbols, the exchange (a ccxt id) and its bar length,
+    # another base URL (a proxy, a fake venue), its live API rather than its testnet, closed bars to start back.
+    venue_symbols: tuple[str, ...] = ()
+    exchange_id: str = "binance"
+    timeframe: str = "1m"
+    venue_url: str = ""
+    live: bool = False
+    backfill_bars: int = 100
 
     @property
     def bar_interval_s(self) -> float:
+        if self.source in ("exchange", "alpaca"):
+            return 60.0 if self.source == "alpaca" else _timeframe_s(self.timeframe)
         return self.bar_seconds if self.source == "synthetic" else 1.0 / self.rate
+
+
+def _timeframe_s(timeframe: str) -> float:
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+    try:
+        return float(timeframe[:-1]) * units[timeframe[-1]]
+    except (KeyError, ValueError):
+        return 60.0
 
 
 def stack_options(options: PaperOptions, home: Path) -> StackOptions:
@@ -59,15 +80,27 @@ def stack_options(options: PaperOptions, home: Path) -> StackOptions:
         collector = {"QMP_SOURCE": "synthetic", "QMP_SYMBOLS": str(options.symbols),
                      "QMP_BAR_SECONDS": str(options.bar_seconds), "QMP_VENUE": "paper"}
         clock = "live"
-    else:
+    elif options.source == "history":
         collector = {"QMP_SOURCE": "history", "QMP_VENUE": "sp500", "QMP_START": options.start,
                      "QMP_END": "2022-12-31", "QMP_REPLAY_RATE": str(options.rate)}
         clock = "replay"
+    else:  # a venue's own bars, live; its credentials (Alpaca's) come from QMP_ALPACA_* in the environment
+        collector = {"QMP_SOURCE": options.source, "QMP_VENUE_SYMBOLS": ",".join(options.venue_symbols),
+                     "QMP_VENUE_BACKFILL_BARS": str(options.backfill_bars),
+                     "QMP_VENUE_POLL_S": str(min(10.0, options.bar_interval_s / 2))}
+        if options.source == "exchange":
+            collector |= {"QMP_EXCHANGE_ID": options.exchange_id, "QMP_EXCHANGE_TIMEFRAME": options.timeframe,
+                          "QMP_EXCHANGE_URL": options.venue_url, "QMP_EXCHANGE_SANDBOX": str(not options.live).lower()}
+        else:
+            collector["QMP_ALPACA_DATA_URL"] = options.venue_url
+        clock = "live"
     execution = {"QMP_STRATEGIES": f"{options.strategy_id}={options.strategy_path}",
                  "QMP_INITIAL_CAPITAL": repr(options.capital)}
     if options.pythonpath:
         execution["PYTHONPATH"] = options.pythonpath
+    # A venue's feed reads its credentials from the operator's environment, as `qmp up` does.
     return StackOptions(home=home, clock=clock, fresh=True, share_connection=False,
+                        pass_environment=options.source == "alpaca",
                         service_env={"collector": collector, "execution": execution})
 
 
@@ -163,12 +196,13 @@ async def close_with_halt(stack: Stack, nc: Any, options: PaperOptions) -> Contr
                                {"command": "halt", "reason": "paper session ended"})
     probe = ControlProbe(accepted=bool(reply.get("accepted")), reply_ms=(time.perf_counter() - sent) * 1000,
                          detail=str(reply.get("reason", "")))
+    wait_s = min(DENIAL_WAIT_BARS * options.bar_interval_s + 2.0, DENIAL_WAIT_MAX_S)
     try:
-        await asyncio.wait_for(denied.wait(), DENIAL_WAIT_BARS * options.bar_interval_s + 2.0)
+        await asyncio.wait_for(denied.wait(), wait_s)
         probe.first_denial_ms = (time.perf_counter() - sent) * 1000
     except TimeoutError:
         probe.detail = (probe.detail + "; " if probe.detail else "") + (
-            f"no order tried within {DENIAL_WAIT_BARS} bars of the halt")
+            f"no order tried within {wait_s:.0f} s of the halt")
     for subscription in watching:
         await subscription.unsubscribe()
     return probe

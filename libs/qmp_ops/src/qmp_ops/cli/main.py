@@ -367,8 +367,9 @@ def demo(
 def paper(
     strategy: Annotated[str, typer.Argument(help="package.module:Class (its id: --id)")],
     duration: Annotated[str, typer.Option(help="how long: 90s, 60m, 2h")] = "60m",
-    source: Annotated[str, typer.Option(help="synthetic (a live feed on the wall clock) or history (the "
-                                             "bundled S&P 500 from --start, paced at --rate days a second)")]
+    source: Annotated[str, typer.Option(help="synthetic (a live feed on the wall clock), history (the bundled "
+                                             "S&P 500 from --start, paced at --rate days a second), or a venue's "
+                                             "live bars: exchange:<ccxt id> or alpaca (with --symbols)")]
     = "synthetic",
     strategy_id: Annotated[str, typer.Option("--id", help="the id it trades under")] = "paper",
     symbols: Annotated[int, typer.Option(min=1, help="synthetic: the universe's size")] = 20,
@@ -378,6 +379,11 @@ def paper(
     pythonpath: Annotated[str, typer.Option(help="where execution finds a strategy outside the installed "
                                                  "packages")] = "",
     capital: Annotated[float, typer.Option(min=0.01, help="the strategy's starting capital")] = 1_000_000.0,
+    venue_symbols: Annotated[str, typer.Option("--venue-symbols", help="a venue source: its symbols, "
+                                                                       "comma-separated")] = "",
+    timeframe: Annotated[str, typer.Option(help="an exchange source: the bar length (ccxt's: 1m, 5m, 1h)")] = "1m",
+    venue_url: Annotated[str, typer.Option(help="a venue source: another base URL (a proxy, a fake)")] = "",
+    live: Annotated[bool, typer.Option("--live", help="an exchange source: its live API, not its testnet")] = False,
     reports: Annotated[Path, typer.Option(help="where the report goes")] = Path("reports"),
 ) -> None:
     """Run a strategy in paper for a set time on live-like data, on a stack of its own, and write the session
@@ -389,13 +395,19 @@ def paper(
     from qmp_ops.paper import PaperOptions, run_session, write_report
     from qmp_ops.replay import ReplayFailed
 
-    if source not in ("synthetic", "history"):
-        raise typer.BadParameter("--source must be synthetic or history")
+    kind, _, exchange_id = source.partition(":")
+    if kind not in ("synthetic", "history", "exchange", "alpaca") or (kind == "exchange") != bool(exchange_id):
+        raise typer.BadParameter("--source must be synthetic, history, exchange:<ccxt id> or alpaca")
+    names = tuple(s.strip() for s in venue_symbols.split(",") if s.strip())
+    if kind in ("exchange", "alpaca") and not names:
+        raise typer.BadParameter(f"--source {source} needs --venue-symbols (the venue's own: BTC/USDT, AAPL)")
     try:
         options = PaperOptions(strategy_path=strategy, strategy_id=subjects.check_token(strategy_id, "strategy"),
-                               duration_s=seconds(duration), source=source,  # type: ignore[arg-type]
+                               duration_s=seconds(duration), source=kind,  # type: ignore[arg-type]
                                symbols=symbols, bar_seconds=bar_seconds, start=start, rate=rate,
-                               pythonpath=pythonpath, capital=capital)
+                               pythonpath=pythonpath, capital=capital, venue_symbols=names,
+                               exchange_id=exchange_id or "binance", timeframe=timeframe, venue_url=venue_url,
+                               live=live)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     signal.signal(signal.SIGTERM, _interrupt)
