@@ -163,3 +163,24 @@ def test_retention_when_read_from_environment_then_typed_and_a_non_positive_limi
     assert (retention.retention_risk_days, retention.retention_risk_mb) == (7.0, 100)
     with pytest.raises(ValueError, match="QMP_RETENTION_DLQ_MB must be positive"):
         load_settings(Retention, {"QMP_RETENTION_DLQ_MB": "0"})
+
+
+async def test_stop_watch_when_its_caller_is_cancelled_meanwhile_then_the_caller_ends_cancelled() -> None:
+    # A guard renewing a watch is stopped while it waits for the old consumer: it must end, not swallow it.
+    async def slow_to_end() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)
+            raise
+
+    consumer = asyncio.create_task(slow_to_end())
+    await asyncio.sleep(0)
+    caller = asyncio.create_task(bus.stop_watch(None, consumer))
+    await asyncio.sleep(0.05)  # the caller waits for the consumer to end
+    caller.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.wait({consumer})
+    assert consumer.cancelled()

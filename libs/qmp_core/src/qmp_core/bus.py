@@ -182,14 +182,16 @@ async def read_control_entries(js: JetStreamContext) -> ControlEntries:
 
 
 async def stop_watch(watcher: Any, task: asyncio.Task[None] | None) -> None:
-    """Stop a KV watcher and the task that consumes it; at shutdown the connection may be closed already."""
+    """Stop a KV watcher and the task that consumes it; at shutdown the connection may be closed already.
+
+    The task is waited for with `asyncio.wait`, not awaited under a suppressed CancelledError: that would also
+    swallow a cancellation of the caller itself (a guard stopped while it renews a watch would run on)."""
     if watcher is not None:
         with contextlib.suppress(Exception):
             await watcher.stop()
     if task is not None:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task})
 
 
 def content_type(headers: Mapping[str, str] | None) -> str | None:
