@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SLOW = pytest.mark.skipif(not os.environ.get("QMP_SLOW"), reason="a 2-minute session: set QMP_SLOW=1")
 
 
-@pytest.mark.parametrize("duration", ["20s", pytest.param("2m", marks=SLOW)])
+@pytest.mark.parametrize("duration", ["12s", pytest.param("2m", marks=SLOW)])
 def test_paper_when_a_session_runs_then_its_report_has_orders_fills_against_the_model_and_control_latency(
         duration: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique_id: str) -> None:
     monkeypatch.chdir(tmp_path)  # the stack lives under ./.qmp, as for every qmp command
@@ -38,7 +38,7 @@ def test_paper_when_a_session_runs_then_its_report_has_orders_fills_against_the_
     assert result.exit_code == 0, result.output
     (folder,) = (tmp_path / "reports").glob(f"paper-{strategy}-*")
     session = json.loads((folder / "session.json").read_text())
-    seconds = 20 if duration == "20s" else 120
+    seconds = 12 if duration == "12s" else 120
     assert seconds <= session["duration_s"] < seconds + 15
     assert session["snapshots"] >= seconds  # two bars a second, each a snapshot once risk has the book
     # Orders work over several bars (the paper broker takes at most a tenth of a bar's volume), so each fills
