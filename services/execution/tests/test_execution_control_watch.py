@@ -122,11 +122,13 @@ async def test_guard_when_the_watch_falls_silent_live_then_renewed_and_the_halt_
 async def test_guard_when_the_bucket_is_quiet_then_the_watch_is_left_alone(deployer_nc: Client,
                                                                          unique_id: str) -> None:
     kv, engine, watch = await started_watch(deployer_nc, unique_id, ControlWatch)
-    watch.guard(asyncio.Lock(), interval_s=0.1)
+    guard = watch.guard(asyncio.Lock(), interval_s=0.1)
+    assert guard is not None and watch.guard(asyncio.Lock()) is guard  # one guard a watch
     await kv.put(subjects.control_key(unique_id, "risk"), halted(unique_id, "applied at once"))
     await asyncio.sleep(0.6)  # six checks
+    assert not guard.done()  # what the service's health watches
     await watch.stop()  # and the guard stops with it
-    assert watch.rewatches == 0 and engine.state(unique_id).reason == "applied at once"
+    assert guard.done() and watch.rewatches == 0 and engine.state(unique_id).reason == "applied at once"
 
 
 async def until(condition: Callable[[], object], timeout_s: float) -> None:

@@ -408,7 +408,9 @@ class ExecutionService:
         self.kill_switch = KillSwitch(self.handler, venue)
         self.watch.on_change = self.kill_switch.check
         if not isinstance(self.clock, ReplayClock):  # a replay checks the watch before every batch instead
-            self.watch.guard(self.handler.trading)
+            guard = self.watch.guard(self.handler.trading)
+            if guard is not None:
+                self.liveness.watch("control guard", guard)  # a guard that died would leave halts unchecked
         self.kill_switch.check()  # a kill in force before this start is acted on again (see handlers.kill)
         if adapter is not None:
             self.venue_updates = VenueUpdates(self.handler)

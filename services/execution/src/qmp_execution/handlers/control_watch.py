@@ -119,17 +119,18 @@ class ControlWatch:
         self._task = asyncio.create_task(self._run(), name="execution-control-watch")
         await asyncio.wait_for(self.loaded.wait(), timeout_s)
 
-    def guard(self, lock: asyncio.Lock, interval_s: float = GUARD_INTERVAL_S) -> None:
+    def guard(self, lock: asyncio.Lock, interval_s: float = GUARD_INTERVAL_S) -> asyncio.Task[None] | None:
         """On a live clock, check every `interval_s` that the watch keeps up with the bucket; one that left a
         write unapplied for a whole interval is replaced, under `lock` (the bar handler's: no batch trades
         while the entries are reloaded).
 
         A replay checks before every batch (`catch_up`). Live, nothing else would: a watch whose ordered
         consumer lived on a cluster server that died was seen to recover only after 5 to 19 s, a halt unapplied
-        meanwhile.
+        meanwhile. Returns the guard's task (the service's health watches it), None without a JetStream context.
         """
         if self.js is not None and self._guard is None:
             self._guard = asyncio.create_task(self._keep_up(lock, interval_s), name="execution-control-guard")
+        return self._guard
 
     async def _keep_up(self, lock: asyncio.Lock, interval_s: float) -> None:
         assert self.js is not None
