@@ -68,10 +68,12 @@ class PaperOptions:
 
 
 def _timeframe_s(timeframe: str) -> float:
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+    """A ccxt timeframe's length in seconds, by ccxt's own reading of it (60 s for one it cannot read)."""
+    from ccxt import Exchange
+
     try:
-        return float(timeframe[:-1]) * units[timeframe[-1]]
-    except (KeyError, ValueError):
+        return float(Exchange.parse_timeframe(timeframe))
+    except (KeyError, ValueError, TypeError, IndexError):
         return 60.0
 
 
