@@ -29,9 +29,8 @@ import pandas as pd
 
 from qmp_core import subjects
 from qmp_lab.verify.core import max_drawdown
-from qmp_lab.verify.report import pyplot
 from qmp_ops.cli.control import send_control
-from qmp_ops.cli.report import equity_frame
+from qmp_ops.cli.report import equity_frame, plot_run
 from qmp_ops.replay import RunObserver, follow
 from qmp_ops.runtime.supervisor import Stack, StackOptions
 
@@ -250,21 +249,8 @@ def write_report(folder: Path, summary: SessionSummary, frame: pd.DataFrame) -> 
     (folder / "session.json").write_text(json.dumps(asdict(summary), indent=2, default=str) + "\n")
     s = summary
     if len(frame) >= 2:
-        plt = pyplot()
-        figure, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
-        axes[0].plot(frame.index, frame["equity"])
-        axes[0].set_ylabel("equity")
-        axes[1].fill_between(frame.index, -(1 - frame["equity"] / frame["equity"].cummax()), color="tab:red",
-                             alpha=0.5)
-        axes[1].set_ylabel("drawdown")
-        axes[2].plot(frame.index, frame["var_99"], label="VaR 99% (historical)")
-        axes[2].plot(frame.index, frame["es_99"], label="ES 99%")
-        axes[2].set_ylabel("fraction of equity")
-        axes[2].legend()
-        figure.suptitle(f"QMP paper session: {s.strategy_id} ({s.source})")
-        figure.tight_layout()
-        figure.savefig(folder / "report.png", dpi=100)
-        plt.close(figure)
+        plot_run(folder / "report.png", frame, f"QMP paper session: {s.strategy_id} ({s.source})", s.strategy_id,
+                 breaker_events=s.breaker_events)
 
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2%}"

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from qmp_lab.verify.core import max_drawdown
+from qmp_lab.verify.report import pyplot
 from qmp_ops.replay import RunObserver
 
 
@@ -89,37 +90,42 @@ def summarize(observer: RunObserver, benchmark: pd.Series) -> Summary:
     )
 
 
-def write_report(folder: Path, observer: RunObserver, summary: Summary, benchmark: pd.Series) -> Path:
-    """Write report.md, summary.json and report.png into folder; return the Markdown path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = equity_frame(observer, since=benchmark.index[0])
-    bench = benchmark.reindex(frame.index, method="ffill")
-    bench = bench / bench.iloc[0] * frame["equity"].iloc[0]
+def plot_run(path: Path, frame: pd.DataFrame, title: str, label: str, benchmark: pd.Series | None = None,
+             breaker_events: list[dict[str, Any]] | None = None) -> None:
+    """Chart a run's equity, drawdown and VaR / ES 99% per snapshot (`equity_frame`) into `path`, beside a
+    benchmark's when given (rebased to the run's first equity), with a line at each breaker event."""
+    plt = pyplot()
     figure, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
-    axes[0].plot(frame.index, frame["equity"], label=f"{summary.strategy} (QMP)")
-    axes[0].plot(bench.index, bench.values, label="S&P 500 index, buy and hold", alpha=0.7)
-    axes[0].set_ylabel("equity")
-    axes[0].legend()
+    axes[0].plot(frame.index, frame["equity"], label=label)
     axes[1].fill_between(frame.index, -(1 - frame["equity"] / frame["equity"].cummax()), color="tab:red",
                          alpha=0.5, label="strategy")
-    axes[1].plot(bench.index, -(1 - bench / bench.cummax()), color="tab:gray", label="index")
+    if benchmark is not None:
+        bench = benchmark.reindex(frame.index, method="ffill")
+        bench = bench / bench.iloc[0] * frame["equity"].iloc[0]
+        axes[0].plot(bench.index, bench.values, label="S&P 500 index, buy and hold", alpha=0.7)
+        axes[1].plot(bench.index, -(1 - bench / bench.cummax()), color="tab:gray", label="index")
+        axes[0].legend()
+        axes[1].legend()
+    axes[0].set_ylabel("equity")
     axes[1].set_ylabel("drawdown")
-    axes[1].legend()
     axes[2].plot(frame.index, frame["var_99"], label="VaR 99% (historical, 1 day)")
     axes[2].plot(frame.index, frame["es_99"], label="ES 99%")
-    for event in observer.breaker_events:
+    for event in breaker_events or []:
         axes[2].axvline(pd.to_datetime(event["ts_event"], unit="ns"), color="tab:red", alpha=0.3)
     axes[2].set_ylabel("fraction of equity")
     axes[2].legend()
-    figure.suptitle(f"QMP demo: {summary.start} → {summary.end}")
+    figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(folder / "report.png", dpi=110)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def write_report(folder: Path, observer: RunObserver, summary: Summary, benchmark: pd.Series) -> Path:
+    """Write report.md, summary.json and report.png into folder; return the Markdown path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_run(folder / "report.png", equity_frame(observer, since=benchmark.index[0]),
+             f"QMP demo: {summary.start} → {summary.end}", f"{summary.strategy} (QMP)", benchmark,
+             observer.breaker_events)
     (folder / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
     lines = [f"# QMP demo report: {summary.strategy}", "", "| measure | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in summary.rows()]
