@@ -7,6 +7,7 @@ import msgspec
 from qmp_core.clock import NS_PER_SECOND, TestClock
 from qmp_core.messages import (
     NO_PHASE,
+    Account,
     ControlCommand,
     DeployCommand,
     DeploymentEvent,
@@ -89,7 +90,11 @@ def make_plan(text: bytes = PLAN_TOML, **changes: object) -> Plan:
 class Bench:
     """One strategy's rollout driven by hand: commands, inputs and evaluations at test-clock times."""
 
-    def __init__(self, plan: Plan | None = None, strategy: str = "s1", epoch: int = 1) -> None:
+    def __init__(self, plan: Plan | None = None, strategy: str = "s1", epoch: int = 1,
+                 accounts: dict[str, Account] | None = None, rollouts: dict[str, RolloutState] | None = None) -> None:
+        # Benches given the same `accounts` and `rollouts` share them: strategies of one deployer.
+        self.accounts = accounts if accounts is not None else {}
+        self.rollouts = rollouts if rollouts is not None else {}
         self.plan = plan or make_plan()
         self.strategy = strategy
         self.epoch = epoch
@@ -114,7 +119,7 @@ class Bench:
     def ctx(self) -> Context:
         book = self.var_book if self.var_book is not None else self.monitor.var_book(self.plan.portfolio_var_key)
         return Context(now_ns=self.clock.now_ns(), epoch=self.epoch, plan=self.plan, trading=self.trading,
-                       var_book=book)
+                       var_book=book, accounts=self.accounts, rollouts=self.rollouts)
 
     def send(self, command: DeployCommand) -> Outcome:
         outcome = handle_command(self.strategy, self.state, command, self.ctx(), {self.plan.name: self.plan},
@@ -129,7 +134,7 @@ class Bench:
         if outcome.state.outbox_endpoint:
             self.endpoints.append(outcome.state.outbox_endpoint)
         self.events += outcome.state.outbox_events
-        self.state = clear_outbox(outcome.state)
+        self.state = self.rollouts[self.strategy] = clear_outbox(outcome.state)
 
     def snapshot(self, drawdown: float = 0.01, var: float = 0.01, status: str = "ok", equity: float = 1e6,
                  ts: int | None = None, strategy: str | None = None) -> None:

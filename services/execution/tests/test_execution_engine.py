@@ -222,6 +222,27 @@ def test_follow_rollout_when_redeployed_while_an_order_works_then_its_fills_keep
     assert restored.hosts[SID].portfolio.working["AAA"].deployment_id == "r-1"
 
 
+def test_follow_rollout_when_it_trades_from_an_account_then_orders_are_sized_on_its_budget_not_the_books_capital(
+) -> None:
+    whole = engine_with({SID: FixedWeights({"AAA": 0.5, "BBB": -0.3})})
+    quarter = engine_with({SID: FixedWeights({"AAA": 0.5, "BBB": -0.3})})
+    capital = quarter.hosts[SID].capital
+    quarter.follow_rollout(SID, msgspec.structs.replace(rollout("r-1", 0), account="main", budget=capital / 4))
+    for engine in (whole, quarter):
+        engine.process(bar(0, PRICES))
+
+    full = orders(whole.process(bar(1, PRICES)).results[SID])
+    sized = orders(quarter.process(bar(1, PRICES)).results[SID])
+
+    assert quarter.hosts[SID].budget_share == 0.25 and full.keys() == sized.keys() == {"AAA", "BBB"}
+    assert all(sized[s] == pytest.approx(full[s] / 4, rel=0.02) for s in full)
+    more = msgspec.structs.replace(rollout("r-2", 0), account="main", budget=capital * 3)
+    quarter.follow_rollout(SID, more)
+    assert quarter.hosts[SID].budget_share == 1.0  # never above the book's capital
+    quarter.follow_rollout(SID, None)
+    assert quarter.hosts[SID].budget_share == 1.0
+
+
 def test_follow_rollout_when_instance_trades_live_phases_then_a_paper_phase_gets_no_capital_here() -> None:
     engine = engine_with({SID: FixedWeights({"AAA": 0.5})}, config(phase_env="live"))
     assert engine.state(SID).allocation == 0.0  # no rollout yet: nothing at the live venue

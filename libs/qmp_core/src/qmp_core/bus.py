@@ -101,8 +101,8 @@ STREAMS = streams()
 
 def buckets(retention: Retention = DEFAULT_RETENTION, storage: StreamStorage = DEFAULT_STORAGE) -> (
         tuple[KeyValueConfig, ...]):
-    """Return the KV buckets' configurations (trading state, rollouts, pre-trade limits) with their size limits
-    and replicas."""
+    """Return the KV buckets' configurations (trading state, rollouts, pre-trade limits, accounts) with their
+    size limits and replicas."""
     replicas = storage.stream_replicas
     return (
         KeyValueConfig(bucket=subjects.KV_CONTROL, history=retention.retention_control_history,
@@ -110,6 +110,8 @@ def buckets(retention: Retention = DEFAULT_RETENTION, storage: StreamStorage = D
         KeyValueConfig(bucket=subjects.KV_ROLLOUTS, history=16, storage=StorageType.FILE,
                        max_bytes=retention.retention_rollouts_mb * MB, replicas=replicas),
         KeyValueConfig(bucket=subjects.KV_LIMITS, history=16, storage=StorageType.FILE,
+                       max_bytes=retention.retention_rollouts_mb * MB, replicas=replicas),
+        KeyValueConfig(bucket=subjects.KV_ACCOUNTS, history=16, storage=StorageType.FILE,
                        max_bytes=retention.retention_rollouts_mb * MB, replicas=replicas),
     )
 

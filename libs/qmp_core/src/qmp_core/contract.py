@@ -12,7 +12,15 @@ from typing import Any
 import msgspec
 
 from qmp_core import subjects
-from qmp_core.messages import PUBLIC_MESSAGES, Alert, BatchEvents, ControlApplied, HealthReply, LimitsChanged
+from qmp_core.messages import (
+    PUBLIC_MESSAGES,
+    AccountChanged,
+    Alert,
+    BatchEvents,
+    ControlApplied,
+    HealthReply,
+    LimitsChanged,
+)
 
 # Every message a client can meet on a public subject or in a public KV bucket.
 # OrderDecision (accepted | denied) is left out: the orders subject carries OrderEvent, which adds cancels.
@@ -20,6 +28,7 @@ CONTRACT_MESSAGES: dict[str, Any] = {
     **{name: type_ for name, type_ in PUBLIC_MESSAGES.items() if name != "OrderDecision"},
     "ControlApplied": ControlApplied,
     "LimitsChanged": LimitsChanged,
+    "AccountChanged": AccountChanged,
     "Alert": Alert,
     "BatchEvents": BatchEvents,
     "HealthReply": HealthReply,
@@ -88,6 +97,13 @@ CHANNELS: tuple[Channel, ...] = (
             "a strategy's pre-trade limits (or `ALL`'s), with who set them; execution trades under them"),
     Channel("qmp.audit.limits.<strategy>", "LimitsChanged", "deployer", _stream(subjects.STREAM_AUDIT),
             "every change of a strategy's limits: before, after, who"),
+    Channel("qmp.accounts.<sender>.<account>", "SetAccount", "operators", "request/reply",
+            "the account becomes this (venue, currency, capital), or is removed; the reply is an AccountReply"),
+    Channel("qmp.accounts.<sender>.<account>", "AccountReply", "deployer", "request/reply", "the reply to a request"),
+    Channel("<account>", "Account", "deployer", f"KV {subjects.KV_ACCOUNTS}",
+            "an account: its venue, base currency and the capital its strategies' live allocations share"),
+    Channel("qmp.audit.accounts.<account>", "AccountChanged", "deployer", _stream(subjects.STREAM_AUDIT),
+            "every account added, changed or removed: before, after, who"),
     Channel("qmp.deploy.<strategy>.cmd", "DeployCommand", "operator", "request/reply",
             "the reply is a DeployReply"),
     Channel("qmp.deploy.<strategy>.cmd", "DeployReply", "deployer", "request/reply", "the reply to a command"),

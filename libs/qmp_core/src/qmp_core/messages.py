@@ -32,6 +32,7 @@ Token = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # or a refused request), never a row in the audit trail or a key in the control bucket.
 MAX_SYMBOLS_PER_BATCH = 10_000
 CommandId = Annotated[str, Meta(max_length=128)]
+OptionalToken = Annotated[str, Meta(pattern=r"^([A-Za-z0-9_-]{1,64})?$")]  # a token, or "" for none
 Reason = Annotated[str, Meta(max_length=1_000)]
 SYMBOL_MAX_LENGTH = 64
 SYMBOL_CONTROL_CHARS = r"[\x00-\x1f\x7f]"
@@ -256,6 +257,63 @@ class LimitsReply(Struct, frozen=True, kw_only=True):
     reason: str = ""
     changed: list[str] = []  # the limits whose value changed (none: they were already so)
     entry: LimitsEntry | None = None  # the strategy's limits now (None: none of its own)
+    duplicate: bool = False  # a request already applied (same command_id): nothing done again
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+# ---------------------------------------------------------------- accounts
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3,5}$")]
+Capital = Annotated[float, Meta(gt=0.0, le=1e15)]
+
+
+class SetAccount(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An operator's request on `qmp.accounts.<sender>.<account>`: the account becomes exactly this (its venue,
+    base currency and capital), or, with `remove`, goes (refused while a rollout trades from it). Sent again
+    with the same `command_id`, it is applied once."""
+
+    venue: Token = "paper"
+    currency: Currency = "USD"
+    capital: Capital | None = None  # required unless `remove`
+    remove: bool = False
+    command_id: CommandId = ""
+    reason: Reason = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class Account(Struct, frozen=True, kw_only=True):
+    """A trading account in the `qmp_accounts` bucket, under its id: the venue its strategies trade at, its base
+    currency and the capital they share (the sum of their live allocations never exceeds it)."""
+
+    account: str
+    venue: str
+    currency: str
+    capital: float
+    sender: str  # the operator who set it (the NATS user of the request)
+    command_id: str = ""
+    reason: str = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class AccountChanged(Struct, frozen=True, kw_only=True):
+    """The audit record of an account added, changed or removed, on `qmp.audit.accounts.<account>`."""
+
+    account: str
+    before: Account | None
+    after: Account | None  # None: removed
+    sender: str
+    command_id: str = ""
+    reason: str = ""
+    ts_event: int = 0
+    schema: int = SCHEMA_VERSION
+
+
+class AccountReply(Struct, frozen=True, kw_only=True):
+    accepted: bool
+    reason: str = ""
+    account: Account | None = None  # the account now (None: there is none)
     duplicate: bool = False  # a request already applied (same command_id): nothing done again
     ts_event: int = 0
     schema: int = SCHEMA_VERSION
@@ -608,6 +666,9 @@ PUBLIC_MESSAGES: dict[str, Any] = {
     "SetLimits": SetLimits,
     "LimitsReply": LimitsReply,
     "LimitsEntry": LimitsEntry,
+    "SetAccount": SetAccount,
+    "AccountReply": AccountReply,
+    "Account": Account,
     "OrderDecision": OrderDecision,
     "Fill": Fill,
     "PortfolioSnapshot": PortfolioSnapshot,
@@ -661,6 +722,8 @@ class Deploy(DeployCommandBase, tag="deploy"):
     allocation: Fraction | None = None
     auto: bool = True
     confirm_live: bool = False  # the operator's confirmation that the rollout may enter its first live phase
+    account: OptionalToken = ""  # the account the strategy trades from ("": none, no capital check)
+    budget: Capital | None = None  # the strategy's capital within its account (default: the account's capital)
 
 
 class Promote(DeployCommandBase, tag="promote"):
@@ -798,6 +861,8 @@ class RolloutState(Struct, frozen=True, kw_only=True):
     schema: int = SCHEMA_VERSION
     endpoint_backup: bool = False  # the deployer pinned the broker to its backup endpoint (latency breach)
     outbox_endpoint: str = ""  # a broker endpoint choice ("backup" | "auto") decided and not yet sent
+    account: str = ""  # the account the strategy trades from ("": none)
+    budget: float = 0.0  # the strategy's capital within it: a live phase holds budget × allocation of its capital
 
 
 class DeployReply(Struct, frozen=True, kw_only=True):

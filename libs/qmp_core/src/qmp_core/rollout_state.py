@@ -1,5 +1,6 @@
 """Reading a rollout's state: its current phase and what its soak still needs. One home for the deployer
-(which moves the rollout) and the CLI (which shows it and pins `expected_phase` on a command)."""
+(which moves the rollout) and the CLI (which shows it and pins `expected_phase` on a command), and of the
+capital a rollout holds of its account."""
 
 from qmp_core.clock import NS_PER_SECOND
 from qmp_core.messages import NO_PHASE, Env, RolloutState
@@ -32,3 +33,14 @@ def soak_remaining(state: RolloutState) -> tuple[float, int, float]:
     phase = state.phases[state.phase_index]
     seconds = max(0.0, phase.min_soak_s - state.soak_elapsed_ns / NS_PER_SECOND)
     return seconds, max(0, phase.min_fills - state.fills), max(0.0, phase.min_notional_hours - state.notional_hours)
+
+
+def capital_held(state: RolloutState, allocation: float | None = None, phase_index: int | None = None) -> float:
+    """The capital of its account a rollout holds: budget × allocation while its phase is live, none in paper,
+    below the first phase, aborted or without an account; at its allocation and phase now, or the ones given."""
+    index = state.phase_index if phase_index is None else phase_index
+    if not state.account or not 0 <= index < len(state.phases) or state.status == "ABORTED":
+        return 0.0
+    if state.phases[index].env != "live":
+        return 0.0
+    return state.budget * (state.allocation if allocation is None else allocation)

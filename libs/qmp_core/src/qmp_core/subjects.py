@@ -43,6 +43,8 @@ AUDIT_ALL = "qmp.audit.>"
 ALERTS_ALL = "qmp.alert.*"  # qmp.alert.<strategy>: alerts to people, kept in the audit stream
 # Pre-trade limits: an operator's request qmp.limits.<sender>.<strategy>, answered by the deployer
 LIMITS_ANY = "qmp.limits.*.*"
+# Accounts: an operator's request qmp.accounts.<sender>.<account>, answered by the deployer
+ACCOUNTS_ANY = "qmp.accounts.*.*"
 
 # Deployment
 DEPLOY_COMMANDS_ALL = "qmp.deploy.*.cmd"
@@ -65,6 +67,7 @@ STREAM_INGEST = "QMP_INGEST"
 # KV buckets
 KV_CONTROL = "qmp_control"
 KV_LIMITS = "qmp_limits"  # key: the strategy, or ALL; value: LimitsEntry
+KV_ACCOUNTS = "qmp_accounts"  # key: the account; value: Account
 
 # Durable consumers
 CONSUMER_EXECUTION_BARS = "execution-bars"
@@ -171,6 +174,24 @@ def limits_sender_and_strategy(subject: str) -> tuple[str, str]:
 
 def audit_limits(strategy: str) -> str:
     return f"qmp.audit.limits.{strategy}"
+
+
+def accounts(account: str, sender: str = "operator") -> str:
+    """Return where `sender` (its NATS user) asks for `account` to be added, changed or removed (the sender is
+    the subject's, authenticated by the server, as for control)."""
+    return f"qmp.accounts.{sender}.{account}"
+
+
+def accounts_sender_and_account(subject: str) -> tuple[str, str]:
+    """Return (sender, account) of a subject qmp.accounts.<sender>.<account>."""
+    tokens = subject.split(".")
+    if len(tokens) != 4 or tokens[:2] != ["qmp", "accounts"]:
+        raise ValueError(f"not an accounts subject qmp.accounts.<sender>.<account>: {subject!r}")
+    return tokens[2], tokens[3]
+
+
+def audit_accounts(account: str) -> str:
+    return f"qmp.audit.accounts.{account}"
 
 
 def state(strategy: str) -> str:

@@ -31,6 +31,7 @@ from qmp_core.telemetry import extract_context, setup_logging, setup_tracing
 from qmp_deployer.config import DeployerSettings
 from qmp_deployer.engine.plan import Plan, parse_plan, plan_digest
 from qmp_deployer.handlers import SERVICE, ControlHandler, ControlStore
+from qmp_deployer.handlers.accounts import AccountBook, AccountsHandler
 from qmp_deployer.handlers.alerts import Alerter
 from qmp_deployer.handlers.execution_halts import ExecutionHalts
 from qmp_deployer.handlers.limits import LimitsHandler
@@ -138,8 +139,11 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
                                  lease_ttl_s=settings.lease_ttl_s, probe_interval_s=settings.probe_interval_s,
                                  replay_grace_s=settings.replay_grace_s, broker_instance=settings.broker_instance,
                                  known_strategies=frozenset(settings.deploy_strategies))
+        book = holder["accounts"] = AccountBook(await js.key_value(subjects.KV_ACCOUNTS))
+        await book.start()
         rollouts = RolloutService(js, await js.key_value(subjects.KV_ROLLOUTS), handler,
-                                  make_clock(settings.clock), wall, plans, digests, holder["pool"], options, probes)
+                                  make_clock(settings.clock), wall, plans, digests, holder["pool"], options, probes,
+                                  accounts=book.accounts)
         await rollouts.start()
         # The gates' readings (risk snapshots, fills, portfolios) come on plain subscriptions too: a replay
         # publishes a fill per order, and FastStream's handler chain (decoding each body as JSON) cost the
@@ -159,6 +163,10 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
         limits = LimitsHandler(js, await js.key_value(subjects.KV_LIMITS), wall, holder["pool"])
         holder["lanes"].append(await broker.connection.subscribe(subjects.LIMITS_ANY, queue=subjects.DEPLOY_QUEUE,
                                                                  cb=_answer(limits.handle)))
+        # Accounts: operators' requests, one deployer of the queue group answers each.
+        accounts = AccountsHandler(js, book, wall, holder["pool"], rollouts.store.states)
+        holder["lanes"].append(await broker.connection.subscribe(subjects.ACCOUNTS_ANY, queue=subjects.DEPLOY_QUEUE,
+                                                                 cb=_answer(accounts.handle)))
         holder["rollouts"] = rollouts
         holder["timer"] = asyncio.create_task(_run_timer(rollouts, settings))
         liveness.watch("rollout timer", holder["timer"])
@@ -182,6 +190,8 @@ def create_app(settings: ServiceSettings | None = None, **overrides: Any) -> Fas
             await holder["rollouts"].stop()
         if "alerter" in holder:
             await holder["alerter"].stop()
+        if "accounts" in holder:
+            await holder.pop("accounts").close()
         for lane in holder.pop("lanes", []):
             with contextlib.suppress(Exception):  # a connection already gone: nothing left to answer on it
                 await lane.drain()

@@ -1,9 +1,10 @@
-"""The deployer's SQL: the deployment audit trail, the control audit and the limits audit, idempotent on replay."""
+"""The deployer's SQL: the deployment audit trail and the control, limits and account audits, idempotent on
+replay."""
 
 import asyncpg
 
 from qmp_core.clock import to_datetime
-from qmp_core.messages import ControlApplied, DeploymentEvent, LimitsChanged, encode
+from qmp_core.messages import AccountChanged, ControlApplied, DeploymentEvent, LimitsChanged, encode
 
 INSERT_EVENT = (
     "INSERT INTO deployment_events (ts, strategy, rollout_id, seq, kind, phase_from, phase_to, status, trigger, "
@@ -17,6 +18,11 @@ INSERT_LIMITS_AUDIT = (
     "VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb) ON CONFLICT DO NOTHING"
 )
 SEEN_LIMITS = "SELECT 1 FROM limits_audit WHERE strategy = $1 AND command_id = $2"
+INSERT_ACCOUNT_AUDIT = (
+    "INSERT INTO account_audit (account, command_id, sender, reason, before, after) "
+    "VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb) ON CONFLICT DO NOTHING"
+)
+SEEN_ACCOUNT = "SELECT 1 FROM account_audit WHERE account = $1 AND command_id = $2"
 INSERT_CONTROL_AUDIT = (
     "INSERT INTO control_audit (strategy, command_id, command, state, sender) VALUES ($1, $2, $3, $4, $5) "
     "ON CONFLICT DO NOTHING"
@@ -60,3 +66,15 @@ async def write_limits_change(pool: asyncpg.Pool, record: LimitsChanged) -> None
 async def limits_change_seen(pool: asyncpg.Pool, strategy: str, command_id: str) -> bool:
     """Return True when the limits audit already holds this request (applied once)."""
     return await pool.fetchval(SEEN_LIMITS, strategy, command_id) is not None
+
+
+async def write_account_change(pool: asyncpg.Pool, record: AccountChanged) -> None:
+    await pool.execute(INSERT_ACCOUNT_AUDIT, record.account, record.command_id or f"ts-{record.ts_event}",
+                       record.sender, record.reason.replace("\x00", "\ufffd"),
+                       _pg_json(record.before) if record.before is not None else None,
+                       _pg_json(record.after) if record.after is not None else None)
+
+
+async def account_change_seen(pool: asyncpg.Pool, account: str, command_id: str) -> bool:
+    """Return True when the account audit already holds this request (applied once)."""
+    return await pool.fetchval(SEEN_ACCOUNT, account, command_id) is not None

@@ -227,6 +227,10 @@ def deploy(
     skip_verification: SkipVerification = False,
     confirm_live: ConfirmLive = False,
     instance: Instance = subjects.DEFAULT_EXECUTION_INSTANCE,
+    account: Annotated[str, typer.Option(help="the account the strategy trades from (`qmp accounts list`); its "
+                                              "live allocations share the account's capital")] = "",
+    budget: Annotated[float | None, typer.Option(min=0.01, help="the strategy's capital within its account "
+                                                               "(default: all of it)")] = None,
 ) -> None:
     """Start a phased rollout (paper → live 10% → 50% → 100%), or move it to the next phase.
 
@@ -241,6 +245,10 @@ def deploy(
                             "confirm_live": confirm_live}
     if allocation is not None:
         body["allocation"] = allocation
+    if account:
+        body["account"] = account
+    if budget is not None:
+        body["budget"] = budget
     if expect:
         body["expected_phase"] = expect
     _send(strategy, body)

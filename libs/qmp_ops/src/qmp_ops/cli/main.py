@@ -22,6 +22,7 @@ from rich.table import Table
 from qmp_core import subjects
 from qmp_core.config import StreamStorage
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
+from qmp_ops.cli.accounts import app as accounts_app
 from qmp_ops.cli.alerts import alerts as alerts_command
 from qmp_ops.cli.control import (
     NoBrokerCommands,
@@ -54,6 +55,7 @@ from qmp_ops.runtime.supervisor import (
 app = typer.Typer(help="QMP: take a trading strategy from paper to full capital without blowing up.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(limits_app, name="limits")  # limits show | apply: an operator's verb, light to load
+app.add_typer(accounts_app, name="accounts")  # accounts add | list | show | remove | history
 app.command(name="monitor")(monitor_command)  # the running stack sampled: light to load as well
 app.command(name="incident")(incident_command)
 app.command(name="alerts")(alerts_command)

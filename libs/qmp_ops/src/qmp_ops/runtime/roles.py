@@ -25,6 +25,7 @@ INBOX = "_INBOX.>"
 KV_CONTROL_STREAM = f"KV_{subjects.KV_CONTROL}"
 KV_ROLLOUTS_STREAM = f"KV_{subjects.KV_ROLLOUTS}"
 KV_LIMITS_STREAM = f"KV_{subjects.KV_LIMITS}"
+KV_ACCOUNTS_STREAM = f"KV_{subjects.KV_ACCOUNTS}"
 DurableNames = Literal["exact", "any"]
 
 
@@ -36,6 +37,11 @@ def control_of(sender: str) -> str:
 def limits_of(sender: str) -> str:
     """The limits requests an operator may send: under their own name, as for control."""
     return subjects.limits(">", sender)
+
+
+def accounts_of(sender: str) -> str:
+    """The account requests an operator may send: under their own name, as for control."""
+    return subjects.accounts(">", sender)
 
 
 @dataclass(frozen=True)
@@ -54,8 +60,8 @@ class Role:
 
 ROLES: dict[str, Role] = {
     ADMIN: Role(
-        publish=(control_of(ADMIN), limits_of(ADMIN), "qmp.deploy.>", "qmp.ingest.>", "qmp.health.>",
-                 "qmp.broker.>", "$JS.API.>", "$JS.ACK.>",
+        publish=(control_of(ADMIN), limits_of(ADMIN), accounts_of(ADMIN), "qmp.deploy.>", "qmp.ingest.>",
+                 "qmp.health.>", "qmp.broker.>", "$JS.API.>", "$JS.ACK.>",
                  # `qmp backup` / `qmp restore`: a stream snapshot's acknowledgements, a restore's chunks.
                  "$JS.SNAPSHOT.ACK.>", "$JS.SNAPSHOT.RESTORE.>", INBOX),
         subscribe=(">",),
@@ -91,18 +97,18 @@ ROLES: dict[str, Role] = {
                  subjects.dlq("deployer"), subjects.health("execution"), subjects.health("risk"),
                  subjects.health("collector"), "qmp.broker.*"),
         # qmp.state.>: its own published states, read back by the alerter (halts and resumes to people).
-        subscribe=("qmp.control.>", "qmp.limits.>", "qmp.deploy.>", "qmp.risk.>", "qmp.exec.*.fills",
+        subscribe=("qmp.control.>", "qmp.limits.>", "qmp.accounts.>", "qmp.deploy.>", "qmp.risk.>", "qmp.exec.*.fills",
                    subjects.BATCH_EVENTS_ALL,
                    "qmp.exec.*.portfolio", subjects.RECONCILIATION_ALL, subjects.HALT_REQUESTS_ALL, subjects.STATE_ALL,
                    subjects.health("deployer")),
-        watches=(KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, KV_LIMITS_STREAM, subjects.STREAM_AUDIT),
-        buckets=(subjects.KV_CONTROL, subjects.KV_ROLLOUTS, subjects.KV_LIMITS),
+        watches=(KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, KV_LIMITS_STREAM, KV_ACCOUNTS_STREAM, subjects.STREAM_AUDIT),
+        buckets=(subjects.KV_CONTROL, subjects.KV_ROLLOUTS, subjects.KV_LIMITS, subjects.KV_ACCOUNTS),
     ),
 }
 
 
 # Streams an operator's tools read with ephemeral consumers (status, history): none holds a durable.
-OPERATOR_WATCHES = (KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, KV_LIMITS_STREAM, subjects.STREAM_AUDIT,
+OPERATOR_WATCHES = (KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, KV_LIMITS_STREAM, KV_ACCOUNTS_STREAM, subjects.STREAM_AUDIT,
                     subjects.STREAM_DEPLOY, subjects.STREAM_DLQ)
 
 
@@ -112,7 +118,7 @@ def operator(name: str) -> Role:
         raise ValueError(f"operator name {name!r} is taken by a role")
     subjects.check_token(name, "operator name")
     return Role(
-        publish=(control_of(name), limits_of(name), "qmp.deploy.>", "qmp.health.>", "qmp.broker.>"),
+        publish=(control_of(name), limits_of(name), accounts_of(name), "qmp.deploy.>", "qmp.health.>", "qmp.broker.>"),
         subscribe=(">",),
         reads=tuple(name for name in DECLARED if not name.startswith("KV_")),
         watches=OPERATOR_WATCHES,

@@ -22,6 +22,7 @@ from qmp_core.clock import NS_PER_HOUR
 from qmp_core.messages import (
     NO_PHASE,
     Abort,
+    Account,
     ControlCommand,
     Defensive,
     Deploy,
@@ -43,6 +44,7 @@ from qmp_core.messages import (
     TradingState,
 )
 from qmp_core.rollout_state import is_active, phase_name, soak_remaining
+from qmp_deployer.engine.accounts import budget_for, capital_blocker
 from qmp_deployer.engine.gates import Reading, evaluate_gate
 from qmp_deployer.engine.plan import Plan
 
@@ -63,6 +65,8 @@ class Context:
     plan: Plan
     trading: TradingState | None = None  # the strategy's effective trading state
     var_book: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # strategy -> (VaR, equity)
+    accounts: Mapping[str, Account] = field(default_factory=dict)  # account id -> account
+    rollouts: Mapping[str, RolloutState] = field(default_factory=dict)  # every strategy's rollout (capital held)
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,17 @@ def _deploy(strategy: str, state: RolloutState | None, command: Deploy, ctx: Con
         if command.allocation > limit:
             return _reject(state, f"allocation {command.allocation} is above the next phase's {limit}")
         phases[0] = msgspec.structs.replace(first, allocation=command.allocation)
-    ctx = Context(ctx.now_ns, ctx.epoch, plan, ctx.trading, ctx.var_book)
+    ctx = Context(ctx.now_ns, ctx.epoch, plan, ctx.trading, ctx.var_book, ctx.accounts, ctx.rollouts)
+    # The account is the strategy's: named by this deploy, or kept from its previous rollout with its budget.
+    account = command.account or (state.account if state is not None else "")
+    budget = 0.0
+    if account:
+        asked = command.budget
+        if asked is None and state is not None and state.account == account and state.budget > 0:
+            asked = state.budget
+        budget, refusal = budget_for(ctx.accounts.get(account), account, asked)
+        if refusal:
+            return _reject(state, f"deploy refused: {refusal}")
     rollout_id = "r" + (command.command_id[:24] or str(ctx.now_ns))
     previous = state
     fresh = RolloutState(
@@ -270,7 +284,11 @@ def _deploy(strategy: str, state: RolloutState | None, command: Deploy, ctx: Con
         # Effects a previous rollout decided but did not confirm are still carried out.
         outbox_controls=previous.outbox_controls if previous else [],
         outbox_events=previous.outbox_events if previous else [],
+        account=account, budget=budget,
     )
+    blocker = capital_blocker(fresh, 0, phases[0].allocation, ctx.accounts, ctx.rollouts)
+    if blocker:
+        return _reject(state, f"deploy refused: {blocker}")
     draft = _Draft(fresh, ctx, command.command_id, command.issued_by)
     before = fresh.allocation
     # Always written: the deployer's entry may not exist yet, and its default (1.0) is not this phase's.
@@ -292,6 +310,9 @@ def _deploy_next(state: RolloutState, command: Deploy, ctx: Context) -> Outcome:
     current = phase_name(state)
     if command.expected_phase and command.expected_phase != current:
         return _reject(state, f"expected phase {command.expected_phase!r}, current phase is {current!r}")
+    if command.account and command.account != state.account:
+        return _reject(state, f"{state.strategy} trades from account {state.account or '(none)'!r} in this rollout: "
+                              "abort it and deploy again to change its account")
     if not command.env and command.allocation is None:
         return _reject(state, f"already deployed (phase {current}, {state.status}); use promote")
     here = state.phases[state.phase_index]
@@ -461,6 +482,10 @@ def _promotion_blocker(draft: _Draft) -> str:
     blackout = ctx.plan.blackout_at(ctx.now_ns)
     if blackout is not None:
         return f"calendar blackout until {blackout.end.isoformat()} ({blackout.reason})"
+    index = state.phase_index + 1
+    capital = capital_blocker(state, index, state.phases[index].allocation, ctx.accounts, ctx.rollouts)
+    if capital:
+        return capital
     limit = ctx.plan.portfolio_var_limit
     if limit <= 0.0:
         return ""

@@ -37,6 +37,7 @@ from nats.js.kv import KeyValue
 from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_SECOND, Clock, ReplayClock
 from qmp_core.messages import (
+    Account,
     BatchEvents,
     BrokerCommand,
     BrokerReply,
@@ -104,6 +105,10 @@ class RolloutStore:
                 if state is not None:
                     states[state.strategy] = (state, revision)
         return states
+
+    async def states(self) -> dict[str, RolloutState]:
+        """Every strategy's rollout as stored now."""
+        return {strategy: state for strategy, (state, _) in (await self.load_all()).items()}
 
     async def get(self, strategy: str) -> tuple[RolloutState | None, int]:
         try:
@@ -213,8 +218,9 @@ class RolloutService:
 
     def __init__(self, js: JetStreamContext, kv: KeyValue, control: ControlHandler, clock: Clock, wall: Clock,
                  plans: Mapping[str, Plan], digests: Mapping[str, str], pool: Any, options: RolloutOptions,
-                 probes: Probes | None = None) -> None:
+                 probes: Probes | None = None, accounts: Mapping[str, Account] | None = None) -> None:
         self.js = js
+        self.accounts: Mapping[str, Account] = accounts if accounts is not None else {}  # live: AccountBook's
         self.nc: Client = js._nc
         self.store = RolloutStore(kv)
         self.control = control
@@ -394,7 +400,8 @@ class RolloutService:
         plan = self.plans.get(wanted) or next(iter(self.plans.values()))
         return Context(now_ns=self.clock.now_ns(), epoch=self.lease.epoch, plan=plan,
                        trading=self.control.store.entries.effective(strategy),
-                       var_book=self.monitor.var_book(plan.portfolio_var_key))
+                       var_book=self.monitor.var_book(plan.portfolio_var_key), accounts=self.accounts,
+                       rollouts=self.states)
 
     # ------------------------------------------------------------ gates
     async def tick(self, only: str | None = None) -> None:
@@ -447,7 +454,8 @@ class RolloutService:
             for name, spec in plan.enabled_metrics().items()
         }
         ctx = Context(now_ns=now, epoch=self.lease.epoch, plan=plan, trading=trading,
-                      var_book=self.monitor.var_book(plan.portfolio_var_key))
+                      var_book=self.monitor.var_book(plan.portfolio_var_key), accounts=self.accounts,
+                      rollouts=self.states)
         outcome = evaluate(state, readings, ctx, exposure=self.monitor.gross_exposure(strategy))
         self.evaluations += 1
         if outcome.changed:

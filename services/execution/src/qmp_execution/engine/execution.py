@@ -93,12 +93,15 @@ class ExecutionEngine:
         Its id goes on every new order (`deployment_id`). An instance that trades one environment's phases
         (`config.phase_env`: its venue's paper endpoint, or its live one) gives a strategy whose phase is
         of the other environment no capital: it trades at the other instance's venue now, and whatever it
-        still holds here is closed by normal orders (a promotion from paper, a rollback from live).
+        still holds here is closed by normal orders (a promotion from paper, a rollback from live). A rollout
+        that trades from an account sizes on its budget there (`budget_share`), never above the book's capital.
         """
         host = self.hosts.get(strategy)
         if host is None:
             return False
         host.deployment_id = rollout.rollout_id if rollout is not None else ""
+        host.budget_share = (min(1.0, rollout.budget / host.capital)
+                             if rollout is not None and rollout.account and rollout.budget > 0.0 else 1.0)
         env = phase_env(rollout)
         if self.config.phase_env in ("any", env):
             self.elsewhere.pop(strategy, None)

@@ -86,6 +86,9 @@ class StrategyHost:
         self.es_scale = 1.0
         self.es_key = ""  # the risk snapshot's ES key (method_level) that scaled the last batch down, "" if none
         self.deployment_id = ""  # the strategy's rollout (rollout_id) new orders go out under; "" if none
+        # Its budget within its account over the book's capital, at most 1: a strategy deployed with a budget of
+        # 250,000 on a book of 1,000,000 sizes as a book of 250,000 would (the same returns, a quarter the size).
+        self.budget_share = 1.0
         self.stop_losses: dict[str, StopLoss] = {}
         self.error: str | None = None
         self.error_at: int = 0
@@ -599,7 +602,7 @@ class StrategyHost:
         n = len(symbols)
         price = batch.close
         equity = book.equity()
-        size = state.allocation * state.size_multiplier
+        size = state.allocation * state.size_multiplier * self.budget_share
         sizing = es_scale(self.risk, self.config.es_keys, self.es_budget, gross * size,
                           book.gross_exposure() / equity if equity > 0.0 else 0.0)
         self.es_scale, es_note, self.es_key = sizing.scale, sizing.note, sizing.key
@@ -654,6 +657,8 @@ class StrategyHost:
         candidates += closes
         context = (f"target w={{w:+.4f}} × equity {equity:,.0f} × allocation {state.allocation:.2f} × size "
                    f"{state.size_multiplier:.2f} × ES scale {self.es_scale:.3f}")
+        if self.budget_share != 1.0:
+            context += f" × budget share {self.budget_share:.4f}"
         if es_note:
             context += f" ({es_note})"
         decisions = self._check(candidates, state, batch.ts_event, equity, previous, context)
@@ -738,7 +743,7 @@ class StrategyHost:
         if row is not None and row.shape[0] == len(columns):
             implied = {str(s): float(w) for s, w in zip(columns, row.tolist(), strict=True) if math.isfinite(w)}
         equity = self.portfolio.equity()
-        scale = equity * state.allocation * state.size_multiplier
+        scale = equity * state.allocation * state.size_multiplier * self.budget_share
         reason = f"{CODE_STRATEGY_ERROR}: {self.error}"
         for i in _by_symbol(batch.symbols):
             symbol, price = batch.symbols[i], float(batch.close[i])
@@ -786,6 +791,7 @@ class StrategyHost:
             "risk_ts": self.risk.ts_event if self.risk else 0, "last_ts": book.last_ts, "last_seq": book.last_seq,
             "window_rows": len(self.window), "lookback": self.strategy.lookback,
             "stop_losses": sorted(self.stop_losses), "deployment_id": self.deployment_id,
+            "budget_share": self.budget_share,
         }
 
 
