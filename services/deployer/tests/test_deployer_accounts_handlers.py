@@ -119,8 +119,10 @@ async def test_promotion_when_the_account_would_be_exceeded_then_refused_until_a
     assert not remove.accepted and "traded from by" in remove.reason
     assert aborted["accepted"] and promoted["accepted"], (aborted, promoted)
     assert phase_name(rollouts[first]) == "live_100" and rollouts[first].budget == 100_000.0
+    assert added.account is not None
     assert accounts[account] == Account(account=account, venue="paper", currency="USD", capital=100_000.0,
-                                        sender="operator", command_id=f"{unique_id}-add", ts_event=added.account.ts_event)
+                                        sender="operator", command_id=f"{unique_id}-add",
+                                        ts_event=added.account.ts_event)
     journal = await read_changes(connection, account, 10)
     assert [c.after.capital if c.after else None for c in journal] == [100_000.0]  # refusals change nothing
     assert all(isinstance(c, AccountChanged) for c in journal)

@@ -42,12 +42,13 @@ from qmp_core.messages import (
     encode,
 )
 from qmp_core.rollout_state import soak_remaining
+from qmp_deployer.app import create_app
 from qmp_deployer.engine.plan import parse_plan
 from qmp_deployer.handlers import ControlHandler, ControlStore
 from qmp_deployer.handlers.probes import Probes
 from qmp_deployer.handlers.rollout import RolloutOptions, RolloutService
 from qmp_ops.cli.deploy import read_history, read_rollouts
-from qmp_ops.testing import operator_connection
+from qmp_ops.testing import operator_connection, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -586,3 +587,25 @@ async def test_fills_when_a_replay_sends_them_per_batch_then_each_counts_once_as
         await nc.close()
 
     assert service.states[unique_id].status == "SOAKING" and service.states[unique_id].fills == 3
+
+
+async def test_deployer_when_a_rollout_entry_is_unreadable_then_starts_and_a_deploy_replaces_it(
+        nats_credentials, database_url, plan_file, tmp_path, operator_nc, unique_id):
+    # Found by running execution's tests before the deployer's on one server: execution's own test of a bad
+    # entry left one in the bucket, and every deployer started after it failed at start.
+    writer = await connect_as(nats_credentials, "deployer")  # the only identity that writes the bucket
+    kv = await writer.jetstream().key_value(subjects.KV_ROLLOUTS)
+    await kv.put(subjects.rollout_key(unique_id), b'{"strategy": "x", "phase_index": "two"}')
+    await writer.close()
+    await wait_lease_free(nats_credentials)
+    settings = settings_for(nats_credentials, "deployer", database_url, run_dir=str(tmp_path / "run"))
+    app = create_app(settings, plan_file=str(plan_file), instance_id="it-bad-entry", memory_probe="off",
+                     lease_ttl_s=3.0)
+    async with app:
+        status = await request(operator_nc, unique_id, {"verb": "status"})
+        deployed = await request(operator_nc, unique_id, {"verb": "deploy", "plan": "itest", "command_id": "fresh"})
+        state, _ = await rollout_of(operator_nc, unique_id)
+
+    assert not status["accepted"] and "no rollout" in status["reason"]
+    assert deployed["accepted"], deployed
+    assert state is not None and state.strategy == unique_id and state.phase_index == 0

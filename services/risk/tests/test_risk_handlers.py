@@ -14,14 +14,17 @@ from nats.aio.msg import Msg
 from qmp_core import bus, subjects
 from qmp_core.clock import NS_PER_HOUR
 from qmp_core.messages import (
+    Account,
     BarBatch,
     ClosePosition,
     ControlCommand,
     ControlReply,
     Defensive,
+    Halt,
     NewsEvent,
     PortfolioSnapshot,
     RiskSnapshot,
+    RolloutState,
     TradingState,
     codec,
     encode,
@@ -138,3 +141,67 @@ async def test_risk_app_when_news_window_and_stop_loss_then_defensive_close_posi
     # The day's backtest observation: yesterday's 10 shares at today's price, a share of yesterday's equity.
     assert row["realized_return"] == pytest.approx(10.0 * (PRICES[-1] - PRICES[-2]) / 10_000.0)
     assert snapshots[stamps[-1]].realized_return == pytest.approx(row["realized_return"])
+
+
+async def test_risk_app_when_an_accounts_drawdown_passes_its_limit_then_every_strategy_of_it_is_halted(
+    nats_credentials: NatsCredentials, database_url: str, operator_nc: Client, clients: dict[str, Client],
+    unique_id: str, tmp_path: Path,
+) -> None:
+    account, strategies = f"{unique_id}-acct", [f"{unique_id}-a", f"{unique_id}-b"]
+    js = clients["deployer"].jetstream()  # the deployer owns both buckets
+    await (await js.key_value(subjects.KV_ACCOUNTS)).put(account, encode(Account(
+        account=account, venue="paper", currency="USD", capital=200_000.0, sender="operator")))
+    base = settings_for(nats_credentials, "risk", database_url, run_dir=str(tmp_path))
+    settings = msgspec.convert({**msgspec.structs.asdict(base), "rebuild": False, "bar_wait_s": 0.0,
+                                "control_delivery": "next_snapshot"}, RiskSettings)
+    halts: dict[str, ControlCommand] = {}
+    last: dict[str, RiskSnapshot] = {}
+
+    async def deployer(msg: Msg) -> None:
+        command = codec(ControlCommand).decode(msg.data)
+        _, strategy = subjects.control_sender_and_strategy(msg.subject)
+        halts[strategy] = command
+        await msg.respond(encode(ControlReply(accepted=True, command_id=command.command_id,
+                                              state=TradingState(strategy=strategy, status="HALTED"))))
+
+    async def on_snapshot(msg: Msg) -> None:
+        snapshot = codec(RiskSnapshot).decode(msg.data)
+        last[snapshot.strategy] = snapshot
+
+    for strategy in strategies:
+        for urgent in (False, True):
+            await clients["deployer"].subscribe(subjects.control(strategy, "risk", urgent=urgent), cb=deployer)
+        await operator_nc.subscribe(subjects.snapshot(strategy), cb=on_snapshot)
+    await clients["deployer"].flush()
+    await operator_nc.flush()
+    service = RiskService(settings)
+    await service.start()
+    try:
+        rollouts = await js.key_value(subjects.KV_ROLLOUTS)
+        for strategy in strategies:  # deployed after risk started: the watch brings them in
+            await rollouts.put(subjects.rollout_key(strategy), encode(RolloutState(
+                strategy=strategy, rollout_id="r1", plan="default", phases=[], account=account, budget=1e5)))
+        for _ in range(100):
+            if service.engine.accounts.members_of(account) == tuple(strategies):
+                break
+            await asyncio.sleep(0.05)
+        execution_js = clients["execution"].jetstream()
+        # Each book loses 6% of its 1,000,000: 120,000 of the account's 200,000 (60%); each book alone is
+        # far from its own 15% drawdown halt.
+        for step, equity in enumerate((1_000_000.0, 970_000.0, 940_000.0)):
+            ts = T0 + step * NS_PER_HOUR
+            for strategy in strategies:
+                await bus.publish(execution_js, subjects.portfolio(strategy), PortfolioSnapshot(
+                    strategy=strategy, ts_event=ts, cash=equity, equity=equity, symbols=[], quantities=[],
+                    prices=[]), msg_id=f"{strategy}:{ts}")
+        for _ in range(200):
+            if len(halts) == 2 and all(s in last and last[s].ts_event == T0 + 2 * NS_PER_HOUR for s in strategies):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await service.stop()
+
+    assert sorted(halts) == strategies
+    assert all(isinstance(c, Halt) and c.reason.startswith(f"account {account}: drawdown") for c in halts.values())
+    assert last[strategies[1]].account == account and last[strategies[1]].account_equity == pytest.approx(80_000.0)
+    assert "account" in last[strategies[0]].breakers and last[strategies[0]].drawdown_24h == pytest.approx(0.06)

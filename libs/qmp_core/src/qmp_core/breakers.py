@@ -9,7 +9,9 @@ disagree about a boundary. Thresholds come from `qmp_core.config.RiskDefaults` u
   `vol_ratio_release` (hysteresis);
 - stop_loss:<symbol>: a position down `stop_loss` or more from its entry price is closed, once;
 - stale_data: a held symbol without a bar for `stale_data_s` of event time halts;
-- news: a high-impact news window makes the strategy defensive.
+- news: a high-impact news window makes the strategy defensive;
+- account: the account a strategy trades from, over its trailing-window drawdown limit or its Expected
+  Shortfall limit, halts every strategy of the account.
 """
 
 BREAKER_DRAWDOWN = "drawdown_24h"
@@ -17,6 +19,7 @@ BREAKER_STALE = "stale_data"
 BREAKER_VOLATILITY = "volatility"
 BREAKER_NEWS = "news"
 BREAKER_STOP_LOSS = "stop_loss"
+BREAKER_ACCOUNT = "account"
 
 
 def drawdown_trips(drawdown: float, drawdown_halt: float) -> bool:
@@ -42,3 +45,12 @@ def stop_loss_trips(pnl_from_entry: float, stop_loss: float) -> bool:
 def stop_loss_breaker(symbol: str) -> str:
     """Return the breaker name of one position's stop-loss, as it appears in snapshots and events."""
     return f"{BREAKER_STOP_LOSS}:{symbol}"
+
+
+def account_breach(drawdown_24h: float, es: float | None, drawdown_halt: float, es_limit: float) -> str:
+    """Return why an account's measures halt its strategies ('' when they do not; a limit of 0 is off)."""
+    if drawdown_halt > 0.0 and drawdown_trips(drawdown_24h, drawdown_halt):
+        return f"drawdown {drawdown_24h:.2%} > {drawdown_halt:.2%}"
+    if es_limit > 0.0 and es is not None and es > es_limit:
+        return f"Expected Shortfall {es:.2%} > {es_limit:.2%}"
+    return ""

@@ -459,6 +459,12 @@ class RiskSnapshot(Struct, frozen=True, kw_only=True):
     # when it is not one (the first snapshot, a position that could not be revalued). -realized_return above the
     # previous snapshot's var[key] is an exception of that measure.
     realized_return: float | None = None
+    # The account the strategy trades from ("": none) and the account's measures at this snapshot: its equity
+    # (capital plus its strategies' P&L), drawdown over the trailing window, ES of its returns (share of equity).
+    account: str = ""
+    account_equity: float | None = None
+    account_drawdown_24h: float | None = None
+    account_es: float | None = None
 
 
 class BreakerEventBase(Struct, frozen=True, kw_only=True, tag_field="event"):

@@ -20,6 +20,7 @@ from faststream.nats import NatsBroker, NatsMessage
 from qmp_core import bus, subjects
 from qmp_core.clock import Clock, ReplayClock, make_clock
 from qmp_core.service import Durable, Liveness, durable_subscriber, make_broker, register_health, start_metrics
+from qmp_risk.account_watch import AccountWatch
 from qmp_risk.config import RiskSettings
 from qmp_risk.engine import RiskEngine
 from qmp_risk.handlers import SERVICE, RiskHandlers
@@ -41,6 +42,7 @@ class RiskService:
         self.durable = Durable(SERVICE, self.clock, self.liveness, lambda: self.broker.connection.jetstream())
         self._checks: asyncio.Task[None] | None = None
         self.rebuilt = Rebuilt()
+        self.accounts: AccountWatch | None = None
         self._subscribe()
 
     def _subscribe(self) -> None:
@@ -81,13 +83,23 @@ class RiskService:
         await self.handlers.open()
         await self.broker.connect()
         await bus.wait_declared(self.broker.connection.jetstream(), SERVICE)
+        # Accounts and their members are known before the rebuild replays the books through the account breaker.
+        if self.accounts is None:
+            self.accounts = AccountWatch(self.engine.accounts, self.broker.connection.jetstream())
+            await self.accounts.start()
         if self.settings.rebuild:
             self.rebuilt = await rebuild(self.engine, self.broker.connection, self.settings)
 
     async def stop(self) -> None:
         await self.stop_checks()
+        await self.stop_watch()
         await self.broker.stop()
         await self.handlers.close()
+
+    async def stop_watch(self) -> None:
+        if self.accounts is not None:
+            await self.accounts.stop()
+            self.accounts = None
 
     def start_checks(self) -> None:
         if self._checks is None:
@@ -117,6 +129,7 @@ def create_app(settings: RiskSettings, clock: Clock | None = None) -> FastStream
 
     async def close_resources() -> None:
         await service.stop_checks()
+        await service.stop_watch()
         await service.handlers.close()
 
     # The app's own start/stop lines go through the service's JSON log handler, not FastStream's.

@@ -41,6 +41,11 @@ class RiskSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fi
     vol_average_window: PositiveInt = RISK_DEFAULTS.vol_average_window
     vol_size_multiplier: Probability = RISK_DEFAULTS.vol_size_multiplier
     stop_loss: Probability = RISK_DEFAULTS.stop_loss
+    # The account breaker: an account's drawdown over the trailing window, or the Expected Shortfall of its
+    # returns at account_es_level, above these halts every strategy trading from it (0: that check is off).
+    account_drawdown_halt: Annotated[float, Meta(ge=0.0, le=1.0)] = RISK_DEFAULTS.drawdown_halt
+    account_es_limit: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
+    account_es_level: Level = 0.99
     stale_data_s: Positive = 4.5 * DAY_S  # a held symbol without a bar this long halts (event time)
     news_calendar: str = ""  # JSON list of NewsEvent (start/end as int ns or ISO-8601) read at start
     news_impacts: list[str] = field(default_factory=lambda: ["high"])  # impacts that make a strategy defensive

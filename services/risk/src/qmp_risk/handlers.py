@@ -151,7 +151,10 @@ class RiskHandlers:
         return {
             # the breaker thresholds in force, shown by `qmp status`
             "drawdown_halt": self.settings.drawdown_halt, "vol_ratio_limit": self.settings.vol_ratio_limit,
-            "stop_loss": self.settings.stop_loss,
+            "stop_loss": self.settings.stop_loss, "account_drawdown_halt": self.settings.account_drawdown_halt,
+            "account_es_limit": self.settings.account_es_limit,
+            "accounts": {account: list(self.engine.accounts.members_of(account))
+                         for account in sorted(set(self.engine.accounts.members.values()))},
             "strategies_tracked": engine["strategies"], "symbols_tracked": engine["symbols"],
             "snapshots_published": self.snapshots_published, "dead_letters": self.dead_letters,
             "commands_sent": self.commands_sent, "commands_failed": self.commands_failed,
@@ -217,9 +220,13 @@ class RiskHandlers:
             for command in result.commands:
                 await self._send_control(snapshot.strategy, command,
                                          wait=self.settings.control_delivery == "before_snapshot")
+            for other in result.others:  # the other strategies of an account in breach
+                for command in other.commands:
+                    await self._send_control(other.strategy, command,
+                                             wait=self.settings.control_delivery == "before_snapshot")
             for close in result.closes:
                 await self._publish_close(close)
-            for event in result.events:
+            for event in [*result.events, *(event for other in result.others for event in other.events)]:
                 await self._publish_event(event)
             await bus.publish(self.js, subjects.snapshot(snapshot.strategy), snapshot,
                               msg_id=f"{snapshot.strategy}:{snapshot.ts_event}")

@@ -85,7 +85,10 @@ async def read_rollouts(connection: Connection, strategy: str | None = None) -> 
             except nats.js.errors.KeyNotFoundError:
                 continue
             if entry.value:
-                state = decoder.decode(entry.value)
+                try:
+                    state = decoder.decode(entry.value)
+                except msgspec.DecodeError:  # the deployer reads it as no rollout, and so does the CLI
+                    continue
                 states[state.strategy] = state
         return states
     finally:

@@ -81,7 +81,8 @@ ROLES: dict[str, Role] = {
         durables=((subjects.STREAM_MARKET_DATA, "risk-bars"), (subjects.STREAM_EXEC, "risk-portfolio"),
                   (subjects.STREAM_MARKET_DATA, "risk-news")),
         reads=(subjects.STREAM_MARKET_DATA, subjects.STREAM_EXEC),
-        watches=(KV_CONTROL_STREAM,),
+        # The accounts and the rollouts that name them: the account breaker's members and capital.
+        watches=(KV_CONTROL_STREAM, KV_ROLLOUTS_STREAM, KV_ACCOUNTS_STREAM),
     ),
     "execution": Role(
         publish=("qmp.exec.>", subjects.dlq("execution")),

@@ -117,7 +117,14 @@ class RolloutStore:
             return None, 0
         if not entry.value:
             return None, entry.revision or 0
-        return self._decoder.decode(entry.value), entry.revision or 0
+        try:
+            return self._decoder.decode(entry.value), entry.revision or 0
+        except msgspec.DecodeError as error:
+            # Nobody but a deployer should write here; one bad entry must not stop the deployer from starting.
+            # It reads as no rollout, and a deploy of the strategy replaces it (its revision is kept for that).
+            log.error("rollout entry unreadable: read as no rollout", extra={"strategy": strategy,
+                                                                             "error": str(error)})
+            return None, entry.revision or 0
 
     async def write(self, state: RolloutState, revision: int) -> int | None:
         """Write with compare-and-set; return the new revision, or None when someone else wrote first."""
@@ -500,7 +507,10 @@ class RolloutService:
             await self._unsubscribe()
         if stored is None:
             self.states.pop(strategy, None)
-            self.revisions.pop(strategy, None)
+            if revision:  # an unreadable or deleted entry: the next write replaces it at this revision
+                self.revisions[strategy] = revision
+            else:
+                self.revisions.pop(strategy, None)
         else:
             self.states[strategy] = stored
             self.revisions[strategy] = revision

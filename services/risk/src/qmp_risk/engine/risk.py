@@ -49,10 +49,12 @@ import numpy as np
 
 from qmp_core import subjects
 from qmp_core.breakers import (
+    BREAKER_ACCOUNT,
     BREAKER_DRAWDOWN,
     BREAKER_NEWS,
     BREAKER_STALE,
     BREAKER_VOLATILITY,
+    account_breach,
     drawdown_trips,
     stop_loss_breaker,
     stop_loss_trips,
@@ -84,10 +86,11 @@ from qmp_kernels.methods import METHOD_NAMES, N_METHODS, all_methods, level_key,
 from qmp_kernels.var import historical_var_es_columns_nb, historical_var_es_levels_nb
 from qmp_kernels.vol import vol_ratio_1d_nb
 from qmp_risk.config import RiskSettings
+from qmp_risk.engine.accounts import AccountBook, AccountReading
 from qmp_risk.engine.history import PriceHistory
 from qmp_risk.engine.symbols import SymbolParams, SymbolRisk
 
-HALTING_BREAKERS = (BREAKER_DRAWDOWN, BREAKER_STALE)
+HALTING_BREAKERS = (BREAKER_DRAWDOWN, BREAKER_STALE, BREAKER_ACCOUNT)
 STATUS_OK = "ok"
 STATUS_INSUFFICIENT = "insufficient_data"
 STATUS_NON_POSITIVE_EQUITY = "non_positive_equity"
@@ -124,6 +127,7 @@ class RiskResult:
     commands: tuple[BreakerCommand, ...] = ()
     closes: tuple[ClosePosition, ...] = ()
     duplicate: bool = False
+    others: tuple["CheckResult", ...] = ()  # transitions of other strategies it caused (their account's breaker)
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,8 @@ class RiskEngine:
         self._strategies: dict[str, _StrategyState] = {}
         self._calendar: dict[str, NewsEvent] = {}
         self._first_ts = 0
+        self.accounts = AccountBook(self._window_ns, settings.var_window, settings.min_observations,
+                                    settings.account_es_level)
 
     # ------------------------------------------------------------------ market data
     @property
@@ -352,6 +358,7 @@ class RiskEngine:
         prices = dict(zip(snapshot.symbols, snapshot.prices, strict=True))
         realized = self._realize_backtest(state, prices)
         self._update_equity(state, ts, snapshot.equity)
+        account = self.accounts.on_equity(snapshot.strategy, ts, snapshot.equity)
         ratio = self._volatility_ratio(state)
         events: list[BreakerEvent] = []
         positions, closes = self._update_positions(state, snapshot, events)
@@ -360,6 +367,7 @@ class RiskEngine:
         state.book = _Book(prices, {s: q for s, q in zip(snapshot.symbols, snapshot.quantities, strict=True)
                                     if q != 0.0}, snapshot.equity, *forecast)
         commands = self._breakers(state, snapshot, ratio, events)
+        others = self._account_breaker(account, snapshot.strategy, ts, events, commands)
         result = RiskResult(
             snapshot=RiskSnapshot(
                 strategy=snapshot.strategy, ts_event=ts, equity=snapshot.equity, var=var, es=es,
@@ -368,10 +376,14 @@ class RiskEngine:
                 drawdown=state.drawdown, volatility=self._volatility(state), positions=positions,
                 symbol_risk=self._symbol_risk(snapshot.venue, positions), backtests=self._backtests(state),
                 errors=errors, realized_return=realized,
+                account=account.account if account else "", account_equity=account.equity if account else None,
+                account_drawdown_24h=account.drawdown_24h if account else None,
+                account_es=account.es if account else None,
             ),
             events=tuple(events),
             commands=tuple(commands),
             closes=tuple(closes),
+            others=others,
         )
         state.last_ts = ts
         state.last_result = result
@@ -645,6 +657,36 @@ class RiskEngine:
         self._check_news(state, strategy, ts, events, commands)
         return commands
 
+    def _account_breaker(self, reading: AccountReading | None, strategy: str, ts: int, events: list[BreakerEvent],
+                         commands: list[BreakerCommand]) -> tuple[CheckResult, ...]:
+        """Halt every strategy of an account in breach: this one into `events` / `commands`, the others (those
+        risk has seen) as their own results. A member already halted by it is not halted again until resumed."""
+        if reading is None:
+            return ()
+        settings = self.settings
+        why = account_breach(reading.drawdown_24h, reading.es, settings.account_drawdown_halt,
+                             settings.account_es_limit)
+        if not why:
+            return ()
+        reason = f"account {reading.account}: {why} (strategies {', '.join(reading.members)})"
+        value = reading.drawdown_24h if why.startswith("drawdown") else (reading.es or 0.0)
+        threshold = settings.account_drawdown_halt if why.startswith("drawdown") else settings.account_es_limit
+        others: list[CheckResult] = []
+        for member in reading.members:
+            state = self._strategies.get(member)
+            if state is None:
+                continue  # not seen yet: its first snapshot finds the account in breach and halts it then
+            if member == strategy:
+                self._trip_halt(state, member, ts, BREAKER_ACCOUNT, value, threshold, reason, events, commands)
+                continue
+            their_events: list[BreakerEvent] = []
+            their_commands: list[BreakerCommand] = []
+            self._trip_halt(state, member, ts, BREAKER_ACCOUNT, value, threshold, reason, their_events,
+                            their_commands)
+            if their_commands:
+                others.append(CheckResult(member, tuple(their_events), tuple(their_commands)))
+        return tuple(others)
+
     def _trip_halt(self, state: _StrategyState, strategy: str, ts: int, breaker: str, value: float,
                    threshold: float, reason: str, events: list[BreakerEvent], commands: list[BreakerCommand]) -> None:
         if state.latches[breaker] != "":
@@ -736,8 +778,9 @@ class RiskEngine:
                 elif latch == "confirmed":
                     tracked.latches[breaker] = ""
                     value = tracked.drawdown_24h if breaker == BREAKER_DRAWDOWN else 0.0
-                    threshold = (self.settings.drawdown_halt if breaker == BREAKER_DRAWDOWN
-                                 else self.settings.stale_data_s)
+                    threshold = {BREAKER_DRAWDOWN: self.settings.drawdown_halt,
+                                 BREAKER_STALE: self.settings.stale_data_s,
+                                 BREAKER_ACCOUNT: self.settings.account_drawdown_halt}[breaker]
                     events.append(BreakerReleased(
                         strategy=name, breaker=breaker, value=value, threshold=threshold,
                         action=f"resumed:{state.status.lower()}",
