@@ -1,4 +1,5 @@
-"""`qmp up --set NAME=VALUE`: a setting given on the command line is the one the running services use;
+"""`qmp up --set NAME=VALUE`: a setting given on the command line is the one the running services use, and
+`--capital` with `--account` is the books' capital and an account of it;
 `qmp kill` on the stack it runs: the venue's answer comes back to the operator, the halt holds until a resume;
 and `qmp up --source exchange`: a crypto exchange's bars (ccxt against a fake of Binance) flow live."""
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.system
 def test_up_when_settings_given_then_the_services_run_with_them_and_a_kill_is_confirmed_by_the_venue(
         tmp_path: Path) -> None:
     log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen([*QMP, "up", "--no-warm-spares", "--set", "initial_capital=250000",
+    up = subprocess.Popen([*QMP, "up", "--no-warm-spares", "--capital", "250000", "--account", "main",
                            "--set", "QMP_DRAWDOWN_HALT=0.2"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                           env=clean_env(), start_new_session=True, preexec_fn=ctrl_c_works)
     try:
@@ -39,6 +40,11 @@ def test_up_when_settings_given_then_the_services_run_with_them_and_a_kill_is_co
             if services and all(h.get("status") == "ok" for h in services.values()):
                 break
             time.sleep(1.0)
+        for _ in range(40):  # `qmp up` adds the account once every service is healthy
+            accounts = json.loads(qmp(["accounts", "list", "--json"], tmp_path).stdout)
+            if accounts:
+                break
+            time.sleep(0.5)
         killed = qmp(["kill", "vol_target", "--flatten", "--reason", "kill test"], tmp_path)
         after_kill = json.loads(qmp(["status", "--json"], tmp_path).stdout)["strategies"]["vol_target"]
         resumed = qmp(["resume", "vol_target"], tmp_path)
@@ -59,6 +65,8 @@ def test_up_when_settings_given_then_the_services_run_with_them_and_a_kill_is_co
     assert left == [], f"still running after qmp up stopped: {left}"  # no service, nats-server, PostgreSQL
     assert "stopped" in (tmp_path / "up.log").read_text()
     assert services["execution"]["detail"]["initial_capital"] == 250000.0
+    assert [(a["account"], a["capital"], a["venue"], a["sender"]) for a in accounts] == [
+        ("main", 250000.0, "paper", "operator")]
     assert services["risk"]["detail"]["drawdown_halt"] == 0.2
     assert killed.returncode == 0, killed.stdout + killed.stderr
     assert "vol_target" in killed.stdout and "paper" in killed.stdout and "yes" in killed.stdout  # confirmed

@@ -21,8 +21,10 @@ from rich.table import Table
 
 from qmp_core import subjects
 from qmp_core.config import StreamStorage
+from qmp_core.messages import SetAccount
 from qmp_lab.lock import LOCK_FILE, LOCK_LOG, lock_holding, remove_lock
 from qmp_ops.cli.accounts import app as accounts_app
+from qmp_ops.cli.accounts import send_account_request
 from qmp_ops.cli.alerts import alerts as alerts_command
 from qmp_ops.cli.control import (
     NoBrokerCommands,
@@ -127,6 +129,9 @@ def up(
     dashboard_port: Annotated[int, typer.Option(help="the dashboard's port")] = 8501,
     capital: Annotated[float | None, typer.Option(min=0.01, help="each strategy's starting capital (the same as "
                                                                   "--set initial_capital=...)")] = None,
+    account: Annotated[str, typer.Option(help="with --capital: also add (or set) this account with that capital, "
+                                              "audited as `qmp accounts add` is; deploy with --account to trade "
+                                              "from it")] = "",
 ) -> None:
     """Start NATS, PostgreSQL and the four services, with market data flowing; Ctrl-C stops all.
 
@@ -149,6 +154,13 @@ def up(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     sets = list(set_ or [])
+    if account and capital is None:
+        raise typer.BadParameter("--account needs --capital: the account's capital")
+    if account:
+        try:
+            subjects.check_token(account, "account")
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from None
     if capital is not None:
         if any(item.split("=", 1)[0].replace("-", "_").strip() == "initial_capital" for item in sets):
             raise typer.BadParameter("--capital and --set initial_capital name the same setting: give one")
@@ -178,6 +190,15 @@ def up(
             console.print(f"TLS: servers verified against this run's CA, {connection.tls_ca}")
         for name in names:
             console.print(f"operator {name}: `qmp --as {name} <verb>` ({operator_connection_file(HOME, name)})")
+        if account and capital is not None:
+            venue = service_env.get("execution", {}).get("QMP_BROKER", "paper")
+            reply = asyncio.run(send_account_request(connection, account, SetAccount(
+                venue=venue, capital=capital, command_id=f"up-{account}-{time.time_ns()}",
+                reason="qmp up --account")))
+            if not reply.accepted:
+                raise typer.BadParameter(f"account {account}: {reply.reason}", param_hint="--account")
+            console.print(f"account {account}: {capital:,.2f} USD at {venue} (`qmp deploy <strategy> --account "
+                          f"{account}` trades from it)")
         console.print("metrics: " + ", ".join(f"{service} http://127.0.0.1:{port}/metrics"
                                               for service, port in stack.metrics_ports.items())
                       + f" (Prometheus file_sd targets: {stack.run_dir / 'prometheus-targets.json'})")
