@@ -49,7 +49,8 @@ NATS_DOWN_S = 2.0
 # timeouts); a breaker command that met the election is asked again after the requester's timeout.
 NATS_ELECTION_S = 10.0
 
-Fault = Callable[[Stack], Awaitable[None]]
+# A fault gets the stack and the observer's connection (the core subscriber whose counts are compared).
+Fault = Callable[[Stack, nats.NATS], Awaitable[None]]
 
 
 @dataclass
@@ -93,6 +94,15 @@ async def risk_days(js: nats.js.JetStreamContext) -> int:
     return info.state.subjects.get(subject, 0) if info.state.subjects else 0
 
 
+async def stream_leader(nc: nats.NATS) -> str | None:
+    """The server that leads the market-data stream now (None while one is being elected)."""
+    try:
+        info = await nc.jetstream().stream_info(subjects.STREAM_MARKET_DATA)
+    except (nats.errors.TimeoutError, nats.js.errors.APIError):
+        return None
+    return info.cluster.leader if info.cluster is not None else None
+
+
 def replay(home: Path, fault: Fault | None = None, fault_at_day: int = 0, cluster: bool = False) -> Outcome:
     """Run the window through a fresh stack under the supervisor; inject `fault` once `fault_at_day` is done."""
     stack = Stack(options(home, cluster))
@@ -120,7 +130,7 @@ def replay(home: Path, fault: Fault | None = None, fault_at_day: int = 0, cluste
                         recovery = moved_at - fault_time
                 if fault is not None and fault_time is None and done >= fault_at_day:
                     fault_time, fault_done = time.monotonic(), done
-                    await fault(stack)
+                    await fault(stack, nc)
                 if time.monotonic() - moved_at > STALL_S:
                     raise AssertionError(f"the replay stalled after {done} days; logs in {stack.run_dir}")
                 await asyncio.sleep(0.05)
@@ -243,7 +253,7 @@ def first_breaker_change(golden: Outcome) -> int:
 def test_chaos_when_service_sigkilled_mid_replay_then_restarted_and_results_identical(
     golden: Outcome, tmp_path: Path, service: str, request: pytest.FixtureRequest,
 ) -> None:
-    async def kill(stack: Stack) -> None:
+    async def kill(stack: Stack, observer: nats.NATS) -> None:
         os.kill(stack.processes[service].pid, signal.SIGKILL)
 
     # The deployer is killed the day before a breaker's command: the command must still land on its day.
@@ -260,7 +270,7 @@ def test_chaos_when_service_sigkilled_mid_replay_then_restarted_and_results_iden
 def test_chaos_when_nats_server_sigkilled_and_restarted_on_same_store_then_nothing_counted_twice(
     golden: Outcome, tmp_path: Path, request: pytest.FixtureRequest,
 ) -> None:
-    async def restart_nats(stack: Stack) -> None:
+    async def restart_nats(stack: Stack, observer: nats.NATS) -> None:
         assert stack.nats is not None and stack.nats.process is not None
         stack.nats.process.send_signal(signal.SIGKILL)
         await asyncio.to_thread(stack.nats.process.wait, 30)
@@ -280,13 +290,26 @@ def test_chaos_when_the_stream_leader_of_a_nats_cluster_sigkilled_then_replay_fi
 ) -> None:
     killed: list[str] = []
 
-    async def kill_leader(stack: Stack) -> None:
+    async def kill_leader(stack: Stack, observer: nats.NATS) -> None:
         assert isinstance(stack.nats, EmbeddedNatsCluster)
+        # The observer counts on core subscriptions, which its server's death cuts (at most once): the server
+        # killed is never the observer's, or the comparison would measure the observer rather than the stack.
+        watching = observer._server_info.get("server_name")
         nc = await stack.connection.connect()
         try:  # the server that leads the market-data stream: its loss forces an election mid-replay
-            leader = (await nc.jetstream().stream_info(subjects.STREAM_MARKET_DATA)).cluster.leader
+            leader = await stream_leader(nc)
+            for _ in range(10):
+                if leader not in (None, watching):
+                    break
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{subjects.STREAM_MARKET_DATA}", b"", timeout=5)
+                for _ in range(100):
+                    await asyncio.sleep(0.05)
+                    leader = await stream_leader(nc)
+                    if leader not in (None, watching):
+                        break
         finally:
             await nc.close()
+        assert leader not in (None, watching), f"the market-data stream's leader stayed {watching}"
         node = next(node for node in stack.nats.nodes if node.cluster is not None and node.cluster.name == leader)
         assert node.process is not None
         node.process.send_signal(signal.SIGKILL)  # not restarted: the replay ends on two servers of three
@@ -306,7 +329,7 @@ def test_chaos_when_the_stream_leader_of_a_nats_cluster_sigkilled_then_replay_fi
 def test_chaos_when_postgres_down_for_seconds_then_nothing_lost_and_results_identical(
     golden: Outcome, tmp_path: Path, request: pytest.FixtureRequest, down_s: float,
 ) -> None:
-    async def restart_postgres(stack: Stack) -> None:
+    async def restart_postgres(stack: Stack, observer: nats.NATS) -> None:
         assert stack.postgres is not None and stack.postgres.process is not None
         stack.postgres.process.send_signal(signal.SIGINT)  # fast shutdown: sessions are cut
         await asyncio.to_thread(stack.postgres.process.wait, 30)
@@ -325,7 +348,7 @@ def test_chaos_when_poisoned_inputs_arrive_then_dead_lettered_and_results_identi
 ) -> None:
     replies: list[dict] = []
 
-    async def poison(stack: Stack) -> None:
+    async def poison(stack: Stack, observer: nats.NATS) -> None:
         nc = await stack.connection.connect()
         js = nc.jetstream()
         try:

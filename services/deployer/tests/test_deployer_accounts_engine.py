@@ -94,6 +94,17 @@ def test_operator_promote_when_it_would_exceed_the_account_then_refused_with_the
     assert "promotion refused: capital: account main would hold 150,000.00 USD" in over.reason
 
 
+def test_deploy_next_when_it_names_another_account_or_budget_then_refused_while_the_rollout_runs():
+    accounts, rollouts = {"main": account(), "other": account(name="other")}, {}
+    bench = on_account("s1", accounts, rollouts, budget=100_000.0)
+
+    moved = bench.send(Deploy(plan="test", env="live", account="other", command_id="d2"))
+    resized = bench.send(Deploy(plan="test", env="live", budget=200_000.0, command_id="d3"))
+
+    assert not moved.accepted and "abort it and deploy again to change its account" in moved.reason
+    assert not resized.accepted and "budget is 100,000.00 in this rollout" in resized.reason
+
+
 def test_redeploy_when_the_account_is_not_named_again_then_kept_with_its_budget():
     accounts, rollouts = {"main": account(500_000.0)}, {}
     bench = on_account("s1", accounts, rollouts, budget=200_000.0)

@@ -935,3 +935,22 @@ async def test_calibrate_when_too_few_fills_then_command_fails_without_storing(d
         await connection.close()
     assert outcome.exit_code == 1 and "not calibrated" in outcome.output
     assert stored == 0
+
+
+async def test_publisher_when_no_ack_comes_at_all_then_confirm_fails_at_the_stall_not_the_timeout(
+        operator_nc: Client, unique_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stream leader that dies with acks in flight, the connection (to another server of the cluster) up:
+    # nothing answers. A silent listener stands in for it here (it also keeps the server from saying 503).
+    monkeypatch.setattr("qmp_execution.publisher.ACK_STALL_S", 0.3)
+    silent = await operator_nc.subscribe(subjects.health(unique_id))
+    publisher = AckedPublisher(operator_nc)
+    await publisher.start()
+    started = time.monotonic()
+    try:
+        await publisher.send(subjects.health(unique_id), b"{}", {"Nats-Msg-Id": unique_id})
+        with pytest.raises(PublishFailed, match=r"no acknowledgement from the stream for 0\.3s"):
+            await publisher.confirm(WAIT_S)
+    finally:
+        await publisher.stop()
+        await silent.unsubscribe()
+    assert time.monotonic() - started < 2.0  # not the 10 s timeout

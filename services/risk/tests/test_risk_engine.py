@@ -122,6 +122,22 @@ def test_on_portfolio_when_later_bars_already_arrived_then_var_uses_only_bars_up
     assert quiet.on_portfolio(snap).snapshot.observations == 30
 
 
+def test_on_portfolio_when_many_later_bars_arrived_first_then_every_method_as_in_order_filters_included() -> None:
+    # Found by the cluster chaos test: while a stream elected a leader, the replay's lockstep lapsed and bars of
+    # three later days reached risk before the books they follow; they pushed the oldest rows out of the
+    # history, and the FHS filters, which warm up on those rows, gave other numbers.
+    closes = random_closes(120, 2, seed=5)
+    quiet, early = make_engine(), make_engine()
+    stamps = feed_closes(quiet, closes[:100], ["A", "B"])
+    feed_closes(early, closes, ["A", "B"])  # twenty more days, before the book of day 100
+    snap = portfolio(stamps[-1], 1_000.0, ["A", "B"], [3.0, -2.0], [float(v) for v in closes[99]])
+
+    in_order, ahead = quiet.on_portfolio(snap).snapshot, early.on_portfolio(snap).snapshot
+
+    assert any(key.startswith("fhs_garch") for key in in_order.var)
+    assert (ahead.var, ahead.es, ahead.observations) == (in_order.var, in_order.es, in_order.observations)
+
+
 def test_on_portfolio_when_another_venue_prints_the_same_symbol_absurdly_then_var_is_as_without_it() -> None:
     # issue 12: one batch on another venue with AAPL at 1e6 used to mark the book at that price in the
     # scenarios (VaR of a 10% position near 100%); prices are kept per (venue, symbol).

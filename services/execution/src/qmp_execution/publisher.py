@@ -9,7 +9,9 @@ subject) must not be taken for the stream's ack, which a plain request would do.
 
 Acks in flight when the connection drops never come (a nats-server restart): a confirm that sees the
 connection re-established fails at once instead of waiting out its timeout, and the caller publishes
-again under the same ids, which the stream deduplicates.
+again under the same ids, which the stream deduplicates. Nor do they when the stream's leader dies and the
+connection, to another server of a cluster, stays up: a confirm that has heard no ack for ACK_STALL_S fails
+then too, rather than at its timeout (the cluster chaos test waited 30 s there, and lost lockstep).
 """
 
 import asyncio
@@ -24,6 +26,7 @@ from qmp_core.retry import Unavailable
 
 STATUS_HEADER = "Status"
 ACK_CHECK_S = 0.25  # how often a confirm looks whether the connection was re-established meanwhile
+ACK_STALL_S = 5.0  # no ack at all for this long while some are awaited: the stream lost them; publish again
 NO_RESPONDERS = "503"
 
 
@@ -44,6 +47,7 @@ class AckedPublisher:
         self._done = asyncio.Event()
         self._subscription = None
         self._reconnects = 0  # the connection's reconnect count when the outstanding messages were sent
+        self._heard = 0.0  # loop time of the last send or ack: how long the stream has been silent
 
     async def start(self) -> None:
         self._prefix = self.nc.new_inbox()
@@ -64,6 +68,7 @@ class AckedPublisher:
             self._reconnects = self.nc.stats["reconnects"]
         self._outstanding.add(self._next)
         self._done.clear()
+        self._heard = asyncio.get_running_loop().time()
         await self.nc.publish(subject, payload, reply=f"{self._prefix}.{self._next}", headers=dict(headers))
         self.published += 1
         metrics.MESSAGES_PUBLISHED.labels(metrics.subject_kind(subject)).inc()
@@ -82,6 +87,11 @@ class AckedPublisher:
                 missing = len(self._outstanding)
                 self._outstanding.clear()
                 raise PublishFailed(f"{missing} messages not acknowledged by the stream in {timeout_s:g}s")
+            if loop.time() - self._heard >= ACK_STALL_S:
+                missing = len(self._outstanding)
+                self._outstanding.clear()
+                raise PublishFailed(f"no acknowledgement from the stream for {ACK_STALL_S:g}s: the acks of {missing} "
+                                    "messages are lost (a stream leader gone?)")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._done.wait(), min(ACK_CHECK_S, max(deadline - loop.time(), 0.0)))
         if self._errors:
@@ -103,5 +113,6 @@ class AckedPublisher:
         elif b'"stream"' not in data[:32]:
             return  # not the stream's answer: keep waiting for the ack
         self._outstanding.discard(token)
+        self._heard = asyncio.get_running_loop().time()
         if not self._outstanding:
             self._done.set()

@@ -52,6 +52,10 @@ class RiskSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fi
     news_max_order_fraction: Probability = 0.05  # order-size cap (fraction of equity) in defensive mode
     check_interval_s: Positive = 1.0  # how often stale data and news windows are checked without input
     history_margin: Annotated[int, Meta(ge=0)] = 16  # extra bar rows kept beyond the VaR window
+    # Bar rows kept beyond the newest a portfolio may be valued at: bars that run ahead of the books (a replay's
+    # lockstep lapsing while a stream elects a leader) never push the rows a valuation uses out of the history,
+    # so the FHS filters warm up on the same rows whichever arrives first.
+    history_lookahead: Annotated[int, Meta(ge=0)] = 64
     # Listings (venue, symbol) tracked: each costs about 20 KB (price history and per-symbol risk; 10,000 add
     # about 200 MB, tests/bench/bench_risk_flood.py), so this bounds risk's memory; a new listing beyond it is
     # a rejected row with the reason (a dead letter), never a bigger process.
@@ -60,6 +64,9 @@ class RiskSettings(ServiceSettings, frozen=True, kw_only=True, forbid_unknown_fi
     # messages come back redelivered, and the portfolio must not be valued before its bars are (seen in the
     # chaos suite with a 1 s wait against the 2 s ack wait).
     bar_wait_s: Annotated[float, Meta(ge=0.0)] = ACK_WAIT_S + 1.0
+    # ... and on, up to this long, while the market-data consumer still has bars to deliver or cannot say (a
+    # stream leader being elected after a NATS server died took about 10 s in the cluster chaos test).
+    bar_wait_max_s: Annotated[float, Meta(ge=0.0)] = 60.0
     control_timeout_s: Positive = 2.0  # per control request attempt
     control_attempts: PositiveInt = 3  # attempts before a breaker command counts as undelivered
     # before_snapshot: a breaker's command is answered before the snapshot that tripped it is published

@@ -63,6 +63,7 @@ MAX_REJECTED_ROWS_REPORTED = 50
 RETRY_BACKOFF_S = 0.2
 BARS_STORED_KEPT = 4096  # event times whose bars' store time is remembered for the batch-to-snapshot latency
 
+BAR_POLL_S = 1.0  # how often a long wait for bars asks the market-data consumer whether more are coming
 log = logging.getLogger("qmp_risk")
 _tracer = tracer("qmp_risk")
 
@@ -244,12 +245,40 @@ class RiskHandlers:
                                               "drawdown_24h": snapshot.drawdown_24h})
 
     async def _wait_for_bars(self, ts_event: int) -> None:
-        """Wait (bounded) until the bars of ts_event are in, so VaR never depends on arrival order."""
-        if self.engine.bar_watermark >= ts_event or self.settings.bar_wait_s <= 0:
+        """Wait until the bars of ts_event are in, so VaR never depends on arrival order.
+
+        `bar_wait_s` at first; then on, up to `bar_wait_max_s`, while risk's market-data consumer still has bars
+        to deliver or cannot say (its stream's leader being elected after a server died: seconds). Only bars
+        that will not come (a feed that sent none for this time, a batch rejected) are given up on. A bounded
+        wait alone once let a stream election shift the VaR window by a day (the cluster chaos test).
+        """
+        def arrived() -> bool:
+            return self.engine.bar_watermark >= ts_event
+
+        if arrived() or self.settings.bar_wait_s <= 0:
             return
-        if not await self._bars.wait_until(lambda: self.engine.bar_watermark >= ts_event, self.settings.bar_wait_s):
-            log.warning("no bars for portfolio timestamp; using the bars so far",
-                        extra={"ts_event": ts_event, "bar_watermark": self.engine.bar_watermark})
+        if await self._bars.wait_until(arrived, self.settings.bar_wait_s, counted=False):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.bar_wait_max_s - self.settings.bar_wait_s
+        while loop.time() < deadline and await self._bars_on_their_way():
+            log.info("waiting for the bars of a portfolio's timestamp: still on their way",
+                     extra={"ts_event": ts_event, "bar_watermark": self.engine.bar_watermark})
+            if await self._bars.wait_until(arrived, min(BAR_POLL_S, max(0.0, deadline - loop.time())),
+                                           counted=False):
+                return
+        self._bars.timeouts += 1
+        log.warning("no bars for portfolio timestamp; using the bars so far",
+                    extra={"ts_event": ts_event, "bar_watermark": self.engine.bar_watermark})
+
+    async def _bars_on_their_way(self) -> bool:
+        """Whether risk's market-data consumer has bars not yet delivered or acknowledged, or cannot tell."""
+        try:
+            info = await self.js.consumer_info(subjects.STREAM_MARKET_DATA, self.settings.consumer("bars"),
+                                               timeout=BAR_POLL_S)
+        except (NatsError, NatsTimeoutError, TimeoutError):
+            return True  # no answer: the stream has no leader yet, and the bars may well be in it
+        return bool(info.num_pending or info.num_ack_pending)
 
     async def _send_control(self, strategy: str, command: BreakerCommand, wait: bool = False) -> None:
         """Send a breaker's command as a request and record the answer; retry a timeout (or a reply saying

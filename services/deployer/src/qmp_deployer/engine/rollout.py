@@ -313,6 +313,9 @@ def _deploy_next(state: RolloutState, command: Deploy, ctx: Context) -> Outcome:
     if command.account and command.account != state.account:
         return _reject(state, f"{state.strategy} trades from account {state.account or '(none)'!r} in this rollout: "
                               "abort it and deploy again to change its account")
+    if command.budget is not None and command.budget != state.budget:
+        return _reject(state, f"{state.strategy}'s budget is {state.budget:,.2f} in this rollout: abort it and "
+                              "deploy again to change it")
     if not command.env and command.allocation is None:
         return _reject(state, f"already deployed (phase {current}, {state.status}); use promote")
     here = state.phases[state.phase_index]

@@ -35,6 +35,8 @@ that caused it):
 - `news`: a high-impact NewsEvent window is open: Defensive(on, max_order_fraction) until it closes.
 - `stop_loss:<symbol>`: a position down stop_loss from its entry: one ClosePosition, recorded; released
   when the position is closed.
+- `account`: the account the strategy trades from (engine/accounts.py) over its drawdown or ES limit: Halt
+  for every strategy of the account seen so far (the others' in `RiskResult.others`), latched like drawdown.
 Stale data and news windows also change without input: `check(now)` evaluates them on a timer.
 """
 
@@ -213,7 +215,7 @@ class RiskEngine:
     def __init__(self, settings: RiskSettings, clock: Clock) -> None:
         self.settings = settings
         self.clock = clock
-        self.history = PriceHistory(settings.var_window + 1 + settings.history_margin)
+        self.history = PriceHistory(settings.var_window + 1 + settings.history_margin + settings.history_lookahead)
         self.levels = np.array(settings.var_levels, dtype=np.float64)
         self.level_keys = [level_key(alpha) for alpha in settings.var_levels]
         self._historical_keys = [f"historical_{key}" for key in self.level_keys]  # a position's VaR / ES keys
@@ -517,7 +519,9 @@ class RiskEngine:
             errors["all"] = (f"insufficient_data: {observations} complete scenarios, "
                              f"{self.settings.min_observations} needed")
             return var, es, observations, STATUS_INSUFFICIENT, errors, (None, None)
-        scenarios = self.history.returns(symbols, snapshot.ts_event, self.history.rows - 1)
+        # A fixed count, not all the rows kept: rows of bars that ran ahead must not change the warm-up.
+        kept = self.settings.var_window + self.settings.history_margin
+        scenarios = self.history.returns(symbols, snapshot.ts_event, kept)
         assert scenarios is not None  # the same symbols have bars: checked just above
         exposure = np.array([snapshot.quantities[i] * snapshot.prices[i] for i in held], dtype=np.float64)
         pnl = scenarios @ exposure / snapshot.equity
