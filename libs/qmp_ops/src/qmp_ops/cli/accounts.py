@@ -23,7 +23,7 @@ from rich.table import Table
 from qmp_core import bus, subjects
 from qmp_core.clock import to_datetime
 from qmp_core.messages import Account, AccountChanged, AccountReply, RolloutState, SetAccount, codec, encode
-from qmp_core.rollout_state import capital_held
+from qmp_core.rollout_state import capital_held, phase_name
 from qmp_ops.cli.control import REQUEST_TIMEOUT_S
 from qmp_ops.cli.deploy import read_rollouts
 from qmp_ops.runtime.supervisor import Connection
@@ -115,7 +115,7 @@ def _summary(account: Account, rollouts: dict[str, RolloutState]) -> dict[str, A
     held = sum(capital_held(state) for state in members.values())
     return {**msgspec.to_builtins(account), "held": held, "free": account.capital - held,
             "strategies": {name: {"budget": state.budget, "allocation": state.allocation, "holds": capital_held(state),
-                                  "phase": state.phases[state.phase_index].name if state.phase_index >= 0 else "-",
+                                  "phase": phase_name(state),
                                   "status": state.status} for name, state in sorted(members.items())}}
 
 
