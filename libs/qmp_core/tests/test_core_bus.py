@@ -184,3 +184,32 @@ async def test_stop_watch_when_its_caller_is_cancelled_meanwhile_then_the_caller
         await caller
     await asyncio.wait({consumer})
     assert consumer.cancelled()
+
+
+async def test_stop_watch_when_the_watcher_and_its_reader_never_stop_then_it_returns_all_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A full-suite run once hung 300 s stopping a control watch: a stop must never hang a shutdown.
+    monkeypatch.setattr(bus, "STOP_WATCH_S", 0.1)
+    gate = asyncio.Event()
+
+    class Stuck:
+        async def stop(self) -> None:
+            await asyncio.sleep(10)
+
+    async def deaf() -> None:
+        while not gate.is_set():
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                continue  # a reader that swallows its cancellation
+
+    reader = asyncio.create_task(deaf())
+    await asyncio.sleep(0)
+    started = asyncio.get_running_loop().time()
+
+    await bus.stop_watch(Stuck(), reader)
+
+    assert asyncio.get_running_loop().time() - started < 1.0 and not reader.done()
+    gate.set()
+    reader.cancel()
+    await asyncio.wait({reader})

@@ -30,6 +30,9 @@ from qmp_core.telemetry import inject_context, quiet_tls_upgrade_warning
 from qmp_core.trading_state import ControlEntries
 
 log = logging.getLogger(__name__)
+# The longest a KV watch's stop waits for its unsubscribe, then for its reader task: a shutdown never hangs on one
+# (a full-suite run once hung 300 s stopping a control watch renewed a moment before).
+STOP_WATCH_S = 5.0
 
 DAY_S = 86_400.0
 DUPLICATE_WINDOW_S = 600.0
@@ -189,11 +192,13 @@ async def stop_watch(watcher: Any, task: asyncio.Task[None] | None) -> None:
     The task is waited for with `asyncio.wait`, not awaited under a suppressed CancelledError: that would also
     swallow a cancellation of the caller itself (a guard stopped while it renews a watch would run on)."""
     if watcher is not None:
-        with contextlib.suppress(Exception):
-            await watcher.stop()
+        with contextlib.suppress(Exception):  # a timeout included: the unsubscribe is best effort
+            await asyncio.wait_for(watcher.stop(), STOP_WATCH_S)
     if task is not None:
         task.cancel()
-        await asyncio.wait({task})
+        done, _ = await asyncio.wait({task}, timeout=STOP_WATCH_S)
+        if not done:  # never hang a shutdown on a reader: it is cancelled, and left to finish on its own
+            log.warning("a KV watch's reader did not stop in time; left behind", extra={"task": task.get_name()})
 
 
 def content_type(headers: Mapping[str, str] | None) -> str | None:
